@@ -1,0 +1,36 @@
+//! flint's GPU layer over wgpu: [`Device`] (pick an adapter or wrap the host's wgpu device),
+//! [`Tensor`] (a buffer with shape and dtype), a buffer pool, a pipeline cache keyed by
+//! [`PipelineKey`], the [`ShaderRegistry`] with its preprocessor, and the [`Recorder`] that
+//! batches dispatches into one submit with optional GPU timestamps.
+//!
+//! ```no_run
+//! use flint_gpu::{DType, Device};
+//! let dev = Device::open("vulkan")?;
+//! let t = dev.upload_f32("x", &[1.0, 2.0, 3.0], &[3], DType::F32)?;
+//! assert_eq!(dev.read_f32(&t)?, vec![1.0, 2.0, 3.0]);
+//! # Ok::<(), flint_gpu::GpuError>(())
+//! ```
+
+#![warn(missing_docs)]
+
+mod device;
+mod dtype;
+mod error;
+mod pipeline;
+mod pool;
+mod recorder;
+mod shader;
+mod tensor;
+
+pub use device::{AdapterDesc, Caps, Device, adapters};
+pub use dtype::DType;
+pub use error::{GpuError, Result};
+pub use pipeline::{Kernel, PipelineKey};
+pub use pool::Allocation;
+pub use recorder::{DispatchTime, Recorder, Submission};
+pub use shader::ShaderRegistry;
+pub use tensor::Tensor;
+
+pub use bytemuck;
+pub use half;
+pub use wgpu;

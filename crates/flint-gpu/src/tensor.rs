@@ -1,0 +1,269 @@
+//! Tensors: a GPU buffer (or a view into one), a shape and a dtype, with upload and download.
+
+use std::sync::Arc;
+
+use half::f16;
+
+use crate::pool::Allocation;
+use crate::{DType, Device, GpuError, Result};
+
+/// Usage flags of every tensor buffer.
+pub(crate) const TENSOR_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::UNIFORM)
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+/// A dense, row-major tensor on the GPU. Cloning shares the buffer.
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    alloc: Arc<Allocation>,
+    offset: u64,
+    shape: Vec<usize>,
+    dtype: DType,
+}
+
+impl Tensor {
+    /// The shape, outermost dimension first.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Bytes of the elements.
+    pub fn byte_len(&self) -> u64 {
+        self.dtype.bytes(self.numel()) as u64
+    }
+
+    /// Bytes the tensor's binding covers: its length rounded up to 4, as storage bindings need.
+    pub fn binding_len(&self) -> u64 {
+        self.byte_len().max(4).div_ceil(4) * 4
+    }
+
+    /// Byte offset of the first element in the buffer.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The underlying buffer.
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        self.alloc.buffer()
+    }
+
+    /// The binding of this tensor's bytes.
+    pub fn binding(&self) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: self.alloc.buffer(),
+            offset: self.offset,
+            size: wgpu::BufferSize::new(self.binding_len()),
+        })
+    }
+
+    /// The same bytes seen with another shape of the same element count.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        if shape.iter().product::<usize>() != self.numel() {
+            return Err(GpuError::Shape {
+                what: "reshape".into(),
+                message: format!(
+                    "{:?} has {} elements, {:?} has {}",
+                    self.shape,
+                    self.numel(),
+                    shape,
+                    shape.iter().product::<usize>()
+                ),
+            });
+        }
+        Ok(Tensor { shape: shape.to_vec(), ..self.clone() })
+    }
+
+    /// A view of `shape` and `dtype` starting `byte_offset` bytes into this tensor's bytes. The
+    /// absolute offset must meet the adapter's storage offset alignment (checked when bound).
+    pub fn view(&self, byte_offset: u64, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let len = dtype.bytes(shape.iter().product()) as u64;
+        if byte_offset + len > self.binding_len() {
+            return Err(GpuError::Shape {
+                what: "tensor view".into(),
+                message: format!("{len} bytes at offset {byte_offset} do not fit in {} bytes", self.binding_len()),
+            });
+        }
+        Ok(Tensor { alloc: self.alloc.clone(), offset: self.offset + byte_offset, shape: shape.to_vec(), dtype })
+    }
+
+    /// Check that the tensor has `shape` and `dtype`, naming it `what` in the error.
+    pub fn expect(&self, what: &str, shape: &[usize], dtype: DType) -> Result<()> {
+        if self.dtype != dtype {
+            return Err(GpuError::Shape {
+                what: what.into(),
+                message: format!("dtype is {}, expected {dtype}", self.dtype),
+            });
+        }
+        if self.shape != shape {
+            return Err(GpuError::Shape {
+                what: what.into(),
+                message: format!("shape is {:?}, expected {shape:?}", self.shape),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Host element types that a tensor can be made from.
+fn encode_f32(data: &[f32], dtype: DType) -> Vec<u8> {
+    match dtype {
+        DType::F32 => bytemuck::cast_slice(data).to_vec(),
+        DType::F16 => data.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect(),
+        DType::U32 => data.iter().flat_map(|&x| (x as u32).to_le_bytes()).collect(),
+    }
+}
+
+impl Device {
+    fn check_size(&self, what: &str, bytes: u64) -> Result<()> {
+        let caps = self.caps();
+        if bytes > caps.max_storage_binding {
+            return Err(GpuError::TooLarge {
+                what: what.to_string(),
+                bytes,
+                limit_name: "max_storage_buffer_binding_size",
+                limit: caps.max_storage_binding,
+                adapter: caps.short_label(),
+            });
+        }
+        Ok(())
+    }
+
+    /// An uninitialised tensor (its contents are whatever the pooled buffer held).
+    pub fn empty(&self, what: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        self.empty_padded(what, shape, dtype, 0)
+    }
+
+    /// Like [`Device::empty`] with `extra` spare bytes after the elements in the same buffer.
+    pub(crate) fn empty_padded(&self, what: &str, shape: &[usize], dtype: DType, extra: u64) -> Result<Tensor> {
+        if dtype == DType::F16 {
+            self.require_f16(what)?;
+        }
+        let bytes = (dtype.bytes(shape.iter().product()) as u64 + extra).max(4).div_ceil(4) * 4;
+        self.check_size(what, bytes)?;
+        let alloc = self.inner.pool.get(&self.inner.device, bytes, TENSOR_USAGE, what);
+        Ok(Tensor { alloc, offset: 0, shape: shape.to_vec(), dtype })
+    }
+
+    /// A tensor holding `data` (row-major f32 values), converted to `dtype`.
+    pub fn upload_f32(&self, what: &str, data: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let numel: usize = shape.iter().product();
+        if data.len() != numel {
+            return Err(GpuError::DataLength { what: what.into(), expected: numel, got: data.len(), dtype });
+        }
+        self.upload_bytes(what, &encode_f32(data, dtype), shape, dtype)
+    }
+
+    /// A u32 tensor holding `data`.
+    pub fn upload_u32(&self, what: &str, data: &[u32], shape: &[usize]) -> Result<Tensor> {
+        self.upload_bytes(what, bytemuck::cast_slice(data), shape, DType::U32)
+    }
+
+    /// A tensor whose bytes are `bytes` (little-endian elements of `dtype`).
+    pub fn upload_bytes(&self, what: &str, bytes: &[u8], shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let numel: usize = shape.iter().product();
+        if bytes.len() != dtype.bytes(numel) {
+            return Err(GpuError::DataLength {
+                what: what.into(),
+                expected: numel,
+                got: bytes.len() / dtype.size(),
+                dtype,
+            });
+        }
+        let t = self.empty(what, shape, dtype)?;
+        self.write(&t, bytes)?;
+        Ok(t)
+    }
+
+    /// Overwrite a tensor's bytes (padded to 4 bytes with zeros).
+    pub fn write(&self, t: &Tensor, bytes: &[u8]) -> Result<()> {
+        if bytes.len() as u64 != t.byte_len() {
+            return Err(GpuError::Shape {
+                what: "tensor write".into(),
+                message: format!("{} bytes for a tensor of {}", bytes.len(), t.byte_len()),
+            });
+        }
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        if bytes.len().is_multiple_of(4) {
+            self.queue().write_buffer(t.buffer(), t.offset(), bytes);
+        } else {
+            let mut padded = bytes.to_vec();
+            padded.resize(bytes.len().div_ceil(4) * 4, 0);
+            self.queue().write_buffer(t.buffer(), t.offset(), &padded);
+        }
+        Ok(())
+    }
+
+    /// Read a tensor's bytes back (blocking).
+    pub fn read_bytes(&self, t: &Tensor) -> Result<Vec<u8>> {
+        let mut bytes = self.read_range(t.buffer(), t.offset(), t.binding_len(), "tensor")?;
+        bytes.truncate(t.byte_len() as usize);
+        Ok(bytes)
+    }
+
+    /// Read a tensor back as f32 values (f16 and u32 are converted).
+    pub fn read_f32(&self, t: &Tensor) -> Result<Vec<f32>> {
+        let bytes = self.read_bytes(t)?;
+        Ok(match t.dtype() {
+            DType::F32 => bytemuck::pod_collect_to_vec(&bytes),
+            DType::F16 => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            DType::U32 => bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32).collect(),
+        })
+    }
+
+    /// Read a u32 tensor back.
+    pub fn read_u32(&self, t: &Tensor) -> Result<Vec<u32>> {
+        Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(t)?))
+    }
+
+    /// Read `len` bytes of `buffer` from `offset` (both multiples of 4), blocking until done.
+    pub fn read_range(&self, buffer: &wgpu::Buffer, offset: u64, len: u64, what: &str) -> Result<Vec<u8>> {
+        let staging = self.inner.pool.get(
+            &self.inner.device,
+            len,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            "flint readback",
+        );
+        self.scoped(
+            || format!("copying {what} for readback"),
+            || {
+                let mut enc = self
+                    .wgpu()
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("flint readback") });
+                enc.copy_buffer_to_buffer(buffer, offset, staging.buffer(), 0, len);
+                self.queue().submit([enc.finish()]);
+            },
+        )?;
+        map_read(self, staging.buffer(), len, what)
+    }
+}
+
+/// Map the first `len` bytes of a MAP_READ buffer and copy them out.
+pub(crate) fn map_read(dev: &Device, buffer: &wgpu::Buffer, len: u64, what: &str) -> Result<Vec<u8>> {
+    let slice = buffer.slice(..len);
+    let (tx, rx) = std::sync::mpsc::channel();
+    slice.map_async(wgpu::MapMode::Read, move |r| {
+        let _ = tx.send(r);
+    });
+    dev.wait_idle()?;
+    let err = |message: String| GpuError::Readback { what: what.to_string(), message };
+    rx.recv().map_err(|e| err(e.to_string()))?.map_err(|e| err(e.to_string()))?;
+    let bytes = {
+        let view = slice.get_mapped_range().map_err(|e| err(e.to_string()))?;
+        view.to_vec()
+    };
+    buffer.unmap();
+    Ok(bytes)
+}

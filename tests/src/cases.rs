@@ -1,0 +1,551 @@
+//! The case table: every op, in f32 and f16, over awkward shapes (1, 7, 17, 63, 65, 127, ...,
+//! sizes that are multiples of no tile), plus the large shapes `flint bench` reports.
+
+use flint_gpu::{Caps, DType, Device, Recorder, Tensor};
+use flint_kernels::matmul::{self, Strategy};
+use flint_ref::ParamError;
+use flint_ref::elementwise::{EltOp, EltParams};
+use flint_ref::embed::EmbedParams;
+use flint_ref::matmul::MatmulParams;
+use flint_ref::norm::{NormKind, NormParams};
+use flint_ref::rope::{RopeLayout, RopeParams};
+use flint_ref::softmax::SoftmaxParams;
+
+use crate::{Case, Input, Rng, Tier, Tolerance};
+
+/// Results computed in f32 and stored as f32. A length-k dot product in f32 has a relative
+/// error near sqrt(k) * 2^-24, so NMSE ~ k * 2^-48 (4e-12 at k = 1024); GPU exp/sin/cos are
+/// accurate to a few ulp. 1e-9 leaves two orders of magnitude of room while a wrong index, a
+/// missed element or a lost term gives 1e-4 or more. Max-abs: 1e-4 of the largest reference
+/// value catches a single bad element that NMSE would average away.
+pub const F32_TOL: Tolerance = Tolerance { nmse: 1e-9, max_abs_rel: 1e-4 };
+
+/// Results computed in f32 and stored as f16. Rounding to f16 alone costs up to half an ulp,
+/// 2^-11 relative, so NMSE ~ 2^-22 / 3 = 8e-8 for uniformly spread errors; the inputs are
+/// already f16 values, so nothing else adds much. 5e-6 is 60x that; max-abs 2e-3 of the largest
+/// value is four times the worst rounding of the largest element.
+pub const F16_TOL: Tolerance = Tolerance { nmse: 5e-6, max_abs_rel: 2e-3 };
+
+/// RoPE in f32: the angle `pos * theta^(-2i/d)` is formed in f32, so at position p it carries an
+/// absolute error near p * 2^-24 radians before sin/cos (2.4e-4 rad at p = 4096), which the
+/// rotated values inherit. NMSE then reaches ~1e-8 for positions up to 4096; 1e-7 covers it,
+/// and a wrong pair or frequency still gives 1e-2 or more.
+pub const ROPE_F32_TOL: Tolerance = Tolerance { nmse: 1e-7, max_abs_rel: 2e-3 };
+
+fn tol_for(dtype: DType) -> Tolerance {
+    if dtype == DType::F16 { F16_TOL } else { F32_TOL }
+}
+
+fn f16_reason(caps: &Caps, dtypes: &[DType]) -> Option<String> {
+    (dtypes.contains(&DType::F16) && !caps.f16).then(|| "adapter lacks SHADER_F16".to_string())
+}
+
+/// A matmul case with a forced strategy.
+pub struct MatmulCase {
+    /// Shape.
+    pub p: MatmulParams,
+    /// Strategy under test.
+    pub strategy: Strategy,
+    /// A, B and C storage types.
+    pub types: (DType, DType, DType),
+    /// Tier.
+    pub tier: Tier,
+}
+
+impl Case for MatmulCase {
+    fn name(&self) -> String {
+        let p = &self.p;
+        let batch =
+            if p.batch > 1 { format!("b{}{}_", p.batch, if p.b_batched { "" } else { "s" }) } else { String::new() };
+        format!(
+            "matmul_{}_{}_{batch}{}x{}x{}{}",
+            self.strategy.name(),
+            self.dtype(),
+            p.m,
+            p.n,
+            p.k,
+            if p.bias { "_bias" } else { "" }
+        )
+    }
+    fn op(&self) -> &'static str {
+        "matmul"
+    }
+    fn dtype(&self) -> String {
+        let (a, b, c) = self.types;
+        if a == b && b == c { a.name().to_string() } else { format!("{a}x{b}") }
+    }
+    fn tier(&self) -> Tier {
+        self.tier
+    }
+    fn unsupported(&self, caps: &Caps) -> Option<String> {
+        let (a, b, c) = self.types;
+        f16_reason(caps, &[a, b, c]).or_else(|| matmul::unsupported(caps, &self.p, self.strategy))
+    }
+    fn tolerance(&self) -> Tolerance {
+        tol_for(self.types.2)
+    }
+    fn flops(&self) -> f64 {
+        self.p.flops()
+    }
+    fn bytes(&self) -> f64 {
+        let (a, b, c) = self.types;
+        self.p.bytes(a.size(), b.size(), c.size())
+    }
+    fn inputs(&self) -> Vec<Input> {
+        let mut rng = Rng::from_name(&self.name());
+        let p = &self.p;
+        let mut v = vec![
+            Input::float("A", &[p.a_len()], self.types.0, rng.vec(p.a_len(), -1.0, 1.0)),
+            Input::float("B", &[p.b_len()], self.types.1, rng.vec(p.b_len(), -1.0, 1.0)),
+        ];
+        if p.bias {
+            v.push(Input::float("bias", &[p.n], self.types.1, rng.vec(p.n, -1.0, 1.0)));
+        }
+        v
+    }
+    fn reference(&self, inputs: &[Input]) -> Result<Vec<f32>, ParamError> {
+        flint_ref::matmul::matmul(&self.p, inputs[0].f32s(), inputs[1].f32s(), inputs.get(2).map(Input::f32s))
+    }
+    fn output(&self) -> (Vec<usize>, DType) {
+        (vec![self.p.batch, self.p.m, self.p.n], self.types.2)
+    }
+    fn launch(&self, dev: &Device, rec: &mut Recorder, t: &[Tensor], out: &Tensor) -> flint_gpu::Result<()> {
+        matmul::matmul_with(dev, rec, &self.p, self.strategy, &t[0], &t[1], t.get(2), out)
+    }
+}
+
+/// An elementwise case.
+pub struct EltCase {
+    /// Shape and op.
+    pub p: EltParams,
+    /// Storage type.
+    pub dt: DType,
+    /// Tier.
+    pub tier: Tier,
+}
+
+impl Case for EltCase {
+    fn name(&self) -> String {
+        let b = if self.p.op.is_binary() && self.p.b_len != self.p.n {
+            format!("_b{}", self.p.b_len)
+        } else {
+            String::new()
+        };
+        format!("{}_{}_{}{b}", self.p.op.name(), self.dt, self.p.n)
+    }
+    fn op(&self) -> &'static str {
+        "elementwise"
+    }
+    fn dtype(&self) -> String {
+        self.dt.name().into()
+    }
+    fn tier(&self) -> Tier {
+        self.tier
+    }
+    fn unsupported(&self, caps: &Caps) -> Option<String> {
+        f16_reason(caps, &[self.dt])
+    }
+    fn tolerance(&self) -> Tolerance {
+        tol_for(self.dt)
+    }
+    fn flops(&self) -> f64 {
+        self.p.flops()
+    }
+    fn bytes(&self) -> f64 {
+        self.p.bytes(self.dt.size())
+    }
+    fn inputs(&self) -> Vec<Input> {
+        let mut rng = Rng::from_name(&self.name());
+        // Activations see the tails of silu/gelu; arithmetic ops see signed values.
+        let (lo, hi) = if matches!(self.p.op, EltOp::Silu | EltOp::GeluErf | EltOp::GeluTanh | EltOp::SwiGlu) {
+            (-8.0, 8.0)
+        } else {
+            (-2.0, 2.0)
+        };
+        let mut v = vec![Input::float("a", &[self.p.n], self.dt, rng.vec(self.p.n, lo, hi))];
+        if self.p.op.is_binary() {
+            v.push(Input::float("b", &[self.p.b_len], self.dt, rng.vec(self.p.b_len, -2.0, 2.0)));
+        }
+        v
+    }
+    fn reference(&self, inputs: &[Input]) -> Result<Vec<f32>, ParamError> {
+        flint_ref::elementwise::elementwise(&self.p, inputs[0].f32s(), inputs.get(1).map(Input::f32s))
+    }
+    fn output(&self) -> (Vec<usize>, DType) {
+        (vec![self.p.n], self.dt)
+    }
+    fn in_place(&self) -> Option<usize> {
+        (self.p.op == EltOp::ResidualAdd).then_some(0)
+    }
+    fn launch(&self, dev: &Device, rec: &mut Recorder, t: &[Tensor], out: &Tensor) -> flint_gpu::Result<()> {
+        if self.p.op == EltOp::ResidualAdd {
+            flint_kernels::elementwise::residual_add(dev, rec, &self.p, out, &t[1])
+        } else {
+            flint_kernels::elementwise::elementwise(dev, rec, &self.p, &t[0], t.get(1), out)
+        }
+    }
+}
+
+/// A normalisation case.
+pub struct NormCase {
+    /// Shape and kind.
+    pub p: NormParams,
+    /// Storage type.
+    pub dt: DType,
+    /// Tier.
+    pub tier: Tier,
+}
+
+impl Case for NormCase {
+    fn name(&self) -> String {
+        format!("{}_{}_{}x{}", self.p.kind.name(), self.dt, self.p.rows, self.p.dim)
+    }
+    fn op(&self) -> &'static str {
+        "norm"
+    }
+    fn dtype(&self) -> String {
+        self.dt.name().into()
+    }
+    fn tier(&self) -> Tier {
+        self.tier
+    }
+    fn unsupported(&self, caps: &Caps) -> Option<String> {
+        f16_reason(caps, &[self.dt])
+    }
+    fn tolerance(&self) -> Tolerance {
+        tol_for(self.dt)
+    }
+    fn flops(&self) -> f64 {
+        self.p.flops()
+    }
+    fn bytes(&self) -> f64 {
+        self.p.bytes(self.dt.size())
+    }
+    fn inputs(&self) -> Vec<Input> {
+        let mut rng = Rng::from_name(&self.name());
+        let n = self.p.rows * self.p.dim;
+        // An offset mean makes LayerNorm's centring matter.
+        let mut v = vec![
+            Input::float("x", &[n], self.dt, rng.vec(n, -1.5, 2.5)),
+            Input::float("weight", &[self.p.dim], self.dt, rng.vec(self.p.dim, 0.5, 1.5)),
+        ];
+        if self.p.kind == NormKind::Layer {
+            v.push(Input::float("bias", &[self.p.dim], self.dt, rng.vec(self.p.dim, -0.5, 0.5)));
+        }
+        v
+    }
+    fn reference(&self, inputs: &[Input]) -> Result<Vec<f32>, ParamError> {
+        flint_ref::norm::norm(&self.p, inputs[0].f32s(), inputs[1].f32s(), inputs.get(2).map(Input::f32s))
+    }
+    fn output(&self) -> (Vec<usize>, DType) {
+        (vec![self.p.rows, self.p.dim], self.dt)
+    }
+    fn launch(&self, dev: &Device, rec: &mut Recorder, t: &[Tensor], out: &Tensor) -> flint_gpu::Result<()> {
+        flint_kernels::norm::norm(dev, rec, &self.p, &t[0], &t[1], t.get(2), out)
+    }
+}
+
+/// A softmax case.
+pub struct SoftmaxCase {
+    /// Shape.
+    pub p: SoftmaxParams,
+    /// Storage type.
+    pub dt: DType,
+    /// Input range (large values check the max subtraction).
+    pub range: f32,
+    /// Tier.
+    pub tier: Tier,
+}
+
+impl Case for SoftmaxCase {
+    fn name(&self) -> String {
+        format!("softmax_{}_{}x{}_r{}", self.dt, self.p.rows, self.p.dim, self.range)
+    }
+    fn op(&self) -> &'static str {
+        "softmax"
+    }
+    fn dtype(&self) -> String {
+        self.dt.name().into()
+    }
+    fn tier(&self) -> Tier {
+        self.tier
+    }
+    fn unsupported(&self, caps: &Caps) -> Option<String> {
+        f16_reason(caps, &[self.dt])
+    }
+    fn tolerance(&self) -> Tolerance {
+        tol_for(self.dt)
+    }
+    fn flops(&self) -> f64 {
+        self.p.flops()
+    }
+    fn bytes(&self) -> f64 {
+        self.p.bytes(self.dt.size())
+    }
+    fn inputs(&self) -> Vec<Input> {
+        let mut rng = Rng::from_name(&self.name());
+        let n = self.p.rows * self.p.dim;
+        vec![Input::float("x", &[n], self.dt, rng.vec(n, -self.range, self.range))]
+    }
+    fn reference(&self, inputs: &[Input]) -> Result<Vec<f32>, ParamError> {
+        flint_ref::softmax::softmax(&self.p, inputs[0].f32s())
+    }
+    fn output(&self) -> (Vec<usize>, DType) {
+        (vec![self.p.rows, self.p.dim], self.dt)
+    }
+    fn launch(&self, dev: &Device, rec: &mut Recorder, t: &[Tensor], out: &Tensor) -> flint_gpu::Result<()> {
+        flint_kernels::softmax::softmax(dev, rec, &self.p, &t[0], out)
+    }
+}
+
+/// A RoPE case.
+pub struct RopeCase {
+    /// Shape and constants.
+    pub p: RopeParams,
+    /// Storage type.
+    pub dt: DType,
+    /// Positions are drawn below this.
+    pub max_pos: u32,
+    /// Tier.
+    pub tier: Tier,
+}
+
+impl Case for RopeCase {
+    fn name(&self) -> String {
+        let p = &self.p;
+        let partial = if p.rot_dim != p.head_dim { format!("_rot{}", p.rot_dim) } else { String::new() };
+        format!(
+            "rope_{}_{}_{}x{}x{}{partial}_theta{}",
+            p.layout.name(),
+            self.dt,
+            p.tokens,
+            p.heads,
+            p.head_dim,
+            p.theta
+        )
+    }
+    fn op(&self) -> &'static str {
+        "rope"
+    }
+    fn dtype(&self) -> String {
+        self.dt.name().into()
+    }
+    fn tier(&self) -> Tier {
+        self.tier
+    }
+    fn unsupported(&self, caps: &Caps) -> Option<String> {
+        f16_reason(caps, &[self.dt])
+    }
+    fn tolerance(&self) -> Tolerance {
+        if self.dt == DType::F16 { F16_TOL } else { ROPE_F32_TOL }
+    }
+    fn flops(&self) -> f64 {
+        self.p.flops()
+    }
+    fn bytes(&self) -> f64 {
+        self.p.bytes(self.dt.size())
+    }
+    fn inputs(&self) -> Vec<Input> {
+        let mut rng = Rng::from_name(&self.name());
+        let n = self.p.numel();
+        let mut pos: Vec<u32> = (0..self.p.tokens).map(|_| rng.below(self.max_pos)).collect();
+        pos[0] = 0;
+        if let Some(last) = pos.last_mut().filter(|_| self.p.tokens > 1) {
+            *last = self.max_pos - 1;
+        }
+        vec![Input::float("x", &[n], self.dt, rng.vec(n, -1.0, 1.0)), Input::ints("positions", &[self.p.tokens], pos)]
+    }
+    fn reference(&self, inputs: &[Input]) -> Result<Vec<f32>, ParamError> {
+        flint_ref::rope::rope(&self.p, inputs[0].f32s(), inputs[1].u32s())
+    }
+    fn output(&self) -> (Vec<usize>, DType) {
+        (vec![self.p.tokens, self.p.heads, self.p.head_dim], self.dt)
+    }
+    fn launch(&self, dev: &Device, rec: &mut Recorder, t: &[Tensor], out: &Tensor) -> flint_gpu::Result<()> {
+        flint_kernels::rope::rope(dev, rec, &self.p, &t[0], &t[1], out)
+    }
+}
+
+/// An embedding gather case.
+pub struct EmbedCase {
+    /// Shape.
+    pub p: EmbedParams,
+    /// Storage type.
+    pub dt: DType,
+    /// Tier.
+    pub tier: Tier,
+}
+
+impl Case for EmbedCase {
+    fn name(&self) -> String {
+        format!("embed_{}_{}x{}x{}", self.dt, self.p.tokens, self.p.vocab, self.p.dim)
+    }
+    fn op(&self) -> &'static str {
+        "embed"
+    }
+    fn dtype(&self) -> String {
+        self.dt.name().into()
+    }
+    fn tier(&self) -> Tier {
+        self.tier
+    }
+    fn unsupported(&self, caps: &Caps) -> Option<String> {
+        f16_reason(caps, &[self.dt])
+    }
+    fn tolerance(&self) -> Tolerance {
+        tol_for(self.dt)
+    }
+    fn flops(&self) -> f64 {
+        self.p.flops()
+    }
+    fn bytes(&self) -> f64 {
+        self.p.bytes(self.dt.size())
+    }
+    fn inputs(&self) -> Vec<Input> {
+        let mut rng = Rng::from_name(&self.name());
+        let n = self.p.vocab * self.p.dim;
+        let mut ids: Vec<u32> = (0..self.p.tokens).map(|_| rng.below(self.p.vocab as u32)).collect();
+        if let Some(last) = ids.last_mut() {
+            *last = self.p.vocab as u32 - 1;
+        }
+        vec![
+            Input::float("table", &[self.p.vocab, self.p.dim], self.dt, rng.vec(n, -1.0, 1.0)),
+            Input::ints("ids", &[self.p.tokens], ids),
+        ]
+    }
+    fn reference(&self, inputs: &[Input]) -> Result<Vec<f32>, ParamError> {
+        flint_ref::embed::embed(&self.p, inputs[0].f32s(), inputs[1].u32s())
+    }
+    fn output(&self) -> (Vec<usize>, DType) {
+        (vec![self.p.tokens, self.p.dim], self.dt)
+    }
+    fn launch(&self, dev: &Device, rec: &mut Recorder, t: &[Tensor], out: &Tensor) -> flint_gpu::Result<()> {
+        flint_kernels::embed::embed(dev, rec, &self.p, &t[0], &t[1], out)
+    }
+}
+
+const FLOAT_TYPES: [DType; 2] = [DType::F32, DType::F16];
+
+fn matmul_cases(out: &mut Vec<Box<dyn Case>>) {
+    let mm = |batch, m, n, k, b_batched, bias| MatmulParams { batch, m, n, k, b_batched, bias };
+    let test_shapes = [
+        mm(1, 1, 1, 1, false, false),
+        mm(1, 1, 7, 17, false, true),
+        mm(1, 3, 17, 63, false, false),
+        mm(1, 8, 65, 64, false, true),
+        mm(1, 7, 127, 576, false, false),
+        mm(2, 5, 17, 63, false, false),
+        mm(1, 17, 65, 127, false, false),
+        mm(1, 65, 17, 63, false, true),
+        mm(1, 63, 127, 65, false, false),
+        mm(1, 127, 63, 576, false, false),
+        mm(1, 33, 100, 128, false, true),
+        mm(3, 17, 33, 64, true, false),
+        mm(2, 9, 7, 17, true, false),
+    ];
+    let types = [
+        (DType::F32, DType::F32, DType::F32),
+        (DType::F16, DType::F16, DType::F16),
+        (DType::F32, DType::F16, DType::F32),
+    ];
+    for p in test_shapes {
+        for types in types {
+            for strategy in Strategy::ALL {
+                if strategy == Strategy::Matvec && p.m > matmul::MATVEC_MAX_ROWS {
+                    continue;
+                }
+                out.push(Box::new(MatmulCase { p, strategy, types, tier: Tier::Test }));
+            }
+        }
+    }
+    let bench = [
+        (mm(1, 1024, 1024, 1024, false, false), [Strategy::Tiled, Strategy::Subgroup].as_slice()),
+        (mm(1, 512, 1536, 576, false, false), &[Strategy::Tiled, Strategy::Subgroup]),
+        (mm(1, 64, 1536, 576, false, false), &[Strategy::Tiled, Strategy::Subgroup]),
+        (mm(1, 1, 1536, 576, false, false), &[Strategy::Matvec, Strategy::Tiled]),
+        (mm(1, 8, 1536, 576, false, false), &[Strategy::Matvec]),
+    ];
+    for (p, strategies) in bench {
+        for types in types {
+            for &strategy in strategies {
+                out.push(Box::new(MatmulCase { p, strategy, types, tier: Tier::Bench }));
+            }
+        }
+    }
+}
+
+/// Every case, test tier first.
+pub fn all_cases() -> Vec<Box<dyn Case>> {
+    let mut out: Vec<Box<dyn Case>> = Vec::new();
+    matmul_cases(&mut out);
+    for dt in FLOAT_TYPES {
+        for op in EltOp::ALL {
+            for n in [1usize, 7, 1000, 4099] {
+                let b_len = if op.is_binary() { n } else { 0 };
+                out.push(Box::new(EltCase { p: EltParams { op, n, b_len, scale: 0.37 }, dt, tier: Tier::Test }));
+            }
+            if op.is_binary() && op != EltOp::SwiGlu {
+                out.push(Box::new(EltCase {
+                    p: EltParams { op, n: 3 * 576, b_len: 576, scale: 1.0 },
+                    dt,
+                    tier: Tier::Test,
+                }));
+            }
+            let b_len = if op.is_binary() { 1 << 20 } else { 0 };
+            out.push(Box::new(EltCase { p: EltParams { op, n: 1 << 20, b_len, scale: 0.37 }, dt, tier: Tier::Bench }));
+        }
+        for kind in [NormKind::Rms, NormKind::RmsUnitOffset, NormKind::Layer] {
+            for (rows, dim) in [(1, 1), (7, 576), (3, 1000), (65, 63), (2, 4097)] {
+                out.push(Box::new(NormCase { p: NormParams { kind, rows, dim, eps: 1e-5 }, dt, tier: Tier::Test }));
+            }
+            out.push(Box::new(NormCase {
+                p: NormParams { kind, rows: 512, dim: 576, eps: 1e-6 },
+                dt,
+                tier: Tier::Bench,
+            }));
+        }
+        for (rows, dim, scale, range) in
+            [(1, 1, 1.0, 4.0), (7, 17, 1.0, 8.0), (3, 1000, 0.125, 8.0), (65, 63, 1.0, 1000.0), (1, 49152, 1.0, 16.0)]
+        {
+            out.push(Box::new(SoftmaxCase { p: SoftmaxParams { rows, dim, scale }, dt, range, tier: Tier::Test }));
+        }
+        out.push(Box::new(SoftmaxCase {
+            p: SoftmaxParams { rows: 32, dim: 49152, scale: 1.0 },
+            dt,
+            range: 16.0,
+            tier: Tier::Bench,
+        }));
+        for layout in [RopeLayout::RotateHalf, RopeLayout::Interleaved] {
+            let r = |tokens, heads, head_dim, rot_dim, theta| RopeParams {
+                tokens,
+                heads,
+                head_dim,
+                rot_dim,
+                theta,
+                freq_scale: 1.0,
+                layout,
+            };
+            for (p, max_pos) in [
+                (r(1, 1, 2, 2, 10000.0), 1),
+                (r(7, 9, 64, 64, 100000.0), 4096),
+                (r(5, 3, 72, 72, 10000.0), 1000),
+                (r(3, 1, 256, 256, 1_000_000.0), 4096),
+                (r(4, 2, 64, 32, 10000.0), 2048),
+                (r(17, 3, 128, 128, 500000.0), 4096),
+            ] {
+                out.push(Box::new(RopeCase { p, dt, max_pos, tier: Tier::Test }));
+            }
+            out.push(Box::new(RopeCase { p: r(512, 9, 64, 64, 100000.0), dt, max_pos: 4096, tier: Tier::Bench }));
+        }
+        for (tokens, vocab, dim, scale) in [(1, 1, 1, 1.0), (7, 1000, 576, 1.0), (17, 4099, 63, 24.0)] {
+            out.push(Box::new(EmbedCase { p: EmbedParams { tokens, vocab, dim, scale }, dt, tier: Tier::Test }));
+        }
+        out.push(Box::new(EmbedCase {
+            p: EmbedParams { tokens: 512, vocab: 49152, dim: 576, scale: 1.0 },
+            dt,
+            tier: Tier::Bench,
+        }));
+    }
+    out.sort_by_key(|c| c.tier() == Tier::Bench);
+    out
+}

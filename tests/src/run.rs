@@ -1,0 +1,285 @@
+//! Running a case for correctness (with NaN guard bands) and for time (GPU timestamps, or wall
+//! clock where the adapter has none).
+
+use flint_gpu::{DType, Device, Recorder, Tensor};
+
+use crate::{Case, Comparison, HostData, Tier, Tolerance, compare};
+
+/// Pass, fail or skip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Within tolerance, guards intact.
+    Pass,
+    /// Wrong output, broken guard, or an error.
+    Fail,
+    /// The adapter cannot run the case (the reason says why).
+    Skip,
+}
+
+/// The result of one case on one adapter.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CaseReport {
+    /// Case name.
+    pub case: String,
+    /// Op family.
+    pub op: String,
+    /// Dtype.
+    pub dtype: String,
+    /// Adapter (`vulkan llvmpipe`).
+    pub adapter: String,
+    /// Tier.
+    pub tier: Tier,
+    /// Outcome.
+    pub status: Status,
+    /// NMSE against the reference, when it ran.
+    pub nmse: Option<f64>,
+    /// Largest absolute error, when it ran.
+    pub max_abs: Option<f64>,
+    /// Largest reference magnitude, when it ran.
+    pub ref_max: Option<f64>,
+    /// The case's tolerance.
+    pub tolerance: Tolerance,
+    /// Why it failed or was skipped.
+    pub reason: Option<String>,
+}
+
+/// Byte pattern of a NaN of `dtype` (quiet NaN with a payload the kernels never produce).
+fn nan_pattern(dtype: DType) -> Vec<u8> {
+    match dtype {
+        DType::F16 => 0x7E5Au16.to_le_bytes().to_vec(),
+        _ => 0x7FC0_5A5Au32.to_le_bytes().to_vec(),
+    }
+}
+
+fn encode(data: &HostData, dtype: DType) -> Vec<u8> {
+    match (data, dtype) {
+        (HostData::F32(v), DType::F16) => v.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(),
+        (HostData::F32(v), _) => bytemuck::cast_slice(v).to_vec(),
+        (HostData::U32(v), _) => bytemuck::cast_slice(v).to_vec(),
+    }
+}
+
+fn decode(bytes: &[u8], dtype: DType) -> Vec<f32> {
+    match dtype {
+        DType::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        DType::F32 => bytemuck::pod_collect_to_vec(bytes),
+        DType::U32 => bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32).collect(),
+    }
+}
+
+/// Run `case` on `dev` and compare with the reference.
+pub fn run_case(dev: &Device, case: &dyn Case) -> CaseReport {
+    let mut report = CaseReport {
+        case: case.name(),
+        op: case.op().to_string(),
+        dtype: case.dtype(),
+        adapter: dev.caps().short_label(),
+        tier: case.tier(),
+        status: Status::Skip,
+        nmse: None,
+        max_abs: None,
+        ref_max: None,
+        tolerance: case.tolerance(),
+        reason: None,
+    };
+    if let Some(why) = case.unsupported(dev.caps()) {
+        report.reason = Some(why);
+        return report;
+    }
+    match execute(dev, case) {
+        Ok(cmp) => {
+            report.nmse = Some(cmp.nmse);
+            report.max_abs = Some(cmp.max_abs);
+            report.ref_max = Some(cmp.ref_max);
+            if cmp.passes(&report.tolerance) {
+                report.status = Status::Pass;
+            } else {
+                report.status = Status::Fail;
+                report.reason = Some(cmp.defect.unwrap_or_else(|| {
+                    format!(
+                        "nmse {:.3e} (limit {:.1e}), max_abs {:.3e} (limit {:.3e})",
+                        cmp.nmse,
+                        report.tolerance.nmse,
+                        cmp.max_abs,
+                        report.tolerance.max_abs_rel * cmp.ref_max
+                    )
+                }));
+            }
+        }
+        Err(e) => {
+            report.status = Status::Fail;
+            report.reason = Some(e);
+        }
+    }
+    report
+}
+
+fn execute(dev: &Device, case: &dyn Case) -> Result<Comparison, String> {
+    let inputs = case.inputs();
+    let want = case.reference(&inputs).map_err(|e| format!("reference: {e}"))?;
+    let tensors: Vec<Tensor> =
+        inputs.iter().map(|i| i.upload(dev)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    let (shape, dtype) = case.output();
+    let numel: usize = shape.iter().product();
+    let body = dtype.bytes(numel);
+    // Guard bands of NaN before and after the output, at a legal binding offset.
+    let guard = 256usize.max(dev.caps().storage_offset_alignment as usize);
+    let total = guard + body.div_ceil(4) * 4 + guard;
+    let pattern = nan_pattern(dtype);
+    let mut bytes: Vec<u8> = pattern.iter().copied().cycle().take(total).collect();
+    if let Some(i) = case.in_place() {
+        bytes[guard..guard + body].copy_from_slice(&encode(&inputs[i].data, dtype));
+    }
+    let buf = dev.empty("output with guards", &[total / dtype.size()], dtype).map_err(|e| e.to_string())?;
+    dev.write(&buf, &bytes).map_err(|e| e.to_string())?;
+    let out = buf.view(guard as u64, &shape, dtype).map_err(|e| e.to_string())?;
+    let mut rec = Recorder::new(dev);
+    case.launch(dev, &mut rec, &tensors, &out).map_err(|e| e.to_string())?;
+    rec.submit().and_then(|s| s.wait()).map_err(|e| e.to_string())?;
+    let all = dev.read_bytes(&buf).map_err(|e| e.to_string())?;
+    for (i, (&got, &want)) in all.iter().zip(&bytes).enumerate() {
+        if (i < guard || i >= guard + body) && got != want {
+            let side = if i < guard { "before" } else { "after" };
+            return Err(format!("wrote {side} its output (guard byte {} of the buffer changed)", i));
+        }
+    }
+    let got = decode(&all[guard..guard + body], dtype);
+    Ok(compare(&got, &want))
+}
+
+/// Peak rates to compare measurements with.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Roofline {
+    /// Peak arithmetic rate, GFLOP/s.
+    pub gflops: f64,
+    /// Peak memory bandwidth, GB/s.
+    pub gbs: f64,
+    /// Where the numbers come from.
+    pub source: String,
+}
+
+impl Roofline {
+    /// Attainable GFLOP/s at arithmetic intensity `flops / bytes`.
+    pub fn attainable(&self, flops: f64, bytes: f64) -> f64 {
+        if bytes <= 0.0 { self.gflops } else { self.gflops.min(flops / bytes * self.gbs) }
+    }
+}
+
+/// Timing of one case on one adapter.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchReport {
+    /// Case name.
+    pub case: String,
+    /// Op family.
+    pub op: String,
+    /// Dtype.
+    pub dtype: String,
+    /// Adapter.
+    pub adapter: String,
+    /// Median time of one launch, in microseconds.
+    pub median_us: f64,
+    /// Fastest launch, in microseconds.
+    pub min_us: f64,
+    /// Launches timed.
+    pub iters: usize,
+    /// `gpu` (timestamps) or `wall` (submit to completion, per launch).
+    pub timer: &'static str,
+    /// Achieved GFLOP/s at the median.
+    pub gflops: f64,
+    /// Achieved GB/s at the median.
+    pub gbs: f64,
+    /// Achieved rate over what the roofline allows at this arithmetic intensity.
+    pub roofline_fraction: f64,
+}
+
+/// Time `case` on `dev` over `iters` launches (after two warm-up launches).
+pub fn bench_case(dev: &Device, case: &dyn Case, iters: usize, roofline: &Roofline) -> Result<BenchReport, String> {
+    if let Some(why) = case.unsupported(dev.caps()) {
+        return Err(format!("skipped: {why}"));
+    }
+    let s = |e: flint_gpu::GpuError| e.to_string();
+    let inputs = case.inputs();
+    let tensors: Vec<Tensor> = inputs.iter().map(|i| i.upload(dev)).collect::<Result<_, _>>().map_err(s)?;
+    let (shape, dtype) = case.output();
+    let out = match case.in_place() {
+        Some(i) => tensors[i].clone(),
+        None => dev.empty("bench output", &shape, dtype).map_err(s)?,
+    };
+    for _ in 0..2 {
+        let mut rec = Recorder::new(dev);
+        case.launch(dev, &mut rec, &tensors, &out).map_err(s)?;
+        rec.submit().and_then(|x| x.wait()).map_err(s)?;
+    }
+    let iters = iters.max(1);
+    let mut times_ns: Vec<f64> = Vec::with_capacity(iters);
+    let timer;
+    if dev.caps().timestamps {
+        timer = "gpu";
+        let mut rec = Recorder::new(dev).timed(true);
+        for _ in 0..iters {
+            case.launch(dev, &mut rec, &tensors, &out).map_err(s)?;
+        }
+        let per = rec.dispatches() / iters;
+        let times = rec.submit().and_then(|x| x.wait()).map_err(s)?;
+        times_ns.extend(times.chunks(per.max(1)).map(|c| c.iter().map(|t| t.ns).sum::<f64>()));
+    } else {
+        timer = "wall";
+        for _ in 0..iters {
+            let t0 = std::time::Instant::now();
+            let mut rec = Recorder::new(dev);
+            case.launch(dev, &mut rec, &tensors, &out).map_err(s)?;
+            rec.submit().and_then(|x| x.wait()).map_err(s)?;
+            times_ns.push(t0.elapsed().as_secs_f64() * 1e9);
+        }
+    }
+    times_ns.sort_by(f64::total_cmp);
+    let median = times_ns[times_ns.len() / 2];
+    let gflops = case.flops() / median;
+    Ok(BenchReport {
+        case: case.name(),
+        op: case.op().to_string(),
+        dtype: case.dtype(),
+        adapter: dev.caps().short_label(),
+        median_us: median / 1e3,
+        min_us: times_ns[0] / 1e3,
+        iters,
+        timer,
+        gflops,
+        gbs: case.bytes() / median,
+        roofline_fraction: gflops / roofline.attainable(case.flops(), case.bytes()),
+    })
+}
+
+/// Measure the adapter's attainable peaks with flint's roofline kernels: an FMA-bound kernel
+/// and a vec4 copy of 64 MiB. Each is the best of several runs.
+pub fn measure_roofline(dev: &Device) -> Result<Roofline, String> {
+    let s = |e: flint_gpu::GpuError| e.to_string();
+    let best = |f: &dyn Fn() -> Result<f64, String>| -> Result<f64, String> {
+        let mut b = f64::MAX;
+        for _ in 0..3 {
+            b = b.min(f()?);
+        }
+        Ok(b)
+    };
+    let flops_per_run = flint_kernels::roofline::fma_flops(dev);
+    let fma_ns = best(&|| time_one(dev, &|rec| flint_kernels::roofline::fma_peak(dev, rec).map_err(s)))?;
+    let words = 16 << 20; // 64 MiB of f32
+    let src = dev.empty("roofline src", &[words], DType::F32).map_err(s)?;
+    let dst = dev.empty("roofline dst", &[words], DType::F32).map_err(s)?;
+    let copy_ns = best(&|| time_one(dev, &|rec| flint_kernels::roofline::copy(dev, rec, &src, &dst).map_err(s)))?;
+    Ok(Roofline {
+        gflops: flops_per_run / fma_ns,
+        gbs: (2 * 4 * words) as f64 / copy_ns,
+        source: "measured (flint roofline kernels: FMA chains, 64 MiB vec4 copy)".into(),
+    })
+}
+
+fn time_one(dev: &Device, record: &dyn Fn(&mut Recorder) -> Result<(), String>) -> Result<f64, String> {
+    let mut rec = Recorder::new(dev).timed(true);
+    record(&mut rec)?;
+    let timed = rec.is_timed();
+    let t0 = std::time::Instant::now();
+    let times = rec.submit().and_then(|x| x.wait()).map_err(|e| e.to_string())?;
+    Ok(if timed { times.iter().map(|t| t.ns).sum() } else { t0.elapsed().as_secs_f64() * 1e9 })
+}
