@@ -3,11 +3,11 @@
 //
 // - matmul_tiled: BM x BN tiles staged through workgroup memory in BK-deep slices, each
 //   invocation accumulating a TM x TN register block. The portable fallback.
-// - matmul_subgroup (SUBGROUPS): no workgroup memory. Lane l of a subgroup of SG lanes loads row
-//   m0 + l of A; subgroupShuffle hands every row to every lane, and each lane owns TN columns of
-//   B, so A is read once per subgroup and B once per workgroup row block. On CPU adapters
-//   (lavapipe) where every storage load is a per-lane scalar loop, this cuts loads per FMA
-//   several times over the tiled kernel.
+// - matmul_subgroup (SUBGROUP_MM): no workgroup memory. Lane l of a subgroup of SG lanes loads
+//   row m0 + l of A (RB row blocks); subgroupShuffle hands every row to every lane, and each
+//   lane owns four columns of B, so A is read once per subgroup and B once per row block. On
+//   CPU adapters (lavapipe), where every storage load is a per-lane scalar loop, this cuts loads
+//   per FMA several times over the tiled kernel.
 // - matvec (MATVEC, for m = MR <= 8 rows): lanes split k, each subgroup (or, without
 //   subgroups, the workgroup) owns NR output columns, and partial sums meet in a reduction.
 //
@@ -146,47 +146,64 @@ fn matmul_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
 #endif
 
 #if SUBGROUP_MM
-// Workgroup of WG lanes: all share rows m0 .. m0 + SG*RB, lane li owns columns n0 + j, j < TN.
+// One k4 step of matmul_subgroup: rows of A arrive by shuffle, four columns of B are loaded
+// and transposed so that each row's four outputs update as one vec4.
+fn subgroup_step(acc: ptr<function, array<vec4<f32>, SG * RB>>, bt: u32, cols: vec4<u32>,
+                 rows: array<u32, RB>, k4: u32) {
+    let b0 = load_b(bt, cols.x, k4);
+    let b1 = load_b(bt, cols.y, k4);
+    let b2 = load_b(bt, cols.z, k4);
+    let b3 = load_b(bt, cols.w, k4);
+    let tx = vec4<f32>(b0.x, b1.x, b2.x, b3.x);
+    let ty = vec4<f32>(b0.y, b1.y, b2.y, b3.y);
+    let tz = vec4<f32>(b0.z, b1.z, b2.z, b3.z);
+    let tw = vec4<f32>(b0.w, b1.w, b2.w, b3.w);
+    for (var r = 0u; r < RB; r++) {
+        let mine = load_a(bt, rows[r], k4);
+        for (var i = 0u; i < SG; i++) {
+            let av = subgroupShuffle(mine, i);
+            (*acc)[r * SG + i] = fma(vec4<f32>(av.x), tx, fma(vec4<f32>(av.y), ty,
+                fma(vec4<f32>(av.z), tz, fma(vec4<f32>(av.w), tw, (*acc)[r * SG + i]))));
+        }
+    }
+}
+
+// Workgroup of WG lanes: all share rows m0 .. m0 + SG*RB; lane li owns the four columns
+// n0 .. n0 + 3, held as one vec4 accumulator per row (B's 4x4 block is transposed in registers).
 @compute @workgroup_size(WG)
 fn matmul_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32,
                    @builtin(subgroup_invocation_id) lane: u32) {
     let bt = wg.z;
     let m0 = wg.y * (SG * RB);
-    let n0 = (wg.x * WG + li) * TN;
+    let n0 = (wg.x * WG + li) * 4u;
     let k4n = (p.k + 3u) / 4u;
-    var acc: array<array<f32, TN>, SG * RB>;
+    var acc: array<vec4<f32>, SG * RB>;
     for (var i = 0u; i < SG * RB; i++) {
-        for (var j = 0u; j < TN; j++) {
-            acc[i][j] = 0.0;
-        }
+        acc[i] = vec4<f32>(0.0);
     }
-    var cols: array<u32, TN>;
-    for (var j = 0u; j < TN; j++) {
-        cols[j] = min(n0 + j, p.n - 1u);
-    }
+    let c0 = min(n0, p.n - 1u);
+    let c1 = min(n0 + 1u, p.n - 1u);
+    let c2 = min(n0 + 2u, p.n - 1u);
+    let c3 = min(n0 + 3u, p.n - 1u);
     var rows: array<u32, RB>;
     for (var r = 0u; r < RB; r++) {
         rows[r] = min(m0 + r * SG + lane, p.m - 1u);
     }
-    for (var k4 = 0u; k4 < k4n; k4++) {
-        var bv: array<vec4<f32>, TN>;
-        for (var j = 0u; j < TN; j++) {
-            bv[j] = load_b(bt, cols[j], k4);
-        }
-        for (var r = 0u; r < RB; r++) {
-            let mine = load_a(bt, rows[r], k4);
-            for (var i = 0u; i < SG; i++) {
-                let av = subgroupShuffle(mine, i);
-                for (var j = 0u; j < TN; j++) {
-                    acc[r * SG + i][j] += dot(av, bv[j]);
-                }
-            }
-        }
+    // Two k steps per trip halve the loop overhead, which dominates on CPU adapters.
+    var k4 = 0u;
+    for (; k4 + 1u < k4n; k4 += 2u) {
+        subgroup_step(&acc, bt, vec4<u32>(c0, c1, c2, c3), rows, k4);
+        subgroup_step(&acc, bt, vec4<u32>(c0, c1, c2, c3), rows, k4 + 1u);
+    }
+    if (k4 < k4n) {
+        subgroup_step(&acc, bt, vec4<u32>(c0, c1, c2, c3), rows, k4);
     }
     for (var i = 0u; i < SG * RB; i++) {
-        for (var j = 0u; j < TN; j++) {
-            store_c(bt, m0 + i, n0 + j, acc[i][j]);
-        }
+        let v = acc[i];
+        store_c(bt, m0 + i, n0, v.x);
+        store_c(bt, m0 + i, n0 + 1u, v.y);
+        store_c(bt, m0 + i, n0 + 2u, v.z);
+        store_c(bt, m0 + i, n0 + 3u, v.w);
     }
 }
 #endif
