@@ -1,0 +1,115 @@
+//! The GPU layer and launchers on bad input: every mistake is an error value naming what was
+//! wrong, never a panic. Also: flint running on a wgpu device the host program created.
+
+use flint_gpu::{DType, Device, GpuError, Recorder};
+use flint_kernels::matmul;
+use flint_ref::matmul::MatmulParams;
+
+fn first_device() -> Device {
+    Device::open(&std::env::var("FLINT_ADAPTER").unwrap_or_default()).expect("these tests need an adapter (lavapipe)")
+}
+
+#[test]
+fn shape_and_dtype_mismatches_are_errors() {
+    let dev = first_device();
+    let p = MatmulParams::new(4, 3, 5);
+    let a = dev.upload_f32("a", &[0.5; 20], &[4, 5], DType::F32).unwrap();
+    let short_b = dev.upload_f32("b", &[0.5; 14], &[14], DType::F32).unwrap();
+    let c = dev.empty("c", &[4, 3], DType::F32).unwrap();
+    let mut rec = Recorder::new(&dev);
+    let e = matmul::matmul(&dev, &mut rec, &p, &a, &short_b, None, &c).unwrap_err();
+    assert!(matches!(e, GpuError::Shape { .. }), "{e:?}");
+    assert!(e.to_string().contains("matmul B") && e.to_string().contains("15"), "{e}");
+
+    let ids = dev.upload_u32("ids", &[1; 15], &[15]).unwrap();
+    let e = matmul::matmul(&dev, &mut rec, &p, &a, &ids, None, &c).unwrap_err();
+    assert!(e.to_string().contains("dtype u32"), "{e}");
+
+    let bias = dev.upload_f32("bias", &[0.0; 3], &[3], DType::F32).unwrap();
+    let b = dev.upload_f32("b", &[0.5; 15], &[3, 5], DType::F32).unwrap();
+    let e = matmul::matmul(&dev, &mut rec, &p, &a, &b, Some(&bias), &c).unwrap_err();
+    assert!(e.to_string().contains("bias"), "{e}");
+
+    let e = matmul::matmul(&dev, &mut rec, &MatmulParams::new(0, 3, 5), &a, &b, None, &c).unwrap_err();
+    assert!(e.to_string().contains("empty shape"), "{e}");
+
+    let a9 = dev.upload_f32("a", &[0.5; 45], &[9, 5], DType::F32).unwrap();
+    let c9 = dev.empty("c", &[9, 3], DType::F32).unwrap();
+    let e = matmul::matmul_with(&dev, &mut rec, &MatmulParams::new(9, 3, 5), matmul::Strategy::Matvec, &a9, &b, None, &c9)
+        .unwrap_err();
+    assert!(e.to_string().contains("at most 8 rows"), "{e}");
+    assert_eq!(rec.dispatches(), 0, "nothing is recorded for rejected launches");
+
+    let e = dev.upload_f32("x", &[1.0; 3], &[2, 2], DType::F32).unwrap_err();
+    assert!(matches!(e, GpuError::DataLength { expected: 4, got: 3, .. }), "{e:?}");
+}
+
+#[test]
+fn a_tensor_larger_than_a_binding_is_an_error() {
+    let dev = first_device();
+    let limit = dev.caps().max_storage_binding;
+    let elems = (limit / 4 + 1) as usize;
+    let e = dev.empty("huge activation", &[elems], DType::F32).unwrap_err();
+    match &e {
+        GpuError::TooLarge { what, bytes, limit: l, limit_name, .. } => {
+            assert_eq!(what, "huge activation");
+            assert_eq!(*l, limit);
+            assert!(*bytes > limit && limit_name.contains("binding"));
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert!(e.to_string().contains("huge activation"));
+}
+
+#[test]
+fn f16_on_an_adapter_without_it_is_an_error() {
+    let devices: Vec<Device> = Device::open_all("").into_iter().filter_map(Result::ok).collect();
+    let Some(dev) = devices.iter().find(|d| !d.caps().f16) else {
+        // Every adapter here has f16; the check below still runs on those that do.
+        let dev = &devices[0];
+        assert!(dev.upload_f32("x", &[1.0], &[1], DType::F16).is_ok());
+        return;
+    };
+    let e = dev.upload_f32("weights", &[1.0; 4], &[4], DType::F16).unwrap_err();
+    assert!(matches!(e, GpuError::Unsupported { feature: "SHADER_F16", .. }), "{e:?}");
+    assert!(e.to_string().contains("weights"), "{e}");
+}
+
+#[test]
+fn an_unknown_adapter_lists_the_available_ones() {
+    let e = Device::open("no-such-backend-or-name").unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, GpuError::NoAdapter { .. }) && msg.contains("available"), "{msg}");
+}
+
+#[test]
+fn too_many_workgroups_is_an_error() {
+    let dev = first_device();
+    let kernel = dev
+        .kernel(flint_kernels::registry(), &flint_gpu::PipelineKey::new("embed.wgsl", "main").define("WG", 64).define("T", "f32"))
+        .unwrap();
+    let t = dev.empty("t", &[4], DType::F32).unwrap();
+    let mut rec = Recorder::new(&dev);
+    let e = rec.dispatch("big", &kernel, &[0u32; 4], &[&t, &t, &t], [u32::MAX, 1, 1]).unwrap_err();
+    assert!(e.to_string().contains("workgroups per dimension"), "{e}");
+}
+
+#[test]
+fn runs_on_a_device_the_host_created() {
+    // A host application that owns its wgpu instance, adapter and device hands them to flint.
+    let instance = flint_gpu::wgpu::Instance::new(flint_gpu::wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter =
+        pollster::block_on(instance.request_adapter(&flint_gpu::wgpu::RequestAdapterOptions::default())).expect("an adapter");
+    let (device, queue) =
+        pollster::block_on(adapter.request_device(&flint_gpu::wgpu::DeviceDescriptor::default())).expect("a device");
+    let dev = Device::from_wgpu(device, queue, &adapter.get_info());
+    assert!(!dev.caps().f16, "no features were requested, so flint must not assume f16");
+    let p = MatmulParams::new(2, 3, 4);
+    let a = dev.upload_f32("a", &[1.0, 2.0, 3.0, 4.0, 0.0, 1.0, 0.0, 1.0], &[2, 4], DType::F32).unwrap();
+    let b = dev.upload_f32("b", &[1.0; 12], &[3, 4], DType::F32).unwrap();
+    let c = dev.empty("c", &[2, 3], DType::F32).unwrap();
+    let mut rec = Recorder::new(&dev);
+    matmul::matmul(&dev, &mut rec, &p, &a, &b, None, &c).unwrap();
+    rec.submit().unwrap().wait().unwrap();
+    assert_eq!(dev.read_f32(&c).unwrap(), vec![10.0, 10.0, 10.0, 2.0, 2.0, 2.0]);
+}
