@@ -546,6 +546,7 @@ pub fn all_cases() -> Vec<Box<dyn Case>> {
             tier: Tier::Bench,
         }));
     }
+    crate::attention_cases::cases(&mut out);
     out.sort_by_key(|c| c.tier() == Tier::Bench);
     out
 }

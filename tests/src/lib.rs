@@ -9,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+mod attention_cases;
 pub mod cases;
 mod compare;
 mod rng;

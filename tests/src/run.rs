@@ -42,6 +42,8 @@ pub struct CaseReport {
     pub tolerance: Tolerance,
     /// Why it failed or was skipped.
     pub reason: Option<String>,
+    /// Wall time of the case: inputs, reference, upload, compile, run and compare.
+    pub seconds: f64,
 }
 
 /// Byte pattern of a NaN of `dtype` (quiet NaN with a payload the kernels never produce).
@@ -82,11 +84,13 @@ pub fn run_case(dev: &Device, case: &dyn Case) -> CaseReport {
         ref_max: None,
         tolerance: case.tolerance(),
         reason: None,
+        seconds: 0.0,
     };
     if let Some(why) = case.unsupported(dev.caps()) {
         report.reason = Some(why);
         return report;
     }
+    let start = std::time::Instant::now();
     match execute(dev, case) {
         Ok(cmp) => {
             report.nmse = Some(cmp.nmse);
@@ -112,6 +116,7 @@ pub fn run_case(dev: &Device, case: &dyn Case) -> CaseReport {
             report.reason = Some(e);
         }
     }
+    report.seconds = start.elapsed().as_secs_f64();
     report
 }
 

@@ -35,8 +35,9 @@ fn shape_and_dtype_mismatches_are_errors() {
 
     let a9 = dev.upload_f32("a", &[0.5; 45], &[9, 5], DType::F32).unwrap();
     let c9 = dev.empty("c", &[9, 3], DType::F32).unwrap();
-    let e = matmul::matmul_with(&dev, &mut rec, &MatmulParams::new(9, 3, 5), matmul::Strategy::Matvec, &a9, &b, None, &c9)
-        .unwrap_err();
+    let e =
+        matmul::matmul_with(&dev, &mut rec, &MatmulParams::new(9, 3, 5), matmul::Strategy::Matvec, &a9, &b, None, &c9)
+            .unwrap_err();
     assert!(e.to_string().contains("at most 8 rows"), "{e}");
     assert_eq!(rec.dispatches(), 0, "nothing is recorded for rejected launches");
 
@@ -86,7 +87,10 @@ fn an_unknown_adapter_lists_the_available_ones() {
 fn too_many_workgroups_is_an_error() {
     let dev = first_device();
     let kernel = dev
-        .kernel(flint_kernels::registry(), &flint_gpu::PipelineKey::new("embed.wgsl", "main").define("WG", 64).define("T", "f32"))
+        .kernel(
+            flint_kernels::registry(),
+            &flint_gpu::PipelineKey::new("embed.wgsl", "main").define("WG", 64).define("T", "f32"),
+        )
         .unwrap();
     let t = dev.empty("t", &[4], DType::F32).unwrap();
     let mut rec = Recorder::new(&dev);
@@ -97,9 +101,10 @@ fn too_many_workgroups_is_an_error() {
 #[test]
 fn runs_on_a_device_the_host_created() {
     // A host application that owns its wgpu instance, adapter and device hands them to flint.
-    let instance = flint_gpu::wgpu::Instance::new(flint_gpu::wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapter =
-        pollster::block_on(instance.request_adapter(&flint_gpu::wgpu::RequestAdapterOptions::default())).expect("an adapter");
+    let instance =
+        flint_gpu::wgpu::Instance::new(flint_gpu::wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.request_adapter(&flint_gpu::wgpu::RequestAdapterOptions::default()))
+        .expect("an adapter");
     let (device, queue) =
         pollster::block_on(adapter.request_device(&flint_gpu::wgpu::DeviceDescriptor::default())).expect("a device");
     let dev = Device::from_wgpu(device, queue, &adapter.get_info());

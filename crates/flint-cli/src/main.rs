@@ -157,8 +157,8 @@ fn conformance(adapter: &str, op: &str, bench_cases: bool, json: bool) -> Result
     }
     if !json {
         println!(
-            "{:<46} {:<12} {:<8} {:<16} {:<6} {:>10} {:>10} {:>9}  reason",
-            "case", "op", "dtype", "adapter", "status", "nmse", "max_abs", "tol"
+            "{:<46} {:<12} {:<8} {:<16} {:<6} {:>10} {:>10} {:>9} {:>7}  reason",
+            "case", "op", "dtype", "adapter", "status", "nmse", "max_abs", "tol", "seconds"
         );
     }
     let (mut failed, mut passed, mut skipped) = (0, 0, 0);
@@ -191,7 +191,7 @@ fn print_report(r: &CaseReport, json: bool) -> Result<()> {
         Status::Skip => "skip",
     };
     println!(
-        "{:<46} {:<12} {:<8} {:<16} {:<6} {:>10} {:>10} {:>9.0e}  {}",
+        "{:<46} {:<12} {:<8} {:<16} {:<6} {:>10} {:>10} {:>9.0e} {:>7.2}  {}",
         r.case,
         r.op,
         r.dtype,
@@ -200,6 +200,7 @@ fn print_report(r: &CaseReport, json: bool) -> Result<()> {
         num(r.nmse),
         num(r.max_abs),
         r.tolerance.nmse,
+        r.seconds,
         r.reason.as_deref().unwrap_or("")
     );
     Ok(())

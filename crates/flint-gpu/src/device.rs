@@ -166,6 +166,10 @@ pub(crate) struct DeviceInner {
     pub(crate) modules: Mutex<HashMap<ModuleKey, wgpu::ShaderModule>>,
     pub(crate) kernels: Mutex<HashMap<PipelineKey, Arc<Kernel>>>,
     pub(crate) timestamp_period: f32,
+    /// On GL, wgpu holds one context lock for every call and panics when a thread waits more
+    /// than a few seconds for it, which a slow shader compile on another thread can cause; flint
+    /// therefore runs its own GL calls one thread at a time. `None` on other backends.
+    pub(crate) gl_serial: Option<parking_lot::ReentrantMutex<()>>,
 }
 
 /// A GPU device and queue with flint's caches. Cloning is cheap and shares everything.
@@ -240,6 +244,7 @@ impl Device {
             tracing::error!(target: "flint_gpu", "uncaptured wgpu error: {e}");
         }));
         let timestamp_period = queue.get_timestamp_period();
+        let gl_serial = (info.backend == wgpu::Backend::Gl).then(|| parking_lot::ReentrantMutex::new(()));
         Device {
             inner: Arc::new(DeviceInner {
                 device,
@@ -249,6 +254,7 @@ impl Device {
                 modules: Mutex::default(),
                 kernels: Mutex::default(),
                 timestamp_period,
+                gl_serial,
             }),
         }
     }
@@ -275,6 +281,7 @@ impl Device {
 
     /// Release pooled buffers that nothing uses.
     pub fn trim_pool(&self) {
+        let _serial = self.serial();
         self.inner.pool.trim();
     }
 
@@ -308,8 +315,14 @@ impl Device {
         }
     }
 
+    /// Hold while calling into wgpu on backends that need calls serialised (GL).
+    pub(crate) fn serial(&self) -> Option<parking_lot::ReentrantMutexGuard<'_, ()>> {
+        self.inner.gl_serial.as_ref().map(|m| m.lock())
+    }
+
     /// Wait for all submitted work.
     pub fn wait_idle(&self) -> Result<()> {
+        let _serial = self.serial();
         self.inner
             .device
             .poll(wgpu::PollType::wait_indefinitely())
@@ -333,6 +346,7 @@ impl Device {
 
     /// The compiled kernel for `key`, compiling and caching it on first use.
     pub fn kernel(&self, registry: &ShaderRegistry, key: &PipelineKey) -> Result<Arc<Kernel>> {
+        let _serial = self.serial();
         if let Some(k) = self.inner.kernels.lock().ok().and_then(|m| m.get(key).cloned()) {
             return Ok(k);
         }

@@ -76,6 +76,11 @@ impl Recorder {
         self
     }
 
+    /// The device this recording is for.
+    pub fn device(&self) -> &Device {
+        &self.dev
+    }
+
     /// Whether the recording will carry timestamps.
     pub fn is_timed(&self) -> bool {
         self.timed
@@ -149,6 +154,7 @@ impl Recorder {
     /// Encode and submit everything recorded.
     pub fn submit(self) -> Result<Submission> {
         let dev = self.dev.clone();
+        let _serial = dev.serial();
         let n = self.dispatches();
         dev.scoped(|| format!("submitting {n} dispatches"), || self.encode_and_submit())?
     }

@@ -151,6 +151,7 @@ impl Device {
         }
         let bytes = (dtype.bytes(shape.iter().product()) as u64 + extra).max(4).div_ceil(4) * 4;
         self.check_size(what, bytes)?;
+        let _serial = self.serial();
         let alloc = self.inner.pool.get(&self.inner.device, bytes, TENSOR_USAGE, what);
         Ok(Tensor { alloc, offset: 0, shape: shape.to_vec(), dtype })
     }
@@ -196,6 +197,7 @@ impl Device {
         if bytes.is_empty() {
             return Ok(());
         }
+        let _serial = self.serial();
         if bytes.len().is_multiple_of(4) {
             self.queue().write_buffer(t.buffer(), t.offset(), bytes);
         } else {
@@ -230,6 +232,7 @@ impl Device {
 
     /// Read `len` bytes of `buffer` from `offset` (both multiples of 4), blocking until done.
     pub fn read_range(&self, buffer: &wgpu::Buffer, offset: u64, len: u64, what: &str) -> Result<Vec<u8>> {
+        let _serial = self.serial();
         let staging = self.inner.pool.get(
             &self.inner.device,
             len,
@@ -252,6 +255,7 @@ impl Device {
 
 /// Map the first `len` bytes of a MAP_READ buffer and copy them out.
 pub(crate) fn map_read(dev: &Device, buffer: &wgpu::Buffer, len: u64, what: &str) -> Result<Vec<u8>> {
+    let _serial = dev.serial();
     let slice = buffer.slice(..len);
     let (tx, rx) = std::sync::mpsc::channel();
     slice.map_async(wgpu::MapMode::Read, move |r| {

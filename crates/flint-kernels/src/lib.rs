@@ -26,6 +26,7 @@ use std::sync::LazyLock;
 use flint_gpu::{Caps, DType, Device, GpuError, PipelineKey, Result, ShaderRegistry, Tensor};
 use flint_ref::ParamError;
 
+pub mod attention;
 pub mod elementwise;
 pub mod embed;
 pub mod matmul;
@@ -36,11 +37,14 @@ pub mod softmax;
 
 /// Every WGSL file of flint, by name.
 pub const SHADER_FILES: &[(&str, &str)] = &[
+    ("attention.wgsl", include_str!("../../../shaders/attention.wgsl")),
     ("common.wgsl", include_str!("../../../shaders/common.wgsl")),
     ("reduce.wgsl", include_str!("../../../shaders/reduce.wgsl")),
     ("elementwise.wgsl", include_str!("../../../shaders/elementwise.wgsl")),
     ("embed.wgsl", include_str!("../../../shaders/embed.wgsl")),
+    ("kvcache.wgsl", include_str!("../../../shaders/kvcache.wgsl")),
     ("matmul.wgsl", include_str!("../../../shaders/matmul.wgsl")),
+    ("merge.wgsl", include_str!("../../../shaders/merge.wgsl")),
     ("norm.wgsl", include_str!("../../../shaders/norm.wgsl")),
     ("roofline.wgsl", include_str!("../../../shaders/roofline.wgsl")),
     ("rope.wgsl", include_str!("../../../shaders/rope.wgsl")),
@@ -91,6 +95,7 @@ pub struct Variant {
 pub fn all_variants() -> Vec<Variant> {
     let mut v = Vec::new();
     v.extend(matmul::variants());
+    v.extend(attention::variants());
     v.extend(elementwise::variants());
     v.extend(norm::variants());
     v.extend(softmax::variants());

@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod attention;
 pub mod elementwise;
 pub mod embed;
 pub mod matmul;
