@@ -113,6 +113,8 @@ pub struct AttnCase {
     pub tier: Tier,
     /// Name prefix (`prefill`, `decode`, ...).
     pub kind: &'static str,
+    /// Launch one call per sequence instead of one call for all.
+    pub independent: bool,
 }
 
 impl AttnCase {
@@ -133,8 +135,9 @@ impl Case for AttnCase {
             Layout::SharedPrefix { page_size, prefix_len } => format!("_page{page_size}_shared{prefix_len}"),
         };
         format!(
-            "attn_{}_{}_{}_q{}_kv{}_h{}x{}_d{}{}{layout}{}",
+            "attn_{}{}_{}_{}_q{}_kv{}_h{}x{}_d{}{}{layout}{}",
             self.kind,
+            if self.independent { "_each" } else { "" },
             p.mask.name(),
             type_name(self.types.0, self.types.1),
             p.q_len,
@@ -204,9 +207,33 @@ impl Case for AttnCase {
     }
     fn launch(&self, dev: &Device, rec: &mut Recorder, t: &[Tensor], out: &Tensor) -> flint_gpu::Result<()> {
         let pool = self.pool();
-        let table = PageTable::new(dev, &pool.rows, pool.num_pages)?;
         let kv = KvCache { k: &t[1], v: &t[2], page_size: pool.page_size, num_pages: pool.num_pages };
-        attention::attention_with(dev, rec, &self.p, &self.seqs, &t[0], &kv, &table, t.get(3), out, self.splits)
+        if !self.independent {
+            let table = PageTable::new(dev, &pool.rows, pool.num_pages)?;
+            return attention::attention_with(
+                dev,
+                rec,
+                &self.p,
+                &self.seqs,
+                &t[0],
+                &kv,
+                &table,
+                t.get(3),
+                out,
+                self.splits,
+            );
+        }
+        // One call per sequence, each with its own page table, as a runtime without batching would.
+        let p1 = AttnParams { seqs: 1, ..self.p };
+        let bytes = (p1.q_numel() * self.types.0.size()) as u64;
+        let shape = [1, p1.q_len, p1.n_heads, p1.head_dim];
+        for (s, spec) in self.seqs.iter().enumerate() {
+            let table = PageTable::new(dev, &pool.rows[s..=s], pool.num_pages)?;
+            let q = t[0].view(s as u64 * bytes, &shape, self.types.0)?;
+            let o = out.view(s as u64 * bytes, &shape, self.types.0)?;
+            attention::attention_with(dev, rec, &p1, &[*spec], &q, &kv, &table, t.get(3), &o, self.splits)?;
+        }
+        Ok(())
     }
 }
 
@@ -430,6 +457,7 @@ pub fn cases(out: &mut Vec<Box<dyn Case>>) {
         splits: None,
         tier,
         kind: "prefill",
+        independent: false,
     };
     let decode = |lens: &[usize], heads, d, types, layout, splits, tier| AttnCase {
         p: params(lens.len(), 1, heads, d, Mask::Causal),
@@ -439,6 +467,7 @@ pub fn cases(out: &mut Vec<Box<dyn Case>>) {
         splits,
         tier,
         kind: "decode",
+        independent: false,
     };
     let t = Tier::Test;
     // Head sizes x GQA ratios (1, 3, 4:1) in both dtypes.
@@ -478,6 +507,7 @@ pub fn cases(out: &mut Vec<Box<dyn Case>>) {
         splits: None,
         tier: t,
         kind: "chunk",
+        independent: false,
     }));
     out.push(Box::new(AttnCase {
         p: params(3, 5, (9, 3), 64, Mask::Causal),
@@ -491,6 +521,7 @@ pub fn cases(out: &mut Vec<Box<dyn Case>>) {
         splits: None,
         tier: t,
         kind: "chunk",
+        independent: false,
     }));
     // Decode: long caches, split-k (automatic and forced), batches, pages.
     for lens in [&[1][..], &[7], &[65], &[1000], &[4096]] {
@@ -549,14 +580,15 @@ pub fn cases(out: &mut Vec<Box<dyn Case>>) {
             types,
             tier: b,
         }));
-        out.push(Box::new(decode(
-            &[2112; 16],
-            (9, 3),
-            64,
-            types,
-            SharedPrefix { page_size: 16, prefix_len: 2048 },
-            None,
-            b,
-        )));
+        let shared = SharedPrefix { page_size: 16, prefix_len: 2048 };
+        out.push(Box::new(decode(&[2112; 16], (9, 3), 64, types, shared, None, b)));
+        let mut each = decode(&[2112; 16], (9, 3), 64, types, shared, None, b);
+        each.independent = true;
+        out.push(Box::new(each));
     }
+    // The per-sequence launch path is also checked against the reference.
+    let mut each =
+        decode(&[80, 100, 113, 144], (9, 3), 64, f32s, SharedPrefix { page_size: 16, prefix_len: 64 }, None, t);
+    each.independent = true;
+    out.push(Box::new(each));
 }

@@ -196,6 +196,8 @@ pub struct BenchReport {
     pub gbs: f64,
     /// Achieved rate over what the roofline allows at this arithmetic intensity.
     pub roofline_fraction: f64,
+    /// Median time of each dispatch of one launch, in microseconds (GPU timer only).
+    pub dispatches: Vec<(String, f64)>,
 }
 
 /// Time `case` on `dev` over `iters` launches (after two warm-up launches).
@@ -218,6 +220,7 @@ pub fn bench_case(dev: &Device, case: &dyn Case, iters: usize, roofline: &Roofli
     }
     let iters = iters.max(1);
     let mut times_ns: Vec<f64> = Vec::with_capacity(iters);
+    let mut dispatches = Vec::new();
     let timer;
     if dev.caps().timestamps {
         timer = "gpu";
@@ -225,9 +228,14 @@ pub fn bench_case(dev: &Device, case: &dyn Case, iters: usize, roofline: &Roofli
         for _ in 0..iters {
             case.launch(dev, &mut rec, &tensors, &out).map_err(s)?;
         }
-        let per = rec.dispatches() / iters;
+        let per = (rec.dispatches() / iters).max(1);
         let times = rec.submit().and_then(|x| x.wait()).map_err(s)?;
-        times_ns.extend(times.chunks(per.max(1)).map(|c| c.iter().map(|t| t.ns).sum::<f64>()));
+        times_ns.extend(times.chunks(per).map(|c| c.iter().map(|t| t.ns).sum::<f64>()));
+        for d in 0..per {
+            let mut each: Vec<f64> = times.iter().skip(d).step_by(per).map(|t| t.ns).collect();
+            each.sort_by(f64::total_cmp);
+            dispatches.push((times[d].label.clone(), each[each.len() / 2] / 1e3));
+        }
     } else {
         timer = "wall";
         for _ in 0..iters {
@@ -253,6 +261,7 @@ pub fn bench_case(dev: &Device, case: &dyn Case, iters: usize, roofline: &Roofli
         gflops,
         gbs: case.bytes() / median,
         roofline_fraction: gflops / roofline.attainable(case.flops(), case.bytes()),
+        dispatches,
     })
 }
 

@@ -57,6 +57,9 @@ enum Command {
         /// Peak GB/s to compare with (default: measured).
         #[arg(long)]
         peak_gbs: Option<f64>,
+        /// Also print each dispatch of a launch with its median time.
+        #[arg(long)]
+        dispatches: bool,
         /// Print one JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
@@ -81,8 +84,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Devices { json } => devices(json),
         Command::Conformance { adapter, op, bench_cases, json } => conformance(&adapter, &op, bench_cases, json),
-        Command::Bench { adapter, op, iters, all, peak_gflops, peak_gbs, json } => {
-            bench(&adapter, &op, iters, all, peak_gflops, peak_gbs, json)
+        Command::Bench { adapter, op, iters, all, peak_gflops, peak_gbs, dispatches, json } => {
+            let opts = BenchOpts { iters, all, peak_gflops, peak_gbs, dispatches, json };
+            bench(&adapter, &op, &opts)
         }
     }
 }
@@ -206,16 +210,17 @@ fn print_report(r: &CaseReport, json: bool) -> Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn bench(
-    adapter: &str,
-    op: &str,
+struct BenchOpts {
     iters: usize,
     all: bool,
     peak_gflops: Option<f64>,
     peak_gbs: Option<f64>,
+    dispatches: bool,
     json: bool,
-) -> Result<ExitCode> {
+}
+
+fn bench(adapter: &str, op: &str, opts: &BenchOpts) -> Result<ExitCode> {
+    let &BenchOpts { iters, all, peak_gflops, peak_gbs, dispatches, json } = opts;
     let devices = open_devices(adapter)?;
     let cases: Vec<_> =
         all_cases().into_iter().filter(|c| (all || c.tier() == Tier::Bench) && matches(c.as_ref(), op)).collect();
@@ -256,17 +261,24 @@ fn bench(
         for case in &cases {
             match bench_case(dev, case.as_ref(), iters, &roofline) {
                 Ok(r) if json => println!("{}", serde_json::to_string(&r)?),
-                Ok(r) => println!(
-                    "{:<46} {:<8} {:>11.1} {:>11.1} {:>9.2} {:>9.2} {:>7.1}% {:>5}",
-                    r.case,
-                    r.dtype,
-                    r.median_us,
-                    r.min_us,
-                    r.gflops,
-                    r.gbs,
-                    100.0 * r.roofline_fraction,
-                    r.timer
-                ),
+                Ok(r) => {
+                    println!(
+                        "{:<46} {:<8} {:>11.1} {:>11.1} {:>9.2} {:>9.2} {:>7.1}% {:>5}",
+                        r.case,
+                        r.dtype,
+                        r.median_us,
+                        r.min_us,
+                        r.gflops,
+                        r.gbs,
+                        100.0 * r.roofline_fraction,
+                        r.timer
+                    );
+                    if dispatches {
+                        for (label, us) in &r.dispatches {
+                            println!("    {label:<50} {us:>11.1} us");
+                        }
+                    }
+                }
                 Err(e) if e.starts_with("skipped") => {
                     if json {
                         println!(

@@ -3,9 +3,11 @@
 //! Kernel sources live in `shaders/*.wgsl`; a registry maps file names to source text. Before
 //! compilation a source is preprocessed: `#include "file"` (each file at most once),
 //! `#define NAME [value]`, `#undef NAME`, `#if EXPR`, `#ifdef`, `#ifndef`, `#elif`, `#else`,
-//! `#endif`. Expressions have integers, names (an undefined name is 0, a define without value
-//! is 1), `defined(NAME)`, `! && || == != < <= > >=` and parentheses. Defines with a value are
-//! substituted as whole words in code lines, so `#define TILE 16` makes `TILE` a literal.
+//! `#endif`, and `#for NAME in A..B` ... `#endfor`, which repeats its lines with NAME defined as
+//! each integer from A to B - 1 (unrolling at the source, for drivers that unroll too little).
+//! Expressions have integers, names (an undefined name is 0, a define without value is 1),
+//! `defined(NAME)`, `+ - * / %`, `! && || == != < <= > >=` and parentheses. Defines with a value
+//! are substituted as whole words in code lines, so `#define TILE 16` makes `TILE` a literal.
 //! Dtype and optional features (f16, subgroups) are chosen this way; numeric knobs that do not
 //! change types are better passed as WGSL override constants.
 
@@ -75,8 +77,18 @@ impl Preprocessor<'_> {
             shader: name.to_string(),
             message: "not in the shader registry".into(),
         })?;
+        let lines: Vec<&str> = src.lines().collect();
+        self.lines(name, &lines, 0)
+    }
+
+    /// Process `lines`, the first of which is line `first + 1` of `name`.
+    fn lines(&mut self, name: &str, lines: &[&str], first: usize) -> Result<()> {
         let mut stack: Vec<Cond> = Vec::new();
-        for (lineno, line) in src.lines().enumerate() {
+        let mut idx = 0;
+        while idx < lines.len() {
+            let line = lines[idx];
+            let lineno = first + idx;
+            idx += 1;
             let err = |message: String| GpuError::Shader { shader: format!("{name}:{}", lineno + 1), message };
             let active = stack.last().is_none_or(|c| c.active);
             let trimmed = line.trim_start();
@@ -133,6 +145,52 @@ impl Preprocessor<'_> {
                         return Err(err("#endif without #if".into()));
                     }
                 }
+                "for" => {
+                    // Find the matching #endfor; the body is processed once per value.
+                    let mut depth = 1;
+                    let start = idx;
+                    while idx < lines.len() {
+                        let w = lines[idx].trim_start().strip_prefix('#').and_then(|d| d.split_whitespace().next());
+                        match w {
+                            Some("for") => depth += 1,
+                            Some("endfor") => depth -= 1,
+                            _ => {}
+                        }
+                        if depth == 0 {
+                            break;
+                        }
+                        idx += 1;
+                    }
+                    if depth != 0 {
+                        return Err(err("#for without #endfor".into()));
+                    }
+                    let body = &lines[start..idx];
+                    idx += 1;
+                    if !active {
+                        continue;
+                    }
+                    let (var, range) = rest
+                        .split_once(" in ")
+                        .map(|(v, r)| (v.trim(), r.trim()))
+                        .filter(|(v, _)| is_ident(v))
+                        .ok_or_else(|| err(format!("#for needs `NAME in A..B`, got {rest:?}")))?;
+                    let (lo, hi) =
+                        range.split_once("..").ok_or_else(|| err(format!("#for range {range:?} is not A..B")))?;
+                    let (lo, hi) = (self.eval(lo).map_err(err)?, self.eval(hi).map_err(err)?);
+                    if hi - lo > 4096 {
+                        return Err(err(format!("#for over {} values", hi - lo)));
+                    }
+                    let saved = self.defines.get(var).cloned();
+                    for v in lo..hi {
+                        self.defines.insert(var.to_string(), v.to_string());
+                        self.lines(name, body, first + start)?;
+                    }
+                    match saved {
+                        Some(old) => self.defines.insert(var.to_string(), old),
+                        None => self.defines.remove(var),
+                    };
+                }
+                "endfor" => return Err(err("#endfor without #for".into())),
                 _ if !active => {}
                 "include" => {
                     let file = rest.trim_matches('"');
@@ -228,7 +286,7 @@ enum Tok {
 }
 
 fn tokenize(s: &str) -> std::result::Result<Vec<Tok>, String> {
-    const OPS: [&str; 12] = ["&&", "||", "==", "!=", "<=", ">=", "!", "<", ">", "(", ")", "-"];
+    const OPS: [&str; 16] = ["&&", "||", "==", "!=", "<=", ">=", "!", "<", ">", "(", ")", "-", "+", "*", "/", "%"];
     let mut out = Vec::new();
     let mut rest = s.trim_start();
     while !rest.is_empty() {
@@ -284,11 +342,11 @@ impl ExprParser<'_> {
     }
 
     fn cmp(&mut self) -> std::result::Result<i64, String> {
-        let l = self.unary()?;
+        let l = self.sum()?;
         for op in ["==", "!=", "<=", ">=", "<", ">"] {
             if self.peek_op(op) {
                 self.pos += 1;
-                let r = self.unary()?;
+                let r = self.sum()?;
                 return Ok(i64::from(match op {
                     "==" => l == r,
                     "!=" => l != r,
@@ -300,6 +358,39 @@ impl ExprParser<'_> {
             }
         }
         Ok(l)
+    }
+
+    fn sum(&mut self) -> std::result::Result<i64, String> {
+        let mut v = self.product()?;
+        loop {
+            if self.peek_op("+") {
+                self.pos += 1;
+                v += self.product()?;
+            } else if self.peek_op("-") {
+                self.pos += 1;
+                v -= self.product()?;
+            } else {
+                return Ok(v);
+            }
+        }
+    }
+
+    fn product(&mut self) -> std::result::Result<i64, String> {
+        let mut v = self.unary()?;
+        loop {
+            let op = ["*", "/", "%"].into_iter().find(|op| self.peek_op(op));
+            let Some(op) = op else {
+                return Ok(v);
+            };
+            self.pos += 1;
+            let r = self.unary()?;
+            v = match op {
+                "*" => v * r,
+                _ if r == 0 => return Err("division by zero in #if expression".into()),
+                "/" => v / r,
+                _ => v % r,
+            };
+        }
     }
 
     fn unary(&mut self) -> std::result::Result<i64, String> {
@@ -390,6 +481,19 @@ mod tests {
             ("common.wgsl", "fn common() {}\n"),
         ];
         assert_eq!(pp(&files, &[]).unwrap(), "fn common() {}\nlet n = 3;\n");
+    }
+
+    #[test]
+    fn for_repeats_with_the_index_substituted() {
+        let src = "#for I in 0..N / 2\n#for J in 0..2\nx[I][J] = I * 2 + J;\n#endfor\n#endfor\n";
+        let out = pp(&[("a.wgsl", src)], &[("N", "4")]).unwrap();
+        assert_eq!(out, "x[0][0] = 0 * 2 + 0;\nx[0][1] = 0 * 2 + 1;\nx[1][0] = 1 * 2 + 0;\nx[1][1] = 1 * 2 + 1;\n");
+        let src = "#for I in 0..3\n#if I % 2 == 0\ne I\n#endif\n#endfor\nI\n";
+        assert_eq!(pp(&[("a.wgsl", src)], &[]).unwrap(), "e 0\ne 2\nI\n");
+        let e = pp(&[("a.wgsl", "#for I in 0..2\n")], &[]).unwrap_err().to_string();
+        assert!(e.contains("#for without #endfor"), "{e}");
+        let e = pp(&[("a.wgsl", "#for 3 in 0..2\n#endfor\n")], &[]).unwrap_err().to_string();
+        assert!(e.contains("NAME in A..B"), "{e}");
     }
 
     #[test]

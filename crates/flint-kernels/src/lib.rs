@@ -51,9 +51,24 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
     ("softmax.wgsl", include_str!("../../../shaders/softmax.wgsl")),
 ];
 
-static REGISTRY: LazyLock<ShaderRegistry> = LazyLock::new(|| ShaderRegistry::new(SHADER_FILES));
+static REGISTRY: LazyLock<ShaderRegistry> = LazyLock::new(|| {
+    let Some(dir) = std::env::var_os("FLINT_SHADER_DIR") else {
+        return ShaderRegistry::new(SHADER_FILES);
+    };
+    // Kernel development: read the sources from disk (a file that cannot be read keeps the
+    // built-in copy). Leaked once per process, as the registry lives as long as the process.
+    let files: Vec<(&'static str, &'static str)> = SHADER_FILES
+        .iter()
+        .map(|&(name, builtin)| {
+            let text = std::fs::read_to_string(std::path::Path::new(&dir).join(name)).ok();
+            (name, text.map_or(builtin, |t| &*Box::leak(t.into_boxed_str())))
+        })
+        .collect();
+    ShaderRegistry::new(&files)
+});
 
-/// The registry over [`SHADER_FILES`].
+/// The registry over [`SHADER_FILES`], or over the files in `FLINT_SHADER_DIR` when that is set
+/// (for editing kernels without rebuilding).
 pub fn registry() -> &'static ShaderRegistry {
     &REGISTRY
 }

@@ -110,10 +110,26 @@ impl AttnParams {
         Ok(())
     }
 
-    /// Floating point operations: two matrix products per visible (query, key) pair is the
-    /// usual count; this counts every pair within `kv_len` (masks not subtracted).
+    /// Floating point operations: `Q K^T` and `P V` for each (query, key) pair the mask lets
+    /// through, two flops per multiply-add each.
     pub fn flops(&self, seqs: &[SeqSpec]) -> f64 {
-        let pairs: usize = seqs.iter().map(|s| self.q_len * s.kv_len).sum();
+        let pairs: usize = seqs
+            .iter()
+            .map(|s| {
+                (0..self.q_len)
+                    .map(|t| {
+                        let qpos = s.q_pos0 + t;
+                        match self.mask {
+                            Mask::None => s.kv_len,
+                            Mask::Causal => (qpos + 1).min(s.kv_len),
+                            Mask::SlidingWindow(w) => {
+                                (qpos + 1).min(s.kv_len).saturating_sub((qpos + 1).saturating_sub(w))
+                            }
+                        }
+                    })
+                    .sum::<usize>()
+            })
+            .sum();
         4.0 * (pairs * self.n_heads * self.head_dim) as f64
     }
 
@@ -249,6 +265,15 @@ mod tests {
         assert_eq!(o, vec![4.0, 4.0, 4.0, 4.0]);
         let o = attention(&p(Mask::SlidingWindow(1)), &seqs, &q, &[vec![0.0, 0.0]], &[vec![3.0, 5.0]], None).unwrap();
         assert_eq!(o, vec![3.0, 3.0, 5.0, 5.0]);
+    }
+
+    #[test]
+    fn flops_count_visible_pairs() {
+        let seqs = [SeqSpec { kv_len: 4, q_pos0: 0 }];
+        let p4 = AttnParams { q_len: 4, n_heads: 1, ..p(Mask::None) };
+        assert_eq!(p4.flops(&seqs), 4.0 * 16.0);
+        assert_eq!(AttnParams { mask: Mask::Causal, ..p4 }.flops(&seqs), 4.0 * 10.0);
+        assert_eq!(AttnParams { mask: Mask::SlidingWindow(2), ..p4 }.flops(&seqs), 4.0 * 7.0);
     }
 
     #[test]

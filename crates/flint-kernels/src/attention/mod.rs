@@ -15,12 +15,12 @@ use crate::{FLOATS, Needs, Variant, check_tensor, needs_for, param_err, registry
 
 /// Head sizes the kernels take: multiples of 4 up to this.
 pub const MAX_HEAD_DIM: usize = 256;
-/// Keys per tile of the online softmax.
-const KEYS_PER_TILE: u32 = 8;
+/// Keys per tile of the online softmax (the kernels hold a tile's scores in a vec4).
+const KEYS_PER_TILE: u32 = 4;
 /// Lanes of a unit on adapters without a fixed subgroup size (sums go through workgroup memory).
 const EMULATED_LANES: u32 = 8;
-/// Rows-per-unit choices compiled.
-const ROWS_PER_UNIT: [u32; 5] = [1, 2, 4, 8, 16];
+/// Rows-per-unit choices of the `attend` layout.
+const ROWS_PER_UNIT: [u32; 3] = [1, 2, 4];
 /// Shortest split worth a workgroup of its own.
 const MIN_SPLIT: usize = 256;
 const MERGE_WG: u32 = 64;
@@ -103,6 +103,9 @@ pub struct AttnConfig {
     pub lanes: u32,
     /// Whether lanes sum with subgroup operations (else through workgroup memory).
     pub subgroups: bool,
+    /// Rows per lane when lanes own whole rows (`attend_rows`); 0 when lanes own head-dim
+    /// chunks of `rows_per_unit` rows (`attend`).
+    pub rows_per_lane: u32,
     /// Query rows per unit.
     pub rows_per_unit: u32,
     /// Key splits (1: no merge pass).
@@ -125,11 +128,32 @@ pub fn plan(caps: &Caps, p: &AttnParams, seqs: &[SeqSpec], splits: Option<usize>
         None => (EMULATED_LANES, false),
     };
     let rows = p.q_len * p.group();
-    // Each lane holds RQ x (vec4 chunks of head_dim it owns) of Q and of O: keep that product at
-    // 32 or less (head_dim 256 on 8 lanes with 16 rows took LLVM 50 s to compile on lavapipe).
-    let chunks = (p.head_dim / 4).div_ceil(lanes as usize).max(1);
-    let cap = ROWS_PER_UNIT.iter().copied().rev().find(|&r| r as usize * chunks <= 32).unwrap_or(1);
-    let rows_per_unit = ROWS_PER_UNIT.iter().copied().find(|&r| r as usize >= rows).unwrap_or(16).min(cap);
+    // Many rows and subgroups: lanes own whole rows (RL each), so the softmax runs lane-parallel.
+    // A lane holds RL x head_dim/4 vec4s of Q and of O: up to 4 rows at head_dim 64, 2 at 128, 1
+    // above. RL is the one that pads the fewest rows, the largest of those (48 rows on 8 lanes:
+    // RL 3 ran the cascade prefix in 1.47 ms, RL 4 in 1.68 ms with its second unit half empty).
+    let rows_per_lane = if subgroups && rows >= lanes as usize {
+        let max_rl = if p.head_dim <= 64 {
+            4
+        } else if p.head_dim <= 128 {
+            2
+        } else {
+            1
+        };
+        (1..=max_rl).rev().min_by_key(|&rl| rows.div_ceil(lanes as usize * rl) * rl).unwrap_or(1) as u32
+    } else {
+        0
+    };
+    let rows_per_unit = if rows_per_lane > 0 {
+        lanes * rows_per_lane
+    } else {
+        // Lanes own head-dim chunks for RQ rows: keep RQ x (chunks a lane holds) at 32 or less
+        // (head_dim 256 on 8 lanes with 16 rows took LLVM 50 s to compile on lavapipe), and RQ at
+        // 4: loops over more rows were not unrolled on lavapipe and ran from scratch memory.
+        let chunks = (p.head_dim / 4).div_ceil(lanes as usize).max(1);
+        let cap = ROWS_PER_UNIT.iter().copied().rev().find(|&r| r as usize * chunks <= 32).unwrap_or(1).min(4);
+        ROWS_PER_UNIT.iter().copied().find(|&r| r as usize >= rows).unwrap_or(4).min(cap)
+    };
     let units = rows.div_ceil(rows_per_unit as usize);
     let kv_max = seqs.iter().map(|s| s.kv_len).max().unwrap_or(0).max(1);
     let parallel = units * p.n_kv_heads * p.seqs;
@@ -145,6 +169,7 @@ pub fn plan(caps: &Caps, p: &AttnParams, seqs: &[SeqSpec], splits: Option<usize>
     AttnConfig {
         lanes,
         subgroups,
+        rows_per_lane,
         rows_per_unit,
         splits: u32_of(kv_max.div_ceil(split_size)),
         split_size: u32_of(split_size),
@@ -172,13 +197,20 @@ struct AttnUniform {
 }
 
 fn attend_key(q: DType, kv: DType, o: DType, head_dim: usize, cfg: &AttnConfig, mask: bool) -> PipelineKey {
-    typed_key("attention.wgsl", "attend", cfg.lanes, &[("TQ", q), ("TKV", kv), ("TO", o)])
+    let entry = if cfg.rows_per_lane > 0 { "attend_rows" } else { "attend" };
+    let dv = head_dim as u32 / 4;
+    let key = typed_key("attention.wgsl", entry, cfg.lanes, &[("TQ", q), ("TKV", kv), ("TO", o)])
         .define("D", head_dim)
+        .define("DV", dv)
+        .define("DC", dv.div_ceil(cfg.lanes))
         .define("SG", cfg.lanes)
-        .define("RQ", cfg.rows_per_unit)
-        .define("T", KEYS_PER_TILE)
         .flag("SUBGROUPS", cfg.subgroups)
-        .flag("MASK", mask)
+        .flag("MASK", mask);
+    if cfg.rows_per_lane > 0 {
+        key.flag("ATTEND_ROWS", true).define("RL", cfg.rows_per_lane)
+    } else {
+        key.flag("ATTEND_DIMS", true).define("RQ", cfg.rows_per_unit)
+    }
 }
 
 fn merge_key(input: DType, out: DType) -> PipelineKey {
@@ -202,15 +234,45 @@ pub fn variants() -> Vec<Variant> {
     for (q, kv, o) in types {
         for d in [64usize, 72, 128, 256] {
             for (lanes, subgroups) in [(EMULATED_LANES, false), (8, true), (32, true)] {
-                for rq in ROWS_PER_UNIT {
-                    for mask in [false, true] {
-                        let cfg = AttnConfig { lanes, subgroups, rows_per_unit: rq, splits: 1, split_size: 1 };
-                        let sg = if subgroups { format!("sg{lanes}") } else { format!("wg{lanes}") };
+                for mask in [false, true] {
+                    let sg = if subgroups { format!("sg{lanes}") } else { format!("wg{lanes}") };
+                    let m = if mask { " mask" } else { "" };
+                    let mut configs: Vec<(String, AttnConfig)> = [1, 2, 4]
+                        .map(|rq| {
+                            let cfg = AttnConfig {
+                                lanes,
+                                subgroups,
+                                rows_per_lane: 0,
+                                rows_per_unit: rq,
+                                splits: 1,
+                                split_size: 1,
+                            };
+                            (format!("attention/attend {q}x{kv}->{o} d{d} {sg} rq{rq}{m}"), cfg)
+                        })
+                        .to_vec();
+                    if subgroups {
+                        let max_rl = if d <= 64 {
+                            4
+                        } else if d <= 128 {
+                            2
+                        } else {
+                            1
+                        };
+                        for rl in 1..=max_rl {
+                            let cfg = AttnConfig {
+                                lanes,
+                                subgroups,
+                                rows_per_lane: rl,
+                                rows_per_unit: lanes * rl,
+                                splits: 1,
+                                split_size: 1,
+                            };
+                            configs.push((format!("attention/attend_rows {q}x{kv}->{o} d{d} {sg} rl{rl}{m}"), cfg));
+                        }
+                    }
+                    for (name, cfg) in configs {
                         out.push(Variant {
-                            name: format!(
-                                "attention/attend {q}x{kv}->{o} d{d} {sg} rq{rq}{}",
-                                if mask { " mask" } else { "" }
-                            ),
+                            name,
                             key: attend_key(q, kv, o, d, &cfg, mask),
                             needs: needs_for(&[q, kv, o], subgroups),
                         });
