@@ -586,6 +586,9 @@ pub fn cases(out: &mut Vec<Box<dyn Case>>) {
         each.independent = true;
         out.push(Box::new(each));
     }
+    // The shape of llama.cpp's test-backend-ops FLASH_ATTN_EXT(hsk=64,nh=8,nr23=[8,1],kv=7680,nb=1)
+    // with an f16 cache, for a same-adapter comparison.
+    out.push(Box::new(decode(&[7680], (64, 8), 64, mixed, Contiguous, None, b)));
     // The per-sequence launch path is also checked against the reference.
     let mut each =
         decode(&[80, 100, 113, 144], (9, 3), 64, f32s, SharedPrefix { page_size: 16, prefix_len: 64 }, None, t);
