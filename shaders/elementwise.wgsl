@@ -1,6 +1,6 @@
 // Elementwise ops, one element per invocation, f32 arithmetic whatever the storage type T.
 // OP selects the function: 0 add, 1 mul, 2 scale, 3 silu, 4 gelu_erf, 5 gelu_tanh, 6 swiglu,
-// 7 residual add (in place: x += b). Binary ops read b[i % b_len] (row broadcast).
+// 7 residual add (in place: x += b), 8 geglu (gelu_tanh(a) * b). Binary ops read b[i % b_len] (row broadcast).
 #include "common.wgsl"
 
 struct Params {
@@ -14,7 +14,7 @@ struct Params {
 #if OP == 7
 @group(0) @binding(1) var<storage, read_write> x: array<T>;
 @group(0) @binding(2) var<storage, read> b: array<T>;
-#elif OP == 0 || OP == 1 || OP == 6
+#elif OP == 0 || OP == 1 || OP == 6 || OP == 8
 @group(0) @binding(1) var<storage, read> a: array<T>;
 @group(0) @binding(2) var<storage, read> b: array<T>;
 @group(0) @binding(3) var<storage, read_write> out: array<T>;
@@ -68,6 +68,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let r = 0.5 * v * (1.0 + tanh_f32(0.79788456080286536 * (v + 0.044715 * v * v * v)));
 #elif OP == 6
     let r = silu_f32(v) * f32(b[i]);
+#elif OP == 8
+    let r = 0.5 * v * (1.0 + tanh_f32(0.79788456080286536 * (v + 0.044715 * v * v * v))) * f32(b[i]);
 #endif
     out[i] = T(r);
 #endif

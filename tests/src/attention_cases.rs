@@ -207,7 +207,7 @@ impl Case for AttnCase {
     }
     fn launch(&self, dev: &Device, rec: &mut Recorder, t: &[Tensor], out: &Tensor) -> flint_gpu::Result<()> {
         let pool = self.pool();
-        let kv = KvCache { k: &t[1], v: &t[2], page_size: pool.page_size, num_pages: pool.num_pages };
+        let kv = KvCache { k: t[1].clone(), v: t[2].clone(), page_size: pool.page_size, num_pages: pool.num_pages };
         if !self.independent {
             let table = PageTable::new(dev, &pool.rows, pool.num_pages)?;
             return attention::attention_with(
@@ -353,7 +353,7 @@ impl Case for CascadeCase {
         let (pool, prefix) = self.pool();
         let prefix_table = PageTable::new(dev, &[prefix], pool.num_pages)?;
         let suffix_table = PageTable::new(dev, &pool.rows[1..], pool.num_pages)?;
-        let kv = KvCache { k: &t[1], v: &t[2], page_size: pool.page_size, num_pages: pool.num_pages };
+        let kv = KvCache { k: t[1].clone(), v: t[2].clone(), page_size: pool.page_size, num_pages: pool.num_pages };
         attention::cascade(
             dev,
             rec,

@@ -157,11 +157,12 @@ impl Case for EltCase {
     fn inputs(&self) -> Vec<Input> {
         let mut rng = Rng::from_name(&self.name());
         // Activations see the tails of silu/gelu; arithmetic ops see signed values.
-        let (lo, hi) = if matches!(self.p.op, EltOp::Silu | EltOp::GeluErf | EltOp::GeluTanh | EltOp::SwiGlu) {
-            (-8.0, 8.0)
-        } else {
-            (-2.0, 2.0)
-        };
+        let (lo, hi) =
+            if matches!(self.p.op, EltOp::Silu | EltOp::GeluErf | EltOp::GeluTanh | EltOp::SwiGlu | EltOp::GeGlu) {
+                (-8.0, 8.0)
+            } else {
+                (-2.0, 2.0)
+            };
         let mut v = vec![Input::float("a", &[self.p.n], self.dt, rng.vec(self.p.n, lo, hi))];
         if self.p.op.is_binary() {
             v.push(Input::float("b", &[self.p.b_len], self.dt, rng.vec(self.p.b_len, -2.0, 2.0)));
@@ -484,7 +485,7 @@ pub fn all_cases() -> Vec<Box<dyn Case>> {
                 let b_len = if op.is_binary() { n } else { 0 };
                 out.push(Box::new(EltCase { p: EltParams { op, n, b_len, scale: 0.37 }, dt, tier: Tier::Test }));
             }
-            if op.is_binary() && op != EltOp::SwiGlu {
+            if op.is_binary() && !matches!(op, EltOp::SwiGlu | EltOp::GeGlu) {
                 out.push(Box::new(EltCase {
                     p: EltParams { op, n: 3 * 576, b_len: 576, scale: 1.0 },
                     dt,
@@ -547,6 +548,122 @@ pub fn all_cases() -> Vec<Box<dyn Case>> {
         }));
     }
     crate::attention_cases::cases(&mut out);
+    crate::quant_cases::cases(&mut out);
+    sample_cases(&mut out);
     out.sort_by_key(|c| c.tier() == Tier::Bench);
     out
+}
+
+/// Token sampling against the reference: each row's seed is chosen so its draw lies at least
+/// 1e-4 from the edges of the chosen token's interval, so f32 rounding cannot flip the pick.
+pub struct SampleCase {
+    /// Shape and sampling values.
+    pub p: flint_ref::sample::SampleParams,
+    /// Make several logits equal to the maximum (ties go to the lower id).
+    pub ties: bool,
+}
+
+impl SampleCase {
+    fn logits(&self) -> Vec<f32> {
+        let mut rng = Rng::from_name(&self.name());
+        let mut l = rng.vec(self.p.rows * self.p.vocab, -6.0, 6.0);
+        if self.ties {
+            for row in l.chunks_exact_mut(self.p.vocab) {
+                let n = row.len();
+                row[n / 2] = 9.0;
+                row[n / 3] = 9.0;
+            }
+        }
+        l
+    }
+
+    fn seeds(&self, logits: &[f32]) -> Vec<(u32, u32)> {
+        let one = flint_ref::sample::SampleParams { rows: 1, ..self.p };
+        (0..self.p.rows)
+            .map(|r| {
+                let row = &logits[r * self.p.vocab..][..self.p.vocab];
+                (0u32..)
+                    .map(|s| (s * 7919 + r as u32, 3))
+                    .find(|&(seed, step)| {
+                        let c = flint_ref::sample::sample(&one, row, &[(seed, step)]).expect("valid")[0];
+                        let u = f64::from(flint_ref::sample::uniform(seed, step));
+                        u - c.interval.0 > 1e-4 && c.interval.1 - u > 1e-4
+                    })
+                    .expect("some seed lands inside an interval")
+            })
+            .collect()
+    }
+}
+
+impl Case for SampleCase {
+    fn name(&self) -> String {
+        let p = &self.p;
+        format!(
+            "sample_{}x{}_t{}_k{}_p{}{}",
+            p.rows,
+            p.vocab,
+            p.temperature,
+            p.top_k,
+            p.top_p,
+            if self.ties { "_ties" } else { "" }
+        )
+    }
+    fn op(&self) -> &'static str {
+        "sample"
+    }
+    fn dtype(&self) -> String {
+        "f32".into()
+    }
+    fn unsupported(&self, _caps: &Caps) -> Option<String> {
+        None
+    }
+    fn tolerance(&self) -> Tolerance {
+        F32_TOL
+    }
+    fn flops(&self) -> f64 {
+        4.0 * (self.p.rows * self.p.vocab) as f64
+    }
+    fn bytes(&self) -> f64 {
+        (4 * self.p.rows * self.p.vocab) as f64
+    }
+    fn inputs(&self) -> Vec<Input> {
+        let logits = self.logits();
+        let seeds: Vec<u32> = self.seeds(&logits).into_iter().flat_map(|(s, t)| [s, t]).collect();
+        vec![
+            Input::float("logits", &[self.p.rows, self.p.vocab], DType::F32, logits),
+            Input::ints("rng", &[self.p.rows, 2], seeds),
+        ]
+    }
+    fn reference(&self, inputs: &[Input]) -> Result<Vec<f32>, ParamError> {
+        let rng: Vec<(u32, u32)> = inputs[1].u32s().chunks_exact(2).map(|c| (c[0], c[1])).collect();
+        let picks = flint_ref::sample::sample(&self.p, inputs[0].f32s(), &rng)?;
+        Ok(picks.iter().flat_map(|c| [c.token as f32, c.logprob]).collect())
+    }
+    fn output(&self) -> (Vec<usize>, DType) {
+        (vec![self.p.rows, 2], DType::F32)
+    }
+    fn launch(&self, dev: &Device, rec: &mut Recorder, t: &[Tensor], out: &Tensor) -> flint_gpu::Result<()> {
+        flint_kernels::sample::sample(dev, rec, &self.p, &t[0], &t[1], out)
+    }
+}
+
+/// Sampling cases.
+pub fn sample_cases(out: &mut Vec<Box<dyn Case>>) {
+    use flint_ref::sample::SampleParams as S;
+    let s = |rows, vocab, temperature, top_k, top_p| S { rows, vocab, temperature, top_k, top_p };
+    for p in [
+        s(1, 7, 0.0, 0, 1.0),
+        s(3, 1000, 0.0, 0, 1.0),
+        s(2, 49152, 0.0, 0, 1.0),
+        s(4, 1000, 0.7, 0, 1.0),
+        s(4, 1000, 1.5, 40, 0.9),
+        s(16, 1000, 1.0, 1, 1.0),
+        s(5, 49152, 0.8, 50, 0.95),
+        s(3, 4099, 1.2, 0, 0.5),
+        s(2, 7, 2.0, 3, 1.0),
+    ] {
+        out.push(Box::new(SampleCase { p, ties: false }));
+    }
+    out.push(Box::new(SampleCase { p: s(3, 1000, 0.0, 0, 1.0), ties: true }));
+    out.push(Box::new(SampleCase { p: s(3, 1000, 0.5, 2, 1.0), ties: true }));
 }

@@ -12,6 +12,7 @@
 mod attention_cases;
 pub mod cases;
 mod compare;
+mod quant_cases;
 mod rng;
 mod run;
 

@@ -22,15 +22,29 @@ fn write(dev: &Device, pool: &mut KvPool, seq: flint_kernels::attention::paged::
     let vt = dev.upload_f32("v", &v, &[n, 1, ROW], DType::F32).unwrap();
     let table = pool.page_table(dev, &[seq]).unwrap();
     let dest: Vec<(usize, usize)> = positions.map(|p| (0, p)).collect();
-    attention::append_kv(dev, &mut rec, 1, ROW, &kt, &vt, &dest, &pool.cache(), &table).unwrap();
+    // Layer 1 holds the negated values, so a copy that missed a layer shows.
+    attention::append_kv(dev, &mut rec, 1, ROW, &kt, &vt, &dest, &pool.cache(0).unwrap(), &table).unwrap();
+    attention::append_kv(dev, &mut rec, 1, ROW, &vt, &kt, &dest, &pool.cache(1).unwrap(), &table).unwrap();
     rec.submit().unwrap().wait().unwrap();
 }
 
 /// The K value stored for each position of `seq` (first element of each row), and V's.
 fn read(dev: &Device, pool: &KvPool, seq: flint_kernels::attention::paged::SeqId) -> (Vec<f32>, Vec<f32>) {
-    let cache = pool.cache();
-    let k = dev.read_f32(cache.k).unwrap();
-    let v = dev.read_f32(cache.v).unwrap();
+    let (k, v) = read_layer(dev, pool, seq, 0);
+    let (k1, v1) = read_layer(dev, pool, seq, 1);
+    assert_eq!((&k1, &v1), (&v, &k), "layer 1 mirrors layer 0");
+    (k, v)
+}
+
+fn read_layer(
+    dev: &Device,
+    pool: &KvPool,
+    seq: flint_kernels::attention::paged::SeqId,
+    layer: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let cache = pool.cache(layer).unwrap();
+    let k = dev.read_f32(&cache.k).unwrap();
+    let v = dev.read_f32(&cache.v).unwrap();
     let pages = pool.pages(seq).unwrap();
     (0..pool.len(seq).unwrap())
         .map(|p| {
@@ -43,7 +57,7 @@ fn read(dev: &Device, pool: &KvPool, seq: flint_kernels::attention::paged::SeqId
 #[test]
 fn append_fork_copy_on_write_and_free() {
     let dev = device();
-    let mut pool = KvPool::new(&dev, 8, PAGE, 1, ROW, DType::F32).unwrap();
+    let mut pool = KvPool::new(&dev, 2, 8, PAGE, 1, ROW, DType::F32).unwrap();
     let a = pool.create();
     write(&dev, &mut pool, a, 6, 100.0);
     assert_eq!(pool.used_pages(), 2);
@@ -84,7 +98,7 @@ fn append_fork_copy_on_write_and_free() {
 #[test]
 fn running_out_of_pages_changes_nothing() {
     let dev = device();
-    let mut pool = KvPool::new(&dev, 2, PAGE, 1, ROW, DType::F32).unwrap();
+    let mut pool = KvPool::new(&dev, 1, 2, PAGE, 1, ROW, DType::F32).unwrap();
     let a = pool.create();
     let mut rec = Recorder::new(&dev);
     pool.append(&mut rec, a, 5).unwrap();
@@ -100,7 +114,7 @@ fn attention_rejects_bad_tables_and_shapes_before_dispatch() {
     let e = PageTable::new(&dev, &[vec![0, 1], vec![7]], 4).unwrap_err();
     assert!(e.to_string().contains("sequence 1 entry 0 is page 7, past the pool's 4 pages"), "{e}");
 
-    let pool = KvPool::new(&dev, 4, PAGE, 1, 64, DType::F32).unwrap();
+    let pool = KvPool::new(&dev, 1, 4, PAGE, 1, 64, DType::F32).unwrap();
     let table = PageTable::new(&dev, &[vec![0, 1]], 4).unwrap();
     let q = dev.empty("q", &[3, 64], DType::F32).unwrap();
     let out = dev.empty("out", &[3, 64], DType::F32).unwrap();
@@ -116,7 +130,7 @@ fn attention_rejects_bad_tables_and_shapes_before_dispatch() {
         mask_stride: 0,
     };
     let mut rec = Recorder::new(&dev);
-    let cache = pool.cache();
+    let cache = pool.cache(0).unwrap();
     let long = [SeqSpec { kv_len: 9, q_pos0: 8 }];
     let e = attention::attention(&dev, &mut rec, &p, &long, &q, &cache, &table, None, &out).unwrap_err();
     assert!(e.to_string().contains("9 keys but its 2 pages hold 8"), "{e}");
@@ -126,16 +140,16 @@ fn attention_rejects_bad_tables_and_shapes_before_dispatch() {
     let e = attention::attention(&dev, &mut rec, &bad_heads, &ok, &q, &cache, &table, None, &out).unwrap_err();
     assert!(e.to_string().contains("do not divide"), "{e}");
 
-    let odd = KvPool::new(&dev, 4, PAGE, 1, 66, DType::F32).unwrap();
+    let odd = KvPool::new(&dev, 1, 4, PAGE, 1, 66, DType::F32).unwrap();
     let q66 = dev.empty("q", &[3, 66], DType::F32).unwrap();
     let out66 = dev.empty("out", &[3, 66], DType::F32).unwrap();
     let p66 = AttnParams { head_dim: 66, ..p };
-    let e = attention::attention(&dev, &mut rec, &p66, &ok, &q66, &odd.cache(), &table, None, &out66).unwrap_err();
+    let e = attention::attention(&dev, &mut rec, &p66, &ok, &q66, &odd.cache(0).unwrap(), &table, None, &out66)
+        .unwrap_err();
     assert!(e.to_string().contains("head_dim 66"), "{e}");
 
-    let small = KvCache { num_pages: 2, ..cache };
     let k2 = dev.empty("k", &[2, PAGE, 1, 64], DType::F32).unwrap();
-    let small = KvCache { k: &k2, v: &k2, ..small };
+    let small = KvCache { k: k2.clone(), v: k2, num_pages: 2, ..cache };
     let e = attention::attention(&dev, &mut rec, &p, &ok, &q, &small, &table, None, &out).unwrap_err();
     assert!(e.to_string().contains("checked against 4 pages but the pool has 2"), "{e}");
     assert_eq!(rec.dispatches(), 0);

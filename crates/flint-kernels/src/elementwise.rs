@@ -26,6 +26,7 @@ fn op_code(op: EltOp) -> u32 {
         EltOp::GeluTanh => 5,
         EltOp::SwiGlu => 6,
         EltOp::ResidualAdd => 7,
+        EltOp::GeGlu => 8,
     }
 }
 

@@ -31,8 +31,10 @@ pub mod elementwise;
 pub mod embed;
 pub mod matmul;
 pub mod norm;
+pub mod quant;
 pub mod roofline;
 pub mod rope;
+pub mod sample;
 pub mod softmax;
 
 /// Every WGSL file of flint, by name.
@@ -46,8 +48,10 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
     ("matmul.wgsl", include_str!("../../../shaders/matmul.wgsl")),
     ("merge.wgsl", include_str!("../../../shaders/merge.wgsl")),
     ("norm.wgsl", include_str!("../../../shaders/norm.wgsl")),
+    ("quant.wgsl", include_str!("../../../shaders/quant.wgsl")),
     ("roofline.wgsl", include_str!("../../../shaders/roofline.wgsl")),
     ("rope.wgsl", include_str!("../../../shaders/rope.wgsl")),
+    ("sample.wgsl", include_str!("../../../shaders/sample.wgsl")),
     ("softmax.wgsl", include_str!("../../../shaders/softmax.wgsl")),
 ];
 
@@ -113,10 +117,12 @@ pub fn all_variants() -> Vec<Variant> {
     v.extend(attention::variants());
     v.extend(elementwise::variants());
     v.extend(norm::variants());
+    v.extend(quant::variants());
     v.extend(softmax::variants());
     v.extend(rope::variants());
     v.extend(embed::variants());
     v.extend(roofline::variants());
+    v.extend(sample::variants());
     v
 }
 

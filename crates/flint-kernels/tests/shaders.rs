@@ -23,7 +23,9 @@ fn every_variant_validates() {
                 continue;
             }
         };
-        let mut caps = Capabilities::default();
+        // pack/unpack2x16float are core WGSL; naga asks for this flag, which wgpu grants on every
+        // adapter that passes WebGPU's downlevel checks.
+        let mut caps = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
         caps.set(Capabilities::SHADER_FLOAT16, v.needs.f16);
         caps.set(Capabilities::SUBGROUP, v.needs.subgroups);
         if let Err(e) = Validator::new(ValidationFlags::all(), caps).validate(&module) {

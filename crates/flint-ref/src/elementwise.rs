@@ -20,13 +20,15 @@ pub enum EltOp {
     GeluTanh,
     /// `silu(a) * b`, the gated MLP of Llama-family models.
     SwiGlu,
+    /// `gelu_tanh(a) * b`, Gemma's gated MLP.
+    GeGlu,
     /// `a += b` in place (the residual stream).
     ResidualAdd,
 }
 
 impl EltOp {
     /// Every op, for tables.
-    pub const ALL: [EltOp; 8] = [
+    pub const ALL: [EltOp; 9] = [
         EltOp::Add,
         EltOp::Mul,
         EltOp::Scale,
@@ -34,6 +36,7 @@ impl EltOp {
         EltOp::GeluErf,
         EltOp::GeluTanh,
         EltOp::SwiGlu,
+        EltOp::GeGlu,
         EltOp::ResidualAdd,
     ];
 
@@ -47,13 +50,14 @@ impl EltOp {
             EltOp::GeluErf => "gelu_erf",
             EltOp::GeluTanh => "gelu_tanh",
             EltOp::SwiGlu => "swiglu",
+            EltOp::GeGlu => "geglu",
             EltOp::ResidualAdd => "residual_add",
         }
     }
 
     /// Whether the op reads a second operand `b`.
     pub fn is_binary(self) -> bool {
-        matches!(self, EltOp::Add | EltOp::Mul | EltOp::SwiGlu | EltOp::ResidualAdd)
+        matches!(self, EltOp::Add | EltOp::Mul | EltOp::SwiGlu | EltOp::GeGlu | EltOp::ResidualAdd)
     }
 
     /// Floating point operations per element (for roofline reports; transcendental functions
@@ -65,6 +69,7 @@ impl EltOp {
             EltOp::SwiGlu => 5.0,
             EltOp::GeluErf => 8.0,
             EltOp::GeluTanh => 9.0,
+            EltOp::GeGlu => 10.0,
         }
     }
 }
@@ -105,8 +110,11 @@ impl EltParams {
                     format!("{}: b has {} elements, which must divide a's {}", self.op.name(), self.b_len, self.n),
                 ));
             }
-            if self.op == EltOp::SwiGlu && self.b_len != self.n {
-                return Err(ParamError::new("elementwise", "swiglu needs a and b of the same length"));
+            if matches!(self.op, EltOp::SwiGlu | EltOp::GeGlu) && self.b_len != self.n {
+                return Err(ParamError::new(
+                    "elementwise",
+                    format!("{} needs a and b of the same length", self.op.name()),
+                ));
             }
         }
         Ok(())
@@ -166,6 +174,7 @@ pub fn elementwise(p: &EltParams, a: &[f32], b: Option<&[f32]>) -> Result<Vec<f3
                 EltOp::GeluErf => gelu_erf(x),
                 EltOp::GeluTanh => gelu_tanh(x),
                 EltOp::SwiGlu => silu(x) * y(),
+                EltOp::GeGlu => gelu_tanh(x) * y(),
             };
             r as f32
         })

@@ -12,7 +12,9 @@ pub mod elementwise;
 pub mod embed;
 pub mod matmul;
 pub mod norm;
+pub mod quant;
 pub mod rope;
+pub mod sample;
 pub mod softmax;
 
 /// A Params struct that does not describe a valid operation, or inputs that do not fit it.

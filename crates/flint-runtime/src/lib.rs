@@ -1,8 +1,14 @@
-//! flint's model runtime: model formats (GGUF, safetensors), tokenizer, model graphs, KV cache
-//! and generation. The kernels and GPU layer it builds on are re-exported here so a host program
-//! needs one dependency.
+//! flint's model runtime: model formats (GGUF, safetensors), tokenizer, chat templates, model
+//! graphs, KV cache and generation. The kernels and GPU layer it builds on are re-exported so a
+//! host program needs one dependency.
 
 #![warn(missing_docs)]
+
+pub mod error;
+pub mod gguf;
+pub mod model;
+
+pub use error::{Result, RuntimeError};
 
 pub use flint_gpu as gpu;
 pub use flint_kernels as kernels;

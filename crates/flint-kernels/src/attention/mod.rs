@@ -26,13 +26,14 @@ const MIN_SPLIT: usize = 256;
 const MERGE_WG: u32 = 64;
 const APPEND_WG: u32 = 64;
 
-/// A paged K/V pool: `k` and `v` are `[num_pages, page_size, n_kv_heads, head_dim]`.
-#[derive(Clone, Copy, Debug)]
-pub struct KvCache<'a> {
+/// A paged K/V pool: `k` and `v` are `[num_pages, page_size, n_kv_heads, head_dim]` (often
+/// views of one layer's region in a larger buffer).
+#[derive(Clone, Debug)]
+pub struct KvCache {
     /// Keys.
-    pub k: &'a Tensor,
+    pub k: Tensor,
     /// Values.
-    pub v: &'a Tensor,
+    pub v: Tensor,
     /// Slots per page.
     pub page_size: usize,
     /// Pages in the pool.
@@ -322,8 +323,8 @@ fn check_attention(
     }
     check_tensor("attention", "q", q, p.q_numel(), FLOATS)?;
     let pool = kv.num_pages * kv.page_size * p.n_kv_heads * p.head_dim;
-    check_tensor("attention", "k pool", kv.k, pool, FLOATS)?;
-    check_tensor("attention", "v pool", kv.v, pool, &[kv.k.dtype()])?;
+    check_tensor("attention", "k pool", &kv.k, pool, FLOATS)?;
+    check_tensor("attention", "v pool", &kv.v, pool, &[kv.k.dtype()])?;
     if kv.page_size == 0 {
         return Err(shape_err("attention", "page size 0".into()));
     }
@@ -452,7 +453,7 @@ fn record_attend(
         pad: [0; 2],
     };
     let groups = [u32_of(units * p.n_kv_heads), cfg.splits, u32_of(p.seqs)];
-    let mut tensors = vec![q, kv.k, kv.v, table.tensor(), &info, parts, lse];
+    let mut tensors = vec![q, &kv.k, &kv.v, table.tensor(), &info, parts, lse];
     if let Some(m) = mask {
         tensors.push(m);
     }
@@ -549,8 +550,8 @@ pub fn append_kv(
     check_tensor("append_kv", "k", k, tokens * row, FLOATS)?;
     check_tensor("append_kv", "v", v, tokens * row, &[k.dtype()])?;
     let pool = kv.num_pages * kv.page_size * row;
-    check_tensor("append_kv", "k pool", kv.k, pool, FLOATS)?;
-    check_tensor("append_kv", "v pool", kv.v, pool, &[kv.k.dtype()])?;
+    check_tensor("append_kv", "k pool", &kv.k, pool, FLOATS)?;
+    check_tensor("append_kv", "v pool", &kv.v, pool, &[kv.k.dtype()])?;
     for (t, &(s, pos)) in dest.iter().enumerate() {
         if s >= table.rows() || pos >= table.pages_of(s) * kv.page_size {
             return Err(shape_err(
@@ -575,7 +576,7 @@ pub fn append_kv(
         &format!("append_kv {tokens}"),
         &kernel,
         &uniform,
-        &[k, v, &dest_t, table.tensor(), kv.k, kv.v],
+        &[k, v, &dest_t, table.tensor(), &kv.k, &kv.v],
         dev.grid(u32_of(tokens * row / 4).div_ceil(APPEND_WG)),
     )
 }

@@ -1,7 +1,8 @@
 //! A paged KV cache for a runtime: fixed-size pages in one pool shared by all sequences, each
 //! sequence a list of pages. Sequences grow page by page, fork by sharing every page (a
 //! reference count per page), and copy a shared page only when they must write into it (the
-//! last, partly filled page); freeing returns pages whose count drops to zero.
+//! last, partly filled page); freeing returns pages whose count drops to zero. Every layer has
+//! its own region of the pool laid out the same way, so one page table serves all layers.
 
 use flint_gpu::{DType, Device, GpuError, Recorder, Result, Tensor};
 
@@ -17,10 +18,11 @@ struct Seq {
     len: usize,
 }
 
-/// K and V pools `[num_pages, page_size, n_kv_heads, head_dim]` and their bookkeeping.
+/// K and V pools `[layers, num_pages, page_size, n_kv_heads, head_dim]` and their bookkeeping.
 pub struct KvPool {
     k: Tensor,
     v: Tensor,
+    layers: usize,
     page_size: usize,
     num_pages: usize,
     row: usize,
@@ -44,22 +46,34 @@ fn err(message: String) -> GpuError {
 }
 
 impl KvPool {
-    /// A pool of `num_pages` pages of `page_size` slots for `n_kv_heads` heads of `head_dim`.
+    /// A pool of `num_pages` pages of `page_size` slots for `n_kv_heads` heads of `head_dim`,
+    /// for each of `layers` layers.
     pub fn new(
         dev: &Device,
+        layers: usize,
         num_pages: usize,
         page_size: usize,
         n_kv_heads: usize,
         head_dim: usize,
         dtype: DType,
     ) -> Result<KvPool> {
-        if num_pages == 0 || page_size == 0 || n_kv_heads == 0 || head_dim == 0 {
-            return Err(err(format!("{num_pages} pages of {page_size} slots of {n_kv_heads}x{head_dim}")));
+        if layers == 0 || num_pages == 0 || page_size == 0 || n_kv_heads == 0 || head_dim == 0 {
+            return Err(err(format!(
+                "{layers} layers of {num_pages} pages of {page_size} slots of {n_kv_heads}x{head_dim}"
+            )));
         }
-        let shape = [num_pages, page_size, n_kv_heads, head_dim];
+        let layer_bytes = dtype.bytes(num_pages * page_size * n_kv_heads * head_dim) as u64;
+        let align = u64::from(dev.caps().storage_offset_alignment.max(4));
+        if layers > 1 && !layer_bytes.is_multiple_of(align) {
+            return Err(err(format!(
+                "a layer's {layer_bytes} bytes are not a multiple of the {align}-byte binding alignment"
+            )));
+        }
+        let shape = [layers * num_pages, page_size, n_kv_heads, head_dim];
         Ok(KvPool {
             k: dev.empty("kv pool k", &shape, dtype)?,
             v: dev.empty("kv pool v", &shape, dtype)?,
+            layers,
             page_size,
             num_pages,
             row: n_kv_heads * head_dim,
@@ -69,9 +83,26 @@ impl KvPool {
         })
     }
 
-    /// The pool as the attention kernels read it.
-    pub fn cache(&self) -> KvCache<'_> {
-        KvCache { k: &self.k, v: &self.v, page_size: self.page_size, num_pages: self.num_pages }
+    /// Layer `layer`'s region as the attention kernels read it.
+    pub fn cache(&self, layer: usize) -> Result<KvCache> {
+        if layer >= self.layers {
+            return Err(err(format!("layer {layer} of a pool of {}", self.layers)));
+        }
+        let elems = self.num_pages * self.page_size * self.row;
+        let dtype = self.k.dtype();
+        let shape = [self.num_pages, self.page_size, self.row];
+        let at = dtype.bytes(layer * elems) as u64;
+        Ok(KvCache {
+            k: self.k.view(at, &shape, dtype)?,
+            v: self.v.view(at, &shape, dtype)?,
+            page_size: self.page_size,
+            num_pages: self.num_pages,
+        })
+    }
+
+    /// Layers in the pool.
+    pub fn layers(&self) -> usize {
+        self.layers
     }
 
     /// Slots per page.
@@ -89,9 +120,9 @@ impl KvPool {
         self.num_pages - self.free.len()
     }
 
-    /// Bytes of K and V held by pages in use.
+    /// Bytes of K and V held by pages in use, over all layers.
     pub fn used_bytes(&self) -> usize {
-        2 * self.used_pages() * self.page_size * self.row * self.k.dtype().size()
+        2 * self.layers * self.used_pages() * self.page_size * self.row * self.k.dtype().size()
     }
 
     /// How many sequences share page `page`.
@@ -180,12 +211,14 @@ impl KvPool {
             let fresh = self.alloc_page()?;
             let page_elems = self.page_size * self.row;
             let dtype = self.k.dtype();
-            let bytes = |p: u32| dtype.bytes(p as usize * page_elems) as u64;
+            let bytes = |layer: usize, p: u32| dtype.bytes((layer * self.num_pages + p as usize) * page_elems) as u64;
             // wgpu copies between different buffers only, so the page goes through a scratch one.
             let scratch = rec.device().empty("kv page copy", &[page_elems], dtype)?;
-            for t in [&self.k, &self.v] {
-                rec.copy(&t.view(bytes(last), &[page_elems], dtype)?, &scratch)?;
-                rec.copy(&scratch, &t.view(bytes(fresh), &[page_elems], dtype)?)?;
+            for layer in 0..self.layers {
+                for t in [&self.k, &self.v] {
+                    rec.copy(&t.view(bytes(layer, last), &[page_elems], dtype)?, &scratch)?;
+                    rec.copy(&scratch, &t.view(bytes(layer, fresh), &[page_elems], dtype)?)?;
+                }
             }
             self.refs[last as usize] -= 1;
             let s = self.seq_mut(id)?;

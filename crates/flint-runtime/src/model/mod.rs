@@ -1,0 +1,4 @@
+//! Model graphs and their weights.
+
+pub mod config;
+pub mod weights;

@@ -1,0 +1,202 @@
+//! Quantized-weight cases: every block format against dequantize-then-f64-matmul, through the
+//! matvec kernel (1 to 8 rows), the subgroup matmul (more rows), and weights split into parts;
+//! and the quantized embedding gather.
+
+use flint_gpu::{Caps, DType, Device, Recorder, Tensor};
+use flint_kernels::quant::{self, QuantWeight};
+use flint_ref::ParamError;
+use flint_ref::embed::EmbedParams;
+use flint_ref::matmul::MatmulParams;
+use flint_ref::quant::{BlockFormat, QuantMatmulParams};
+
+use crate::cases::F32_TOL;
+use crate::{Case, Input, Rng, Tier, Tolerance};
+
+/// Random blocks of `fmt` holding `n` values, with finite scales of realistic size.
+pub fn random_blocks(rng: &mut Rng, fmt: BlockFormat, n: usize) -> Vec<u8> {
+    let mut bytes: Vec<u8> = (0..fmt.bytes_for(n)).map(|_| rng.below(256) as u8).collect();
+    for block in bytes.chunks_exact_mut(fmt.block_bytes()) {
+        for (i, &off) in fmt.scale_offsets().iter().enumerate() {
+            // d in [0.002, 0.03); a second scale (Q4_1's m, Q4_K's dmin) signed.
+            let v = if i == 0 { rng.uniform(0.002, 0.03) } else { rng.uniform(-0.03, 0.03) };
+            block[off..off + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+        }
+    }
+    bytes
+}
+
+fn bytes_as_words(bytes: &[u8]) -> Vec<u32> {
+    let mut padded = bytes.to_vec();
+    padded.resize(bytes.len().div_ceil(4) * 4, 0);
+    padded.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+fn words_as_bytes(words: &[u32], len: usize) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_le_bytes()).take(len).collect()
+}
+
+/// C = A x W^T with W in blocks.
+pub struct QuantMatmulCase {
+    /// Shape and format.
+    pub p: QuantMatmulParams,
+    /// Weight rows per part (None: one part).
+    pub part_rows: Option<usize>,
+    /// Tier.
+    pub tier: Tier,
+}
+
+impl Case for QuantMatmulCase {
+    fn name(&self) -> String {
+        let mm = &self.p.mm;
+        let parts = self.part_rows.map(|r| format!("_parts{r}")).unwrap_or_default();
+        format!("qmatmul_{}_{}x{}x{}{parts}", self.p.format.name(), mm.m, mm.n, mm.k)
+    }
+    fn op(&self) -> &'static str {
+        "quant"
+    }
+    fn dtype(&self) -> String {
+        format!("f32x{}", self.p.format.name())
+    }
+    fn tier(&self) -> Tier {
+        self.tier
+    }
+    fn unsupported(&self, _caps: &Caps) -> Option<String> {
+        None
+    }
+    fn tolerance(&self) -> Tolerance {
+        F32_TOL
+    }
+    fn flops(&self) -> f64 {
+        self.p.mm.flops()
+    }
+    fn bytes(&self) -> f64 {
+        self.p.bytes()
+    }
+    fn inputs(&self) -> Vec<Input> {
+        let mut rng = Rng::from_name(&self.name());
+        let mm = &self.p.mm;
+        let blocks = random_blocks(&mut rng, self.p.format, mm.n * mm.k);
+        let words = bytes_as_words(&blocks);
+        vec![
+            Input::float("A", &[mm.m, mm.k], DType::F32, rng.vec(mm.a_len(), -1.0, 1.0)),
+            Input::ints("W blocks", &[words.len()], words),
+        ]
+    }
+    fn reference(&self, inputs: &[Input]) -> Result<Vec<f32>, ParamError> {
+        let blocks = words_as_bytes(inputs[1].u32s(), self.p.b_bytes());
+        flint_ref::quant::quant_matmul(&self.p, inputs[0].f32s(), &blocks, None)
+    }
+    fn output(&self) -> (Vec<usize>, DType) {
+        (vec![self.p.mm.m, self.p.mm.n], DType::F32)
+    }
+    fn launch(&self, dev: &Device, rec: &mut Recorder, t: &[Tensor], out: &Tensor) -> flint_gpu::Result<()> {
+        // The blocks come back from the input words; a runtime uploads them from the file.
+        let words = self.inputs()[1].u32s().to_vec();
+        let bytes = words_as_bytes(&words, self.p.b_bytes());
+        let (n, k, f) = (self.p.mm.n, self.p.mm.k, self.p.format);
+        let w = match self.part_rows {
+            Some(rows) => QuantWeight::upload_parts(dev, "W", &bytes, f, n, k, rows * f.bytes_for(k))?,
+            None => QuantWeight::upload(dev, "W", &bytes, f, n, k)?,
+        };
+        quant::quant_matmul(dev, rec, &self.p, &t[0], &w, out)
+    }
+}
+
+/// Embedding gather from a quantized table.
+pub struct QuantEmbedCase {
+    /// Shape.
+    pub p: EmbedParams,
+    /// Table format.
+    pub format: BlockFormat,
+    /// Table rows per part (None: one part).
+    pub part_rows: Option<usize>,
+}
+
+impl Case for QuantEmbedCase {
+    fn name(&self) -> String {
+        let parts = self.part_rows.map(|r| format!("_parts{r}")).unwrap_or_default();
+        format!("qembed_{}_{}x{}x{}{parts}", self.format.name(), self.p.tokens, self.p.vocab, self.p.dim)
+    }
+    fn op(&self) -> &'static str {
+        "quant"
+    }
+    fn dtype(&self) -> String {
+        self.format.name().into()
+    }
+    fn unsupported(&self, _caps: &Caps) -> Option<String> {
+        None
+    }
+    fn tolerance(&self) -> Tolerance {
+        F32_TOL
+    }
+    fn flops(&self) -> f64 {
+        self.p.flops()
+    }
+    fn bytes(&self) -> f64 {
+        (self.format.bytes_for(self.p.tokens * self.p.dim) + 4 * self.p.tokens * self.p.dim) as f64
+    }
+    fn inputs(&self) -> Vec<Input> {
+        let mut rng = Rng::from_name(&self.name());
+        let blocks = random_blocks(&mut rng, self.format, self.p.vocab * self.p.dim);
+        let words = bytes_as_words(&blocks);
+        let mut ids: Vec<u32> = (0..self.p.tokens).map(|_| rng.below(self.p.vocab as u32)).collect();
+        ids[0] = self.p.vocab as u32 - 1;
+        vec![Input::ints("table blocks", &[words.len()], words), Input::ints("ids", &[self.p.tokens], ids)]
+    }
+    fn reference(&self, inputs: &[Input]) -> Result<Vec<f32>, ParamError> {
+        let bytes = words_as_bytes(inputs[0].u32s(), self.format.bytes_for(self.p.vocab * self.p.dim));
+        let table = flint_ref::quant::dequantize(self.format, &bytes, self.p.vocab * self.p.dim)?;
+        flint_ref::embed::embed(&self.p, &table, inputs[1].u32s())
+    }
+    fn output(&self) -> (Vec<usize>, DType) {
+        (vec![self.p.tokens, self.p.dim], DType::F32)
+    }
+    fn launch(&self, dev: &Device, rec: &mut Recorder, t: &[Tensor], out: &Tensor) -> flint_gpu::Result<()> {
+        let words = self.inputs()[0].u32s().to_vec();
+        let bytes = words_as_bytes(&words, self.format.bytes_for(self.p.vocab * self.p.dim));
+        let (n, k, f) = (self.p.vocab, self.p.dim, self.format);
+        let table = match self.part_rows {
+            Some(rows) => QuantWeight::upload_parts(dev, "table", &bytes, f, n, k, rows * f.bytes_for(k))?,
+            None => QuantWeight::upload(dev, "table", &bytes, f, n, k)?,
+        };
+        quant::embed_q(dev, rec, &self.p, &table, &t[1], out)
+    }
+}
+
+/// Every quantized-weight case.
+pub fn cases(out: &mut Vec<Box<dyn Case>>) {
+    let q = |format, m, n, k| QuantMatmulParams { mm: MatmulParams::new(m, n, k), format };
+    for f in BlockFormat::ALL {
+        for (m, n, k) in [(1, 17, 256), (3, 65, 512), (8, 64, 256), (33, 70, 256), (1, 1, 256)] {
+            out.push(Box::new(QuantMatmulCase { p: q(f, m, n, k), part_rows: None, tier: Tier::Test }));
+        }
+        out.push(Box::new(QuantMatmulCase { p: q(f, 2, 100, 256), part_rows: Some(40), tier: Tier::Test }));
+        out.push(Box::new(QuantMatmulCase { p: q(f, 20, 100, 256), part_rows: Some(36), tier: Tier::Test }));
+        out.push(Box::new(QuantEmbedCase {
+            p: EmbedParams { tokens: 7, vocab: 100, dim: 256, scale: 1.0 },
+            format: f,
+            part_rows: None,
+        }));
+        out.push(Box::new(QuantEmbedCase {
+            p: EmbedParams { tokens: 9, vocab: 100, dim: 512, scale: 25.3 },
+            format: f,
+            part_rows: Some(32),
+        }));
+    }
+    // SmolLM2-135M (Q4_1 layers, Q8_0 tied head) and gemma-3-270m (Q5_0/Q4_K/Q6_K) shapes.
+    let b = Tier::Bench;
+    for (f, m, n, k) in [
+        (BlockFormat::Q4_1, 1, 1536, 576),
+        (BlockFormat::Q4_1, 1, 576, 1536),
+        (BlockFormat::Q8_0, 1, 49152, 576),
+        (BlockFormat::Q4_1, 8, 1536, 576),
+        (BlockFormat::Q4_1, 64, 1536, 576),
+        (BlockFormat::Q4_1, 512, 1536, 576),
+        (BlockFormat::Q5_0, 1, 2048, 640),
+        (BlockFormat::Q4_K, 1, 640, 1024),
+        (BlockFormat::Q6_K, 1, 640, 2048),
+        (BlockFormat::Q4_0, 1, 1536, 576),
+    ] {
+        out.push(Box::new(QuantMatmulCase { p: q(f, m, n, k), part_rows: None, tier: b }));
+    }
+}
