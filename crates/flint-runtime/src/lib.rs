@@ -5,8 +5,11 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod fetch;
+pub mod generate;
 pub mod gguf;
 pub mod model;
+pub mod tokenizer;
 
 pub use error::{Result, RuntimeError};
 

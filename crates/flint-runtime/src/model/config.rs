@@ -58,7 +58,7 @@ pub struct DecoderConfig {
 impl DecoderConfig {
     /// Whether layer `l` uses the sliding window.
     pub fn is_local(&self, l: usize) -> bool {
-        self.sliding_window.is_some() && (l + 1) % self.global_every != 0
+        self.sliding_window.is_some() && !(l + 1).is_multiple_of(self.global_every)
     }
 
     /// Check the numbers are usable.

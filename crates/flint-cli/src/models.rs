@@ -1,0 +1,188 @@
+//! The model commands: `generate`, `tokenize`, `logits`, `fetch`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use flint_gpu::Device;
+use flint_runtime::fetch::{self, Progress};
+use flint_runtime::generate::SamplingOptions;
+use flint_runtime::model::Model;
+use flint_runtime::tokenizer::StreamDecoder;
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Resolve a model argument, fetching a known model with a progress bar on first use.
+pub fn resolve_model(model: Option<&str>) -> Result<PathBuf> {
+    let mut bar: Option<ProgressBar> = None;
+    let path = fetch::resolve(model, &mut |p| match p {
+        Progress::Start { phase, total } => {
+            let b = match total {
+                Some(t) => ProgressBar::new(t).with_style(
+                    ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+                        .expect("template")
+                        .progress_chars("=> "),
+                ),
+                None => ProgressBar::new_spinner(),
+            };
+            b.set_message(phase);
+            b.enable_steady_tick(std::time::Duration::from_millis(120));
+            bar = Some(b);
+        }
+        Progress::Advance(n) => {
+            if let Some(b) = &bar {
+                b.inc(n);
+            }
+        }
+        Progress::Done => {
+            if let Some(b) = bar.take() {
+                b.finish();
+            }
+        }
+    })?;
+    Ok(path)
+}
+
+fn load(adapter: &str, model: Option<&str>) -> Result<(Device, Model)> {
+    let path = resolve_model(model)?;
+    let dev = Device::open(adapter).context("opening the GPU adapter")?;
+    let t = std::time::Instant::now();
+    let m = Model::load(&dev, &path).with_context(|| format!("loading {}", path.display()))?;
+    tracing::info!("loaded {} on {} in {:?}", path.display(), dev.caps().short_label(), t.elapsed());
+    Ok((dev, m))
+}
+
+/// Options of `flint generate`.
+pub struct GenerateOpts {
+    /// Adapter selector.
+    pub adapter: String,
+    /// Model path or name.
+    pub model: Option<String>,
+    /// Prompt text.
+    pub prompt: String,
+    /// Use the chat template.
+    pub chat: bool,
+    /// Sampling.
+    pub sampling: SamplingOptions,
+    /// JSON output.
+    pub json: bool,
+}
+
+/// `flint generate`.
+pub fn generate(opts: GenerateOpts) -> Result<()> {
+    let (dev, model) = load(&opts.adapter, opts.model.as_deref())?;
+    let prompt = model.prompt_ids(&opts.prompt, opts.chat)?;
+    let mut sampling = opts.sampling.clone();
+    sampling.stop.extend(&model.tokenizer.stop_tokens);
+    let mut session = model.session(prompt.len() + sampling.max_tokens)?;
+    let mut stream = StreamDecoder::default();
+    let mut stdout = std::io::stdout().lock();
+    // A plain prompt is echoed so the continuation reads on; a chat reply stands alone.
+    if !opts.json && !opts.chat {
+        write!(stdout, "{}", opts.prompt)?;
+        stdout.flush()?;
+    }
+    let mut stream_err = None;
+    let out = session.generate(&prompt, &sampling, |id| {
+        if opts.json {
+            return;
+        }
+        match stream.push(&model.tokenizer, id) {
+            Ok(text) => {
+                let _ = write!(stdout, "{text}");
+                let _ = stdout.flush();
+            }
+            Err(e) => stream_err = Some(e),
+        }
+    })?;
+    if let Some(e) = stream_err {
+        return Err(e.into());
+    }
+    let text = model.tokenizer.decode(&out.tokens, true)?;
+    if opts.json {
+        let v = serde_json::json!({
+            "model": model.path.display().to_string(),
+            "adapter": dev.caps().short_label(),
+            "prompt": opts.prompt,
+            "prompt_ids": prompt,
+            "generated_ids": out.tokens,
+            "logprobs": out.logprobs,
+            "text": text,
+            "stop": out.stop,
+            "timings": {
+                "prompt_tokens": out.prompt_tokens,
+                "prefill_ms": out.prefill.as_secs_f64() * 1e3,
+                "prefill_tokens_per_s": out.prefill_tokens_per_s(),
+                "generated_tokens": out.tokens.len(),
+                "decode_ms": out.decode.as_secs_f64() * 1e3,
+                "decode_tokens_per_s": out.decode_tokens_per_s(),
+            },
+            "weight_bytes_per_token": model.decoder.weight_bytes_per_token(),
+        });
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&v)?)?;
+    } else {
+        writeln!(stdout)?;
+        eprintln!(
+            "[{} prompt tokens in {:.0} ms ({:.1} tok/s); {} tokens at {:.1} tok/s on {}; stop: {:?}]",
+            out.prompt_tokens,
+            out.prefill.as_secs_f64() * 1e3,
+            out.prefill_tokens_per_s(),
+            out.tokens.len(),
+            out.decode_tokens_per_s(),
+            dev.caps().short_label(),
+            out.stop
+        );
+    }
+    Ok(())
+}
+
+/// `flint tokenize`.
+pub fn tokenize(model: Option<&str>, text: &str, json: bool) -> Result<()> {
+    let path = resolve_model(model)?;
+    let g = flint_runtime::gguf::Gguf::open(&path)?;
+    let tok = flint_runtime::tokenizer::Tokenizer::from_gguf(&g)?;
+    let ids = tok.encode(text, true)?;
+    if json {
+        let pieces: Vec<&str> = ids.iter().map(|&i| tok.token(i).unwrap_or("")).collect();
+        println!("{}", serde_json::json!({"ids": ids, "tokens": pieces}));
+    } else {
+        for id in &ids {
+            println!("{id}\t{:?}", tok.token(*id).unwrap_or(""));
+        }
+    }
+    Ok(())
+}
+
+/// `flint logits`: write logits at every position of `ids` to a safetensors file.
+pub fn logits(adapter: &str, model: Option<&str>, ids: &str, out: &Path) -> Result<()> {
+    let ids: Vec<u32> = ids
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse::<u32>().with_context(|| format!("token id {s:?} is not a number")))
+        .collect::<Result<_>>()?;
+    if ids.is_empty() {
+        bail!("--token-ids is empty");
+    }
+    let (_, model) = load(adapter, model)?;
+    let logits = model.logits(&ids)?;
+    let vocab = model.decoder.cfg.vocab;
+    let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![ids.len(), vocab], &bytes)?;
+    safetensors::serialize_to_file([("logits", view)], None, out)
+        .with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("wrote logits [{}, {vocab}] to {}", ids.len(), out.display());
+    Ok(())
+}
+
+/// `flint fetch`: fetch known models into the cache.
+pub fn fetch_models(names: &[String]) -> Result<()> {
+    let names: Vec<&str> = if names.is_empty() {
+        fetch::KNOWN.iter().map(|k| k.name).collect()
+    } else {
+        names.iter().map(String::as_str).collect()
+    };
+    for name in names {
+        let path = resolve_model(Some(name))?;
+        println!("{name}: {}", path.display());
+    }
+    Ok(())
+}

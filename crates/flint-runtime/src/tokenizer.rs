@@ -1,0 +1,345 @@
+//! Tokenizers from GGUF metadata, built the way Hugging Face transformers builds them when it
+//! loads a GGUF file, so that ids match: byte-level BPE from the vocabulary and merges for `gpt2`
+//! vocabularies (SmolLM2), and sentencepiece-style BPE with byte fallback for Gemma, whose file
+//! lists no merges (they are recovered from the vocabulary, ordered by the tokens' positions).
+//! Control tokens are special added tokens, user-defined ones plain added tokens. Chat templates
+//! are the Jinja templates in the metadata, rendered with minijinja.
+
+use std::collections::HashMap;
+
+use serde_json::{Value as Json, json};
+
+use crate::gguf::{Gguf, Value};
+use crate::{Result, RuntimeError};
+
+fn tok_err(e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Tokenizer(e.to_string())
+}
+
+/// GPT-2's reversible map from bytes to printable characters.
+fn bytes_to_unicode() -> Vec<char> {
+    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let mut extra = 0;
+    (0u32..256)
+        .map(|b| {
+            if printable(b) {
+                char::from_u32(b).expect("latin-1")
+            } else {
+                extra += 1;
+                char::from_u32(255 + extra).expect("in range")
+            }
+        })
+        .collect()
+}
+
+/// BPE merges implied by a vocabulary: every split of every token into two tokens, ordered by
+/// `score` (higher first), then longer left part, then longer right part, ties in vocabulary
+/// order. This is transformers' `generate_merges` with scores.
+fn merges_from_vocab(
+    tokens: &[String],
+    vocab: &HashMap<&str, u32>,
+    score: &dyn Fn(usize) -> i64,
+) -> Vec<(String, String)> {
+    let mut merges: Vec<(i64, usize, usize, String, String)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, token) in tokens.iter().enumerate() {
+        // A dict keyed by token keeps its first position and its last value.
+        if !seen.insert(token.as_str()) {
+            continue;
+        }
+        let s = score(vocab.get(token.as_str()).map_or(i, |&v| v as usize));
+        let chars: Vec<(usize, char)> = token.char_indices().collect();
+        let mut local: Vec<(u32, u32, &str, &str)> = Vec::new();
+        for &(at, _) in chars.iter().skip(1) {
+            let (l, r) = token.split_at(at);
+            if let (Some(&li), Some(&ri)) = (vocab.get(l), vocab.get(r)) {
+                local.push((li, ri, l, r));
+            }
+        }
+        local.sort_by_key(|&(li, ri, _, _)| (li, ri));
+        merges.extend(
+            local
+                .into_iter()
+                .map(|(_, _, l, r)| (s, l.chars().count(), r.chars().count(), l.to_string(), r.to_string())),
+        );
+    }
+    // Stable sort, descending on (score, |l|, |r|).
+    merges.sort_by_key(|m| std::cmp::Reverse((m.0, m.1, m.2)));
+    merges.into_iter().map(|(_, _, _, l, r)| (l, r)).collect()
+}
+
+/// A tokenizer and what a generator needs to know about its special tokens.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    /// Beginning-of-sequence token.
+    pub bos: Option<u32>,
+    /// End-of-sequence token.
+    pub eos: Option<u32>,
+    /// Whether encoding adds the BOS token.
+    pub add_bos: bool,
+    /// Tokens that end a turn (EOS and, where the vocabulary has them, `<|im_end|>`,
+    /// `<end_of_turn>`, `<|eot_id|>`).
+    pub stop_tokens: Vec<u32>,
+    /// The Jinja chat template, if the model has one.
+    pub chat_template: Option<String>,
+    tokens: Vec<String>,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab", &self.tokens.len())
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .finish()
+    }
+}
+
+fn strings(g: &Gguf, key: &str) -> Result<Vec<String>> {
+    let arr = g.get(key)?.as_array().ok_or_else(|| g.error(format!("metadata {key:?} is not an array")))?;
+    arr.iter()
+        .map(|v| {
+            v.as_str().map(str::to_string).ok_or_else(|| g.error(format!("metadata {key:?} holds a non-string")).into())
+        })
+        .collect()
+}
+
+fn optional_id(g: &Gguf, key: &str, vocab: usize) -> Result<Option<u32>> {
+    match g.metadata.get(key) {
+        None => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(id) if (id as usize) < vocab => Ok(Some(id as u32)),
+            _ => Err(g.error(format!("metadata {key:?} is {v:?}, not a token id below {vocab}")).into()),
+        },
+    }
+}
+
+impl Tokenizer {
+    /// Build the tokenizer a GGUF file describes.
+    pub fn from_gguf(g: &Gguf) -> Result<Tokenizer> {
+        let model = g.get_str("tokenizer.ggml.model")?.to_string();
+        let arch = g.get_str("general.architecture")?.to_string();
+        let tokens = strings(g, "tokenizer.ggml.tokens")?;
+        let n = tokens.len();
+        let types: Vec<u64> = match g.metadata.get("tokenizer.ggml.token_type") {
+            Some(Value::Array(a)) => a.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
+            _ => vec![1; n],
+        };
+        if types.len() != n {
+            return Err(g.error(format!("{} token types for {n} tokens", types.len())).into());
+        }
+        let bos = optional_id(g, "tokenizer.ggml.bos_token_id", n)?;
+        let eos = optional_id(g, "tokenizer.ggml.eos_token_id", n)?;
+        let flag = |key: &str| g.metadata.get(key).and_then(Value::as_bool);
+
+        let (json, add_bos) = match model.as_str() {
+            "gpt2" => (byte_level_json(g, &tokens, &types)?, flag("tokenizer.ggml.add_bos_token").unwrap_or(false)),
+            "llama" if arch.starts_with("gemma") => {
+                (gemma_json(&tokens, &types, bos)?, flag("tokenizer.ggml.add_bos_token").unwrap_or(true))
+            }
+            other => {
+                return Err(g.error(format!(
+                    "tokenizer.ggml.model {other:?} for architecture {arch:?} is not supported (gpt2, or llama-style for gemma)"
+                )).into());
+            }
+        };
+        let inner: tokenizers::Tokenizer = json.to_string().parse().map_err(tok_err)?;
+        let mut stop_tokens: Vec<u32> = eos.into_iter().collect();
+        for name in ["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|>"] {
+            if let Some(id) = tokens.iter().position(|t| t == name) {
+                let id = id as u32;
+                if !stop_tokens.contains(&id) && types.get(id as usize) == Some(&3) {
+                    stop_tokens.push(id);
+                }
+            }
+        }
+        let chat_template = g.metadata.get("tokenizer.chat_template").and_then(Value::as_str).map(str::to_string);
+        Ok(Tokenizer { inner, bos, eos, add_bos, stop_tokens, chat_template, tokens })
+    }
+
+    /// Token ids of `text`; `special` adds the model's BOS where it wants one.
+    pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, special && self.add_bos).map_err(tok_err)?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Text of `ids`, special tokens left out when `skip_special`.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner.decode(ids, skip_special).map_err(tok_err)
+    }
+
+    /// The vocabulary's spelling of token `id`.
+    pub fn token(&self, id: u32) -> Option<&str> {
+        self.tokens.get(id as usize).map(String::as_str)
+    }
+
+    /// Vocabulary size.
+    pub fn vocab_size(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Render the chat template over `messages` (`(role, content)`), ending with the assistant's
+    /// turn opened when `add_generation_prompt`.
+    pub fn apply_chat_template(&self, messages: &[(String, String)], add_generation_prompt: bool) -> Result<String> {
+        let template = self.chat_template.as_deref().ok_or_else(|| {
+            RuntimeError::Tokenizer("the model has no chat template (tokenizer.chat_template)".into())
+        })?;
+        let mut env = minijinja::Environment::new();
+        minijinja_contrib::add_to_environment(&mut env);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template("chat", template).map_err(|e| tok_err(format!("chat template: {e}")))?;
+        let msgs: Vec<Json> = messages.iter().map(|(r, c)| json!({"role": r, "content": c})).collect();
+        let name = |id: Option<u32>| id.and_then(|i| self.token(i)).unwrap_or("").to_string();
+        let ctx = minijinja::context! {
+            messages => msgs,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => name(self.bos),
+            eos_token => name(self.eos),
+        };
+        env.get_template("chat").and_then(|t| t.render(ctx)).map_err(|e| tok_err(format!("chat template: {e}")))
+    }
+}
+
+fn added_token(id: usize, content: &str, special: bool) -> Json {
+    json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": special})
+}
+
+/// `gpt2` vocabularies: byte-level BPE from the file's merges.
+fn byte_level_json(g: &Gguf, tokens: &[String], types: &[u64]) -> Result<Json> {
+    let spelling = bytes_to_unicode();
+    let alphabet: std::collections::HashSet<char> = spelling.iter().copied().collect();
+    let in_alphabet = |t: &str| t.chars().all(|c| alphabet.contains(&c));
+    let mut vocab = serde_json::Map::new();
+    for (i, t) in tokens.iter().enumerate() {
+        let spelled = if in_alphabet(t) { t.clone() } else { t.bytes().map(|b| spelling[b as usize]).collect() };
+        vocab.insert(spelled, json!(i));
+    }
+    let merges: Vec<Json> = strings(g, "tokenizer.ggml.merges")?
+        .iter()
+        .map(|m| {
+            let (l, r) = m.split_once(' ').unwrap_or((m, ""));
+            json!([l, r])
+        })
+        .collect();
+    let mut added = Vec::new();
+    for (i, (t, &ty)) in tokens.iter().zip(types).enumerate() {
+        if ty == 3 && in_alphabet(t) {
+            added.push(added_token(i, t, true));
+        } else if ty == 4 {
+            added.push(added_token(i, t, false));
+        }
+    }
+    Ok(json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": {"type": "TemplateProcessing",
+            "single": [{"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {}},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
+            "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": merges}
+    }))
+}
+
+/// Gemma: sentencepiece-style BPE with byte fallback; tokens made of spaces are spelled with
+/// `▁`, and merges come from the vocabulary ordered by position in the file.
+fn gemma_json(tokens: &[String], types: &[u64], bos: Option<u32>) -> Result<Json> {
+    let respelled: Vec<String> = tokens
+        .iter()
+        .map(|t| if t.contains(' ') && t.trim().is_empty() { "\u{2581}".repeat(t.chars().count()) } else { t.clone() })
+        .collect();
+    let mut index: HashMap<&str, u32> = HashMap::with_capacity(respelled.len());
+    for (i, t) in respelled.iter().enumerate() {
+        index.insert(t.as_str(), i as u32);
+    }
+    let merges = merges_from_vocab(&respelled, &index, &|i| -(i as i64));
+    let mut vocab = serde_json::Map::new();
+    for (t, &i) in &index {
+        vocab.insert((*t).to_string(), json!(i));
+    }
+    let mut added = Vec::new();
+    for (i, (t, &ty)) in tokens.iter().zip(types).enumerate() {
+        if ty == 3 {
+            added.push(added_token(i, &respelled[i], true));
+        } else if ty == 4 && index.contains_key(t.as_str()) {
+            added.push(added_token(i, t, false));
+        }
+    }
+    let bos_name = bos.map(|b| respelled[b as usize].clone()).unwrap_or_else(|| "<bos>".into());
+    let bos_id = bos.unwrap_or(2);
+    let merges: Vec<Json> = merges.into_iter().map(|(l, r)| json!([l, r])).collect();
+    Ok(json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"},
+        "pre_tokenizer": {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": false},
+        "post_processor": {"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": bos_name, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": bos_name, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": bos_name, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {bos_name.clone(): {"id": bos_name, "ids": [bos_id], "tokens": [bos_name]}}},
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+            {"type": "ByteFallback"}, {"type": "Fuse"}]},
+        "model": {"type": "BPE", "dropout": null, "unk_token": "<unk>", "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+            "vocab": vocab, "merges": merges}
+    }))
+}
+
+/// Turns a stream of token ids into text as it becomes complete, never splitting a character
+/// that spans several tokens.
+#[derive(Debug, Default)]
+pub struct StreamDecoder {
+    ids: Vec<u32>,
+    emitted: usize,
+}
+
+impl StreamDecoder {
+    /// Add a token; returns the new text it completes (possibly empty).
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let text = tok.decode(&self.ids, true)?;
+        if text.ends_with('\u{fffd}') || text.len() < self.emitted || !text.is_char_boundary(self.emitted) {
+            return Ok(String::new());
+        }
+        let new = text[self.emitted..].to_string();
+        self.emitted = text.len();
+        Ok(new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_map_is_a_bijection() {
+        let m = bytes_to_unicode();
+        let set: std::collections::HashSet<char> = m.iter().copied().collect();
+        assert_eq!(set.len(), 256);
+        assert_eq!(m[b'A' as usize], 'A');
+        assert_eq!(m[b' ' as usize], '\u{120}');
+    }
+
+    #[test]
+    fn merges_follow_score_then_lengths() {
+        let tokens: Vec<String> = ["a", "b", "c", "ab", "bc", "abc"].iter().map(|s| s.to_string()).collect();
+        let index: HashMap<&str, u32> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i as u32)).collect();
+        let m = merges_from_vocab(&tokens, &index, &|i| -(i as i64));
+        let pairs: Vec<(&str, &str)> = m.iter().map(|(l, r)| (l.as_str(), r.as_str())).collect();
+        // "ab" (position 3) before "bc" (4) before "abc" (5), whose splits put the longer left first.
+        assert_eq!(pairs, vec![("a", "b"), ("b", "c"), ("ab", "c"), ("a", "bc")]);
+    }
+}
