@@ -100,7 +100,7 @@ impl PageTable {
 /// How one attention call is run; [`plan`] picks it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttnConfig {
-    /// Lanes per workgroup: the subgroup size, or [`EMULATED_LANES`] without subgroups.
+    /// Lanes per workgroup: the subgroup size, or 8 (emulated through workgroup memory) without subgroups.
     pub lanes: u32,
     /// Whether lanes sum with subgroup operations (else through workgroup memory).
     pub subgroups: bool,
