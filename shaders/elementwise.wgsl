@@ -14,6 +14,10 @@ struct Params {
 #if OP == 7
 @group(0) @binding(1) var<storage, read_write> x: array<T>;
 @group(0) @binding(2) var<storage, read> b: array<T>;
+#elif PAIR
+// Gated unit over paired rows: a is [rows, 2 * b_len], gate then up; out is [rows, b_len].
+@group(0) @binding(1) var<storage, read> a: array<T>;
+@group(0) @binding(2) var<storage, read_write> out: array<T>;
 #elif OP == 0 || OP == 1 || OP == 6 || OP == 8
 @group(0) @binding(1) var<storage, read> a: array<T>;
 @group(0) @binding(2) var<storage, read> b: array<T>;
@@ -52,6 +56,16 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }
 #if OP == 7
     x[i] = T(f32(x[i]) + f32(b[i % p.b_len]));
+#elif PAIR
+    let row = i / p.b_len;
+    let j = i % p.b_len;
+    let v = f32(a[row * 2u * p.b_len + j]);
+    let u = f32(a[row * 2u * p.b_len + p.b_len + j]);
+#if OP == 6
+    out[i] = T(silu_f32(v) * u);
+#else
+    out[i] = T(0.5 * v * (1.0 + tanh_f32(0.79788456080286536 * (v + 0.044715 * v * v * v))) * u);
+#endif
 #else
     let v = f32(a[i]);
 #if OP == 0

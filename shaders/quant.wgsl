@@ -28,6 +28,10 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 #if EMBED
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
+#elif XUBO
+// A uniform binding: on CPU adapters a load every lane makes at the same address is a scalar load
+// and a broadcast there, where a storage load is a loop over the lanes. XN = MR * k / 4.
+@group(0) @binding(1) var<uniform> a: array<vec4<f32>, XN>;
 #else
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
 #endif

@@ -550,6 +550,35 @@ pub fn all_cases() -> Vec<Box<dyn Case>> {
     crate::attention_cases::cases(&mut out);
     crate::quant_cases::cases(&mut out);
     sample_cases(&mut out);
+    for op in [EltOp::SwiGlu, EltOp::GeGlu] {
+        for (rows, f) in [(1, 1), (1, 1536), (7, 2048), (3, 17)] {
+            out.push(Box::new(GluPairCase { op, rows, f }));
+        }
+    }
+    for layout in [RopeLayout::RotateHalf, RopeLayout::Interleaved] {
+        for (tokens, heads, kv_heads, head_dim, pos0, norm) in
+            [(1, 9, 3, 64, 0, false), (1, 9, 3, 64, 37, false), (5, 4, 1, 256, 2, true), (3, 4, 4, 72, 1000, true)]
+        {
+            let p = flint_ref::rope::RopeQkvParams {
+                tokens,
+                heads,
+                kv_heads,
+                head_dim,
+                theta: 10000.0,
+                freq_scale: 1.0,
+                layout,
+                qk_norm_eps: norm.then_some(1e-6),
+            };
+            out.push(Box::new(RopeQkvCase { p, pos0 }));
+        }
+    }
+    // Rows of 576 and 640 (SmolLM2, Gemma 3) keep the second half's offset aligned for binding.
+    for (rows, dim) in [(1, 576), (7, 640), (3, 512)] {
+        for (add, post_norm) in [(false, false), (true, false), (true, true)] {
+            let p = flint_ref::norm::AddNormParams { rows, dim, eps: 1e-6, post_norm, add };
+            out.push(Box::new(AddNormCase { p }));
+        }
+    }
     out.sort_by_key(|c| c.tier() == Tier::Bench);
     out
 }
@@ -666,4 +695,236 @@ pub fn sample_cases(out: &mut Vec<Box<dyn Case>>) {
     }
     out.push(Box::new(SampleCase { p: s(3, 1000, 0.0, 0, 1.0), ties: true }));
     out.push(Box::new(SampleCase { p: s(3, 1000, 0.5, 2, 1.0), ties: true }));
+}
+
+/// The fused residual step: the output buffer holds the updated x then the normalised rows.
+pub struct AddNormCase {
+    /// Shape and options.
+    pub p: flint_ref::norm::AddNormParams,
+}
+
+impl Case for AddNormCase {
+    fn name(&self) -> String {
+        let p = &self.p;
+        format!(
+            "add_norm_{}x{}{}{}",
+            p.rows,
+            p.dim,
+            if p.add { "_add" } else { "" },
+            if p.post_norm { "_post" } else { "" }
+        )
+    }
+    fn op(&self) -> &'static str {
+        "norm"
+    }
+    fn dtype(&self) -> String {
+        "f32".into()
+    }
+    fn unsupported(&self, _caps: &Caps) -> Option<String> {
+        None
+    }
+    fn tolerance(&self) -> Tolerance {
+        F32_TOL
+    }
+    fn flops(&self) -> f64 {
+        (10 * self.p.rows * self.p.dim) as f64
+    }
+    fn bytes(&self) -> f64 {
+        (16 * self.p.rows * self.p.dim) as f64
+    }
+    fn inputs(&self) -> Vec<Input> {
+        let mut rng = Rng::from_name(&self.name());
+        let n = self.p.rows * self.p.dim;
+        // x then room for the normalised rows, updated in place.
+        let mut xo = rng.vec(n, -2.0, 2.0);
+        xo.extend(vec![0.0; n]);
+        vec![
+            Input::float("x|out", &[2 * n], DType::F32, xo),
+            Input::float("y", &[n], DType::F32, rng.vec(n, -2.0, 2.0)),
+            Input::float("post", &[self.p.dim], DType::F32, rng.vec(self.p.dim, 0.5, 1.5)),
+            Input::float("w", &[self.p.dim], DType::F32, rng.vec(self.p.dim, 0.5, 1.5)),
+        ]
+    }
+    fn reference(&self, inputs: &[Input]) -> Result<Vec<f32>, ParamError> {
+        let n = self.p.rows * self.p.dim;
+        let (x, out) = flint_ref::norm::add_norm(
+            &self.p,
+            &inputs[0].f32s()[..n],
+            self.p.add.then(|| inputs[1].f32s()),
+            self.p.post_norm.then(|| inputs[2].f32s()),
+            inputs[3].f32s(),
+        )?;
+        Ok(x.into_iter().chain(out).collect())
+    }
+    fn output(&self) -> (Vec<usize>, DType) {
+        (vec![2 * self.p.rows * self.p.dim], DType::F32)
+    }
+    fn in_place(&self) -> Option<usize> {
+        Some(0)
+    }
+    fn launch(&self, dev: &Device, rec: &mut Recorder, t: &[Tensor], out: &Tensor) -> flint_gpu::Result<()> {
+        let n = self.p.rows * self.p.dim;
+        let x = out.view(0, &[n], DType::F32)?;
+        let o = out.view(4 * n as u64, &[n], DType::F32)?;
+        let y = self.p.add.then(|| &t[1]);
+        let post = self.p.post_norm.then(|| &t[2]);
+        flint_kernels::norm::add_norm(dev, rec, &self.p, &x, y, post, &t[3], &o)
+    }
+}
+
+/// A gated unit over paired rows (gate then up in one row).
+pub struct GluPairCase {
+    /// SwiGlu or GeGlu.
+    pub op: EltOp,
+    /// Rows.
+    pub rows: usize,
+    /// Output columns.
+    pub f: usize,
+}
+
+impl Case for GluPairCase {
+    fn name(&self) -> String {
+        format!("{}_pair_f32_{}x{}", self.op.name(), self.rows, self.f)
+    }
+    fn op(&self) -> &'static str {
+        "elementwise"
+    }
+    fn dtype(&self) -> String {
+        "f32".into()
+    }
+    fn unsupported(&self, _caps: &Caps) -> Option<String> {
+        None
+    }
+    fn tolerance(&self) -> Tolerance {
+        F32_TOL
+    }
+    fn flops(&self) -> f64 {
+        (10 * self.rows * self.f) as f64
+    }
+    fn bytes(&self) -> f64 {
+        (12 * self.rows * self.f) as f64
+    }
+    fn inputs(&self) -> Vec<Input> {
+        let mut rng = Rng::from_name(&self.name());
+        let n = self.rows * 2 * self.f;
+        vec![Input::float("gate|up", &[self.rows, 2 * self.f], DType::F32, rng.vec(n, -6.0, 6.0))]
+    }
+    fn reference(&self, inputs: &[Input]) -> Result<Vec<f32>, ParamError> {
+        flint_ref::elementwise::glu_pair(self.op, self.rows, self.f, inputs[0].f32s())
+    }
+    fn output(&self) -> (Vec<usize>, DType) {
+        (vec![self.rows, self.f], DType::F32)
+    }
+    fn launch(&self, dev: &Device, rec: &mut Recorder, t: &[Tensor], out: &Tensor) -> flint_gpu::Result<()> {
+        flint_kernels::elementwise::glu_pair(dev, rec, self.op, self.rows, self.f, &t[0], out)
+    }
+}
+
+/// The fused QKV step. The output buffer holds Q then the K pool then the V pool (each section
+/// 256-byte aligned); pool slots no token is written to must stay NaN.
+pub struct RopeQkvCase {
+    /// Shape.
+    pub p: flint_ref::rope::RopeQkvParams,
+    /// Position of the first token.
+    pub pos0: usize,
+}
+
+impl RopeQkvCase {
+    const PAGE: usize = 4;
+    /// Pages of sequence 0, in a shuffled order; one spare page.
+    fn pages(&self) -> Vec<u32> {
+        let n = (self.pos0 + self.p.tokens).div_ceil(Self::PAGE);
+        (0..n as u32).rev().collect()
+    }
+    fn num_pages(&self) -> usize {
+        self.pages().len() + 1
+    }
+    fn sections(&self) -> (usize, usize, usize) {
+        let pad = |n: usize| n.div_ceil(64) * 64;
+        let q = pad(self.p.tokens * self.p.heads * self.p.head_dim);
+        let pool = pad(self.num_pages() * Self::PAGE * self.p.kv_heads * self.p.head_dim);
+        (q, pool, q + 2 * pool)
+    }
+}
+
+impl Case for RopeQkvCase {
+    fn name(&self) -> String {
+        let p = &self.p;
+        format!(
+            "rope_qkv_{}_{}x{}+{}x{}_pos{}{}",
+            p.layout.name(),
+            p.tokens,
+            p.heads,
+            p.kv_heads,
+            p.head_dim,
+            self.pos0,
+            if p.qk_norm_eps.is_some() { "_qknorm" } else { "" }
+        )
+    }
+    fn op(&self) -> &'static str {
+        "rope"
+    }
+    fn dtype(&self) -> String {
+        "f32".into()
+    }
+    fn unsupported(&self, _caps: &Caps) -> Option<String> {
+        None
+    }
+    fn tolerance(&self) -> Tolerance {
+        ROPE_F32_TOL
+    }
+    fn flops(&self) -> f64 {
+        (8 * self.p.tokens * self.p.row()) as f64
+    }
+    fn bytes(&self) -> f64 {
+        (8 * self.p.tokens * self.p.row()) as f64
+    }
+    fn inputs(&self) -> Vec<Input> {
+        let mut rng = Rng::from_name(&self.name());
+        let n = self.p.tokens * self.p.row();
+        let d = self.p.head_dim;
+        let pos: Vec<u32> = (0..self.p.tokens).map(|t| (self.pos0 + t) as u32).collect();
+        vec![
+            Input::float("qkv", &[n], DType::F32, rng.vec(n, -2.0, 2.0)),
+            Input::ints("positions", &[self.p.tokens], pos),
+            Input::float("norms", &[2 * d], DType::F32, rng.vec(2 * d, 0.5, 1.5)),
+        ]
+    }
+    fn reference(&self, inputs: &[Input]) -> Result<Vec<f32>, ParamError> {
+        let d = self.p.head_dim;
+        let norms = inputs[2].f32s();
+        let (q, k, v) =
+            flint_ref::rope::rope_qkv(&self.p, inputs[0].f32s(), inputs[1].u32s(), Some((&norms[..d], &norms[d..])))?;
+        let (qs, pool, total) = self.sections();
+        let mut out = vec![f32::NAN; total];
+        out[..q.len()].copy_from_slice(&q);
+        let pages = self.pages();
+        let row = self.p.kv_heads * d;
+        for t in 0..self.p.tokens {
+            let pos = self.pos0 + t;
+            let slot = pages[pos / Self::PAGE] as usize * Self::PAGE + pos % Self::PAGE;
+            out[qs + slot * row..][..row].copy_from_slice(&k[t * row..][..row]);
+            out[qs + pool + slot * row..][..row].copy_from_slice(&v[t * row..][..row]);
+        }
+        Ok(out)
+    }
+    fn output(&self) -> (Vec<usize>, DType) {
+        (vec![self.sections().2], DType::F32)
+    }
+    fn launch(&self, dev: &Device, rec: &mut Recorder, t: &[Tensor], out: &Tensor) -> flint_gpu::Result<()> {
+        let d = self.p.head_dim;
+        let (qs, pool, _) = self.sections();
+        let shape = [self.num_pages(), Self::PAGE, self.p.kv_heads, d];
+        let pool_n = shape.iter().product::<usize>();
+        let q_out = out.view(0, &[self.p.tokens * self.p.heads * d], DType::F32)?;
+        let k = out.view(4 * qs as u64, &[pool_n], DType::F32)?;
+        let v = out.view(4 * (qs + pool) as u64, &[pool_n], DType::F32)?;
+        let cache = flint_kernels::attention::KvCache { k, v, page_size: Self::PAGE, num_pages: self.num_pages() };
+        let table = flint_kernels::attention::PageTable::new(dev, &[self.pages()], self.num_pages())?;
+        let dest: Vec<(usize, usize)> = (0..self.p.tokens).map(|t| (0, self.pos0 + t)).collect();
+        let qn = t[2].view(0, &[d], DType::F32)?;
+        let kn = t[2].view(4 * d as u64, &[d], DType::F32)?;
+        let norms = self.p.qk_norm_eps.map(|_| (&qn, &kn));
+        flint_kernels::rope::rope_qkv(dev, rec, &self.p, &t[0], &t[1], &dest, &cache, &table, norms, &q_out)
+    }
 }

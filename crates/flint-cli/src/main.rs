@@ -52,6 +52,9 @@ enum Command {
         /// Print one JSON object: ids, text, timings.
         #[arg(long)]
         json: bool,
+        /// After generating, time one more decode step per dispatch and print the breakdown.
+        #[arg(long)]
+        profile: bool,
     },
     /// Show how a model's tokenizer splits a text.
     Tokenize {
@@ -152,9 +155,29 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Generate { model, prompt, chat, max_tokens, temperature, top_k, top_p, seed, adapter, json } => {
+        Command::Generate {
+            model,
+            prompt,
+            chat,
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            adapter,
+            json,
+            profile,
+        } => {
             let sampling = SamplingOptions { temperature, top_k, top_p, seed, max_tokens, stop: Vec::new() };
-            models::generate(models::GenerateOpts { adapter, model: Some(model), prompt, chat, sampling, json })?;
+            models::generate(models::GenerateOpts {
+                adapter,
+                model: Some(model),
+                prompt,
+                chat,
+                sampling,
+                json,
+                profile,
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Tokenize { model, text, json } => {

@@ -65,6 +65,8 @@ pub struct GenerateOpts {
     pub sampling: SamplingOptions,
     /// JSON output.
     pub json: bool,
+    /// Time one more decode step per dispatch and print the breakdown.
+    pub profile: bool,
 }
 
 /// `flint generate`.
@@ -96,6 +98,9 @@ pub fn generate(opts: GenerateOpts) -> Result<()> {
     })?;
     if let Some(e) = stream_err {
         return Err(e.into());
+    }
+    if opts.profile {
+        print_profile(&session.profile_step(*out.tokens.last().unwrap_or(&0), &sampling)?, dev.caps().timestamps);
     }
     let text = model.tokenizer.decode(&out.tokens, true)?;
     if opts.json {
@@ -133,6 +138,33 @@ pub fn generate(opts: GenerateOpts) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Print per-kernel totals of one profiled step.
+fn print_profile(times: &[flint_gpu::DispatchTime], timestamps: bool) {
+    if !timestamps {
+        eprintln!("profile: this adapter has no GPU timestamps");
+        return;
+    }
+    let mut by_kind: Vec<(String, usize, f64)> = Vec::new();
+    for t in times {
+        // Group by the label's first word and shape-free part ("qmatmul q4_1", "attention", ...).
+        let kind: String = t.label.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+        let kind = kind.trim_end_matches(|c: char| c.is_ascii_digit() || c == 'x').to_string();
+        match by_kind.iter_mut().find(|(k, _, _)| *k == kind) {
+            Some(e) => {
+                e.1 += 1;
+                e.2 += t.ns;
+            }
+            None => by_kind.push((kind, 1, t.ns)),
+        }
+    }
+    by_kind.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let total: f64 = times.iter().map(|t| t.ns).sum();
+    eprintln!("profile of one decode step: {} dispatches, {:.2} ms of GPU time", times.len(), total / 1e6);
+    for (kind, n, ns) in by_kind {
+        eprintln!("  {kind:<28} {n:>5} dispatches {:>9.3} ms {:>5.1}%", ns / 1e6, 100.0 * ns / total);
+    }
 }
 
 /// `flint tokenize`.

@@ -35,6 +35,8 @@ pub struct Caps {
     pub max_buffer: u64,
     /// Storage buffers one compute shader may bind.
     pub max_storage_buffers: u32,
+    /// Largest uniform buffer binding, in bytes.
+    pub max_uniform_binding: u64,
     /// Workgroup memory, in bytes.
     pub max_workgroup_storage: u32,
     /// Invocations per workgroup.
@@ -74,6 +76,7 @@ impl Caps {
             max_storage_binding: limits.max_storage_buffer_binding_size,
             max_buffer: limits.max_buffer_size,
             max_storage_buffers: limits.max_storage_buffers_per_shader_stage,
+            max_uniform_binding: limits.max_uniform_buffer_binding_size,
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,
             max_invocations: limits.max_compute_invocations_per_workgroup,
             max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,

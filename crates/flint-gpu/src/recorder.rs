@@ -15,7 +15,7 @@ use crate::{Device, GpuError, Result, Tensor};
 const QUERIES_PER_SET: u32 = 4096;
 
 enum Command {
-    Dispatch { kernel: Arc<Kernel>, uniform: (u64, u64), tensors: Vec<Tensor>, groups: [u32; 3], label: String },
+    Dispatch { kernel: Arc<Kernel>, uniform: (u64, u64), tensors: Vec<(u32, Tensor)>, groups: [u32; 3], label: String },
     Copy { src: Tensor, dst: Tensor },
 }
 
@@ -101,6 +101,20 @@ impl Recorder {
         tensors: &[&Tensor],
         groups: [u32; 3],
     ) -> Result<()> {
+        let at: Vec<(u32, &Tensor)> = tensors.iter().enumerate().map(|(i, t)| (i as u32 + 1, *t)).collect();
+        self.dispatch_at(label, kernel, params, &at, groups)
+    }
+
+    /// [`Recorder::dispatch`] with each tensor's binding number given, for kernels whose
+    /// variants leave some bindings out.
+    pub fn dispatch_at<P: bytemuck::Pod>(
+        &mut self,
+        label: &str,
+        kernel: &Arc<Kernel>,
+        params: &P,
+        tensors: &[(u32, &Tensor)],
+        groups: [u32; 3],
+    ) -> Result<()> {
         let caps = self.dev.caps();
         if groups.iter().any(|&g| g > caps.max_workgroups_per_dim) {
             return Err(GpuError::Shape {
@@ -109,7 +123,7 @@ impl Recorder {
             });
         }
         let align = caps.storage_offset_alignment.max(1) as u64;
-        for t in tensors {
+        for (_, t) in tensors {
             if t.offset() % align != 0 {
                 return Err(GpuError::Shape {
                     what: label.into(),
@@ -128,7 +142,7 @@ impl Recorder {
         self.commands.push(Command::Dispatch {
             kernel: kernel.clone(),
             uniform: (start as u64, size),
-            tensors: tensors.iter().map(|t| (*t).clone()).collect(),
+            tensors: tensors.iter().map(|(b, t)| (*b, (*t).clone())).collect(),
             groups: groups.map(|g| g.max(1)),
             label: label.to_string(),
         });
@@ -184,12 +198,8 @@ impl Recorder {
                         size: wgpu::BufferSize::new(*size),
                     }),
                 }];
-                entries.extend(
-                    tensors
-                        .iter()
-                        .enumerate()
-                        .map(|(i, t)| wgpu::BindGroupEntry { binding: i as u32 + 1, resource: t.binding() }),
-                );
+                entries
+                    .extend(tensors.iter().map(|(b, t)| wgpu::BindGroupEntry { binding: *b, resource: t.binding() }));
                 bind_groups.push(wdev.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: Some(&kernel.key.entry),
                     layout: &kernel.layout,

@@ -36,7 +36,7 @@ fn key(op: EltOp, dtype: DType) -> flint_gpu::PipelineKey {
 
 /// Every elementwise variant.
 pub fn variants() -> Vec<Variant> {
-    EltOp::ALL
+    let mut v: Vec<Variant> = EltOp::ALL
         .iter()
         .flat_map(|&op| {
             [DType::F32, DType::F16].map(|dt| Variant {
@@ -45,7 +45,47 @@ pub fn variants() -> Vec<Variant> {
                 needs: needs_for(&[dt], false),
             })
         })
-        .collect()
+        .collect();
+    for op in [EltOp::SwiGlu, EltOp::GeGlu] {
+        v.push(Variant {
+            name: format!("elementwise/{} pair", op.name()),
+            key: pair_key(op),
+            needs: needs_for(&[], false),
+        });
+    }
+    v
+}
+
+fn pair_key(op: EltOp) -> flint_gpu::PipelineKey {
+    key(op, DType::F32).flag("PAIR", true)
+}
+
+/// Record a gated unit over paired rows (f32): `x` `[rows, 2f]` holds each row's gate then up
+/// values; `out` `[rows, f]` gets `act(gate) * up` (`op` is SwiGlu or GeGlu).
+pub fn glu_pair(
+    dev: &Device,
+    rec: &mut Recorder,
+    op: EltOp,
+    rows: usize,
+    f: usize,
+    x: &Tensor,
+    out: &Tensor,
+) -> Result<()> {
+    if !matches!(op, EltOp::SwiGlu | EltOp::GeGlu) || rows == 0 || f == 0 {
+        return Err(GpuError::Shape { what: "glu_pair".into(), message: format!("{} over {rows}x{f}", op.name()) });
+    }
+    check_tensor("glu_pair", "x", x, rows * 2 * f, &[DType::F32])?;
+    check_tensor("glu_pair", "out", out, rows * f, &[DType::F32])?;
+    let kernel = dev.kernel(registry(), &pair_key(op))?;
+    let n = rows * f;
+    let uniform = Uniform { n: u32_of(n), b_len: u32_of(f), scale: 1.0, pad: 0 };
+    rec.dispatch(
+        &format!("{} pair {rows}x{f}", op.name()),
+        &kernel,
+        &uniform,
+        &[x, out],
+        dev.grid(u32_of(n).div_ceil(WG)),
+    )
 }
 
 /// Record `out = op(a[, b])`. [`EltOp::ResidualAdd`] updates in place: use [`residual_add`].

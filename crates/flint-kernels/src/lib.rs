@@ -117,9 +117,11 @@ pub fn all_variants() -> Vec<Variant> {
     v.extend(attention::variants());
     v.extend(elementwise::variants());
     v.extend(norm::variants());
+    v.extend(norm::add_norm_variants());
     v.extend(quant::variants());
     v.extend(softmax::variants());
     v.extend(rope::variants());
+    v.extend(rope::qkv_variants());
     v.extend(embed::variants());
     v.extend(roofline::variants());
     v.extend(sample::variants());

@@ -69,3 +69,75 @@ pub fn norm(
     let tensors: Vec<&Tensor> = [Some(x), Some(weight), bias, Some(out)].into_iter().flatten().collect();
     rec.dispatch(&format!("{op} {}x{}", p.rows, p.dim), &kernel, &uniform, &tensors, dev.grid(u32_of(p.rows)))
 }
+
+fn add_norm_key(add: bool, post: bool) -> flint_gpu::PipelineKey {
+    typed_key("norm.wgsl", "add_norm", WG, &[("T", DType::F32)])
+        .flag("ADD_NORM", true)
+        .flag("ADD", add)
+        .flag("POST", post)
+}
+
+/// The fused residual-step variants.
+pub fn add_norm_variants() -> Vec<Variant> {
+    [(false, false), (true, false), (true, true)]
+        .iter()
+        .map(|&(add, post)| Variant {
+            name: format!("norm/add_norm{}{}", if add { " add" } else { "" }, if post { " post" } else { "" }),
+            key: add_norm_key(add, post),
+            needs: needs_for(&[], false),
+        })
+        .collect()
+}
+
+/// Record the residual step between decoder blocks (f32): `x += y` (or `x += rmsnorm(y,
+/// post)`), then `out = rmsnorm(x, w)`; `x` is updated in place.
+#[allow(clippy::too_many_arguments)]
+pub fn add_norm(
+    dev: &Device,
+    rec: &mut Recorder,
+    p: &flint_ref::norm::AddNormParams,
+    x: &Tensor,
+    y: Option<&Tensor>,
+    post: Option<&Tensor>,
+    w: &Tensor,
+    out: &Tensor,
+) -> Result<()> {
+    p.validate().map_err(param_err)?;
+    let n = p.rows * p.dim;
+    let f32s = &[DType::F32];
+    check_tensor("add_norm", "x", x, n, f32s)?;
+    check_tensor("add_norm", "weight", w, p.dim, f32s)?;
+    check_tensor("add_norm", "out", out, n, f32s)?;
+    let mut tensors = vec![(1, x)];
+    match (p.add, y) {
+        (true, Some(y)) => {
+            check_tensor("add_norm", "y", y, n, f32s)?;
+            tensors.push((2, y));
+        }
+        (false, None) => {}
+        _ => {
+            return Err(GpuError::Shape {
+                what: "add_norm".into(),
+                message: "y given without params.add, or missing".into(),
+            });
+        }
+    }
+    match (p.post_norm, post) {
+        (true, Some(post)) => {
+            check_tensor("add_norm", "post weight", post, p.dim, f32s)?;
+            tensors.push((3, post));
+        }
+        (false, None) => {}
+        _ => {
+            return Err(GpuError::Shape {
+                what: "add_norm".into(),
+                message: "post weight given without params.post_norm, or missing".into(),
+            });
+        }
+    }
+    tensors.push((4, w));
+    tensors.push((5, out));
+    let kernel = dev.kernel(registry(), &add_norm_key(p.add, p.post_norm))?;
+    let uniform = Uniform { rows: u32_of(p.rows), dim: u32_of(p.dim), eps: p.eps, pad: 0 };
+    rec.dispatch_at(&format!("add_norm {}x{}", p.rows, p.dim), &kernel, &uniform, &tensors, dev.grid(u32_of(p.rows)))
+}

@@ -144,16 +144,24 @@ fn matvec_key(f: BlockFormat, rows: u32, subgroups: bool) -> PipelineKey {
         .flag("SUBGROUPS", subgroups)
 }
 
-/// Weight rows per invocation in matvec_rows.
-const ROWS_NR: u32 = 8;
+/// Weight rows per invocation in matvec_rows, most first; fewer when the matrix is short, so
+/// that the work still spreads over several workgroups.
+const ROWS_NR: [u32; 3] = [8, 4, 2];
 const ROWS_WG: u32 = 64;
+/// Workgroups matvec_rows aims for on a CPU adapter (a few per core).
+const ROWS_MIN_GROUPS: u32 = 8;
 
-fn matvec_rows_key(f: BlockFormat, rows: u32) -> PipelineKey {
-    typed_key("quant.wgsl", "matvec_rows", ROWS_WG, &[])
+/// The activations of matvec_rows go through a uniform binding of `xn` vec4s, when one fits.
+fn matvec_rows_key(f: BlockFormat, rows: u32, nr: u32, xn: Option<u32>) -> PipelineKey {
+    let key = typed_key("quant.wgsl", "matvec_rows", ROWS_WG, &[])
         .define("FMT", fmt_code(f))
         .define("MR", rows)
-        .define("NR", ROWS_NR)
-        .flag("MATVEC_ROWS", true)
+        .define("NR", nr)
+        .flag("MATVEC_ROWS", true);
+    match xn {
+        Some(xn) => key.flag("XUBO", true).define("XN", xn),
+        None => key,
+    }
 }
 
 fn matmul_key(f: BlockFormat, sg: u32) -> PipelineKey {
@@ -182,11 +190,19 @@ pub fn variants() -> Vec<Variant> {
             }
         }
         for rows in 1..=MATVEC_MAX_ROWS as u32 {
-            out.push(Variant {
-                name: format!("quant/matvec_rows {} rows{rows}", f.name()),
-                key: matvec_rows_key(f, rows),
-                needs: needs_for(&[], false),
-            });
+            for nr in ROWS_NR {
+                for xn in [None, Some(rows * 576 / 4)] {
+                    out.push(Variant {
+                        name: format!(
+                            "quant/matvec_rows {} rows{rows} nr{nr}{}",
+                            f.name(),
+                            if xn.is_some() { " ubo" } else { "" }
+                        ),
+                        key: matvec_rows_key(f, rows, nr, xn),
+                        needs: needs_for(&[], false),
+                    });
+                }
+            }
         }
         for sg in [8, 32] {
             out.push(Variant {
@@ -213,6 +229,22 @@ pub fn quant_matmul(
     w: &QuantWeight,
     c: &Tensor,
 ) -> Result<()> {
+    quant_matmul_into(dev, rec, p, a, w, c, p.mm.n, 0)
+}
+
+/// [`quant_matmul`] writing columns `col .. col + n` of `c`, whose rows are `ldc` wide (several
+/// weight matrices filling one output, like Q, K and V side by side).
+#[allow(clippy::too_many_arguments)]
+pub fn quant_matmul_into(
+    dev: &Device,
+    rec: &mut Recorder,
+    p: &QuantMatmulParams,
+    a: &Tensor,
+    w: &QuantWeight,
+    c: &Tensor,
+    ldc: usize,
+    col: usize,
+) -> Result<()> {
     p.validate().map_err(param_err)?;
     if p.mm.batch != 1 || p.mm.bias {
         return Err(GpuError::Shape { what: "quant matmul".into(), message: "one batch and no bias".into() });
@@ -232,20 +264,34 @@ pub fn quant_matmul(
         });
     }
     check_tensor("quant matmul", "A", a, p.mm.a_len(), &[DType::F32])?;
-    check_tensor("quant matmul", "C", c, p.mm.c_len(), &[DType::F32])?;
+    if col + p.mm.n > ldc {
+        return Err(GpuError::Shape {
+            what: "quant matmul".into(),
+            message: format!("columns {col}..{} of rows {ldc} wide", col + p.mm.n),
+        });
+    }
+    check_tensor("quant matmul", "C", c, p.mm.m * ldc, &[DType::F32])?;
     let m = p.mm.m;
     let sg = fixed_subgroup(dev.caps());
+    let out = Out { ldc, col };
     if m > MATVEC_MAX_ROWS && sg.is_some() {
-        return record_parts(dev, rec, p, a, w, c, 0, m);
+        return record_parts(dev, rec, p, a, w, c, out, 0, m);
     }
     // Matvec, in chunks of up to 8 rows when there are more.
     for r0 in (0..m).step_by(MATVEC_MAX_ROWS) {
         let rows = MATVEC_MAX_ROWS.min(m - r0);
         let sub = |t: &Tensor, width: usize| t.view((r0 * width * 4) as u64, &[rows, width], DType::F32);
-        let (ar, cr) = if m <= MATVEC_MAX_ROWS { (a.clone(), c.clone()) } else { (sub(a, p.mm.k)?, sub(c, p.mm.n)?) };
-        record_parts(dev, rec, p, &ar, w, &cr, r0, rows)?;
+        let (ar, cr) = if m <= MATVEC_MAX_ROWS { (a.clone(), c.clone()) } else { (sub(a, p.mm.k)?, sub(c, ldc)?) };
+        record_parts(dev, rec, p, &ar, w, &cr, out, r0, rows)?;
     }
     Ok(())
+}
+
+/// Where a matmul writes: rows `ldc` wide, from column `col`.
+#[derive(Clone, Copy)]
+struct Out {
+    ldc: usize,
+    col: usize,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -256,6 +302,7 @@ fn record_parts(
     a: &Tensor,
     w: &QuantWeight,
     c: &Tensor,
+    out: Out,
     r0: usize,
     rows: usize,
 ) -> Result<()> {
@@ -264,8 +311,16 @@ fn record_parts(
     let matvec = rows <= MATVEC_MAX_ROWS;
     // On CPU adapters lanes own whole weight rows (see matvec_rows); GPUs split k across lanes.
     let by_rows = matvec && caps.device_type == "cpu";
+    let nr = ROWS_NR
+        .into_iter()
+        .find(|&nr| u32_of(w.n).div_ceil(ROWS_WG * nr) >= ROWS_MIN_GROUPS)
+        .unwrap_or(ROWS_NR[ROWS_NR.len() - 1]);
+    let x_bytes = (rows * p.mm.k * 4) as u64;
+    let xn = (x_bytes <= caps.max_uniform_binding
+        && a.offset().is_multiple_of(u64::from(caps.uniform_offset_alignment.max(1))))
+    .then(|| u32_of(rows * p.mm.k / 4));
     let key = if by_rows {
-        matvec_rows_key(p.format, u32_of(rows))
+        matvec_rows_key(p.format, u32_of(rows), nr, xn)
     } else if matvec {
         matvec_key(p.format, u32_of(rows), caps.subgroups)
     } else {
@@ -283,13 +338,13 @@ fn record_parts(
             n: u32_of(n),
             k: u32_of(p.mm.k),
             row_bytes: u32_of(row_bytes),
-            ldc: u32_of(p.mm.n),
-            n_off: u32_of(*start),
+            ldc: u32_of(out.ldc),
+            n_off: u32_of(out.col + *start),
             scale: 1.0,
             pad: 0,
         };
         let groups = if by_rows {
-            dev.grid(u32_of(n).div_ceil((ROWS_WG * ROWS_NR) as usize as u32))
+            dev.grid(u32_of(n).div_ceil(ROWS_WG * nr))
         } else if matvec {
             let per_group =
                 if caps.subgroups { MATVEC_NR * (MATVEC_WG / caps.subgroup_max_size.max(1)).max(1) } else { MATVEC_NR };

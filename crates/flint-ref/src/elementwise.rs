@@ -181,6 +181,24 @@ pub fn elementwise(p: &EltParams, a: &[f32], b: Option<&[f32]>) -> Result<Vec<f3
         .collect())
 }
 
+/// Reference of a gated unit over paired rows: `x` is `[rows, 2f]`, each row the gate's `f`
+/// values then the up projection's; the result is `[rows, f]` of `act(gate) * up` (`op` is
+/// [`EltOp::SwiGlu`] or [`EltOp::GeGlu`]).
+pub fn glu_pair(op: EltOp, rows: usize, f: usize, x: &[f32]) -> Result<Vec<f32>, ParamError> {
+    let act = match op {
+        EltOp::SwiGlu => silu,
+        EltOp::GeGlu => gelu_tanh,
+        other => return Err(ParamError::new("glu_pair", format!("{} is not a gated unit", other.name()))),
+    };
+    if rows == 0 || f == 0 {
+        return Err(ParamError::new("glu_pair", "empty shape"));
+    }
+    check_len("glu_pair", "x", x, rows * 2 * f)?;
+    Ok(x.chunks_exact(2 * f)
+        .flat_map(|row| (0..f).map(move |j| (act(f64::from(row[j])) * f64::from(row[f + j])) as f32))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -103,6 +103,63 @@ pub fn norm(p: &NormParams, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> 
     Ok(out)
 }
 
+/// Shape of the fused residual step between decoder blocks: `x += y` (or `x += rmsnorm(y,
+/// post)` with a post-norm), then `out = rmsnorm(x, w)`; `x` is updated in place.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AddNormParams {
+    /// Rows.
+    pub rows: usize,
+    /// Row length.
+    pub dim: usize,
+    /// RMSNorm epsilon (of both norms).
+    pub eps: f32,
+    /// Whether `y` is normalised by a post-norm weight before the add (Gemma 3).
+    pub post_norm: bool,
+    /// Whether there is a `y` at all (false: only `out = rmsnorm(x, w)`).
+    pub add: bool,
+}
+
+impl AddNormParams {
+    /// Check the shape.
+    pub fn validate(&self) -> Result<(), ParamError> {
+        NormParams { kind: NormKind::Rms, rows: self.rows, dim: self.dim, eps: self.eps }.validate()?;
+        if self.post_norm && !self.add {
+            return Err(ParamError::new("add_norm", "a post-norm needs a y to add"));
+        }
+        Ok(())
+    }
+}
+
+/// Reference of the fused residual step: returns `(new x, out)`.
+pub fn add_norm(
+    p: &AddNormParams,
+    x: &[f32],
+    y: Option<&[f32]>,
+    post: Option<&[f32]>,
+    w: &[f32],
+) -> Result<(Vec<f32>, Vec<f32>), ParamError> {
+    p.validate()?;
+    let n = p.rows * p.dim;
+    check_len("add_norm", "x", x, n)?;
+    let rms = NormParams { kind: NormKind::Rms, rows: p.rows, dim: p.dim, eps: p.eps };
+    let mut x2 = x.to_vec();
+    if p.add {
+        let y = y.ok_or_else(|| ParamError::new("add_norm", "params ask for a y"))?;
+        check_len("add_norm", "y", y, n)?;
+        let y = if p.post_norm {
+            norm(&rms, y, post.ok_or_else(|| ParamError::new("add_norm", "params ask for a post-norm weight"))?, None)?
+        } else {
+            y.to_vec()
+        };
+        // The GPU rounds the sum to f32 before normalising it; so does this.
+        for (a, b) in x2.iter_mut().zip(&y) {
+            *a = (f64::from(*a) + f64::from(*b)) as f32;
+        }
+    }
+    let out = norm(&rms, &x2, w, None)?;
+    Ok((x2, out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

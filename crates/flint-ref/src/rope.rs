@@ -108,6 +108,70 @@ pub fn rope(p: &RopeParams, x: &[f32], positions: &[u32]) -> Result<Vec<f32>, Pa
     Ok(out)
 }
 
+/// Shape of the step between the QKV projection and attention: rows of `tokens` are
+/// `[q heads | k heads | v heads]`, each `head_dim` wide; Q and K get an optional per-head RMSNorm
+/// (`qk_norm_eps`), then RoPE over the whole head.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RopeQkvParams {
+    /// Tokens.
+    pub tokens: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Elements per head (even).
+    pub head_dim: usize,
+    /// RoPE base.
+    pub theta: f32,
+    /// Positions are multiplied by this.
+    pub freq_scale: f32,
+    /// Pairing.
+    pub layout: RopeLayout,
+    /// Epsilon of the per-head RMSNorm of Q and K, when there is one.
+    pub qk_norm_eps: Option<f32>,
+}
+
+impl RopeQkvParams {
+    /// Elements of one token's row.
+    pub fn row(&self) -> usize {
+        (self.heads + 2 * self.kv_heads) * self.head_dim
+    }
+}
+
+/// Q, K and V as the reference returns them.
+pub type QkvRef = (Vec<f32>, Vec<f32>, Vec<f32>);
+
+/// Reference: `(q, k, v)` as `[tokens, heads, d]`, `[tokens, kv_heads, d]`, `[tokens, kv_heads, d]`.
+pub fn rope_qkv(
+    p: &RopeQkvParams,
+    qkv: &[f32],
+    positions: &[u32],
+    norms: Option<(&[f32], &[f32])>,
+) -> Result<QkvRef, ParamError> {
+    let d = p.head_dim;
+    check_len("rope_qkv", "qkv", qkv, p.tokens * p.row())?;
+    let split = |first: usize, count: usize| -> Vec<f32> {
+        qkv.chunks_exact(p.row()).flat_map(|row| row[first * d..(first + count) * d].to_vec()).collect()
+    };
+    let (mut q, mut k, v) = (split(0, p.heads), split(p.heads, p.kv_heads), split(p.heads + p.kv_heads, p.kv_heads));
+    if let Some(eps) = p.qk_norm_eps {
+        let (qn, kn) = norms.ok_or_else(|| ParamError::new("rope_qkv", "params ask for QK norms"))?;
+        let rms = |rows| crate::norm::NormParams { kind: crate::norm::NormKind::Rms, rows, dim: d, eps };
+        q = crate::norm::norm(&rms(p.tokens * p.heads), &q, qn, None)?;
+        k = crate::norm::norm(&rms(p.tokens * p.kv_heads), &k, kn, None)?;
+    }
+    let rp = |heads| RopeParams {
+        tokens: p.tokens,
+        heads,
+        head_dim: d,
+        rot_dim: d,
+        theta: p.theta,
+        freq_scale: p.freq_scale,
+        layout: p.layout,
+    };
+    Ok((rope(&rp(p.heads), &q, positions)?, rope(&rp(p.kv_heads), &k, positions)?, v))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -143,6 +143,19 @@ impl<'m> Session<'m> {
         Ok((r[0] as u32, r[1]))
     }
 
+    /// Run one more token through the model with a GPU timestamp around every dispatch and return
+    /// the dispatches with their times (the token joins the cache, as in a decode step).
+    pub fn profile_step(&mut self, token: u32, opts: &SamplingOptions) -> Result<Vec<flint_gpu::DispatchTime>> {
+        let dev = self.model.device().clone();
+        let mut rec = Recorder::new(&dev).timed(true);
+        let h = self.forward(&mut rec, &[token])?;
+        let logits = self.model.logits(&mut rec, &h, 0..1)?;
+        let rng = dev.upload_u32("sample rng", &[opts.seed, self.step], &[1, 2])?;
+        let out = dev.empty("sample out", &[1, 2], DType::F32)?;
+        flint_kernels::sample::sample(&dev, &mut rec, &opts.params(1, self.model.cfg.vocab), &logits, &rng, &out)?;
+        Ok(rec.submit()?.wait()?)
+    }
+
     /// Generate after `prompt` (which must not be empty), calling `on_token` with each new token
     /// as it is produced. Returns early with [`StopReason::Context`] when the cache is full.
     pub fn generate(

@@ -86,6 +86,11 @@ impl PageTable {
         self.lens.len()
     }
 
+    /// Columns of the uploaded table (the longest row).
+    pub fn max_pages(&self) -> usize {
+        self.max_pages
+    }
+
     /// Pages listed for sequence `s`.
     pub fn pages_of(&self, s: usize) -> usize {
         self.lens.get(s).copied().unwrap_or(0)

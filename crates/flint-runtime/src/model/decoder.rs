@@ -6,12 +6,11 @@
 use flint_gpu::{DType, Device, Recorder, Tensor};
 use flint_kernels::attention::{self, paged::KvPool, paged::SeqId};
 use flint_ref::attention::{AttnParams, Mask, SeqSpec};
-use flint_ref::elementwise::{EltOp, EltParams};
-use flint_ref::norm::{NormKind, NormParams};
-use flint_ref::rope::RopeParams;
+use flint_ref::elementwise::EltOp;
+use flint_ref::rope::RopeQkvParams;
 
 use super::config::{Arch, DecoderConfig};
-use super::weights::{Embedding, Linear, linear, vector};
+use super::weights::{Embedding, Linear, Stacked, linear, vector};
 use crate::gguf::Gguf;
 use crate::{Result, RuntimeError};
 
@@ -19,13 +18,12 @@ use crate::{Result, RuntimeError};
 #[derive(Debug)]
 pub struct Layer {
     attn_norm: Tensor,
-    wq: Linear,
-    wk: Linear,
-    wv: Linear,
+    /// Q, K and V stacked: one output row is `[q heads | k heads | v heads]`.
+    wqkv: Stacked,
     wo: Linear,
     ffn_norm: Tensor,
-    w_gate: Linear,
-    w_up: Linear,
+    /// Gate and up stacked: one output row is `[gate | up]`.
+    w_gate_up: Stacked,
     w_down: Linear,
     /// Gemma 3: RMSNorm over each head of Q and K.
     qk_norm: Option<(Tensor, Tensor)>,
@@ -72,15 +70,14 @@ impl Decoder {
         for l in 0..cfg.layers {
             let name = |s: &str| format!("blk.{l}.{s}");
             let gemma = cfg.arch == Arch::Gemma3;
+            let (q, k, v) = (name("attn_q.weight"), name("attn_k.weight"), name("attn_v.weight"));
+            let (gate, up) = (name("ffn_gate.weight"), name("ffn_up.weight"));
             layers.push(Layer {
                 attn_norm: vector(dev, g, &name("attn_norm.weight"), h)?,
-                wq: linear(dev, g, &name("attn_q.weight"), q_dim, h)?,
-                wk: linear(dev, g, &name("attn_k.weight"), kv_dim, h)?,
-                wv: linear(dev, g, &name("attn_v.weight"), kv_dim, h)?,
+                wqkv: Stacked::load(dev, g, &[(&q, q_dim), (&k, kv_dim), (&v, kv_dim)], h)?,
                 wo: linear(dev, g, &name("attn_output.weight"), h, q_dim)?,
                 ffn_norm: vector(dev, g, &name("ffn_norm.weight"), h)?,
-                w_gate: linear(dev, g, &name("ffn_gate.weight"), cfg.ffn, h)?,
-                w_up: linear(dev, g, &name("ffn_up.weight"), cfg.ffn, h)?,
+                w_gate_up: Stacked::load(dev, g, &[(&gate, cfg.ffn), (&up, cfg.ffn)], h)?,
                 w_down: linear(dev, g, &name("ffn_down.weight"), h, cfg.ffn)?,
                 qk_norm: if gemma {
                     Some((
@@ -133,13 +130,8 @@ impl Decoder {
 
     /// Bytes of weights one decode step reads (every layer's matrices and the head).
     pub fn weight_bytes_per_token(&self) -> usize {
-        let layers: usize = self
-            .layers
-            .iter()
-            .map(|l| {
-                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].iter().map(|w| w.bytes()).sum::<usize>()
-            })
-            .sum();
+        let layers: usize =
+            self.layers.iter().map(|l| l.wqkv.bytes() + l.w_gate_up.bytes() + l.wo.bytes() + l.w_down.bytes()).sum();
         layers + self.head.bytes()
     }
 
@@ -151,8 +143,9 @@ impl Decoder {
         Ok(x)
     }
 
-    /// Record the layers over `t` new tokens of `seq` whose inputs are `x` `[t, hidden]`; their
-    /// K/V join the sequence's cache. Returns the final-normed hidden states `[t, hidden]`.
+    /// Record the layers over `t` new tokens of `seq` whose inputs are `x` `[t, hidden]` (updated
+    /// in place as the residual stream); their K/V join the sequence's cache. Returns the
+    /// final-normed hidden states `[t, hidden]`.
     pub fn forward(&self, rec: &mut Recorder, pool: &mut KvPool, seq: SeqId, x: &Tensor, t: usize) -> Result<Tensor> {
         let cfg = &self.cfg;
         if t == 0 {
@@ -175,12 +168,14 @@ impl Decoder {
             table: pool.page_table(&self.dev, &[seq])?,
             dest: positions.map(|p| (0, p)).collect(),
         };
+        // `normed` always holds the input of the next block: rmsnorm(x) with that block's weight.
+        let normed = self.dev.empty("normed", &[t, cfg.hidden], DType::F32)?;
+        self.add_norm(rec, x, None, None, &self.layers[0].attn_norm, &normed, t)?;
         for (l, layer) in self.layers.iter().enumerate() {
-            self.layer(rec, pool, l, layer, x, &step)?;
+            let next_norm = self.layers.get(l + 1).map_or(&self.out_norm, |n| &n.attn_norm);
+            self.layer(rec, pool, l, layer, x, &normed, next_norm, &step)?;
         }
-        let out = self.dev.empty("final hidden", &[t, cfg.hidden], DType::F32)?;
-        self.rmsnorm(rec, x, &self.out_norm, t, cfg.hidden, &out)?;
-        Ok(out)
+        Ok(normed)
     }
 
     /// Record the output head over rows `rows` of final hidden states `h` into f32 logits
@@ -194,49 +189,62 @@ impl Decoder {
         Ok(out)
     }
 
-    fn rmsnorm(&self, rec: &mut Recorder, x: &Tensor, w: &Tensor, rows: usize, dim: usize, out: &Tensor) -> Result<()> {
-        let p = NormParams { kind: NormKind::Rms, rows, dim, eps: self.cfg.eps };
-        Ok(flint_kernels::norm::norm(&self.dev, rec, &p, x, w, None, out)?)
+    /// `x += y` (or `x += rmsnorm(y, post)`) then `out = rmsnorm(x, w)`; with no `y` just the norm.
+    #[allow(clippy::too_many_arguments)]
+    fn add_norm(
+        &self,
+        rec: &mut Recorder,
+        x: &Tensor,
+        y: Option<&Tensor>,
+        post: Option<&Tensor>,
+        w: &Tensor,
+        out: &Tensor,
+        t: usize,
+    ) -> Result<()> {
+        let p = flint_ref::norm::AddNormParams {
+            rows: t,
+            dim: self.cfg.hidden,
+            eps: self.cfg.eps,
+            post_norm: post.is_some(),
+            add: y.is_some(),
+        };
+        Ok(flint_kernels::norm::add_norm(&self.dev, rec, &p, x, y, post, w, out)?)
     }
 
-    fn layer(&self, rec: &mut Recorder, pool: &KvPool, l: usize, layer: &Layer, x: &Tensor, s: &Step) -> Result<()> {
+    /// One block: attention then MLP, each ending in the residual step that also normalises `x`
+    /// for what follows (`next_norm`).
+    #[allow(clippy::too_many_arguments)]
+    fn layer(
+        &self,
+        rec: &mut Recorder,
+        pool: &KvPool,
+        l: usize,
+        layer: &Layer,
+        x: &Tensor,
+        normed: &Tensor,
+        next_norm: &Tensor,
+        s: &Step,
+    ) -> Result<()> {
         let (cfg, dev, t) = (&self.cfg, &self.dev, s.t);
         let (h, d) = (cfg.hidden, cfg.head_dim);
-        let (q_dim, kv_dim) = (cfg.heads * d, cfg.kv_heads * d);
-        let normed = dev.empty("normed", &[t, h], DType::F32)?;
-        self.rmsnorm(rec, x, &layer.attn_norm, t, h, &normed)?;
-        let q = dev.empty("q", &[t, q_dim], DType::F32)?;
-        let k = dev.empty("k", &[t, kv_dim], DType::F32)?;
-        let v = dev.empty("v", &[t, kv_dim], DType::F32)?;
-        layer.wq.forward(dev, rec, &normed, t, &q)?;
-        layer.wk.forward(dev, rec, &normed, t, &k)?;
-        layer.wv.forward(dev, rec, &normed, t, &v)?;
-        let (q, k) = match &layer.qk_norm {
-            Some((qn, kn)) => {
-                let (q2, k2) =
-                    (dev.empty("q normed", &[t, q_dim], DType::F32)?, dev.empty("k normed", &[t, kv_dim], DType::F32)?);
-                self.rmsnorm(rec, &q, qn, t * cfg.heads, d, &q2)?;
-                self.rmsnorm(rec, &k, kn, t * cfg.kv_heads, d, &k2)?;
-                (q2, k2)
-            }
-            None => (q, k),
-        };
+        let q_dim = cfg.heads * d;
+        let qkv = dev.empty("qkv", &[t, layer.wqkv.n], DType::F32)?;
+        layer.wqkv.forward(dev, rec, normed, t, &qkv)?;
         let local = cfg.is_local(l);
-        let theta = if local { cfg.rope_theta_local } else { cfg.rope_theta };
-        let rope = |heads| RopeParams {
+        let rp = RopeQkvParams {
             tokens: t,
-            heads,
+            heads: cfg.heads,
+            kv_heads: cfg.kv_heads,
             head_dim: d,
-            rot_dim: d,
-            theta,
+            theta: if local { cfg.rope_theta_local } else { cfg.rope_theta },
             freq_scale: cfg.rope_freq_scale,
             layout: cfg.rope_layout,
+            qk_norm_eps: layer.qk_norm.as_ref().map(|_| cfg.eps),
         };
-        let (qr, kr) = (dev.empty("q rope", &[t, q_dim], DType::F32)?, dev.empty("k rope", &[t, kv_dim], DType::F32)?);
-        flint_kernels::rope::rope(dev, rec, &rope(cfg.heads), &q, &s.positions, &qr)?;
-        flint_kernels::rope::rope(dev, rec, &rope(cfg.kv_heads), &k, &s.positions, &kr)?;
         let cache = pool.cache(l)?;
-        attention::append_kv(dev, rec, cfg.kv_heads, d, &kr, &v, &s.dest, &cache, &s.table)?;
+        let q = dev.empty("q", &[t, q_dim], DType::F32)?;
+        let norms = layer.qk_norm.as_ref().map(|(a, b)| (a, b));
+        flint_kernels::rope::rope_qkv(dev, rec, &rp, &qkv, &s.positions, &s.dest, &cache, &s.table, norms, &q)?;
         let mask = match (local, cfg.sliding_window) {
             (true, Some(w)) => Mask::SlidingWindow(w),
             _ => Mask::Causal,
@@ -254,44 +262,22 @@ impl Decoder {
         };
         let o = dev.empty("attention out", &[t, q_dim], DType::F32)?;
         let seqs = [SeqSpec { kv_len: s.pos0 + t, q_pos0: s.pos0 }];
-        attention::attention(dev, rec, &p, &seqs, &qr, &cache, &s.table, None, &o)?;
+        attention::attention(dev, rec, &p, &seqs, &q, &cache, &s.table, None, &o)?;
         let y = dev.empty("attention proj", &[t, h], DType::F32)?;
         layer.wo.forward(dev, rec, &o, t, &y)?;
-        self.add_residual(rec, x, &y, layer.post_norms.as_ref().map(|p| &p.0), t)?;
+        let (post_attn, post_ffn) = match &layer.post_norms {
+            Some((a, b)) => (Some(a), Some(b)),
+            None => (None, None),
+        };
+        self.add_norm(rec, x, Some(&y), post_attn, &layer.ffn_norm, normed, t)?;
 
-        self.rmsnorm(rec, x, &layer.ffn_norm, t, h, &normed)?;
-        let gate = dev.empty("gate", &[t, cfg.ffn], DType::F32)?;
-        let up = dev.empty("up", &[t, cfg.ffn], DType::F32)?;
-        layer.w_gate.forward(dev, rec, &normed, t, &gate)?;
-        layer.w_up.forward(dev, rec, &normed, t, &up)?;
+        let gate_up = dev.empty("gate|up", &[t, 2 * cfg.ffn], DType::F32)?;
+        layer.w_gate_up.forward(dev, rec, normed, t, &gate_up)?;
         let act = dev.empty("mlp act", &[t, cfg.ffn], DType::F32)?;
         let op = if cfg.arch == Arch::Gemma3 { EltOp::GeGlu } else { EltOp::SwiGlu };
-        let n = t * cfg.ffn;
-        flint_kernels::elementwise::elementwise(dev, rec, &EltParams::binary(op, n, n), &gate, Some(&up), &act)?;
+        flint_kernels::elementwise::glu_pair(dev, rec, op, t, cfg.ffn, &gate_up, &act)?;
         let down = dev.empty("mlp out", &[t, h], DType::F32)?;
         layer.w_down.forward(dev, rec, &act, t, &down)?;
-        self.add_residual(rec, x, &down, layer.post_norms.as_ref().map(|p| &p.1), t)
-    }
-
-    /// `x += norm(y)` (or `x += y` without a post-norm).
-    fn add_residual(
-        &self,
-        rec: &mut Recorder,
-        x: &Tensor,
-        y: &Tensor,
-        post_norm: Option<&Tensor>,
-        t: usize,
-    ) -> Result<()> {
-        let h = self.cfg.hidden;
-        let y = match post_norm {
-            Some(w) => {
-                let n = self.dev.empty("post norm", &[t, h], DType::F32)?;
-                self.rmsnorm(rec, y, w, t, h, &n)?;
-                n
-            }
-            None => y.clone(),
-        };
-        let p = EltParams { op: EltOp::ResidualAdd, n: t * h, b_len: t * h, scale: 1.0 };
-        Ok(flint_kernels::elementwise::residual_add(&self.dev, rec, &p, x, &y)?)
+        self.add_norm(rec, x, Some(&down), post_ffn, next_norm, normed, t)
     }
 }

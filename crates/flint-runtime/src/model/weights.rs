@@ -66,10 +66,32 @@ impl Linear {
 
     /// Record `out[m, n] = x[m, k] W^T`.
     pub fn forward(&self, dev: &Device, rec: &mut Recorder, x: &Tensor, m: usize, out: &Tensor) -> Result<()> {
+        self.forward_into(dev, rec, x, m, out, self.n(), 0)
+    }
+
+    /// Record `x[m, k] W^T` into columns `col .. col + n` of `out`, whose rows are `ldc` wide.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_into(
+        &self,
+        dev: &Device,
+        rec: &mut Recorder,
+        x: &Tensor,
+        m: usize,
+        out: &Tensor,
+        ldc: usize,
+        col: usize,
+    ) -> Result<()> {
         let mm = MatmulParams::new(m, self.n(), self.k());
         match self {
-            Linear::Quant(q) => quant::quant_matmul(dev, rec, &QuantMatmulParams { mm, format: q.format }, x, q, out)?,
-            Linear::Dense { w, .. } => flint_kernels::matmul::matmul(dev, rec, &mm, x, w, None, out)?,
+            Linear::Quant(q) => {
+                quant::quant_matmul_into(dev, rec, &QuantMatmulParams { mm, format: q.format }, x, q, out, ldc, col)?
+            }
+            Linear::Dense { w, .. } if col == 0 && ldc == self.n() => {
+                flint_kernels::matmul::matmul(dev, rec, &mm, x, w, None, out)?
+            }
+            Linear::Dense { .. } => {
+                return Err(RuntimeError::Model("dense weights are stacked at load; they write whole rows".into()));
+            }
         }
         Ok(())
     }
@@ -99,6 +121,72 @@ impl Embedding {
             Linear::Dense { w, .. } => flint_kernels::embed::embed(dev, rec, &p, w, ids, out)?,
         }
         Ok(())
+    }
+}
+
+/// Matrices that share their input, stacked: rows of several `[n_i, k]` tensors, uploaded as
+/// one matrix per run of equal storage type, each filling its own columns of the shared output.
+#[derive(Clone, Debug)]
+pub struct Stacked {
+    /// `(matrix, first output column)` per run.
+    pub runs: Vec<(Linear, usize)>,
+    /// Total output columns.
+    pub n: usize,
+}
+
+impl Stacked {
+    /// Load `names` (each `[n_i, k]`) of `g`.
+    pub fn load(dev: &Device, g: &Gguf, names: &[(&str, usize)], k: usize) -> Result<Stacked> {
+        let mut infos = Vec::new();
+        for &(name, n) in names {
+            let info = g.require(name)?;
+            if info.dims != [k, n] {
+                return Err(g.error(format!("tensor {name:?} has dims {:?}, expected [{k}, {n}]", info.dims)).into());
+            }
+            infos.push((info, n));
+        }
+        let mut runs = Vec::new();
+        let mut col = 0;
+        let mut i = 0;
+        while i < infos.len() {
+            let ty = infos[i].0.ty;
+            let mut j = i;
+            while j < infos.len() && infos[j].0.ty == ty {
+                j += 1;
+            }
+            let rows: usize = infos[i..j].iter().map(|(_, n)| n).sum();
+            let name = infos[i..j].iter().map(|(t, _)| t.name.as_str()).collect::<Vec<_>>().join("+");
+            let linear = match ty {
+                TensorType::Quant(f) => {
+                    let bytes: Vec<u8> = infos[i..j].iter().flat_map(|(t, _)| g.data(t).iter().copied()).collect();
+                    Linear::Quant(QuantWeight::upload(dev, &name, &bytes, f, rows, k)?)
+                }
+                _ => {
+                    let mut values = Vec::with_capacity(rows * k);
+                    for (t, _) in &infos[i..j] {
+                        values.extend(g.to_f32(t)?);
+                    }
+                    Linear::Dense { w: dev.upload_f32(&name, &values, &[rows, k], DType::F32)?, n: rows, k }
+                }
+            };
+            runs.push((linear, col));
+            col += rows;
+            i = j;
+        }
+        Ok(Stacked { runs, n: col })
+    }
+
+    /// Record `x[m, k]` through every run into `out` `[m, n]`.
+    pub fn forward(&self, dev: &Device, rec: &mut Recorder, x: &Tensor, m: usize, out: &Tensor) -> Result<()> {
+        for (w, col) in &self.runs {
+            w.forward_into(dev, rec, x, m, out, self.n, *col)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes of weights one pass reads.
+    pub fn bytes(&self) -> usize {
+        self.runs.iter().map(|(w, _)| w.bytes()).sum()
     }
 }
 
