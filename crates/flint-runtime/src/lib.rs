@@ -4,6 +4,7 @@
 
 #![warn(missing_docs)]
 
+pub mod engine;
 pub mod error;
 pub mod fetch;
 pub mod generate;

@@ -110,6 +110,11 @@ impl KvPool {
         self.page_size
     }
 
+    /// Pages in the pool.
+    pub fn num_pages(&self) -> usize {
+        self.num_pages
+    }
+
     /// Pages not used by any sequence.
     pub fn free_pages(&self) -> usize {
         self.free.len()

@@ -45,13 +45,44 @@ pub struct Decoder {
     pub kv_dtype: DType,
 }
 
-/// Tokens of one sequence going through the decoder, and where their K/V lands.
+/// Tokens going through the decoder, where their K/V lands, and how they attend.
 struct Step {
     t: usize,
-    pos0: usize,
     positions: Tensor,
     table: attention::PageTable,
     dest: Vec<(usize, usize)>,
+    plan: AttnPlan,
+}
+
+/// How the attention of a step runs.
+enum AttnPlan {
+    /// One sequence: `t` tokens from position `pos0` (a prefill, or one sequence's decode step).
+    Single { pos0: usize },
+    /// One token for each of several sequences (rows of the step table).
+    Batch {
+        /// Each row's keys and query position.
+        specs: Vec<SeqSpec>,
+        /// Runs of rows that together cover every row, when some rows share a prefix: those go
+        /// through cascade attention. Empty when no rows share pages (one batched call).
+        runs: Vec<Run>,
+    },
+}
+
+/// Consecutive batch rows attended in one call.
+struct Run {
+    rows: std::ops::Range<usize>,
+    /// The run's rows of the page table, their specs, and the shared prefix when there is one.
+    table: attention::PageTable,
+    specs: Vec<SeqSpec>,
+    cascade: Option<SharedPrefix>,
+}
+
+/// Full pages that every row of a run shares, and what each row has after them.
+struct SharedPrefix {
+    prefix: attention::PageTable,
+    prefix_len: usize,
+    suffixes: attention::PageTable,
+    suffix_lens: Vec<usize>,
 }
 
 impl Decoder {
@@ -163,17 +194,131 @@ impl Decoder {
         let pos: Vec<u32> = positions.clone().map(|p| p as u32).collect();
         let step = Step {
             t,
-            pos0,
             positions: self.dev.upload_u32("positions", &pos, &[t])?,
             table: pool.page_table(&self.dev, &[seq])?,
             dest: positions.map(|p| (0, p)).collect(),
+            plan: AttnPlan::Single { pos0 },
         };
+        self.layers_over(rec, pool, x, &step)
+    }
+
+    /// Record one decode step of several sequences: row `i` of `x` `[seqs.len(), hidden]` is the
+    /// next token of `seqs[i]` (updated in place as the residual stream); each token's K/V joins
+    /// its sequence's cache. Sequences that share full pages (forks of one prompt) attend to
+    /// those pages in one cascade pass when they sit in consecutive rows. Returns the
+    /// final-normed hidden states `[seqs.len(), hidden]`. On error no sequence has grown.
+    pub fn decode(&self, rec: &mut Recorder, pool: &mut KvPool, seqs: &[SeqId], x: &Tensor) -> Result<Tensor> {
+        let b = seqs.len();
+        if b == 0 {
+            return Err(RuntimeError::Request("no sequences to decode".into()));
+        }
+        let mut lens = Vec::with_capacity(b);
+        for (i, &s) in seqs.iter().enumerate() {
+            if seqs[..i].contains(&s) {
+                return Err(RuntimeError::Request(format!("sequence {s:?} appears twice in one decode step")));
+            }
+            let len = pool.len(s)?;
+            if len + 1 > self.cfg.context {
+                return Err(RuntimeError::Request(format!(
+                    "sequence {s:?} is full: {} tokens would exceed the model's context of {}",
+                    len + 1,
+                    self.cfg.context
+                )));
+            }
+            lens.push(len);
+        }
+        for (i, &s) in seqs.iter().enumerate() {
+            if let Err(e) = pool.append(rec, s, 1) {
+                for (&done, &len) in seqs[..i].iter().zip(&lens) {
+                    pool.truncate(done, len)?;
+                }
+                return Err(e.into());
+            }
+        }
+        let pos: Vec<u32> = lens.iter().map(|&p| p as u32).collect();
+        let specs: Vec<SeqSpec> = lens.iter().map(|&p| SeqSpec { kv_len: p + 1, q_pos0: p }).collect();
+        let runs = self.cascade_runs(pool, seqs, &specs)?;
+        let step = Step {
+            t: b,
+            positions: self.dev.upload_u32("positions", &pos, &[b])?,
+            table: pool.page_table(&self.dev, seqs)?,
+            dest: lens.iter().enumerate().map(|(i, &p)| (i, p)).collect(),
+            plan: AttnPlan::Batch { specs, runs },
+        };
+        self.layers_over(rec, pool, x, &step)
+    }
+
+    /// Split a batch into runs for cascade attention: maximal runs of consecutive rows whose
+    /// page lists start with the same full pages (at least one). Empty when there is no such
+    /// run, or when a run would start at a row whose Q cannot be bound on its own (binding
+    /// offset alignment).
+    fn cascade_runs(&self, pool: &KvPool, seqs: &[SeqId], specs: &[SeqSpec]) -> Result<Vec<Run>> {
+        let ps = pool.page_size();
+        let pages: Vec<&[u32]> = seqs.iter().map(|&s| pool.pages(s)).collect::<std::result::Result<_, _>>()?;
+        // Rows [i, j) share their first `shared` pages; a page is only shared when full, as a
+        // row that writes into a shared page copies it first.
+        let mut spans: Vec<(usize, usize, usize)> = Vec::new();
+        let mut i = 0;
+        while i < seqs.len() {
+            let mut j = i + 1;
+            let mut shared = pages[i].len();
+            while j < seqs.len() {
+                let common = pages[i].iter().zip(pages[j]).take_while(|(a, b)| a == b).count();
+                let common = common.min(shared);
+                if common == 0 {
+                    break;
+                }
+                shared = common;
+                j += 1;
+            }
+            let shared =
+                (j > i + 1).then(|| shared.min(specs[i..j].iter().map(|s| (s.kv_len - 1) / ps).min().unwrap_or(0)));
+            spans.push((i, j, shared.unwrap_or(0)));
+            i = j;
+        }
+        if spans.iter().all(|&(_, _, shared)| shared == 0) {
+            return Ok(Vec::new());
+        }
+        let row_bytes = (self.cfg.heads * self.cfg.head_dim * 4) as u64;
+        let align = u64::from(self.dev.caps().storage_offset_alignment.max(1));
+        if spans.iter().any(|&(i, _, _)| !(i as u64 * row_bytes).is_multiple_of(align)) {
+            return Ok(Vec::new());
+        }
+        let num_pages = pool.num_pages();
+        spans
+            .into_iter()
+            .map(|(i, j, shared)| {
+                let rows: Vec<Vec<u32>> = pages[i..j].iter().map(|p| p.to_vec()).collect();
+                let cascade = if shared > 0 {
+                    let suffixes: Vec<Vec<u32>> = rows.iter().map(|p| p[shared..].to_vec()).collect();
+                    Some(SharedPrefix {
+                        prefix: attention::PageTable::new(&self.dev, &[rows[0][..shared].to_vec()], num_pages)?,
+                        prefix_len: shared * ps,
+                        suffixes: attention::PageTable::new(&self.dev, &suffixes, num_pages)?,
+                        suffix_lens: specs[i..j].iter().map(|s| s.kv_len - shared * ps).collect(),
+                    })
+                } else {
+                    None
+                };
+                Ok(Run {
+                    rows: i..j,
+                    table: attention::PageTable::new(&self.dev, &rows, num_pages)?,
+                    specs: specs[i..j].to_vec(),
+                    cascade,
+                })
+            })
+            .collect()
+    }
+
+    /// Record every layer and the final norm over a prepared step.
+    fn layers_over(&self, rec: &mut Recorder, pool: &KvPool, x: &Tensor, step: &Step) -> Result<Tensor> {
+        let (cfg, t) = (&self.cfg, step.t);
         // `normed` always holds the input of the next block: rmsnorm(x) with that block's weight.
         let normed = self.dev.empty("normed", &[t, cfg.hidden], DType::F32)?;
         self.add_norm(rec, x, None, None, &self.layers[0].attn_norm, &normed, t)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let next_norm = self.layers.get(l + 1).map_or(&self.out_norm, |n| &n.attn_norm);
-            self.layer(rec, pool, l, layer, x, &normed, next_norm, &step)?;
+            self.layer(rec, pool, l, layer, x, &normed, next_norm, step)?;
         }
         Ok(normed)
     }
@@ -249,9 +394,9 @@ impl Decoder {
             (true, Some(w)) => Mask::SlidingWindow(w),
             _ => Mask::Causal,
         };
-        let p = AttnParams {
-            seqs: 1,
-            q_len: t,
+        let p = |seqs, q_len, mask| AttnParams {
+            seqs,
+            q_len,
             n_heads: cfg.heads,
             n_kv_heads: cfg.kv_heads,
             head_dim: d,
@@ -261,8 +406,49 @@ impl Decoder {
             mask_stride: 0,
         };
         let o = dev.empty("attention out", &[t, q_dim], DType::F32)?;
-        let seqs = [SeqSpec { kv_len: s.pos0 + t, q_pos0: s.pos0 }];
-        attention::attention(dev, rec, &p, &seqs, &q, &cache, &s.table, None, &o)?;
+        match &s.plan {
+            AttnPlan::Single { pos0 } => {
+                let seqs = [SeqSpec { kv_len: pos0 + t, q_pos0: *pos0 }];
+                attention::attention(dev, rec, &p(1, t, mask), &seqs, &q, &cache, &s.table, None, &o)?;
+            }
+            // Sliding-window layers see only recent keys: no shared prefix to exploit.
+            AttnPlan::Batch { specs, runs } if runs.is_empty() || mask != Mask::Causal => {
+                attention::attention(dev, rec, &p(t, 1, mask), specs, &q, &cache, &s.table, None, &o)?;
+            }
+            AttnPlan::Batch { runs, .. } => {
+                for run in runs {
+                    let n = run.rows.len();
+                    let at = (run.rows.start * q_dim * 4) as u64;
+                    let (qv, ov) = (q.view(at, &[n, q_dim], DType::F32)?, o.view(at, &[n, q_dim], DType::F32)?);
+                    match &run.cascade {
+                        // The query is each row's newest token: every key precedes it.
+                        Some(c) => attention::cascade(
+                            dev,
+                            rec,
+                            &p(n, 1, Mask::None),
+                            &qv,
+                            &cache,
+                            &c.prefix,
+                            c.prefix_len,
+                            &c.suffixes,
+                            &c.suffix_lens,
+                            &ov,
+                        )?,
+                        None => attention::attention(
+                            dev,
+                            rec,
+                            &p(n, 1, mask),
+                            &run.specs,
+                            &qv,
+                            &cache,
+                            &run.table,
+                            None,
+                            &ov,
+                        )?,
+                    }
+                }
+            }
+        }
         let y = dev.empty("attention proj", &[t, h], DType::F32)?;
         layer.wo.forward(dev, rec, &o, t, &y)?;
         let (post_attn, post_ffn) = match &layer.post_norms {

@@ -1,0 +1,590 @@
+//! The batched generation engine: many requests, each with its own prompt, sampling options and
+//! branch count, decoded together. Every [`Engine::step`] admits waiting requests (each prompt
+//! prefilled once, its branches forked from it sharing the prompt's KV pages), then advances
+//! every live branch of every request by one token in a single batched decode: the weights are
+//! read once per step for all rows, attention goes through the paged KV cache, and branches of
+//! one prompt attend to their shared prefix in one cascade pass. Requests join and leave between
+//! steps; nothing is recompiled when the batch changes.
+//!
+//! KV memory is reserved per request at admission for its worst case (prompt plus token budget,
+//! the prompt's pages counted once however many branches share them), so an admitted request
+//! never runs out of pages half way; requests wait in order until their reservation fits.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use flint_gpu::{DType, Recorder};
+use flint_kernels::attention::paged::{KvPool, SeqId};
+
+use crate::generate::{SamplingOptions, StopReason};
+use crate::model::decoder::Decoder;
+use crate::{Result, RuntimeError};
+
+/// Sizes of an engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// KV cache capacity in tokens, over all sequences (shared pages counted once).
+    pub kv_tokens: usize,
+    /// Tokens per KV page.
+    pub page_size: usize,
+    /// Most sequences (branches) decoded in one step.
+    pub max_batch: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { kv_tokens: 16384, page_size: 64, max_batch: 32 }
+    }
+}
+
+/// One generation request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    /// Prompt token ids (not empty).
+    pub prompt: Vec<u32>,
+    /// Sampling and stopping; branch `b` draws with seed `sampling.seed + b`.
+    pub sampling: SamplingOptions,
+    /// Branches decoded from the one prefilled prompt (1 for a plain request).
+    pub branches: usize,
+}
+
+impl Request {
+    /// A single-branch request.
+    pub fn new(prompt: Vec<u32>, sampling: SamplingOptions) -> Request {
+        Request { prompt, sampling, branches: 1 }
+    }
+}
+
+/// A request's handle, unique within an engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct RequestId(pub u64);
+
+/// What one branch produced.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct BranchOutput {
+    /// New token ids (without the stop token).
+    pub tokens: Vec<u32>,
+    /// Log-probability of each token under the model (temperature 1, no filtering).
+    pub logprobs: Vec<f32>,
+    /// Why the branch stopped.
+    pub stop: StopReason,
+}
+
+impl BranchOutput {
+    /// Mean log-probability of the branch's tokens (0 for none).
+    pub fn mean_logprob(&self) -> f32 {
+        if self.logprobs.is_empty() { 0.0 } else { self.logprobs.iter().sum::<f32>() / self.logprobs.len() as f32 }
+    }
+}
+
+/// Where a request's time went.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RequestTimings {
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Tokens produced over all branches.
+    pub generated_tokens: usize,
+    /// From submission to the start of the prefill.
+    pub queued: Duration,
+    /// The prefill and the first token of every branch.
+    pub prefill: Duration,
+    /// From the first token to the last.
+    pub decode: Duration,
+}
+
+impl RequestTimings {
+    /// Tokens per second after the first, over all branches.
+    pub fn decode_tokens_per_s(&self, branches: usize) -> f64 {
+        self.generated_tokens.saturating_sub(branches) as f64 / self.decode.as_secs_f64().max(1e-9)
+    }
+}
+
+/// A finished request.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RequestOutput {
+    /// One entry per branch, in branch order.
+    pub branches: Vec<BranchOutput>,
+    /// Timings.
+    pub timings: RequestTimings,
+}
+
+/// What a step reports, in the order it happened.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A branch produced a token.
+    Token {
+        /// The request.
+        request: RequestId,
+        /// Which of its branches.
+        branch: usize,
+        /// The token id.
+        token: u32,
+        /// Its log-probability.
+        logprob: f32,
+    },
+    /// Every branch of a request has stopped; its KV pages are free again.
+    Finished {
+        /// The request.
+        request: RequestId,
+        /// What it produced.
+        output: RequestOutput,
+    },
+    /// A request failed on its own (its prefill was refused); the others carry on.
+    Failed {
+        /// The request.
+        request: RequestId,
+        /// Why.
+        error: String,
+    },
+}
+
+struct Waiting {
+    id: RequestId,
+    req: Request,
+    pages: usize,
+    submitted: Instant,
+}
+
+struct Branch {
+    seq: SeqId,
+    seed: u32,
+    /// Draws made so far (the step word of the sampler's random stream).
+    draws: u32,
+    /// The newest token, fed in the next step.
+    last: u32,
+    tokens: Vec<u32>,
+    logprobs: Vec<f32>,
+    stop: Option<StopReason>,
+}
+
+struct Active {
+    id: RequestId,
+    sampling: SamplingOptions,
+    pages: usize,
+    prompt_tokens: usize,
+    queued: Duration,
+    prefill: Duration,
+    first_token: Instant,
+    branches: Vec<Branch>,
+}
+
+/// The batched engine over one decoder. See the module docs.
+pub struct Engine<'m> {
+    model: &'m Decoder,
+    opts: EngineOptions,
+    pool: KvPool,
+    next_id: u64,
+    waiting: VecDeque<Waiting>,
+    active: Vec<Active>,
+    reserved_pages: usize,
+    peak_pages: usize,
+    steps: u64,
+}
+
+impl std::fmt::Debug for Engine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("opts", &self.opts)
+            .field("waiting", &self.waiting.len())
+            .field("active", &self.active.len())
+            .field("pool", &self.pool)
+            .finish()
+    }
+}
+
+impl<'m> Engine<'m> {
+    /// An engine over `model` with a KV pool of `opts.kv_tokens` tokens.
+    pub fn new(model: &'m Decoder, opts: EngineOptions) -> Result<Engine<'m>> {
+        if opts.page_size == 0 || opts.max_batch == 0 || opts.kv_tokens < opts.page_size {
+            return Err(RuntimeError::Request(format!(
+                "engine of {} KV tokens in pages of {}, batches of {}: all must be positive, with room for a page",
+                opts.kv_tokens, opts.page_size, opts.max_batch
+            )));
+        }
+        let pool = model.kv_pool(opts.kv_tokens, opts.page_size)?;
+        Ok(Engine {
+            model,
+            opts,
+            pool,
+            next_id: 0,
+            waiting: VecDeque::new(),
+            active: Vec::new(),
+            reserved_pages: 0,
+            peak_pages: 0,
+            steps: 0,
+        })
+    }
+
+    /// The options the engine was made with.
+    pub fn options(&self) -> &EngineOptions {
+        &self.opts
+    }
+
+    /// KV pages a request may need at most: its prompt's pages once, and for every branch but
+    /// the first the pages from the prompt's last (shared, partly filled) page to its budget.
+    fn pages_for(&self, req: &Request) -> usize {
+        let ps = self.opts.page_size;
+        let p = req.prompt.len();
+        let end = (p + req.sampling.max_tokens).min(self.model.cfg.context);
+        let own = end.div_ceil(ps) - p / ps;
+        end.div_ceil(ps) + req.branches.saturating_sub(1) * own
+    }
+
+    /// Queue a request. A request the engine can never serve (empty prompt, a token outside the
+    /// vocabulary, bad sampling values, no branches or more than a batch, a prompt longer than
+    /// the context, a KV need larger than the whole pool) is refused here; one that merely has
+    /// to wait for memory or batch room waits.
+    pub fn submit(&mut self, req: Request) -> Result<RequestId> {
+        let cfg = &self.model.cfg;
+        let refuse = |m: String| Err(RuntimeError::Request(m));
+        if req.prompt.is_empty() {
+            return refuse("the prompt has no tokens".into());
+        }
+        if let Some(&bad) = req.prompt.iter().find(|&&id| id as usize >= cfg.vocab) {
+            return refuse(format!("token id {bad} is outside the vocabulary of {}", cfg.vocab));
+        }
+        req.sampling.params(1, cfg.vocab).validate().map_err(|e| RuntimeError::Request(e.to_string()))?;
+        if req.branches == 0 || req.branches > self.opts.max_batch {
+            return refuse(format!(
+                "{} branches: a request needs at least 1 and at most the engine's batch of {}",
+                req.branches, self.opts.max_batch
+            ));
+        }
+        if req.prompt.len() >= cfg.context {
+            return refuse(format!(
+                "the prompt has {} tokens but the model's context holds {} (with room for one more)",
+                req.prompt.len(),
+                cfg.context
+            ));
+        }
+        if req.sampling.max_tokens == 0 {
+            return refuse("max_tokens is 0: nothing to generate".into());
+        }
+        let pages = self.pages_for(&req);
+        if pages > self.pool.num_pages() {
+            return refuse(format!(
+                "{} prompt tokens + {} new x {} branches need {pages} KV pages of {} tokens; the pool has {} ({} tokens)",
+                req.prompt.len(),
+                req.sampling.max_tokens,
+                req.branches,
+                self.opts.page_size,
+                self.pool.num_pages(),
+                self.opts.kv_tokens
+            ));
+        }
+        let id = RequestId(self.next_id);
+        self.next_id += 1;
+        self.waiting.push_back(Waiting { id, req, pages, submitted: Instant::now() });
+        Ok(id)
+    }
+
+    /// Drop a waiting or running request; its pages are freed. Returns whether it was known.
+    pub fn cancel(&mut self, id: RequestId) -> Result<bool> {
+        if let Some(i) = self.waiting.iter().position(|w| w.id == id) {
+            self.waiting.remove(i);
+            return Ok(true);
+        }
+        let Some(i) = self.active.iter().position(|a| a.id == id) else {
+            return Ok(false);
+        };
+        let a = self.active.remove(i);
+        self.release(&a)?;
+        Ok(true)
+    }
+
+    /// Whether nothing is waiting or running.
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.active.is_empty()
+    }
+
+    /// Requests waiting for admission.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Branches decoding now.
+    pub fn live_branches(&self) -> usize {
+        self.active.iter().flat_map(|a| &a.branches).filter(|b| b.stop.is_none()).count()
+    }
+
+    /// Batched decode steps run so far.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Bytes of KV cache in use now (shared pages counted once).
+    pub fn kv_bytes(&self) -> usize {
+        self.pool.used_bytes()
+    }
+
+    /// The most KV bytes in use after any step so far.
+    pub fn peak_kv_bytes(&self) -> usize {
+        self.peak_pages * self.page_bytes()
+    }
+
+    fn page_bytes(&self) -> usize {
+        let c = &self.model.cfg;
+        2 * c.layers * self.opts.page_size * c.kv_heads * c.head_dim * self.model.kv_dtype.size()
+    }
+
+    /// Admit what fits, run one batched decode step over every live branch, and report what
+    /// happened. Errors are the GPU's; a request's own trouble comes back as [`Event::Failed`].
+    pub fn step(&mut self) -> Result<Vec<Event>> {
+        let mut events = Vec::new();
+        self.admit(&mut events)?;
+        if self.live_branches() > 0 {
+            self.decode(&mut events)?;
+        }
+        self.peak_pages = self.peak_pages.max(self.pool.used_pages());
+        self.retire(&mut events)?;
+        Ok(events)
+    }
+
+    /// Step until every request has finished, passing each event to `on_event` as it comes.
+    pub fn run(&mut self, mut on_event: impl FnMut(Event)) -> Result<()> {
+        while !self.is_idle() {
+            for e in self.step()? {
+                on_event(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn admit(&mut self, events: &mut Vec<Event>) -> Result<()> {
+        while let Some(w) = self.waiting.front() {
+            let live = self.live_branches();
+            if live + w.req.branches > self.opts.max_batch || self.reserved_pages + w.pages > self.pool.num_pages() {
+                break;
+            }
+            let w = self.waiting.pop_front().expect("front exists");
+            self.reserved_pages += w.pages;
+            let started = Instant::now();
+            match self.prefill(&w.req) {
+                Ok(branches) => {
+                    let prefill = started.elapsed();
+                    let mut a = Active {
+                        id: w.id,
+                        sampling: w.req.sampling.clone(),
+                        pages: w.pages,
+                        prompt_tokens: w.req.prompt.len(),
+                        queued: started - w.submitted,
+                        prefill,
+                        first_token: Instant::now(),
+                        branches: Vec::new(),
+                    };
+                    for (b, (seq, token, logprob)) in branches.into_iter().enumerate() {
+                        let mut br = Branch {
+                            seq,
+                            seed: w.req.sampling.seed.wrapping_add(b as u32),
+                            draws: 1,
+                            last: token,
+                            tokens: Vec::new(),
+                            logprobs: Vec::new(),
+                            stop: None,
+                        };
+                        accept(
+                            &self.pool,
+                            self.model.cfg.context,
+                            &a.sampling,
+                            a.id,
+                            b,
+                            &mut br,
+                            token,
+                            logprob,
+                            events,
+                        )?;
+                        a.branches.push(br);
+                    }
+                    self.active.push(a);
+                }
+                Err(e) => {
+                    self.reserved_pages -= w.pages;
+                    events.push(Event::Failed { request: w.id, error: e.to_string() });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Prefill one prompt and draw each branch's first token from its last logits. Returns the
+    /// branches' sequences (the first is the prompt's own; the others are forks sharing its
+    /// pages) with their first token and its log-probability.
+    fn prefill(&mut self, req: &Request) -> Result<Vec<(SeqId, u32, f32)>> {
+        let dev = self.model.device().clone();
+        let (n, vocab, p) = (req.branches, self.model.cfg.vocab, req.prompt.len());
+        let seq = self.pool.create();
+        let run = |pool: &mut KvPool| -> Result<Vec<(u32, f32)>> {
+            let mut rec = Recorder::new(&dev);
+            let ids = dev.upload_u32("prompt ids", &req.prompt, &[p])?;
+            let x = self.model.embed(&mut rec, &ids, p)?;
+            let h = self.model.forward(&mut rec, pool, seq, &x, p)?;
+            let last = self.model.logits(&mut rec, &h, p - 1..p)?;
+            let logits = if n == 1 {
+                last
+            } else {
+                let rows = dev.empty("branch logits", &[n, vocab], DType::F32)?;
+                for b in 0..n {
+                    rec.copy(&last, &rows.view((b * vocab * 4) as u64, &[1, vocab], DType::F32)?)?;
+                }
+                rows
+            };
+            let rng: Vec<u32> = (0..n as u32).flat_map(|b| [req.sampling.seed.wrapping_add(b), 0]).collect();
+            let rng = dev.upload_u32("sample rng", &rng, &[n, 2])?;
+            let out = dev.empty("sample out", &[n, 2], DType::F32)?;
+            flint_kernels::sample::sample(&dev, &mut rec, &req.sampling.params(n, vocab), &logits, &rng, &out)?;
+            rec.submit()?.wait()?;
+            let r = dev.read_f32(&out)?;
+            Ok(r.chunks_exact(2).map(|c| (c[0] as u32, c[1])).collect())
+        };
+        let drawn = match run(&mut self.pool) {
+            Ok(d) => d,
+            Err(e) => {
+                self.pool.free(seq)?;
+                return Err(e);
+            }
+        };
+        let mut out = vec![(seq, drawn[0].0, drawn[0].1)];
+        for &(token, logprob) in &drawn[1..] {
+            out.push((self.pool.fork(seq)?, token, logprob));
+        }
+        Ok(out)
+    }
+
+    /// One batched decode step over every live branch.
+    fn decode(&mut self, events: &mut Vec<Event>) -> Result<()> {
+        let dev = self.model.device().clone();
+        let vocab = self.model.cfg.vocab;
+        // Rows in request order, a request's branches together (so cascade sees them adjacent).
+        let rows: Vec<(usize, usize)> = self
+            .active
+            .iter()
+            .enumerate()
+            .flat_map(|(ai, a)| {
+                a.branches.iter().enumerate().filter(|(_, b)| b.stop.is_none()).map(move |(bi, _)| (ai, bi))
+            })
+            .collect();
+        let b = rows.len();
+        let seqs: Vec<SeqId> = rows.iter().map(|&(ai, bi)| self.active[ai].branches[bi].seq).collect();
+        let ids: Vec<u32> = rows.iter().map(|&(ai, bi)| self.active[ai].branches[bi].last).collect();
+        let mut rec = Recorder::new(&dev);
+        let ids_t = dev.upload_u32("step ids", &ids, &[b])?;
+        let x = self.model.embed(&mut rec, &ids_t, b)?;
+        let h = self.model.decode(&mut rec, &mut self.pool, &seqs, &x)?;
+        let logits = self.model.logits(&mut rec, &h, 0..b)?;
+        let out = dev.empty("sample out", &[b, 2], DType::F32)?;
+        // One sampler dispatch per run of rows with the same options.
+        let mut r0 = 0;
+        while r0 < b {
+            let opts = &self.active[rows[r0].0].sampling;
+            let mut r1 = r0 + 1;
+            while r1 < b && same_sampler(&self.active[rows[r1].0].sampling, opts) {
+                r1 += 1;
+            }
+            let n = r1 - r0;
+            let rng: Vec<u32> = rows[r0..r1]
+                .iter()
+                .flat_map(|&(ai, bi)| {
+                    let br = &self.active[ai].branches[bi];
+                    [br.seed, br.draws]
+                })
+                .collect();
+            let rng = dev.upload_u32("sample rng", &rng, &[n, 2])?;
+            if n == b {
+                flint_kernels::sample::sample(&dev, &mut rec, &opts.params(n, vocab), &logits, &rng, &out)?;
+            } else {
+                let part = dev.empty("sample rows", &[n, vocab], DType::F32)?;
+                rec.copy(&logits.view((r0 * vocab * 4) as u64, &[n, vocab], DType::F32)?, &part)?;
+                let part_out = dev.empty("sample out rows", &[n, 2], DType::F32)?;
+                flint_kernels::sample::sample(&dev, &mut rec, &opts.params(n, vocab), &part, &rng, &part_out)?;
+                rec.copy(&part_out, &out.view((r0 * 2 * 4) as u64, &[n, 2], DType::F32)?)?;
+            }
+            r0 = r1;
+        }
+        rec.submit()?.wait()?;
+        self.steps += 1;
+        let r = dev.read_f32(&out)?;
+        let context = self.model.cfg.context;
+        for (&(ai, bi), c) in rows.iter().zip(r.chunks_exact(2)) {
+            let a = &mut self.active[ai];
+            let br = &mut a.branches[bi];
+            br.draws += 1;
+            accept(&self.pool, context, &a.sampling, a.id, bi, br, c[0] as u32, c[1], events)?;
+        }
+        Ok(())
+    }
+
+    fn retire(&mut self, events: &mut Vec<Event>) -> Result<()> {
+        let mut i = 0;
+        while i < self.active.len() {
+            if self.active[i].branches.iter().any(|b| b.stop.is_none()) {
+                i += 1;
+                continue;
+            }
+            let a = self.active.remove(i);
+            self.release(&a)?;
+            let branches: Vec<BranchOutput> = a
+                .branches
+                .into_iter()
+                .map(|b| BranchOutput {
+                    tokens: b.tokens,
+                    logprobs: b.logprobs,
+                    stop: b.stop.unwrap_or(StopReason::Length),
+                })
+                .collect();
+            let timings = RequestTimings {
+                prompt_tokens: a.prompt_tokens,
+                generated_tokens: branches.iter().map(|b| b.tokens.len()).sum(),
+                queued: a.queued,
+                prefill: a.prefill,
+                decode: a.first_token.elapsed(),
+            };
+            events.push(Event::Finished { request: a.id, output: RequestOutput { branches, timings } });
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, a: &Active) -> Result<()> {
+        for b in &a.branches {
+            self.pool.free(b.seq)?;
+        }
+        self.reserved_pages -= a.pages;
+        Ok(())
+    }
+}
+
+/// Whether two requests' rows can share one sampler dispatch.
+fn same_sampler(a: &SamplingOptions, b: &SamplingOptions) -> bool {
+    a.temperature == b.temperature && a.top_k == b.top_k && a.top_p == b.top_p
+}
+
+/// Take a drawn token into a branch, with the same stopping rules as
+/// [`Session::generate`](crate::generate::Session::generate): a stop token ends it unrecorded;
+/// otherwise the token is kept and reported, and the branch ends when its budget is spent or
+/// its cache cannot take the token.
+#[allow(clippy::too_many_arguments)]
+fn accept(
+    pool: &KvPool,
+    context: usize,
+    opts: &SamplingOptions,
+    request: RequestId,
+    branch: usize,
+    br: &mut Branch,
+    token: u32,
+    logprob: f32,
+    events: &mut Vec<Event>,
+) -> Result<()> {
+    if opts.stop.contains(&token) {
+        br.stop = Some(StopReason::Stop);
+        return Ok(());
+    }
+    br.tokens.push(token);
+    br.logprobs.push(logprob);
+    br.last = token;
+    events.push(Event::Token { request, branch, token, logprob });
+    if br.tokens.len() >= opts.max_tokens {
+        br.stop = Some(StopReason::Length);
+    } else if pool.len(br.seq)? + 1 > context {
+        br.stop = Some(StopReason::Context);
+    }
+    Ok(())
+}

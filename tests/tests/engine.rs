@@ -1,0 +1,207 @@
+//! The batched engine against single-sequence generation with SmolLM2-135M (fetched on first
+//! use): batches of up to 16 sequences of different lengths that join and leave between steps
+//! give the same greedy tokens as each sequence run alone; branches forked from one prompt share
+//! its KV pages and decode through cascade attention, giving copies of the greedy answer at
+//! temperature 0 and different, reproducible answers with a temperature; requests the engine
+//! cannot serve are refused one by one while the others carry on.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use flint_gpu::Device;
+use flint_runtime::engine::{Engine, EngineOptions, Event, Request, RequestId, RequestOutput};
+use flint_runtime::generate::{SamplingOptions, StopReason};
+use flint_runtime::model::Model;
+
+fn model() -> &'static Model {
+    static M: OnceLock<Model> = OnceLock::new();
+    M.get_or_init(|| {
+        let dev =
+            Device::open(&std::env::var("FLINT_ADAPTER").unwrap_or_else(|_| "vulkan".into())).expect("an adapter");
+        let path = flint_runtime::fetch::resolve(Some("smollm2-135m"), &mut |_| {}).expect("the model can be fetched");
+        Model::load(&dev, &path).expect("the model loads")
+    })
+}
+
+const PROMPTS: [&str; 16] = [
+    "The capital of France is",
+    "1, 2, 3, 4,",
+    "Once upon a time",
+    "The quick brown fox",
+    "def fibonacci(n):",
+    "Water boils at",
+    "In 1492, Columbus",
+    "The largest planet in the solar system is",
+    "Roses are red,",
+    "SELECT * FROM",
+    "The opposite of hot is",
+    "My favourite colour is",
+    "To be or not to be,",
+    "The chemical symbol for gold is",
+    "A B C D E F",
+    "The first president of the United States was George Washington. The second",
+];
+
+fn greedy(max_tokens: usize) -> SamplingOptions {
+    SamplingOptions { max_tokens, ..Default::default() }
+}
+
+fn alone(prompt: &[u32], opts: &SamplingOptions) -> Vec<u32> {
+    let m = model();
+    let mut s = m.session(prompt.len() + opts.max_tokens).unwrap();
+    s.generate(prompt, opts, |_| {}).unwrap().tokens
+}
+
+/// Run the engine until idle; return each request's output and the tokens its events streamed.
+fn drain(
+    engine: &mut Engine<'_>,
+    outputs: &mut HashMap<RequestId, RequestOutput>,
+    streamed: &mut HashMap<(RequestId, usize), Vec<u32>>,
+) {
+    engine
+        .run(|e| match e {
+            Event::Token { request, branch, token, .. } => streamed.entry((request, branch)).or_default().push(token),
+            Event::Finished { request, output } => {
+                outputs.insert(request, output);
+            }
+            Event::Failed { request, error } => panic!("request {request:?} failed: {error}"),
+        })
+        .unwrap();
+}
+
+#[test]
+fn batched_decode_equals_each_sequence_alone() {
+    let m = model();
+    let mut engine = Engine::new(&m.decoder, EngineOptions { kv_tokens: 4096, page_size: 16, max_batch: 16 }).unwrap();
+    let prompts: Vec<Vec<u32>> = PROMPTS.iter().map(|p| m.prompt_ids(p, false).unwrap()).collect();
+    // Budgets differ so that sequences leave at different steps.
+    let budget = |i: usize| 4 + (i * 5) % 13;
+    let mut ids = Vec::new();
+    let mut outputs = HashMap::new();
+    let mut streamed: HashMap<(RequestId, usize), Vec<u32>> = HashMap::new();
+    // Ten join at once; after three steps the other six join while the first are mid-way.
+    for (i, p) in prompts.iter().enumerate().take(10) {
+        ids.push(engine.submit(Request::new(p.clone(), greedy(budget(i)))).unwrap());
+    }
+    for _ in 0..3 {
+        for e in engine.step().unwrap() {
+            match e {
+                Event::Token { request, branch, token, .. } => {
+                    streamed.entry((request, branch)).or_default().push(token)
+                }
+                Event::Finished { request, output } => {
+                    outputs.insert(request, output);
+                }
+                Event::Failed { request, error } => panic!("request {request:?} failed: {error}"),
+            }
+        }
+    }
+    // Each has 4 tokens now (one from its prefill, three from the steps).
+    assert_eq!(engine.live_branches(), (0..10).filter(|&i| budget(i) > 4).count());
+    for (i, p) in prompts.iter().enumerate().skip(10) {
+        ids.push(engine.submit(Request::new(p.clone(), greedy(budget(i)))).unwrap());
+    }
+    drain(&mut engine, &mut outputs, &mut streamed);
+    assert_eq!(engine.kv_bytes(), 0, "every page is free again");
+    for (i, (id, p)) in ids.iter().zip(&prompts).enumerate() {
+        let got = &outputs[id].branches[0];
+        assert_eq!(got.tokens, alone(p, &greedy(budget(i))), "sequence {i} ({:?})", PROMPTS[i]);
+        assert_eq!(got.tokens, streamed[&(*id, 0)], "streamed tokens of sequence {i}");
+        assert_eq!(got.stop, StopReason::Length);
+    }
+}
+
+#[test]
+fn branches_share_the_prompt_and_agree_at_temperature_zero() {
+    let m = model();
+    // Pages of 16: a 40-token prompt leaves two full shared pages and a partial one.
+    let mut engine = Engine::new(&m.decoder, EngineOptions { kv_tokens: 2048, page_size: 16, max_batch: 16 }).unwrap();
+    let prompt = m
+        .prompt_ids(
+            "Question: Tom has 3 apples and buys 5 more, then gives 2 to Ann. How many apples does Tom have now? Think it through. Answer:",
+            false,
+        )
+        .unwrap();
+    assert!(prompt.len() > 32, "{} prompt tokens", prompt.len());
+    let want = alone(&prompt, &greedy(12));
+    let id = engine.submit(Request { prompt: prompt.clone(), sampling: greedy(12), branches: 5 }).unwrap();
+    let (mut outputs, mut streamed) = (HashMap::new(), HashMap::new());
+    drain(&mut engine, &mut outputs, &mut streamed);
+    let out = &outputs[&id];
+    assert_eq!(out.branches.len(), 5);
+    for (b, br) in out.branches.iter().enumerate() {
+        assert_eq!(br.tokens, want, "branch {b} at temperature 0 is the greedy answer");
+    }
+    // The prompt's K/V is stored once: 5 branches of (prompt + 12) tokens stored separately
+    // would need 5 x 4 pages; shared, the two full prompt pages are counted once.
+    let separate = 5 * (prompt.len() + 12).div_ceil(16);
+    let shared = prompt.len() / 16 + 5 * ((prompt.len() + 12).div_ceil(16) - prompt.len() / 16);
+    let per_page =
+        2 * m.decoder.cfg.layers * 16 * m.decoder.cfg.kv_heads * m.decoder.cfg.head_dim * m.decoder.kv_dtype.size();
+    assert_eq!(engine.peak_kv_bytes(), shared * per_page, "peak KV: {shared} pages (not {separate})");
+    assert_eq!(engine.kv_bytes(), 0);
+}
+
+#[test]
+fn sampled_branches_differ_and_are_reproducible() {
+    let m = model();
+    let prompt = m.prompt_ids("Here is a short story about a dragon:", false).unwrap();
+    let sampling =
+        |seed| SamplingOptions { temperature: 0.9, top_k: 40, top_p: 0.95, seed, max_tokens: 10, stop: vec![] };
+    let run = |seed| {
+        let mut engine =
+            Engine::new(&m.decoder, EngineOptions { kv_tokens: 1024, page_size: 16, max_batch: 8 }).unwrap();
+        let id = engine.submit(Request { prompt: prompt.clone(), sampling: sampling(seed), branches: 4 }).unwrap();
+        let (mut outputs, mut streamed) = (HashMap::new(), HashMap::new());
+        drain(&mut engine, &mut outputs, &mut streamed);
+        outputs.remove(&id).unwrap().branches.into_iter().map(|b| b.tokens).collect::<Vec<_>>()
+    };
+    let a = run(7);
+    assert_eq!(a, run(7), "the same seed gives the same branches");
+    let distinct: std::collections::HashSet<&Vec<u32>> = a.iter().collect();
+    assert!(distinct.len() >= 3, "branches with their own seeds differ: {a:?}");
+    assert_ne!(a, run(8), "another seed gives other branches");
+    // Branch 0 draws with the request's seed, exactly as a single sequence does.
+    let mut s = m.session(prompt.len() + 10).unwrap();
+    assert_eq!(a[0], s.generate(&prompt, &sampling(7), |_| {}).unwrap().tokens);
+}
+
+#[test]
+fn bad_requests_are_refused_while_others_carry_on() {
+    let m = model();
+    let mut engine = Engine::new(&m.decoder, EngineOptions { kv_tokens: 256, page_size: 16, max_batch: 4 }).unwrap();
+    let prompt = m.prompt_ids("The capital of France is", false).unwrap();
+    let good = engine.submit(Request::new(prompt.clone(), greedy(3))).unwrap();
+    let refused = |r: Request| engine_err(&m.decoder, r);
+    assert!(refused(Request { branches: 0, ..Request::new(prompt.clone(), greedy(3)) }).contains("0 branches"));
+    assert!(refused(Request { branches: 5, ..Request::new(prompt.clone(), greedy(3)) }).contains("batch of 4"));
+    assert!(refused(Request::new(prompt.clone(), greedy(1000))).contains("KV pages"));
+    assert!(refused(Request::new(vec![], greedy(3))).contains("no tokens"));
+    assert!(refused(Request::new(vec![1; 9000], greedy(3))).contains("context"));
+    assert!(refused(Request::new(vec![1, 99_999], greedy(3))).contains("vocabulary"));
+    // 16 pages: `good` reserves 1 and `big` 14; `cancelled` (4) waits and is cancelled while
+    // waiting; `late` (2) waits until `good` has finished, then runs.
+    let big = engine.submit(Request { prompt: prompt.clone(), sampling: greedy(100), branches: 2 }).unwrap();
+    let cancelled = engine.submit(Request::new(prompt.clone(), greedy(50))).unwrap();
+    let first = engine.step().unwrap();
+    assert!(first.iter().any(|e| matches!(e, Event::Token { request, .. } if *request == good)));
+    assert!(!first.iter().any(|e| matches!(e, Event::Token { request, .. } if *request == cancelled)));
+    assert_eq!(engine.waiting(), 1);
+    assert!(engine.cancel(cancelled).unwrap());
+    assert!(!engine.cancel(cancelled).unwrap());
+    let late = engine.submit(Request::new(prompt.clone(), greedy(20))).unwrap();
+    let (mut outputs, mut streamed) = (HashMap::new(), HashMap::new());
+    drain(&mut engine, &mut outputs, &mut streamed);
+    assert!(outputs[&late].timings.queued > outputs[&good].timings.queued, "late waited for room");
+    assert_eq!(outputs[&late].branches[0].tokens[..3], outputs[&good].branches[0].tokens[..]);
+    let text = m.tokenizer.decode(&outputs[&good].branches[0].tokens, true).unwrap();
+    assert!(text.starts_with(" Paris"), "{text:?}");
+    assert_eq!(outputs[&big].branches.len(), 2);
+    assert!(!outputs.contains_key(&cancelled));
+    assert_eq!(engine.kv_bytes(), 0);
+}
+
+fn engine_err(decoder: &flint_runtime::model::decoder::Decoder, r: Request) -> String {
+    let mut e = Engine::new(decoder, EngineOptions { kv_tokens: 256, page_size: 16, max_batch: 4 }).unwrap();
+    e.submit(r).unwrap_err().to_string()
+}
