@@ -1,6 +1,7 @@
 //! `flint`: generate text with a model, list adapters, run the conformance table, benchmark
 //! kernels.
 
+mod agents;
 mod kernels;
 mod models;
 
@@ -26,17 +27,30 @@ enum Command {
         #[arg(long, default_value = flint_runtime::fetch::DEFAULT_MODEL)]
         model: String,
         /// The prompt.
+        #[arg(long, required_unless_present = "prompts", conflicts_with = "prompts")]
+        prompt: Option<String>,
+        /// Many independent requests, one JSON object per line: {"prompt": "...", and optionally
+        /// "mode", "branches", "max_tokens", "temperature", "top_k", "top_p", "seed", "chat"};
+        /// results are written as JSON lines in input order.
         #[arg(long)]
-        prompt: String,
-        /// Wrap the prompt in the model's chat template as a user message.
+        prompts: Option<PathBuf>,
+        /// Wrap the prompt in the model's chat template as a user message (implied by think and
+        /// contemplate).
         #[arg(long)]
         chat: bool,
-        /// Most new tokens.
-        #[arg(long, default_value_t = 128)]
-        max_tokens: usize,
-        /// 0 for greedy.
-        #[arg(long, default_value_t = 0.0)]
-        temperature: f32,
+        /// instant (greedy, short budget), think (reason first, long budget) or contemplate
+        /// (several branches from one prefill, then a vote).
+        #[arg(long, default_value = "instant")]
+        mode: String,
+        /// Branches of contemplate.
+        #[arg(long, default_value_t = 4)]
+        branches: usize,
+        /// Most new tokens (default: 256 instant, 2048 think, 1024 contemplate).
+        #[arg(long)]
+        max_tokens: Option<usize>,
+        /// 0 for greedy (default: 0, and 0.7 for contemplate).
+        #[arg(long)]
+        temperature: Option<f32>,
         /// Keep the k most likely tokens (0: no limit).
         #[arg(long, default_value_t = 0)]
         top_k: usize,
@@ -55,6 +69,12 @@ enum Command {
         /// After generating, time one more decode step per dispatch and print the breakdown.
         #[arg(long)]
         profile: bool,
+        /// KV cache of the batched engine (contemplate, --prompts), in tokens.
+        #[arg(long, default_value_t = 16384)]
+        kv_tokens: usize,
+        /// Most sequences the batched engine decodes in one step.
+        #[arg(long, default_value_t = 32)]
+        max_batch: usize,
     },
     /// Show how a model's tokenizer splits a text.
     Tokenize {
@@ -158,7 +178,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Generate {
             model,
             prompt,
+            prompts,
             chat,
+            mode,
+            branches,
             max_tokens,
             temperature,
             top_k,
@@ -167,16 +190,36 @@ fn run(cli: Cli) -> Result<ExitCode> {
             adapter,
             json,
             profile,
+            kv_tokens,
+            max_batch,
         } => {
-            let sampling = SamplingOptions { temperature, top_k, top_p, seed, max_tokens, stop: Vec::new() };
+            let engine = flint_runtime::engine::EngineOptions { kv_tokens, page_size: 64, max_batch };
+            if let Some(file) = prompts {
+                let (dev, m) = models::load(&adapter, Some(&model))?;
+                let defaults =
+                    agents::AgentDefaults { mode, branches, max_tokens, temperature, top_k, top_p, seed, chat };
+                let ok = agents::sub_agents(&dev, &m, &file, &defaults, engine)?;
+                return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+            }
+            let mode = flint_runtime::reasoning::Mode::parse(&mode, branches)?;
+            let sampling = SamplingOptions {
+                temperature: temperature.unwrap_or(mode.default_temperature()),
+                top_k,
+                top_p,
+                seed,
+                max_tokens: max_tokens.unwrap_or(mode.default_max_tokens()),
+                stop: Vec::new(),
+            };
             models::generate(models::GenerateOpts {
                 adapter,
                 model: Some(model),
-                prompt,
+                prompt: prompt.unwrap_or_default(),
                 chat,
+                mode,
                 sampling,
                 json,
                 profile,
+                engine,
             })?;
             Ok(ExitCode::SUCCESS)
         }

@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use flint_gpu::Device;
+use flint_runtime::engine::EngineOptions;
 use flint_runtime::fetch::{self, Progress};
 use flint_runtime::generate::SamplingOptions;
 use flint_runtime::model::Model;
+use flint_runtime::reasoning::{self, Mode};
 use flint_runtime::tokenizer::StreamDecoder;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -42,7 +44,7 @@ pub fn resolve_model(model: Option<&str>) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn load(adapter: &str, model: Option<&str>) -> Result<(Device, Model)> {
+pub fn load(adapter: &str, model: Option<&str>) -> Result<(Device, Model)> {
     let path = resolve_model(model)?;
     let dev = Device::open(adapter).context("opening the GPU adapter")?;
     let t = std::time::Instant::now();
@@ -61,25 +63,33 @@ pub struct GenerateOpts {
     pub prompt: String,
     /// Use the chat template.
     pub chat: bool,
-    /// Sampling.
+    /// Reasoning mode.
+    pub mode: Mode,
+    /// Sampling (temperature and budget already resolved for the mode).
     pub sampling: SamplingOptions,
     /// JSON output.
     pub json: bool,
     /// Time one more decode step per dispatch and print the breakdown.
     pub profile: bool,
+    /// Engine sizes (contemplating mode).
+    pub engine: EngineOptions,
 }
 
 /// `flint generate`.
 pub fn generate(opts: GenerateOpts) -> Result<()> {
     let (dev, model) = load(&opts.adapter, opts.model.as_deref())?;
-    let prompt = model.prompt_ids(&opts.prompt, opts.chat)?;
+    let prompt = reasoning::prompt_ids(&model, opts.mode, &opts.prompt, opts.chat)?;
     let mut sampling = opts.sampling.clone();
     sampling.stop.extend(&model.tokenizer.stop_tokens);
+    if let Mode::Contemplate { .. } = opts.mode {
+        return crate::agents::contemplate(&dev, &model, &opts, &prompt, &sampling);
+    }
     let mut session = model.session(prompt.len() + sampling.max_tokens)?;
     let mut stream = StreamDecoder::default();
     let mut stdout = std::io::stdout().lock();
     // A plain prompt is echoed so the continuation reads on; a chat reply stands alone.
-    if !opts.json && !opts.chat {
+    let plain = !opts.chat && !opts.mode.reasons();
+    if !opts.json && plain {
         write!(stdout, "{}", opts.prompt)?;
         stdout.flush()?;
     }
@@ -103,10 +113,12 @@ pub fn generate(opts: GenerateOpts) -> Result<()> {
         print_profile(&session.profile_step(*out.tokens.last().unwrap_or(&0), &sampling)?, dev.caps().timestamps);
     }
     let text = model.tokenizer.decode(&out.tokens, true)?;
+    let reply = opts.mode.reasons().then(|| reasoning::split_reply(&text));
     if opts.json {
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "model": model.path.display().to_string(),
             "adapter": dev.caps().short_label(),
+            "mode": opts.mode.name(),
             "prompt": opts.prompt,
             "prompt_ids": prompt,
             "generated_ids": out.tokens,
@@ -123,9 +135,16 @@ pub fn generate(opts: GenerateOpts) -> Result<()> {
             },
             "weight_bytes_per_token": model.decoder.weight_bytes_per_token(),
         });
+        if let Some(r) = &reply {
+            v["reasoning"] = r.reasoning.clone().into();
+            v["answer"] = r.answer.clone().into();
+        }
         writeln!(stdout, "{}", serde_json::to_string_pretty(&v)?)?;
     } else {
         writeln!(stdout)?;
+        if let Some(r) = reply.filter(|r| !r.reasoning.is_empty()) {
+            writeln!(stdout, "\n-- answer --\n{}", r.answer)?;
+        }
         eprintln!(
             "[{} prompt tokens in {:.0} ms ({:.1} tok/s); {} tokens at {:.1} tok/s on {}; stop: {:?}]",
             out.prompt_tokens,

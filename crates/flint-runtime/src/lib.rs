@@ -10,6 +10,7 @@ pub mod fetch;
 pub mod generate;
 pub mod gguf;
 pub mod model;
+pub mod reasoning;
 pub mod tokenizer;
 
 pub use error::{Result, RuntimeError};

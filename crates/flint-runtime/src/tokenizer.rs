@@ -181,6 +181,17 @@ impl Tokenizer {
     /// Render the chat template over `messages` (`(role, content)`), ending with the assistant's
     /// turn opened when `add_generation_prompt`.
     pub fn apply_chat_template(&self, messages: &[(String, String)], add_generation_prompt: bool) -> Result<String> {
+        self.apply_chat_template_with(messages, add_generation_prompt, None)
+    }
+
+    /// [`Tokenizer::apply_chat_template`] with `enable_thinking` set for templates that read it
+    /// (the reasoning switch of Qwen3- and SmolLM3-style templates).
+    pub fn apply_chat_template_with(
+        &self,
+        messages: &[(String, String)],
+        add_generation_prompt: bool,
+        enable_thinking: Option<bool>,
+    ) -> Result<String> {
         let template = self.chat_template.as_deref().ok_or_else(|| {
             RuntimeError::Tokenizer("the model has no chat template (tokenizer.chat_template)".into())
         })?;
@@ -193,12 +204,17 @@ impl Tokenizer {
         env.add_template("chat", template).map_err(|e| tok_err(format!("chat template: {e}")))?;
         let msgs: Vec<Json> = messages.iter().map(|(r, c)| json!({"role": r, "content": c})).collect();
         let name = |id: Option<u32>| id.and_then(|i| self.token(i)).unwrap_or("").to_string();
-        let ctx = minijinja::context! {
-            messages => msgs,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => name(self.bos),
-            eos_token => name(self.eos),
-        };
+        let mut ctx = json!({
+            "messages": msgs,
+            "add_generation_prompt": add_generation_prompt,
+            "bos_token": name(self.bos),
+            "eos_token": name(self.eos),
+        });
+        // Left undefined unless asked, as transformers does.
+        if let Some(on) = enable_thinking {
+            ctx["enable_thinking"] = json!(on);
+        }
+        let ctx = minijinja::Value::from_serialize(&ctx);
         env.get_template("chat").and_then(|t| t.render(ctx)).map_err(|e| tok_err(format!("chat template: {e}")))
     }
 }

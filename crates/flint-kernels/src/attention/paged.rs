@@ -18,10 +18,11 @@ struct Seq {
     len: usize,
 }
 
-/// K and V pools `[layers, num_pages, page_size, n_kv_heads, head_dim]` and their bookkeeping.
+/// K and V pools, one `[num_pages, page_size, n_kv_heads, head_dim]` tensor of each per layer
+/// (so that a layer, not the whole cache, must fit a binding), and their bookkeeping.
 pub struct KvPool {
-    k: Tensor,
-    v: Tensor,
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
     layers: usize,
     page_size: usize,
     num_pages: usize,
@@ -62,17 +63,16 @@ impl KvPool {
                 "{layers} layers of {num_pages} pages of {page_size} slots of {n_kv_heads}x{head_dim}"
             )));
         }
-        let layer_bytes = dtype.bytes(num_pages * page_size * n_kv_heads * head_dim) as u64;
-        let align = u64::from(dev.caps().storage_offset_alignment.max(4));
-        if layers > 1 && !layer_bytes.is_multiple_of(align) {
-            return Err(err(format!(
-                "a layer's {layer_bytes} bytes are not a multiple of the {align}-byte binding alignment"
-            )));
+        let shape = [num_pages, page_size, n_kv_heads, head_dim];
+        let mut k = Vec::with_capacity(layers);
+        let mut v = Vec::with_capacity(layers);
+        for _ in 0..layers {
+            k.push(dev.empty("kv pool k (one layer)", &shape, dtype)?);
+            v.push(dev.empty("kv pool v (one layer)", &shape, dtype)?);
         }
-        let shape = [layers * num_pages, page_size, n_kv_heads, head_dim];
         Ok(KvPool {
-            k: dev.empty("kv pool k", &shape, dtype)?,
-            v: dev.empty("kv pool v", &shape, dtype)?,
+            k,
+            v,
             layers,
             page_size,
             num_pages,
@@ -88,13 +88,10 @@ impl KvPool {
         if layer >= self.layers {
             return Err(err(format!("layer {layer} of a pool of {}", self.layers)));
         }
-        let elems = self.num_pages * self.page_size * self.row;
-        let dtype = self.k.dtype();
         let shape = [self.num_pages, self.page_size, self.row];
-        let at = dtype.bytes(layer * elems) as u64;
         Ok(KvCache {
-            k: self.k.view(at, &shape, dtype)?,
-            v: self.v.view(at, &shape, dtype)?,
+            k: self.k[layer].reshape(&shape)?,
+            v: self.v[layer].reshape(&shape)?,
             page_size: self.page_size,
             num_pages: self.num_pages,
         })
@@ -127,7 +124,7 @@ impl KvPool {
 
     /// Bytes of K and V held by pages in use, over all layers.
     pub fn used_bytes(&self) -> usize {
-        2 * self.layers * self.used_pages() * self.page_size * self.row * self.k.dtype().size()
+        2 * self.layers * self.used_pages() * self.page_size * self.row * self.k[0].dtype().size()
     }
 
     /// How many sequences share page `page`.
@@ -215,15 +212,13 @@ impl KvPool {
             let last = *pages.last().unwrap_or(&0);
             let fresh = self.alloc_page()?;
             let page_elems = self.page_size * self.row;
-            let dtype = self.k.dtype();
-            let bytes = |layer: usize, p: u32| dtype.bytes((layer * self.num_pages + p as usize) * page_elems) as u64;
+            let dtype = self.k[0].dtype();
+            let bytes = |p: u32| dtype.bytes(p as usize * page_elems) as u64;
             // wgpu copies between different buffers only, so the page goes through a scratch one.
             let scratch = rec.device().empty("kv page copy", &[page_elems], dtype)?;
-            for layer in 0..self.layers {
-                for t in [&self.k, &self.v] {
-                    rec.copy(&t.view(bytes(layer, last), &[page_elems], dtype)?, &scratch)?;
-                    rec.copy(&scratch, &t.view(bytes(layer, fresh), &[page_elems], dtype)?)?;
-                }
+            for t in self.k.iter().chain(&self.v) {
+                rec.copy(&t.view(bytes(last), &[page_elems], dtype)?, &scratch)?;
+                rec.copy(&scratch, &t.view(bytes(fresh), &[page_elems], dtype)?)?;
             }
             self.refs[last as usize] -= 1;
             let s = self.seq_mut(id)?;

@@ -1,0 +1,355 @@
+//! Reasoning modes: how a question becomes a prompt, how a reply splits into reasoning and
+//! answer, and how the branches of contemplating mode are aggregated.
+//!
+//! - [`Mode::Instant`]: one greedy answer with a short budget.
+//! - [`Mode::Think`]: a long budget in the model's reasoning format when its chat template has
+//!   one (a template that reads `enable_thinking` or writes `<think>`); otherwise a system
+//!   message asks for the reasoning first and a last line starting with `Answer:`. The reply
+//!   is split into the reasoning and the answer.
+//! - [`Mode::Contemplate`]: the thinking prompt prefilled once, N branches sampled from it in
+//!   parallel (each with its own seed), then a majority vote over the branches' final answers
+//!   (self-consistency), ties broken by the mean token log-probability.
+
+use std::collections::HashMap;
+
+use crate::model::Model;
+use crate::{Result, RuntimeError};
+
+/// The system message that asks a model without a reasoning format for reasoning, then an answer.
+pub const REASONING_SYSTEM: &str = "Think step by step. Write your reasoning first, then give the final answer on a last line that starts with \"Answer:\".";
+
+/// A reasoning mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// One greedy answer, short budget.
+    Instant,
+    /// A long reasoning budget, the reasoning shown apart from the answer.
+    Think,
+    /// Several branches from one prefill, aggregated by vote.
+    Contemplate {
+        /// Branches (at least 1).
+        branches: usize,
+    },
+}
+
+impl Mode {
+    /// Parse `instant`, `think` or `contemplate` (with `branches` for the last).
+    pub fn parse(name: &str, branches: usize) -> Result<Mode> {
+        match name {
+            "instant" => Ok(Mode::Instant),
+            "think" => Ok(Mode::Think),
+            "contemplate" if branches == 0 => Err(RuntimeError::Request("contemplate needs at least 1 branch".into())),
+            "contemplate" => Ok(Mode::Contemplate { branches }),
+            other => Err(RuntimeError::Request(format!("unknown mode {other:?} (instant, think or contemplate)"))),
+        }
+    }
+
+    /// The mode's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Instant => "instant",
+            Mode::Think => "think",
+            Mode::Contemplate { .. } => "contemplate",
+        }
+    }
+
+    /// Branches decoded for the mode.
+    pub fn branches(self) -> usize {
+        match self {
+            Mode::Contemplate { branches } => branches,
+            _ => 1,
+        }
+    }
+
+    /// Token budget when none is given.
+    pub fn default_max_tokens(self) -> usize {
+        match self {
+            Mode::Instant => 256,
+            Mode::Think => 2048,
+            Mode::Contemplate { .. } => 1024,
+        }
+    }
+
+    /// Temperature when none is given: greedy, but for contemplating, whose branches must differ.
+    pub fn default_temperature(self) -> f32 {
+        match self {
+            Mode::Contemplate { .. } => 0.7,
+            _ => 0.0,
+        }
+    }
+
+    /// Whether the mode asks the model to reason before answering.
+    pub fn reasons(self) -> bool {
+        !matches!(self, Mode::Instant)
+    }
+}
+
+/// Whether a chat template has a reasoning format of its own.
+pub fn template_reasons(template: &str) -> bool {
+    template.contains("enable_thinking") || template.contains("<think>")
+}
+
+/// Token ids of `question` asked in `mode`. With `chat` (implied by the reasoning modes when
+/// the model has a chat template) the question is a user message in the model's template.
+pub fn prompt_ids(model: &Model, mode: Mode, question: &str, chat: bool) -> Result<Vec<u32>> {
+    let tok = &model.tokenizer;
+    let Some(template) = tok.chat_template.as_deref() else {
+        if chat {
+            return Err(RuntimeError::Tokenizer("the model has no chat template (tokenizer.chat_template)".into()));
+        }
+        return tok.encode(question, true);
+    };
+    if !chat && !mode.reasons() {
+        return tok.encode(question, true);
+    }
+    let user = ("user".to_string(), question.to_string());
+    let text = if !mode.reasons() {
+        tok.apply_chat_template(&[user], true)?
+    } else if template_reasons(template) {
+        tok.apply_chat_template_with(&[user], true, Some(true))?
+    } else {
+        tok.apply_chat_template(&[("system".to_string(), REASONING_SYSTEM.to_string()), user], true)?
+    };
+    // The template writes the special tokens itself.
+    tok.encode(&text, false)
+}
+
+/// A reply split into its reasoning and its answer.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Reply {
+    /// The reasoning (empty when the reply has no marked answer).
+    pub reasoning: String,
+    /// The answer.
+    pub answer: String,
+}
+
+/// Split `text` at `</think>` (reasoning inside `<think>...</think>`), else at the last line
+/// that starts with `Answer:`; with neither, all of it is the answer.
+pub fn split_reply(text: &str) -> Reply {
+    if let Some(end) = text.find("</think>") {
+        let start = text[..end].find("<think>").map_or(0, |s| s + "<think>".len());
+        return Reply {
+            reasoning: text[start..end].trim().into(),
+            answer: text[end + "</think>".len()..].trim().into(),
+        };
+    }
+    let lower = text.to_lowercase();
+    let mut at = None;
+    for (i, _) in lower.match_indices("answer:") {
+        if i == 0 || text[..i].ends_with('\n') || text[..i].trim_end_matches(['*', '#', ' ']).ends_with('\n') {
+            at = Some(i);
+        }
+    }
+    if at.is_none() && lower.starts_with("answer:") {
+        at = Some(0);
+    }
+    match at {
+        Some(i) => {
+            let line_start = text[..i].rfind('\n').map_or(0, |n| n + 1);
+            Reply {
+                reasoning: text[..line_start].trim().into(),
+                answer: text[i + "answer:".len()..].trim().trim_start_matches('*').trim().into(),
+            }
+        }
+        None => Reply { reasoning: String::new(), answer: text.trim().into() },
+    }
+}
+
+/// The final answer of a reply, normalised for voting: the last `\boxed{...}`, else what
+/// follows the last "answer:" or "answer is", else the last number, else the last non-empty
+/// line. Outside a box, a number in the answer stands for it ("6 apples." and "6" agree); other
+/// answers are compared lowercased, without surrounding punctuation and markdown. `None` for an empty reply.
+pub fn final_answer(text: &str) -> Option<String> {
+    let text = text.split("</think>").last().unwrap_or(text);
+    let lower = text.to_lowercase();
+    let raw: String = if let Some(i) = lower.rfind("\\boxed{") {
+        let rest = &text[i + "\\boxed{".len()..];
+        let mut depth = 1;
+        let end = rest
+            .char_indices()
+            .find(|&(_, c)| {
+                match c {
+                    '{' => depth += 1,
+                    '}' => depth -= 1,
+                    _ => {}
+                }
+                depth == 0
+            })
+            .map_or(rest.len(), |(j, _)| j);
+        return normalise(&rest[..end]);
+    } else if let Some((i, marker)) =
+        ["answer:", "answer is"].iter().filter_map(|m| lower.rfind(m).map(|i| (i, m.len()))).max_by_key(|&(i, _)| i)
+    {
+        text[i + marker..].lines().next().unwrap_or("").to_string()
+    } else if let Some(n) = last_number(text) {
+        n
+    } else {
+        text.lines().rev().find(|l| !l.trim().is_empty())?.to_string()
+    };
+    if let Some(n) = first_number(&raw) {
+        return Some(n);
+    }
+    normalise(&raw)
+}
+
+/// Lowercase, single spaces, without surrounding markdown, quotes and final punctuation.
+fn normalise(raw: &str) -> Option<String> {
+    let mut s = raw;
+    loop {
+        let t = s
+            .trim()
+            .trim_matches(|c: char| matches!(c, '*' | '`' | '"' | '\'' | '$' | '_'))
+            .trim_end_matches(['.', '!', '?', ',', ';', ':']);
+        if t == s {
+            break;
+        }
+        s = t;
+    }
+    let norm = s.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
+    (!norm.is_empty()).then_some(norm)
+}
+
+/// Numbers in `s` as written (digits, one decimal point, a leading minus), commas between
+/// digit groups dropped and trailing zeros of a fraction trimmed.
+fn numbers(s: &str) -> Vec<String> {
+    let chars: Vec<char> = s.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i].is_ascii_digit() {
+            let neg = i > 0 && chars[i - 1] == '-' && (i < 2 || !chars[i - 2].is_alphanumeric());
+            let mut n = String::new();
+            if neg {
+                n.push('-');
+            }
+            while i < chars.len() {
+                let c = chars[i];
+                let next_digit = chars.get(i + 1).is_some_and(char::is_ascii_digit);
+                if c.is_ascii_digit() {
+                    n.push(c);
+                } else if c == ',' && next_digit {
+                } else if c == '.' && next_digit && !n.contains('.') {
+                    n.push('.');
+                } else {
+                    break;
+                }
+                i += 1;
+            }
+            if n.contains('.') {
+                n = n.trim_end_matches('0').trim_end_matches('.').to_string();
+            }
+            out.push(n);
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+fn first_number(s: &str) -> Option<String> {
+    numbers(s).into_iter().next()
+}
+
+fn last_number(s: &str) -> Option<String> {
+    numbers(s).pop()
+}
+
+/// One answer's share of a vote.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Tally {
+    /// The normalised answer.
+    pub answer: String,
+    /// Branches that gave it.
+    pub votes: usize,
+    /// Mean over those branches of their mean token log-probability.
+    pub mean_logprob: f32,
+}
+
+/// The outcome of a vote over branches.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Vote {
+    /// The winning answer (normalised), `None` when no branch gave one.
+    pub answer: Option<String>,
+    /// The branch shown for it: of those that gave the answer, the most likely one.
+    pub chosen: usize,
+    /// Every answer given, most votes first.
+    pub tally: Vec<Tally>,
+}
+
+/// Majority vote over branches given as (reply text, mean token log-probability); ties go to
+/// the answer whose branches have the higher mean log-probability. Branches without an answer
+/// do not vote; when none has one, the most likely branch is chosen.
+pub fn vote(branches: &[(String, f32)]) -> Vote {
+    let mut groups: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, (text, _)) in branches.iter().enumerate() {
+        if let Some(a) = final_answer(text) {
+            groups.entry(a).or_default().push(i);
+        }
+    }
+    let lp = |i: usize| branches[i].1;
+    let mut tally: Vec<(Tally, usize)> = groups
+        .into_iter()
+        .map(|(answer, members)| {
+            let mean = members.iter().map(|&i| lp(i)).sum::<f32>() / members.len() as f32;
+            let best = *members.iter().max_by(|&&a, &&b| lp(a).total_cmp(&lp(b)).then(b.cmp(&a))).expect("non-empty");
+            (Tally { answer, votes: members.len(), mean_logprob: mean }, best)
+        })
+        .collect();
+    tally.sort_by(|(a, _), (b, _)| {
+        b.votes.cmp(&a.votes).then(b.mean_logprob.total_cmp(&a.mean_logprob)).then(a.answer.cmp(&b.answer))
+    });
+    let most_likely = (0..branches.len()).max_by(|&a, &b| lp(a).total_cmp(&lp(b)).then(b.cmp(&a))).unwrap_or(0);
+    match tally.first() {
+        Some((t, best)) => {
+            Vote { answer: Some(t.answer.clone()), chosen: *best, tally: tally.into_iter().map(|(t, _)| t).collect() }
+        }
+        None => Vote { answer: None, chosen: most_likely, tally: Vec::new() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_found_and_normalised() {
+        assert_eq!(final_answer("so 3 + 5 = 8, minus 2.\nAnswer: 6 apples."), Some("6".into()));
+        assert_eq!(final_answer("The answer is **Paris**."), Some("paris".into()));
+        assert_eq!(final_answer("x = \\boxed{\\frac{1}{2}} done"), Some("\\frac{1}{2}".into()));
+        assert_eq!(final_answer("<think>maybe 5</think> It is 1,234.50"), Some("1234.5".into()));
+        assert_eq!(final_answer("We get -3 in the end"), Some("-3".into()));
+        assert_eq!(final_answer("first line\n\nBlue\n"), Some("blue".into()));
+        assert_eq!(final_answer("  \n "), None);
+    }
+
+    #[test]
+    fn replies_split_at_the_marker() {
+        let r = split_reply("<think>\n2 and 2 make 4\n</think>\nFour.");
+        assert_eq!((r.reasoning.as_str(), r.answer.as_str()), ("2 and 2 make 4", "Four."));
+        let r = split_reply("First, 3 + 5 = 8.\nThen 8 - 2 = 6.\n**Answer:** 6");
+        assert_eq!((r.reasoning.as_str(), r.answer.as_str()), ("First, 3 + 5 = 8.\nThen 8 - 2 = 6.", "6"));
+        let r = split_reply("Just 6.");
+        assert_eq!((r.reasoning.as_str(), r.answer.as_str()), ("", "Just 6."));
+    }
+
+    #[test]
+    fn majority_wins_and_ties_go_to_the_likelier() {
+        let b = |t: &str, lp: f32| (t.to_string(), lp);
+        let v = vote(&[b("Answer: 6", -0.9), b("Answer: 7", -0.1), b("so it is 6.", -0.5), b("???", -0.2)]);
+        assert_eq!(v.answer.as_deref(), Some("6"));
+        assert_eq!(v.chosen, 2, "the likelier of the two branches that said 6");
+        assert_eq!(v.tally[0].votes, 2);
+        let v = vote(&[b("Answer: 6", -0.9), b("Answer: 7", -0.1)]);
+        assert_eq!((v.answer.as_deref(), v.chosen), (Some("7"), 1));
+        let v = vote(&[b("", -0.9), b(" ", -0.1)]);
+        assert_eq!((v.answer, v.chosen), (None, 1));
+    }
+
+    #[test]
+    fn modes_parse() {
+        assert_eq!(Mode::parse("contemplate", 4).unwrap().branches(), 4);
+        assert!(Mode::parse("contemplate", 0).is_err());
+        assert!(Mode::parse("ponder", 1).unwrap_err().to_string().contains("unknown mode"));
+    }
+}
