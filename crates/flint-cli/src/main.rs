@@ -2,6 +2,7 @@
 //! kernels.
 
 mod agents;
+mod bench_model;
 mod kernels;
 mod models;
 
@@ -103,6 +104,34 @@ enum Command {
         /// GPU adapter.
         #[arg(long, default_value = "")]
         adapter: String,
+    },
+    /// End-to-end model figures: prefill tokens/s, batched decode tokens/s, contemplate over a
+    /// shared prefix, with weight GB/s and KV memory.
+    BenchModel {
+        /// A .gguf file or a known model name.
+        #[arg(long, default_value = flint_runtime::fetch::DEFAULT_MODEL)]
+        model: String,
+        /// GPU adapter.
+        #[arg(long, default_value = "")]
+        adapter: String,
+        /// Prompt lengths to prefill.
+        #[arg(long, value_delimiter = ',', default_values_t = [128usize, 512])]
+        prefill: Vec<usize>,
+        /// Batch sizes of independent sequences.
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 4, 16])]
+        batch: Vec<usize>,
+        /// Branch counts of contemplate.
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 4, 16])]
+        branches: Vec<usize>,
+        /// Shared prefix of contemplate, in tokens.
+        #[arg(long, default_value_t = 1024)]
+        prefix: usize,
+        /// Timed decode steps per configuration.
+        #[arg(long, default_value_t = 16)]
+        steps: usize,
+        /// Print one JSON object per line.
+        #[arg(long)]
+        json: bool,
     },
     /// Fetch known models into the cache ($FLINT_CACHE_DIR, else ~/.cache/flint).
     Fetch {
@@ -228,6 +257,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Logits { model, token_ids, out, adapter } => {
             models::logits(&adapter, Some(&model), &token_ids, &out).map(|()| ExitCode::SUCCESS)
+        }
+        Command::BenchModel { model, adapter, prefill, batch, branches, prefix, steps, json } => {
+            let opts = bench_model::BenchModelOpts { adapter, model, prefill, batch, branches, prefix, steps, json };
+            bench_model::bench_model(&opts).map(|()| ExitCode::SUCCESS)
         }
         Command::Fetch { models: names } => models::fetch_models(&names).map(|()| ExitCode::SUCCESS),
         Command::Devices { json } => kernels::devices(json),

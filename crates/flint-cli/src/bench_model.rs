@@ -1,0 +1,178 @@
+//! `flint bench-model`: end-to-end model figures: prefill tokens/s for given prompt lengths,
+//! decode tokens/s for B independent sequences decoded together (aggregate), and contemplate
+//! over a long shared prefix with N branches, each with the weight bytes read per step, the
+//! resulting GB/s and the KV memory in use. Every configuration runs once untimed first, so
+//! pipeline compilation is not counted. Wall-clock times of whole submits (the figures a user
+//! sees), not GPU timestamps.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use flint_gpu::Recorder;
+use flint_runtime::engine::{Engine, EngineOptions, Request};
+use flint_runtime::generate::SamplingOptions;
+use flint_runtime::model::Model;
+use serde_json::json;
+
+/// Options of `flint bench-model`.
+pub struct BenchModelOpts {
+    /// Adapter selector.
+    pub adapter: String,
+    /// Model path or name.
+    pub model: String,
+    /// Prompt lengths to prefill.
+    pub prefill: Vec<usize>,
+    /// Batch sizes of independent sequences.
+    pub batch: Vec<usize>,
+    /// Branch counts of contemplate.
+    pub branches: Vec<usize>,
+    /// Shared prefix of contemplate, in tokens.
+    pub prefix: usize,
+    /// Timed decode steps per configuration.
+    pub steps: usize,
+    /// JSON lines instead of a table.
+    pub json: bool,
+}
+
+/// `n` token ids of ordinary text (a passage repeated), without special tokens.
+fn filler(model: &Model, n: usize) -> Result<Vec<u32>> {
+    let passage = "The river runs past the old mill, where the miller's daughter counts the sacks of grain \
+                   each morning and writes the numbers in a ledger that her grandfather began. ";
+    let one = model.tokenizer.encode(passage, false)?;
+    Ok(one.iter().copied().cycle().take(n).collect())
+}
+
+fn prefill_once(model: &Model, ids: &[u32]) -> Result<f64> {
+    let dev = model.decoder.device().clone();
+    let mut session = model.session(ids.len())?;
+    let t = Instant::now();
+    let mut rec = Recorder::new(&dev);
+    let h = session.forward(&mut rec, ids)?;
+    let _ = model.decoder.logits(&mut rec, &h, ids.len() - 1..ids.len())?;
+    rec.submit()?.wait()?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+struct DecodeRun {
+    seconds: f64,
+    tokens: usize,
+    steps: usize,
+    kv_bytes: usize,
+}
+
+/// Submit `requests`, step until all are live, then time `steps` steps.
+fn decode_run(model: &Model, requests: Vec<Request>, steps: usize, kv_tokens: usize) -> Result<DecodeRun> {
+    let max_batch = requests.iter().map(|r| r.branches).sum::<usize>().max(1);
+    let mut engine = Engine::new(&model.decoder, EngineOptions { kv_tokens, page_size: 64, max_batch })?;
+    for r in requests {
+        engine.submit(r)?;
+    }
+    while engine.waiting() > 0 {
+        engine.step()?;
+    }
+    let live = engine.live_branches();
+    let t = Instant::now();
+    let mut tokens = 0;
+    for _ in 0..steps {
+        tokens += engine.step()?.iter().filter(|e| matches!(e, flint_runtime::engine::Event::Token { .. })).count();
+    }
+    let seconds = t.elapsed().as_secs_f64();
+    let kv_bytes = engine.kv_bytes();
+    if engine.live_branches() != live {
+        anyhow::bail!("a sequence stopped during the timed steps");
+    }
+    Ok(DecodeRun { seconds, tokens, steps, kv_bytes })
+}
+
+fn greedy(max_tokens: usize) -> SamplingOptions {
+    SamplingOptions { max_tokens, ..Default::default() }
+}
+
+/// Run the benchmark and print one row (or JSON line) per configuration.
+pub fn bench_model(opts: &BenchModelOpts) -> Result<()> {
+    let (dev, model) = crate::models::load(&opts.adapter, Some(&opts.model))?;
+    let label = dev.caps().short_label();
+    let wbytes = model.decoder.weight_bytes_per_token() as f64;
+    let name = model.path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+    let emit = |case: String, v: serde_json::Value, row: String| {
+        if opts.json {
+            let mut v = v;
+            v["case"] = json!(case);
+            v["model"] = json!(name);
+            v["adapter"] = json!(label);
+            println!("{v}");
+        } else {
+            println!("{case:<34} {row}");
+        }
+    };
+    if !opts.json {
+        println!("{name} on {label}; weights read per decode step: {:.1} MB", wbytes / 1e6);
+    }
+    for &p in &opts.prefill {
+        let ids = filler(&model, p)?;
+        prefill_once(&model, &ids)?;
+        let s = (0..2)
+            .map(|_| prefill_once(&model, &ids))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .fold(f64::MAX, f64::min);
+        emit(
+            format!("prefill {p}"),
+            json!({"prompt_tokens": p, "ms": s * 1e3, "tokens_per_s": p as f64 / s}),
+            format!("{:>9.1} ms {:>9.1} tok/s", s * 1e3, p as f64 / s),
+        );
+    }
+    let budget = opts.steps * 2 + 8;
+    for &b in &opts.batch {
+        let reqs = |b: usize| -> Result<Vec<Request>> {
+            (0..b)
+                .map(|i| {
+                    let mut ids = filler(&model, 16 + 3 * i)?;
+                    ids.rotate_left(i);
+                    Ok(Request::new(ids, greedy(budget)))
+                })
+                .collect()
+        };
+        decode_run(&model, reqs(b)?, 2, 64 * (b + 2) * budget.div_ceil(64).max(2))?;
+        let r = decode_run(&model, reqs(b)?, opts.steps, 64 * (b + 2) * budget.div_ceil(64).max(2))?;
+        let tps = r.tokens as f64 / r.seconds;
+        let gbs = wbytes * r.steps as f64 / r.seconds / 1e9;
+        emit(
+            format!("decode batch {b}"),
+            json!({"sequences": b, "steps": r.steps, "tokens": r.tokens, "seconds": r.seconds, "tokens_per_s": tps,
+                   "tokens_per_s_per_sequence": tps / b as f64, "weight_gb_per_s": gbs, "kv_bytes": r.kv_bytes}),
+            format!(
+                "{tps:>9.1} tok/s aggregate {:>7.1} per sequence {:>6.2} GB/s of weights, KV {:.1} MiB",
+                tps / b as f64,
+                gbs,
+                r.kv_bytes as f64 / (1 << 20) as f64
+            ),
+        );
+    }
+    for &n in &opts.branches {
+        let prefix = filler(&model, opts.prefix)?;
+        let sampling =
+            SamplingOptions { temperature: 0.8, top_k: 40, top_p: 0.95, seed: 1, max_tokens: budget, stop: vec![] };
+        let req = || Request { prompt: prefix.clone(), sampling: sampling.clone(), branches: n };
+        let kv_tokens = 64 * ((opts.prefix + budget).div_ceil(64) + n * (budget.div_ceil(64) + 1));
+        decode_run(&model, vec![req()], 2, kv_tokens)?;
+        let r = decode_run(&model, vec![req()], opts.steps, kv_tokens)?;
+        let tps = r.tokens as f64 / r.seconds;
+        let c = &model.decoder.cfg;
+        let per_token = 2 * c.layers * c.kv_heads * c.head_dim * model.decoder.kv_dtype.size();
+        // What N sequences holding the prefix each would use at this point.
+        let separate = n * (opts.prefix + opts.steps + 2) * per_token;
+        emit(
+            format!("contemplate {n} over {}", opts.prefix),
+            json!({"branches": n, "prefix": opts.prefix, "steps": r.steps, "tokens": r.tokens, "seconds": r.seconds,
+                   "tokens_per_s": tps, "kv_bytes": r.kv_bytes, "kv_bytes_if_copied_estimate": separate}),
+            format!(
+                "{tps:>9.1} tok/s aggregate {:>7.1} per branch, KV {:.1} MiB (about {:.1} MiB with the prefix copied per branch)",
+                tps / n as f64,
+                r.kv_bytes as f64 / (1 << 20) as f64,
+                separate as f64 / (1 << 20) as f64
+            ),
+        );
+    }
+    Ok(())
+}
