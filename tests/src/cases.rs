@@ -640,12 +640,6 @@ impl Case for SampleCase {
     fn op(&self) -> &'static str {
         "sample"
     }
-    fn dtype(&self) -> String {
-        "f32".into()
-    }
-    fn unsupported(&self, _caps: &Caps) -> Option<String> {
-        None
-    }
     fn tolerance(&self) -> Tolerance {
         F32_TOL
     }
@@ -717,12 +711,6 @@ impl Case for AddNormCase {
     fn op(&self) -> &'static str {
         "norm"
     }
-    fn dtype(&self) -> String {
-        "f32".into()
-    }
-    fn unsupported(&self, _caps: &Caps) -> Option<String> {
-        None
-    }
     fn tolerance(&self) -> Tolerance {
         F32_TOL
     }
@@ -788,12 +776,6 @@ impl Case for GluPairCase {
     }
     fn op(&self) -> &'static str {
         "elementwise"
-    }
-    fn dtype(&self) -> String {
-        "f32".into()
-    }
-    fn unsupported(&self, _caps: &Caps) -> Option<String> {
-        None
     }
     fn tolerance(&self) -> Tolerance {
         F32_TOL
@@ -863,12 +845,6 @@ impl Case for RopeQkvCase {
     }
     fn op(&self) -> &'static str {
         "rope"
-    }
-    fn dtype(&self) -> String {
-        "f32".into()
-    }
-    fn unsupported(&self, _caps: &Caps) -> Option<String> {
-        None
     }
     fn tolerance(&self) -> Tolerance {
         ROPE_F32_TOL

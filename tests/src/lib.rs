@@ -104,14 +104,19 @@ pub trait Case: Send + Sync {
     fn name(&self) -> String;
     /// The op family, e.g. `matmul` (what `--op` filters on).
     fn op(&self) -> &'static str;
-    /// The dtype label the case is about (`f32`, `f16`, or a mix such as `f32xf16`).
-    fn dtype(&self) -> String;
+    /// The dtype label the case is about (`f32`, `f16`, or a mix such as `f32xf16`); `f32`
+    /// unless the case says otherwise.
+    fn dtype(&self) -> String {
+        "f32".into()
+    }
     /// Test or bench tier.
     fn tier(&self) -> Tier {
         Tier::Test
     }
-    /// Why this adapter cannot run the case, or `None`.
-    fn unsupported(&self, caps: &Caps) -> Option<String>;
+    /// Why this adapter cannot run the case, or `None` (the default: every adapter can).
+    fn unsupported(&self, _caps: &Caps) -> Option<String> {
+        None
+    }
     /// Accepted error.
     fn tolerance(&self) -> Tolerance;
     /// Floating point operations of one launch.

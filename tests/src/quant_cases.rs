@@ -2,7 +2,7 @@
 //! matvec kernel (1 to 8 rows), the subgroup matmul (more rows), and weights split into parts;
 //! and the quantized embedding gather.
 
-use flint_gpu::{Caps, DType, Device, Recorder, Tensor};
+use flint_gpu::{DType, Device, Recorder, Tensor};
 use flint_kernels::quant::{self, QuantWeight};
 use flint_ref::ParamError;
 use flint_ref::embed::EmbedParams;
@@ -59,9 +59,6 @@ impl Case for QuantMatmulCase {
     }
     fn tier(&self) -> Tier {
         self.tier
-    }
-    fn unsupported(&self, _caps: &Caps) -> Option<String> {
-        None
     }
     fn tolerance(&self) -> Tolerance {
         F32_TOL
@@ -122,9 +119,6 @@ impl Case for QuantEmbedCase {
     }
     fn dtype(&self) -> String {
         self.format.name().into()
-    }
-    fn unsupported(&self, _caps: &Caps) -> Option<String> {
-        None
     }
     fn tolerance(&self) -> Tolerance {
         F32_TOL
