@@ -32,11 +32,11 @@ pub const F16_TOL: Tolerance = Tolerance { nmse: 5e-6, max_abs_rel: 2e-3 };
 /// and a wrong pair or frequency still gives 1e-2 or more.
 pub const ROPE_F32_TOL: Tolerance = Tolerance { nmse: 1e-7, max_abs_rel: 2e-3 };
 
-fn tol_for(dtype: DType) -> Tolerance {
+pub(crate) fn tol_for(dtype: DType) -> Tolerance {
     if dtype == DType::F16 { F16_TOL } else { F32_TOL }
 }
 
-fn f16_reason(caps: &Caps, dtypes: &[DType]) -> Option<String> {
+pub(crate) fn f16_reason(caps: &Caps, dtypes: &[DType]) -> Option<String> {
     (dtypes.contains(&DType::F16) && !caps.f16).then(|| "adapter lacks SHADER_F16".to_string())
 }
 
@@ -550,6 +550,7 @@ pub fn all_cases() -> Vec<Box<dyn Case>> {
     crate::attention_cases::cases(&mut out);
     crate::quant_cases::cases(&mut out);
     sample_cases(&mut out);
+    crate::vision_cases::cases(&mut out);
     for op in [EltOp::SwiGlu, EltOp::GeGlu] {
         for (rows, f) in [(1, 1), (1, 1536), (7, 2048), (3, 17)] {
             out.push(Box::new(GluPairCase { op, rows, f }));

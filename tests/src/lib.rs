@@ -15,6 +15,7 @@ mod compare;
 mod quant_cases;
 mod rng;
 mod run;
+mod vision_cases;
 
 pub use compare::{Comparison, Tolerance, compare};
 pub use rng::Rng;

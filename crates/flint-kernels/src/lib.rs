@@ -36,6 +36,7 @@ pub mod roofline;
 pub mod rope;
 pub mod sample;
 pub mod softmax;
+pub mod vision;
 
 /// Every WGSL file of flint, by name.
 pub const SHADER_FILES: &[(&str, &str)] = &[
@@ -53,6 +54,7 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
     ("rope.wgsl", include_str!("../../../shaders/rope.wgsl")),
     ("sample.wgsl", include_str!("../../../shaders/sample.wgsl")),
     ("softmax.wgsl", include_str!("../../../shaders/softmax.wgsl")),
+    ("vision.wgsl", include_str!("../../../shaders/vision.wgsl")),
 ];
 
 static REGISTRY: LazyLock<ShaderRegistry> = LazyLock::new(|| {
@@ -125,6 +127,7 @@ pub fn all_variants() -> Vec<Variant> {
     v.extend(embed::variants());
     v.extend(roofline::variants());
     v.extend(sample::variants());
+    v.extend(vision::variants());
     v
 }
 

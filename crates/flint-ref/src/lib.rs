@@ -16,6 +16,7 @@ pub mod quant;
 pub mod rope;
 pub mod sample;
 pub mod softmax;
+pub mod vision;
 
 /// A Params struct that does not describe a valid operation, or inputs that do not fit it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,0 +1,100 @@
+//! Vision-encoder launchers (`shaders/vision.wgsl`): patch extraction for the patch embedding
+//! (the conv becomes one matmul) and the Idefics3 connector's pixel shuffle. Both are pure data
+//! movement, one invocation per output element.
+
+use flint_gpu::{DType, Device, Recorder, Result, Tensor};
+use flint_ref::vision::{PatchParams, ShuffleParams};
+
+use crate::{FLOATS, Variant, check_tensor, needs_for, param_err, registry, require, typed_key, u32_of};
+
+const WG: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Uniform {
+    a: u32,
+    b: u32,
+    c: u32,
+    d: u32,
+    e: u32,
+    f: u32,
+    g: u32,
+    total: u32,
+}
+
+fn key(entry: &str, dtype: DType) -> flint_gpu::PipelineKey {
+    typed_key("vision.wgsl", entry, WG, &[("T", dtype)])
+        .flag(if entry == "patches" { "PATCHES" } else { "SHUFFLE" }, true)
+}
+
+/// Every vision variant.
+pub fn variants() -> Vec<Variant> {
+    let mut v = Vec::new();
+    for entry in ["patches", "shuffle"] {
+        for dt in [DType::F32, DType::F16] {
+            v.push(Variant {
+                name: format!("vision/{entry} {dt}"),
+                key: key(entry, dt),
+                needs: needs_for(&[dt], false),
+            });
+        }
+    }
+    v
+}
+
+/// Record the patch extraction of `pixels` (NCHW) into `out` `[images * patches, C * P * P]`.
+pub fn patches(dev: &Device, rec: &mut Recorder, p: &PatchParams, pixels: &Tensor, out: &Tensor) -> Result<()> {
+    p.validate().map_err(param_err)?;
+    check_tensor("patches", "pixels", pixels, p.images * p.channels * p.height * p.width, FLOATS)?;
+    let dt = pixels.dtype();
+    let total = p.images * p.patches() * p.row();
+    check_tensor("patches", "out", out, total, &[dt])?;
+    require(dev, needs_for(&[dt], false), "patches")?;
+    let kernel = dev.kernel(registry(), &key("patches", dt))?;
+    let uniform = Uniform {
+        a: u32_of(p.images),
+        b: u32_of(p.channels),
+        c: u32_of(p.height),
+        d: u32_of(p.width),
+        e: u32_of(p.patch),
+        f: u32_of(p.width / p.patch),
+        g: u32_of(p.row()),
+        total: u32_of(total),
+    };
+    rec.dispatch(
+        &format!("patches {}x{}x{}x{} p{}", p.images, p.channels, p.height, p.width, p.patch),
+        &kernel,
+        &uniform,
+        &[pixels, out],
+        dev.grid(u32_of(total).div_ceil(WG)),
+    )
+}
+
+/// Record the pixel shuffle of `x` `[images, side * side, dim]` into `out`
+/// `[images, (side / scale)^2, dim * scale^2]`.
+pub fn pixel_shuffle(dev: &Device, rec: &mut Recorder, p: &ShuffleParams, x: &Tensor, out: &Tensor) -> Result<()> {
+    p.validate().map_err(param_err)?;
+    let total = p.images * p.side * p.side * p.dim;
+    check_tensor("pixel_shuffle", "x", x, total, FLOATS)?;
+    let dt = x.dtype();
+    check_tensor("pixel_shuffle", "out", out, total, &[dt])?;
+    require(dev, needs_for(&[dt], false), "pixel_shuffle")?;
+    let kernel = dev.kernel(registry(), &key("shuffle", dt))?;
+    let uniform = Uniform {
+        a: u32_of(p.images),
+        b: u32_of(p.side),
+        c: u32_of(p.dim),
+        d: u32_of(p.scale),
+        e: 0,
+        f: 0,
+        g: 0,
+        total: u32_of(total),
+    };
+    rec.dispatch(
+        &format!("pixel_shuffle {}x{}^2x{} s{}", p.images, p.side, p.dim, p.scale),
+        &kernel,
+        &uniform,
+        &[x, out],
+        dev.grid(u32_of(total).div_ceil(WG)),
+    )
+}
