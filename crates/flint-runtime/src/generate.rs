@@ -8,6 +8,7 @@ use flint_kernels::attention::paged::{KvPool, SeqId};
 use flint_ref::sample::SampleParams;
 
 use crate::model::decoder::Decoder;
+use crate::model::{Pixels, Vision};
 use crate::{Result, RuntimeError};
 
 /// How to choose tokens and when to stop.
@@ -84,6 +85,7 @@ impl Generation {
 /// One sequence of a decoder with its KV cache.
 pub struct Session<'m> {
     model: &'m Decoder,
+    vision: Option<&'m Vision>,
     pool: KvPool,
     seq: SeqId,
     step: u32,
@@ -96,7 +98,7 @@ impl<'m> Session<'m> {
         let capacity = capacity.min(model.cfg.context);
         let mut pool = model.kv_pool(capacity, 64)?;
         let seq = pool.create();
-        Ok(Session { model, pool, seq, step: 0, capacity })
+        Ok(Session { model, vision: None, pool, seq, step: 0, capacity })
     }
 
     /// Most tokens the session holds (prompt and generation).
@@ -114,25 +116,35 @@ impl<'m> Session<'m> {
         self.len() == 0
     }
 
+    /// The same session able to take images (through `vision`).
+    pub fn with_vision(mut self, vision: Option<&'m Vision>) -> Self {
+        self.vision = vision;
+        self
+    }
+
     /// Record `ids` through the model and return the final hidden states `[ids.len(), hidden]`.
     pub fn forward(&mut self, rec: &mut Recorder, ids: &[u32]) -> Result<Tensor> {
-        let dev = self.model.device();
+        self.forward_with(rec, ids, None)
+    }
+
+    /// [`Session::forward`] with images: the image tokens of `ids` take the embeddings the
+    /// vision tower makes of `pixels`.
+    pub fn forward_with(&mut self, rec: &mut Recorder, ids: &[u32], pixels: Option<&Pixels>) -> Result<Tensor> {
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.model.cfg.vocab) {
             return Err(RuntimeError::Request(format!(
                 "token id {bad} is outside the vocabulary of {}",
                 self.model.cfg.vocab
             )));
         }
-        let ids_t = dev.upload_u32("token ids", ids, &[ids.len()])?;
-        let x = self.model.embed(rec, &ids_t, ids.len())?;
+        let x = crate::model::embed_prompt(self.model, self.vision, rec, ids, pixels)?;
         self.model.forward(rec, &mut self.pool, self.seq, &x, ids.len())
     }
 
     /// Run `ids` and sample one token from the logits after the last of them.
-    fn step(&mut self, ids: &[u32], opts: &SamplingOptions) -> Result<(u32, f32)> {
+    fn step(&mut self, ids: &[u32], pixels: Option<&Pixels>, opts: &SamplingOptions) -> Result<(u32, f32)> {
         let dev = self.model.device().clone();
         let mut rec = Recorder::new(&dev);
-        let h = self.forward(&mut rec, ids)?;
+        let h = self.forward_with(&mut rec, ids, pixels)?;
         let logits = self.model.logits(&mut rec, &h, ids.len() - 1..ids.len())?;
         let rng = dev.upload_u32("sample rng", &[opts.seed, self.step], &[1, 2])?;
         let out = dev.empty("sample out", &[1, 2], DType::F32)?;
@@ -162,6 +174,17 @@ impl<'m> Session<'m> {
         &mut self,
         prompt: &[u32],
         opts: &SamplingOptions,
+        on_token: impl FnMut(u32),
+    ) -> Result<Generation> {
+        self.generate_with(prompt, None, opts, on_token)
+    }
+
+    /// [`Session::generate`] after a prompt with images (`pixels` for its image tokens).
+    pub fn generate_with(
+        &mut self,
+        prompt: &[u32],
+        pixels: Option<&Pixels>,
+        opts: &SamplingOptions,
         mut on_token: impl FnMut(u32),
     ) -> Result<Generation> {
         if prompt.is_empty() {
@@ -177,7 +200,7 @@ impl<'m> Session<'m> {
             )));
         }
         let t0 = Instant::now();
-        let (mut token, mut logprob) = self.step(prompt, opts)?;
+        let (mut token, mut logprob) = self.step(prompt, pixels, opts)?;
         let prefill = t0.elapsed();
         let t1 = Instant::now();
         let mut out = Generation {
@@ -203,7 +226,7 @@ impl<'m> Session<'m> {
                 out.stop = StopReason::Context;
                 break;
             }
-            (token, logprob) = self.step(&[token], opts)?;
+            (token, logprob) = self.step(&[token], None, opts)?;
         }
         out.decode = t1.elapsed();
         Ok(out)

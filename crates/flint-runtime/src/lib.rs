@@ -9,7 +9,10 @@ pub mod error;
 pub mod fetch;
 pub mod generate;
 pub mod gguf;
+pub mod hf;
+pub mod image;
 pub mod model;
+pub mod npy;
 pub mod reasoning;
 pub mod tokenizer;
 

@@ -157,6 +157,60 @@ impl Tokenizer {
         Ok(Tokenizer { inner, bos, eos, add_bos, stop_tokens, chat_template, tokens })
     }
 
+    /// Load `tokenizer.json` of a Hugging Face directory, with the special tokens and chat
+    /// template of `tokenizer_config.json` (or `chat_template.jinja` / `chat_template.json`).
+    pub fn from_hf_dir(dir: &std::path::Path) -> Result<Tokenizer> {
+        let path = dir.join("tokenizer.json");
+        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| tok_err(format!("{}: {e}", path.display())))?;
+        let vocab = inner.get_vocab_size(true);
+        let mut tokens = vec![String::new(); vocab];
+        for (t, id) in inner.get_vocab(true) {
+            if let Some(slot) = tokens.get_mut(id as usize) {
+                *slot = t;
+            }
+        }
+        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg = if cfg_path.is_file() { crate::hf::read_json(&cfg_path)? } else { json!({}) };
+        // A special token is written as a string or as {"content": ...}.
+        let token_of = |key: &str| -> Option<u32> {
+            let v = cfg.get(key)?;
+            let s = v.as_str().or_else(|| v.get("content").and_then(Json::as_str))?;
+            inner.token_to_id(s)
+        };
+        let (bos, eos) = (token_of("bos_token"), token_of("eos_token"));
+        let mut chat_template = cfg.get("chat_template").and_then(Json::as_str).map(str::to_string);
+        if chat_template.is_none() && dir.join("chat_template.jinja").is_file() {
+            let p = dir.join("chat_template.jinja");
+            chat_template = Some(std::fs::read_to_string(&p).map_err(|e| RuntimeError::io(&p, e))?);
+        }
+        if chat_template.is_none() && dir.join("chat_template.json").is_file() {
+            let v = crate::hf::read_json(&dir.join("chat_template.json"))?;
+            chat_template = v.get("chat_template").and_then(Json::as_str).map(str::to_string);
+        }
+        let mut stop_tokens: Vec<u32> = eos.into_iter().collect();
+        for name in ["<|im_end|>", "<end_of_utterance>", "<end_of_turn>", "<|eot_id|>"] {
+            if let Some(id) = inner.token_to_id(name)
+                && !stop_tokens.contains(&id)
+            {
+                stop_tokens.push(id);
+            }
+        }
+        // The post-processor in tokenizer.json decides what encoding with special tokens adds.
+        Ok(Tokenizer { inner, bos, eos, add_bos: true, stop_tokens, chat_template, tokens })
+    }
+
+    /// The id of `token` when the vocabulary has it.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Render the chat template over messages whose content is given as transformers' typed
+    /// parts (`[{"type": "image"}, {"type": "text", "text": ...}]`), the form multimodal
+    /// templates iterate over.
+    pub fn apply_chat_template_parts(&self, messages: &[Json], add_generation_prompt: bool) -> Result<String> {
+        self.render(json!(messages), add_generation_prompt, None)
+    }
+
     /// Token ids of `text`; `special` adds the model's BOS where it wants one.
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
         let enc = self.inner.encode(text, special && self.add_bos).map_err(tok_err)?;
@@ -192,6 +246,11 @@ impl Tokenizer {
         add_generation_prompt: bool,
         enable_thinking: Option<bool>,
     ) -> Result<String> {
+        let msgs: Vec<Json> = messages.iter().map(|(r, c)| json!({"role": r, "content": c})).collect();
+        self.render(json!(msgs), add_generation_prompt, enable_thinking)
+    }
+
+    fn render(&self, msgs: Json, add_generation_prompt: bool, enable_thinking: Option<bool>) -> Result<String> {
         let template = self.chat_template.as_deref().ok_or_else(|| {
             RuntimeError::Tokenizer("the model has no chat template (tokenizer.chat_template)".into())
         })?;
@@ -202,7 +261,6 @@ impl Tokenizer {
             Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
         });
         env.add_template("chat", template).map_err(|e| tok_err(format!("chat template: {e}")))?;
-        let msgs: Vec<Json> = messages.iter().map(|(r, c)| json!({"role": r, "content": c})).collect();
         let name = |id: Option<u32>| id.and_then(|i| self.token(i)).unwrap_or("").to_string();
         let mut ctx = json!({
             "messages": msgs,

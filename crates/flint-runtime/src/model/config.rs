@@ -1,7 +1,9 @@
 //! Decoder hyperparameters, read from GGUF metadata (or a Hugging Face config.json) with every
 //! field checked.
 
+use crate::Result;
 use crate::gguf::{Gguf, GgufError};
+use crate::hf::Config;
 
 /// Which decoder family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +55,8 @@ pub struct DecoderConfig {
     pub global_every: usize,
     /// Query scale (usually 1/sqrt(head_dim)).
     pub attn_scale: f32,
+    /// Whether the output head is the embedding table even when the file holds a head too.
+    pub tied_head: bool,
 }
 
 impl DecoderConfig {
@@ -146,8 +150,95 @@ impl DecoderConfig {
             sliding_window,
             global_every,
             attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            tied_head: false,
         };
         cfg.validate().map_err(|m| g.error(m))?;
+        Ok(cfg)
+    }
+
+    /// Read a Llama text config from a Hugging Face config (`text_config` of Idefics3, or the
+    /// top of a LlamaForCausalLM config.json). `tie_default` is the enclosing config's
+    /// `tie_word_embeddings`, used when the text config does not say.
+    pub fn from_hf(c: &Config<'_>, tie_default: bool) -> Result<DecoderConfig> {
+        let model_type = c.str_or("model_type", "llama")?;
+        if model_type != "llama" {
+            return Err(
+                c.error("model_type", &format!("is {model_type:?}; flint reads llama text models from safetensors"))
+            );
+        }
+        for key in ["attention_bias", "mlp_bias"] {
+            if c.bool_or(key, false)? {
+                return Err(c.error(key, "is true; flint's Llama graph has no projection biases"));
+            }
+        }
+        let act = c.str_or("hidden_act", "silu")?;
+        if act != "silu" {
+            return Err(c.error("hidden_act", &format!("is {act:?}; a Llama MLP is silu-gated")));
+        }
+        let hidden = c.usize("hidden_size")?;
+        let heads = c.usize("num_attention_heads")?;
+        let kv_heads = c.usize_or("num_key_value_heads", heads)?;
+        if heads == 0 || !hidden.is_multiple_of(heads.max(1)) && c.value.get("head_dim").is_none() {
+            return Err(
+                c.error("num_attention_heads", &format!("is {heads}, which does not divide hidden_size {hidden}"))
+            );
+        }
+        let head_dim = c.usize_or("head_dim", hidden / heads.max(1))?;
+        // transformers 5 keeps RoPE settings in rope_parameters; earlier versions at the top.
+        let (rope_theta, freq_scale) = match c.value.get("rope_parameters").filter(|v| v.is_object()) {
+            Some(_) => {
+                let r = c.object("rope_parameters")?;
+                let kind = r.str_or("rope_type", "default")?;
+                let scale = match kind {
+                    "default" => 1.0,
+                    "linear" => 1.0 / r.f64("factor")?,
+                    other => {
+                        return Err(r.error("rope_type", &format!("is {other:?}; flint has default and linear RoPE")));
+                    }
+                };
+                (r.f64_or("rope_theta", 10000.0)?, scale)
+            }
+            None => {
+                let scale = match c.value.get("rope_scaling").filter(|v| !v.is_null()) {
+                    None => 1.0,
+                    Some(_) => {
+                        let r = c.object("rope_scaling")?;
+                        match r.str_or("rope_type", r.str_or("type", "default")?)? {
+                            "default" => 1.0,
+                            "linear" => 1.0 / r.f64("factor")?,
+                            other => {
+                                return Err(
+                                    r.error("rope_type", &format!("is {other:?}; flint has default and linear RoPE"))
+                                );
+                            }
+                        }
+                    }
+                };
+                (c.f64_or("rope_theta", 10000.0)?, scale)
+            }
+        };
+        let cfg = DecoderConfig {
+            arch: Arch::Llama,
+            layers: c.usize("num_hidden_layers")?,
+            hidden,
+            ffn: c.usize("intermediate_size")?,
+            heads,
+            kv_heads,
+            head_dim,
+            vocab: c.usize("vocab_size")?,
+            context: c.usize_or("max_position_embeddings", 2048)?,
+            eps: c.f64_or("rms_norm_eps", 1e-6)? as f32,
+            rope_theta: rope_theta as f32,
+            rope_theta_local: rope_theta as f32,
+            rope_freq_scale: freq_scale as f32,
+            // transformers keeps Q/K in their original order and rotates halves.
+            rope_layout: RopeLayout::RotateHalf,
+            sliding_window: None,
+            global_every: 1,
+            attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            tied_head: c.bool_or("tie_word_embeddings", tie_default)?,
+        };
+        cfg.validate().map_err(|m| crate::RuntimeError::Model(format!("{}: {m}", c.path.display())))?;
         Ok(cfg)
     }
 }

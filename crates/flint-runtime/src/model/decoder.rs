@@ -10,7 +10,7 @@ use flint_ref::elementwise::EltOp;
 use flint_ref::rope::RopeQkvParams;
 
 use super::config::{Arch, DecoderConfig};
-use super::weights::{Embedding, Linear, Stacked, linear, vector};
+use super::weights::{Embedding, Linear, Stacked, WeightSource};
 use crate::gguf::Gguf;
 use crate::{Result, RuntimeError};
 
@@ -89,13 +89,20 @@ impl Decoder {
     /// Load a GGUF decoder (llama or gemma3) onto `dev`.
     pub fn from_gguf(dev: &Device, g: &Gguf) -> Result<Decoder> {
         let cfg = DecoderConfig::from_gguf(g)?;
+        let kv_dtype = if dev.caps().f16 { DType::F16 } else { DType::F32 };
+        Decoder::load(dev, cfg, g, kv_dtype)
+    }
+
+    /// Load a decoder of `cfg` from `w` onto `dev`, with a KV cache of `kv_dtype`.
+    pub fn load(dev: &Device, cfg: DecoderConfig, w: &dyn WeightSource, kv_dtype: DType) -> Result<Decoder> {
+        cfg.validate().map_err(RuntimeError::Model)?;
         let (h, d) = (cfg.hidden, cfg.head_dim);
         let (q_dim, kv_dim) = (cfg.heads * d, cfg.kv_heads * d);
-        let embed_info = g.require("token_embd.weight")?;
-        let embed = Embedding { table: Linear::from_gguf(dev, g, embed_info, cfg.vocab, h)? };
-        let head = match g.tensor("output.weight") {
-            Some(info) => Linear::from_gguf(dev, g, info, cfg.vocab, h)?,
-            None => embed.table.clone(),
+        let embed = Embedding { table: w.linear(dev, "token_embd.weight", cfg.vocab, h)? };
+        let head = if w.has("output.weight") && !cfg.tied_head {
+            w.linear(dev, "output.weight", cfg.vocab, h)?
+        } else {
+            embed.table.clone()
         };
         let mut layers = Vec::with_capacity(cfg.layers);
         for l in 0..cfg.layers {
@@ -104,33 +111,32 @@ impl Decoder {
             let (q, k, v) = (name("attn_q.weight"), name("attn_k.weight"), name("attn_v.weight"));
             let (gate, up) = (name("ffn_gate.weight"), name("ffn_up.weight"));
             layers.push(Layer {
-                attn_norm: vector(dev, g, &name("attn_norm.weight"), h)?,
-                wqkv: Stacked::load(dev, g, &[(&q, q_dim), (&k, kv_dim), (&v, kv_dim)], h)?,
-                wo: linear(dev, g, &name("attn_output.weight"), h, q_dim)?,
-                ffn_norm: vector(dev, g, &name("ffn_norm.weight"), h)?,
-                w_gate_up: Stacked::load(dev, g, &[(&gate, cfg.ffn), (&up, cfg.ffn)], h)?,
-                w_down: linear(dev, g, &name("ffn_down.weight"), h, cfg.ffn)?,
+                attn_norm: w.vector(dev, &name("attn_norm.weight"), h)?,
+                wqkv: w.stacked(dev, &[(&q, q_dim), (&k, kv_dim), (&v, kv_dim)], h)?,
+                wo: w.linear(dev, &name("attn_output.weight"), h, q_dim)?,
+                ffn_norm: w.vector(dev, &name("ffn_norm.weight"), h)?,
+                w_gate_up: w.stacked(dev, &[(&gate, cfg.ffn), (&up, cfg.ffn)], h)?,
+                w_down: w.linear(dev, &name("ffn_down.weight"), h, cfg.ffn)?,
                 qk_norm: if gemma {
                     Some((
-                        vector(dev, g, &name("attn_q_norm.weight"), d)?,
-                        vector(dev, g, &name("attn_k_norm.weight"), d)?,
+                        w.vector(dev, &name("attn_q_norm.weight"), d)?,
+                        w.vector(dev, &name("attn_k_norm.weight"), d)?,
                     ))
                 } else {
                     None
                 },
                 post_norms: if gemma {
                     Some((
-                        vector(dev, g, &name("post_attention_norm.weight"), h)?,
-                        vector(dev, g, &name("post_ffw_norm.weight"), h)?,
+                        w.vector(dev, &name("post_attention_norm.weight"), h)?,
+                        w.vector(dev, &name("post_ffw_norm.weight"), h)?,
                     ))
                 } else {
                     None
                 },
             });
         }
-        let kv_dtype = if dev.caps().f16 { DType::F16 } else { DType::F32 };
         Ok(Decoder {
-            out_norm: vector(dev, g, "output_norm.weight", h)?,
+            out_norm: w.vector(dev, "output_norm.weight", h)?,
             cfg,
             dev: dev.clone(),
             embed,

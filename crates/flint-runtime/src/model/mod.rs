@@ -3,54 +3,218 @@
 
 pub mod config;
 pub mod decoder;
+pub mod vision;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
 
-use flint_gpu::{Device, Recorder};
+use flint_gpu::{DType, Device, Recorder, Tensor};
 
 use crate::generate::Session;
 use crate::gguf::Gguf;
+use crate::hf::{Config, HfDir};
+use crate::image::{ImageProcessor, Rgb};
 use crate::tokenizer::Tokenizer;
 use crate::{Result, RuntimeError};
+use config::DecoderConfig;
+use decoder::Decoder;
+use vision::{VisionConfig, VisionTower};
+use weights::HfWeights;
 
-/// A loaded model: weights on the GPU and the tokenizer.
+/// The image side of a multimodal model: the vision tower, the processor settings and the
+/// token the prompt marks image positions with.
+#[derive(Debug)]
+pub struct Vision {
+    /// Encoder and connector.
+    pub tower: VisionTower,
+    /// Preprocessing.
+    pub processor: ImageProcessor,
+    /// The `<image>` token id.
+    pub image_token_id: u32,
+}
+
+/// Images ready for the encoder: `[images, channels, height, width]` f32, normalised, all of
+/// one square size whose side is a multiple of the patch (the processor's tiles).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pixels {
+    /// The values.
+    pub data: Vec<f32>,
+    /// Images (tiles).
+    pub images: usize,
+    /// Side in pixels.
+    pub side: usize,
+}
+
+impl Vision {
+    /// Record the encoder and connector over `pixels`: `[images * tokens, text hidden]`.
+    pub fn embed(&self, rec: &mut Recorder, pixels: &Pixels) -> Result<Tensor> {
+        let c = &self.tower.cfg;
+        if pixels.data.len() != pixels.images * c.channels * pixels.side * pixels.side || pixels.images == 0 {
+            return Err(RuntimeError::Request(format!(
+                "{} pixel values for {} images of {}x{}x{}",
+                pixels.data.len(),
+                pixels.images,
+                c.channels,
+                pixels.side,
+                pixels.side
+            )));
+        }
+        let dev = rec.device().clone();
+        let t = dev.upload_f32(
+            "pixel values",
+            &pixels.data,
+            &[pixels.images, c.channels, pixels.side, pixels.side],
+            DType::F32,
+        )?;
+        let h = self.tower.encode(rec, &t, pixels.images, pixels.side, pixels.side)?;
+        self.tower.connect(rec, &h, pixels.images, pixels.side / c.patch)
+    }
+
+    /// Image tokens `pixels` become.
+    pub fn tokens_for(&self, pixels: &Pixels) -> usize {
+        let side = pixels.side / self.tower.cfg.patch.max(1);
+        pixels.images * (side / self.tower.cfg.scale_factor.max(1)).pow(2)
+    }
+}
+
+/// Record the embeddings of a prompt: token embeddings, with the rows of image tokens replaced,
+/// in order, by what the vision tower makes of `pixels`. Returns `[ids.len(), hidden]`.
+pub fn embed_prompt(
+    decoder: &Decoder,
+    vision: Option<&Vision>,
+    rec: &mut Recorder,
+    ids: &[u32],
+    pixels: Option<&Pixels>,
+) -> Result<Tensor> {
+    let dev = decoder.device();
+    let ids_t = dev.upload_u32("token ids", ids, &[ids.len()])?;
+    let x = decoder.embed(rec, &ids_t, ids.len())?;
+    let image_token = vision.map(|v| v.image_token_id);
+    let slots = image_token.map_or(0, |t| ids.iter().filter(|&&i| i == t).count());
+    let (vision, pixels) = match (vision, pixels) {
+        (_, None) if slots == 0 => return Ok(x),
+        (None, Some(_)) => return Err(RuntimeError::Request("images given to a model without a vision tower".into())),
+        (Some(_), None) => {
+            return Err(RuntimeError::Request(format!("the prompt has {slots} image tokens but no images were given")));
+        }
+        (Some(v), Some(p)) => (v, p),
+        (None, None) => return Ok(x),
+    };
+    let want = vision.tokens_for(pixels);
+    if want != slots {
+        return Err(RuntimeError::Request(format!(
+            "the prompt has {slots} image tokens but the {} image tiles make {want}",
+            pixels.images
+        )));
+    }
+    let embeds = vision.embed(rec, pixels)?;
+    let row = decoder.cfg.hidden;
+    let mut used = 0;
+    let mut i = 0;
+    while i < ids.len() {
+        if ids[i] != vision.image_token_id {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < ids.len() && ids[i] == vision.image_token_id {
+            i += 1;
+        }
+        let n = i - start;
+        let src = embeds.view((used * row * 4) as u64, &[n, row], DType::F32)?;
+        let dst = x.view((start * row * 4) as u64, &[n, row], DType::F32)?;
+        rec.copy(&src, &dst)?;
+        used += n;
+    }
+    Ok(x)
+}
+
+/// A loaded model: weights on the GPU, the tokenizer, and for multimodal models the vision side.
 #[derive(Debug)]
 pub struct Model {
     /// The decoder.
-    pub decoder: decoder::Decoder,
+    pub decoder: Decoder,
     /// Its tokenizer and chat template.
     pub tokenizer: Tokenizer,
     /// Where it was loaded from.
     pub path: PathBuf,
+    /// The vision tower of a multimodal model.
+    pub vision: Option<Vision>,
 }
 
 impl Model {
-    /// Load a model file onto `dev` (a `.gguf` file of a llama or gemma3 decoder).
+    /// Load a model onto `dev`: a `.gguf` file of a llama or gemma3 decoder, or a Hugging Face
+    /// directory (config.json + safetensors) of an Idefics3 / SmolVLM model or a Llama.
     pub fn load(dev: &Device, path: impl AsRef<Path>) -> Result<Model> {
         let path = path.as_ref();
         if path.is_dir() {
-            return Err(RuntimeError::Model(format!(
-                "{}: model directories (config.json + safetensors) are not supported yet; give a .gguf file",
-                path.display()
-            )));
+            return Model::load_hf(dev, path);
         }
         let g = Gguf::open(path)?;
         let tokenizer = Tokenizer::from_gguf(&g)?;
-        let decoder = decoder::Decoder::from_gguf(dev, &g)?;
+        let decoder = Decoder::from_gguf(dev, &g)?;
         if tokenizer.vocab_size() > decoder.cfg.vocab {
             return Err(g
                 .error(format!("{} tokens but an output head of {}", tokenizer.vocab_size(), decoder.cfg.vocab))
                 .into());
         }
-        Ok(Model { decoder, tokenizer, path: path.to_path_buf() })
+        Ok(Model { decoder, tokenizer, path: path.to_path_buf(), vision: None })
+    }
+
+    fn load_hf(dev: &Device, path: &Path) -> Result<Model> {
+        let dir = HfDir::open(path)?;
+        let top = Config::new(path.join("config.json"), &dir.config);
+        // f32 checkpoints keep an f32 cache so that they match transformers closely.
+        let kv_dtype =
+            if dir.main_dtype() != safetensors::Dtype::F32 && dev.caps().f16 { DType::F16 } else { DType::F32 };
+        let model_type = top.str_or("model_type", "")?;
+        let (decoder, vision) = match model_type {
+            "idefics3" | "smolvlm" => {
+                let tie = top.bool_or("tie_word_embeddings", false)?;
+                let text = DecoderConfig::from_hf(&top.object("text_config")?, tie)?;
+                let hidden = text.hidden;
+                let decoder =
+                    Decoder::load(dev, text, &HfWeights { dir: &dir, prefix: "model.text_model." }, kv_dtype)?;
+                let vcfg = VisionConfig::from_hf(&top, hidden)?;
+                let processor = ImageProcessor::from_dir(path, vcfg.image_size, vcfg.tokens_per_tile())?;
+                let image_token_id = top.usize("image_token_id")?;
+                if image_token_id >= decoder.cfg.vocab {
+                    return Err(top.error(
+                        "image_token_id",
+                        &format!("is {image_token_id}, outside the vocabulary of {}", decoder.cfg.vocab),
+                    ));
+                }
+                let tower = VisionTower::from_hf(dev, &dir, vcfg)?;
+                (decoder, Some(Vision { tower, processor, image_token_id: image_token_id as u32 }))
+            }
+            "llama" => {
+                let cfg = DecoderConfig::from_hf(&top, false)?;
+                (Decoder::load(dev, cfg, &HfWeights { dir: &dir, prefix: "model." }, kv_dtype)?, None)
+            }
+            other => {
+                return Err(top.error(
+                    "model_type",
+                    &format!("is {other:?}; flint loads idefics3/smolvlm and llama directories"),
+                ));
+            }
+        };
+        let tokenizer = Tokenizer::from_hf_dir(path)?;
+        if tokenizer.vocab_size() > decoder.cfg.vocab {
+            return Err(RuntimeError::Model(format!(
+                "{}: the tokenizer has {} tokens but the model's vocabulary is {}",
+                path.display(),
+                tokenizer.vocab_size(),
+                decoder.cfg.vocab
+            )));
+        }
+        Ok(Model { decoder, tokenizer, path: path.to_path_buf(), vision })
     }
 
     /// Token ids of a prompt; `chat` wraps it as one user message in the model's chat template
     /// and opens the assistant's turn.
     pub fn prompt_ids(&self, prompt: &str, chat: bool) -> Result<Vec<u32>> {
         if chat {
-            let text = self.tokenizer.apply_chat_template(&[("user".into(), prompt.into())], true)?;
+            let text = self.chat_text(prompt, 0)?;
             // The template writes the special tokens itself.
             self.tokenizer.encode(&text, false)
         } else {
@@ -58,17 +222,67 @@ impl Model {
         }
     }
 
+    /// The chat template over one user message with `images` images before the text.
+    fn chat_text(&self, prompt: &str, images: usize) -> Result<String> {
+        let template = self.tokenizer.chat_template.as_deref().unwrap_or("");
+        // Multimodal templates iterate over typed content parts; text templates take a string.
+        if self.vision.is_some() || template.contains("['type']") || template.contains(".type") {
+            let mut content: Vec<serde_json::Value> =
+                (0..images).map(|_| serde_json::json!({"type": "image"})).collect();
+            content.push(serde_json::json!({"type": "text", "text": prompt}));
+            self.tokenizer.apply_chat_template_parts(&[serde_json::json!({"role": "user", "content": content})], true)
+        } else {
+            self.tokenizer.apply_chat_template(&[("user".into(), prompt.into())], true)
+        }
+    }
+
+    /// Token ids and pixels of a prompt about `images`: each image is preprocessed as the
+    /// model's processor does; a prompt that already holds one `<image>` placeholder per image
+    /// is used as written, otherwise the images go before the text (in the chat template when
+    /// `chat`); each placeholder is then expanded into its tiles' tokens.
+    pub fn multimodal_prompt(&self, prompt: &str, images: &[Rgb], chat: bool) -> Result<(Vec<u32>, Option<Pixels>)> {
+        if images.is_empty() {
+            return Ok((self.prompt_ids(prompt, chat)?, None));
+        }
+        let vision = self.vision.as_ref().ok_or_else(|| {
+            RuntimeError::Request(format!("{} is a text-only model; it cannot take images", self.path.display()))
+        })?;
+        let processed: Vec<_> = images.iter().map(|im| vision.processor.process(im)).collect();
+        let text = if prompt.contains("<image>") {
+            prompt.to_string()
+        } else if chat {
+            self.chat_text(prompt, images.len())?
+        } else {
+            format!("{}{prompt}", "<image>".repeat(images.len()))
+        };
+        let grid: Vec<(usize, usize)> = processed.iter().map(|p| (p.rows, p.cols)).collect();
+        let text = crate::image::expand_prompt(&text, &grid, vision.processor.image_seq_len)?;
+        let templated = chat && !prompt.contains("<image>");
+        let ids = self.tokenizer.encode(&text, !templated)?;
+        let mut data = Vec::new();
+        for p in &processed {
+            data.extend_from_slice(&p.pixels);
+        }
+        let pixels = Pixels { data, images: processed.iter().map(|p| p.tiles).sum(), side: vision.processor.tile };
+        Ok((ids, Some(pixels)))
+    }
+
     /// A generation session with room for `capacity` tokens.
     pub fn session(&self, capacity: usize) -> Result<Session<'_>> {
-        Session::new(&self.decoder, capacity)
+        Ok(Session::new(&self.decoder, capacity)?.with_vision(self.vision.as_ref()))
     }
 
     /// Logits at every position of `ids`, f32 `[ids.len(), vocab]` row-major.
     pub fn logits(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        self.logits_with(ids, None)
+    }
+
+    /// Logits at every position of `ids` whose image tokens take `pixels`.
+    pub fn logits_with(&self, ids: &[u32], pixels: Option<&Pixels>) -> Result<Vec<f32>> {
         let dev = self.decoder.device().clone();
         let mut session = self.session(ids.len())?;
         let mut rec = Recorder::new(&dev);
-        let h = session.forward(&mut rec, ids)?;
+        let h = session.forward_with(&mut rec, ids, pixels)?;
         let logits = self.decoder.logits(&mut rec, &h, 0..ids.len())?;
         rec.submit()?.wait()?;
         Ok(dev.read_f32(&logits)?)

@@ -8,7 +8,101 @@ use flint_ref::matmul::MatmulParams;
 use flint_ref::quant::QuantMatmulParams;
 
 use crate::gguf::{Gguf, TensorInfo, TensorType};
+use crate::hf::HfDir;
 use crate::{Result, RuntimeError};
+
+/// Where a decoder's weights come from, addressed by their GGUF names (`blk.3.attn_q.weight`):
+/// a GGUF file, or a Hugging Face directory through [`HfWeights`]'s name map.
+pub trait WeightSource {
+    /// Whether the source holds `name`.
+    fn has(&self, name: &str) -> bool;
+    /// `name` as a `[n, k]` matrix.
+    fn linear(&self, dev: &Device, name: &str, n: usize, k: usize) -> Result<Linear>;
+    /// Matrices `[n_i, k]` sharing their input, stacked by rows.
+    fn stacked(&self, dev: &Device, names: &[(&str, usize)], k: usize) -> Result<Stacked>;
+    /// A 1-D f32 vector of `len` (norm weights).
+    fn vector(&self, dev: &Device, name: &str, len: usize) -> Result<Tensor>;
+}
+
+impl WeightSource for Gguf {
+    fn has(&self, name: &str) -> bool {
+        self.tensor(name).is_some()
+    }
+    fn linear(&self, dev: &Device, name: &str, n: usize, k: usize) -> Result<Linear> {
+        linear(dev, self, name, n, k)
+    }
+    fn stacked(&self, dev: &Device, names: &[(&str, usize)], k: usize) -> Result<Stacked> {
+        Stacked::load(dev, self, names, k)
+    }
+    fn vector(&self, dev: &Device, name: &str, len: usize) -> Result<Tensor> {
+        vector(dev, self, name, len)
+    }
+}
+
+/// A Llama decoder's weights in a Hugging Face directory, under `prefix` (`model.` for
+/// LlamaForCausalLM, `model.text_model.` for Idefics3), the head at `lm_head.weight`.
+pub struct HfWeights<'a> {
+    /// The directory.
+    pub dir: &'a HfDir,
+    /// Prefix of the decoder's tensors.
+    pub prefix: &'a str,
+}
+
+impl HfWeights<'_> {
+    /// The transformers name of a GGUF tensor name.
+    pub fn name(&self, gguf: &str) -> String {
+        let p = self.prefix;
+        match gguf {
+            "token_embd.weight" => return format!("{p}embed_tokens.weight"),
+            "output.weight" => return "lm_head.weight".into(),
+            "output_norm.weight" => return format!("{p}norm.weight"),
+            _ => {}
+        }
+        let Some((layer, rest)) = gguf.strip_prefix("blk.").and_then(|r| r.split_once('.')) else {
+            return gguf.to_string();
+        };
+        let part = match rest {
+            "attn_norm.weight" => "input_layernorm.weight",
+            "attn_q.weight" => "self_attn.q_proj.weight",
+            "attn_k.weight" => "self_attn.k_proj.weight",
+            "attn_v.weight" => "self_attn.v_proj.weight",
+            "attn_output.weight" => "self_attn.o_proj.weight",
+            "ffn_norm.weight" => "post_attention_layernorm.weight",
+            "ffn_gate.weight" => "mlp.gate_proj.weight",
+            "ffn_up.weight" => "mlp.up_proj.weight",
+            "ffn_down.weight" => "mlp.down_proj.weight",
+            other => other,
+        };
+        format!("{p}layers.{layer}.{part}")
+    }
+}
+
+impl WeightSource for HfWeights<'_> {
+    fn has(&self, name: &str) -> bool {
+        self.dir.has(&self.name(name))
+    }
+    fn linear(&self, dev: &Device, name: &str, n: usize, k: usize) -> Result<Linear> {
+        let hf = self.name(name);
+        let w = dev.upload_f32(&hf, &self.dir.f32(&hf, &[n, k])?, &[n, k], DType::F32)?;
+        Ok(Linear::Dense { w, n, k })
+    }
+    fn stacked(&self, dev: &Device, names: &[(&str, usize)], k: usize) -> Result<Stacked> {
+        let mut values = Vec::new();
+        let mut label = Vec::new();
+        for &(name, n) in names {
+            let hf = self.name(name);
+            values.extend(self.dir.f32(&hf, &[n, k])?);
+            label.push(hf);
+        }
+        let n: usize = names.iter().map(|(_, n)| n).sum();
+        let w = dev.upload_f32(&label.join("+"), &values, &[n, k], DType::F32)?;
+        Ok(Stacked { runs: vec![(Linear::Dense { w, n, k }, 0)], n })
+    }
+    fn vector(&self, dev: &Device, name: &str, len: usize) -> Result<Tensor> {
+        let hf = self.name(name);
+        Ok(dev.upload_f32(&hf, &self.dir.f32(&hf, &[len])?, &[len], DType::F32)?)
+    }
+}
 
 /// A `[n, k]` weight matrix.
 #[derive(Clone, Debug)]

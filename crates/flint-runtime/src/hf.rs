@@ -1,0 +1,243 @@
+//! Hugging Face model directories: `config.json` and safetensors weights (`model.safetensors`, or
+//! shards listed by `model.safetensors.index.json`), memory-mapped through the safetensors
+//! crate's header parser. Every tensor a model asks for is checked for presence, shape and dtype
+//! (f32, f16 or bf16), and every config field for presence and type; errors name the file and
+//! the tensor or field.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
+
+use crate::{Result, RuntimeError};
+
+/// One tensor's place in a mapped file.
+#[derive(Clone, Debug)]
+struct Entry {
+    file: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    /// Byte range within the file.
+    start: usize,
+    end: usize,
+}
+
+/// A model directory with its config and mapped weights.
+pub struct HfDir {
+    /// The directory.
+    pub dir: PathBuf,
+    /// config.json.
+    pub config: Value,
+    files: Vec<(PathBuf, Mmap)>,
+    tensors: HashMap<String, Entry>,
+}
+
+impl std::fmt::Debug for HfDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HfDir").field("dir", &self.dir).field("tensors", &self.tensors.len()).finish()
+    }
+}
+
+fn model_err(path: &Path, message: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Model(format!("{}: {message}", path.display()))
+}
+
+/// Read and parse a JSON file.
+pub fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| RuntimeError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| model_err(path, format!("not valid JSON: {e}")))
+}
+
+impl HfDir {
+    /// Open `dir`: parse config.json and map the weights, checking each file's header.
+    pub fn open(dir: &Path) -> Result<HfDir> {
+        let config_path = dir.join("config.json");
+        if !config_path.is_file() {
+            return Err(model_err(dir, "no config.json: not a Hugging Face model directory"));
+        }
+        let config = read_json(&config_path)?;
+        let index = dir.join("model.safetensors.index.json");
+        let names: Vec<PathBuf> = if index.is_file() {
+            let v = read_json(&index)?;
+            let map = v
+                .get("weight_map")
+                .and_then(Value::as_object)
+                .ok_or_else(|| model_err(&index, "no \"weight_map\" object"))?;
+            let mut files: Vec<String> = Vec::new();
+            for (tensor, f) in map {
+                let f = f
+                    .as_str()
+                    .ok_or_else(|| model_err(&index, format!("weight_map[{tensor:?}] is not a file name")))?;
+                if f.contains('/') || f.contains('\\') || f.starts_with('.') {
+                    return Err(model_err(&index, format!("weight_map[{tensor:?}] = {f:?} leaves the directory")));
+                }
+                if !files.iter().any(|x| x == f) {
+                    files.push(f.to_string());
+                }
+            }
+            files.sort();
+            files.into_iter().map(|f| dir.join(f)).collect()
+        } else if dir.join("model.safetensors").is_file() {
+            vec![dir.join("model.safetensors")]
+        } else {
+            return Err(model_err(dir, "neither model.safetensors nor model.safetensors.index.json"));
+        };
+        let mut files = Vec::new();
+        let mut tensors = HashMap::new();
+        for (i, path) in names.into_iter().enumerate() {
+            let file = std::fs::File::open(&path).map_err(|e| RuntimeError::io(&path, e))?;
+            // SAFETY: the map is read-only and private; a file changed under it is the caller's
+            // problem, as with every memory-mapped model loader.
+            let map = unsafe { Mmap::map(&file) }.map_err(|e| RuntimeError::io(&path, e))?;
+            let (n, meta) =
+                SafeTensors::read_metadata(&map).map_err(|e| model_err(&path, format!("bad safetensors: {e}")))?;
+            for (name, info) in meta.tensors() {
+                let (a, b) = info.data_offsets;
+                let entry =
+                    Entry { file: i, dtype: info.dtype, shape: info.shape.clone(), start: 8 + n + a, end: 8 + n + b };
+                if tensors.insert(name.clone(), entry).is_some() {
+                    return Err(model_err(&path, format!("tensor {name:?} is stored twice")));
+                }
+            }
+            files.push((path, map));
+        }
+        Ok(HfDir { dir: dir.to_path_buf(), config, files, tensors })
+    }
+
+    /// Whether the weights hold `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    fn entry(&self, name: &str) -> Result<&Entry> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| model_err(&self.dir, format!("tensor {name:?} is missing from the weights")))
+    }
+
+    /// The stored shape of `name`.
+    pub fn shape(&self, name: &str) -> Result<&[usize]> {
+        Ok(&self.entry(name)?.shape)
+    }
+
+    /// Tensor `name` as f32, which must have `shape`.
+    pub fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let e = self.entry(name)?;
+        let (path, map) = &self.files[e.file];
+        if e.shape != shape {
+            return Err(model_err(path, format!("tensor {name:?} has shape {:?}, expected {shape:?}", e.shape)));
+        }
+        let bytes = &map[e.start..e.end];
+        let n: usize = shape.iter().product();
+        let out: Vec<f32> = match e.dtype {
+            Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            Dtype::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            Dtype::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            other => {
+                return Err(model_err(path, format!("tensor {name:?} is {other:?}; flint reads F32, F16 and BF16")));
+            }
+        };
+        if out.len() != n {
+            return Err(model_err(path, format!("tensor {name:?} holds {} values for shape {shape:?}", out.len())));
+        }
+        Ok(out)
+    }
+
+    /// The dtype most of the weights are stored in (what the model "is").
+    pub fn main_dtype(&self) -> Dtype {
+        let mut counts: Vec<(Dtype, usize)> = Vec::new();
+        for e in self.tensors.values() {
+            match counts.iter_mut().find(|(d, _)| *d == e.dtype) {
+                Some(c) => c.1 += e.end - e.start,
+                None => counts.push((e.dtype, e.end - e.start)),
+            }
+        }
+        counts.into_iter().max_by_key(|&(_, n)| n).map_or(Dtype::F32, |(d, _)| d)
+    }
+}
+
+/// Typed access to a JSON config with errors naming the file and the field.
+pub struct Config<'a> {
+    /// The file, for errors.
+    pub path: PathBuf,
+    /// The object.
+    pub value: &'a Value,
+    /// Dotted path of `value` within the file, for errors ("" at the top).
+    pub at: String,
+}
+
+impl<'a> Config<'a> {
+    /// The top of `value`, read from `path`.
+    pub fn new(path: PathBuf, value: &'a Value) -> Config<'a> {
+        Config { path, value, at: String::new() }
+    }
+
+    fn field_name(&self, key: &str) -> String {
+        if self.at.is_empty() { key.to_string() } else { format!("{}.{key}", self.at) }
+    }
+
+    fn err(&self, key: &str, what: &str) -> RuntimeError {
+        model_err(&self.path, format!("field {:?} {what}", self.field_name(key)))
+    }
+
+    /// A nested object.
+    pub fn object(&self, key: &str) -> Result<Config<'a>> {
+        match self.value.get(key) {
+            Some(v) if v.is_object() => Ok(Config { path: self.path.clone(), value: v, at: self.field_name(key) }),
+            Some(_) => Err(self.err(key, "is not an object")),
+            None => Err(self.err(key, "is missing")),
+        }
+    }
+
+    /// A non-negative integer.
+    pub fn usize(&self, key: &str) -> Result<usize> {
+        match self.value.get(key) {
+            Some(v) => v
+                .as_u64()
+                .map(|n| n as usize)
+                .ok_or_else(|| self.err(key, &format!("is {v}, not a non-negative integer"))),
+            None => Err(self.err(key, "is missing")),
+        }
+    }
+
+    /// A non-negative integer, or `default` when absent.
+    pub fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
+        if self.value.get(key).is_some_and(|v| !v.is_null()) { self.usize(key) } else { Ok(default) }
+    }
+
+    /// A number.
+    pub fn f64(&self, key: &str) -> Result<f64> {
+        match self.value.get(key) {
+            Some(v) => v.as_f64().ok_or_else(|| self.err(key, &format!("is {v}, not a number"))),
+            None => Err(self.err(key, "is missing")),
+        }
+    }
+
+    /// A number, or `default` when absent.
+    pub fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
+        if self.value.get(key).is_some_and(|v| !v.is_null()) { self.f64(key) } else { Ok(default) }
+    }
+
+    /// A boolean, or `default` when absent.
+    pub fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
+        match self.value.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v.as_bool().ok_or_else(|| self.err(key, &format!("is {v}, not a boolean"))),
+        }
+    }
+
+    /// A string, or `default` when absent.
+    pub fn str_or(&self, key: &str, default: &'a str) -> Result<&'a str> {
+        match self.value.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v.as_str().ok_or_else(|| self.err(key, &format!("is {v}, not a string"))),
+        }
+    }
+
+    /// An error about `key` saying `what`.
+    pub fn error(&self, key: &str, what: &str) -> RuntimeError {
+        self.err(key, what)
+    }
+}

@@ -1,0 +1,419 @@
+//! Image preprocessing as transformers' Idefics3 image processor does it (the PIL backend,
+//! `Idefics3ImageProcessorPil`): decode, RGB, resize so the longest edge is `size`, resize up to
+//! multiples of the tile, cut into tiles plus the whole image resized to one tile, rescale by
+//! 1/255 and normalise by mean and std; and the prompt expansion of each `<image>` into the
+//! tokens the processor writes for its tiles.
+//!
+//! Every resize is PIL's Lanczos (a = 3) on 8-bit pixels, reproduced here step by step: filter
+//! support widened by the scale when shrinking, coefficients normalised and rounded to 22-bit
+//! fixed point, the horizontal pass before the vertical one with the intermediate rounded to
+//! 8 bits. The pixels therefore match the processor's exactly (tests/tests/vision.rs checks
+//! this on three images); a float resampler would differ by a level here and there.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::hf::Config;
+use crate::{Result, RuntimeError};
+
+/// Images larger than this many pixels are refused before decoding (a 16k x 16k photo is
+/// 256 megapixels; the processor's own cap is 4096 on the longest edge after its first resize).
+pub const MAX_PIXELS: u64 = 64 << 20;
+
+/// An 8-bit RGB image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rgb {
+    /// Width in pixels.
+    pub width: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// Row-major RGB bytes.
+    pub data: Vec<u8>,
+}
+
+/// Decode an image file (PNG, JPEG, GIF, WebP, BMP) to RGB, refusing empty images and images
+/// over [`MAX_PIXELS`].
+pub fn load(path: &Path) -> Result<Rgb> {
+    let err = |m: String| RuntimeError::Request(format!("{}: {m}", path.display()));
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| RuntimeError::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| RuntimeError::io(path, e))?;
+    let (w, h) = reader.into_dimensions().map_err(|e| err(format!("not a readable image: {e}")))?;
+    if w == 0 || h == 0 {
+        return Err(err(format!("the image is {w}x{h}")));
+    }
+    if u64::from(w) * u64::from(h) > MAX_PIXELS {
+        return Err(err(format!(
+            "{w}x{h} is {} pixels, over flint's limit of {MAX_PIXELS}",
+            u64::from(w) * u64::from(h)
+        )));
+    }
+    let mut reader = image::ImageReader::open(path).map_err(|e| RuntimeError::io(path, e))?;
+    reader.no_limits();
+    let img = reader
+        .with_guessed_format()
+        .map_err(|e| RuntimeError::io(path, e))?
+        .decode()
+        .map_err(|e| err(format!("the image does not decode: {e}")))?;
+    let rgb = img.to_rgb8();
+    Ok(Rgb { width: rgb.width() as usize, height: rgb.height() as usize, data: rgb.into_raw() })
+}
+
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+fn sinc(x: f64) -> f64 {
+    if x == 0.0 {
+        1.0
+    } else {
+        let x = x * std::f64::consts::PI;
+        x.sin() / x
+    }
+}
+
+fn lanczos(x: f64) -> f64 {
+    if (-3.0..3.0).contains(&x) { sinc(x) * sinc(x / 3.0) } else { 0.0 }
+}
+
+/// Per output position: the first input index and the fixed-point weights.
+fn coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
+    let scale = in_size as f64 / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = 3.0 * filterscale;
+    (0..out_size)
+        .map(|xx| {
+            let center = (xx as f64 + 0.5) * scale;
+            let ss = 1.0 / filterscale;
+            // C's (int) truncates toward zero.
+            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+            let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+            let w: Vec<f64> = (xmin..xmax).map(|x| lanczos((x as f64 - center + 0.5) * ss)).collect();
+            let total: f64 = w.iter().sum();
+            let fixed = w
+                .iter()
+                .map(|&v| {
+                    let v = if total != 0.0 { v / total } else { v };
+                    let f = v * f64::from(1u32 << PRECISION_BITS);
+                    (if v < 0.0 { f - 0.5 } else { f + 0.5 }) as i32
+                })
+                .collect();
+            (xmin, fixed)
+        })
+        .collect()
+}
+
+fn clip8(v: i32) -> u8 {
+    (v >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// Resize with PIL's Lanczos filter on 8-bit channels (see the module docs).
+pub fn resize(img: &Rgb, width: usize, height: usize) -> Rgb {
+    let mut cur = img.clone();
+    if width != cur.width {
+        let coeffs = coefficients(cur.width, width);
+        let mut out = vec![0u8; width * cur.height * 3];
+        for y in 0..cur.height {
+            let row = &cur.data[y * cur.width * 3..][..cur.width * 3];
+            for (xx, (xmin, k)) in coeffs.iter().enumerate() {
+                for c in 0..3 {
+                    let mut ss: i32 = 1 << (PRECISION_BITS - 1);
+                    for (i, &w) in k.iter().enumerate() {
+                        ss = ss.wrapping_add(i32::from(row[(xmin + i) * 3 + c]).wrapping_mul(w));
+                    }
+                    out[(y * width + xx) * 3 + c] = clip8(ss);
+                }
+            }
+        }
+        cur = Rgb { width, height: cur.height, data: out };
+    }
+    if height != cur.height {
+        let coeffs = coefficients(cur.height, height);
+        let mut out = vec![0u8; cur.width * height * 3];
+        for (yy, (ymin, k)) in coeffs.iter().enumerate() {
+            for x in 0..cur.width * 3 {
+                let mut ss: i32 = 1 << (PRECISION_BITS - 1);
+                for (i, &w) in k.iter().enumerate() {
+                    ss = ss.wrapping_add(i32::from(cur.data[(ymin + i) * cur.width * 3 + x]).wrapping_mul(w));
+                }
+                out[yy * cur.width * 3 + x] = clip8(ss);
+            }
+        }
+        cur = Rgb { width: cur.width, height, data: out };
+    }
+    cur
+}
+
+/// The processor's settings (`processor_config.json`'s `image_processor`, or
+/// `preprocessor_config.json`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageProcessor {
+    /// The longest edge after the first resize (`size.longest_edge`).
+    pub longest_edge: usize,
+    /// Tile side (`max_image_size.longest_edge`), the vision encoder's image size.
+    pub tile: usize,
+    /// Whether large images are cut into tiles plus a global view.
+    pub split: bool,
+    /// Whether the first resize happens.
+    pub resize: bool,
+    /// Per-channel mean.
+    pub mean: [f64; 3],
+    /// Per-channel std.
+    pub std: [f64; 3],
+    /// Rescale factor (1/255).
+    pub rescale: f64,
+    /// Image tokens per tile in the prompt.
+    pub image_seq_len: usize,
+}
+
+fn triple(c: &Config<'_>, key: &str, default: f64) -> Result<[f64; 3]> {
+    match c.value.get(key) {
+        None | Some(Value::Null) => Ok([default; 3]),
+        Some(Value::Number(n)) => Ok([n.as_f64().unwrap_or(default); 3]),
+        Some(Value::Array(a)) if a.len() == 3 && a.iter().all(Value::is_number) => {
+            Ok([0, 1, 2].map(|i| a[i].as_f64().unwrap_or(default)))
+        }
+        Some(v) => Err(c.error(key, &format!("is {v}, not a number or three numbers"))),
+    }
+}
+
+impl ImageProcessor {
+    /// Read the processor settings of a model directory; `tokens_per_tile` is what the model's
+    /// config implies, checked against the processor's `image_seq_len` when it has one.
+    pub fn from_dir(dir: &Path, tile: usize, tokens_per_tile: usize) -> Result<ImageProcessor> {
+        let (path, whole) = if dir.join("processor_config.json").is_file() {
+            let p = dir.join("processor_config.json");
+            (p.clone(), crate::hf::read_json(&p)?)
+        } else if dir.join("preprocessor_config.json").is_file() {
+            let p = dir.join("preprocessor_config.json");
+            (p.clone(), crate::hf::read_json(&p)?)
+        } else {
+            // No processor files: the SmolVLM defaults for the encoder's tile.
+            return Ok(ImageProcessor {
+                longest_edge: 4 * tile,
+                tile,
+                split: true,
+                resize: true,
+                mean: [0.5; 3],
+                std: [0.5; 3],
+                rescale: 1.0 / 255.0,
+                image_seq_len: tokens_per_tile,
+            });
+        };
+        let top = Config::new(path.clone(), &whole);
+        let c = if whole.get("image_processor").is_some_and(Value::is_object) {
+            top.object("image_processor")?
+        } else {
+            Config::new(path.clone(), &whole)
+        };
+        let longest = |key: &str| -> Result<Option<usize>> {
+            match c.value.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(_) => Ok(Some(c.object(key)?.usize("longest_edge")?)),
+            }
+        };
+        let max_image = longest("max_image_size")?.unwrap_or(tile);
+        if max_image != tile {
+            return Err(c.error(
+                "max_image_size",
+                &format!("has longest_edge {max_image}, but the vision encoder takes {tile}x{tile} images"),
+            ));
+        }
+        let seq = match top.value.get("image_seq_len").or_else(|| whole.get("image_seq_len")) {
+            Some(_) => top.usize("image_seq_len")?,
+            None => tokens_per_tile,
+        };
+        if seq != tokens_per_tile {
+            return Err(
+                top.error("image_seq_len", &format!("is {seq}, but the model makes {tokens_per_tile} tokens per tile"))
+            );
+        }
+        let p = ImageProcessor {
+            longest_edge: longest("size")?.unwrap_or(4 * tile),
+            tile,
+            split: c.bool_or("do_image_splitting", true)?,
+            resize: c.bool_or("do_resize", true)?,
+            mean: if c.bool_or("do_normalize", true)? { triple(&c, "image_mean", 0.5)? } else { [0.0; 3] },
+            std: if c.bool_or("do_normalize", true)? { triple(&c, "image_std", 0.5)? } else { [1.0; 3] },
+            rescale: if c.bool_or("do_rescale", true)? { c.f64_or("rescale_factor", 1.0 / 255.0)? } else { 1.0 },
+            image_seq_len: seq,
+        };
+        if p.std.contains(&0.0) || p.longest_edge == 0 {
+            return Err(c.error("image_std", "has a zero, or size.longest_edge is 0"));
+        }
+        Ok(p)
+    }
+}
+
+/// What the processor makes of one image.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Processed {
+    /// Tiles `[tiles, 3, tile, tile]`, normalised.
+    pub pixels: Vec<f32>,
+    /// Number of tiles (rows x cols + 1 with splitting, else 1).
+    pub tiles: usize,
+    /// Tile rows (0 when the image was not split).
+    pub rows: usize,
+    /// Tile columns (0 when the image was not split).
+    pub cols: usize,
+    /// The tiles as 8-bit RGB, before normalisation, in order.
+    pub tiles_rgb: Vec<Rgb>,
+}
+
+/// Output size when the longest edge becomes `max_len` (even, at least 1), then capped at 4096.
+fn longest_edge_size(height: usize, width: usize, max_len: usize) -> (usize, usize) {
+    let aspect = width as f64 / height as f64;
+    let (mut h, mut w) = if width >= height {
+        let w = max_len;
+        let mut h = (w as f64 / aspect) as usize;
+        if !h.is_multiple_of(2) {
+            h += 1;
+        }
+        (h, w)
+    } else {
+        let h = max_len;
+        let mut w = (h as f64 * aspect) as usize;
+        if !w.is_multiple_of(2) {
+            w += 1;
+        }
+        (h, w)
+    };
+    h = h.max(1);
+    w = w.max(1);
+    const MAX_SIDE: usize = 4096;
+    let aspect = w as f64 / h as f64;
+    if w >= h && w > MAX_SIDE {
+        w = MAX_SIDE;
+        h = (w as f64 / aspect) as usize;
+    } else if h > w && h > MAX_SIDE {
+        h = MAX_SIDE;
+        w = (h as f64 * aspect) as usize;
+    }
+    (h.max(1), w.max(1))
+}
+
+impl ImageProcessor {
+    /// Process one image as the processor does.
+    pub fn process(&self, img: &Rgb) -> Processed {
+        let t = self.tile;
+        let mut img = img.clone();
+        if self.resize {
+            let (h, w) = longest_edge_size(img.height, img.width, self.longest_edge);
+            img = resize(&img, w, h);
+        }
+        let (tiles_rgb, rows, cols) = if self.split {
+            // Up to multiples of the tile, keeping the aspect ratio as the processor rounds it
+            // (at least one tile, where the processor would fail on a zero side).
+            let aspect = img.width as f64 / img.height as f64;
+            let (h, w) = if img.width >= img.height {
+                let w = img.width.div_ceil(t) * t;
+                (((w as f64 / aspect) as usize).div_ceil(t).max(1) * t, w)
+            } else {
+                let h = img.height.div_ceil(t) * t;
+                (h, ((h as f64 * aspect) as usize).div_ceil(t).max(1) * t)
+            };
+            let img = resize(&img, w, h);
+            if h > t || w > t {
+                let (rows, cols) = ((h - t) / t + 1, (w - t) / t + 1);
+                let mut tiles = Vec::with_capacity(rows * cols + 1);
+                for r in 0..rows {
+                    for c in 0..cols {
+                        let mut data = Vec::with_capacity(t * t * 3);
+                        for y in r * t..(r + 1) * t {
+                            data.extend_from_slice(&img.data[(y * w + c * t) * 3..][..t * 3]);
+                        }
+                        tiles.push(Rgb { width: t, height: t, data });
+                    }
+                }
+                tiles.push(resize(&img, t, t));
+                (tiles, rows, cols)
+            } else {
+                (vec![img], 0, 0)
+            }
+        } else {
+            (vec![resize(&img, t, t)], 0, 0)
+        };
+        let mut pixels = Vec::with_capacity(tiles_rgb.len() * 3 * t * t);
+        for tile in &tiles_rgb {
+            for c in 0..3 {
+                for i in 0..tile.width * tile.height {
+                    let v = f64::from(tile.data[i * 3 + c]) * self.rescale;
+                    pixels.push(((v - self.mean[c]) / self.std[c]) as f32);
+                }
+            }
+        }
+        Processed { tiles: tiles_rgb.len(), pixels, rows, cols, tiles_rgb }
+    }
+}
+
+/// The text one `<image>` becomes for an image of `rows x cols` tiles (0 x 0: not split), as
+/// Idefics3Processor writes it.
+pub fn image_prompt(rows: usize, cols: usize, seq_len: usize) -> String {
+    const FAKE: &str = "<fake_token_around_image>";
+    const GLOBAL: &str = "<global-img>";
+    let image = "<image>".repeat(seq_len);
+    if rows == 0 && cols == 0 {
+        return format!("{FAKE}{GLOBAL}{image}{FAKE}");
+    }
+    let mut s = String::new();
+    for r in 1..=rows {
+        for c in 1..=cols {
+            s.push_str(&format!("{FAKE}<row_{r}_col_{c}>{image}"));
+        }
+        s.push('\n');
+    }
+    s.push_str(&format!("\n{FAKE}{GLOBAL}{image}{FAKE}"));
+    s
+}
+
+/// Replace the `<image>` placeholders of `text`, in order, by each image's tile prompt. The
+/// number of placeholders must equal the number of images.
+pub fn expand_prompt(text: &str, images: &[(usize, usize)], seq_len: usize) -> Result<String> {
+    let parts: Vec<&str> = text.split("<image>").collect();
+    if parts.len() - 1 != images.len() {
+        return Err(RuntimeError::Request(format!(
+            "the prompt has {} <image> placeholders for {} images",
+            parts.len() - 1,
+            images.len()
+        )));
+    }
+    let mut out = String::from(parts[0]);
+    for (part, &(rows, cols)) in parts[1..].iter().zip(images) {
+        out.push_str(&image_prompt(rows, cols, seq_len));
+        out.push_str(part);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_follow_the_processor() {
+        assert_eq!(longest_edge_size(240, 320, 192), (144, 192));
+        assert_eq!(longest_edge_size(60, 1000, 192), (12, 192));
+        assert_eq!(longest_edge_size(301, 100, 64), (64, 22));
+        assert_eq!(longest_edge_size(20000, 100, 100000), (4096, 20));
+    }
+
+    #[test]
+    fn resizing_to_the_same_size_is_the_identity_and_constant_images_stay_constant() {
+        let img = Rgb { width: 5, height: 3, data: (0..45).map(|i| (i * 5) as u8).collect() };
+        assert_eq!(resize(&img, 5, 3), img);
+        let flat = Rgb { width: 7, height: 9, data: vec![200; 7 * 9 * 3] };
+        let r = resize(&flat, 3, 20);
+        assert!(r.data.iter().all(|&v| v == 200), "{:?}", r.data);
+    }
+
+    #[test]
+    fn prompts_expand_per_tile() {
+        let p = image_prompt(1, 2, 2);
+        assert_eq!(
+            p,
+            "<fake_token_around_image><row_1_col_1><image><image><fake_token_around_image><row_1_col_2><image><image>\n\n<fake_token_around_image><global-img><image><image><fake_token_around_image>"
+        );
+        assert!(expand_prompt("a<image>b", &[], 4).is_err());
+        assert_eq!(expand_prompt("x", &[], 4).unwrap(), "x");
+    }
+}

@@ -1,0 +1,394 @@
+//! The vision side of Idefics3 (SmolVLM): a SigLIP encoder (patch embedding as patch extraction
+//! plus one matmul, learned position embeddings looked up by transformers' bucketed position
+//! ids so other image sizes work, pre-LN blocks of biased bidirectional multi-head attention and
+//! a `gelu_pytorch_tanh` MLP, a final layer norm) and the connector (pixel shuffle by the scale
+//! factor, then a bias-free projection into the text model's width). Tensor names are those
+//! transformers saves for Idefics3ForConditionalGeneration (`model.vision_model.*`,
+//! `model.connector.*`).
+
+use flint_gpu::{DType, Device, Recorder, Tensor};
+use flint_kernels::attention::{self, KvCache, PageTable};
+use flint_ref::attention::{AttnParams, Mask, SeqSpec};
+use flint_ref::elementwise::{EltOp, EltParams};
+use flint_ref::embed::EmbedParams;
+use flint_ref::matmul::MatmulParams;
+use flint_ref::norm::{NormKind, NormParams};
+use flint_ref::vision::{PatchParams, ShuffleParams};
+
+use crate::hf::{Config, HfDir};
+use crate::{Result, RuntimeError};
+
+/// Hyperparameters of the vision encoder and connector.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VisionConfig {
+    /// Encoder width.
+    pub hidden: usize,
+    /// MLP inner size.
+    pub intermediate: usize,
+    /// Encoder layers.
+    pub layers: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Channels per pixel.
+    pub channels: usize,
+    /// Side of the square images the encoder was trained on (a tile).
+    pub image_size: usize,
+    /// Patch side.
+    pub patch: usize,
+    /// Layer-norm epsilon.
+    pub eps: f32,
+    /// The connector's pixel-shuffle factor.
+    pub scale_factor: usize,
+    /// Width of the text model the connector projects into.
+    pub text_hidden: usize,
+}
+
+impl VisionConfig {
+    /// Read `vision_config` (and the enclosing `scale_factor`) of an Idefics3 config.
+    pub fn from_hf(top: &Config<'_>, text_hidden: usize) -> Result<VisionConfig> {
+        let c = top.object("vision_config")?;
+        let act = c.str_or("hidden_act", "gelu_pytorch_tanh")?;
+        if act != "gelu_pytorch_tanh" {
+            return Err(c.error("hidden_act", &format!("is {act:?}; flint's SigLIP MLP is gelu_pytorch_tanh")));
+        }
+        let cfg = VisionConfig {
+            hidden: c.usize("hidden_size")?,
+            intermediate: c.usize("intermediate_size")?,
+            layers: c.usize("num_hidden_layers")?,
+            heads: c.usize("num_attention_heads")?,
+            channels: c.usize_or("num_channels", 3)?,
+            image_size: c.usize("image_size")?,
+            patch: c.usize("patch_size")?,
+            eps: c.f64_or("layer_norm_eps", 1e-6)? as f32,
+            scale_factor: top.usize_or("scale_factor", 2)?,
+            text_hidden,
+        };
+        cfg.validate().map_err(|m| RuntimeError::Model(format!("{}: vision_config: {m}", top.path.display())))?;
+        Ok(cfg)
+    }
+
+    /// Check that the numbers fit together and fit the kernels.
+    pub fn validate(&self) -> Result<(), String> {
+        if [self.hidden, self.intermediate, self.layers, self.heads, self.channels, self.image_size, self.patch]
+            .contains(&0)
+            || self.scale_factor == 0
+        {
+            return Err(format!("empty dimension in {self:?}"));
+        }
+        if !self.hidden.is_multiple_of(self.heads) {
+            return Err(format!("{} heads do not divide hidden_size {}", self.heads, self.hidden));
+        }
+        let hd = self.head_dim();
+        if !hd.is_multiple_of(4) || hd > flint_kernels::attention::MAX_HEAD_DIM {
+            return Err(format!(
+                "head size {hd} is not a multiple of 4 up to {}",
+                flint_kernels::attention::MAX_HEAD_DIM
+            ));
+        }
+        if !self.image_size.is_multiple_of(self.patch) {
+            return Err(format!("image_size {} is not a multiple of patch_size {}", self.image_size, self.patch));
+        }
+        if !self.side().is_multiple_of(self.scale_factor) {
+            return Err(format!(
+                "{} patches per side do not divide by scale_factor {}",
+                self.side(),
+                self.scale_factor
+            ));
+        }
+        Ok(())
+    }
+
+    /// Elements per head.
+    pub fn head_dim(&self) -> usize {
+        self.hidden / self.heads.max(1)
+    }
+
+    /// Patches per side of a full tile.
+    pub fn side(&self) -> usize {
+        self.image_size / self.patch.max(1)
+    }
+
+    /// Text tokens one full tile becomes: `(side / scale)^2`.
+    pub fn tokens_per_tile(&self) -> usize {
+        (self.side() / self.scale_factor.max(1)).pow(2)
+    }
+
+    /// FLOPs of encoding one full tile (matmuls and attention).
+    pub fn tile_flops(&self) -> f64 {
+        let (n, d, f) = (self.side().pow(2) as f64, self.hidden as f64, self.intermediate as f64);
+        let patch = 2.0 * n * d * (self.channels * self.patch * self.patch) as f64;
+        let layer = 2.0 * n * d * d * 4.0 + 2.0 * n * d * f * 2.0 + 4.0 * n * n * d;
+        patch + self.layers as f64 * layer
+    }
+}
+
+/// The position id of each patch of an image `rows x cols` patches, as transformers computes
+/// them: fractional coordinates `i / rows` bucketed against the boundaries `k / side` of the
+/// trained grid (so a smaller image samples the trained table, and a full one reads it in order).
+pub fn position_ids(side: usize, rows: usize, cols: usize) -> Vec<u32> {
+    // torch computes the boundaries with arange in double precision, then rounds to f32, and the
+    // coordinates in f32; bucketize(right=True) counts the boundaries <= x.
+    let boundaries: Vec<f32> = (1..side).map(|k| (k as f64 / side as f64) as f32).collect();
+    let bucket = |i: usize, n: usize| -> u32 {
+        let x = (i as f32 * (1.0f32 / n as f32)).min(1.0 - 1e-6);
+        boundaries.iter().take_while(|&&b| b <= x).count() as u32
+    };
+    let mut ids = Vec::with_capacity(rows * cols);
+    for r in 0..rows {
+        for c in 0..cols {
+            ids.push(bucket(r, rows) * side as u32 + bucket(c, cols));
+        }
+    }
+    ids
+}
+
+/// A weight matrix `[n, k]` with its bias `[n]`.
+#[derive(Debug)]
+struct Affine {
+    w: Tensor,
+    b: Option<Tensor>,
+    n: usize,
+    k: usize,
+}
+
+impl Affine {
+    fn forward(&self, dev: &Device, rec: &mut Recorder, x: &Tensor, m: usize, out: &Tensor) -> Result<()> {
+        let p = MatmulParams { bias: self.b.is_some(), ..MatmulParams::new(m, self.n, self.k) };
+        Ok(flint_kernels::matmul::matmul(dev, rec, &p, x, &self.w, self.b.as_ref(), out)?)
+    }
+}
+
+#[derive(Debug)]
+struct LayerNorm {
+    w: Tensor,
+    b: Tensor,
+}
+
+#[derive(Debug)]
+struct Block {
+    ln1: LayerNorm,
+    q: Affine,
+    k: Affine,
+    v: Affine,
+    o: Affine,
+    ln2: LayerNorm,
+    fc1: Affine,
+    fc2: Affine,
+}
+
+/// Where the vision weights come from.
+trait Source {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
+}
+
+impl Source for HfDir {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        self.f32(name, shape)
+    }
+}
+
+/// Seeded uniform weights (benchmarks at real shapes without a checkpoint); norms near 1.
+struct Random(std::cell::Cell<u64>);
+
+impl Source for Random {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let n: usize = shape.iter().product();
+        let fan_in = *shape.last().unwrap_or(&1) as f32;
+        let (centre, spread) =
+            if name.contains("norm") && name.ends_with("weight") { (1.0, 0.1) } else { (0.0, 1.0 / fan_in.sqrt()) };
+        let mut s = self.0.get();
+        let v = (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                centre + spread * ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0)
+            })
+            .collect();
+        self.0.set(s);
+        Ok(v)
+    }
+}
+
+/// The vision encoder and connector on the GPU.
+#[derive(Debug)]
+pub struct VisionTower {
+    /// Hyperparameters.
+    pub cfg: VisionConfig,
+    dev: Device,
+    patch: Affine,
+    pos: Tensor,
+    blocks: Vec<Block>,
+    post: LayerNorm,
+    proj: Affine,
+}
+
+impl VisionTower {
+    /// Load from an Idefics3 directory.
+    pub fn from_hf(dev: &Device, dir: &HfDir, cfg: VisionConfig) -> Result<VisionTower> {
+        VisionTower::load(dev, dir, cfg)
+    }
+
+    /// Seeded random weights of `cfg`'s shapes (for benchmarks).
+    pub fn random(dev: &Device, cfg: VisionConfig, seed: u64) -> Result<VisionTower> {
+        VisionTower::load(dev, &Random(std::cell::Cell::new(seed | 1)), cfg)
+    }
+
+    fn load(dev: &Device, src: &dyn Source, cfg: VisionConfig) -> Result<VisionTower> {
+        cfg.validate().map_err(RuntimeError::Model)?;
+        let up = |name: &str, shape: &[usize], store: &[usize]| -> Result<Tensor> {
+            Ok(dev.upload_f32(name, &src.get(name, shape)?, store, DType::F32)?)
+        };
+        let affine = |prefix: &str, n: usize, k: usize, bias: bool| -> Result<Affine> {
+            let w = up(&format!("{prefix}.weight"), &[n, k], &[n, k])?;
+            let b = if bias { Some(up(&format!("{prefix}.bias"), &[n], &[n])?) } else { None };
+            Ok(Affine { w, b, n, k })
+        };
+        let norm = |prefix: &str, d: usize| -> Result<LayerNorm> {
+            Ok(LayerNorm {
+                w: up(&format!("{prefix}.weight"), &[d], &[d])?,
+                b: up(&format!("{prefix}.bias"), &[d], &[d])?,
+            })
+        };
+        let (d, f, c, p) = (cfg.hidden, cfg.intermediate, cfg.channels, cfg.patch);
+        let v = "model.vision_model";
+        let patch = Affine {
+            w: up(&format!("{v}.embeddings.patch_embedding.weight"), &[d, c, p, p], &[d, c * p * p])?,
+            b: Some(up(&format!("{v}.embeddings.patch_embedding.bias"), &[d], &[d])?),
+            n: d,
+            k: c * p * p,
+        };
+        let np = cfg.side() * cfg.side();
+        let pos = up(&format!("{v}.embeddings.position_embedding.weight"), &[np, d], &[np, d])?;
+        let mut blocks = Vec::with_capacity(cfg.layers);
+        for l in 0..cfg.layers {
+            let b = format!("{v}.encoder.layers.{l}");
+            blocks.push(Block {
+                ln1: norm(&format!("{b}.layer_norm1"), d)?,
+                q: affine(&format!("{b}.self_attn.q_proj"), d, d, true)?,
+                k: affine(&format!("{b}.self_attn.k_proj"), d, d, true)?,
+                v: affine(&format!("{b}.self_attn.v_proj"), d, d, true)?,
+                o: affine(&format!("{b}.self_attn.out_proj"), d, d, true)?,
+                ln2: norm(&format!("{b}.layer_norm2"), d)?,
+                fc1: affine(&format!("{b}.mlp.fc1"), f, d, true)?,
+                fc2: affine(&format!("{b}.mlp.fc2"), d, f, true)?,
+            });
+        }
+        let post = norm(&format!("{v}.post_layernorm"), d)?;
+        let s2 = cfg.scale_factor * cfg.scale_factor;
+        let proj = affine("model.connector.modality_projection.proj", cfg.text_hidden, d * s2, false)?;
+        Ok(VisionTower { dev: dev.clone(), patch, pos, blocks, post, proj, cfg })
+    }
+
+    fn layer_norm(&self, rec: &mut Recorder, x: &Tensor, n: &LayerNorm, rows: usize, out: &Tensor) -> Result<()> {
+        let p = NormParams { kind: NormKind::Layer, rows, dim: self.cfg.hidden, eps: self.cfg.eps };
+        Ok(flint_kernels::norm::norm(&self.dev, rec, &p, x, &n.w, Some(&n.b), out)?)
+    }
+
+    /// Record the encoder over `images` images `[images, channels, height, width]` (f32,
+    /// normalised), all of one size whose sides are multiples of the patch. Returns the
+    /// post-normed hidden states `[images * patches, hidden]`.
+    pub fn encode(
+        &self,
+        rec: &mut Recorder,
+        pixels: &Tensor,
+        images: usize,
+        height: usize,
+        width: usize,
+    ) -> Result<Tensor> {
+        let (cfg, dev) = (&self.cfg, &self.dev);
+        let d = cfg.hidden;
+        let pp = PatchParams { images, channels: cfg.channels, height, width, patch: cfg.patch };
+        pp.validate().map_err(|e| RuntimeError::Request(format!("pixel values: {e}")))?;
+        if height > cfg.image_size || width > cfg.image_size {
+            return Err(RuntimeError::Request(format!(
+                "{height}x{width} images are larger than the encoder's {0}x{0} tiles",
+                cfg.image_size
+            )));
+        }
+        let (rows, cols) = (height / cfg.patch, width / cfg.patch);
+        let np = rows * cols;
+        let m = images * np;
+        let patches = dev.empty("patches", &[m, pp.row()], DType::F32)?;
+        flint_kernels::vision::patches(dev, rec, &pp, pixels, &patches)?;
+        let embeds = dev.empty("patch embeddings", &[m, d], DType::F32)?;
+        self.patch.forward(dev, rec, &patches, m, &embeds)?;
+        let ids = dev.upload_u32("position ids", &position_ids(cfg.side(), rows, cols), &[np])?;
+        let pos = dev.empty("position embeddings", &[np, d], DType::F32)?;
+        let ep = EmbedParams { tokens: np, vocab: cfg.side() * cfg.side(), dim: d, scale: 1.0 };
+        flint_kernels::embed::embed(dev, rec, &ep, &self.pos, &ids, &pos)?;
+        let x = dev.empty("vision hidden", &[m, d], DType::F32)?;
+        let add = EltParams::binary(EltOp::Add, m * d, np * d);
+        flint_kernels::elementwise::elementwise(dev, rec, &add, &embeds, Some(&pos), &x)?;
+
+        let hd = cfg.head_dim();
+        let attn = AttnParams {
+            seqs: images,
+            q_len: np,
+            n_heads: cfg.heads,
+            n_kv_heads: cfg.heads,
+            head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+            mask: Mask::None,
+            additive_mask: false,
+            mask_stride: 0,
+        };
+        let specs = vec![SeqSpec { kv_len: np, q_pos0: 0 }; images];
+        // Each image's keys are one page of the length of the image.
+        let table = PageTable::contiguous(dev, images)?;
+        let normed = dev.empty("vision normed", &[m, d], DType::F32)?;
+        let residual = EltParams { op: EltOp::ResidualAdd, n: m * d, b_len: m * d, scale: 1.0 };
+        for b in &self.blocks {
+            self.layer_norm(rec, &x, &b.ln1, m, &normed)?;
+            let (q, k, v) = (
+                dev.empty("vision q", &[m, d], DType::F32)?,
+                dev.empty("vision k", &[images, np, d], DType::F32)?,
+                dev.empty("vision v", &[images, np, d], DType::F32)?,
+            );
+            b.q.forward(dev, rec, &normed, m, &q)?;
+            b.k.forward(dev, rec, &normed, m, &k)?;
+            b.v.forward(dev, rec, &normed, m, &v)?;
+            let cache = KvCache { k, v, page_size: np, num_pages: images };
+            let o = dev.empty("vision attention", &[m, d], DType::F32)?;
+            attention::attention(dev, rec, &attn, &specs, &q, &cache, &table, None, &o)?;
+            let y = dev.empty("vision attention proj", &[m, d], DType::F32)?;
+            b.o.forward(dev, rec, &o, m, &y)?;
+            flint_kernels::elementwise::residual_add(dev, rec, &residual, &x, &y)?;
+            self.layer_norm(rec, &x, &b.ln2, m, &normed)?;
+            let h = dev.empty("vision mlp", &[m, cfg.intermediate], DType::F32)?;
+            b.fc1.forward(dev, rec, &normed, m, &h)?;
+            let g = dev.empty("vision mlp act", &[m, cfg.intermediate], DType::F32)?;
+            let gelu = EltParams::unary(EltOp::GeluTanh, m * cfg.intermediate);
+            flint_kernels::elementwise::elementwise(dev, rec, &gelu, &h, None, &g)?;
+            let y = dev.empty("vision mlp out", &[m, d], DType::F32)?;
+            b.fc2.forward(dev, rec, &g, m, &y)?;
+            flint_kernels::elementwise::residual_add(dev, rec, &residual, &x, &y)?;
+        }
+        let out = dev.empty("vision out", &[m, d], DType::F32)?;
+        self.layer_norm(rec, &x, &self.post, m, &out)?;
+        Ok(out)
+    }
+
+    /// Record the connector over encoder output `x` `[images * side^2, hidden]` of square
+    /// images of `side` patches: pixel shuffle, then the projection. Returns
+    /// `[images * (side / scale)^2, text_hidden]`.
+    pub fn connect(&self, rec: &mut Recorder, x: &Tensor, images: usize, side: usize) -> Result<Tensor> {
+        let (cfg, dev) = (&self.cfg, &self.dev);
+        let sp = ShuffleParams { images, side, dim: cfg.hidden, scale: cfg.scale_factor };
+        sp.validate().map_err(|e| RuntimeError::Request(format!("connector: {e}")))?;
+        let t = images * sp.tokens_out();
+        let shuffled = dev.empty("pixel shuffle", &[t, self.proj.k], DType::F32)?;
+        flint_kernels::vision::pixel_shuffle(dev, rec, &sp, x, &shuffled)?;
+        let out = dev.empty("image embeddings", &[t, cfg.text_hidden], DType::F32)?;
+        self.proj.forward(dev, rec, &shuffled, t, &out)?;
+        Ok(out)
+    }
+
+    /// Record encoder and connector over square tiles of the trained size: `[images * tokens per
+    /// tile, text_hidden]`, ready to splice into the text embeddings.
+    pub fn embed_images(&self, rec: &mut Recorder, pixels: &Tensor, images: usize) -> Result<Tensor> {
+        let s = self.cfg.image_size;
+        let h = self.encode(rec, pixels, images, s, s)?;
+        self.connect(rec, &h, images, self.cfg.side())
+    }
+}
