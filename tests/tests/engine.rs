@@ -124,7 +124,7 @@ fn branches_share_the_prompt_and_agree_at_temperature_zero() {
         .unwrap();
     assert!(prompt.len() > 32, "{} prompt tokens", prompt.len());
     let want = alone(&prompt, &greedy(12));
-    let id = engine.submit(Request { prompt: prompt.clone(), sampling: greedy(12), branches: 5 }).unwrap();
+    let id = engine.submit(Request::new(prompt.clone(), greedy(12)).branches(5)).unwrap();
     let (mut outputs, mut streamed) = (HashMap::new(), HashMap::new());
     drain(&mut engine, &mut outputs, &mut streamed);
     let out = &outputs[&id];
@@ -151,7 +151,7 @@ fn sampled_branches_differ_and_are_reproducible() {
     let run = |seed| {
         let mut engine =
             Engine::new(&m.decoder, EngineOptions { kv_tokens: 1024, page_size: 16, max_batch: 8 }).unwrap();
-        let id = engine.submit(Request { prompt: prompt.clone(), sampling: sampling(seed), branches: 4 }).unwrap();
+        let id = engine.submit(Request::new(prompt.clone(), sampling(seed)).branches(4)).unwrap();
         let (mut outputs, mut streamed) = (HashMap::new(), HashMap::new());
         drain(&mut engine, &mut outputs, &mut streamed);
         outputs.remove(&id).unwrap().branches.into_iter().map(|b| b.tokens).collect::<Vec<_>>()
@@ -181,7 +181,7 @@ fn bad_requests_are_refused_while_others_carry_on() {
     assert!(refused(Request::new(vec![1, 99_999], greedy(3))).contains("vocabulary"));
     // 16 pages: `good` reserves 1 and `big` 14; `cancelled` (4) waits and is cancelled while
     // waiting; `late` (2) waits until `good` has finished, then runs.
-    let big = engine.submit(Request { prompt: prompt.clone(), sampling: greedy(100), branches: 2 }).unwrap();
+    let big = engine.submit(Request::new(prompt.clone(), greedy(100)).branches(2)).unwrap();
     let cancelled = engine.submit(Request::new(prompt.clone(), greedy(50))).unwrap();
     let first = engine.step().unwrap();
     assert!(first.iter().any(|e| matches!(e, Event::Token { request, .. } if *request == good)));

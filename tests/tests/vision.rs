@@ -159,6 +159,33 @@ fn check_model(dev: &flint_gpu::Device, name: &str) {
     let opts = SamplingOptions { max_tokens: want.len(), ..Default::default() };
     let out = s.generate_with(&ids, Some(&pixels), &opts, |_| {}).unwrap();
     assert_eq!(out.tokens, want, "[{label}] {name}: greedy tokens");
+
+    // Through the batched engine: three branches of the image prompt at temperature 0 (sharing
+    // its KV pages) next to a text-only request, all giving what they give alone.
+    let mut engine =
+        model.engine(flint_runtime::engine::EngineOptions { kv_tokens: 1024, page_size: 16, max_batch: 8 }).unwrap();
+    let req = flint_runtime::engine::Request::new(ids.clone(), opts.clone());
+    let image_req =
+        engine.submit(req.clone().branches(3).with_pixels(Some(std::sync::Arc::new(pixels.clone())))).unwrap();
+    let text_ids: Vec<u32> = ids.iter().copied().filter(|&t| t != vision.image_token_id).take(20).collect();
+    let text_alone = {
+        let mut s = model.session(text_ids.len() + 8).unwrap();
+        s.generate(&text_ids, &opts, |_| {}).unwrap().tokens
+    };
+    let text_req = engine.submit(flint_runtime::engine::Request::new(text_ids, opts.clone())).unwrap();
+    assert!(engine.submit(req.clone()).unwrap_err().to_string().contains("image tokens but no images"));
+    let mut outputs = std::collections::HashMap::new();
+    engine
+        .run(|e| {
+            if let flint_runtime::engine::Event::Finished { request, output } = e {
+                outputs.insert(request, output);
+            }
+        })
+        .unwrap();
+    for (b, br) in outputs[&image_req].branches.iter().enumerate() {
+        assert_eq!(br.tokens, want, "[{label}] {name}: engine branch {b}");
+    }
+    assert_eq!(outputs[&text_req].branches[0].tokens, text_alone, "[{label}] {name}: text request next to images");
     eprintln!(
         "[{label}] {name}: {} prompt tokens, {images} tiles: NMSE vision {ev:.1e}, connector {ec:.1e}, logits {e:.1e}; greedy tokens equal",
         ids.len()

@@ -8,9 +8,11 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use flint_gpu::Device;
-use flint_runtime::engine::{Engine, EngineOptions, Event, Request, RequestId, RequestOutput};
+use std::sync::Arc;
+
+use flint_runtime::engine::{EngineOptions, Event, Request, RequestId, RequestOutput};
 use flint_runtime::generate::SamplingOptions;
-use flint_runtime::model::Model;
+use flint_runtime::model::{Model, Pixels};
 use flint_runtime::reasoning::{self, Mode};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
@@ -93,12 +95,14 @@ pub fn contemplate(
     model: &Model,
     opts: &GenerateOpts,
     prompt: &[u32],
+    pixels: Option<Pixels>,
     sampling: &SamplingOptions,
 ) -> Result<()> {
     let branches = opts.mode.branches();
     let eopts = EngineOptions { max_batch: opts.engine.max_batch.max(branches), ..opts.engine.clone() };
-    let mut engine = Engine::new(&model.decoder, eopts)?;
-    let id = engine.submit(Request { prompt: prompt.to_vec(), sampling: sampling.clone(), branches })?;
+    let mut engine = model.engine(eopts)?;
+    let req = Request::new(prompt.to_vec(), sampling.clone()).branches(branches).with_pixels(pixels.map(Arc::new));
+    let id = engine.submit(req)?;
     let bar = (!opts.json).then(|| progress(None, &format!("contemplating with {branches} branches")));
     let mut result = None;
     engine.run(|e| match e {
@@ -207,9 +211,15 @@ pub struct AgentDefaults {
 /// Turn one line into a request, or say why it cannot be one.
 fn request_of(model: &Model, line: &str, d: &AgentDefaults) -> Result<(Mode, Request), String> {
     let l: Line = serde_json::from_str(line).map_err(|e| format!("malformed request: {e}"))?;
-    if !l.images.is_empty() {
-        return Err(format!("{} image(s) given, but {} is a text-only decoder", l.images.len(), model.path.display()));
+    if !l.images.is_empty() && model.vision.is_none() {
+        return Err(format!("{} image(s) given, but {} is a text-only model", l.images.len(), model.path.display()));
     }
+    let images = l
+        .images
+        .iter()
+        .map(|p| flint_runtime::image::load(Path::new(p)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
     let mode = Mode::parse(l.mode.as_deref().unwrap_or(&d.mode), l.branches.unwrap_or(d.branches))
         .map_err(|e| e.to_string())?;
     let mut sampling = SamplingOptions {
@@ -221,8 +231,9 @@ fn request_of(model: &Model, line: &str, d: &AgentDefaults) -> Result<(Mode, Req
         stop: Vec::new(),
     };
     sampling.stop.extend(&model.tokenizer.stop_tokens);
-    let prompt = reasoning::prompt_ids(model, mode, &l.prompt, l.chat.unwrap_or(d.chat)).map_err(|e| e.to_string())?;
-    Ok((mode, Request { prompt, sampling, branches: mode.branches() }))
+    let chat = l.chat.unwrap_or(d.chat) || (!images.is_empty() && model.tokenizer.chat_template.is_some());
+    let (prompt, pixels) = reasoning::prompt(model, mode, &l.prompt, &images, chat).map_err(|e| e.to_string())?;
+    Ok((mode, Request::new(prompt, sampling).branches(mode.branches()).with_pixels(pixels.map(Arc::new))))
 }
 
 /// `flint generate --prompts FILE.jsonl`: every line a request; all run through one engine;
@@ -236,7 +247,7 @@ pub fn sub_agents(
 ) -> Result<bool> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let mut engine = Engine::new(&model.decoder, eopts)?;
+    let mut engine = model.engine(eopts)?;
     let mut done: BTreeMap<usize, Value> = BTreeMap::new();
     let mut running: HashMap<RequestId, (usize, Mode)> = HashMap::new();
     for (i, line) in lines.iter().enumerate() {

@@ -153,7 +153,7 @@ pub fn bench_model(opts: &BenchModelOpts) -> Result<()> {
         let prefix = filler(&model, opts.prefix)?;
         let sampling =
             SamplingOptions { temperature: 0.8, top_k: 40, top_p: 0.95, seed: 1, max_tokens: budget, stop: vec![] };
-        let req = || Request { prompt: prefix.clone(), sampling: sampling.clone(), branches: n };
+        let req = || Request::new(prefix.clone(), sampling.clone()).branches(n);
         let kv_tokens = 64 * ((opts.prefix + budget).div_ceil(64) + n * (budget.div_ceil(64) + 1));
         decode_run(&model, vec![req()], 2, kv_tokens)?;
         let r = decode_run(&model, vec![req()], opts.steps, kv_tokens)?;

@@ -35,6 +35,10 @@ enum Command {
         /// results are written as JSON lines in input order.
         #[arg(long)]
         prompts: Option<PathBuf>,
+        /// An image for a multimodal model (repeat for several); they go before the prompt text,
+        /// or at its `<image>` placeholders.
+        #[arg(long = "image")]
+        images: Vec<PathBuf>,
         /// Wrap the prompt in the model's chat template as a user message (implied by think and
         /// contemplate).
         #[arg(long)]
@@ -101,6 +105,9 @@ enum Command {
         /// Output file.
         #[arg(long)]
         out: PathBuf,
+        /// Normalised pixel values for the image tokens, f32 `[images, 3, H, W]` (.npy).
+        #[arg(long)]
+        pixel_values: Option<PathBuf>,
         /// GPU adapter.
         #[arg(long, default_value = "")]
         adapter: String,
@@ -208,6 +215,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             model,
             prompt,
             prompts,
+            images,
             chat,
             mode,
             branches,
@@ -243,6 +251,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 adapter,
                 model: Some(model),
                 prompt: prompt.unwrap_or_default(),
+                images,
                 chat,
                 mode,
                 sampling,
@@ -255,8 +264,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Tokenize { model, text, json } => {
             models::tokenize(Some(&model), &text, json).map(|()| ExitCode::SUCCESS)
         }
-        Command::Logits { model, token_ids, out, adapter } => {
-            models::logits(&adapter, Some(&model), &token_ids, &out).map(|()| ExitCode::SUCCESS)
+        Command::Logits { model, token_ids, out, pixel_values, adapter } => {
+            models::logits(&adapter, Some(&model), &token_ids, pixel_values.as_deref(), &out)
+                .map(|()| ExitCode::SUCCESS)
         }
         Command::BenchModel { model, adapter, prefill, batch, branches, prefix, steps, json } => {
             let opts = bench_model::BenchModelOpts { adapter, model, prefill, batch, branches, prefix, steps, json };

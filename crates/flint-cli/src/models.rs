@@ -61,6 +61,8 @@ pub struct GenerateOpts {
     pub model: Option<String>,
     /// Prompt text.
     pub prompt: String,
+    /// Image files.
+    pub images: Vec<PathBuf>,
     /// Use the chat template.
     pub chat: bool,
     /// Reasoning mode.
@@ -78,23 +80,26 @@ pub struct GenerateOpts {
 /// `flint generate`.
 pub fn generate(opts: GenerateOpts) -> Result<()> {
     let (dev, model) = load(&opts.adapter, opts.model.as_deref())?;
-    let prompt = reasoning::prompt_ids(&model, opts.mode, &opts.prompt, opts.chat)?;
+    let images = opts.images.iter().map(|p| flint_runtime::image::load(p)).collect::<Result<Vec<_>, _>>()?;
+    // Images go through the chat template when the model has one.
+    let chat = opts.chat || (!images.is_empty() && model.tokenizer.chat_template.is_some());
+    let (prompt, pixels) = reasoning::prompt(&model, opts.mode, &opts.prompt, &images, chat)?;
     let mut sampling = opts.sampling.clone();
     sampling.stop.extend(&model.tokenizer.stop_tokens);
     if let Mode::Contemplate { .. } = opts.mode {
-        return crate::agents::contemplate(&dev, &model, &opts, &prompt, &sampling);
+        return crate::agents::contemplate(&dev, &model, &opts, &prompt, pixels, &sampling);
     }
     let mut session = model.session(prompt.len() + sampling.max_tokens)?;
     let mut stream = StreamDecoder::default();
     let mut stdout = std::io::stdout().lock();
     // A plain prompt is echoed so the continuation reads on; a chat reply stands alone.
-    let plain = !opts.chat && !opts.mode.reasons();
+    let plain = !opts.chat && !opts.mode.reasons() && pixels.is_none();
     if !opts.json && plain {
         write!(stdout, "{}", opts.prompt)?;
         stdout.flush()?;
     }
     let mut stream_err = None;
-    let out = session.generate(&prompt, &sampling, |id| {
+    let out = session.generate_with(&prompt, pixels.as_ref(), &sampling, |id| {
         if opts.json {
             return;
         }
@@ -121,6 +126,8 @@ pub fn generate(opts: GenerateOpts) -> Result<()> {
             "mode": opts.mode.name(),
             "prompt": opts.prompt,
             "prompt_ids": prompt,
+            "images": opts.images.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "image_tiles": pixels.as_ref().map_or(0, |p| p.images),
             "generated_ids": out.tokens,
             "logprobs": out.logprobs,
             "text": text,
@@ -203,8 +210,9 @@ pub fn tokenize(model: Option<&str>, text: &str, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// `flint logits`: write logits at every position of `ids` to a safetensors file.
-pub fn logits(adapter: &str, model: Option<&str>, ids: &str, out: &Path) -> Result<()> {
+/// `flint logits`: write logits at every position of `ids` (whose image tokens take the pixel
+/// values of a .npy file) to a safetensors file.
+pub fn logits(adapter: &str, model: Option<&str>, ids: &str, pixel_values: Option<&Path>, out: &Path) -> Result<()> {
     let ids: Vec<u32> = ids
         .split(',')
         .filter(|s| !s.trim().is_empty())
@@ -214,7 +222,19 @@ pub fn logits(adapter: &str, model: Option<&str>, ids: &str, out: &Path) -> Resu
         bail!("--token-ids is empty");
     }
     let (_, model) = load(adapter, model)?;
-    let logits = model.logits(&ids)?;
+    let pixels = match pixel_values {
+        None => None,
+        Some(path) => {
+            let a = flint_runtime::npy::read(path)?;
+            match a.shape[..] {
+                [images, 3, h, w] if h == w && images > 0 => {
+                    Some(flint_runtime::model::Pixels { data: a.data, images, side: h })
+                }
+                _ => bail!("{}: pixel values must be f32 [images, 3, H, H], not {:?}", path.display(), a.shape),
+            }
+        }
+    };
+    let logits = model.logits_with(&ids, pixels.as_ref())?;
     let vocab = model.decoder.cfg.vocab;
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
     let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![ids.len(), vocab], &bytes)?;

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use flint_runtime::engine::{Engine, EngineOptions, Event, Request};
+use flint_runtime::engine::{EngineOptions, Event, Request};
 use flint_runtime::generate::SamplingOptions;
 use flint_runtime::gpu::Device;
 use flint_runtime::model::Model;
@@ -18,7 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let dev = Device::open("")?;
     let model = Model::load(&dev, &path)?;
-    let mut engine = Engine::new(&model.decoder, EngineOptions { kv_tokens: 8192, page_size: 64, max_batch: 16 })?;
+    let mut engine = model.engine(EngineOptions { kv_tokens: 8192, page_size: 64, max_batch: 16 })?;
     let stop = model.tokenizer.stop_tokens.clone();
     let mut names = HashMap::new();
     for prompt in ["The capital of France is", "Water boils at", "Once upon a time"] {
@@ -30,7 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mode = Mode::Contemplate { branches: 4 };
     let sampling = SamplingOptions { temperature: 0.7, seed: 1, max_tokens: 48, stop, ..Default::default() };
     let ids = reasoning::prompt_ids(&model, mode, question, true)?;
-    let contemplate = engine.submit(Request { prompt: ids, sampling, branches: mode.branches() })?;
+    let contemplate = engine.submit(Request::new(ids, sampling).branches(mode.branches()))?;
 
     let mut streamed = 0;
     engine.run(|event| match event {

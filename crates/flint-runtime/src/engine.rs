@@ -11,6 +11,7 @@
 //! never runs out of pages half way; requests wait in order until their reservation fits.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flint_gpu::{DType, Recorder};
@@ -18,6 +19,7 @@ use flint_kernels::attention::paged::{KvPool, SeqId};
 
 use crate::generate::{SamplingOptions, StopReason};
 use crate::model::decoder::Decoder;
+use crate::model::{Pixels, Vision};
 use crate::{Result, RuntimeError};
 
 /// Sizes of an engine.
@@ -46,12 +48,24 @@ pub struct Request {
     pub sampling: SamplingOptions,
     /// Branches decoded from the one prefilled prompt (1 for a plain request).
     pub branches: usize,
+    /// Pixels for the prompt's image tokens (multimodal models).
+    pub pixels: Option<Arc<Pixels>>,
 }
 
 impl Request {
-    /// A single-branch request.
+    /// A single-branch text request.
     pub fn new(prompt: Vec<u32>, sampling: SamplingOptions) -> Request {
-        Request { prompt, sampling, branches: 1 }
+        Request { prompt, sampling, branches: 1, pixels: None }
+    }
+
+    /// The same request decoded as `branches` branches.
+    pub fn branches(self, branches: usize) -> Request {
+        Request { branches, ..self }
+    }
+
+    /// The same request with pixels for its image tokens.
+    pub fn with_pixels(self, pixels: Option<Arc<Pixels>>) -> Request {
+        Request { pixels, ..self }
     }
 }
 
@@ -171,6 +185,7 @@ struct Active {
 /// The batched engine over one decoder. See the module docs.
 pub struct Engine<'m> {
     model: &'m Decoder,
+    vision: Option<&'m Vision>,
     opts: EngineOptions,
     pool: KvPool,
     next_id: u64,
@@ -204,6 +219,7 @@ impl<'m> Engine<'m> {
         let pool = model.kv_pool(opts.kv_tokens, opts.page_size)?;
         Ok(Engine {
             model,
+            vision: None,
             opts,
             pool,
             next_id: 0,
@@ -213,6 +229,12 @@ impl<'m> Engine<'m> {
             peak_pages: 0,
             steps: 0,
         })
+    }
+
+    /// The same engine taking images through `vision` (a multimodal model's tower).
+    pub fn with_vision(mut self, vision: Option<&'m Vision>) -> Self {
+        self.vision = vision;
+        self
     }
 
     /// The options the engine was made with.
@@ -256,6 +278,23 @@ impl<'m> Engine<'m> {
                 req.prompt.len(),
                 cfg.context
             ));
+        }
+        match (&req.pixels, self.vision) {
+            (Some(_), None) => return refuse("images given to a model without a vision tower".into()),
+            (Some(px), Some(v)) => {
+                let slots = req.prompt.iter().filter(|&&t| t == v.image_token_id).count();
+                if slots != v.tokens_for(px) {
+                    return refuse(format!(
+                        "the prompt has {slots} image tokens but its {} image tiles make {}",
+                        px.images,
+                        v.tokens_for(px)
+                    ));
+                }
+            }
+            (None, Some(v)) if req.prompt.contains(&v.image_token_id) => {
+                return refuse("the prompt has image tokens but no images".into());
+            }
+            _ => {}
         }
         if req.sampling.max_tokens == 0 {
             return refuse("max_tokens is 0: nothing to generate".into());
@@ -415,8 +454,7 @@ impl<'m> Engine<'m> {
         let seq = self.pool.create();
         let run = |pool: &mut KvPool| -> Result<Vec<(u32, f32)>> {
             let mut rec = Recorder::new(&dev);
-            let ids = dev.upload_u32("prompt ids", &req.prompt, &[p])?;
-            let x = self.model.embed(&mut rec, &ids, p)?;
+            let x = crate::model::embed_prompt(self.model, self.vision, &mut rec, &req.prompt, req.pixels.as_deref())?;
             let h = self.model.forward(&mut rec, pool, seq, &x, p)?;
             let last = self.model.logits(&mut rec, &h, p - 1..p)?;
             let logits = if n == 1 {

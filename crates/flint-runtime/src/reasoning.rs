@@ -12,7 +12,8 @@
 
 use std::collections::HashMap;
 
-use crate::model::Model;
+use crate::image::Rgb;
+use crate::model::{Model, Pixels, PromptSpec};
 use crate::{Result, RuntimeError};
 
 /// The system message that asks a model without a reasoning format for reasoning, then an answer.
@@ -93,26 +94,33 @@ pub fn template_reasons(template: &str) -> bool {
 /// Token ids of `question` asked in `mode`. With `chat` (implied by the reasoning modes when
 /// the model has a chat template) the question is a user message in the model's template.
 pub fn prompt_ids(model: &Model, mode: Mode, question: &str, chat: bool) -> Result<Vec<u32>> {
-    let tok = &model.tokenizer;
-    let Some(template) = tok.chat_template.as_deref() else {
+    Ok(prompt(model, mode, question, &[], chat)?.0)
+}
+
+/// Token ids and pixels of `question` about `images` asked in `mode`.
+pub fn prompt(
+    model: &Model,
+    mode: Mode,
+    question: &str,
+    images: &[Rgb],
+    chat: bool,
+) -> Result<(Vec<u32>, Option<Pixels>)> {
+    let mut spec = PromptSpec { text: question, images, chat, ..Default::default() };
+    let Some(template) = model.tokenizer.chat_template.as_deref() else {
         if chat {
             return Err(RuntimeError::Tokenizer("the model has no chat template (tokenizer.chat_template)".into()));
         }
-        return tok.encode(question, true);
+        return model.build_prompt(&spec);
     };
-    if !chat && !mode.reasons() {
-        return tok.encode(question, true);
+    if mode.reasons() {
+        spec.chat = true;
+        if template_reasons(template) {
+            spec.thinking = Some(true);
+        } else {
+            spec.system = Some(REASONING_SYSTEM);
+        }
     }
-    let user = ("user".to_string(), question.to_string());
-    let text = if !mode.reasons() {
-        tok.apply_chat_template(&[user], true)?
-    } else if template_reasons(template) {
-        tok.apply_chat_template_with(&[user], true, Some(true))?
-    } else {
-        tok.apply_chat_template(&[("system".to_string(), REASONING_SYSTEM.to_string()), user], true)?
-    };
-    // The template writes the special tokens itself.
-    tok.encode(&text, false)
+    model.build_prompt(&spec)
 }
 
 /// A reply split into its reasoning and its answer.

@@ -204,11 +204,17 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
-    /// Render the chat template over messages whose content is given as transformers' typed
-    /// parts (`[{"type": "image"}, {"type": "text", "text": ...}]`), the form multimodal
-    /// templates iterate over.
-    pub fn apply_chat_template_parts(&self, messages: &[Json], add_generation_prompt: bool) -> Result<String> {
-        self.render(json!(messages), add_generation_prompt, None)
+    /// Render the chat template over messages given as JSON (`[{"role": ..., "content": ...}]`,
+    /// the content a string or transformers' typed parts such as `[{"type": "image"}, {"type":
+    /// "text", "text": ...}]`, the form multimodal templates iterate over), with
+    /// `enable_thinking` set when given.
+    pub fn apply_chat_template_json(
+        &self,
+        messages: Json,
+        add_generation_prompt: bool,
+        enable_thinking: Option<bool>,
+    ) -> Result<String> {
+        self.render(messages, add_generation_prompt, enable_thinking)
     }
 
     /// Token ids of `text`; `special` adds the model's BOS where it wants one.

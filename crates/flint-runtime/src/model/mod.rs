@@ -129,6 +129,21 @@ pub fn embed_prompt(
     Ok(x)
 }
 
+/// How a prompt is put together (see [`Model::build_prompt`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PromptSpec<'a> {
+    /// The user's text (it may hold `<image>` placeholders, one per image).
+    pub text: &'a str,
+    /// Images.
+    pub images: &'a [Rgb],
+    /// Through the chat template, as one user message opening the assistant's turn.
+    pub chat: bool,
+    /// A system message before it (with `chat`).
+    pub system: Option<&'a str>,
+    /// `enable_thinking` for templates that read it.
+    pub thinking: Option<bool>,
+}
+
 /// A loaded model: weights on the GPU, the tokenizer, and for multimodal models the vision side.
 #[derive(Debug)]
 pub struct Model {
@@ -213,51 +228,62 @@ impl Model {
     /// Token ids of a prompt; `chat` wraps it as one user message in the model's chat template
     /// and opens the assistant's turn.
     pub fn prompt_ids(&self, prompt: &str, chat: bool) -> Result<Vec<u32>> {
-        if chat {
-            let text = self.chat_text(prompt, 0)?;
-            // The template writes the special tokens itself.
-            self.tokenizer.encode(&text, false)
-        } else {
-            self.tokenizer.encode(prompt, true)
-        }
+        Ok(self.build_prompt(&PromptSpec { text: prompt, chat, ..Default::default() })?.0)
     }
 
-    /// The chat template over one user message with `images` images before the text.
-    fn chat_text(&self, prompt: &str, images: usize) -> Result<String> {
+    /// The chat template over an optional system message and one user message with `images`
+    /// images before the text.
+    fn chat_text(&self, p: &PromptSpec<'_>) -> Result<String> {
+        use serde_json::json;
         let template = self.tokenizer.chat_template.as_deref().unwrap_or("");
-        // Multimodal templates iterate over typed content parts; text templates take a string.
-        if self.vision.is_some() || template.contains("['type']") || template.contains(".type") {
-            let mut content: Vec<serde_json::Value> =
-                (0..images).map(|_| serde_json::json!({"type": "image"})).collect();
-            content.push(serde_json::json!({"type": "text", "text": prompt}));
-            self.tokenizer.apply_chat_template_parts(&[serde_json::json!({"role": "user", "content": content})], true)
-        } else {
-            self.tokenizer.apply_chat_template(&[("user".into(), prompt.into())], true)
+        // Multimodal templates iterate over typed content parts; text templates take strings.
+        let parts = self.vision.is_some() || template.contains("['type']") || template.contains(".type");
+        let mut messages = Vec::new();
+        if let Some(system) = p.system {
+            let content = if parts { json!([{"type": "text", "text": system}]) } else { json!(system) };
+            messages.push(json!({"role": "system", "content": content}));
         }
+        let content = if parts {
+            let mut c: Vec<serde_json::Value> = p.images.iter().map(|_| json!({"type": "image"})).collect();
+            c.push(json!({"type": "text", "text": p.text}));
+            json!(c)
+        } else {
+            json!(p.text)
+        };
+        messages.push(json!({"role": "user", "content": content}));
+        self.tokenizer.apply_chat_template_json(json!(messages), true, p.thinking)
     }
 
-    /// Token ids and pixels of a prompt about `images`: each image is preprocessed as the
-    /// model's processor does; a prompt that already holds one `<image>` placeholder per image
-    /// is used as written, otherwise the images go before the text (in the chat template when
+    /// Token ids and pixels of a prompt: each image is preprocessed as the model's processor
+    /// does; a text that already holds one `<image>` placeholder per image is used as written
+    /// (no template), otherwise the images go before the text (in the chat template with
     /// `chat`); each placeholder is then expanded into its tiles' tokens.
-    pub fn multimodal_prompt(&self, prompt: &str, images: &[Rgb], chat: bool) -> Result<(Vec<u32>, Option<Pixels>)> {
-        if images.is_empty() {
-            return Ok((self.prompt_ids(prompt, chat)?, None));
+    pub fn build_prompt(&self, p: &PromptSpec<'_>) -> Result<(Vec<u32>, Option<Pixels>)> {
+        let inline = p.text.contains("<image>") && !p.images.is_empty();
+        let templated = p.chat && !inline;
+        if templated && self.tokenizer.chat_template.is_none() {
+            return Err(RuntimeError::Tokenizer(format!(
+                "{} has no chat template (tokenizer.chat_template)",
+                self.path.display()
+            )));
+        }
+        let text = if inline {
+            p.text.to_string()
+        } else if templated {
+            self.chat_text(p)?
+        } else {
+            format!("{}{}", "<image>".repeat(p.images.len()), p.text)
+        };
+        if p.images.is_empty() {
+            // The template writes the special tokens itself.
+            return Ok((self.tokenizer.encode(&text, !templated)?, None));
         }
         let vision = self.vision.as_ref().ok_or_else(|| {
             RuntimeError::Request(format!("{} is a text-only model; it cannot take images", self.path.display()))
         })?;
-        let processed: Vec<_> = images.iter().map(|im| vision.processor.process(im)).collect();
-        let text = if prompt.contains("<image>") {
-            prompt.to_string()
-        } else if chat {
-            self.chat_text(prompt, images.len())?
-        } else {
-            format!("{}{prompt}", "<image>".repeat(images.len()))
-        };
+        let processed: Vec<_> = p.images.iter().map(|im| vision.processor.process(im)).collect();
         let grid: Vec<(usize, usize)> = processed.iter().map(|p| (p.rows, p.cols)).collect();
         let text = crate::image::expand_prompt(&text, &grid, vision.processor.image_seq_len)?;
-        let templated = chat && !prompt.contains("<image>");
         let ids = self.tokenizer.encode(&text, !templated)?;
         let mut data = Vec::new();
         for p in &processed {
@@ -265,6 +291,16 @@ impl Model {
         }
         let pixels = Pixels { data, images: processed.iter().map(|p| p.tiles).sum(), side: vision.processor.tile };
         Ok((ids, Some(pixels)))
+    }
+
+    /// [`Model::build_prompt`] for a user message about `images`.
+    pub fn multimodal_prompt(&self, prompt: &str, images: &[Rgb], chat: bool) -> Result<(Vec<u32>, Option<Pixels>)> {
+        self.build_prompt(&PromptSpec { text: prompt, images, chat, ..Default::default() })
+    }
+
+    /// A batched engine over this model (taking images when it has a vision tower).
+    pub fn engine(&self, opts: crate::engine::EngineOptions) -> Result<crate::engine::Engine<'_>> {
+        Ok(crate::engine::Engine::new(&self.decoder, opts)?.with_vision(self.vision.as_ref()))
     }
 
     /// A generation session with room for `capacity` tokens.
