@@ -465,6 +465,10 @@ fn matmul_cases(out: &mut Vec<Box<dyn Case>>) {
         (mm(1, 64, 1536, 576, false, false), &[Strategy::Tiled, Strategy::Subgroup]),
         (mm(1, 1, 1536, 576, false, false), &[Strategy::Matvec, Strategy::Tiled]),
         (mm(1, 8, 1536, 576, false, false), &[Strategy::Matvec]),
+        // SigLIP base/16 on a 512x512 tile: 1024 patches, attention projections and the MLP.
+        (mm(1, 1024, 768, 768, false, true), &[Strategy::Subgroup]),
+        (mm(1, 1024, 3072, 768, false, true), &[Strategy::Subgroup]),
+        (mm(1, 1024, 3072, 768, false, false), &[Strategy::Subgroup]),
     ];
     for (p, strategies) in bench {
         for types in types {

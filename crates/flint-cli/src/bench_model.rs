@@ -30,6 +30,8 @@ pub struct BenchModelOpts {
     pub prefix: usize,
     /// Timed decode steps per configuration.
     pub steps: usize,
+    /// Also time a SmolVLM-256M-shaped vision tower (random weights) in front of the model.
+    pub vision: bool,
     /// JSON lines instead of a table.
     pub json: bool,
 }
@@ -108,6 +110,9 @@ pub fn bench_model(opts: &BenchModelOpts) -> Result<()> {
     if !opts.json {
         println!("{name} on {label}; weights read per decode step: {:.1} MB", wbytes / 1e6);
     }
+    if opts.vision {
+        vision_rows(&model, &emit)?;
+    }
     for &p in &opts.prefill {
         let ids = filler(&model, p)?;
         prefill_once(&model, &ids)?;
@@ -174,5 +179,100 @@ pub fn bench_model(opts: &BenchModelOpts) -> Result<()> {
             ),
         );
     }
+    Ok(())
+}
+
+/// SmolVLM-256M's vision side (SigLIP base/16 at 512, scale 4) with seeded random weights in
+/// front of `model`'s decoder: the encode time of one 512x512 tile with its GFLOP/s, and the
+/// prefill of one image split into 2x2 tiles plus the global view (5 x 64 image tokens) with a
+/// 32-token question.
+fn vision_rows(model: &Model, emit: &dyn Fn(String, serde_json::Value, String)) -> Result<()> {
+    use flint_runtime::image::ImageProcessor;
+    use flint_runtime::model::vision::{VisionConfig, VisionTower};
+    use flint_runtime::model::{Pixels, Vision};
+
+    let dev = model.decoder.device().clone();
+    let cfg = VisionConfig {
+        hidden: 768,
+        intermediate: 3072,
+        layers: 12,
+        heads: 12,
+        channels: 3,
+        image_size: 512,
+        patch: 16,
+        eps: 1e-6,
+        scale_factor: 4,
+        text_hidden: model.decoder.cfg.hidden,
+    };
+    let flops = cfg.tile_flops();
+    let tower = VisionTower::random(&dev, cfg.clone(), 7)?;
+    let pixels = |tiles: usize| Pixels {
+        data: (0..tiles * 3 * 512 * 512).map(|i| ((i * 7919) % 255) as f32 / 127.5 - 1.0).collect(),
+        images: tiles,
+        side: 512,
+    };
+    let one = pixels(1);
+    let encode = || -> Result<f64> {
+        let t = std::time::Instant::now();
+        let mut rec = Recorder::new(&dev);
+        let x = dev.upload_f32("pixels", &one.data, &[1, 3, 512, 512], flint_gpu::DType::F32)?;
+        let h = tower.encode(&mut rec, &x, 1, 512, 512)?;
+        let _ = tower.connect(&mut rec, &h, 1, 32)?;
+        rec.submit()?.wait()?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    encode()?;
+    let s = encode()?.min(encode()?);
+    emit(
+        "vision encode 1 tile 512x512".into(),
+        json!({"ms": s * 1e3, "gflops": flops / s / 1e9, "flops": flops}),
+        format!("{:>9.1} ms {:>9.1} GFLOP/s (SigLIP base/16, 1024 patches, random weights)", s * 1e3, flops / s / 1e9),
+    );
+    // The prompt SmolVLM's processor writes for a 2x2-tiled image, with markup and question as
+    // ordinary tokens and the image tokens as one id the question never uses.
+    let image_token = (model.decoder.cfg.vocab - 1) as u32;
+    let vision = Vision {
+        processor: ImageProcessor {
+            longest_edge: 2048,
+            tile: 512,
+            split: true,
+            resize: true,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+            rescale: 1.0 / 255.0,
+            image_seq_len: cfg.tokens_per_tile(),
+        },
+        tower,
+        image_token_id: image_token,
+    };
+    let text = filler(model, 64)?;
+    let mut ids: Vec<u32> = text[..6].to_vec();
+    for tile in 0..5 {
+        ids.extend_from_slice(&text[6 + 2 * tile..8 + 2 * tile]);
+        ids.extend(std::iter::repeat_n(image_token, cfg.tokens_per_tile()));
+    }
+    ids.extend_from_slice(&text[20..52]);
+    let five = pixels(5);
+    let prefill = || -> Result<f64> {
+        let mut session = model.session(ids.len())?.with_vision(Some(&vision));
+        let t = std::time::Instant::now();
+        let mut rec = Recorder::new(&dev);
+        let h = session.forward_with(&mut rec, &ids, Some(&five))?;
+        let _ = model.decoder.logits(&mut rec, &h, ids.len() - 1..ids.len())?;
+        rec.submit()?.wait()?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    prefill()?;
+    let s = prefill()?.min(prefill()?);
+    emit(
+        "prefill 1 image (5 tiles) + 32".into(),
+        json!({"ms": s * 1e3, "tokens": ids.len(), "tiles": 5, "tokens_per_s": ids.len() as f64 / s}),
+        format!(
+            "{:>9.1} ms for {} tokens ({} image tokens) incl. encoding 5 tiles",
+            s * 1e3,
+            ids.len(),
+            5 * cfg.tokens_per_tile()
+        ),
+    );
     Ok(())
 }
