@@ -200,3 +200,166 @@ fn tiny_idefics3_models_match_transformers_stage_by_stage() {
         }
     }
 }
+
+/// A copy of a fixture model directory under the system temp directory, to break.
+fn scratch_copy(name: &str, tag: &str) -> PathBuf {
+    let src = fixtures().join("idefics3").join(name);
+    let dst = std::env::temp_dir().join(format!("flint-bad-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dst);
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    dst
+}
+
+fn load_err(dir: &Path) -> String {
+    let dev = &devices()[0];
+    flint_runtime::model::Model::load(dev, dir).err().expect("the model must be refused").to_string()
+}
+
+fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let p = dir.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn bad_model_directories_are_refused_naming_the_file_and_field() {
+    // A missing field.
+    let d = scratch_copy("tiny-a", "missing");
+    edit_config(&d, |v| {
+        v["vision_config"].as_object_mut().unwrap().remove("hidden_size");
+    });
+    let e = load_err(&d);
+    assert!(e.contains("config.json") && e.contains("vision_config.hidden_size") && e.contains("missing"), "{e}");
+    // Contradictory fields: heads that do not divide the width.
+    edit_config(&d, |v| {
+        v["vision_config"]["hidden_size"] = 32.into();
+        v["vision_config"]["num_attention_heads"] = 5.into();
+    });
+    let e = load_err(&d);
+    assert!(e.contains("config.json") && e.contains("5 heads do not divide hidden_size 32"), "{e}");
+    // A field of the wrong type.
+    edit_config(&d, |v| {
+        v["vision_config"]["num_attention_heads"] = "four".into();
+    });
+    let e = load_err(&d);
+    assert!(e.contains("vision_config.num_attention_heads") && e.contains("not a non-negative integer"), "{e}");
+    // A config that disagrees with the weights: the tensor and both shapes are named.
+    edit_config(&d, |v| {
+        v["vision_config"]["num_attention_heads"] = 4.into();
+        v["text_config"]["intermediate_size"] = 96.into();
+    });
+    let e = load_err(&d);
+    assert!(e.contains("model.safetensors") && e.contains("mlp.gate_proj.weight") && e.contains("[128, 64]"), "{e}");
+    // An architecture flint does not run.
+    edit_config(&d, |v| v["model_type"] = "mllama".into());
+    let e = load_err(&d);
+    assert!(e.contains("model_type") && e.contains("mllama"), "{e}");
+    std::fs::remove_dir_all(&d).unwrap();
+
+    // Weights: truncated, and a tensor of an integer dtype.
+    let d = scratch_copy("tiny-a", "weights");
+    let w = d.join("model.safetensors");
+    let bytes = std::fs::read(&w).unwrap();
+    std::fs::write(&w, &bytes[..bytes.len() - 100]).unwrap();
+    let e = load_err(&d);
+    assert!(e.contains("model.safetensors") && e.contains("bad safetensors"), "{e}");
+    let mut tensors = std::collections::HashMap::new();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    let ints = vec![0u8; 32 * 4];
+    for n in &names {
+        let t = st.tensor(n).unwrap();
+        if n == "model.vision_model.post_layernorm.weight" {
+            tensors.insert(
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::I32, vec![32], &ints).unwrap(),
+            );
+        } else {
+            tensors.insert(n.clone(), t);
+        }
+    }
+    safetensors::serialize_to_file(tensors, None, &w).unwrap();
+    let e = load_err(&d);
+    assert!(e.contains("post_layernorm.weight") && e.contains("I32"), "{e}");
+    // No weights at all.
+    std::fs::remove_file(&w).unwrap();
+    let e = load_err(&d);
+    assert!(e.contains("neither model.safetensors"), "{e}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn bad_images_are_refused_naming_the_file() {
+    let dir = std::env::temp_dir().join(format!("flint-bad-images-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Not an image.
+    let p = dir.join("notes.png");
+    std::fs::write(&p, b"these are not pixels").unwrap();
+    let e = image::load(&p).unwrap_err().to_string();
+    assert!(e.contains("notes.png") && e.contains("not a readable image"), "{e}");
+    // A PNG whose header claims 100000 x 100000 pixels: refused before anything is decoded.
+    let chunk = |kind: &[u8], body: &[u8]| -> Vec<u8> {
+        let mut c = 0xffff_ffffu32;
+        for &b in kind.iter().chain(body) {
+            c ^= u32::from(b);
+            for _ in 0..8 {
+                c = if c & 1 != 0 { (c >> 1) ^ 0xedb8_8320 } else { c >> 1 };
+            }
+        }
+        let mut out = (body.len() as u32).to_be_bytes().to_vec();
+        out.extend(kind);
+        out.extend(body);
+        out.extend((!c).to_be_bytes());
+        out
+    };
+    let mut ihdr = Vec::new();
+    ihdr.extend(100_000u32.to_be_bytes());
+    ihdr.extend(100_000u32.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(chunk(b"IHDR", &ihdr));
+    png.extend(chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00]));
+    png.extend(chunk(b"IEND", &[]));
+    let p = dir.join("huge.png");
+    std::fs::write(&p, &png).unwrap();
+    let e = image::load(&p).unwrap_err().to_string();
+    assert!(e.contains("huge.png") && e.contains("100000x100000") && e.contains("limit"), "{e}");
+    // A truncated PNG: the header is fine, the pixels are missing.
+    let good = std::fs::read(fixtures().join("images").join("photo.png")).unwrap();
+    let p = dir.join("cut.png");
+    std::fs::write(&p, &good[..good.len() / 2]).unwrap();
+    let e = image::load(&p).unwrap_err().to_string();
+    assert!(e.contains("cut.png") && e.contains("does not decode"), "{e}");
+    // A file that is not there.
+    assert!(image::load(&dir.join("missing.png")).unwrap_err().to_string().contains("missing.png"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn prompts_and_pixels_that_disagree_are_refused() {
+    use flint_runtime::model::{Model, Pixels};
+    let dev = &devices()[0];
+    let model = Model::load(dev, fixtures().join("idefics3").join("tiny-a")).unwrap();
+    let img = image::load(&fixtures().join("idefics3").join("tiny-a.image0.png")).unwrap();
+    let e = model.multimodal_prompt("<image> and <image>", &[img.clone()], false).unwrap_err().to_string();
+    assert!(e.contains("2 <image> placeholders for 1 images"), "{e}");
+    let (ids, pixels) = model.multimodal_prompt("Look:", &[img], false).unwrap();
+    let pixels = pixels.unwrap();
+    let fewer = Pixels {
+        images: pixels.images - 1,
+        data: pixels.data[..(pixels.images - 1) * 3 * 32 * 32].to_vec(),
+        ..pixels.clone()
+    };
+    let e = model.logits_with(&ids, Some(&fewer)).unwrap_err().to_string();
+    assert!(e.contains("image tokens") && e.contains("make 16"), "{e}");
+    let e = model.logits_with(&ids, None).unwrap_err().to_string();
+    assert!(e.contains("no images were given"), "{e}");
+    let big = Pixels { side: 64, data: vec![0.0; pixels.images * 3 * 64 * 64], ..pixels };
+    let e = model.logits_with(&ids, Some(&big)).unwrap_err().to_string();
+    assert!(e.contains("image tokens"), "{e}");
+}
