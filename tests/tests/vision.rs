@@ -216,7 +216,7 @@ fn scratch_copy(name: &str, tag: &str) -> PathBuf {
 
 fn load_err(dir: &Path) -> String {
     let dev = &devices()[0];
-    flint_runtime::model::Model::load(dev, dir).err().expect("the model must be refused").to_string()
+    flint_runtime::model::Model::load(dev, dir).expect_err("the model must be refused").to_string()
 }
 
 fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
@@ -346,7 +346,7 @@ fn prompts_and_pixels_that_disagree_are_refused() {
     let dev = &devices()[0];
     let model = Model::load(dev, fixtures().join("idefics3").join("tiny-a")).unwrap();
     let img = image::load(&fixtures().join("idefics3").join("tiny-a.image0.png")).unwrap();
-    let e = model.multimodal_prompt("<image> and <image>", &[img.clone()], false).unwrap_err().to_string();
+    let e = model.multimodal_prompt("<image> and <image>", std::slice::from_ref(&img), false).unwrap_err().to_string();
     assert!(e.contains("2 <image> placeholders for 1 images"), "{e}");
     let (ids, pixels) = model.multimodal_prompt("Look:", &[img], false).unwrap();
     let pixels = pixels.unwrap();
