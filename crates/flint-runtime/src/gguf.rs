@@ -168,10 +168,26 @@ impl TensorInfo {
     }
 }
 
+/// The bytes of a GGUF image: a memory map of the file, or a buffer.
+enum Bytes {
+    Map(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Map(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
 /// A GGUF file: its metadata and tensor table over a memory map of the file.
 pub struct Gguf {
     path: PathBuf,
-    map: memmap2::Mmap,
+    map: Bytes,
     /// Format version (2 or 3).
     pub version: u32,
     /// Metadata by key.
@@ -290,10 +306,17 @@ impl Gguf {
         // SAFETY: the map is read-only and flint never writes the file; a concurrent writer would
         // be the user's doing, and every read below is bounds-checked against the map's length.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(format!("cannot map: {e}")))?;
-        Self::parse(path.clone(), map).map_err(err)
+        Self::parse(path.clone(), Bytes::Map(map)).map_err(err)
     }
 
-    fn parse(path: PathBuf, map: memmap2::Mmap) -> Result<Gguf, String> {
+    /// Parse a GGUF image held in memory; `name` stands for the file in errors (the fuzz target
+    /// and tests use this).
+    pub fn from_bytes(name: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<Gguf, GgufError> {
+        let path = name.into();
+        Self::parse(path.clone(), Bytes::Owned(bytes)).map_err(|message| GgufError { path, message })
+    }
+
+    fn parse(path: PathBuf, map: Bytes) -> Result<Gguf, String> {
         let mut c = Cursor { data: &map, pos: 0 };
         let magic = c.take(4, &|| "magic".into())?;
         if magic != MAGIC {
