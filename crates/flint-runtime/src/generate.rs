@@ -143,15 +143,26 @@ impl<'m> Session<'m> {
     /// Run `ids` and sample one token from the logits after the last of them.
     fn step(&mut self, ids: &[u32], pixels: Option<&Pixels>, opts: &SamplingOptions) -> Result<(u32, f32)> {
         let dev = self.model.device().clone();
+        let t0 = Instant::now();
         let mut rec = Recorder::new(&dev);
         let h = self.forward_with(&mut rec, ids, pixels)?;
         let logits = self.model.logits(&mut rec, &h, ids.len() - 1..ids.len())?;
         let rng = dev.upload_u32("sample rng", &[opts.seed, self.step], &[1, 2])?;
         let out = dev.empty("sample out", &[1, 2], DType::F32)?;
         flint_kernels::sample::sample(&dev, &mut rec, &opts.params(1, self.model.cfg.vocab), &logits, &rng, &out)?;
-        rec.submit()?.wait()?;
+        let recorded = t0.elapsed();
+        let submission = rec.submit()?;
+        let submitted = t0.elapsed();
+        submission.wait()?;
         self.step += 1;
         let r = dev.read_f32(&out)?;
+        tracing::debug!(
+            tokens = ids.len(),
+            record_ms = recorded.as_secs_f64() * 1e3,
+            encode_submit_ms = (submitted - recorded).as_secs_f64() * 1e3,
+            run_and_read_ms = (t0.elapsed() - submitted).as_secs_f64() * 1e3,
+            "step"
+        );
         Ok((r[0] as u32, r[1]))
     }
 
