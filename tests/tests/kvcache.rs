@@ -171,3 +171,45 @@ fn merge_reports_the_combined_log_sum_exp() {
     }
     assert!((dev.read_f32(&lse_out).unwrap()[0] - 4f32.ln()).abs() < 1e-6);
 }
+
+#[test]
+fn truncating_a_fork_releases_its_pages_and_never_writes_shared_ones() {
+    let dev = device();
+    let mut pool = KvPool::new(&dev, 2, 8, PAGE, 1, ROW, DType::F32).unwrap();
+    let a = pool.create();
+    write(&dev, &mut pool, a, 9, 100.0);
+    let b = pool.fork(a).unwrap();
+    let shared = read(&dev, &pool, b).0;
+    // a goes back to 5 tokens: its third page (9 tokens take 3) is released, the second stays
+    // shared and partly filled, so a's next token must land in a copy of it.
+    pool.truncate(a, 5).unwrap();
+    assert_eq!(pool.pages(a).unwrap().len(), 2);
+    assert_eq!(pool.page_refs(pool.pages(b).unwrap()[2]), 1, "the released page is b's alone");
+    write(&dev, &mut pool, a, 1, 500.0);
+    assert_eq!(read(&dev, &pool, b).0, shared, "b is untouched");
+    assert_eq!(read(&dev, &pool, a).0[5], 505.0);
+    assert_ne!(pool.pages(a).unwrap()[1], pool.pages(b).unwrap()[1]);
+    // Back to a page boundary: the next token takes a fresh page instead of writing b's.
+    pool.truncate(a, 4).unwrap();
+    write(&dev, &mut pool, a, 1, 600.0);
+    assert_eq!(read(&dev, &pool, b).0, shared, "b is still untouched");
+    pool.free(a).unwrap();
+    pool.free(b).unwrap();
+    assert_eq!(pool.used_pages(), 0);
+}
+
+#[test]
+fn a_checkpoint_undoes_appends_and_forks() {
+    let dev = device();
+    let mut pool = KvPool::new(&dev, 1, 8, PAGE, 1, ROW, DType::F32).unwrap();
+    let a = pool.create();
+    let mut rec = Recorder::new(&dev);
+    pool.append(&mut rec, a, 6).unwrap();
+    let saved = pool.checkpoint();
+    let b = pool.fork(a).unwrap();
+    pool.append(&mut rec, b, 3).unwrap();
+    pool.append(&mut rec, a, 7).unwrap();
+    pool.restore(saved);
+    assert_eq!((pool.len(a).unwrap(), pool.used_pages()), (6, 2));
+    assert!(pool.len(b).is_err(), "the fork is undone");
+}

@@ -32,7 +32,7 @@ fn preprocessing_matches_the_processor_pixel_for_pixel() {
             (img.width as u64, img.height as u64),
             (want["width"].as_u64().unwrap(), want["height"].as_u64().unwrap())
         );
-        let got = proc.process(&img);
+        let got = proc.process(&img).unwrap();
         assert_eq!(
             (got.tiles as u64, got.rows as u64, got.cols as u64),
             (want["tiles"].as_u64().unwrap(), want["rows"].as_u64().unwrap(), want["cols"].as_u64().unwrap()),

@@ -247,7 +247,7 @@ impl<'m> Engine<'m> {
     fn pages_for(&self, req: &Request) -> usize {
         let ps = self.opts.page_size;
         let p = req.prompt.len();
-        let end = (p + req.sampling.max_tokens).min(self.model.cfg.context);
+        let end = p.saturating_add(req.sampling.max_tokens).min(self.model.cfg.context);
         let own = end.div_ceil(ps) - p / ps;
         end.div_ceil(ps) + req.branches.saturating_sub(1) * own
     }
@@ -411,6 +411,8 @@ impl<'m> Engine<'m> {
                         first_token: Instant::now(),
                         branches: Vec::new(),
                     };
+                    let mut first = Vec::new();
+                    let mut failed = None;
                     for (b, (seq, token, logprob)) in branches.into_iter().enumerate() {
                         let mut br = Branch {
                             seq,
@@ -421,20 +423,24 @@ impl<'m> Engine<'m> {
                             logprobs: Vec::new(),
                             stop: None,
                         };
-                        accept(
-                            &self.pool,
-                            self.model.cfg.context,
-                            &a.sampling,
-                            a.id,
-                            b,
-                            &mut br,
-                            token,
-                            logprob,
-                            events,
-                        )?;
+                        let context = self.model.cfg.context;
+                        if let Err(e) =
+                            accept(&self.pool, context, &a.sampling, a.id, b, &mut br, token, logprob, &mut first)
+                        {
+                            failed = Some(e);
+                        }
                         a.branches.push(br);
                     }
-                    self.active.push(a);
+                    match failed {
+                        None => {
+                            events.extend(first);
+                            self.active.push(a);
+                        }
+                        Some(e) => {
+                            self.release(&a)?;
+                            events.push(Event::Failed { request: a.id, error: e.to_string() });
+                        }
+                    }
                 }
                 Err(e) => {
                     self.reserved_pages -= w.pages;
@@ -483,7 +489,15 @@ impl<'m> Engine<'m> {
         };
         let mut out = vec![(seq, drawn[0].0, drawn[0].1)];
         for &(token, logprob) in &drawn[1..] {
-            out.push((self.pool.fork(seq)?, token, logprob));
+            match self.pool.fork(seq) {
+                Ok(f) => out.push((f, token, logprob)),
+                Err(e) => {
+                    for (s, _, _) in out {
+                        self.pool.free(s)?;
+                    }
+                    return Err(e.into());
+                }
+            }
         }
         Ok(out)
     }

@@ -32,6 +32,29 @@ pub struct Rgb {
     pub data: Vec<u8>,
 }
 
+impl Rgb {
+    /// An image of `width x height` from its RGB bytes, checked.
+    pub fn new(width: usize, height: usize, data: Vec<u8>) -> Result<Rgb> {
+        let img = Rgb { width, height, data };
+        img.check()?;
+        Ok(img)
+    }
+
+    fn check(&self) -> Result<()> {
+        let n = self.width.checked_mul(self.height).and_then(|p| p.checked_mul(3));
+        if self.width == 0 || self.height == 0 || n != Some(self.data.len()) {
+            return Err(RuntimeError::Request(format!(
+                "a {}x{} RGB image needs {} bytes, it has {}",
+                self.width,
+                self.height,
+                n.map_or("too many".into(), |n| n.to_string()),
+                self.data.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Decode an image file (PNG, JPEG, GIF, WebP, BMP) to RGB, refusing empty images and images
 /// over [`MAX_PIXELS`].
 pub fn load(path: &Path) -> Result<Rgb> {
@@ -108,7 +131,15 @@ fn clip8(v: i32) -> u8 {
 }
 
 /// Resize with PIL's Lanczos filter on 8-bit channels (see the module docs).
-pub fn resize(img: &Rgb, width: usize, height: usize) -> Rgb {
+pub fn resize(img: &Rgb, width: usize, height: usize) -> Result<Rgb> {
+    img.check()?;
+    if width == 0 || height == 0 || width.checked_mul(height).is_none_or(|p| p as u64 > 4 * MAX_PIXELS) {
+        return Err(RuntimeError::Request(format!("cannot resize to {width}x{height}")));
+    }
+    Ok(resize_checked(img, width, height))
+}
+
+fn resize_checked(img: &Rgb, width: usize, height: usize) -> Rgb {
     let mut cur = img.clone();
     if width != cur.width {
         let coeffs = coefficients(cur.width, width);
@@ -294,7 +325,12 @@ fn longest_edge_size(height: usize, width: usize, max_len: usize) -> (usize, usi
 
 impl ImageProcessor {
     /// Process one image as the processor does.
-    pub fn process(&self, img: &Rgb) -> Processed {
+    pub fn process(&self, img: &Rgb) -> Result<Processed> {
+        img.check()?;
+        if self.tile == 0 {
+            return Err(RuntimeError::Request("the processor's tile size is 0".into()));
+        }
+        let resize = |img: &Rgb, w: usize, h: usize| resize_checked(img, w, h);
         let t = self.tile;
         let mut img = img.clone();
         if self.resize {
@@ -342,7 +378,7 @@ impl ImageProcessor {
                 }
             }
         }
-        Processed { tiles: tiles_rgb.len(), pixels, rows, cols, tiles_rgb }
+        Ok(Processed { tiles: tiles_rgb.len(), pixels, rows, cols, tiles_rgb })
     }
 }
 
@@ -400,10 +436,30 @@ mod tests {
     #[test]
     fn resizing_to_the_same_size_is_the_identity_and_constant_images_stay_constant() {
         let img = Rgb { width: 5, height: 3, data: (0..45).map(|i| (i * 5) as u8).collect() };
-        assert_eq!(resize(&img, 5, 3), img);
+        assert_eq!(resize(&img, 5, 3).unwrap(), img);
         let flat = Rgb { width: 7, height: 9, data: vec![200; 7 * 9 * 3] };
-        let r = resize(&flat, 3, 20);
+        let r = resize(&flat, 3, 20).unwrap();
         assert!(r.data.iter().all(|&v| v == 200), "{:?}", r.data);
+    }
+
+    #[test]
+    fn malformed_images_are_errors() {
+        assert!(Rgb::new(2, 2, vec![0; 11]).is_err());
+        assert!(Rgb::new(0, 2, vec![]).is_err());
+        let bad = Rgb { width: 10, height: 10, data: vec![] };
+        assert!(resize(&bad, 5, 5).is_err());
+        let p = ImageProcessor {
+            longest_edge: 64,
+            tile: 32,
+            split: true,
+            resize: true,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+            rescale: 1.0 / 255.0,
+            image_seq_len: 4,
+        };
+        assert!(p.process(&bad).unwrap_err().to_string().contains("needs 300 bytes"));
+        assert!(resize(&Rgb::new(1, 1, vec![0; 3]).unwrap(), 0, 5).is_err());
     }
 
     #[test]

@@ -18,6 +18,14 @@ struct Seq {
     len: usize,
 }
 
+/// A copy of a [`KvPool`]'s bookkeeping (see [`KvPool::checkpoint`]).
+#[derive(Clone, Debug)]
+pub struct PoolCheckpoint {
+    free: Vec<u32>,
+    refs: Vec<u32>,
+    seqs: Vec<Option<Seq>>,
+}
+
 /// K and V pools, one `[num_pages, page_size, n_kv_heads, head_dim]` tensor of each per layer
 /// (so that a layer, not the whole cache, must fit a binding), and their bookkeeping.
 pub struct KvPool {
@@ -194,6 +202,15 @@ impl KvPool {
     /// needed; if the last page is shared and partly filled, it is copied first (recorded into
     /// `rec`) so the append cannot change the other sequences. Nothing changes on error.
     pub fn append(&mut self, rec: &mut Recorder, id: SeqId, n: usize) -> Result<std::ops::Range<usize>> {
+        let saved = self.checkpoint();
+        let r = self.append_inner(rec, id, n);
+        if r.is_err() {
+            self.restore(saved);
+        }
+        r
+    }
+
+    fn append_inner(&mut self, rec: &mut Recorder, id: SeqId, n: usize) -> Result<std::ops::Range<usize>> {
         let (len, pages) = {
             let s = self.seq(id)?;
             (s.len, s.pages.clone())
@@ -232,14 +249,37 @@ impl KvPool {
         Ok(len..len + n)
     }
 
-    /// Forget the last `n` tokens of `id` (pages stay allocated).
+    /// Keep the first `len` tokens of `id`; pages past them are released (freed when no other
+    /// sequence shares them), so a sequence always holds exactly the pages its tokens need.
     pub fn truncate(&mut self, id: SeqId, len: usize) -> Result<()> {
+        let ps = self.page_size;
         let s = self.seq_mut(id)?;
         if len > s.len {
             return Err(err(format!("cannot truncate a sequence of {} tokens to {len}", s.len)));
         }
         s.len = len;
+        let dropped = s.pages.split_off(len.div_ceil(ps));
+        for p in dropped {
+            self.refs[p as usize] -= 1;
+            if self.refs[p as usize] == 0 {
+                self.free.push(p);
+            }
+        }
         Ok(())
+    }
+
+    /// The pool's bookkeeping (free list, page counts, sequences), to put back with
+    /// [`KvPool::restore`] when work recorded after it is abandoned. Page contents are not part
+    /// of it: they change only when a recording is submitted.
+    pub fn checkpoint(&self) -> PoolCheckpoint {
+        PoolCheckpoint { free: self.free.clone(), refs: self.refs.clone(), seqs: self.seqs.clone() }
+    }
+
+    /// Put back the bookkeeping of `c` (taken from this pool).
+    pub fn restore(&mut self, c: PoolCheckpoint) {
+        self.free = c.free;
+        self.refs = c.refs;
+        self.seqs = c.seqs;
     }
 
     /// The page table of `ids` (row i is `ids[i]`).

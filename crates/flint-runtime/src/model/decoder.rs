@@ -183,7 +183,17 @@ impl Decoder {
     /// Record the layers over `t` new tokens of `seq` whose inputs are `x` `[t, hidden]` (updated
     /// in place as the residual stream); their K/V join the sequence's cache. Returns the
     /// final-normed hidden states `[t, hidden]`.
+    /// On error the pool is as it was (drop `rec`: it may hold page copies for nothing).
     pub fn forward(&self, rec: &mut Recorder, pool: &mut KvPool, seq: SeqId, x: &Tensor, t: usize) -> Result<Tensor> {
+        let saved = pool.checkpoint();
+        let r = self.forward_inner(rec, pool, seq, x, t);
+        if r.is_err() {
+            pool.restore(saved);
+        }
+        r
+    }
+
+    fn forward_inner(&self, rec: &mut Recorder, pool: &mut KvPool, seq: SeqId, x: &Tensor, t: usize) -> Result<Tensor> {
         let cfg = &self.cfg;
         if t == 0 {
             return Err(RuntimeError::Request("no tokens to run".into()));
@@ -212,8 +222,18 @@ impl Decoder {
     /// next token of `seqs[i]` (updated in place as the residual stream); each token's K/V joins
     /// its sequence's cache. Sequences that share full pages (forks of one prompt) attend to
     /// those pages in one cascade pass when they sit in consecutive rows. Returns the
-    /// final-normed hidden states `[seqs.len(), hidden]`. On error no sequence has grown.
+    /// final-normed hidden states `[seqs.len(), hidden]`. On error the pool is as it was (no
+    /// sequence has grown; drop `rec`).
     pub fn decode(&self, rec: &mut Recorder, pool: &mut KvPool, seqs: &[SeqId], x: &Tensor) -> Result<Tensor> {
+        let saved = pool.checkpoint();
+        let r = self.decode_inner(rec, pool, seqs, x);
+        if r.is_err() {
+            pool.restore(saved);
+        }
+        r
+    }
+
+    fn decode_inner(&self, rec: &mut Recorder, pool: &mut KvPool, seqs: &[SeqId], x: &Tensor) -> Result<Tensor> {
         let b = seqs.len();
         if b == 0 {
             return Err(RuntimeError::Request("no sequences to decode".into()));
@@ -233,13 +253,8 @@ impl Decoder {
             }
             lens.push(len);
         }
-        for (i, &s) in seqs.iter().enumerate() {
-            if let Err(e) = pool.append(rec, s, 1) {
-                for (&done, &len) in seqs[..i].iter().zip(&lens) {
-                    pool.truncate(done, len)?;
-                }
-                return Err(e.into());
-            }
+        for &s in seqs {
+            pool.append(rec, s, 1)?;
         }
         let pos: Vec<u32> = lens.iter().map(|&p| p as u32).collect();
         let specs: Vec<SeqSpec> = lens.iter().map(|&p| SeqSpec { kv_len: p + 1, q_pos0: p }).collect();

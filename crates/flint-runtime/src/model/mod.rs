@@ -49,7 +49,12 @@ impl Vision {
     /// Record the encoder and connector over `pixels`: `[images * tokens, text hidden]`.
     pub fn embed(&self, rec: &mut Recorder, pixels: &Pixels) -> Result<Tensor> {
         let c = &self.tower.cfg;
-        if pixels.data.len() != pixels.images * c.channels * pixels.side * pixels.side || pixels.images == 0 {
+        let want = pixels
+            .images
+            .checked_mul(c.channels)
+            .and_then(|n| n.checked_mul(pixels.side))
+            .and_then(|n| n.checked_mul(pixels.side));
+        if want != Some(pixels.data.len()) || pixels.images == 0 {
             return Err(RuntimeError::Request(format!(
                 "{} pixel values for {} images of {}x{}x{}",
                 pixels.data.len(),
@@ -72,8 +77,8 @@ impl Vision {
 
     /// Image tokens `pixels` become.
     pub fn tokens_for(&self, pixels: &Pixels) -> usize {
-        let side = pixels.side / self.tower.cfg.patch.max(1);
-        pixels.images * (side / self.tower.cfg.scale_factor.max(1)).pow(2)
+        let side = pixels.side / self.tower.cfg.patch.max(1) / self.tower.cfg.scale_factor.max(1);
+        side.checked_mul(side).and_then(|t| t.checked_mul(pixels.images)).unwrap_or(usize::MAX)
     }
 }
 
@@ -281,7 +286,7 @@ impl Model {
         let vision = self.vision.as_ref().ok_or_else(|| {
             RuntimeError::Request(format!("{} is a text-only model; it cannot take images", self.path.display()))
         })?;
-        let processed: Vec<_> = p.images.iter().map(|im| vision.processor.process(im)).collect();
+        let processed = p.images.iter().map(|im| vision.processor.process(im)).collect::<Result<Vec<_>>>()?;
         let grid: Vec<(usize, usize)> = processed.iter().map(|p| (p.rows, p.cols)).collect();
         let text = crate::image::expand_prompt(&text, &grid, vision.processor.image_seq_len)?;
         let ids = self.tokenizer.encode(&text, !templated)?;
