@@ -176,6 +176,7 @@ fn bad_requests_are_refused_while_others_carry_on() {
     assert!(refused(Request { branches: 0, ..Request::new(prompt.clone(), greedy(3)) }).contains("0 branches"));
     assert!(refused(Request { branches: 5, ..Request::new(prompt.clone(), greedy(3)) }).contains("batch of 4"));
     assert!(refused(Request::new(prompt.clone(), greedy(1000))).contains("KV pages"));
+    assert!(refused(Request::new(prompt.clone(), greedy(usize::MAX))).contains("KV pages"));
     assert!(refused(Request::new(vec![], greedy(3))).contains("no tokens"));
     assert!(refused(Request::new(vec![1; 9000], greedy(3))).contains("context"));
     assert!(refused(Request::new(vec![1, 99_999], greedy(3))).contains("vocabulary"));
