@@ -16,27 +16,49 @@ struct Uniform {
     pad: u32,
 }
 
-fn key(kind: NormKind, dtype: DType) -> flint_gpu::PipelineKey {
+/// Subgroup sizes the one-subgroup variants are built for (lavapipe's 8, NVIDIA's 32).
+const SG_SIZES: [u32; 2] = [8, 32];
+
+/// One workgroup per row: of the adapter's fixed subgroup size, reducing with subgroup
+/// operations, where there is one (on lavapipe 10x faster than the 256-lane tree, whose barriers
+/// are switches between invocations); else 256 lanes reducing through workgroup memory.
+fn reduce_with(dev: &Device) -> Option<u32> {
+    let c = dev.caps();
+    (c.subgroups && c.subgroup_min_size == c.subgroup_max_size && SG_SIZES.contains(&c.subgroup_min_size))
+        .then_some(c.subgroup_min_size)
+}
+
+fn with_reduce(key: flint_gpu::PipelineKey, sg: Option<u32>) -> flint_gpu::PipelineKey {
+    match sg {
+        Some(sg) => key.define("WG", sg).flag("SG_REDUCE", true),
+        None => key,
+    }
+}
+
+fn key(kind: NormKind, dtype: DType, sg: Option<u32>) -> flint_gpu::PipelineKey {
     let code = match kind {
         NormKind::Rms => 0,
         NormKind::RmsUnitOffset => 1,
         NormKind::Layer => 2,
     };
-    typed_key("norm.wgsl", "main", WG, &[("T", dtype)]).define("KIND", code)
+    with_reduce(typed_key("norm.wgsl", "main", WG, &[("T", dtype)]).define("KIND", code), sg)
 }
 
 /// Every norm variant.
 pub fn variants() -> Vec<Variant> {
-    [NormKind::Rms, NormKind::RmsUnitOffset, NormKind::Layer]
-        .iter()
-        .flat_map(|&k| {
-            [DType::F32, DType::F16].map(|dt| Variant {
-                name: format!("norm/{} {dt}", k.name()),
-                key: key(k, dt),
-                needs: needs_for(&[dt], false),
-            })
-        })
-        .collect()
+    let mut v = Vec::new();
+    for k in [NormKind::Rms, NormKind::RmsUnitOffset, NormKind::Layer] {
+        for dt in [DType::F32, DType::F16] {
+            for sg in std::iter::once(None).chain(SG_SIZES.map(Some)) {
+                v.push(Variant {
+                    name: format!("norm/{} {dt}{}", k.name(), sg.map_or(String::new(), |s| format!(" sg{s}"))),
+                    key: key(k, dt, sg),
+                    needs: needs_for(&[dt], sg.is_some()),
+                });
+            }
+        }
+    }
+    v
 }
 
 /// Record a row normalisation of `x` into `out` with `weight` (and `bias` for LayerNorm).
@@ -64,29 +86,38 @@ pub fn norm(
         (_, None) => {}
     }
     require(dev, needs_for(&[dt], false), op)?;
-    let kernel = dev.kernel(registry(), &key(p.kind, dt))?;
+    let kernel = dev.kernel(registry(), &key(p.kind, dt, reduce_with(dev)))?;
     let uniform = Uniform { rows: u32_of(p.rows), dim: u32_of(p.dim), eps: p.eps, pad: 0 };
     let tensors: Vec<&Tensor> = [Some(x), Some(weight), bias, Some(out)].into_iter().flatten().collect();
     rec.dispatch(&format!("{op} {}x{}", p.rows, p.dim), &kernel, &uniform, &tensors, dev.grid(u32_of(p.rows)))
 }
 
-fn add_norm_key(add: bool, post: bool) -> flint_gpu::PipelineKey {
-    typed_key("norm.wgsl", "add_norm", WG, &[("T", DType::F32)])
+fn add_norm_key(add: bool, post: bool, sg: Option<u32>) -> flint_gpu::PipelineKey {
+    let key = typed_key("norm.wgsl", "add_norm", WG, &[("T", DType::F32)])
         .flag("ADD_NORM", true)
         .flag("ADD", add)
-        .flag("POST", post)
+        .flag("POST", post);
+    with_reduce(key, sg)
 }
 
 /// The fused residual-step variants.
 pub fn add_norm_variants() -> Vec<Variant> {
-    [(false, false), (true, false), (true, true)]
-        .iter()
-        .map(|&(add, post)| Variant {
-            name: format!("norm/add_norm{}{}", if add { " add" } else { "" }, if post { " post" } else { "" }),
-            key: add_norm_key(add, post),
-            needs: needs_for(&[], false),
-        })
-        .collect()
+    let mut v = Vec::new();
+    for (add, post) in [(false, false), (true, false), (true, true)] {
+        for sg in std::iter::once(None).chain(SG_SIZES.map(Some)) {
+            v.push(Variant {
+                name: format!(
+                    "norm/add_norm{}{}{}",
+                    if add { " add" } else { "" },
+                    if post { " post" } else { "" },
+                    sg.map_or(String::new(), |s| format!(" sg{s}"))
+                ),
+                key: add_norm_key(add, post, sg),
+                needs: needs_for(&[], sg.is_some()),
+            });
+        }
+    }
+    v
 }
 
 /// Record the residual step between decoder blocks (f32): `x += y` (or `x += rmsnorm(y,
@@ -137,7 +168,7 @@ pub fn add_norm(
     }
     tensors.push((4, w));
     tensors.push((5, out));
-    let kernel = dev.kernel(registry(), &add_norm_key(p.add, p.post_norm))?;
+    let kernel = dev.kernel(registry(), &add_norm_key(p.add, p.post_norm, reduce_with(dev)))?;
     let uniform = Uniform { rows: u32_of(p.rows), dim: u32_of(p.dim), eps: p.eps, pad: 0 };
     rec.dispatch_at(&format!("add_norm {}x{}", p.rows, p.dim), &kernel, &uniform, &tensors, dev.grid(u32_of(p.rows)))
 }
