@@ -136,18 +136,7 @@ impl Case for EltCase {
     fn op(&self) -> &'static str {
         "elementwise"
     }
-    fn dtype(&self) -> String {
-        self.dt.name().into()
-    }
-    fn tier(&self) -> Tier {
-        self.tier
-    }
-    fn unsupported(&self, caps: &Caps) -> Option<String> {
-        f16_reason(caps, &[self.dt])
-    }
-    fn tolerance(&self) -> Tolerance {
-        tol_for(self.dt)
-    }
+    float_case!();
     fn flops(&self) -> f64 {
         self.p.flops()
     }
@@ -204,18 +193,7 @@ impl Case for NormCase {
     fn op(&self) -> &'static str {
         "norm"
     }
-    fn dtype(&self) -> String {
-        self.dt.name().into()
-    }
-    fn tier(&self) -> Tier {
-        self.tier
-    }
-    fn unsupported(&self, caps: &Caps) -> Option<String> {
-        f16_reason(caps, &[self.dt])
-    }
-    fn tolerance(&self) -> Tolerance {
-        tol_for(self.dt)
-    }
+    float_case!();
     fn flops(&self) -> f64 {
         self.p.flops()
     }
@@ -265,18 +243,7 @@ impl Case for SoftmaxCase {
     fn op(&self) -> &'static str {
         "softmax"
     }
-    fn dtype(&self) -> String {
-        self.dt.name().into()
-    }
-    fn tier(&self) -> Tier {
-        self.tier
-    }
-    fn unsupported(&self, caps: &Caps) -> Option<String> {
-        f16_reason(caps, &[self.dt])
-    }
-    fn tolerance(&self) -> Tolerance {
-        tol_for(self.dt)
-    }
+    float_case!();
     fn flops(&self) -> f64 {
         self.p.flops()
     }
@@ -384,18 +351,7 @@ impl Case for EmbedCase {
     fn op(&self) -> &'static str {
         "embed"
     }
-    fn dtype(&self) -> String {
-        self.dt.name().into()
-    }
-    fn tier(&self) -> Tier {
-        self.tier
-    }
-    fn unsupported(&self, caps: &Caps) -> Option<String> {
-        f16_reason(caps, &[self.dt])
-    }
-    fn tolerance(&self) -> Tolerance {
-        tol_for(self.dt)
-    }
+    float_case!();
     fn flops(&self) -> f64 {
         self.p.flops()
     }

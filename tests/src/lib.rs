@@ -9,6 +9,25 @@
 
 #![warn(missing_docs)]
 
+/// The four [`Case`] methods of a case over one float dtype (`self.dt`) in a tier
+/// (`self.tier`): its name, the tier, skipped without f16, the dtype's tolerance.
+macro_rules! float_case {
+    () => {
+        fn dtype(&self) -> String {
+            self.dt.name().into()
+        }
+        fn tier(&self) -> crate::Tier {
+            self.tier
+        }
+        fn unsupported(&self, caps: &flint_gpu::Caps) -> Option<String> {
+            crate::cases::f16_reason(caps, &[self.dt])
+        }
+        fn tolerance(&self) -> crate::Tolerance {
+            crate::cases::tol_for(self.dt)
+        }
+    };
+}
+
 mod attention_cases;
 pub mod cases;
 mod compare;

@@ -3,12 +3,11 @@
 //! Pure copies: any tolerance above zero would only hide a wrong index, but the f32 table
 //! tolerance is kept so the comparison reads the same as every other case.
 
-use flint_gpu::{Caps, DType, Device, Recorder, Tensor};
+use flint_gpu::{DType, Device, Recorder, Tensor};
 use flint_ref::ParamError;
 use flint_ref::vision::{PatchParams, ShuffleParams};
 
-use crate::cases::{f16_reason, tol_for};
-use crate::{Case, Input, Rng, Tier, Tolerance};
+use crate::{Case, Input, Rng, Tier};
 
 struct PatchCase {
     p: PatchParams,
@@ -24,18 +23,7 @@ impl Case for PatchCase {
     fn op(&self) -> &'static str {
         "vision"
     }
-    fn dtype(&self) -> String {
-        self.dt.name().into()
-    }
-    fn tier(&self) -> Tier {
-        self.tier
-    }
-    fn unsupported(&self, caps: &Caps) -> Option<String> {
-        f16_reason(caps, &[self.dt])
-    }
-    fn tolerance(&self) -> Tolerance {
-        tol_for(self.dt)
-    }
+    float_case!();
     fn flops(&self) -> f64 {
         0.0
     }
@@ -74,18 +62,7 @@ impl Case for ShuffleCase {
     fn op(&self) -> &'static str {
         "vision"
     }
-    fn dtype(&self) -> String {
-        self.dt.name().into()
-    }
-    fn tier(&self) -> Tier {
-        self.tier
-    }
-    fn unsupported(&self, caps: &Caps) -> Option<String> {
-        f16_reason(caps, &[self.dt])
-    }
-    fn tolerance(&self) -> Tolerance {
-        tol_for(self.dt)
-    }
+    float_case!();
     fn flops(&self) -> f64 {
         0.0
     }
