@@ -150,6 +150,13 @@ pub(crate) fn typed_key(shader: &str, entry: &str, wg: u32, types: &[(&str, DTyp
     key.flag("ENABLE_F16", types.iter().any(|(_, d)| *d == DType::F16))
 }
 
+/// The subgroup size when the adapter fixes one that a workgroup can be made of (4 to 64
+/// lanes): what the subgroup variants of matmul, quantized matmul, attention and the norms need.
+pub(crate) fn fixed_subgroup(caps: &Caps) -> Option<u32> {
+    (caps.subgroups && caps.subgroup_min_size == caps.subgroup_max_size && (4..=64).contains(&caps.subgroup_min_size))
+        .then_some(caps.subgroup_min_size)
+}
+
 /// Needs of a kernel over these dtypes.
 pub(crate) fn needs_for(dtypes: &[DType], subgroups: bool) -> Needs {
     Needs { f16: dtypes.contains(&DType::F16), subgroups }

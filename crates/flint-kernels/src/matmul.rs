@@ -4,7 +4,9 @@
 use flint_gpu::{Caps, DType, Device, GpuError, PipelineKey, Recorder, Result, Tensor};
 use flint_ref::matmul::MatmulParams;
 
-use crate::{FLOATS, Needs, Variant, check_tensor, needs_for, param_err, registry, require, typed_key, u32_of};
+use crate::{
+    FLOATS, Needs, Variant, check_tensor, fixed_subgroup, needs_for, param_err, registry, require, typed_key, u32_of,
+};
 
 /// How a matmul is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -60,12 +62,6 @@ struct Uniform {
     pad: u32,
 }
 
-/// The subgroup size the subgroup strategy can rely on, when the adapter fixes one.
-fn fixed_subgroup_size(caps: &Caps) -> Option<u32> {
-    (caps.subgroups && caps.subgroup_min_size == caps.subgroup_max_size && (4..=64).contains(&caps.subgroup_min_size))
-        .then_some(caps.subgroup_min_size)
-}
-
 /// Why `strategy` cannot run `p` on `caps`, or `None` when it can.
 pub fn unsupported(caps: &Caps, p: &MatmulParams, strategy: Strategy) -> Option<String> {
     match strategy {
@@ -73,7 +69,7 @@ pub fn unsupported(caps: &Caps, p: &MatmulParams, strategy: Strategy) -> Option<
         Strategy::Subgroup => {
             if !caps.subgroups {
                 Some("adapter lacks SUBGROUP".into())
-            } else if fixed_subgroup_size(caps).is_none() {
+            } else if fixed_subgroup(caps).is_none() {
                 Some(format!(
                     "subgroup size varies ({}..{}); the subgroup matmul needs a fixed size",
                     caps.subgroup_min_size, caps.subgroup_max_size
@@ -256,7 +252,7 @@ pub fn matmul_with(
     let caps = dev.caps();
     let subgroup = match strategy {
         Strategy::Tiled => 0,
-        Strategy::Subgroup => fixed_subgroup_size(caps).unwrap_or(0),
+        Strategy::Subgroup => fixed_subgroup(caps).unwrap_or(0),
         Strategy::Matvec => u32::from(caps.subgroups) * caps.subgroup_max_size.max(1),
     };
     let cfg = Config {

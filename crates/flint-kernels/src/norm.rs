@@ -3,7 +3,9 @@
 use flint_gpu::{DType, Device, GpuError, Recorder, Result, Tensor};
 use flint_ref::norm::{NormKind, NormParams};
 
-use crate::{FLOATS, Variant, check_tensor, needs_for, param_err, registry, require, typed_key, u32_of};
+use crate::{
+    FLOATS, Variant, check_tensor, fixed_subgroup, needs_for, param_err, registry, require, typed_key, u32_of,
+};
 
 const WG: u32 = 256;
 
@@ -23,9 +25,7 @@ const SG_SIZES: [u32; 2] = [8, 32];
 /// operations, where there is one (on lavapipe 10x faster than the 256-lane tree, whose barriers
 /// are switches between invocations); else 256 lanes reducing through workgroup memory.
 fn reduce_with(dev: &Device) -> Option<u32> {
-    let c = dev.caps();
-    (c.subgroups && c.subgroup_min_size == c.subgroup_max_size && SG_SIZES.contains(&c.subgroup_min_size))
-        .then_some(c.subgroup_min_size)
+    fixed_subgroup(dev.caps()).filter(|sg| SG_SIZES.contains(sg))
 }
 
 fn with_reduce(key: flint_gpu::PipelineKey, sg: Option<u32>) -> flint_gpu::PipelineKey {

@@ -2,11 +2,11 @@
 //! weights are the file's blocks, uploaded as they are; a matrix larger than one storage binding
 //! is split into parts of whole rows, each its own buffer.
 
-use flint_gpu::{Caps, DType, Device, GpuError, PipelineKey, Recorder, Result, Tensor};
+use flint_gpu::{DType, Device, GpuError, PipelineKey, Recorder, Result, Tensor};
 use flint_ref::embed::EmbedParams;
 use flint_ref::quant::{BlockFormat, QuantMatmulParams};
 
-use crate::{Variant, check_tensor, needs_for, param_err, registry, require, typed_key, u32_of};
+use crate::{Variant, check_tensor, fixed_subgroup, needs_for, param_err, registry, require, typed_key, u32_of};
 
 /// Most rows of A the matvec kernel takes; more run through `matmul_q` (or, without subgroups,
 /// the matvec kernel on chunks of this many rows).
@@ -128,11 +128,6 @@ fn fmt_code(f: BlockFormat) -> u32 {
         BlockFormat::Q4_K => 4,
         BlockFormat::Q6_K => 5,
     }
-}
-
-fn fixed_subgroup(caps: &Caps) -> Option<u32> {
-    (caps.subgroups && caps.subgroup_min_size == caps.subgroup_max_size && (4..=64).contains(&caps.subgroup_min_size))
-        .then_some(caps.subgroup_min_size)
 }
 
 fn matvec_key(f: BlockFormat, rows: u32, subgroups: bool) -> PipelineKey {

@@ -11,7 +11,9 @@ pub mod paged;
 use flint_gpu::{Caps, DType, Device, GpuError, PipelineKey, Recorder, Result, Tensor};
 use flint_ref::attention::{AttnParams, Mask, SeqSpec};
 
-use crate::{FLOATS, Needs, Variant, check_tensor, needs_for, param_err, registry, require, typed_key, u32_of};
+use crate::{
+    FLOATS, Needs, Variant, check_tensor, fixed_subgroup, needs_for, param_err, registry, require, typed_key, u32_of,
+};
 
 /// Head sizes the kernels take: multiples of 4 up to this.
 pub const MAX_HEAD_DIM: usize = 256;
@@ -118,12 +120,6 @@ pub struct AttnConfig {
     pub splits: u32,
     /// Keys per split.
     pub split_size: u32,
-}
-
-/// The subgroup size when the adapter fixes one that a workgroup can be made of.
-fn fixed_subgroup(caps: &Caps) -> Option<u32> {
-    (caps.subgroups && caps.subgroup_min_size == caps.subgroup_max_size && (4..=64).contains(&caps.subgroup_min_size))
-        .then_some(caps.subgroup_min_size)
 }
 
 /// Pick lanes per unit, rows per unit and the key split for `p` on `caps`. `splits` forces a
