@@ -358,12 +358,7 @@ impl<'m> Engine<'m> {
 
     /// The most KV bytes in use after any step so far.
     pub fn peak_kv_bytes(&self) -> usize {
-        self.peak_pages * self.page_bytes()
-    }
-
-    fn page_bytes(&self) -> usize {
-        let c = &self.model.cfg;
-        2 * c.layers * self.opts.page_size * c.kv_heads * c.head_dim * self.model.kv_dtype.size()
+        self.peak_pages * self.pool.page_bytes()
     }
 
     /// Admit what fits, run one batched decode step over every live branch, and report what

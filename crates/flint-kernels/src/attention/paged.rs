@@ -130,9 +130,14 @@ impl KvPool {
         self.num_pages - self.free.len()
     }
 
+    /// Bytes of K and V one page holds, over all layers.
+    pub fn page_bytes(&self) -> usize {
+        2 * self.layers * self.page_size * self.row * self.k[0].dtype().size()
+    }
+
     /// Bytes of K and V held by pages in use, over all layers.
     pub fn used_bytes(&self) -> usize {
-        2 * self.layers * self.used_pages() * self.page_size * self.row * self.k[0].dtype().size()
+        self.used_pages() * self.page_bytes()
     }
 
     /// How many sequences share page `page`.
@@ -202,12 +207,7 @@ impl KvPool {
     /// needed; if the last page is shared and partly filled, it is copied first (recorded into
     /// `rec`) so the append cannot change the other sequences. Nothing changes on error.
     pub fn append(&mut self, rec: &mut Recorder, id: SeqId, n: usize) -> Result<std::ops::Range<usize>> {
-        let saved = self.checkpoint();
-        let r = self.append_inner(rec, id, n);
-        if r.is_err() {
-            self.restore(saved);
-        }
-        r
+        self.atomically(|pool| pool.append_inner(rec, id, n))
     }
 
     fn append_inner(&mut self, rec: &mut Recorder, id: SeqId, n: usize) -> Result<std::ops::Range<usize>> {
@@ -280,6 +280,20 @@ impl KvPool {
         self.free = c.free;
         self.refs = c.refs;
         self.seqs = c.seqs;
+    }
+
+    /// Run `f` on the pool; if it fails, put the bookkeeping back as it was before (what `f`
+    /// recorded for the GPU must then be dropped too).
+    pub fn atomically<T, E>(
+        &mut self,
+        f: impl FnOnce(&mut KvPool) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        let saved = self.checkpoint();
+        let r = f(self);
+        if r.is_err() {
+            self.restore(saved);
+        }
+        r
     }
 
     /// The page table of `ids` (row i is `ids[i]`).

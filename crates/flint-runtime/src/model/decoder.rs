@@ -185,12 +185,7 @@ impl Decoder {
     /// final-normed hidden states `[t, hidden]`.
     /// On error the pool is as it was (drop `rec`: it may hold page copies for nothing).
     pub fn forward(&self, rec: &mut Recorder, pool: &mut KvPool, seq: SeqId, x: &Tensor, t: usize) -> Result<Tensor> {
-        let saved = pool.checkpoint();
-        let r = self.forward_inner(rec, pool, seq, x, t);
-        if r.is_err() {
-            pool.restore(saved);
-        }
-        r
+        pool.atomically(|pool| self.forward_inner(rec, pool, seq, x, t))
     }
 
     fn forward_inner(&self, rec: &mut Recorder, pool: &mut KvPool, seq: SeqId, x: &Tensor, t: usize) -> Result<Tensor> {
@@ -225,12 +220,7 @@ impl Decoder {
     /// final-normed hidden states `[seqs.len(), hidden]`. On error the pool is as it was (no
     /// sequence has grown; drop `rec`).
     pub fn decode(&self, rec: &mut Recorder, pool: &mut KvPool, seqs: &[SeqId], x: &Tensor) -> Result<Tensor> {
-        let saved = pool.checkpoint();
-        let r = self.decode_inner(rec, pool, seqs, x);
-        if r.is_err() {
-            pool.restore(saved);
-        }
-        r
+        pool.atomically(|pool| self.decode_inner(rec, pool, seqs, x))
     }
 
     fn decode_inner(&self, rec: &mut Recorder, pool: &mut KvPool, seqs: &[SeqId], x: &Tensor) -> Result<Tensor> {
