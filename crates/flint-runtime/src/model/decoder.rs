@@ -71,10 +71,15 @@ enum AttnPlan {
 /// Consecutive batch rows attended in one call.
 struct Run {
     rows: std::ops::Range<usize>,
-    /// The run's rows of the page table, their specs, and the shared prefix when there is one.
-    table: attention::PageTable,
-    specs: Vec<SeqSpec>,
-    cascade: Option<SharedPrefix>,
+    kind: RunKind,
+}
+
+/// How a run attends.
+enum RunKind {
+    /// Batched attention over the run's rows of the page table, with their specs.
+    Plain { table: attention::PageTable, specs: Vec<SeqSpec> },
+    /// Cascade attention over the pages the rows share, then each row's own.
+    Cascade(SharedPrefix),
 }
 
 /// Full pages that every row of a run shares, and what each row has after them.
@@ -299,24 +304,22 @@ impl Decoder {
         spans
             .into_iter()
             .map(|(i, j, shared)| {
-                let rows: Vec<Vec<u32>> = pages[i..j].iter().map(|p| p.to_vec()).collect();
-                let cascade = if shared > 0 {
-                    let suffixes: Vec<Vec<u32>> = rows.iter().map(|p| p[shared..].to_vec()).collect();
-                    Some(SharedPrefix {
-                        prefix: attention::PageTable::new(&self.dev, &[rows[0][..shared].to_vec()], num_pages)?,
+                let kind = if shared > 0 {
+                    let suffixes: Vec<Vec<u32>> = pages[i..j].iter().map(|p| p[shared..].to_vec()).collect();
+                    RunKind::Cascade(SharedPrefix {
+                        prefix: attention::PageTable::new(&self.dev, &[pages[i][..shared].to_vec()], num_pages)?,
                         prefix_len: shared * ps,
                         suffixes: attention::PageTable::new(&self.dev, &suffixes, num_pages)?,
                         suffix_lens: specs[i..j].iter().map(|s| s.kv_len - shared * ps).collect(),
                     })
                 } else {
-                    None
+                    let rows: Vec<Vec<u32>> = pages[i..j].iter().map(|p| p.to_vec()).collect();
+                    RunKind::Plain {
+                        table: attention::PageTable::new(&self.dev, &rows, num_pages)?,
+                        specs: specs[i..j].to_vec(),
+                    }
                 };
-                Ok(Run {
-                    rows: i..j,
-                    table: attention::PageTable::new(&self.dev, &rows, num_pages)?,
-                    specs: specs[i..j].to_vec(),
-                    cascade,
-                })
+                Ok(Run { rows: i..j, kind })
             })
             .collect()
     }
@@ -431,9 +434,9 @@ impl Decoder {
                     let n = run.rows.len();
                     let at = (run.rows.start * q_dim * 4) as u64;
                     let (qv, ov) = (q.view(at, &[n, q_dim], DType::F32)?, o.view(at, &[n, q_dim], DType::F32)?);
-                    match &run.cascade {
+                    match &run.kind {
                         // The query is each row's newest token: every key precedes it.
-                        Some(c) => attention::cascade(
+                        RunKind::Cascade(c) => attention::cascade(
                             dev,
                             rec,
                             &p(n, 1, Mask::None),
@@ -445,17 +448,9 @@ impl Decoder {
                             &c.suffix_lens,
                             &ov,
                         )?,
-                        None => attention::attention(
-                            dev,
-                            rec,
-                            &p(n, 1, mask),
-                            &run.specs,
-                            &qv,
-                            &cache,
-                            &run.table,
-                            None,
-                            &ov,
-                        )?,
+                        RunKind::Plain { table, specs } => {
+                            attention::attention(dev, rec, &p(n, 1, mask), specs, &qv, &cache, table, None, &ov)?
+                        }
                     }
                 }
             }
