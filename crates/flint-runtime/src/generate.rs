@@ -140,16 +140,30 @@ impl<'m> Session<'m> {
         self.model.forward(rec, &mut self.pool, self.seq, &x, ids.len())
     }
 
+    /// Record `ids` through the model and the draw of one token from the logits after the last
+    /// of them; returns the sampler's output (token id, log-probability as f32).
+    fn record_step(
+        &mut self,
+        rec: &mut Recorder,
+        ids: &[u32],
+        pixels: Option<&Pixels>,
+        opts: &SamplingOptions,
+    ) -> Result<Tensor> {
+        let dev = self.model.device().clone();
+        let h = self.forward_with(rec, ids, pixels)?;
+        let logits = self.model.logits(rec, &h, ids.len() - 1..ids.len())?;
+        let rng = dev.upload_u32("sample rng", &[opts.seed, self.step], &[1, 2])?;
+        let out = dev.empty("sample out", &[1, 2], DType::F32)?;
+        flint_kernels::sample::sample(&dev, rec, &opts.params(1, self.model.cfg.vocab), &logits, &rng, &out)?;
+        Ok(out)
+    }
+
     /// Run `ids` and sample one token from the logits after the last of them.
     fn step(&mut self, ids: &[u32], pixels: Option<&Pixels>, opts: &SamplingOptions) -> Result<(u32, f32)> {
         let dev = self.model.device().clone();
         let t0 = Instant::now();
         let mut rec = Recorder::new(&dev);
-        let h = self.forward_with(&mut rec, ids, pixels)?;
-        let logits = self.model.logits(&mut rec, &h, ids.len() - 1..ids.len())?;
-        let rng = dev.upload_u32("sample rng", &[opts.seed, self.step], &[1, 2])?;
-        let out = dev.empty("sample out", &[1, 2], DType::F32)?;
-        flint_kernels::sample::sample(&dev, &mut rec, &opts.params(1, self.model.cfg.vocab), &logits, &rng, &out)?;
+        let out = self.record_step(&mut rec, ids, pixels, opts)?;
         let recorded = t0.elapsed();
         let submission = rec.submit()?;
         let submitted = t0.elapsed();
@@ -169,13 +183,8 @@ impl<'m> Session<'m> {
     /// Run one more token through the model with a GPU timestamp around every dispatch and return
     /// the dispatches with their times (the token joins the cache, as in a decode step).
     pub fn profile_step(&mut self, token: u32, opts: &SamplingOptions) -> Result<Vec<flint_gpu::DispatchTime>> {
-        let dev = self.model.device().clone();
-        let mut rec = Recorder::new(&dev).timed(true);
-        let h = self.forward(&mut rec, &[token])?;
-        let logits = self.model.logits(&mut rec, &h, 0..1)?;
-        let rng = dev.upload_u32("sample rng", &[opts.seed, self.step], &[1, 2])?;
-        let out = dev.empty("sample out", &[1, 2], DType::F32)?;
-        flint_kernels::sample::sample(&dev, &mut rec, &opts.params(1, self.model.cfg.vocab), &logits, &rng, &out)?;
+        let mut rec = Recorder::new(self.model.device()).timed(true);
+        self.record_step(&mut rec, &[token], None, opts)?;
         Ok(rec.submit()?.wait()?)
     }
 
