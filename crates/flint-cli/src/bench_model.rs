@@ -11,7 +11,7 @@ use anyhow::Result;
 use flint_gpu::Recorder;
 use flint_runtime::engine::{Engine, EngineOptions, Request};
 use flint_runtime::generate::SamplingOptions;
-use flint_runtime::model::Model;
+use flint_runtime::model::{Model, Pixels, Vision};
 use serde_json::json;
 
 /// Options of `flint bench-model`.
@@ -44,12 +44,23 @@ fn filler(model: &Model, n: usize) -> Result<Vec<u32>> {
     Ok(one.iter().copied().cycle().take(n).collect())
 }
 
-fn prefill_once(model: &Model, ids: &[u32]) -> Result<f64> {
+/// The best of two runs of `run` (seconds), after one untimed run that compiles the pipelines.
+fn best_of_two(mut run: impl FnMut() -> Result<f64>) -> Result<f64> {
+    run()?;
+    Ok(run()?.min(run()?))
+}
+
+/// Seconds of one prefill of `ids` (its image tokens taking `pixels` through `vision`, when
+/// given) up to the last position's logits.
+fn prefill_once(model: &Model, ids: &[u32], vision: Option<(&Vision, &Pixels)>) -> Result<f64> {
     let dev = model.decoder.device().clone();
     let mut session = model.session(ids.len())?;
+    if let Some((v, _)) = vision {
+        session = session.with_vision(Some(v));
+    }
     let t = Instant::now();
     let mut rec = Recorder::new(&dev);
-    let h = session.forward(&mut rec, ids)?;
+    let h = session.forward_with(&mut rec, ids, vision.map(|(_, p)| p))?;
     let _ = model.decoder.logits(&mut rec, &h, ids.len() - 1..ids.len())?;
     rec.submit()?.wait()?;
     Ok(t.elapsed().as_secs_f64())
@@ -115,12 +126,7 @@ pub fn bench_model(opts: &BenchModelOpts) -> Result<()> {
     }
     for &p in &opts.prefill {
         let ids = filler(&model, p)?;
-        prefill_once(&model, &ids)?;
-        let s = (0..2)
-            .map(|_| prefill_once(&model, &ids))
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
-            .fold(f64::MAX, f64::min);
+        let s = best_of_two(|| prefill_once(&model, &ids, None))?;
         emit(
             format!("prefill {p}"),
             json!({"prompt_tokens": p, "ms": s * 1e3, "tokens_per_s": p as f64 / s}),
@@ -189,7 +195,6 @@ pub fn bench_model(opts: &BenchModelOpts) -> Result<()> {
 fn vision_rows(model: &Model, emit: &dyn Fn(String, serde_json::Value, String)) -> Result<()> {
     use flint_runtime::image::ImageProcessor;
     use flint_runtime::model::vision::{VisionConfig, VisionTower};
-    use flint_runtime::model::{Pixels, Vision};
 
     let dev = model.decoder.device().clone();
     let cfg = VisionConfig {
@@ -221,8 +226,7 @@ fn vision_rows(model: &Model, emit: &dyn Fn(String, serde_json::Value, String)) 
         rec.submit()?.wait()?;
         Ok(t.elapsed().as_secs_f64())
     };
-    encode()?;
-    let s = encode()?.min(encode()?);
+    let s = best_of_two(encode)?;
     emit(
         "vision encode 1 tile 512x512".into(),
         json!({"ms": s * 1e3, "gflops": flops / s / 1e9, "flops": flops}),
@@ -253,17 +257,7 @@ fn vision_rows(model: &Model, emit: &dyn Fn(String, serde_json::Value, String)) 
     }
     ids.extend_from_slice(&text[20..52]);
     let five = pixels(5);
-    let prefill = || -> Result<f64> {
-        let mut session = model.session(ids.len())?.with_vision(Some(&vision));
-        let t = std::time::Instant::now();
-        let mut rec = Recorder::new(&dev);
-        let h = session.forward_with(&mut rec, &ids, Some(&five))?;
-        let _ = model.decoder.logits(&mut rec, &h, ids.len() - 1..ids.len())?;
-        rec.submit()?.wait()?;
-        Ok(t.elapsed().as_secs_f64())
-    };
-    prefill()?;
-    let s = prefill()?.min(prefill()?);
+    let s = best_of_two(|| prefill_once(model, &ids, Some((&vision, &five))))?;
     emit(
         "prefill 1 image (5 tiles) + 32".into(),
         json!({"ms": s * 1e3, "tokens": ids.len(), "tiles": 5, "tokens_per_s": ids.len() as f64 / s}),
