@@ -5,11 +5,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use flint_gpu::Device;
-use std::sync::Arc;
-
 use flint_runtime::engine::{EngineOptions, Event, Request, RequestId, RequestOutput};
 use flint_runtime::generate::SamplingOptions;
 use flint_runtime::model::{Model, Pixels};

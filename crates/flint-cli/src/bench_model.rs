@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use flint_gpu::Recorder;
-use flint_runtime::engine::{Engine, EngineOptions, Request};
+use flint_runtime::engine::{EngineOptions, Request};
 use flint_runtime::generate::SamplingOptions;
 use flint_runtime::model::{Model, Pixels, Vision};
 use serde_json::json;
@@ -76,7 +76,7 @@ struct DecodeRun {
 /// Submit `requests`, step until all are live, then time `steps` steps.
 fn decode_run(model: &Model, requests: Vec<Request>, steps: usize, kv_tokens: usize) -> Result<DecodeRun> {
     let max_batch = requests.iter().map(|r| r.branches).sum::<usize>().max(1);
-    let mut engine = Engine::new(&model.decoder, EngineOptions { kv_tokens, page_size: 64, max_batch })?;
+    let mut engine = model.engine(EngineOptions { kv_tokens, page_size: 64, max_batch })?;
     for r in requests {
         engine.submit(r)?;
     }
