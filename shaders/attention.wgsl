@@ -34,7 +34,7 @@ struct Params {
     max_pages: u32,
     mask_mode: u32,
     window: u32,
-    split_size: u32,
+    splits: u32,
     split_slot: u32,
     mask_stride: u32,
     units: u32,
@@ -115,10 +115,13 @@ fn visible(kb: u32, k_end: u32, qpos: u32) -> vec4<bool> {
     return (keys < vec4<u32>(k_end)) & causal & window;
 }
 
-// The range of keys a unit reads: its split, cut to what the masks let its rows see.
+// The range of keys a unit reads: its split, cut to what the masks let its rows see. Each
+// sequence's keys split into p.splits runs of whole tiles (the last ones may be empty), so the
+// split sizes follow the lengths, which may change from one replay of a plan to the next.
 fn key_range(split: u32, kv_len: u32, q_pos0: u32, t_first: u32, t_last: u32) -> vec2<u32> {
-    var k_begin = split * p.split_size;
-    var k_end = min(k_begin + p.split_size, kv_len);
+    let split_size = ((kv_len + p.splits - 1u) / p.splits + 3u) / 4u * 4u;
+    var k_begin = split * split_size;
+    var k_end = min(k_begin + split_size, kv_len);
     if (p.mask_mode >= 1u) {
         k_end = min(k_end, q_pos0 + t_last + 1u);
     }

@@ -13,6 +13,10 @@ struct Params {
 @group(0) @binding(1) var<storage, read> table: array<T>;
 @group(0) @binding(2) var<storage, read> ids: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<T>;
+#if SLOTS
+// Token t's id is ids[slots[t]]: the decode step's ids stay where the sampler wrote them.
+@group(0) @binding(4) var<storage, read> slots: array<u32>;
+#endif
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -23,7 +27,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }
     let t = i / p.dim;
     let d = i % p.dim;
+#if SLOTS
+    let id = ids[slots[t]];
+#else
     let id = ids[t];
+#endif
     var v = 0.0;
     if (id < p.vocab) {
         v = f32(table[id * p.dim + d]) * p.scale;

@@ -1,26 +1,41 @@
-// Matmul against block-quantized weights: C[m, n] = sum_k A[m, k] W[n, k], A and C f32, W in a
-// GGUF block format (FMT: 0 q8_0, 1 q4_0, 2 q4_1, 3 q5_0, 4 q4_k, 5 q6_k) read straight from the
-// file's bytes. Every format is read as sub-blocks of 32 values dequantized in registers (8
-// vec4s); the k-quants' 256-value blocks are 8 such sub-blocks. Blocks are only 2-byte aligned in
-// some formats, so words are realigned from two loads. Every index into register arrays is a
-// literal (#for).
+// Matmul and embedding gather against block-quantized weights in flint's GPU layout:
+// C[m, n] = sum_k A[m, k] W[n, k], A and C f32, W made at load from a GGUF tensor
+// (FMT: 0 q8_0, 1 q4_0, 2 q4_1, 3 q5_0, 4 q4_k, 5 q6_k, 6 q5_k; see quant/layout.rs).
 //
-// - matvec_q (MR <= 8 rows of A): each subgroup (or, without subgroups, the workgroup) owns NR
-//   output columns; lanes stride over sub-blocks and meet in subgroupAdd. The decode path.
+// The layout keeps a GGUF block's parts apart, each row-major, in one buffer of vec4<u32>:
+// - quants: QV vec4 per block, 16-byte aligned, each 32-value sub-block's low nibbles in one
+//   vec4 (byte i: value i low, value i + 16 high; q8_0: two vec4 of bytes);
+// - meta: MB bytes per block (f16 scales; the k-quants' 16-byte scale header), rows padded to 16;
+// - aux: XB bytes per block (q5_0's high bits, q6_k's f32 scale), rows padded to 16.
+// Every load is a whole vec4; a block's meta comes from the vec4 holding it, shared by the G
+// blocks (BLOCKS_PER_VEC) it covers. Weights decode 32 values (8 vec4) at a time (sub32).
+//
+// - matvec_rows (MR <= 8 rows of A): lanes own NR whole weight rows and walk them G blocks per
+//   trip, loading each meta vec4 once; the activations come through a uniform binding where
+//   they fit (XUBO: on CPU adapters all lanes read the same address, a scalar load there). The
+//   decode path on CPU adapters.
+// - matvec_q (MR <= 8): each subgroup (or, without subgroups, the workgroup) owns NR output
+//   columns; lanes stride over 32-value sub-blocks, so neighbouring lanes read neighbouring
+//   vec4s, and meet in subgroupAdd. The decode path on GPUs.
 // - matmul_q (SUBGROUPS): lane l of a subgroup loads row m0 + l of A; subgroupBroadcast hands
 //   each row to every lane, and each lane dequantizes four weight rows, so one weight load
 //   serves SG * RB rows of A. The prefill path.
 #include "common.wgsl"
 
 // A weight matrix larger than one binding comes in parts of whole rows: this dispatch sees rows
-// n_off .. n_off + n of the whole, written to columns n_off.. of C (row stride ldc).
+// n_off .. n_off + n of the whole, written to columns n_off.. of C (row stride ldc). Region
+// offsets and row strides are in vec4s.
 struct Params {
     m: u32,
     n: u32,
     k: u32,
-    row_bytes: u32,
     ldc: u32,
     n_off: u32,
+    meta_off: u32,
+    aux_off: u32,
+    qstride: u32,
+    mstride: u32,
+    astride: u32,
     scale: f32,
     _pad: u32,
 }
@@ -28,163 +43,233 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 #if EMBED
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
+#if SLOTS
+// Token t's id is ids[slots[t]]: the decode step's ids stay where the sampler wrote them.
+@group(0) @binding(4) var<storage, read> slots: array<u32>;
+#endif
 #elif XUBO
 // A uniform binding: on CPU adapters a load every lane makes at the same address is a scalar load
-// and a broadcast there, where a storage load is a loop over the lanes. XN = MR * k / 4.
+// and a broadcast there, where a storage load is a loop over the lanes. XN = MR * k / 4, and
+// XROW = k / 4.
 @group(0) @binding(1) var<uniform> a: array<vec4<f32>, XN>;
 #else
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
 #endif
-@group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
-// The f16 at a 2-aligned byte offset of the weights.
-fn half_at(off: u32) -> f32 {
-    return unpack2x16float(w[off >> 2u] >> ((off & 2u) * 8u)).x;
-}
-
-// Eight little-endian words starting at a 2-aligned byte offset.
-fn words8(off: u32) -> array<u32, 8> {
-    let i = off >> 2u;
-    let odd = (off & 2u) != 0u;
-    let last = arrayLength(&w) - 1u;
-    var raw: array<u32, 9>;
-#for J in 0..9
-    raw[J] = w[min(i + J, last)];
-#endfor
-    var out: array<u32, 8>;
-#for J in 0..8
-    out[J] = select(raw[J], (raw[J] >> 16u) | (raw[J + 1] << 16u), odd);
-#endfor
-    return out;
-}
-
-// Four words starting at a 2-aligned byte offset.
-fn words4(off: u32) -> vec4<u32> {
-    let i = off >> 2u;
-    let last = arrayLength(&w) - 1u;
-    let r0 = w[i];
-    let r1 = w[min(i + 1u, last)];
-    let r2 = w[min(i + 2u, last)];
-    let r3 = w[min(i + 3u, last)];
-    let r4 = w[min(i + 4u, last)];
-    if ((off & 2u) == 0u) {
-        return vec4<u32>(r0, r1, r2, r3);
-    }
-    return vec4<u32>((r0 >> 16u) | (r1 << 16u), (r1 >> 16u) | (r2 << 16u), (r2 >> 16u) | (r3 << 16u), (r3 >> 16u) | (r4 << 16u));
-}
-
-// One word at a 2-aligned byte offset.
-fn word_at(off: u32) -> u32 {
-    let i = off >> 2u;
-    if ((off & 2u) == 0u) {
-        return w[i];
-    }
-    return (w[i] >> 16u) | (w[min(i + 1u, arrayLength(&w) - 1u)] << 16u);
-}
+// Per format (preprocessor values, so #for and #if see them): BE values per block, QV quant
+// vec4s per block, SUBS 32-value sub-blocks per block, MB meta and XB aux bytes per block, G blocks per trip of matvec_rows (the
+// blocks one meta vec4 and one aux vec4 both cover).
+#if FMT == 0
+#define BE 32
+#define SUBS 1
+#define QV 2
+#define MB 2
+#define XB 0
+#define G 8
+#elif FMT == 1
+#define BE 32
+#define SUBS 1
+#define QV 1
+#define MB 2
+#define XB 0
+#define G 8
+#elif FMT == 2
+#define BE 32
+#define SUBS 1
+#define QV 1
+#define MB 4
+#define XB 0
+#define G 4
+#elif FMT == 3
+#define BE 32
+#define SUBS 1
+#define QV 1
+#define MB 2
+#define XB 4
+#define G 4
+#elif FMT == 4
+#define BE 256
+#define SUBS 8
+#define QV 8
+#define MB 16
+#define XB 0
+#define G 1
+#elif FMT == 5
+#define BE 256
+#define SUBS 8
+#define QV 12
+#define MB 16
+#define XB 4
+#define G 1
+#elif FMT == 6
+#define BE 256
+#define SUBS 8
+#define QV 10
+#define MB 16
+#define XB 0
+#define G 1
+#endif
 
 const BYTE_SHIFTS: vec4<u32> = vec4<u32>(0u, 8u, 16u, 24u);
+
+// The vec4 of meta (and of aux) that holds block b's of weight row `row`.
+fn meta_vec(row: u32, b: u32) -> vec4<u32> {
+    return w[p.meta_off + row * p.mstride + (b * MB) / 16u];
+}
+
+fn aux_vec(row: u32, b: u32) -> vec4<u32> {
+#if XB > 0
+    return w[p.aux_off + row * p.astride + (b * XB) / 16u];
+#else
+    return vec4<u32>(0u);
+#endif
+}
+
+// Half `i` (0..7) of a vec4, as f32.
+fn half_of(v: vec4<u32>, i: u32) -> f32 {
+    let pair = unpack2x16float(v[i / 2u]);
+    return select(pair.x, pair.y, (i & 1u) != 0u);
+}
 
 // Four bytes of a word as signed values.
 fn i8x4(v: u32) -> vec4<f32> {
     return vec4<f32>(vec4<i32>(bitcast<i32>(v << 24u), bitcast<i32>(v << 16u), bitcast<i32>(v << 8u), bitcast<i32>(v)) >> vec4<u32>(24u));
 }
 
-// Byte `i` (dynamic) of twelve bytes held in three words.
-fn byte12(v: vec3<u32>, i: u32) -> u32 {
+// Low and high nibbles of the four bytes of a word.
+fn lo4(v: u32) -> vec4<u32> {
+    return (vec4<u32>(v) >> BYTE_SHIFTS) & vec4<u32>(15u);
+}
+
+fn hi4(v: u32) -> vec4<u32> {
+    return (vec4<u32>(v) >> (BYTE_SHIFTS + vec4<u32>(4u))) & vec4<u32>(15u);
+}
+
+// Byte `i` of a vec4 (0..15).
+fn byte16(v: vec4<u32>, i: u32) -> u32 {
     return (v[i / 4u] >> (8u * (i % 4u))) & 0xffu;
 }
 
-// Sub-block `sb` (values 32 sb .. 32 sb + 31) of weight row `row`, dequantized.
-fn dequant(row: u32, sb: u32) -> array<vec4<f32>, 8> {
-    var out: array<vec4<f32>, 8>;
-#if FMT == 0
-    let b0 = row * p.row_bytes + sb * 34u;
-    let d = half_at(b0);
-    let q = words8(b0 + 2u);
-#for J in 0..8
-    out[J] = i8x4(q[J]) * d;
-#endfor
-#elif FMT == 1 || FMT == 2
-#if FMT == 1
-    let b0 = row * p.row_bytes + sb * 18u;
-    let d = half_at(b0);
-    let mn = -8.0 * d;
-    let q = words4(b0 + 2u);
-#else
-    let b0 = row * p.row_bytes + sb * 20u;
-    let dm = unpack2x16float(w[b0 >> 2u]);
-    let d = dm.x;
-    let mn = dm.y;
-    let q = vec4<u32>(w[(b0 >> 2u) + 1u], w[(b0 >> 2u) + 2u], w[(b0 >> 2u) + 3u], w[(b0 >> 2u) + 4u]);
-#endif
-#for J in 0..4
-    out[J] = vec4<f32>((vec4<u32>(q[J]) >> BYTE_SHIFTS) & vec4<u32>(15u)) * d + mn;
-    out[J + 4] = vec4<f32>((vec4<u32>(q[J]) >> (BYTE_SHIFTS + 4u)) & vec4<u32>(15u)) * d + mn;
-#endfor
-#elif FMT == 3
-    let b0 = row * p.row_bytes + sb * 22u;
-    let d = half_at(b0);
-    let qh = word_at(b0 + 2u);
-    let q = words4(b0 + 6u);
-#for J in 0..4
-    {
-        let lo = (vec4<u32>(q[J]) >> BYTE_SHIFTS) & vec4<u32>(15u);
-        let hi = (vec4<u32>(q[J]) >> (BYTE_SHIFTS + 4u)) & vec4<u32>(15u);
-        let bits = vec4<u32>(4u * J, 4u * J + 1u, 4u * J + 2u, 4u * J + 3u);
-        let h0 = ((vec4<u32>(qh) >> bits) & vec4<u32>(1u)) << vec4<u32>(4u);
-        let h1 = ((vec4<u32>(qh) >> (bits + 16u)) & vec4<u32>(1u)) << vec4<u32>(4u);
-        out[J] = (vec4<f32>(lo | h0) - 16.0) * d;
-        out[J + 4] = (vec4<f32>(hi | h1) - 16.0) * d;
-    }
-#endfor
-#elif FMT == 4
-    let j = sb % 8u;
-    let b0 = row * p.row_bytes + (sb / 8u) * 144u;
-    let dd = unpack2x16float(w[b0 >> 2u]);
-    let sc = vec3<u32>(w[(b0 >> 2u) + 1u], w[(b0 >> 2u) + 2u], w[(b0 >> 2u) + 3u]);
+// The k-quants' 6-bit scale and min of sub-block j from the 12 scale bytes in m.yzw.
+fn scale_min_k4(m: vec4<u32>, j: u32) -> vec2<f32> {
+    let sc = vec4<u32>(m.y, m.z, m.w, 0u);
     var s: u32;
     var mn: u32;
     if (j < 4u) {
-        s = byte12(sc, j) & 63u;
-        mn = byte12(sc, j + 4u) & 63u;
+        s = byte16(sc, j) & 63u;
+        mn = byte16(sc, j + 4u) & 63u;
     } else {
-        s = (byte12(sc, j + 4u) & 15u) | ((byte12(sc, j - 4u) >> 6u) << 4u);
-        mn = (byte12(sc, j + 4u) >> 4u) | ((byte12(sc, j) >> 6u) << 4u);
+        s = (byte16(sc, j + 4u) & 15u) | ((byte16(sc, j - 4u) >> 6u) << 4u);
+        mn = (byte16(sc, j + 4u) >> 4u) | ((byte16(sc, j) >> 6u) << 4u);
     }
-    let scale = dd.x * f32(s);
-    let minv = dd.y * f32(mn);
-    let qbase = (b0 + 16u + (j / 2u) * 32u) >> 2u;
-    let shift = BYTE_SHIFTS + vec4<u32>(4u * (j & 1u));
-#for J in 0..8
-    out[J] = vec4<f32>((vec4<u32>(w[qbase + J]) >> shift) & vec4<u32>(15u)) * scale - minv;
+    let dd = unpack2x16float(m.x);
+    return vec2<f32>(dd.x * f32(s), dd.y * f32(mn));
+}
+
+// Sub-block s of block b of weight row `row`, dequantized: values 32 s .. 32 s + 31 of the
+// block. mv and av are the meta and aux vec4s holding the block's (meta_vec, aux_vec).
+fn sub32(row: u32, b: u32, s: u32, mv: vec4<u32>, av: vec4<u32>) -> array<vec4<f32>, 8> {
+    var out: array<vec4<f32>, 8>;
+    let qb = row * p.qstride + b * QV;
+#if FMT == 0
+    let d = half_of(mv, b % 8u);
+    let q0 = w[qb];
+    let q1 = w[qb + 1u];
+#for J in 0..4
+    out[J] = i8x4(q0[J]) * d;
+    out[J + 4] = i8x4(q1[J]) * d;
+#endfor
+#elif FMT == 1 || FMT == 2
+#if FMT == 1
+    let d = half_of(mv, b % 8u);
+    let mn = -8.0 * d;
+#else
+    let dm = unpack2x16float(mv[b % 4u]);
+    let d = dm.x;
+    let mn = dm.y;
+#endif
+    let q = w[qb];
+#for J in 0..4
+    out[J] = vec4<f32>(lo4(q[J])) * d + mn;
+    out[J + 4] = vec4<f32>(hi4(q[J])) * d + mn;
+#endfor
+#elif FMT == 3
+    let d = half_of(mv, b % 8u);
+    let qh = av[b % 4u];
+    let q = w[qb];
+#for J in 0..4
+    {
+        let bits = vec4<u32>(4u * J, 4u * J + 1u, 4u * J + 2u, 4u * J + 3u);
+        let h0 = ((vec4<u32>(qh) >> bits) & vec4<u32>(1u)) << vec4<u32>(4u);
+        let h1 = ((vec4<u32>(qh) >> (bits + 16u)) & vec4<u32>(1u)) << vec4<u32>(4u);
+        out[J] = (vec4<f32>(lo4(q[J]) | h0) - 16.0) * d;
+        out[J + 4] = (vec4<f32>(hi4(q[J]) | h1) - 16.0) * d;
+    }
+#endfor
+#elif FMT == 4 || FMT == 6
+    let sm = scale_min_k4(mv, s);
+    let q = w[qb + s];
+#if FMT == 6
+    let qh = w[qb + 8u + s / 4u][s % 4u];
+#endif
+#for J in 0..4
+    {
+#if FMT == 6
+        let bits = vec4<u32>(4u * J, 4u * J + 1u, 4u * J + 2u, 4u * J + 3u);
+        let h0 = ((vec4<u32>(qh) >> bits) & vec4<u32>(1u)) << vec4<u32>(4u);
+        let h1 = ((vec4<u32>(qh) >> (bits + 16u)) & vec4<u32>(1u)) << vec4<u32>(4u);
+        out[J] = vec4<f32>(lo4(q[J]) | h0) * sm.x - sm.y;
+        out[J + 4] = vec4<f32>(hi4(q[J]) | h1) * sm.x - sm.y;
+#else
+        out[J] = vec4<f32>(lo4(q[J])) * sm.x - sm.y;
+        out[J + 4] = vec4<f32>(hi4(q[J])) * sm.x - sm.y;
+#endif
+    }
 #endfor
 #elif FMT == 5
-    let j = sb % 8u;
-    let b0 = row * p.row_bytes + (sb / 8u) * 210u;
-    let half = j / 4u;
-    let jj = j % 4u;
-    let ql = words8(b0 + 64u * half + 32u * (jj & 1u));
-    let qh = words8(b0 + 128u + 32u * half);
-    let scales = word_at(b0 + 192u + 8u * half + 2u * jj);
-    let d = half_at(b0 + 208u);
-    let s_lo = d * f32(bitcast<i32>(scales << 24u) >> 24u);
-    let s_hi = d * f32(bitcast<i32>(scales << 16u) >> 24u);
-    let nib = BYTE_SHIFTS + vec4<u32>(4u * (jj >> 1u));
-    let hsh = BYTE_SHIFTS + vec4<u32>(2u * jj);
-#for J in 0..8
+    let d = bitcast<f32>(av[b % 4u]);
+    let s_lo = d * f32(bitcast<i32>(byte16(mv, 2u * s) << 24u) >> 24u);
+    let s_hi = d * f32(bitcast<i32>(byte16(mv, 2u * s + 1u) << 24u) >> 24u);
+    let q = w[qb + s];
+    let hv = w[qb + 8u + s / 2u];
+    let hw0 = select(hv.x, hv.z, (s & 1u) != 0u);
+    let hw1 = select(hv.y, hv.w, (s & 1u) != 0u);
+#for J in 0..4
     {
-        let q = ((vec4<u32>(ql[J]) >> nib) & vec4<u32>(15u)) | (((vec4<u32>(qh[J]) >> hsh) & vec4<u32>(3u)) << vec4<u32>(4u));
-#if J < 4
-        out[J] = (vec4<f32>(q) - 32.0) * s_lo;
-#else
-        out[J] = (vec4<f32>(q) - 32.0) * s_hi;
-#endif
+        let sh = vec4<u32>(8u * J, 8u * J + 2u, 8u * J + 4u, 8u * J + 6u);
+        let h0 = ((vec4<u32>(hw0) >> sh) & vec4<u32>(3u)) << vec4<u32>(4u);
+        let h1 = ((vec4<u32>(hw1) >> sh) & vec4<u32>(3u)) << vec4<u32>(4u);
+        out[J] = (vec4<f32>(lo4(q[J]) | h0) - 32.0) * s_lo;
+        out[J + 4] = (vec4<f32>(hi4(q[J]) | h1) - 32.0) * s_hi;
     }
 #endfor
 #endif
     return out;
 }
+
+// Sub-block s of block b of row `row`, loading its meta and aux.
+fn sub32_at(row: u32, b: u32, s: u32) -> array<vec4<f32>, 8> {
+    return sub32(row, b, s, meta_vec(row, b), aux_vec(row, b));
+}
+
+#if MATVEC || MATVEC_ROWS
+// The 32 activations of row r of A from k position kk.
+fn act32(r: u32, kk: u32) -> array<vec4<f32>, 8> {
+    var x: array<vec4<f32>, 8>;
+    let base = (r * p.k + kk) / 4u;
+#for I in 0..8
+    x[I] = a[base + I];
+#endfor
+    return x;
+}
+
+fn dot32(x: array<vec4<f32>, 8>, wv: array<vec4<f32>, 8>) -> f32 {
+    return dot(x[0], wv[0]) + dot(x[1], wv[1]) + dot(x[2], wv[2]) + dot(x[3], wv[3])
+        + dot(x[4], wv[4]) + dot(x[5], wv[5]) + dot(x[6], wv[6]) + dot(x[7], wv[7]);
+}
+#endif
 
 #if MATVEC
 #if !SUBGROUPS
@@ -212,25 +297,24 @@ fn matvec_q(
     let first = li;
     let stride = u32(WG);
 #endif
-    let nsb = p.k / 32u;
+    let nsub = p.k / 32u;
     var acc: array<array<f32, NR>, MR>;
     var rows: array<u32, NR>;
 #for J in 0..NR
     rows[J] = min(n0 + J, p.n - 1u);
 #endfor
-    for (var sb = first; sb < nsb; sb += stride) {
+    for (var i = first; i < nsub; i += stride) {
+        let b = i / SUBS;
+        let s = i % SUBS;
         var x: array<array<vec4<f32>, 8>, MR>;
 #for R in 0..MR
-#for I in 0..8
-        x[R][I] = a[(R * p.k + sb * 32u) / 4u + I];
-#endfor
+        x[R] = act32(R, i * 32u);
 #endfor
 #for J in 0..NR
         {
-            let wv = dequant(rows[J], sb);
+            let wv = sub32_at(rows[J], b, s);
 #for R in 0..MR
-            acc[R][J] += dot(x[R][0], wv[0]) + dot(x[R][1], wv[1]) + dot(x[R][2], wv[2]) + dot(x[R][3], wv[3])
-                + dot(x[R][4], wv[4]) + dot(x[R][5], wv[5]) + dot(x[R][6], wv[6]) + dot(x[R][7], wv[7]);
+            acc[R][J] += dot32(x[R], wv);
 #endfor
         }
 #endfor
@@ -275,10 +359,126 @@ fn matvec_q(
 #endif
 
 #if MATVEC_ROWS
+// vec4s per row of A (XROW): a constant with the uniform binding, so that with the row length
+// compiled in every activation index is a constant.
+#if !XUBO
+#define XROW (p.k / 4u)
+#endif
+
+// Add sub-block s of block b (meta and aux vec4s given per weight row) times the activations
+// into acc. Values are decoded four at a time and used at once (a whole sub-block in registers
+// is 32 vector registers per lane on CPU adapters, which spill).
+fn rows_step(acc: ptr<function, array<array<f32, NR>, MR>>, rows: array<u32, NR>, mv: array<vec4<u32>, NR>,
+             av: array<vec4<u32>, NR>, b: u32, s: u32) {
+    let xb = (b * BE + s * 32u) / 4u;
+#if MR == 1
+    // Sums of the activations under each half of the sub-block.
+    let xs = vec2<f32>(dot(a[xb] + a[xb + 1u] + a[xb + 2u] + a[xb + 3u], vec4<f32>(1.0)),
+                       dot(a[xb + 4u] + a[xb + 5u] + a[xb + 6u] + a[xb + 7u], vec4<f32>(1.0)));
+#endif
+#for J in 0..NR
+    {
+        let m = mv[J];
+        let qb = rows[J] * p.qstride + b * QV;
+#if FMT == 0
+        let d = half_of(m, b % 8u);
+        let q = w[qb];
+        let qhi = w[qb + 1u];
+        let sl = d;
+        let ol = 0.0;
+        let sh = d;
+        let oh = 0.0;
+#elif FMT == 1
+        let d = half_of(m, b % 8u);
+        let q = w[qb];
+        let sl = d;
+        let ol = -8.0 * d;
+        let sh = sl;
+        let oh = ol;
+#elif FMT == 2
+        let dm = unpack2x16float(m[b % 4u]);
+        let q = w[qb];
+        let sl = dm.x;
+        let ol = dm.y;
+        let sh = sl;
+        let oh = ol;
+#elif FMT == 3
+        let d = half_of(m, b % 8u);
+        let qh = av[J][b % 4u];
+        let q = w[qb];
+        let sl = d;
+        let ol = -16.0 * d;
+        let sh = sl;
+        let oh = ol;
+#elif FMT == 4 || FMT == 6
+        let sm = scale_min_k4(m, s);
+        let q = w[qb + s];
+#if FMT == 6
+        let qh = w[qb + 8u + s / 4u][s % 4u];
+#endif
+        let sl = sm.x;
+        let ol = -sm.y;
+        let sh = sl;
+        let oh = ol;
+#elif FMT == 5
+        let d = bitcast<f32>(av[J][b % 4u]);
+        let sl = d * f32(bitcast<i32>(byte16(m, 2u * s) << 24u) >> 24u);
+        let sh = d * f32(bitcast<i32>(byte16(m, 2u * s + 1u) << 24u) >> 24u);
+        let ol = -32.0 * sl;
+        let oh = -32.0 * sh;
+        let q = w[qb + s];
+        let hv = w[qb + 8u + s / 2u];
+        let hw0 = select(hv.x, hv.z, (s & 1u) != 0u);
+        let hw1 = select(hv.y, hv.w, (s & 1u) != 0u);
+#endif
+        // Affine form: each half of the sub-block is scale * codes + offset, so the dot product
+        // is scale * sum(code * x) + offset * sum(x), with sum(x) shared by every row (xs).
+        var dl = 0.0;
+        var dh = 0.0;
+#for W in 0..4
+        {
+#if FMT == 0
+            let cl = i8x4(q[W]);
+            let ch = i8x4(qhi[W]);
+#elif FMT == 3 || FMT == 6
+            let bits = vec4<u32>(4u * W, 4u * W + 1u, 4u * W + 2u, 4u * W + 3u);
+            let cl = vec4<f32>(lo4(q[W]) | (((vec4<u32>(qh) >> bits) & vec4<u32>(1u)) << vec4<u32>(4u)));
+            let ch = vec4<f32>(hi4(q[W]) | (((vec4<u32>(qh) >> (bits + 16u)) & vec4<u32>(1u)) << vec4<u32>(4u)));
+#elif FMT == 5
+            let sh2 = vec4<u32>(8u * W, 8u * W + 2u, 8u * W + 4u, 8u * W + 6u);
+            let cl = vec4<f32>(lo4(q[W]) | (((vec4<u32>(hw0) >> sh2) & vec4<u32>(3u)) << vec4<u32>(4u)));
+            let ch = vec4<f32>(hi4(q[W]) | (((vec4<u32>(hw1) >> sh2) & vec4<u32>(3u)) << vec4<u32>(4u)));
+#else
+            let cl = vec4<f32>(lo4(q[W]));
+            let ch = vec4<f32>(hi4(q[W]));
+#endif
+#if MR == 1
+            let xl = a[xb + W];
+            let xh = a[xb + 4u + W];
+            dl = fma(cl.x, xl.x, fma(cl.y, xl.y, fma(cl.z, xl.z, fma(cl.w, xl.w, dl))));
+            dh = fma(ch.x, xh.x, fma(ch.y, xh.y, fma(ch.z, xh.z, fma(ch.w, xh.w, dh))));
+#else
+            // Several rows of A: one accumulator per row would need MR x NR x 2 of them, so
+            // the rows take the dequantized weights instead.
+            let wl = fma(cl, vec4<f32>(sl), vec4<f32>(ol));
+            let wh = fma(ch, vec4<f32>(sh), vec4<f32>(oh));
+#for R in 0..MR
+            (*acc)[R][J] += dot(wl, a[R * XROW + xb + W]) + dot(wh, a[R * XROW + xb + 4u + W]);
+#endfor
+#endif
+        }
+#endfor
+#if MR == 1
+        (*acc)[0][J] += fma(sl, dl, fma(sh, dh, fma(ol, xs.x, oh * xs.y)));
+#endif
+    }
+#endfor
+}
+
 // Matvec with lanes over output columns: each invocation owns NR whole weight rows and walks
-// their sub-blocks, so every lane is busy whatever k is and no reduction is needed. Picked on
-// CPU adapters, where a load costs the same whichever lanes share its address; GPUs prefer
-// matvec_q's coalesced reads.
+// their blocks, G at a time (the blocks one meta vec4 covers), so every lane is busy whatever k
+// is and no reduction is needed. Picked on CPU adapters, where a load costs the same whichever
+// lanes share its address; GPUs prefer matvec_q's coalesced reads.
 @compute @workgroup_size(WG)
 fn matvec_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) li: u32) {
@@ -291,24 +491,65 @@ fn matvec_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     rows[J] = min(n0 + J, p.n - 1u);
 #endfor
     var acc: array<array<f32, NR>, MR>;
-    let nsb = p.k / 32u;
-    for (var sb = 0u; sb < nsb; sb++) {
-        var x: array<array<vec4<f32>, 8>, MR>;
-#for R in 0..MR
-#for I in 0..8
-        x[R][I] = a[(R * p.k + sb * 32u) / 4u + I];
-#endfor
-#endfor
+#if KB
+    // The row length is compiled in: every activation index is a constant, which CPU adapters
+    // load once for all lanes (a loop counter in the index makes the load a per-lane gather).
+#for GI in 0..KB / G
+    {
+        var mv: array<vec4<u32>, NR>;
+        var av: array<vec4<u32>, NR>;
 #for J in 0..NR
-        {
-            let wv = dequant(rows[J], sb);
-#for R in 0..MR
-            acc[R][J] += dot(x[R][0], wv[0]) + dot(x[R][1], wv[1]) + dot(x[R][2], wv[2]) + dot(x[R][3], wv[3])
-                + dot(x[R][4], wv[4]) + dot(x[R][5], wv[5]) + dot(x[R][6], wv[6]) + dot(x[R][7], wv[7]);
+        mv[J] = meta_vec(rows[J], GI * G);
+        av[J] = aux_vec(rows[J], GI * G);
 #endfor
+#for B in 0..G
+#for S in 0..SUBS
+        rows_step(&acc, rows, mv, av, GI * G + B, S);
+#endfor
+#endfor
+    }
+#endfor
+#for BT in KB / G * G..KB
+    {
+        var mv: array<vec4<u32>, NR>;
+        var av: array<vec4<u32>, NR>;
+#for J in 0..NR
+        mv[J] = meta_vec(rows[J], BT);
+        av[J] = aux_vec(rows[J], BT);
+#endfor
+#for S in 0..SUBS
+        rows_step(&acc, rows, mv, av, BT, S);
+#endfor
+    }
+#endfor
+#else
+    let nb = p.k / BE;
+    let groups = nb / G;
+    for (var g = 0u; g < groups; g++) {
+        var mv: array<vec4<u32>, NR>;
+        var av: array<vec4<u32>, NR>;
+#for J in 0..NR
+        mv[J] = meta_vec(rows[J], g * G);
+        av[J] = aux_vec(rows[J], g * G);
+#endfor
+#for B in 0..G
+        for (var s = 0u; s < SUBS; s++) {
+            rows_step(&acc, rows, mv, av, g * G + B, s);
         }
 #endfor
     }
+    for (var b = groups * G; b < nb; b++) {
+        var mv: array<vec4<u32>, NR>;
+        var av: array<vec4<u32>, NR>;
+#for J in 0..NR
+        mv[J] = meta_vec(rows[J], b);
+        av[J] = aux_vec(rows[J], b);
+#endfor
+        for (var s = 0u; s < SUBS; s++) {
+            rows_step(&acc, rows, mv, av, b, s);
+        }
+    }
+#endif
 #for R in 0..MR
 #for J in 0..NR
     if (n0 + J < p.n) {
@@ -335,12 +576,14 @@ fn matmul_q(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
 #endfor
     // acc[row]: the four columns of one row of C.
     var acc: array<vec4<f32>, SG * RB>;
-    let nsb = p.k / 32u;
-    for (var sb = 0u; sb < nsb; sb++) {
-        let w0 = dequant(c0, sb);
-        let w1 = dequant(c1, sb);
-        let w2 = dequant(c2, sb);
-        let w3 = dequant(c3, sb);
+    let nsub = p.k / 32u;
+    for (var i = 0u; i < nsub; i++) {
+        let b = i / SUBS;
+        let s = i % SUBS;
+        let w0 = sub32_at(c0, b, s);
+        let w1 = sub32_at(c1, b, s);
+        let w2 = sub32_at(c2, b, s);
+        let w3 = sub32_at(c3, b, s);
 #for I in 0..8
         {
             let tx = vec4<f32>(w0[I].x, w1[I].x, w2[I].x, w3[I].x);
@@ -349,7 +592,7 @@ fn matmul_q(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
             let tw = vec4<f32>(w0[I].w, w1[I].w, w2[I].w, w3[I].w);
 #for R in 0..RB
             {
-                let mine = a[(rows[R] * p.k + sb * 32u) / 4u + I];
+                let mine = a[(rows[R] * p.k + i * 32u) / 4u + I];
 #for S in 0..SG
                 {
                     let av = subgroupBroadcast(mine, u32(S));
@@ -379,25 +622,29 @@ fn matmul_q(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
 #endif
 
 #if EMBED
-// Embedding gather from a quantized table: one invocation per (token, sub-block of 32 values);
+// Embedding gather from a quantized table: one invocation per (token, 32-value sub-block);
 // tokens whose id falls outside this part's rows (n_off .. n_off + n) are left to other parts.
 // p.m = tokens, p.k = row length, p.ldc = output row stride.
 @compute @workgroup_size(WG)
 fn embed_q(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) li: u32) {
     let i = linear_group(wg, nwg) * WG + li;
-    let nsb = p.k / 32u;
-    if (i >= p.m * nsb) {
+    let nsub = p.k / 32u;
+    if (i >= p.m * nsub) {
         return;
     }
-    let t = i / nsb;
-    let sb = i % nsb;
+    let t = i / nsub;
+    let sub = i % nsub;
+#if SLOTS
+    let id = ids[slots[t]];
+#else
     let id = ids[t];
+#endif
     if (id < p.n_off || id >= p.n_off + p.n) {
         return;
     }
-    let v = dequant(id - p.n_off, sb);
-    let base = t * p.ldc + sb * 32u;
+    let v = sub32_at(id - p.n_off, sub / SUBS, sub % SUBS);
+    let base = t * p.ldc + sub * 32u;
 #for J in 0..8
     c[base + 4u * J] = v[J].x * p.scale;
     c[base + 4u * J + 1u] = v[J].y * p.scale;

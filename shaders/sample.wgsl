@@ -18,9 +18,27 @@ struct Params {
     _pad2: u32,
 }
 
+// ROWS: every row has its own options (a batch of requests in one dispatch), and the chosen id
+// also goes to tokens[slot], where the next step's embedding reads it (ids stay on the GPU).
+struct RowOpts {
+    seed: u32,
+    step: u32,
+    temperature: f32,
+    k_eff: u32,
+    top_p: f32,
+    slot: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
+#if ROWS
+@group(0) @binding(2) var<storage, read> row_opts: array<RowOpts>;
+@group(0) @binding(4) var<storage, read_write> tokens: array<u32>;
+#else
 @group(0) @binding(2) var<storage, read> rng: array<vec2<u32>>;
+#endif
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
 const NB: u32 = 512u;
@@ -35,6 +53,9 @@ var<workgroup> cand_v: array<f32, MAXC>;
 var<workgroup> cand_i: array<u32, MAXC>;
 var<workgroup> cand_n: atomic<u32>;
 var<workgroup> cut_bucket: u32;
+#if ROWS
+var<workgroup> wg_opts: RowOpts;
+#endif
 
 fn pcg(v: u32) -> u32 {
     let state = v * 747796405u + 2891336453u;
@@ -61,6 +82,22 @@ fn sample(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
         return;
     }
     let base = row * p.vocab;
+#if ROWS
+    // Through workgroup memory, so that the options are uniform for the barriers below.
+    if (lid == 0u) {
+        wg_opts = row_opts[row];
+    }
+    let opts = workgroupUniformLoad(&wg_opts);
+    let temperature = opts.temperature;
+    let k_eff = min(opts.k_eff, p.vocab);
+    let top_p = opts.top_p;
+    let r = vec2<u32>(opts.seed, opts.step);
+#else
+    let temperature = p.temperature;
+    let k_eff = p.k_eff;
+    let top_p = p.top_p;
+    let r = rng[row];
+#endif
 
     // Maximum and its (lowest) index.
     var m = LOW;
@@ -89,10 +126,13 @@ fn sample(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
         e += exp(logits[base + i] - mx);
     }
     let log_z = mx + log(wg_sum(e, lid));
-    if (p.temperature <= 0.0) {
+    if (temperature <= 0.0) {
         if (lid == 0u) {
             out[2u * row] = f32(arg);
             out[2u * row + 1u] = logits[base + arg] - log_z;
+#if ROWS
+            tokens[opts.slot] = arg;
+#endif
         }
         return;
     }
@@ -105,7 +145,7 @@ fn sample(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
         atomicStore(&cand_n, 0u);
     }
     workgroupBarrier();
-    let inv_t = 1.0 / p.temperature;
+    let inv_t = 1.0 / temperature;
     for (var i = lid; i < p.vocab; i += WG) {
         atomicAdd(&hist[bucket((logits[base + i] - mx) * inv_t)], 1u);
     }
@@ -115,7 +155,7 @@ fn sample(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
         var cut = NB - 1u;
         for (var b = 0u; b < NB; b++) {
             cum += atomicLoad(&hist[b]);
-            if (cum >= p.k_eff) {
+            if (cum >= k_eff) {
                 cut = b;
                 break;
             }
@@ -169,7 +209,7 @@ fn sample(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
         }
     }
     if (lid == 0u) {
-        let keep_k = min(p.k_eff, n);
+        let keep_k = min(k_eff, n);
         var total = 0.0;
         for (var i = 0u; i < keep_k; i++) {
             total += exp(cand_v[i]);
@@ -178,7 +218,7 @@ fn sample(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
         var cum = 0.0;
         for (var i = 0u; i < keep_k; i++) {
             cum += exp(cand_v[i]) / total;
-            if (cum >= p.top_p) {
+            if (cum >= top_p) {
                 keep = i + 1u;
                 break;
             }
@@ -187,7 +227,6 @@ fn sample(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
         for (var i = 0u; i < keep; i++) {
             kept += exp(cand_v[i]);
         }
-        let r = rng[row];
         let u = f32(pcg(r.x ^ pcg(r.y)) >> 8u) / 16777216.0;
         var choice = cand_i[keep - 1u];
         var lo = 0.0;
@@ -201,5 +240,8 @@ fn sample(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
         }
         out[2u * row] = f32(choice);
         out[2u * row + 1u] = logits[base + choice] - log_z;
+#if ROWS
+        tokens[opts.slot] = choice;
+#endif
     }
 }

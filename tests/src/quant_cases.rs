@@ -1,9 +1,10 @@
-//! Quantized-weight cases: every block format against dequantize-then-f64-matmul, through the
-//! matvec kernel (1 to 8 rows), the subgroup matmul (more rows), and weights split into parts;
-//! and the quantized embedding gather.
+//! Quantized-weight cases: every block format, repacked into the GPU layout as a runtime does it,
+//! against dequantize-the-GGUF-blocks-then-f64-matmul, through the matvec kernels (1 to 8 rows),
+//! the subgroup matmul (more rows), and weights split into parts; and the quantized embedding
+//! gather.
 
 use flint_gpu::{DType, Device, Recorder, Tensor};
-use flint_kernels::quant::{self, QuantWeight};
+use flint_kernels::quant::{self, Matvec, QuantWeight};
 use flint_ref::ParamError;
 use flint_ref::embed::EmbedParams;
 use flint_ref::matmul::MatmulParams;
@@ -41,6 +42,8 @@ pub struct QuantMatmulCase {
     pub p: QuantMatmulParams,
     /// Weight rows per part (None: one part).
     pub part_rows: Option<usize>,
+    /// The matvec kernel (for at most 8 rows of A).
+    pub how: Matvec,
     /// Tier.
     pub tier: Tier,
 }
@@ -49,7 +52,12 @@ impl Case for QuantMatmulCase {
     fn name(&self) -> String {
         let mm = &self.p.mm;
         let parts = self.part_rows.map(|r| format!("_parts{r}")).unwrap_or_default();
-        format!("qmatmul_{}_{}x{}x{}{parts}", self.p.format.name(), mm.m, mm.n, mm.k)
+        let how = match self.how {
+            Matvec::Auto => "",
+            Matvec::Rows => "_rows",
+            Matvec::Split => "_split",
+        };
+        format!("qmatmul_{}_{}x{}x{}{parts}{how}", self.p.format.name(), mm.m, mm.n, mm.k)
     }
     fn op(&self) -> &'static str {
         "quant"
@@ -92,10 +100,10 @@ impl Case for QuantMatmulCase {
         let bytes = words_as_bytes(&words, self.p.b_bytes());
         let (n, k, f) = (self.p.mm.n, self.p.mm.k, self.p.format);
         let w = match self.part_rows {
-            Some(rows) => QuantWeight::upload_parts(dev, "W", &bytes, f, n, k, rows * f.bytes_for(k))?,
+            Some(rows) => QuantWeight::upload_parts(dev, "W", &bytes, f, n, k, rows * QuantWeight::row_bytes(f, k))?,
             None => QuantWeight::upload(dev, "W", &bytes, f, n, k)?,
         };
-        quant::quant_matmul(dev, rec, &self.p, &t[0], &w, out)
+        quant::quant_matmul_with(dev, rec, &self.p, &t[0], &w, out, self.how)
     }
 }
 
@@ -150,7 +158,9 @@ impl Case for QuantEmbedCase {
         let bytes = words_as_bytes(&words, self.format.bytes_for(self.p.vocab * self.p.dim));
         let (n, k, f) = (self.p.vocab, self.p.dim, self.format);
         let table = match self.part_rows {
-            Some(rows) => QuantWeight::upload_parts(dev, "table", &bytes, f, n, k, rows * f.bytes_for(k))?,
+            Some(rows) => {
+                QuantWeight::upload_parts(dev, "table", &bytes, f, n, k, rows * QuantWeight::row_bytes(f, k))?
+            }
             None => QuantWeight::upload(dev, "table", &bytes, f, n, k)?,
         };
         quant::embed_q(dev, rec, &self.p, &table, &t[1], out)
@@ -161,11 +171,19 @@ impl Case for QuantEmbedCase {
 pub fn cases(out: &mut Vec<Box<dyn Case>>) {
     let q = |format, m, n, k| QuantMatmulParams { mm: MatmulParams::new(m, n, k), format };
     for f in BlockFormat::ALL {
-        for (m, n, k) in [(1, 17, 256), (3, 65, 512), (8, 64, 256), (33, 70, 256), (1, 1, 256)] {
-            out.push(Box::new(QuantMatmulCase { p: q(f, m, n, k), part_rows: None, tier: Tier::Test }));
+        // Rows of A from 1 to 8 (matvec) and past it (matmul); weight rows not a multiple of any
+        // tile (1, 17, 65, 70); rows of 1, 3 and 9 blocks (32-value formats: 9 blocks is two
+        // whole groups of four and one left over, 18 is SmolLM2's 576).
+        let be = f.block_elems();
+        let ks = if be == 32 { [be, 9 * be, 18 * be] } else { [be, 3 * be, 2 * be] };
+        for (m, n, k) in [(1, 17, ks[1]), (3, 65, ks[2]), (8, 64, ks[0]), (33, 70, ks[1]), (1, 1, ks[0]), (5, 9, ks[2])]
+        {
+            let hows: &[Matvec] =
+                if m <= quant::MATVEC_MAX_ROWS { &[Matvec::Rows, Matvec::Split] } else { &[Matvec::Auto] };
+            for &how in hows {
+                out.push(Box::new(QuantMatmulCase { p: q(f, m, n, k), part_rows: None, how, tier: Tier::Test }));
+            }
         }
-        out.push(Box::new(QuantMatmulCase { p: q(f, 2, 100, 256), part_rows: Some(40), tier: Tier::Test }));
-        out.push(Box::new(QuantMatmulCase { p: q(f, 20, 100, 256), part_rows: Some(36), tier: Tier::Test }));
         out.push(Box::new(QuantEmbedCase {
             p: EmbedParams { tokens: 7, vocab: 100, dim: 256, scale: 1.0 },
             format: f,
@@ -190,7 +208,13 @@ pub fn cases(out: &mut Vec<Box<dyn Case>>) {
         (BlockFormat::Q4_K, 1, 640, 1024),
         (BlockFormat::Q6_K, 1, 640, 2048),
         (BlockFormat::Q4_0, 1, 1536, 576),
+        (BlockFormat::Q5_K, 1, 640, 1024),
     ] {
-        out.push(Box::new(QuantMatmulCase { p: q(f, m, n, k), part_rows: None, tier: b }));
+        for how in [Matvec::Rows, Matvec::Split] {
+            if m <= quant::MATVEC_MAX_ROWS || how == Matvec::Rows {
+                let how = if m <= quant::MATVEC_MAX_ROWS { how } else { Matvec::Auto };
+                out.push(Box::new(QuantMatmulCase { p: q(f, m, n, k), part_rows: None, how, tier: b }));
+            }
+        }
     }
 }

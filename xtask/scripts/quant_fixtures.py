@@ -22,6 +22,7 @@ FORMATS = {  # name: (type, block bytes, f16 scale offsets)
     "q5_0": (T.Q5_0, 22, [0]),
     "q4_k": (T.Q4_K, 144, [0, 2]),
     "q6_k": (T.Q6_K, 210, [208]),
+    "q5_k": (T.Q5_K, 176, [0, 2]),  # last, so the formats before it keep their random blocks
 }
 RANDOM_BLOCKS = 8
 REAL_BLOCKS = 8

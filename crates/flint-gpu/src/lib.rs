@@ -1,7 +1,9 @@
 //! flint's GPU layer over wgpu: [`Device`] (pick an adapter or wrap the host's wgpu device),
 //! [`Tensor`] (a buffer with shape and dtype), a buffer pool, a pipeline cache keyed by
-//! [`PipelineKey`], the [`ShaderRegistry`] with its preprocessor, and the [`Recorder`] that
-//! batches dispatches into one submit with optional GPU timestamps.
+//! [`PipelineKey`], the [`ShaderRegistry`] with its preprocessor, the [`Recorder`] that
+//! batches dispatches into one submit with optional GPU timestamps, [`Plan`]s (recordings
+//! frozen for replay, bind groups made once) and the [`ReadbackRing`] that brings small results
+//! back without stalling.
 //!
 //! ```no_run
 //! use flint_gpu::{DType, Device};
@@ -18,6 +20,7 @@ mod dtype;
 mod error;
 mod pipeline;
 mod pool;
+mod readback;
 mod recorder;
 mod shader;
 mod tensor;
@@ -27,7 +30,8 @@ pub use dtype::DType;
 pub use error::{GpuError, Result};
 pub use pipeline::{Kernel, PipelineKey};
 pub use pool::Allocation;
-pub use recorder::{DispatchTime, Recorder, Submission};
+pub use readback::ReadbackRing;
+pub use recorder::{DispatchTime, Plan, Recorder, Submission};
 pub use shader::ShaderRegistry;
 pub use tensor::Tensor;
 

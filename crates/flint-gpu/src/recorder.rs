@@ -1,5 +1,6 @@
 //! The command recorder: many dispatches and copies recorded into one command buffer and
-//! submitted once, optionally with a GPU timestamp pair around each dispatch.
+//! submitted once, optionally with a GPU timestamp pair around each dispatch; or frozen into a
+//! [`Plan`] whose bind groups are made once and which is replayed many times (decode steps).
 //!
 //! Binding convention of every flint kernel: `@group(0) @binding(0)` is a uniform holding the
 //! kernel's parameters, and tensors follow at bindings 1, 2, ... in the order given.
@@ -40,8 +41,8 @@ pub struct DispatchTime {
 pub struct Submission {
     dev: Device,
     timing: Option<(Arc<Allocation>, u64, Vec<String>)>,
-    _keep_alive: Vec<Command>,
-    _uniform: Option<Arc<Allocation>>,
+    /// What was submitted, kept (with its pooled buffers) until the GPU is done with it.
+    _plan: Option<Plan>,
 }
 
 impl Submission {
@@ -52,6 +53,9 @@ impl Submission {
         let Some((buf, len, labels)) = self.timing else {
             return Ok(Vec::new());
         };
+        if len == 0 {
+            return Ok(Vec::new());
+        }
         let bytes = map_read(&self.dev, buf.buffer(), len, "timestamps")?;
         let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
         let period = f64::from(self.dev.timestamp_period());
@@ -167,16 +171,44 @@ impl Recorder {
 
     /// Encode and submit everything recorded.
     pub fn submit(self) -> Result<Submission> {
+        let timed = self.timed;
+        let plan = self.into_plan()?;
+        let dev = plan.dev.clone();
+        let serial = dev.serial();
+        let n = plan.dispatches;
+        let timing = dev.scoped(
+            || format!("submitting {n} dispatches"),
+            || -> Result<_> {
+                let mut enc =
+                    dev.wgpu().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("flint") });
+                let timing = if timed { Some(plan.encode_timed(&mut enc)) } else { None };
+                if !timed {
+                    plan.encode(&mut enc);
+                }
+                dev.queue().submit([enc.finish()]);
+                Ok(timing)
+            },
+        )??;
+        drop(serial);
+        Ok(Submission { dev, timing, _plan: Some(plan) })
+    }
+
+    /// Freeze the recording into a [`Plan`]: its bind groups and parameter block are made here,
+    /// once, and every [`Plan::submit`] replays the same dispatches over the same tensors. What
+    /// changes between replays must live in tensors the caller rewrites (one small block of
+    /// positions, lengths and page-table rows is the usual way).
+    pub fn into_plan(self) -> Result<Plan> {
         let dev = self.dev.clone();
         let _serial = dev.serial();
         let n = self.dispatches();
-        dev.scoped(|| format!("submitting {n} dispatches"), || self.encode_and_submit())?
+        dev.scoped(|| format!("building a plan of {n} dispatches"), || self.build_plan())?
     }
 
-    fn encode_and_submit(self) -> Result<Submission> {
+    fn build_plan(self) -> Result<Plan> {
         let dev = &self.dev;
         let wdev = dev.wgpu();
         let uniform = (!self.uniforms.is_empty()).then(|| {
+            // Written once: a plan's parameters never change (they are the dispatches' shapes).
             let a = dev.inner.pool.get(
                 wdev,
                 self.uniforms.len() as u64,
@@ -186,108 +218,209 @@ impl Recorder {
             dev.queue().write_buffer(a.buffer(), 0, &self.uniforms);
             a
         });
-        let mut bind_groups = Vec::new();
-        for cmd in &self.commands {
-            if let Command::Dispatch { kernel, uniform: (off, size), tensors, .. } = cmd {
-                let ubuf = uniform.as_ref().expect("a dispatch wrote params").buffer();
-                let mut entries = vec![wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: ubuf,
-                        offset: *off,
-                        size: wgpu::BufferSize::new(*size),
-                    }),
-                }];
-                entries
-                    .extend(tensors.iter().map(|(b, t)| wgpu::BindGroupEntry { binding: *b, resource: t.binding() }));
-                bind_groups.push(wdev.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some(&kernel.key.entry),
-                    layout: &kernel.layout,
-                    entries: &entries,
-                }));
+        let mut items = Vec::with_capacity(self.commands.len());
+        let mut dispatches = 0;
+        for cmd in self.commands {
+            match cmd {
+                Command::Dispatch { kernel, uniform: (off, size), tensors, groups, label } => {
+                    let ubuf = uniform.as_ref().expect("a dispatch wrote params").buffer();
+                    let mut entries = vec![wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: ubuf,
+                            offset: off,
+                            size: wgpu::BufferSize::new(size),
+                        }),
+                    }];
+                    entries.extend(
+                        tensors.iter().map(|(b, t)| wgpu::BindGroupEntry { binding: *b, resource: t.binding() }),
+                    );
+                    let bind_group = wdev.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some(&kernel.key.entry),
+                        layout: &kernel.layout,
+                        entries: &entries,
+                    });
+                    dispatches += 1;
+                    items.push(Item::Dispatch { kernel, bind_group, groups, label, _tensors: tensors });
+                }
+                Command::Copy { src, dst } => items.push(Item::Copy { src, dst }),
             }
         }
+        Ok(Plan { dev: dev.clone(), items, dispatches, _uniform: uniform })
+    }
+}
 
-        let n = bind_groups.len() as u32;
-        let query_sets: Vec<wgpu::QuerySet> = if self.timed && n > 0 {
-            (0..(2 * n).div_ceil(QUERIES_PER_SET))
-                .map(|i| {
-                    wdev.create_query_set(&wgpu::QuerySetDescriptor {
-                        label: Some("flint timestamps"),
-                        ty: wgpu::QueryType::Timestamp,
-                        count: (2 * n - i * QUERIES_PER_SET).min(QUERIES_PER_SET),
-                    })
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
+enum Item {
+    Dispatch {
+        kernel: Arc<Kernel>,
+        bind_group: wgpu::BindGroup,
+        groups: [u32; 3],
+        label: String,
+        /// The bound tensors, kept so that their pooled buffers are not handed out again while
+        /// the plan may still run.
+        _tensors: Vec<(u32, Tensor)>,
+    },
+    Copy {
+        src: Tensor,
+        dst: Tensor,
+    },
+}
 
-        let mut enc = wdev.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("flint") });
-        let mut labels = Vec::new();
-        let mut groups_iter = bind_groups.iter();
+/// Dispatches and copies ready to replay: pipelines, bind groups and the parameter block were
+/// made once ([`Recorder::into_plan`]); a replay only encodes them into one compute pass (a pass
+/// per run of dispatches between copies) and submits. The plan owns every tensor it binds.
+pub struct Plan {
+    dev: Device,
+    items: Vec<Item>,
+    dispatches: usize,
+    _uniform: Option<Arc<Allocation>>,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan").field("dispatches", &self.dispatches).field("items", &self.items.len()).finish()
+    }
+}
+
+impl Plan {
+    /// Dispatches per replay.
+    pub fn dispatches(&self) -> usize {
+        self.dispatches
+    }
+
+    /// The device the plan runs on.
+    pub fn device(&self) -> &Device {
+        &self.dev
+    }
+
+    /// Encode the plan into `enc`: one compute pass per run of dispatches.
+    pub fn encode(&self, enc: &mut wgpu::CommandEncoder) {
         let mut i = 0;
-        let cmds = &self.commands;
-        while i < cmds.len() {
-            match &cmds[i] {
-                Command::Copy { src, dst } => {
+        while i < self.items.len() {
+            match &self.items[i] {
+                Item::Copy { src, dst } => {
                     enc.copy_buffer_to_buffer(src.buffer(), src.offset(), dst.buffer(), dst.offset(), src.byte_len());
                     i += 1;
                 }
-                Command::Dispatch { .. } => {
-                    // Untimed: one pass for a run of dispatches. Timed: a pass per dispatch.
-                    let run_end = if self.timed {
-                        i + 1
-                    } else {
-                        cmds[i..].iter().position(|c| matches!(c, Command::Copy { .. })).map_or(cmds.len(), |p| i + p)
-                    };
-                    let timestamp_writes = self.timed.then(|| {
-                        let q = labels.len() as u32 * 2;
-                        wgpu::ComputePassTimestampWrites {
-                            query_set: &query_sets[(q / QUERIES_PER_SET) as usize],
-                            beginning_of_pass_write_index: Some(q % QUERIES_PER_SET),
-                            end_of_pass_write_index: Some(q % QUERIES_PER_SET + 1),
-                        }
+                Item::Dispatch { .. } => {
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("flint"),
+                        timestamp_writes: None,
                     });
-                    let mut pass =
-                        enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("flint"), timestamp_writes });
-                    for cmd in &cmds[i..run_end] {
-                        if let Command::Dispatch { kernel, groups, label, .. } = cmd {
-                            pass.set_pipeline(&kernel.pipeline);
-                            pass.set_bind_group(0, groups_iter.next(), &[]);
-                            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
-                            labels.push(label.clone());
-                        }
+                    while let Some(Item::Dispatch { kernel, bind_group, groups, .. }) = self.items.get(i) {
+                        pass.set_pipeline(&kernel.pipeline);
+                        pass.set_bind_group(0, bind_group, &[]);
+                        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                        i += 1;
                     }
-                    i = run_end;
                 }
             }
         }
+    }
 
-        let timing = if self.timed && n > 0 {
-            let len = 2 * n as u64 * 8;
-            let resolve = dev.inner.pool.get(
-                wdev,
-                len,
-                wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-                "flint resolve",
-            );
-            let read = dev.inner.pool.get(
-                wdev,
-                len,
-                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                "flint timestamps",
-            );
-            for (s, qs) in query_sets.iter().enumerate() {
-                let count = (2 * n - s as u32 * QUERIES_PER_SET).min(QUERIES_PER_SET);
-                enc.resolve_query_set(qs, 0..count, resolve.buffer(), u64::from(s as u32 * QUERIES_PER_SET) * 8);
+    /// Encode with a timestamp pair around each dispatch (a pass each), the timestamps resolved
+    /// into a readback buffer; returns what [`Submission::wait`] turns into times.
+    fn encode_timed(&self, enc: &mut wgpu::CommandEncoder) -> (Arc<Allocation>, u64, Vec<String>) {
+        let dev = &self.dev;
+        let wdev = dev.wgpu();
+        let n = self.dispatches as u32;
+        let query_sets: Vec<wgpu::QuerySet> = (0..(2 * n).div_ceil(QUERIES_PER_SET))
+            .map(|i| {
+                wdev.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("flint timestamps"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: (2 * n - i * QUERIES_PER_SET).min(QUERIES_PER_SET),
+                })
+            })
+            .collect();
+        let mut labels = Vec::new();
+        for item in &self.items {
+            match item {
+                Item::Copy { src, dst } => {
+                    enc.copy_buffer_to_buffer(src.buffer(), src.offset(), dst.buffer(), dst.offset(), src.byte_len());
+                }
+                Item::Dispatch { kernel, bind_group, groups, label, .. } => {
+                    let q = labels.len() as u32 * 2;
+                    let timestamp_writes = wgpu::ComputePassTimestampWrites {
+                        query_set: &query_sets[(q / QUERIES_PER_SET) as usize],
+                        beginning_of_pass_write_index: Some(q % QUERIES_PER_SET),
+                        end_of_pass_write_index: Some(q % QUERIES_PER_SET + 1),
+                    };
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("flint"),
+                        timestamp_writes: Some(timestamp_writes),
+                    });
+                    pass.set_pipeline(&kernel.pipeline);
+                    pass.set_bind_group(0, bind_group, &[]);
+                    pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                    labels.push(label.clone());
+                }
             }
+        }
+        let len = (2 * n as u64 * 8).max(8);
+        let resolve = dev.inner.pool.get(
+            wdev,
+            len,
+            wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            "flint resolve",
+        );
+        let read = dev.inner.pool.get(
+            wdev,
+            len,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            "flint timestamps",
+        );
+        for (s, qs) in query_sets.iter().enumerate() {
+            let count = (2 * n - s as u32 * QUERIES_PER_SET).min(QUERIES_PER_SET);
+            enc.resolve_query_set(qs, 0..count, resolve.buffer(), u64::from(s as u32 * QUERIES_PER_SET) * 8);
+        }
+        if n > 0 {
             enc.copy_buffer_to_buffer(resolve.buffer(), 0, read.buffer(), 0, len);
-            Some((read, len, labels))
-        } else {
-            None
+        }
+        (read, if n > 0 { len } else { 0 }, labels)
+    }
+
+    /// Replay the plan: encode it, then whatever `after` adds to the same command buffer (a
+    /// copy of the outputs to a staging buffer, say), and submit. Does not wait.
+    pub fn submit_with(&self, after: impl FnOnce(&mut wgpu::CommandEncoder)) -> Result<wgpu::SubmissionIndex> {
+        let dev = &self.dev;
+        let _serial = dev.serial();
+        let n = self.dispatches;
+        dev.scoped(
+            || format!("replaying a plan of {n} dispatches"),
+            || {
+                let mut enc =
+                    dev.wgpu().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("flint plan") });
+                self.encode(&mut enc);
+                after(&mut enc);
+                dev.queue().submit([enc.finish()])
+            },
+        )
+    }
+
+    /// Replay the plan with a GPU timestamp around every dispatch and wait for the times (an
+    /// empty list on adapters without timestamps).
+    pub fn run_timed(&self) -> Result<Vec<DispatchTime>> {
+        let dev = self.dev.clone();
+        if !dev.caps().timestamps {
+            self.submit_with(|_| {})?;
+            dev.wait_idle()?;
+            return Ok(Vec::new());
+        }
+        let timing = {
+            let _serial = dev.serial();
+            dev.scoped(
+                || "replaying a timed plan".to_string(),
+                || {
+                    let mut enc = dev
+                        .wgpu()
+                        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("flint plan") });
+                    let timing = self.encode_timed(&mut enc);
+                    dev.queue().submit([enc.finish()]);
+                    timing
+                },
+            )?
         };
-        dev.queue().submit([enc.finish()]);
-        Ok(Submission { dev: dev.clone(), timing, _keep_alive: self.commands, _uniform: uniform })
+        Submission { dev, timing: Some(timing), _plan: None }.wait()
     }
 }

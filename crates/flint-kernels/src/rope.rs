@@ -128,20 +128,12 @@ pub fn rope_qkv(
     norms: Option<(&Tensor, &Tensor)>,
     q_out: &Tensor,
 ) -> Result<()> {
-    let d = p.head_dim;
-    if p.tokens == 0 || p.heads == 0 || p.kv_heads == 0 || d == 0 || !d.is_multiple_of(2) || dest.len() != p.tokens {
+    if dest.len() != p.tokens {
         return Err(GpuError::Shape {
             what: "rope_qkv".into(),
             message: format!("{p:?} with {} destinations", dest.len()),
         });
     }
-    let f32s = &[DType::F32];
-    check_tensor("rope_qkv", "qkv", qkv, p.tokens * p.row(), f32s)?;
-    check_tensor("rope_qkv", "positions", positions, p.tokens, &[DType::U32])?;
-    check_tensor("rope_qkv", "q out", q_out, p.tokens * p.heads * d, f32s)?;
-    let pool = cache.num_pages * cache.page_size * p.kv_heads * d;
-    check_tensor("rope_qkv", "k pool", &cache.k, pool, FLOATS)?;
-    check_tensor("rope_qkv", "v pool", &cache.v, pool, &[cache.k.dtype()])?;
     for (t, &(s, pos)) in dest.iter().enumerate() {
         if s >= table.rows() || pos >= table.pages_of(s) * cache.page_size {
             return Err(GpuError::Shape {
@@ -152,6 +144,39 @@ pub fn rope_qkv(
             });
         }
     }
+    let flat: Vec<u32> = dest.iter().flat_map(|&(s, pos)| [u32_of(s), u32_of(pos)]).collect();
+    let dest_t = dev.upload_u32("rope_qkv destinations", &flat, &[p.tokens, 2])?;
+    rope_qkv_planned(dev, rec, p, qkv, positions, &dest_t, cache, table, norms, q_out)
+}
+
+/// [`rope_qkv`] with the destinations given as a tensor (u32 `[tokens, 2]`: table row,
+/// position), which a decode plan rewrites before every replay; the caller keeps them within
+/// the pages the table lists.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_qkv_planned(
+    dev: &Device,
+    rec: &mut Recorder,
+    p: &flint_ref::rope::RopeQkvParams,
+    qkv: &Tensor,
+    positions: &Tensor,
+    dest_t: &Tensor,
+    cache: &crate::attention::KvCache,
+    table: &crate::attention::PageTable,
+    norms: Option<(&Tensor, &Tensor)>,
+    q_out: &Tensor,
+) -> Result<()> {
+    let d = p.head_dim;
+    if p.tokens == 0 || p.heads == 0 || p.kv_heads == 0 || d == 0 || !d.is_multiple_of(2) {
+        return Err(GpuError::Shape { what: "rope_qkv".into(), message: format!("{p:?}") });
+    }
+    let f32s = &[DType::F32];
+    check_tensor("rope_qkv", "qkv", qkv, p.tokens * p.row(), f32s)?;
+    check_tensor("rope_qkv", "positions", positions, p.tokens, &[DType::U32])?;
+    check_tensor("rope_qkv", "q out", q_out, p.tokens * p.heads * d, f32s)?;
+    let pool = cache.num_pages * cache.page_size * p.kv_heads * d;
+    check_tensor("rope_qkv", "k pool", &cache.k, pool, FLOATS)?;
+    check_tensor("rope_qkv", "v pool", &cache.v, pool, &[cache.k.dtype()])?;
+    check_tensor("rope_qkv", "destinations", dest_t, p.tokens * 2, &[DType::U32])?;
     if p.qk_norm_eps.is_some() != norms.is_some() {
         return Err(GpuError::Shape {
             what: "rope_qkv".into(),
@@ -164,8 +189,6 @@ pub fn rope_qkv(
     }
     require(dev, needs_for(&[cache.k.dtype()], false), "rope_qkv")?;
     let kernel = dev.kernel(registry(), &qkv_key(p.layout, cache.k.dtype(), norms.is_some()))?;
-    let flat: Vec<u32> = dest.iter().flat_map(|&(s, pos)| [u32_of(s), u32_of(pos)]).collect();
-    let dest_t = dev.upload_u32("rope_qkv destinations", &flat, &[p.tokens, 2])?;
     let uniform = QkvUniform {
         tokens: u32_of(p.tokens),
         heads: u32_of(p.heads),
@@ -178,7 +201,7 @@ pub fn rope_qkv(
         eps: p.qk_norm_eps.unwrap_or(0.0),
         pad: [0; 3],
     };
-    let mut tensors = vec![qkv, positions, &dest_t, table.tensor(), q_out, &cache.k, &cache.v];
+    let mut tensors = vec![qkv, positions, dest_t, table.tensor(), q_out, &cache.k, &cache.v];
     if let Some((qn, kn)) = norms {
         tensors.push(qn);
         tensors.push(kn);

@@ -19,13 +19,86 @@ struct Uniform {
     pad: [u32; 3],
 }
 
-fn key() -> flint_gpu::PipelineKey {
-    typed_key("sample.wgsl", "sample", WG, &[])
+fn key(rows: bool) -> flint_gpu::PipelineKey {
+    typed_key("sample.wgsl", "sample", WG, &[]).flag("ROWS", rows)
 }
 
-/// The sampler's variant.
+/// The sampler's variants: options for all rows, or per row with the ids kept on the GPU.
 pub fn variants() -> Vec<Variant> {
-    vec![Variant { name: "sample".into(), key: key(), needs: needs_for(&[], false) }]
+    vec![
+        Variant { name: "sample".into(), key: key(false), needs: needs_for(&[], false) },
+        Variant { name: "sample rows".into(), key: key(true), needs: needs_for(&[], false) },
+    ]
+}
+
+/// One row's options for [`sample_rows`]: the sampling values, the `(seed, step)` of its draw,
+/// and the slot of `tokens` that receives the chosen id. Eight u32 words.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RowOptions {
+    /// Temperature, top-k and top-p (its `rows` and `vocab` are ignored).
+    pub params: SampleParams,
+    /// Seed of the row's random stream.
+    pub seed: u32,
+    /// The draw's step in that stream.
+    pub step: u32,
+    /// Where the chosen id goes in `tokens`.
+    pub slot: u32,
+}
+
+impl RowOptions {
+    /// u32 words of a row in `row_opts`.
+    pub const WORDS: usize = 8;
+
+    /// The row's words as the kernel reads them.
+    pub fn words(&self) -> [u32; 8] {
+        [
+            self.seed,
+            self.step,
+            self.params.temperature.to_bits(),
+            u32_of(self.params.k_eff()),
+            self.params.top_p.to_bits(),
+            self.slot,
+            0,
+            0,
+        ]
+    }
+}
+
+/// Record sampling of `logits` (f32 `[rows, vocab]`) with per-row options (`row_opts`, u32
+/// `[rows, 8]` of [`RowOptions::words`]) into `out` (f32 `[rows, 2]`: token id,
+/// log-probability), also writing each row's id to `tokens[slot]` (u32), where the next decode
+/// step reads it. The options are the caller's to validate ([`SampleParams::validate`]).
+#[allow(clippy::too_many_arguments)]
+pub fn sample_rows(
+    dev: &Device,
+    rec: &mut Recorder,
+    rows: usize,
+    vocab: usize,
+    logits: &Tensor,
+    row_opts: &Tensor,
+    out: &Tensor,
+    tokens: &Tensor,
+) -> Result<()> {
+    SampleParams::greedy(rows, vocab).validate().map_err(param_err)?;
+    check_tensor("sample", "logits", logits, rows * vocab, &[DType::F32])?;
+    check_tensor("sample", "row options", row_opts, rows * RowOptions::WORDS, &[DType::U32])?;
+    check_tensor("sample", "out", out, rows * 2, &[DType::F32])?;
+    if tokens.dtype() != DType::U32 || tokens.numel() == 0 {
+        return Err(flint_gpu::GpuError::Shape {
+            what: "sample tokens".into(),
+            message: format!("{} {:?} is not a u32 vector", tokens.dtype(), tokens.shape()),
+        });
+    }
+    let kernel = dev.kernel(registry(), &key(true))?;
+    let uniform =
+        Uniform { rows: u32_of(rows), vocab: u32_of(vocab), temperature: 0.0, k_eff: 0, top_p: 1.0, pad: [0; 3] };
+    rec.dispatch_at(
+        &format!("sample {rows}x{vocab}"),
+        &kernel,
+        &uniform,
+        &[(1, logits), (2, row_opts), (3, out), (4, tokens)],
+        dev.grid(u32_of(rows)),
+    )
 }
 
 /// Record sampling of `logits` (f32 `[rows, vocab]`) with per-row `(seed, step)` in `rng` (u32
@@ -42,7 +115,7 @@ pub fn sample(
     check_tensor("sample", "logits", logits, p.rows * p.vocab, &[DType::F32])?;
     check_tensor("sample", "rng", rng, p.rows * 2, &[DType::U32])?;
     check_tensor("sample", "out", out, p.rows * 2, &[DType::F32])?;
-    let kernel = dev.kernel(registry(), &key())?;
+    let kernel = dev.kernel(registry(), &key(false))?;
     let uniform = Uniform {
         rows: u32_of(p.rows),
         vocab: u32_of(p.vocab),

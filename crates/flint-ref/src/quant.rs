@@ -1,4 +1,4 @@
-//! GGUF block formats (Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q6_K): their layouts, CPU dequantization,
+//! GGUF block formats (Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q5_K, Q6_K): their layouts, CPU dequantization,
 //! and the Params of a matmul whose B operand stays in blocks. Layouts are those of ggml: every
 //! value is little-endian, scales are f16.
 
@@ -19,6 +19,9 @@ pub enum BlockFormat {
     /// 256 values in 8 groups of 32: f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 128
     /// bytes of nibbles; `x = d sc q - dmin m`.
     Q4_K,
+    /// 256 values in 8 groups of 32: f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 32
+    /// bytes of high bits, 128 bytes of low nibbles; `x = d sc q - dmin m`, q of 5 bits.
+    Q5_K,
     /// 256 values in 16 groups of 16: 128 bytes of low nibbles, 64 bytes of 2-bit highs, 16 i8
     /// scales, f16 d; `x = d sc (q - 32)`.
     Q6_K,
@@ -26,12 +29,13 @@ pub enum BlockFormat {
 
 impl BlockFormat {
     /// Every format.
-    pub const ALL: [BlockFormat; 6] = [
+    pub const ALL: [BlockFormat; 7] = [
         BlockFormat::Q8_0,
         BlockFormat::Q4_0,
         BlockFormat::Q4_1,
         BlockFormat::Q5_0,
         BlockFormat::Q4_K,
+        BlockFormat::Q5_K,
         BlockFormat::Q6_K,
     ];
 
@@ -43,6 +47,7 @@ impl BlockFormat {
             BlockFormat::Q5_0 => 6,
             BlockFormat::Q8_0 => 8,
             BlockFormat::Q4_K => 12,
+            BlockFormat::Q5_K => 13,
             BlockFormat::Q6_K => 14,
         }
     }
@@ -60,6 +65,7 @@ impl BlockFormat {
             BlockFormat::Q4_1 => "q4_1",
             BlockFormat::Q5_0 => "q5_0",
             BlockFormat::Q4_K => "q4_k",
+            BlockFormat::Q5_K => "q5_k",
             BlockFormat::Q6_K => "q6_k",
         }
     }
@@ -67,7 +73,7 @@ impl BlockFormat {
     /// Values per block.
     pub fn block_elems(self) -> usize {
         match self {
-            BlockFormat::Q4_K | BlockFormat::Q6_K => 256,
+            BlockFormat::Q4_K | BlockFormat::Q5_K | BlockFormat::Q6_K => 256,
             _ => 32,
         }
     }
@@ -80,6 +86,7 @@ impl BlockFormat {
             BlockFormat::Q4_1 => 20,
             BlockFormat::Q5_0 => 22,
             BlockFormat::Q4_K => 144,
+            BlockFormat::Q5_K => 176,
             BlockFormat::Q6_K => 210,
         }
     }
@@ -93,7 +100,7 @@ impl BlockFormat {
     pub fn scale_offsets(self) -> &'static [usize] {
         match self {
             BlockFormat::Q8_0 | BlockFormat::Q4_0 | BlockFormat::Q5_0 => &[0],
-            BlockFormat::Q4_1 | BlockFormat::Q4_K => &[0, 2],
+            BlockFormat::Q4_1 | BlockFormat::Q4_K | BlockFormat::Q5_K => &[0, 2],
             BlockFormat::Q6_K => &[208],
         }
     }
@@ -165,6 +172,25 @@ pub fn dequantize_block(fmt: BlockFormat, b: &[u8], out: &mut [f32]) {
                 for l in 0..32 {
                     out[64 * pair + l] = d * f32::from(s0) * f32::from(q[l] & 0xf) - dmin * f32::from(m0);
                     out[64 * pair + 32 + l] = d * f32::from(s1) * f32::from(q[l] >> 4) - dmin * f32::from(m1);
+                }
+            }
+        }
+        BlockFormat::Q5_K => {
+            let d = f16_at(b, 0);
+            let dmin = f16_at(b, 2);
+            let scales = &b[4..16];
+            let qh = &b[16..48];
+            let qs = &b[48..176];
+            for pair in 0..4 {
+                let (s0, m0) = scale_min_k4(2 * pair, scales);
+                let (s1, m1) = scale_min_k4(2 * pair + 1, scales);
+                let q = &qs[32 * pair..][..32];
+                for l in 0..32 {
+                    let h0 = (qh[l] >> (2 * pair)) & 1;
+                    let h1 = (qh[l] >> (2 * pair + 1)) & 1;
+                    out[64 * pair + l] = d * f32::from(s0) * f32::from((q[l] & 0xf) | (h0 << 4)) - dmin * f32::from(m0);
+                    out[64 * pair + 32 + l] =
+                        d * f32::from(s1) * f32::from((q[l] >> 4) | (h1 << 4)) - dmin * f32::from(m1);
                 }
             }
         }

@@ -76,6 +76,20 @@ impl PageTable {
         Ok(PageTable { tensor, lens: rows.iter().map(Vec::len).collect(), max_pages, num_pages })
     }
 
+    /// A table over `tensor` (u32 `[rows, width]`) whose contents the caller writes, such as a
+    /// view of a decode plan's per-step block: every row may list up to `width` pages of a pool
+    /// of `num_pages` (the caller keeps the entries below it).
+    pub fn over(tensor: Tensor, rows: usize, width: usize, num_pages: usize) -> Result<PageTable> {
+        if rows == 0 || width == 0 {
+            return Err(GpuError::Shape {
+                what: "page table".into(),
+                message: format!("{rows} rows of {width} pages"),
+            });
+        }
+        check_tensor("page table", "entries", &tensor, rows * width, &[DType::U32])?;
+        Ok(PageTable { tensor, lens: vec![width; rows], max_pages: width, num_pages })
+    }
+
     /// A table for `seqs` sequences whose K/V are contiguous in pages `0..seqs` of a pool whose
     /// page size is the longest sequence: sequence `s` is page `s`.
     pub fn contiguous(dev: &Device, seqs: usize) -> Result<PageTable> {
@@ -118,7 +132,8 @@ pub struct AttnConfig {
     pub rows_per_unit: u32,
     /// Key splits (1: no merge pass).
     pub splits: u32,
-    /// Keys per split.
+    /// Keys per split of the longest sequence (the kernel splits each sequence's own keys into
+    /// `splits` runs of whole tiles).
     pub split_size: u32,
 }
 
@@ -190,7 +205,7 @@ struct AttnUniform {
     max_pages: u32,
     mask_mode: u32,
     window: u32,
-    split_size: u32,
+    splits: u32,
     split_slot: u32,
     mask_stride: u32,
     units: u32,
@@ -392,16 +407,43 @@ pub fn attention_with(
     splits: Option<usize>,
 ) -> Result<()> {
     check_attention(dev, p, seqs, q, kv, table, mask)?;
-    check_tensor("attention", "out", out, p.q_numel(), FLOATS)?;
     let cfg = plan(dev.caps(), p, seqs, splits);
+    let info = seq_info(dev, seqs)?;
+    attention_planned(dev, rec, p, &cfg, q, kv, table, &info, mask, out)
+}
+
+/// The per-sequence key counts and first query positions the kernels read: u32 `[seqs, 2]`.
+pub fn seq_info(dev: &Device, seqs: &[SeqSpec]) -> Result<Tensor> {
+    let info: Vec<u32> = seqs.iter().flat_map(|s| [u32_of(s.kv_len), u32_of(s.q_pos0)]).collect();
+    dev.upload_u32("attention sequences", &info, &[seqs.len(), 2])
+}
+
+/// [`attention`] with the plan (`cfg`, from [`plan`]) and the sequences' lengths (`info`, as
+/// [`seq_info`] lays them out) given: what a decode plan records once and replays with new
+/// lengths written into `info`. The lengths are the caller's to check against the table.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_planned(
+    dev: &Device,
+    rec: &mut Recorder,
+    p: &AttnParams,
+    cfg: &AttnConfig,
+    q: &Tensor,
+    kv: &KvCache,
+    table: &PageTable,
+    info: &Tensor,
+    mask: Option<&Tensor>,
+    out: &Tensor,
+) -> Result<()> {
+    check_tensor("attention", "out", out, p.q_numel(), FLOATS)?;
+    check_tensor("attention", "sequence info", info, p.seqs * 2, &[DType::U32])?;
     let rows = p.seqs * p.q_len * p.n_heads;
-    if cfg.splits == 1 {
+    if cfg.splits <= 1 {
         let lse = dev.empty("attention lse", &[rows], DType::F32)?;
-        return record_attend(dev, rec, p, seqs, q, kv, table, mask, &cfg, 0, out, &lse);
+        return record_attend(dev, rec, p, q, kv, table, info, mask, cfg, 0, out, &lse);
     }
     let parts = dev.empty("attention partial outputs", &[cfg.splits as usize * p.q_numel()], DType::F32)?;
     let lse = dev.empty("attention partial lse", &[cfg.splits as usize * rows], DType::F32)?;
-    record_attend(dev, rec, p, seqs, q, kv, table, mask, &cfg, 0, &parts, &lse)?;
+    record_attend(dev, rec, p, q, kv, table, info, mask, cfg, 0, &parts, &lse)?;
     let lse_out = dev.empty("attention lse", &[rows], DType::F32)?;
     merge_states(dev, rec, rows, cfg.splits as usize, p.head_dim, &parts, &lse, out, &lse_out)
 }
@@ -413,10 +455,10 @@ fn record_attend(
     dev: &Device,
     rec: &mut Recorder,
     p: &AttnParams,
-    seqs: &[SeqSpec],
     q: &Tensor,
     kv: &KvCache,
     table: &PageTable,
+    info: &Tensor,
     mask: Option<&Tensor>,
     cfg: &AttnConfig,
     slot: u32,
@@ -427,8 +469,6 @@ fn record_attend(
     require(dev, needs, "attention")?;
     let kernel =
         dev.kernel(registry(), &attend_key(q.dtype(), kv.k.dtype(), parts.dtype(), p.head_dim, cfg, mask.is_some()))?;
-    let info: Vec<u32> = seqs.iter().flat_map(|s| [u32_of(s.kv_len), u32_of(s.q_pos0)]).collect();
-    let info = dev.upload_u32("attention sequences", &info, &[seqs.len(), 2])?;
     let rows = p.q_len * p.group();
     let units = rows.div_ceil(cfg.rows_per_unit as usize);
     let (mask_mode, window) = match p.mask {
@@ -446,7 +486,7 @@ fn record_attend(
         max_pages: u32_of(table.max_pages),
         mask_mode,
         window: u32_of(window),
-        split_size: cfg.split_size,
+        splits: cfg.splits,
         split_slot: slot,
         mask_stride: u32_of(p.mask_stride),
         units: u32_of(units),
@@ -454,18 +494,13 @@ fn record_attend(
         pad: [0; 2],
     };
     let groups = [u32_of(units * p.n_kv_heads), cfg.splits, u32_of(p.seqs)];
-    let mut tensors = vec![q, &kv.k, &kv.v, table.tensor(), &info, parts, lse];
+    let mut tensors = vec![q, &kv.k, &kv.v, table.tensor(), info, parts, lse];
     if let Some(m) = mask {
         tensors.push(m);
     }
     let label = format!(
-        "attention {}x{} kv{} h{}/{} d{}",
-        p.seqs,
-        p.q_len,
-        seqs.iter().map(|s| s.kv_len).max().unwrap_or(0),
-        p.n_heads,
-        p.n_kv_heads,
-        p.head_dim
+        "attention {}x{} splits{} h{}/{} d{}",
+        p.seqs, p.q_len, cfg.splits, p.n_heads, p.n_kv_heads, p.head_dim
     );
     rec.dispatch(&label, &kernel, &uniform, &tensors, groups)
 }
@@ -614,16 +649,47 @@ pub fn cascade(
     check_attention(dev, &pre, &pre_seqs, q, kv, prefix, None)?;
     let suf_seqs: Vec<SeqSpec> = suffix_lens.iter().map(|&l| SeqSpec { kv_len: l, q_pos0: 0 }).collect();
     check_attention(dev, p, &suf_seqs, q, kv, suffixes, None)?;
+    let cfgs = cascade_plan(dev.caps(), p, prefix_len, suffix_lens);
+    let (pre_info, suf_info) = (seq_info(dev, &pre_seqs)?, seq_info(dev, &suf_seqs)?);
+    cascade_planned(dev, rec, p, cfgs, q, kv, (prefix, &pre_info), (suffixes, &suf_info), out)
+}
+
+/// The plans of the prefix and suffix passes of [`cascade`].
+pub fn cascade_plan(caps: &Caps, p: &AttnParams, prefix_len: usize, suffix_lens: &[usize]) -> (AttnConfig, AttnConfig) {
+    let pre = AttnParams { seqs: 1, q_len: p.seqs, ..*p };
+    let suf_seqs: Vec<SeqSpec> = suffix_lens.iter().map(|&l| SeqSpec { kv_len: l, q_pos0: 0 }).collect();
+    (plan(caps, &pre, &[SeqSpec { kv_len: prefix_len, q_pos0: 0 }], None), plan(caps, p, &suf_seqs, None))
+}
+
+/// [`cascade`] with the plans ([`cascade_plan`]) and the lengths given as tensors (the prefix's
+/// `[1, 2]` and the suffixes' `[branches, 2]`, laid out as [`seq_info`] does), for plans that
+/// are recorded once and replayed.
+#[allow(clippy::too_many_arguments)]
+pub fn cascade_planned(
+    dev: &Device,
+    rec: &mut Recorder,
+    p: &AttnParams,
+    (pre_cfg, suf_cfg): (AttnConfig, AttnConfig),
+    q: &Tensor,
+    kv: &KvCache,
+    (prefix, pre_info): (&PageTable, &Tensor),
+    (suffixes, suf_info): (&PageTable, &Tensor),
+    out: &Tensor,
+) -> Result<()> {
+    if p.q_len != 1 || p.mask != Mask::None || p.additive_mask {
+        return Err(shape_err("cascade", "one query per branch and no mask (all keys precede the queries)".into()));
+    }
     check_tensor("cascade", "out", out, p.q_numel(), FLOATS)?;
-    let pre_cfg = plan(dev.caps(), &pre, &pre_seqs, None);
-    let suf_cfg = plan(dev.caps(), p, &suf_seqs, None);
+    check_tensor("cascade", "prefix info", pre_info, 2, &[DType::U32])?;
+    check_tensor("cascade", "suffix info", suf_info, p.seqs * 2, &[DType::U32])?;
+    let pre = AttnParams { seqs: 1, q_len: p.seqs, ..*p };
     let states = (pre_cfg.splits + suf_cfg.splits) as usize;
-    let rows = branches * p.n_heads;
+    let rows = p.seqs * p.n_heads;
     let parts = dev.empty("cascade partial outputs", &[states * p.q_numel()], DType::F32)?;
     let lse = dev.empty("cascade partial lse", &[states * rows], DType::F32)?;
     // Both passes lay rows out as (state, branch, head), so they share one buffer.
-    record_attend(dev, rec, &pre, &pre_seqs, q, kv, prefix, None, &pre_cfg, 0, &parts, &lse)?;
-    record_attend(dev, rec, p, &suf_seqs, q, kv, suffixes, None, &suf_cfg, pre_cfg.splits, &parts, &lse)?;
+    record_attend(dev, rec, &pre, q, kv, prefix, pre_info, None, &pre_cfg, 0, &parts, &lse)?;
+    record_attend(dev, rec, p, q, kv, suffixes, suf_info, None, &suf_cfg, pre_cfg.splits, &parts, &lse)?;
     let lse_out = dev.empty("cascade lse", &[rows], DType::F32)?;
     merge_states(dev, rec, rows, states, p.head_dim, &parts, &lse, out, &lse_out)
 }

@@ -1,12 +1,15 @@
 //! Matmul and embedding gather against block-quantized weights (`shaders/quant.wgsl`). The
-//! weights are the file's blocks, uploaded as they are; a matrix larger than one storage binding
-//! is split into parts of whole rows, each its own buffer.
+//! weights are repacked at load from the file's blocks into flint's GPU layout ([`layout`]); a
+//! matrix larger than one storage binding is split into parts of whole rows, each its own buffer.
+
+pub mod layout;
 
 use flint_gpu::{DType, Device, GpuError, PipelineKey, Recorder, Result, Tensor};
 use flint_ref::embed::EmbedParams;
 use flint_ref::quant::{BlockFormat, QuantMatmulParams};
 
 use crate::{Variant, check_tensor, fixed_subgroup, needs_for, param_err, registry, require, typed_key, u32_of};
+use layout::RowStrides;
 
 /// Most rows of A the matvec kernel takes; more run through `matmul_q` (or, without subgroups,
 /// the matvec kernel on chunks of this many rows).
@@ -18,10 +21,19 @@ const MATMUL_WG: u32 = 64;
 const MATMUL_RB: u32 = 2;
 const EMBED_WG: u32 = 64;
 
-/// A quantized `[n, k]` weight matrix on the GPU, in parts of whole rows.
+/// One buffer of a [`QuantWeight`]: rows `row0 .. row0 + rows` in the GPU layout.
+#[derive(Clone, Debug)]
+struct Part {
+    row0: usize,
+    rows: usize,
+    words: Tensor,
+}
+
+/// A quantized `[n, k]` weight matrix on the GPU, in flint's layout ([`layout`]), in parts of
+/// whole rows.
 #[derive(Clone, Debug)]
 pub struct QuantWeight {
-    parts: Vec<(usize, Tensor)>,
+    parts: Vec<Part>,
     /// Block format.
     pub format: BlockFormat,
     /// Rows (output features).
@@ -31,7 +43,8 @@ pub struct QuantWeight {
 }
 
 impl QuantWeight {
-    /// Upload `bytes` (the tensor's blocks, row-major `[n, k]`) as parts that each fit a binding.
+    /// Repack `bytes` (the tensor's GGUF blocks, row-major `[n, k]`) and upload it in parts that
+    /// each fit a binding.
     pub fn upload(
         dev: &Device,
         name: &str,
@@ -59,35 +72,38 @@ impl QuantWeight {
             return Err(shape_err(format!("{n} rows of {k} is not whole {} blocks", format.name())));
         }
         let row_bytes = format.bytes_for(k);
-        if bytes.len() != n * row_bytes {
+        if n.checked_mul(row_bytes) != Some(bytes.len()) {
             return Err(shape_err(format!(
-                "{} bytes, expected {} for {n} x {k} {}",
+                "{} bytes, expected {n} rows of {row_bytes} bytes ({n} x {k} {})",
                 bytes.len(),
-                n * row_bytes,
                 format.name()
             )));
         }
-        // Rows per part: as many as fit in a binding, a multiple of 4 so parts start on words.
+        let gpu_row = Self::row_bytes(format, k);
         let limit = max_part_bytes.min(dev.caps().max_storage_binding as usize);
-        let rows_per_part = (limit / row_bytes / 4 * 4).max(1).min(n);
-        if row_bytes > limit {
+        if gpu_row > limit {
             return Err(GpuError::TooLarge {
                 what: format!("one row of quantized weight {name}"),
-                bytes: row_bytes as u64,
+                bytes: gpu_row as u64,
                 limit_name: "max_storage_buffer_binding_size",
                 limit: limit as u64,
                 adapter: dev.caps().short_label(),
             });
         }
+        let rows_per_part = (limit / gpu_row).clamp(1, n);
         let mut parts = Vec::new();
-        for start in (0..n).step_by(rows_per_part) {
-            let rows = rows_per_part.min(n - start);
-            let mut chunk = bytes[start * row_bytes..(start + rows) * row_bytes].to_vec();
-            chunk.resize(chunk.len().div_ceil(4) * 4, 0);
-            let words = chunk.len() / 4;
-            parts.push((start, dev.upload_bytes(&format!("{name} rows {start}.."), &chunk, &[words], DType::U32)?));
+        for row0 in (0..n).step_by(rows_per_part) {
+            let rows = rows_per_part.min(n - row0);
+            let words = layout::repack(format, &bytes[row0 * row_bytes..(row0 + rows) * row_bytes], rows, k);
+            let words = dev.upload_u32(&format!("{name} rows {row0}.."), &words, &[words.len()])?;
+            parts.push(Part { row0, rows, words });
         }
         Ok(QuantWeight { parts, format, n, k })
+    }
+
+    /// Bytes one row of `k` values of `format` takes in the GPU layout.
+    pub fn row_bytes(format: BlockFormat, k: usize) -> usize {
+        RowStrides::new(format, k).total() * 16
     }
 
     /// Number of buffers the matrix spans.
@@ -95,14 +111,33 @@ impl QuantWeight {
         self.parts.len()
     }
 
-    /// Bytes of blocks.
+    /// Bytes the matrix takes on the GPU (what one pass over it reads).
     pub fn bytes(&self) -> usize {
+        self.n * RowStrides::new(self.format, self.k).total() * 16
+    }
+
+    /// Bytes of the file's blocks it was made from.
+    pub fn file_bytes(&self) -> usize {
         self.format.bytes_for(self.n * self.k)
     }
 
-    fn part_rows(&self, i: usize) -> usize {
-        let start = self.parts[i].0;
-        self.parts.get(i + 1).map_or(self.n, |p| p.0) - start
+    /// The uniform of a dispatch over part `part`.
+    fn uniform(&self, part: &Part, m: usize, ldc: usize, col: usize, scale: f32) -> Uniform {
+        let st = RowStrides::new(self.format, self.k);
+        Uniform {
+            m: u32_of(m),
+            n: u32_of(part.rows),
+            k: u32_of(self.k),
+            ldc: u32_of(ldc),
+            n_off: u32_of(col + part.row0),
+            meta_off: u32_of(part.rows * st.quants),
+            aux_off: u32_of(part.rows * (st.quants + st.meta)),
+            qstride: u32_of(st.quants),
+            mstride: u32_of(st.meta),
+            astride: u32_of(st.aux),
+            scale,
+            pad: 0,
+        }
     }
 }
 
@@ -112,9 +147,13 @@ struct Uniform {
     m: u32,
     n: u32,
     k: u32,
-    row_bytes: u32,
     ldc: u32,
     n_off: u32,
+    meta_off: u32,
+    aux_off: u32,
+    qstride: u32,
+    mstride: u32,
+    astride: u32,
     scale: f32,
     pad: u32,
 }
@@ -127,6 +166,7 @@ fn fmt_code(f: BlockFormat) -> u32 {
         BlockFormat::Q5_0 => 3,
         BlockFormat::Q4_K => 4,
         BlockFormat::Q6_K => 5,
+        BlockFormat::Q5_K => 6,
     }
 }
 
@@ -145,16 +185,32 @@ const ROWS_NR: [u32; 3] = [8, 4, 2];
 const ROWS_WG: u32 = 64;
 /// Workgroups matvec_rows aims for on a CPU adapter (a few per core).
 const ROWS_MIN_GROUPS: u32 = 8;
+/// matvec_rows compiles the row length in (fully unrolled, so every activation index is a
+/// constant) for up to this many 32-value sub-blocks per row and rows of A: with a loop counter
+/// in the index, a CPU adapter loads the activations per lane instead of once for all lanes.
+/// On lavapipe, SmolLM2's 49152x576 q8_0 head went from 19.9 to 14.1 ms with it (best of 10).
+const ROWS_UNROLL_SUBS: usize = 64;
+const ROWS_UNROLL_MAX_ROWS: usize = 2;
+
+/// The unrolled row length (in blocks) of matvec_rows for `rows` rows of A and rows of `k`, when
+/// it is unrolled (the activations must come through a uniform binding).
+fn rows_unroll(f: BlockFormat, rows: usize, k: usize, ubo: bool) -> Option<u32> {
+    (ubo && rows <= ROWS_UNROLL_MAX_ROWS && k / 32 <= ROWS_UNROLL_SUBS).then(|| u32_of(k / f.block_elems()))
+}
 
 /// The activations of matvec_rows go through a uniform binding of `xn` vec4s, when one fits.
-fn matvec_rows_key(f: BlockFormat, rows: u32, nr: u32, xn: Option<u32>) -> PipelineKey {
+fn matvec_rows_key(f: BlockFormat, rows: u32, nr: u32, xn: Option<u32>, kb: Option<u32>) -> PipelineKey {
     let key = typed_key("quant.wgsl", "matvec_rows", ROWS_WG, &[])
         .define("FMT", fmt_code(f))
         .define("MR", rows)
         .define("NR", nr)
         .flag("MATVEC_ROWS", true);
+    let key = match kb {
+        Some(kb) => key.define("KB", kb),
+        None => key,
+    };
     match xn {
-        Some(xn) => key.flag("XUBO", true).define("XN", xn),
+        Some(xn) => key.flag("XUBO", true).define("XN", xn).define("XROW", xn / rows),
         None => key,
     }
 }
@@ -167,8 +223,11 @@ fn matmul_key(f: BlockFormat, sg: u32) -> PipelineKey {
         .flag("MATMUL", true)
 }
 
-fn embed_key(f: BlockFormat) -> PipelineKey {
-    typed_key("quant.wgsl", "embed_q", EMBED_WG, &[]).define("FMT", fmt_code(f)).flag("EMBED", true)
+fn embed_key(f: BlockFormat, slots: bool) -> PipelineKey {
+    typed_key("quant.wgsl", "embed_q", EMBED_WG, &[])
+        .define("FMT", fmt_code(f))
+        .flag("EMBED", true)
+        .flag("SLOTS", slots)
 }
 
 /// Every quantized-weight variant.
@@ -186,16 +245,29 @@ pub fn variants() -> Vec<Variant> {
         }
         for rows in 1..=MATVEC_MAX_ROWS as u32 {
             for nr in ROWS_NR {
-                for xn in [None, Some(rows * 576 / 4)] {
-                    out.push(Variant {
-                        name: format!(
-                            "quant/matvec_rows {} rows{rows} nr{nr}{}",
-                            f.name(),
-                            if xn.is_some() { " ubo" } else { "" }
-                        ),
-                        key: matvec_rows_key(f, rows, nr, xn),
-                        needs: needs_for(&[], false),
-                    });
+                // Row lengths: unrolled ones of 1, 3 and 9 blocks (a tail after whole groups) and
+                // SmolLM2's 576 values, and the loop.
+                let k576 = if f.block_elems() == 32 { 576 } else { 512 };
+                let ks =
+                    [None, Some(f.block_elems()), Some(3 * f.block_elems()), Some(9 * f.block_elems()), Some(k576)];
+                for k in ks {
+                    let xn = k.map(|k| u32_of(rows as usize * k / 4)).or(Some(rows * 576 / 4));
+                    for xn in [None, xn] {
+                        let kb = k.and_then(|k| rows_unroll(f, rows as usize, k, xn.is_some()));
+                        if k.is_some() && kb.is_none() {
+                            continue;
+                        }
+                        out.push(Variant {
+                            name: format!(
+                                "quant/matvec_rows {} rows{rows} nr{nr}{}{}",
+                                f.name(),
+                                if xn.is_some() { " ubo" } else { "" },
+                                kb.map(|b| format!(" unrolled {b} blocks")).unwrap_or_default()
+                            ),
+                            key: matvec_rows_key(f, rows, nr, xn, kb),
+                            needs: needs_for(&[], false),
+                        });
+                    }
                 }
             }
         }
@@ -206,13 +278,27 @@ pub fn variants() -> Vec<Variant> {
                 needs: needs_for(&[], true),
             });
         }
-        out.push(Variant {
-            name: format!("quant/embed {}", f.name()),
-            key: embed_key(f),
-            needs: needs_for(&[], false),
-        });
+        for slots in [false, true] {
+            out.push(Variant {
+                name: format!("quant/embed {}{}", f.name(), if slots { " slots" } else { "" }),
+                key: embed_key(f, slots),
+                needs: needs_for(&[], false),
+            });
+        }
     }
     out
+}
+
+/// Which matvec kernel runs for 1 to [`MATVEC_MAX_ROWS`] rows of A.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Matvec {
+    /// The adapter's choice: [`Matvec::Rows`] on CPU adapters, [`Matvec::Split`] elsewhere.
+    #[default]
+    Auto,
+    /// `matvec_rows`: lanes own whole weight rows.
+    Rows,
+    /// `matvec_q`: lanes of a subgroup (or workgroup) split each row.
+    Split,
 }
 
 /// Record `c = a x w^T` for f32 `a` `[m, k]` and `c` `[m, n]`.
@@ -225,6 +311,19 @@ pub fn quant_matmul(
     c: &Tensor,
 ) -> Result<()> {
     quant_matmul_into(dev, rec, p, a, w, c, p.mm.n, 0)
+}
+
+/// [`quant_matmul`] with the matvec kernel chosen by the caller (conformance runs both).
+pub fn quant_matmul_with(
+    dev: &Device,
+    rec: &mut Recorder,
+    p: &QuantMatmulParams,
+    a: &Tensor,
+    w: &QuantWeight,
+    c: &Tensor,
+    how: Matvec,
+) -> Result<()> {
+    record_matmul(dev, rec, p, a, w, c, Out { ldc: p.mm.n, col: 0, how })
 }
 
 /// [`quant_matmul`] writing columns `col .. col + n` of `c`, whose rows are `ldc` wide (several
@@ -240,6 +339,19 @@ pub fn quant_matmul_into(
     ldc: usize,
     col: usize,
 ) -> Result<()> {
+    record_matmul(dev, rec, p, a, w, c, Out { ldc, col, how: Matvec::Auto })
+}
+
+fn record_matmul(
+    dev: &Device,
+    rec: &mut Recorder,
+    p: &QuantMatmulParams,
+    a: &Tensor,
+    w: &QuantWeight,
+    c: &Tensor,
+    out: Out,
+) -> Result<()> {
+    let (ldc, col) = (out.ldc, out.col);
     p.validate().map_err(param_err)?;
     if p.mm.batch != 1 || p.mm.bias {
         return Err(GpuError::Shape { what: "quant matmul".into(), message: "one batch and no bias".into() });
@@ -268,7 +380,6 @@ pub fn quant_matmul_into(
     check_tensor("quant matmul", "C", c, p.mm.m * ldc, &[DType::F32])?;
     let m = p.mm.m;
     let sg = fixed_subgroup(dev.caps());
-    let out = Out { ldc, col };
     if m > MATVEC_MAX_ROWS && sg.is_some() {
         return record_parts(dev, rec, p, a, w, c, out, 0, m);
     }
@@ -287,6 +398,7 @@ pub fn quant_matmul_into(
 struct Out {
     ldc: usize,
     col: usize,
+    how: Matvec,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -305,7 +417,12 @@ fn record_parts(
     let sg = fixed_subgroup(caps);
     let matvec = rows <= MATVEC_MAX_ROWS;
     // On CPU adapters lanes own whole weight rows (see matvec_rows); GPUs split k across lanes.
-    let by_rows = matvec && caps.device_type == "cpu";
+    let by_rows = matvec
+        && match out.how {
+            Matvec::Auto => caps.device_type == "cpu",
+            Matvec::Rows => true,
+            Matvec::Split => false,
+        };
     let nr = ROWS_NR
         .into_iter()
         .find(|&nr| u32_of(w.n).div_ceil(ROWS_WG * nr) >= ROWS_MIN_GROUPS)
@@ -315,7 +432,7 @@ fn record_parts(
         && a.offset().is_multiple_of(u64::from(caps.uniform_offset_alignment.max(1))))
     .then(|| u32_of(rows * p.mm.k / 4));
     let key = if by_rows {
-        matvec_rows_key(p.format, u32_of(rows), nr, xn)
+        matvec_rows_key(p.format, u32_of(rows), nr, xn, rows_unroll(p.format, rows, p.mm.k, xn.is_some()))
     } else if matvec {
         matvec_key(p.format, u32_of(rows), caps.subgroups)
     } else {
@@ -325,19 +442,9 @@ fn record_parts(
     let uses_subgroups = !by_rows && (caps.subgroups || !matvec);
     require(dev, needs_for(&[], uses_subgroups), "quant matmul")?;
     let kernel = dev.kernel(registry(), &key)?;
-    let row_bytes = p.format.bytes_for(p.mm.k);
-    for (i, (start, part)) in w.parts.iter().enumerate() {
-        let n = w.part_rows(i);
-        let uniform = Uniform {
-            m: u32_of(rows),
-            n: u32_of(n),
-            k: u32_of(p.mm.k),
-            row_bytes: u32_of(row_bytes),
-            ldc: u32_of(out.ldc),
-            n_off: u32_of(out.col + *start),
-            scale: 1.0,
-            pad: 0,
-        };
+    for part in &w.parts {
+        let n = part.rows;
+        let uniform = w.uniform(part, rows, out.ldc, out.col, 1.0);
         let groups = if by_rows {
             dev.grid(u32_of(n).div_ceil(ROWS_WG * nr))
         } else if matvec {
@@ -356,7 +463,7 @@ fn record_parts(
             p.mm.k,
             if r0 > 0 { format!(" @{r0}") } else { String::new() }
         );
-        rec.dispatch(&label, &kernel, &uniform, &[a, part, c], groups)?;
+        rec.dispatch(&label, &kernel, &uniform, &[a, &part.words, c], groups)?;
     }
     Ok(())
 }
@@ -371,6 +478,34 @@ pub fn embed_q(
     ids: &Tensor,
     out: &Tensor,
 ) -> Result<()> {
+    check_tensor("embed_q", "ids", ids, p.tokens, &[DType::U32])?;
+    record_embed(dev, rec, p, table, ids, None, out)
+}
+
+/// [`embed_q`] reading token `t`'s id at `ids[slots[t]]`, where a sampler left it.
+pub fn embed_q_slots(
+    dev: &Device,
+    rec: &mut Recorder,
+    p: &EmbedParams,
+    table: &QuantWeight,
+    ids: &Tensor,
+    slots: &Tensor,
+    out: &Tensor,
+) -> Result<()> {
+    check_tensor("embed_q", "slots", slots, p.tokens, &[DType::U32])?;
+    check_tensor("embed_q", "ids", ids, ids.numel(), &[DType::U32])?;
+    record_embed(dev, rec, p, table, ids, Some(slots), out)
+}
+
+fn record_embed(
+    dev: &Device,
+    rec: &mut Recorder,
+    p: &EmbedParams,
+    table: &QuantWeight,
+    ids: &Tensor,
+    slots: Option<&Tensor>,
+    out: &Tensor,
+) -> Result<()> {
     p.validate().map_err(param_err)?;
     if (table.n, table.k) != (p.vocab, p.dim) {
         return Err(GpuError::Shape {
@@ -378,27 +513,20 @@ pub fn embed_q(
             message: format!("table is {}x{}, params say {}x{}", table.n, table.k, p.vocab, p.dim),
         });
     }
-    check_tensor("embed_q", "ids", ids, p.tokens, &[DType::U32])?;
     check_tensor("embed_q", "out", out, p.tokens * p.dim, &[DType::F32])?;
-    let kernel = dev.kernel(registry(), &embed_key(table.format))?;
-    let row_bytes = table.format.bytes_for(p.dim);
-    for (i, (start, part)) in table.parts.iter().enumerate() {
-        let uniform = Uniform {
-            m: u32_of(p.tokens),
-            n: u32_of(table.part_rows(i)),
-            k: u32_of(p.dim),
-            row_bytes: u32_of(row_bytes),
-            ldc: u32_of(p.dim),
-            n_off: u32_of(*start),
-            scale: p.scale,
-            pad: 0,
-        };
+    let kernel = dev.kernel(registry(), &embed_key(table.format, slots.is_some()))?;
+    for part in &table.parts {
+        let uniform = table.uniform(part, p.tokens, p.dim, 0, p.scale);
         let work = u32_of(p.tokens * p.dim / 32);
-        rec.dispatch(
+        let mut tensors = vec![(1, ids), (2, &part.words), (3, out)];
+        if let Some(s) = slots {
+            tensors.push((4, s));
+        }
+        rec.dispatch_at(
             &format!("embed_q {}", table.format.name()),
             &kernel,
             &uniform,
-            &[ids, part, out],
+            &tensors,
             dev.grid(work.div_ceil(EMBED_WG)),
         )?;
     }
