@@ -39,7 +39,7 @@ struct Params {
     mask_stride: u32,
     units: u32,
     scale_log2: f32,
-    _pad0: u32,
+    split_len: u32,
     _pad1: u32,
 }
 
@@ -115,11 +115,13 @@ fn visible(kb: u32, k_end: u32, qpos: u32) -> vec4<bool> {
     return (keys < vec4<u32>(k_end)) & causal & window;
 }
 
-// The range of keys a unit reads: its split, cut to what the masks let its rows see. Each
-// sequence's keys split into p.splits runs of whole tiles (the last ones may be empty), so the
-// split sizes follow the lengths, which may change from one replay of a plan to the next.
+// The range of keys a unit reads: its split, cut to what the masks let its rows see. Splits are
+// p.split_len keys long when that is set (decode: a row's result then does not depend on the
+// other rows of its step), else each sequence's keys split into p.splits runs of whole tiles;
+// either way the last ones may be empty, and the sizes follow the lengths, which may change
+// from one replay of a plan to the next.
 fn key_range(split: u32, kv_len: u32, q_pos0: u32, t_first: u32, t_last: u32) -> vec2<u32> {
-    let split_size = ((kv_len + p.splits - 1u) / p.splits + 3u) / 4u * 4u;
+    let split_size = select(((kv_len + p.splits - 1u) / p.splits + 3u) / 4u * 4u, p.split_len, p.split_len > 0u);
     var k_begin = split * split_size;
     var k_end = min(k_begin + split_size, kv_len);
     if (p.mask_mode >= 1u) {

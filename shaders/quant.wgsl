@@ -371,11 +371,14 @@ fn matvec_q(
 fn rows_step(acc: ptr<function, array<array<f32, NR>, MR>>, rows: array<u32, NR>, mv: array<vec4<u32>, NR>,
              av: array<vec4<u32>, NR>, b: u32, s: u32) {
     let xb = (b * BE + s * 32u) / 4u;
-#if MR == 1
-    // Sums of the activations under each half of the sub-block.
-    let xs = vec2<f32>(dot(a[xb] + a[xb + 1u] + a[xb + 2u] + a[xb + 3u], vec4<f32>(1.0)),
-                       dot(a[xb + 4u] + a[xb + 5u] + a[xb + 6u] + a[xb + 7u], vec4<f32>(1.0)));
-#endif
+    // The sub-block's activations, loaded once for the NR weight rows.
+    var x: array<array<vec4<f32>, 8>, MR>;
+#for R in 0..MR
+#for I in 0..8
+    x[R][I] = a[R * XROW + xb + I];
+#endfor
+#endfor
+
 #for J in 0..NR
     {
         let m = mv[J];
@@ -431,10 +434,9 @@ fn rows_step(acc: ptr<function, array<array<f32, NR>, MR>>, rows: array<u32, NR>
         let hw0 = select(hv.x, hv.z, (s & 1u) != 0u);
         let hw1 = select(hv.y, hv.w, (s & 1u) != 0u);
 #endif
-        // Affine form: each half of the sub-block is scale * codes + offset, so the dot product
-        // is scale * sum(code * x) + offset * sum(x), with sum(x) shared by every row (xs).
-        var dl = 0.0;
-        var dh = 0.0;
+        // Each half of the sub-block is scale * codes + offset. The weights are formed before the
+        // products, the same way for any number of rows of A, so that a row's result does not
+        // depend on the rows decoded with it (decode steps are batch-invariant).
 #for W in 0..4
         {
 #if FMT == 0
@@ -452,25 +454,13 @@ fn rows_step(acc: ptr<function, array<array<f32, NR>, MR>>, rows: array<u32, NR>
             let cl = vec4<f32>(lo4(q[W]));
             let ch = vec4<f32>(hi4(q[W]));
 #endif
-#if MR == 1
-            let xl = a[xb + W];
-            let xh = a[xb + 4u + W];
-            dl = fma(cl.x, xl.x, fma(cl.y, xl.y, fma(cl.z, xl.z, fma(cl.w, xl.w, dl))));
-            dh = fma(ch.x, xh.x, fma(ch.y, xh.y, fma(ch.z, xh.z, fma(ch.w, xh.w, dh))));
-#else
-            // Several rows of A: one accumulator per row would need MR x NR x 2 of them, so
-            // the rows take the dequantized weights instead.
             let wl = fma(cl, vec4<f32>(sl), vec4<f32>(ol));
             let wh = fma(ch, vec4<f32>(sh), vec4<f32>(oh));
 #for R in 0..MR
-            (*acc)[R][J] += dot(wl, a[R * XROW + xb + W]) + dot(wh, a[R * XROW + xb + 4u + W]);
+            (*acc)[R][J] += dot(wl, x[R][W]) + dot(wh, x[R][W + 4]);
 #endfor
-#endif
         }
 #endfor
-#if MR == 1
-        (*acc)[0][J] += fma(sl, dl, fma(sh, dh, fma(ol, xs.x, oh * xs.y)));
-#endif
     }
 #endfor
 }

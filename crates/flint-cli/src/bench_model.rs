@@ -12,6 +12,7 @@ use flint_gpu::Recorder;
 use flint_runtime::engine::{EngineOptions, Request};
 use flint_runtime::generate::SamplingOptions;
 use flint_runtime::model::{Model, Pixels, Vision};
+use flint_runtime::stepper::StepStats;
 use serde_json::json;
 
 /// Options of `flint bench-model`.
@@ -71,6 +72,44 @@ struct DecodeRun {
     tokens: usize,
     steps: usize,
     kv_bytes: usize,
+    /// Host time of the timed steps (from the engine's step statistics).
+    host: StepStats,
+}
+
+/// The difference of two step statistics (`b` taken after `a`).
+fn stats_delta(a: &StepStats, b: &StepStats) -> StepStats {
+    StepStats {
+        steps: b.steps - a.steps,
+        plans_made: b.plans_made - a.plans_made,
+        dispatches: b.dispatches,
+        prepare: b.prepare - a.prepare,
+        write: b.write - a.write,
+        encode: b.encode - a.encode,
+        submit: b.submit - a.submit,
+        wait: b.wait - a.wait,
+    }
+}
+
+/// JSON and table text of a run's host figures.
+fn host_figures(r: &DecodeRun) -> (serde_json::Value, String) {
+    let h = &r.host;
+    let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / h.steps.max(1) as f64;
+    let wall_ms = r.seconds * 1e3 / r.steps.max(1) as f64;
+    (
+        json!({"host_us_per_step": h.host_us_per_step(), "prepare_us": per(h.prepare), "write_us": per(h.write),
+               "encode_us": per(h.encode), "submit_call_us": per(h.submit), "wait_us": per(h.wait),
+               "dispatches_per_step": h.dispatches, "wall_ms_per_step": wall_ms, "plans_made": h.plans_made}),
+        format!(
+            " | host {:.0} us/step (prepare {:.0}, write {:.0}, encode {:.0}; submit call {:.0}), {} dispatches, {:.1} ms/step",
+            h.host_us_per_step(),
+            per(h.prepare),
+            per(h.write),
+            per(h.encode),
+            per(h.submit),
+            h.dispatches,
+            wall_ms
+        ),
+    )
 }
 
 /// Submit `requests`, step until all are live, then time `steps` steps.
@@ -84,6 +123,7 @@ fn decode_run(model: &Model, requests: Vec<Request>, steps: usize, kv_tokens: us
         engine.step()?;
     }
     let live = engine.live_branches();
+    let before = engine.step_stats();
     let t = Instant::now();
     let mut tokens = 0;
     for _ in 0..steps {
@@ -94,7 +134,8 @@ fn decode_run(model: &Model, requests: Vec<Request>, steps: usize, kv_tokens: us
     if engine.live_branches() != live {
         anyhow::bail!("a sequence stopped during the timed steps");
     }
-    Ok(DecodeRun { seconds, tokens, steps, kv_bytes })
+    let host = stats_delta(&before, &engine.step_stats());
+    Ok(DecodeRun { seconds, tokens, steps, kv_bytes, host })
 }
 
 fn greedy(max_tokens: usize) -> SamplingOptions {
@@ -148,12 +189,19 @@ pub fn bench_model(opts: &BenchModelOpts) -> Result<()> {
         let r = decode_run(&model, reqs(b)?, opts.steps, 64 * (b + 2) * budget.div_ceil(64).max(2))?;
         let tps = r.tokens as f64 / r.seconds;
         let gbs = wbytes * r.steps as f64 / r.seconds / 1e9;
+        let (mut v, host) = host_figures(&r);
+        v.as_object_mut().expect("an object").extend(
+            json!({"sequences": b, "steps": r.steps, "tokens": r.tokens, "seconds": r.seconds, "tokens_per_s": tps,
+                   "tokens_per_s_per_sequence": tps / b as f64, "weight_gb_per_s": gbs, "kv_bytes": r.kv_bytes})
+            .as_object()
+            .expect("an object")
+            .clone(),
+        );
         emit(
             format!("decode batch {b}"),
-            json!({"sequences": b, "steps": r.steps, "tokens": r.tokens, "seconds": r.seconds, "tokens_per_s": tps,
-                   "tokens_per_s_per_sequence": tps / b as f64, "weight_gb_per_s": gbs, "kv_bytes": r.kv_bytes}),
+            v,
             format!(
-                "{tps:>9.1} tok/s aggregate {:>7.1} per sequence {:>6.2} GB/s of weights, KV {:.1} MiB",
+                "{tps:>9.1} tok/s aggregate {:>7.1} per sequence {:>6.2} GB/s of weights, KV {:.1} MiB{host}",
                 tps / b as f64,
                 gbs,
                 r.kv_bytes as f64 / (1 << 20) as f64
@@ -173,12 +221,19 @@ pub fn bench_model(opts: &BenchModelOpts) -> Result<()> {
         let per_token = 2 * c.layers * c.kv_heads * c.head_dim * model.decoder.kv_dtype.size();
         // What N sequences holding the prefix each would use at this point.
         let separate = n * (opts.prefix + opts.steps + 2) * per_token;
+        let (mut v, host) = host_figures(&r);
+        v.as_object_mut().expect("an object").extend(
+            json!({"branches": n, "prefix": opts.prefix, "steps": r.steps, "tokens": r.tokens, "seconds": r.seconds,
+                   "tokens_per_s": tps, "kv_bytes": r.kv_bytes, "kv_bytes_if_copied_estimate": separate})
+            .as_object()
+            .expect("an object")
+            .clone(),
+        );
         emit(
             format!("contemplate {n} over {}", opts.prefix),
-            json!({"branches": n, "prefix": opts.prefix, "steps": r.steps, "tokens": r.tokens, "seconds": r.seconds,
-                   "tokens_per_s": tps, "kv_bytes": r.kv_bytes, "kv_bytes_if_copied_estimate": separate}),
+            v,
             format!(
-                "{tps:>9.1} tok/s aggregate {:>7.1} per branch, KV {:.1} MiB (about {:.1} MiB with the prefix copied per branch)",
+                "{tps:>9.1} tok/s aggregate {:>7.1} per branch, KV {:.1} MiB (about {:.1} MiB with the prefix copied per branch){host}",
                 tps / n as f64,
                 r.kv_bytes as f64 / (1 << 20) as f64,
                 separate as f64 / (1 << 20) as f64

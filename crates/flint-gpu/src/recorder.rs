@@ -90,6 +90,11 @@ impl Recorder {
         self.timed
     }
 
+    /// Whether nothing has been recorded.
+    pub fn is_empty(&self) -> bool {
+        self.commands.is_empty()
+    }
+
     /// Number of dispatches recorded so far.
     pub fn dispatches(&self) -> usize {
         self.commands.iter().filter(|c| matches!(c, Command::Dispatch { .. })).count()
@@ -194,7 +199,7 @@ impl Recorder {
     }
 
     /// Freeze the recording into a [`Plan`]: its bind groups and parameter block are made here,
-    /// once, and every [`Plan::submit`] replays the same dispatches over the same tensors. What
+    /// once, and every [`Plan::submit_with`] replays the same dispatches over the same tensors. What
     /// changes between replays must live in tensors the caller rewrites (one small block of
     /// positions, lengths and page-table rows is the usual way).
     pub fn into_plan(self) -> Result<Plan> {

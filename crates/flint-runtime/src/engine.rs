@@ -16,10 +16,12 @@ use std::time::{Duration, Instant};
 
 use flint_gpu::{DType, Recorder};
 use flint_kernels::attention::paged::{KvPool, SeqId};
+use flint_kernels::sample::RowOptions;
 
 use crate::generate::{SamplingOptions, StopReason};
 use crate::model::decoder::Decoder;
 use crate::model::{Pixels, Vision};
+use crate::stepper::{StepMode, StepRow, StepStats, Stepper};
 use crate::{Result, RuntimeError};
 
 /// Sizes of an engine.
@@ -162,10 +164,10 @@ struct Waiting {
 struct Branch {
     seq: SeqId,
     seed: u32,
-    /// Draws made so far (the step word of the sampler's random stream).
-    draws: u32,
-    /// The newest token, fed in the next step.
-    last: u32,
+    /// Where the branch's newest token lives on the GPU (its token slot).
+    slot: u32,
+    /// Decode steps submitted for the branch (its draw in step k is k + 1; the prefill's is 0).
+    submitted: usize,
     tokens: Vec<u32>,
     logprobs: Vec<f32>,
     stop: Option<StopReason>,
@@ -194,6 +196,11 @@ pub struct Engine<'m> {
     reserved_pages: usize,
     peak_pages: usize,
     steps: u64,
+    stepper: Stepper,
+    /// Token slots no branch holds.
+    free_slots: Vec<u32>,
+    /// Steps submitted and not yet taken: their tag and each row's request and branch.
+    in_flight: VecDeque<(u64, Vec<(RequestId, usize)>)>,
 }
 
 impl std::fmt::Debug for Engine<'_> {
@@ -217,9 +224,12 @@ impl<'m> Engine<'m> {
             )));
         }
         let pool = model.kv_pool(opts.kv_tokens, opts.page_size)?;
+        let width = opts.kv_tokens.min(model.cfg.context).div_ceil(opts.page_size);
+        let stepper = Stepper::new(model.device(), opts.max_batch, opts.max_batch, width, StepMode::Planned)?;
         Ok(Engine {
             model,
             vision: None,
+            free_slots: (0..opts.max_batch as u32).rev().collect(),
             opts,
             pool,
             next_id: 0,
@@ -228,7 +238,22 @@ impl<'m> Engine<'m> {
             reserved_pages: 0,
             peak_pages: 0,
             steps: 0,
+            stepper,
+            in_flight: VecDeque::new(),
         })
+    }
+
+    /// The same engine running its decode steps in `mode` (planned by default; immediate is
+    /// the reference the planned loop is tested against). Call before submitting.
+    pub fn with_mode(mut self, mode: StepMode) -> Result<Self> {
+        let width = self.opts.kv_tokens.min(self.model.cfg.context).div_ceil(self.opts.page_size);
+        self.stepper = Stepper::new(self.model.device(), self.opts.max_batch, self.opts.max_batch, width, mode)?;
+        Ok(self)
+    }
+
+    /// Host time and dispatches of the decode steps so far.
+    pub fn step_stats(&self) -> StepStats {
+        self.stepper.stats.clone()
     }
 
     /// The same engine taking images through `vision` (a multimodal model's tower).
@@ -326,6 +351,8 @@ impl<'m> Engine<'m> {
         let Some(i) = self.active.iter().position(|a| a.id == id) else {
             return Ok(false);
         };
+        // Steps in flight that hold its rows run to the end; their results are dropped, and
+        // anything that reuses its pages or slots is submitted after them.
         let a = self.active.remove(i);
         self.release(&a)?;
         Ok(true)
@@ -333,7 +360,7 @@ impl<'m> Engine<'m> {
 
     /// Whether nothing is waiting or running.
     pub fn is_idle(&self) -> bool {
-        self.waiting.is_empty() && self.active.is_empty()
+        self.waiting.is_empty() && self.active.is_empty() && self.in_flight.is_empty()
     }
 
     /// Requests waiting for admission.
@@ -363,15 +390,64 @@ impl<'m> Engine<'m> {
 
     /// Admit what fits, run one batched decode step over every live branch, and report what
     /// happened. Errors are the GPU's; a request's own trouble comes back as [`Event::Failed`].
+    ///
+    /// Each call reports one decode step, but the next is already on the GPU: the step after it
+    /// is submitted (its rows' ids stay on the GPU, see [`crate::stepper`]) before this one's
+    /// results are waited for, so the GPU never waits for the host between steps. A branch keeps
+    /// its row in that step until its stop is seen, so one step may run past its end; that token
+    /// is dropped.
+    ///
+    /// A failure of the GPU (a submit refused, a device lost) fails every running request with
+    /// [`Event::Failed`] and frees its pages; the engine stays usable for new requests if the
+    /// device does.
     pub fn step(&mut self) -> Result<Vec<Event>> {
         let mut events = Vec::new();
         self.admit(&mut events)?;
-        if self.live_branches() > 0 {
-            self.decode(&mut events)?;
+        if let Err(e) = self.advance(&mut events) {
+            self.fail_all(&e, &mut events)?;
         }
         self.peak_pages = self.peak_pages.max(self.pool.used_pages());
         self.retire(&mut events)?;
         Ok(events)
+    }
+
+    /// Submit this step if none is in flight, then the next ahead of its results, and take
+    /// the oldest step's results (see [`Engine::step`]).
+    fn advance(&mut self, events: &mut Vec<Event>) -> Result<()> {
+        if self.in_flight.is_empty() {
+            self.submit_step()?;
+        }
+        if !self.in_flight.is_empty() && self.stepper.has_room() {
+            self.submit_step()?;
+        }
+        if !self.in_flight.is_empty()
+            && let Some((tag, results)) = self.stepper.take(true)?
+        {
+            self.take_results(tag, &results, events)?;
+        }
+        Ok(())
+    }
+
+    /// Fail every running request with `error`, freeing its pages and slots, and forget the
+    /// steps in flight.
+    fn fail_all(&mut self, error: &RuntimeError, events: &mut Vec<Event>) -> Result<()> {
+        tracing::error!(%error, requests = self.active.len(), "decode step failed; failing the running requests");
+        self.in_flight.clear();
+        if let Err(e) = self.stepper.drain() {
+            tracing::debug!(error = %e, "while draining the steps in flight");
+        }
+        for a in std::mem::take(&mut self.active) {
+            self.release(&a)?;
+            events.push(Event::Failed { request: a.id, error: format!("decode step failed: {error}") });
+        }
+        Ok(())
+    }
+
+    /// Make the next decode step's submit fail as a lost device would (for tests of the
+    /// failure path).
+    #[doc(hidden)]
+    pub fn inject_submit_failure(&mut self) {
+        self.stepper.fail_next_submit = true;
     }
 
     /// Step until every request has finished, passing each event to `on_event` as it comes.
@@ -393,7 +469,8 @@ impl<'m> Engine<'m> {
             let w = self.waiting.pop_front().expect("front exists");
             self.reserved_pages += w.pages;
             let started = Instant::now();
-            match self.prefill(&w.req) {
+            let slots: Vec<u32> = (0..w.req.branches).filter_map(|_| self.free_slots.pop()).collect();
+            match self.prefill(&w.req, &slots) {
                 Ok(branches) => {
                     let prefill = started.elapsed();
                     let mut a = Active {
@@ -412,17 +489,20 @@ impl<'m> Engine<'m> {
                         let mut br = Branch {
                             seq,
                             seed: w.req.sampling.seed.wrapping_add(b as u32),
-                            draws: 1,
-                            last: token,
+                            slot: slots[b],
+                            submitted: 0,
                             tokens: Vec::new(),
                             logprobs: Vec::new(),
                             stop: None,
                         };
                         let context = self.model.cfg.context;
                         if let Err(e) =
-                            accept(&self.pool, context, &a.sampling, a.id, b, &mut br, token, logprob, &mut first)
+                            accept(context, a.prompt_tokens, &a.sampling, a.id, b, &mut br, token, logprob, &mut first)
                         {
                             failed = Some(e);
+                        }
+                        if br.stop.is_some() {
+                            self.free_slots.push(br.slot);
                         }
                         a.branches.push(br);
                     }
@@ -439,6 +519,7 @@ impl<'m> Engine<'m> {
                 }
                 Err(e) => {
                     self.reserved_pages -= w.pages;
+                    self.free_slots.extend(slots);
                     events.push(Event::Failed { request: w.id, error: e.to_string() });
                 }
             }
@@ -449,7 +530,7 @@ impl<'m> Engine<'m> {
     /// Prefill one prompt and draw each branch's first token from its last logits. Returns the
     /// branches' sequences (the first is the prompt's own; the others are forks sharing its
     /// pages) with their first token and its log-probability.
-    fn prefill(&mut self, req: &Request) -> Result<Vec<(SeqId, u32, f32)>> {
+    fn prefill(&mut self, req: &Request, slots: &[u32]) -> Result<Vec<(SeqId, u32, f32)>> {
         let dev = self.model.device().clone();
         let (n, vocab, p) = (req.branches, self.model.cfg.vocab, req.prompt.len());
         let seq = self.pool.create();
@@ -467,10 +548,20 @@ impl<'m> Engine<'m> {
                 }
                 rows
             };
-            let rng: Vec<u32> = (0..n as u32).flat_map(|b| [req.sampling.seed.wrapping_add(b), 0]).collect();
-            let rng = dev.upload_u32("sample rng", &rng, &[n, 2])?;
+            if slots.len() != n {
+                return Err(RuntimeError::Request(format!("{n} branches but {} free token slots", slots.len())));
+            }
+            let opts: Vec<u32> = (0..n)
+                .flat_map(|b| {
+                    let seed = req.sampling.seed.wrapping_add(b as u32);
+                    let params = req.sampling.params(1, vocab);
+                    RowOptions { params, seed, step: 0, slot: slots[b] }.words()
+                })
+                .collect();
+            let opts = dev.upload_u32("sample options", &opts, &[n, RowOptions::WORDS])?;
             let out = dev.empty("sample out", &[n, 2], DType::F32)?;
-            flint_kernels::sample::sample(&dev, &mut rec, &req.sampling.params(n, vocab), &logits, &rng, &out)?;
+            let tokens = self.stepper.tokens();
+            flint_kernels::sample::sample_rows(&dev, &mut rec, n, vocab, &logits, &opts, &out, tokens)?;
             rec.submit()?.wait()?;
             let r = dev.read_f32(&out)?;
             Ok(r.chunks_exact(2).map(|c| (c[0] as u32, c[1])).collect())
@@ -497,65 +588,63 @@ impl<'m> Engine<'m> {
         Ok(out)
     }
 
-    /// One batched decode step over every live branch.
-    fn decode(&mut self, events: &mut Vec<Event>) -> Result<()> {
-        let dev = self.model.device().clone();
-        let vocab = self.model.cfg.vocab;
-        // Rows in request order, a request's branches together (so cascade sees them adjacent).
-        let rows: Vec<(usize, usize)> = self
-            .active
-            .iter()
-            .enumerate()
-            .flat_map(|(ai, a)| {
-                a.branches.iter().enumerate().filter(|(_, b)| b.stop.is_none()).map(move |(bi, _)| (ai, bi))
-            })
-            .collect();
-        let b = rows.len();
-        let seqs: Vec<SeqId> = rows.iter().map(|&(ai, bi)| self.active[ai].branches[bi].seq).collect();
-        let ids: Vec<u32> = rows.iter().map(|&(ai, bi)| self.active[ai].branches[bi].last).collect();
-        let mut rec = Recorder::new(&dev);
-        let ids_t = dev.upload_u32("step ids", &ids, &[b])?;
-        let x = self.model.embed(&mut rec, &ids_t, b)?;
-        let h = self.model.decode(&mut rec, &mut self.pool, &seqs, &x)?;
-        let logits = self.model.logits(&mut rec, &h, 0..b)?;
-        let out = dev.empty("sample out", &[b, 2], DType::F32)?;
-        // One sampler dispatch per run of rows with the same options.
-        let mut r0 = 0;
-        while r0 < b {
-            let opts = &self.active[rows[r0].0].sampling;
-            let mut r1 = r0 + 1;
-            while r1 < b && same_sampler(&self.active[rows[r1].0].sampling, opts) {
-                r1 += 1;
-            }
-            let n = r1 - r0;
-            let rng: Vec<u32> = rows[r0..r1]
-                .iter()
-                .flat_map(|&(ai, bi)| {
-                    let br = &self.active[ai].branches[bi];
-                    [br.seed, br.draws]
-                })
-                .collect();
-            let rng = dev.upload_u32("sample rng", &rng, &[n, 2])?;
-            if n == b {
-                flint_kernels::sample::sample(&dev, &mut rec, &opts.params(n, vocab), &logits, &rng, &out)?;
-            } else {
-                let part = dev.empty("sample rows", &[n, vocab], DType::F32)?;
-                rec.copy(&logits.view((r0 * vocab * 4) as u64, &[n, vocab], DType::F32)?, &part)?;
-                let part_out = dev.empty("sample out rows", &[n, 2], DType::F32)?;
-                flint_kernels::sample::sample(&dev, &mut rec, &opts.params(n, vocab), &part, &rng, &part_out)?;
-                rec.copy(&part_out, &out.view((r0 * 2 * 4) as u64, &[n, 2], DType::F32)?)?;
-            }
-            r0 = r1;
+    /// Submit one batched decode step over every branch that can still grow (rows in request
+    /// order, a request's branches together, so cascade sees them adjacent). Returns whether a
+    /// step was submitted.
+    fn submit_step(&mut self) -> Result<bool> {
+        if !self.stepper.has_room() {
+            return Ok(false);
         }
-        rec.submit()?.wait()?;
-        self.steps += 1;
-        let r = dev.read_f32(&out)?;
         let context = self.model.cfg.context;
-        for (&(ai, bi), c) in rows.iter().zip(r.chunks_exact(2)) {
-            let a = &mut self.active[ai];
+        let vocab = self.model.cfg.vocab;
+        let mut rows = Vec::new();
+        let mut who = Vec::new();
+        for a in &self.active {
+            for (bi, br) in a.branches.iter().enumerate() {
+                let grows = 1 + br.submitted < a.sampling.max_tokens && a.prompt_tokens + br.submitted < context;
+                if br.stop.is_none() && grows {
+                    let params = a.sampling.params(1, vocab);
+                    let opts = RowOptions { params, seed: br.seed, step: br.submitted as u32 + 1, slot: br.slot };
+                    rows.push(StepRow { seq: br.seq, opts });
+                    who.push((a.id, bi));
+                }
+            }
+        }
+        if rows.is_empty() {
+            return Ok(false);
+        }
+        let tag = self.steps;
+        self.stepper.submit(self.model, &mut self.pool, &rows, tag)?;
+        self.steps += 1;
+        for &(id, bi) in &who {
+            if let Some(a) = self.active.iter_mut().find(|a| a.id == id) {
+                a.branches[bi].submitted += 1;
+            }
+        }
+        self.in_flight.push_back((tag, who));
+        Ok(true)
+    }
+
+    /// Take the results of the step tagged `tag` into its branches (those cancelled or already
+    /// stopped drop theirs).
+    fn take_results(&mut self, tag: u64, results: &[(u32, f32)], events: &mut Vec<Event>) -> Result<()> {
+        let Some(pos) = self.in_flight.iter().position(|(t, _)| *t == tag) else {
+            return Err(RuntimeError::Request(format!("a result for step {tag}, which is not in flight")));
+        };
+        let (_, who) = self.in_flight.remove(pos).expect("position found");
+        let context = self.model.cfg.context;
+        for (&(id, bi), &(token, logprob)) in who.iter().zip(results) {
+            let Some(a) = self.active.iter_mut().find(|a| a.id == id) else {
+                continue;
+            };
             let br = &mut a.branches[bi];
-            br.draws += 1;
-            accept(&self.pool, context, &a.sampling, a.id, bi, br, c[0] as u32, c[1], events)?;
+            if br.stop.is_some() {
+                continue;
+            }
+            accept(context, a.prompt_tokens, &a.sampling, a.id, bi, br, token, logprob, events)?;
+            if br.stop.is_some() {
+                self.free_slots.push(br.slot);
+            }
         }
         Ok(())
     }
@@ -593,25 +682,23 @@ impl<'m> Engine<'m> {
     fn release(&mut self, a: &Active) -> Result<()> {
         for b in &a.branches {
             self.pool.free(b.seq)?;
+            if b.stop.is_none() {
+                self.free_slots.push(b.slot);
+            }
         }
         self.reserved_pages -= a.pages;
         Ok(())
     }
 }
 
-/// Whether two requests' rows can share one sampler dispatch.
-fn same_sampler(a: &SamplingOptions, b: &SamplingOptions) -> bool {
-    a.temperature == b.temperature && a.top_k == b.top_k && a.top_p == b.top_p
-}
-
 /// Take a drawn token into a branch, with the same stopping rules as
 /// [`Session::generate`](crate::generate::Session::generate): a stop token ends it unrecorded;
 /// otherwise the token is kept and reported, and the branch ends when its budget is spent or
-/// its cache cannot take the token.
+/// its cache (the prompt, then one position per token fed back) could not take the next.
 #[allow(clippy::too_many_arguments)]
 fn accept(
-    pool: &KvPool,
     context: usize,
+    prompt: usize,
     opts: &SamplingOptions,
     request: RequestId,
     branch: usize,
@@ -626,11 +713,10 @@ fn accept(
     }
     br.tokens.push(token);
     br.logprobs.push(logprob);
-    br.last = token;
     events.push(Event::Token { request, branch, token, logprob });
     if br.tokens.len() >= opts.max_tokens {
         br.stop = Some(StopReason::Length);
-    } else if pool.len(br.seq)? + 1 > context {
+    } else if prompt + br.tokens.len() > context {
         br.stop = Some(StopReason::Context);
     }
     Ok(())

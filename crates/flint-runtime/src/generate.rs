@@ -1,11 +1,16 @@
-//! Text generation on one sequence: prefill the prompt, then one submit per new token with
-//! sampling on the GPU; only the chosen token ids (and their log-probabilities) are read back.
+//! Text generation on one sequence: prefill the prompt, then decode steps replayed from a plan
+//! with sampling on the GPU and the sampled id left on the GPU for the next step
+//! ([`crate::stepper`]); only the chosen ids (and their log-probabilities) are read back, a step
+//! or two behind, and the steps run past a stop are discarded.
 
 use std::time::{Duration, Instant};
 
 use flint_gpu::{DType, Recorder, Tensor};
 use flint_kernels::attention::paged::{KvPool, SeqId};
+use flint_kernels::sample::RowOptions;
 use flint_ref::sample::SampleParams;
+
+use crate::stepper::{StepMode, StepRow, StepStats, Stepper};
 
 use crate::model::decoder::Decoder;
 use crate::model::{Pixels, Vision};
@@ -90,6 +95,8 @@ pub struct Session<'m> {
     seq: SeqId,
     step: u32,
     capacity: usize,
+    mode: StepMode,
+    stepper: Option<Stepper>,
 }
 
 impl<'m> Session<'m> {
@@ -98,7 +105,36 @@ impl<'m> Session<'m> {
         let capacity = capacity.min(model.cfg.context);
         let mut pool = model.kv_pool(capacity, 64)?;
         let seq = pool.create();
-        Ok(Session { model, vision: None, pool, seq, step: 0, capacity })
+        Ok(Session { model, vision: None, pool, seq, step: 0, capacity, mode: StepMode::Planned, stepper: None })
+    }
+
+    /// The same session running its decode steps in `mode` (planned by default; immediate is
+    /// the reference the planned loop is tested against).
+    pub fn with_mode(mut self, mode: StepMode) -> Self {
+        self.mode = mode;
+        self.stepper = None;
+        self
+    }
+
+    /// Host time and dispatches of the decode steps so far.
+    pub fn step_stats(&self) -> StepStats {
+        self.stepper.as_ref().map(|s| s.stats.clone()).unwrap_or_default()
+    }
+
+    fn stepper(&mut self) -> Result<&mut Stepper> {
+        if self.stepper.is_none() {
+            let width = self.capacity.div_ceil(self.pool.page_size());
+            self.stepper = Some(Stepper::new(self.model.device(), 1, 1, width, self.mode)?);
+        }
+        Ok(self.stepper.as_mut().expect("made above"))
+    }
+
+    /// The row of this session's next draw under `opts`.
+    fn row(&self, opts: &SamplingOptions, step: u32) -> StepRow {
+        StepRow {
+            seq: self.seq,
+            opts: RowOptions { params: opts.params(1, self.model.cfg.vocab), seed: opts.seed, step, slot: 0 },
+        }
     }
 
     /// Most tokens the session holds (prompt and generation).
@@ -140,52 +176,44 @@ impl<'m> Session<'m> {
         self.model.forward(rec, &mut self.pool, self.seq, &x, ids.len())
     }
 
-    /// Record `ids` through the model and the draw of one token from the logits after the last
-    /// of them; returns the sampler's output (token id, log-probability as f32).
-    fn record_step(
-        &mut self,
-        rec: &mut Recorder,
-        ids: &[u32],
-        pixels: Option<&Pixels>,
-        opts: &SamplingOptions,
-    ) -> Result<Tensor> {
-        let dev = self.model.device().clone();
-        let h = self.forward_with(rec, ids, pixels)?;
-        let logits = self.model.logits(rec, &h, ids.len() - 1..ids.len())?;
-        let rng = dev.upload_u32("sample rng", &[opts.seed, self.step], &[1, 2])?;
-        let out = dev.empty("sample out", &[1, 2], DType::F32)?;
-        flint_kernels::sample::sample(&dev, rec, &opts.params(1, self.model.cfg.vocab), &logits, &rng, &out)?;
-        Ok(out)
-    }
-
-    /// Run `ids` and sample one token from the logits after the last of them.
-    fn step(&mut self, ids: &[u32], pixels: Option<&Pixels>, opts: &SamplingOptions) -> Result<(u32, f32)> {
+    /// Run `ids` and sample one token from the logits after the last of them, leaving it in
+    /// the session's token slot too (where the first decode step reads it).
+    fn prefill(&mut self, ids: &[u32], pixels: Option<&Pixels>, opts: &SamplingOptions) -> Result<(u32, f32)> {
         let dev = self.model.device().clone();
         let t0 = Instant::now();
+        let row = self.row(opts, self.step);
         let mut rec = Recorder::new(&dev);
-        let out = self.record_step(&mut rec, ids, pixels, opts)?;
+        let h = self.forward_with(&mut rec, ids, pixels)?;
+        let logits = self.model.logits(&mut rec, &h, ids.len() - 1..ids.len())?;
+        let row_opts = dev.upload_u32("sample options", &row.opts.words(), &[1, RowOptions::WORDS])?;
+        let out = dev.empty("sample out", &[1, 2], DType::F32)?;
+        let tokens = self.stepper()?.tokens().clone();
+        flint_kernels::sample::sample_rows(&dev, &mut rec, 1, self.model.cfg.vocab, &logits, &row_opts, &out, &tokens)?;
         let recorded = t0.elapsed();
-        let submission = rec.submit()?;
-        let submitted = t0.elapsed();
-        submission.wait()?;
+        rec.submit()?.wait()?;
         self.step += 1;
         let r = dev.read_f32(&out)?;
         tracing::debug!(
             tokens = ids.len(),
             record_ms = recorded.as_secs_f64() * 1e3,
-            encode_submit_ms = (submitted - recorded).as_secs_f64() * 1e3,
-            run_and_read_ms = (t0.elapsed() - submitted).as_secs_f64() * 1e3,
-            "step"
+            total_ms = t0.elapsed().as_secs_f64() * 1e3,
+            "prefill"
         );
         Ok((r[0] as u32, r[1]))
     }
 
-    /// Run one more token through the model with a GPU timestamp around every dispatch and return
-    /// the dispatches with their times (the token joins the cache, as in a decode step).
+    /// Run one more token through the model from the decode plan with a GPU timestamp around
+    /// every dispatch and return the dispatches with their times (the token joins the cache, as
+    /// in a decode step).
     pub fn profile_step(&mut self, token: u32, opts: &SamplingOptions) -> Result<Vec<flint_gpu::DispatchTime>> {
-        let mut rec = Recorder::new(self.model.device()).timed(true);
-        self.record_step(&mut rec, &[token], None, opts)?;
-        Ok(rec.submit()?.wait()?)
+        let dev = self.model.device().clone();
+        let row = self.row(opts, self.step);
+        let tokens = self.stepper()?.tokens().clone();
+        dev.write(&tokens, &token.to_le_bytes())?;
+        let (model, pool) = (self.model, &mut self.pool);
+        let times = self.stepper.as_mut().expect("made above").profile(model, pool, &[row])?;
+        self.step += 1;
+        Ok(times)
     }
 
     /// Generate after `prompt` (which must not be empty), calling `on_token` with each new token
@@ -220,7 +248,7 @@ impl<'m> Session<'m> {
             )));
         }
         let t0 = Instant::now();
-        let (mut token, mut logprob) = self.step(prompt, pixels, opts)?;
+        let (first, first_logprob) = self.prefill(prompt, pixels, opts)?;
         let prefill = t0.elapsed();
         let t1 = Instant::now();
         let mut out = Generation {
@@ -231,24 +259,70 @@ impl<'m> Session<'m> {
             prefill,
             decode: Duration::ZERO,
         };
-        loop {
-            if opts.stop.contains(&token) {
-                out.stop = StopReason::Stop;
-                break;
+        // Cache length after the prompt; each decode step adds one position. Steps are submitted
+        // ahead while the budget and the context allow, and taken in order; once a token ends the
+        // generation, the steps after it are discarded and their positions released.
+        let base = self.len();
+        let first_step = self.step;
+        let mut done = accept(&mut out, first, first_logprob, opts, base, capacity, &mut on_token);
+        let (mut submitted, mut used) = (0usize, 0usize);
+        let run = (|| -> Result<()> {
+            loop {
+                while !done
+                    && self.stepper()?.has_room()
+                    && 1 + submitted < opts.max_tokens
+                    && base + submitted < capacity
+                {
+                    let row = self.row(opts, first_step + submitted as u32);
+                    let (model, pool) = (self.model, &mut self.pool);
+                    self.stepper.as_mut().expect("made above").submit(model, pool, &[row], submitted as u64)?;
+                    submitted += 1;
+                }
+                let stepper = self.stepper.as_mut().expect("made above");
+                if done || stepper.in_flight() == 0 {
+                    return stepper.drain();
+                }
+                let (_, r) = stepper.take(true)?.expect("a step is in flight");
+                used += 1;
+                done = accept(&mut out, r[0].0, r[0].1, opts, base, capacity, &mut on_token);
             }
-            out.tokens.push(token);
-            out.logprobs.push(logprob);
-            on_token(token);
-            if out.tokens.len() >= opts.max_tokens {
-                break;
-            }
-            if self.len() + 1 > capacity {
-                out.stop = StopReason::Context;
-                break;
-            }
-            (token, logprob) = self.step(&[token], None, opts)?;
-        }
+        })();
+        let kept = self.pool.truncate(self.seq, base + used);
+        self.step = first_step + used as u32;
+        run?;
+        kept?;
         out.decode = t1.elapsed();
         Ok(out)
     }
+}
+
+/// Take a drawn token into `out` with the stopping rules of a generation: a stop token ends it
+/// unrecorded; otherwise the token is kept and reported, and the generation ends when the
+/// budget is spent or the cache (`base` positions before the first token, one more per token
+/// fed back) could not take the next. Returns whether it has ended.
+fn accept(
+    out: &mut Generation,
+    token: u32,
+    logprob: f32,
+    opts: &SamplingOptions,
+    base: usize,
+    capacity: usize,
+    on_token: &mut impl FnMut(u32),
+) -> bool {
+    if opts.stop.contains(&token) {
+        out.stop = StopReason::Stop;
+        return true;
+    }
+    out.tokens.push(token);
+    out.logprobs.push(logprob);
+    on_token(token);
+    if out.tokens.len() >= opts.max_tokens {
+        out.stop = StopReason::Length;
+        return true;
+    }
+    if base + out.tokens.len() > capacity {
+        out.stop = StopReason::Context;
+        return true;
+    }
+    false
 }

@@ -14,6 +14,7 @@ pub mod image;
 pub mod model;
 pub mod npy;
 pub mod reasoning;
+pub mod stepper;
 pub mod tokenizer;
 
 pub use error::{Result, RuntimeError};

@@ -135,6 +135,29 @@ pub struct AttnConfig {
     /// Keys per split of the longest sequence (the kernel splits each sequence's own keys into
     /// `splits` runs of whole tiles).
     pub split_size: u32,
+    /// Keys per split when fixed ([`decode_plan`]; 0: `split_size`'s rule).
+    pub split_len: u32,
+}
+
+/// Keys per split of decode attention ([`decode_plan`]).
+pub const DECODE_SPLIT: usize = 256;
+
+/// The plan of a decode step's attention over rows whose longest has `kv_max` keys: splits of
+/// [`DECODE_SPLIT`] keys, as many as the longest needs, so that a row's keys split the same way
+/// whatever rows it is decoded with; with `whole_rows`, lanes own whole rows wherever subgroups
+/// allow it, whatever the number of rows (the cascade prefix pass, whose rows are the
+/// branches). A decode step's rows are then computed the same way in any batch.
+pub fn decode_plan(caps: &Caps, p: &AttnParams, kv_max: usize, whole_rows: bool) -> AttnConfig {
+    let specs = [SeqSpec { kv_len: 1, q_pos0: 0 }];
+    let mut cfg = plan(caps, &AttnParams { seqs: 1, ..*p }, &specs, Some(1));
+    if whole_rows && cfg.subgroups && cfg.rows_per_lane == 0 {
+        cfg.rows_per_lane = 1;
+        cfg.rows_per_unit = cfg.lanes;
+    }
+    cfg.splits = u32_of(kv_max.max(1).div_ceil(DECODE_SPLIT));
+    cfg.split_size = u32_of(DECODE_SPLIT);
+    cfg.split_len = u32_of(DECODE_SPLIT);
+    cfg
 }
 
 /// Pick lanes per unit, rows per unit and the key split for `p` on `caps`. `splits` forces a
@@ -190,6 +213,7 @@ pub fn plan(caps: &Caps, p: &AttnParams, seqs: &[SeqSpec], splits: Option<usize>
         rows_per_unit,
         splits: u32_of(kv_max.div_ceil(split_size)),
         split_size: u32_of(split_size),
+        split_len: 0,
     }
 }
 
@@ -210,7 +234,8 @@ struct AttnUniform {
     mask_stride: u32,
     units: u32,
     scale_log2: f32,
-    pad: [u32; 2],
+    split_len: u32,
+    pad: u32,
 }
 
 fn attend_key(q: DType, kv: DType, o: DType, head_dim: usize, cfg: &AttnConfig, mask: bool) -> PipelineKey {
@@ -263,6 +288,7 @@ pub fn variants() -> Vec<Variant> {
                                 rows_per_unit: rq,
                                 splits: 1,
                                 split_size: 1,
+                                split_len: 0,
                             };
                             (format!("attention/attend {q}x{kv}->{o} d{d} {sg} rq{rq}{m}"), cfg)
                         })
@@ -283,6 +309,7 @@ pub fn variants() -> Vec<Variant> {
                                 rows_per_unit: lanes * rl,
                                 splits: 1,
                                 split_size: 1,
+                                split_len: 0,
                             };
                             configs.push((format!("attention/attend_rows {q}x{kv}->{o} d{d} {sg} rl{rl}{m}"), cfg));
                         }
@@ -491,7 +518,8 @@ fn record_attend(
         mask_stride: u32_of(p.mask_stride),
         units: u32_of(units),
         scale_log2: p.scale * std::f32::consts::LOG2_E,
-        pad: [0; 2],
+        split_len: cfg.split_len,
+        pad: 0,
     };
     let groups = [u32_of(units * p.n_kv_heads), cfg.splits, u32_of(p.seqs)];
     let mut tensors = vec![q, &kv.k, &kv.v, table.tensor(), info, parts, lse];

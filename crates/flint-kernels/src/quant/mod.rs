@@ -190,7 +190,7 @@ const ROWS_MIN_GROUPS: u32 = 8;
 /// in the index, a CPU adapter loads the activations per lane instead of once for all lanes.
 /// On lavapipe, SmolLM2's 49152x576 q8_0 head went from 19.9 to 14.1 ms with it (best of 10).
 const ROWS_UNROLL_SUBS: usize = 64;
-const ROWS_UNROLL_MAX_ROWS: usize = 2;
+const ROWS_UNROLL_MAX_ROWS: usize = 8;
 
 /// The unrolled row length (in blocks) of matvec_rows for `rows` rows of A and rows of `k`, when
 /// it is unrolled (the activations must come through a uniform binding).
@@ -380,7 +380,7 @@ fn record_matmul(
     check_tensor("quant matmul", "C", c, p.mm.m * ldc, &[DType::F32])?;
     let m = p.mm.m;
     let sg = fixed_subgroup(dev.caps());
-    if m > MATVEC_MAX_ROWS && sg.is_some() {
+    if m > MATVEC_MAX_ROWS && sg.is_some() && out.how == Matvec::Auto {
         return record_parts(dev, rec, p, a, w, c, out, 0, m);
     }
     // Matvec, in chunks of up to 8 rows when there are more.

@@ -4,7 +4,7 @@
 //! records a forward over some new tokens of one sequence into a recorder; the caller submits.
 
 use flint_gpu::{DType, Device, Recorder, Tensor};
-use flint_kernels::attention::{self, paged::KvPool, paged::SeqId};
+use flint_kernels::attention::{self, AttnConfig, paged::KvPool, paged::SeqId};
 use flint_ref::attention::{AttnParams, Mask, SeqSpec};
 use flint_ref::elementwise::EltOp;
 use flint_ref::rope::RopeQkvParams;
@@ -45,27 +45,25 @@ pub struct Decoder {
     pub kv_dtype: DType,
 }
 
-/// Tokens going through the decoder, where their K/V lands, and how they attend.
+/// Tokens going through the decoder, where their K/V lands, and how they attend: tensors the
+/// recorded dispatches read (uploaded for a prefill; views of a plan's per-step block for decode).
 struct Step {
     t: usize,
     positions: Tensor,
     table: attention::PageTable,
-    dest: Vec<(usize, usize)>,
+    /// u32 `[t, 2]`: table row and position of each token's K/V.
+    dest: Tensor,
     plan: AttnPlan,
 }
 
 /// How the attention of a step runs.
 enum AttnPlan {
-    /// One sequence: `t` tokens from position `pos0` (a prefill, or one sequence's decode step).
-    Single { pos0: usize },
-    /// One token for each of several sequences (rows of the step table).
-    Batch {
-        /// Each row's keys and query position.
-        specs: Vec<SeqSpec>,
-        /// Runs of rows that together cover every row, when some rows share a prefix: those go
-        /// through cascade attention. Empty when no rows share pages (one batched call).
-        runs: Vec<Run>,
-    },
+    /// One sequence: `t` tokens from position `pos0` (a prefill).
+    Single { info: Tensor, cfg: AttnConfig },
+    /// One token for each of several sequences (rows of the step table): one batched call
+    /// (`info`, `cfg`), or, when `runs` is not empty, runs of rows of which those that share a
+    /// prefix go through cascade attention (sliding-window layers still take the batched call).
+    Batch { info: Tensor, cfg: AttnConfig, runs: Vec<Run> },
 }
 
 /// Consecutive batch rows attended in one call.
@@ -76,18 +74,94 @@ struct Run {
 
 /// How a run attends.
 enum RunKind {
-    /// Batched attention over the run's rows of the page table, with their specs.
-    Plain { table: attention::PageTable, specs: Vec<SeqSpec> },
-    /// Cascade attention over the pages the rows share, then each row's own.
-    Cascade(SharedPrefix),
+    /// Batched attention over the run's rows of the page table, with their lengths.
+    Plain { table: attention::PageTable, info: Tensor, cfg: AttnConfig },
+    /// Cascade attention over the pages the rows share (`prefix`, one row), then each row's own
+    /// (`suffixes`).
+    Cascade {
+        prefix: attention::PageTable,
+        prefix_info: Tensor,
+        suffixes: attention::PageTable,
+        suffix_info: Tensor,
+        cfgs: (AttnConfig, AttnConfig),
+    },
 }
 
-/// Full pages that every row of a run shares, and what each row has after them.
-struct SharedPrefix {
-    prefix: attention::PageTable,
-    prefix_len: usize,
-    suffixes: attention::PageTable,
-    suffix_lens: Vec<usize>,
+/// What the dispatches of a decode step depend on beyond the weights: the batch, the page-table
+/// width and how attention is split. Steps with equal layouts replay one plan.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DecodeLayout {
+    /// Rows (sequences) in the step.
+    pub rows: usize,
+    /// Pages per row of the step's page tables.
+    pub width: usize,
+    /// Key splits of the batched attention call.
+    pub splits: u32,
+    /// Runs of rows for cascade attention (empty: one batched call).
+    pub runs: Vec<RunLayout>,
+}
+
+/// One run of rows in a [`DecodeLayout`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RunLayout {
+    /// The rows.
+    pub rows: std::ops::Range<usize>,
+    /// Key splits: `(plain, 0)` for a plain run, `(prefix, suffix)` for a cascade run.
+    pub splits: (u32, u32),
+    /// Whether the run goes through cascade attention.
+    pub cascade: bool,
+}
+
+/// The host side of one decode step: its layout and every per-step value the dispatches read
+/// (positions, destinations, page tables, lengths), as u32 words in the order of
+/// [`DecodeStep::regions`]. Made by [`Decoder::prepare_decode`], which also grows the sequences.
+#[derive(Clone, Debug)]
+pub struct DecodeStep {
+    /// The layout.
+    pub layout: DecodeLayout,
+    /// Each region's words, in order: positions `[rows]`, destinations `[rows, 2]`, page table
+    /// `[rows, width]`, lengths `[rows, 2]`, then per run: a plain run's table and lengths, or a
+    /// cascade run's prefix table `[1, width]`, prefix length `[1, 2]`, suffix table and lengths.
+    pub regions: Vec<Vec<u32>>,
+}
+
+/// Word offsets of a step's regions in a block whose regions each start at a multiple of
+/// `align` words.
+fn region_offsets(regions: &[Vec<u32>], align: usize) -> (Vec<usize>, usize) {
+    let mut offsets = Vec::with_capacity(regions.len());
+    let mut at = 0;
+    for r in regions {
+        offsets.push(at);
+        at += r.len().max(1).div_ceil(align) * align;
+    }
+    (offsets, at)
+}
+
+impl DecodeStep {
+    /// Words per region alignment on `dev` (its storage offset alignment).
+    pub fn align_words(dev: &Device) -> usize {
+        (dev.caps().storage_offset_alignment.max(4) / 4) as usize
+    }
+
+    /// Words of the whole block on `dev`.
+    pub fn block_words(&self, dev: &Device) -> usize {
+        self.offsets(dev).1
+    }
+
+    /// Each region's word offset in the block on `dev`, and the block's length in words.
+    pub fn offsets(&self, dev: &Device) -> (Vec<usize>, usize) {
+        region_offsets(&self.regions, Self::align_words(dev))
+    }
+
+    /// The block: every region at its aligned offset, zeros between.
+    pub fn write_block(&self, dev: &Device, block: &mut Vec<u32>) {
+        let (offsets, total) = region_offsets(&self.regions, Self::align_words(dev));
+        block.clear();
+        block.resize(total, 0);
+        for (r, &o) in self.regions.iter().zip(&offsets) {
+            block[o..o + r.len()].copy_from_slice(r);
+        }
+    }
 }
 
 impl Decoder {
@@ -185,6 +259,31 @@ impl Decoder {
         Ok(x)
     }
 
+    /// Record the embedding of `t` tokens whose ids sit at `tokens[slots[i]]` (u32), where a
+    /// sampler left them: a decode step reads its ids without a trip through the host.
+    pub fn embed_slots(&self, rec: &mut Recorder, tokens: &Tensor, slots: &Tensor, t: usize) -> Result<Tensor> {
+        let x = self.dev.empty("hidden", &[t, self.cfg.hidden], DType::F32)?;
+        let scale = if self.cfg.arch == Arch::Gemma3 { (self.cfg.hidden as f32).sqrt() } else { 1.0 };
+        self.embed.forward_slots(&self.dev, rec, tokens, slots, t, scale, &x)?;
+        Ok(x)
+    }
+
+    /// Record the layers of a prepared decode step ([`Decoder::prepare_decode`]) over `x`
+    /// `[rows, hidden]`, reading the step's per-step values from `block` (u32; see
+    /// [`DecodeStep::write_block`]): written before each replay when the recording is a plan.
+    /// Returns the final-normed hidden states `[rows, hidden]`.
+    pub fn record_decode(
+        &self,
+        rec: &mut Recorder,
+        pool: &KvPool,
+        step: &DecodeStep,
+        block: &Tensor,
+        x: &Tensor,
+    ) -> Result<Tensor> {
+        let tensors = self.step_tensors(step, block, pool)?;
+        self.layers_over(rec, pool, x, &tensors)
+    }
+
     /// Record the layers over `t` new tokens of `seq` whose inputs are `x` `[t, hidden]` (updated
     /// in place as the residual stream); their K/V join the sequence's cache. Returns the
     /// final-normed hidden states `[t, hidden]`.
@@ -208,12 +307,17 @@ impl Decoder {
         }
         let positions = pool.append(rec, seq, t)?;
         let pos: Vec<u32> = positions.clone().map(|p| p as u32).collect();
+        let dest: Vec<u32> = positions.flat_map(|p| [0, p as u32]).collect();
+        let seqs = [SeqSpec { kv_len: pos0 + t, q_pos0: pos0 }];
         let step = Step {
             t,
             positions: self.dev.upload_u32("positions", &pos, &[t])?,
             table: pool.page_table(&self.dev, &[seq])?,
-            dest: positions.map(|p| (0, p)).collect(),
-            plan: AttnPlan::Single { pos0 },
+            dest: self.dev.upload_u32("destinations", &dest, &[t, 2])?,
+            plan: AttnPlan::Single {
+                info: attention::seq_info(&self.dev, &seqs)?,
+                cfg: attention::plan(self.dev.caps(), &self.attn_params(1, t, Mask::Causal), &seqs, None),
+            },
         };
         self.layers_over(rec, pool, x, &step)
     }
@@ -225,10 +329,37 @@ impl Decoder {
     /// final-normed hidden states `[seqs.len(), hidden]`. On error the pool is as it was (no
     /// sequence has grown; drop `rec`).
     pub fn decode(&self, rec: &mut Recorder, pool: &mut KvPool, seqs: &[SeqId], x: &Tensor) -> Result<Tensor> {
-        pool.atomically(|pool| self.decode_inner(rec, pool, seqs, x))
+        pool.atomically(|pool| {
+            let step = self.prepare_decode(rec, pool, seqs, None)?;
+            let mut block = Vec::new();
+            step.write_block(&self.dev, &mut block);
+            let block = self.dev.upload_u32("decode step block", &block, &[block.len()])?;
+            let tensors = self.step_tensors(&step, &block, pool)?;
+            self.layers_over(rec, pool, x, &tensors)
+        })
     }
 
-    fn decode_inner(&self, rec: &mut Recorder, pool: &mut KvPool, seqs: &[SeqId], x: &Tensor) -> Result<Tensor> {
+    /// The host side of a decode step over `seqs` (one new token each): check them, grow each by
+    /// one position (recording into `copies` the page copies a shared partial page needs), and
+    /// compute the step's layout and per-step values. Page tables are `width` pages wide (a
+    /// plan's fixed width; `None`: the longest row). On error the pool is as it was.
+    pub fn prepare_decode(
+        &self,
+        copies: &mut Recorder,
+        pool: &mut KvPool,
+        seqs: &[SeqId],
+        width: Option<usize>,
+    ) -> Result<DecodeStep> {
+        pool.atomically(|pool| self.prepare_decode_inner(copies, pool, seqs, width))
+    }
+
+    fn prepare_decode_inner(
+        &self,
+        copies: &mut Recorder,
+        pool: &mut KvPool,
+        seqs: &[SeqId],
+        width: Option<usize>,
+    ) -> Result<DecodeStep> {
         let b = seqs.len();
         if b == 0 {
             return Err(RuntimeError::Request("no sequences to decode".into()));
@@ -249,79 +380,162 @@ impl Decoder {
             lens.push(len);
         }
         for &s in seqs {
-            pool.append(rec, s, 1)?;
+            pool.append(copies, s, 1)?;
         }
-        let pos: Vec<u32> = lens.iter().map(|&p| p as u32).collect();
-        let specs: Vec<SeqSpec> = lens.iter().map(|&p| SeqSpec { kv_len: p + 1, q_pos0: p }).collect();
-        let runs = self.cascade_runs(pool, seqs, &specs)?;
-        let step = Step {
-            t: b,
-            positions: self.dev.upload_u32("positions", &pos, &[b])?,
-            table: pool.page_table(&self.dev, seqs)?,
-            dest: lens.iter().enumerate().map(|(i, &p)| (i, p)).collect(),
-            plan: AttnPlan::Batch { specs, runs },
+        let pages: Vec<&[u32]> = seqs.iter().map(|&s| pool.pages(s)).collect::<std::result::Result<_, _>>()?;
+        let longest = pages.iter().map(|p| p.len()).max().unwrap_or(1).max(1);
+        let width = width.unwrap_or(longest);
+        if longest > width {
+            return Err(RuntimeError::Request(format!("a sequence holds {longest} pages, the step's tables {width}")));
+        }
+        let row = |p: &[u32]| -> Vec<u32> {
+            let mut r = p.to_vec();
+            r.resize(width, 0);
+            r
         };
-        self.layers_over(rec, pool, x, &step)
+        let specs: Vec<SeqSpec> = lens.iter().map(|&p| SeqSpec { kv_len: p + 1, q_pos0: p }).collect();
+        let info =
+            |specs: &[SeqSpec]| -> Vec<u32> { specs.iter().flat_map(|s| [s.kv_len as u32, s.q_pos0 as u32]).collect() };
+        let mut regions = vec![
+            lens.iter().map(|&p| p as u32).collect(),
+            lens.iter().enumerate().flat_map(|(i, &p)| [i as u32, p as u32]).collect(),
+            pages.iter().flat_map(|p| row(p)).collect(),
+            info(&specs),
+        ];
+        // Splits of DECODE_SPLIT keys, as many as the longest row of a call needs.
+        let splits_for = |kv: usize| kv.max(1).div_ceil(attention::DECODE_SPLIT) as u32;
+        let splits = splits_for(specs.iter().map(|s| s.kv_len).max().unwrap_or(1));
+        let mut runs = Vec::new();
+        for (rows, shared) in self.cascade_runs(pool, seqs, &specs)? {
+            let run_specs = &specs[rows.clone()];
+            if shared > 0 {
+                let ps = pool.page_size();
+                let suffix_lens: Vec<usize> = run_specs.iter().map(|s| s.kv_len - shared * ps).collect();
+                regions.push(row(&pages[rows.start][..shared]));
+                regions.push(vec![(shared * ps) as u32, 0]);
+                regions.push(pages[rows.clone()].iter().flat_map(|p| row(&p[shared..])).collect());
+                regions.push(suffix_lens.iter().flat_map(|&l| [l as u32, 0]).collect());
+                let suffix = suffix_lens.iter().copied().max().unwrap_or(1);
+                runs.push(RunLayout { rows, splits: (splits_for(shared * ps), splits_for(suffix)), cascade: true });
+            } else {
+                let longest = run_specs.iter().map(|s| s.kv_len).max().unwrap_or(1);
+                regions.push(pages[rows.clone()].iter().flat_map(|p| row(p)).collect());
+                regions.push(info(run_specs));
+                runs.push(RunLayout { rows, splits: (splits_for(longest), 0), cascade: false });
+            }
+        }
+        Ok(DecodeStep { layout: DecodeLayout { rows: b, width, splits, runs }, regions })
     }
 
-    /// Split a batch into runs for cascade attention: maximal runs of consecutive rows whose
-    /// page lists start with the same full pages (at least one). Empty when there is no such
-    /// run, or when a run would start at a row whose Q cannot be bound on its own (binding
-    /// offset alignment).
-    fn cascade_runs(&self, pool: &KvPool, seqs: &[SeqId], specs: &[SeqSpec]) -> Result<Vec<Run>> {
-        let ps = pool.page_size();
-        let pages: Vec<&[u32]> = seqs.iter().map(|&s| pool.pages(s)).collect::<std::result::Result<_, _>>()?;
-        // Rows [i, j) share their first `shared` pages; a page is only shared when full, as a
-        // row that writes into a shared page copies it first.
-        let mut spans: Vec<(usize, usize, usize)> = Vec::new();
-        let mut i = 0;
-        while i < seqs.len() {
-            let mut j = i + 1;
-            let mut shared = pages[i].len();
-            while j < seqs.len() {
-                let common = pages[i].iter().zip(pages[j]).take_while(|(a, b)| a == b).count();
-                let common = common.min(shared);
-                if common == 0 {
-                    break;
-                }
-                shared = common;
-                j += 1;
-            }
-            let shared =
-                (j > i + 1).then(|| shared.min(specs[i..j].iter().map(|s| (s.kv_len - 1) / ps).min().unwrap_or(0)));
-            spans.push((i, j, shared.unwrap_or(0)));
-            i = j;
+    /// The tensors a step's dispatches read: views of `block`, which holds (or will hold, for a
+    /// plan) the regions of a step of `step`'s layout at their aligned offsets.
+    fn step_tensors(&self, step: &DecodeStep, block: &Tensor, pool: &KvPool) -> Result<Step> {
+        let (offsets, _) = region_offsets(&step.regions, DecodeStep::align_words(&self.dev));
+        let l = &step.layout;
+        let (b, width, np) = (l.rows, l.width, pool.num_pages());
+        let view = |i: usize, shape: &[usize]| block.view(offsets[i] as u64 * 4, shape, DType::U32);
+        let table = |i: usize, rows: usize| -> Result<attention::PageTable> {
+            Ok(attention::PageTable::over(view(i, &[rows, width])?, rows, width, np)?)
+        };
+        let caps = self.dev.caps();
+        // The configs the splits were counted for (decode_plan of as many keys as they cover).
+        let cfg_of = |rows: usize, splits: u32, mask: Mask, whole_rows: bool| {
+            let kv = splits as usize * attention::DECODE_SPLIT;
+            attention::decode_plan(caps, &self.attn_params(rows, 1, mask), kv, whole_rows)
+        };
+        let mut runs = Vec::new();
+        let mut r = 4;
+        for run in &l.runs {
+            let n = run.rows.len();
+            let kind = if run.cascade {
+                // The prefix pass takes the run's rows as one sequence's queries.
+                let pre = AttnParams { seqs: 1, q_len: n, ..self.attn_params(n, 1, Mask::None) };
+                let pre_cfg = attention::decode_plan(caps, &pre, run.splits.0 as usize * attention::DECODE_SPLIT, true);
+                let kind = RunKind::Cascade {
+                    prefix: table(r, 1)?,
+                    prefix_info: view(r + 1, &[1, 2])?,
+                    suffixes: table(r + 2, n)?,
+                    suffix_info: view(r + 3, &[n, 2])?,
+                    cfgs: (pre_cfg, cfg_of(n, run.splits.1, Mask::None, false)),
+                };
+                r += 4;
+                kind
+            } else {
+                let kind = RunKind::Plain {
+                    table: table(r, n)?,
+                    info: view(r + 1, &[n, 2])?,
+                    cfg: cfg_of(n, run.splits.0, Mask::Causal, false),
+                };
+                r += 2;
+                kind
+            };
+            runs.push(Run { rows: run.rows.clone(), kind });
         }
-        if spans.iter().all(|&(_, _, shared)| shared == 0) {
+        Ok(Step {
+            t: b,
+            positions: view(0, &[b])?,
+            dest: view(1, &[b, 2])?,
+            table: table(2, b)?,
+            plan: AttnPlan::Batch { info: view(3, &[b, 2])?, cfg: cfg_of(b, l.splits, Mask::Causal, false), runs },
+        })
+    }
+
+    /// Attention params of this decoder for `seqs` sequences of `q_len` queries.
+    fn attn_params(&self, seqs: usize, q_len: usize, mask: Mask) -> AttnParams {
+        let cfg = &self.cfg;
+        AttnParams {
+            seqs,
+            q_len,
+            n_heads: cfg.heads,
+            n_kv_heads: cfg.kv_heads,
+            head_dim: cfg.head_dim,
+            scale: cfg.attn_scale,
+            mask,
+            additive_mask: false,
+            mask_stride: 0,
+        }
+    }
+
+    /// Split a batch into runs for cascade attention: each row's shared prefix is its leading
+    /// full pages that other sequences hold too (branches forked from one prompt share the
+    /// prompt's), and consecutive rows with the same shared prefix form a cascade run, a lone
+    /// row included; the other rows form plain runs. Returns each run with its shared page count
+    /// (0 for a plain run); empty when no row shares a prefix, or when a run would start at a
+    /// row whose Q cannot be bound on its own (binding offset alignment). A row's run depends on
+    /// its own pages only, not on the rows it is decoded with.
+    fn cascade_runs(
+        &self,
+        pool: &KvPool,
+        seqs: &[SeqId],
+        specs: &[SeqSpec],
+    ) -> Result<Vec<(std::ops::Range<usize>, usize)>> {
+        let ps = pool.page_size();
+        let prefixes: Vec<&[u32]> = seqs
+            .iter()
+            .zip(specs)
+            .map(|(&s, spec)| {
+                let pages = pool.pages(s)?;
+                let full = ((spec.kv_len - 1) / ps).min(pages.len());
+                let shared = pages[..full].iter().take_while(|&&p| pool.page_refs(p) > 1).count();
+                Ok(&pages[..shared])
+            })
+            .collect::<Result<_>>()?;
+        if prefixes.iter().all(|p| p.is_empty()) {
             return Ok(Vec::new());
+        }
+        let mut runs: Vec<(std::ops::Range<usize>, usize)> = Vec::new();
+        for (i, p) in prefixes.iter().enumerate() {
+            match runs.last_mut() {
+                Some((rows, _)) if prefixes[rows.start] == *p => rows.end = i + 1,
+                _ => runs.push((i..i + 1, p.len())),
+            }
         }
         let row_bytes = (self.cfg.heads * self.cfg.head_dim * 4) as u64;
         let align = u64::from(self.dev.caps().storage_offset_alignment.max(1));
-        if spans.iter().any(|&(i, _, _)| !(i as u64 * row_bytes).is_multiple_of(align)) {
+        if runs.iter().any(|(rows, _)| !(rows.start as u64 * row_bytes).is_multiple_of(align)) {
             return Ok(Vec::new());
         }
-        let num_pages = pool.num_pages();
-        spans
-            .into_iter()
-            .map(|(i, j, shared)| {
-                let kind = if shared > 0 {
-                    let suffixes: Vec<Vec<u32>> = pages[i..j].iter().map(|p| p[shared..].to_vec()).collect();
-                    RunKind::Cascade(SharedPrefix {
-                        prefix: attention::PageTable::new(&self.dev, &[pages[i][..shared].to_vec()], num_pages)?,
-                        prefix_len: shared * ps,
-                        suffixes: attention::PageTable::new(&self.dev, &suffixes, num_pages)?,
-                        suffix_lens: specs[i..j].iter().map(|s| s.kv_len - shared * ps).collect(),
-                    })
-                } else {
-                    let rows: Vec<Vec<u32>> = pages[i..j].iter().map(|p| p.to_vec()).collect();
-                    RunKind::Plain {
-                        table: attention::PageTable::new(&self.dev, &rows, num_pages)?,
-                        specs: specs[i..j].to_vec(),
-                    }
-                };
-                Ok(Run { rows: i..j, kind })
-            })
-            .collect()
+        Ok(runs)
     }
 
     /// Record every layer and the final norm over a prepared step.
@@ -403,31 +617,21 @@ impl Decoder {
         let cache = pool.cache(l)?;
         let q = dev.empty("q", &[t, q_dim], DType::F32)?;
         let norms = layer.qk_norm.as_ref().map(|(a, b)| (a, b));
-        flint_kernels::rope::rope_qkv(dev, rec, &rp, &qkv, &s.positions, &s.dest, &cache, &s.table, norms, &q)?;
+        flint_kernels::rope::rope_qkv_planned(dev, rec, &rp, &qkv, &s.positions, &s.dest, &cache, &s.table, norms, &q)?;
         let mask = match (local, cfg.sliding_window) {
             (true, Some(w)) => Mask::SlidingWindow(w),
             _ => Mask::Causal,
         };
-        let p = |seqs, q_len, mask| AttnParams {
-            seqs,
-            q_len,
-            n_heads: cfg.heads,
-            n_kv_heads: cfg.kv_heads,
-            head_dim: d,
-            scale: cfg.attn_scale,
-            mask,
-            additive_mask: false,
-            mask_stride: 0,
-        };
         let o = dev.empty("attention out", &[t, q_dim], DType::F32)?;
         match &s.plan {
-            AttnPlan::Single { pos0 } => {
-                let seqs = [SeqSpec { kv_len: pos0 + t, q_pos0: *pos0 }];
-                attention::attention(dev, rec, &p(1, t, mask), &seqs, &q, &cache, &s.table, None, &o)?;
+            AttnPlan::Single { info, cfg } => {
+                let p = self.attn_params(1, t, mask);
+                attention::attention_planned(dev, rec, &p, cfg, &q, &cache, &s.table, info, None, &o)?;
             }
             // Sliding-window layers see only recent keys: no shared prefix to exploit.
-            AttnPlan::Batch { specs, runs } if runs.is_empty() || mask != Mask::Causal => {
-                attention::attention(dev, rec, &p(t, 1, mask), specs, &q, &cache, &s.table, None, &o)?;
+            AttnPlan::Batch { info, cfg, runs } if runs.is_empty() || mask != Mask::Causal => {
+                let p = self.attn_params(t, 1, mask);
+                attention::attention_planned(dev, rec, &p, cfg, &q, &cache, &s.table, info, None, &o)?;
             }
             AttnPlan::Batch { runs, .. } => {
                 for run in runs {
@@ -436,20 +640,22 @@ impl Decoder {
                     let (qv, ov) = (q.view(at, &[n, q_dim], DType::F32)?, o.view(at, &[n, q_dim], DType::F32)?);
                     match &run.kind {
                         // The query is each row's newest token: every key precedes it.
-                        RunKind::Cascade(c) => attention::cascade(
-                            dev,
-                            rec,
-                            &p(n, 1, Mask::None),
-                            &qv,
-                            &cache,
-                            &c.prefix,
-                            c.prefix_len,
-                            &c.suffixes,
-                            &c.suffix_lens,
-                            &ov,
-                        )?,
-                        RunKind::Plain { table, specs } => {
-                            attention::attention(dev, rec, &p(n, 1, mask), specs, &qv, &cache, table, None, &ov)?
+                        RunKind::Cascade { prefix, prefix_info, suffixes, suffix_info, cfgs } => {
+                            attention::cascade_planned(
+                                dev,
+                                rec,
+                                &self.attn_params(n, 1, Mask::None),
+                                *cfgs,
+                                &qv,
+                                &cache,
+                                (prefix, prefix_info),
+                                (suffixes, suffix_info),
+                                &ov,
+                            )?
+                        }
+                        RunKind::Plain { table, info, cfg } => {
+                            let p = self.attn_params(n, 1, mask);
+                            attention::attention_planned(dev, rec, &p, cfg, &qv, &cache, table, info, None, &ov)?
                         }
                     }
                 }

@@ -218,6 +218,28 @@ impl Embedding {
     }
 }
 
+impl Embedding {
+    /// [`Embedding::forward`] for ids at `ids[slots[t]]` (where a sampler left them).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_slots(
+        &self,
+        dev: &Device,
+        rec: &mut Recorder,
+        ids: &Tensor,
+        slots: &Tensor,
+        tokens: usize,
+        scale: f32,
+        out: &Tensor,
+    ) -> Result<()> {
+        let p = EmbedParams { tokens, vocab: self.table.n(), dim: self.table.k(), scale };
+        match &self.table {
+            Linear::Quant(q) => quant::embed_q_slots(dev, rec, &p, q, ids, slots, out)?,
+            Linear::Dense { w, .. } => flint_kernels::embed::embed_slots(dev, rec, &p, w, ids, slots, out)?,
+        }
+        Ok(())
+    }
+}
+
 /// Matrices that share their input, stacked: rows of several `[n_i, k]` tensors, uploaded as
 /// one matrix per run of equal storage type, each filling its own columns of the shared output.
 #[derive(Clone, Debug)]
