@@ -59,8 +59,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 #elif PAIR
     let row = i / p.b_len;
     let j = i % p.b_len;
+#if INTERLEAVED
+    // Gate j and up j side by side (a weight uploaded for a GLU epilogue).
+    let v = f32(a[row * 2u * p.b_len + 2u * j]);
+    let u = f32(a[row * 2u * p.b_len + 2u * j + 1u]);
+#else
     let v = f32(a[row * 2u * p.b_len + j]);
     let u = f32(a[row * 2u * p.b_len + p.b_len + j]);
+#endif
 #if OP == 6
     out[i] = T(silu_f32(v) * u);
 #else

@@ -37,7 +37,7 @@ struct Params {
     mstride: u32,
     astride: u32,
     scale: f32,
-    _pad: u32,
+    eps: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -57,6 +57,15 @@ struct Params {
 #endif
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
+#if NORM
+// NORM: A's rows go through RMSNorm (weights norm_w, p.eps) on their way in, the norm of the
+// dispatch before folded into this one.
+#if XUBO
+@group(0) @binding(4) var<uniform> norm_w: array<vec4<f32>, XROW>;
+#else
+@group(0) @binding(4) var<storage, read> norm_w: array<vec4<f32>>;
+#endif
+#endif
 
 // Per format (preprocessor values, so #for and #if see them): BE values per block, QV quant
 // vec4s per block, SUBS 32-value sub-blocks per block, MB meta and XB aux bytes per block, G blocks per trip of matvec_rows (the
@@ -269,11 +278,52 @@ fn dot32(x: array<vec4<f32>, 8>, wv: array<vec4<f32>, 8>) -> f32 {
     return dot(x[0], wv[0]) + dot(x[1], wv[1]) + dot(x[2], wv[2]) + dot(x[3], wv[3])
         + dot(x[4], wv[4]) + dot(x[5], wv[5]) + dot(x[6], wv[6]) + dot(x[7], wv[7]);
 }
+
+// Row r of A's result for weight row `row` of this part, through the epilogue: RESIDUAL adds
+// it to what C holds (the residual stream, the add of the dispatch after folded in).
+fn store(r: u32, row: u32, v: f32) {
+    let i = r * p.ldc + p.n_off + row;
+#if RESIDUAL
+    c[i] = c[i] + v;
+#else
+    c[i] = v;
+#endif
+}
+
+#if GLU
+// GLU: weight rows 2j and 2j + 1 are gate j and up j (interleaved at load), and C takes
+// act(gate) * up at column j (GELU = 1: GELU with the tanh form, else SiLU).
+fn store_pair(r: u32, row0: u32, g: f32, u: f32) {
+#if GELU
+    let e = exp(-2.0 * abs(0.79788456080286536 * (g + 0.044715 * g * g * g)));
+    let t = sign(0.79788456080286536 * (g + 0.044715 * g * g * g)) * (1.0 - e) / (1.0 + e);
+    let a = 0.5 * g * (1.0 + t);
+#else
+    let a = g / (1.0 + exp(-g));
+#endif
+    c[r * p.ldc + (p.n_off + row0) / 2u] = a * u;
+}
+#endif
+
+#if NORM
+// Sum of squares of row r of A over the lanes' share of it (from `first`, every `stride` vec4s).
+fn sumsq(r: u32, first: u32, stride: u32) -> f32 {
+    var q = vec4<f32>(0.0);
+    for (var i = first; i < p.k / 4u; i += stride) {
+        let v = a[r * (p.k / 4u) + i];
+        q = fma(v, v, q);
+    }
+    return q.x + q.y + q.z + q.w;
+}
+#endif
 #endif
 
 #if MATVEC
 #if !SUBGROUPS
 var<workgroup> partial: array<f32, MR * NR * WG>;
+#endif
+#if NORM && !SUBGROUPS
+var<workgroup> norm_part: array<f32, WG>;
 #endif
 
 @compute @workgroup_size(WG)
@@ -298,6 +348,27 @@ fn matvec_q(
     let stride = u32(WG);
 #endif
     let nsub = p.k / 32u;
+#if NORM
+    var rstd: array<f32, MR>;
+#for R in 0..MR
+    {
+#if SUBGROUPS
+        let q = subgroupAdd(sumsq(R, first, stride));
+#else
+        norm_part[li] = sumsq(R, first, stride);
+        workgroupBarrier();
+        for (var h = WG / 2u; h > 0u; h = h / 2u) {
+            if (li < h) {
+                norm_part[li] += norm_part[li + h];
+            }
+            workgroupBarrier();
+        }
+        let q = workgroupUniformLoad(&norm_part[0]);
+#endif
+        rstd[R] = inverseSqrt(q / f32(p.k) + p.eps);
+    }
+#endfor
+#endif
     var acc: array<array<f32, NR>, MR>;
     var rows: array<u32, NR>;
 #for J in 0..NR
@@ -309,6 +380,11 @@ fn matvec_q(
         var x: array<array<vec4<f32>, 8>, MR>;
 #for R in 0..MR
         x[R] = act32(R, i * 32u);
+#if NORM
+#for I in 0..8
+        x[R][I] *= rstd[R] * norm_w[i * 8u + I];
+#endfor
+#endif
 #endfor
 #for J in 0..NR
         {
@@ -319,17 +395,14 @@ fn matvec_q(
         }
 #endfor
     }
+    var sums: array<array<f32, NR>, MR>;
 #if SUBGROUPS
 #for R in 0..MR
 #for J in 0..NR
-    {
-        let s = subgroupAdd(acc[R][J]);
-        if (lane == 0u && n0 + J < p.n) {
-            c[R * p.ldc + p.n_off + n0 + J] = s;
-        }
-    }
+    sums[R][J] = subgroupAdd(acc[R][J]);
 #endfor
 #endfor
+    let leader = lane == 0u;
 #else
 #for R in 0..MR
 #for J in 0..NR
@@ -345,16 +418,30 @@ fn matvec_q(
         }
         workgroupBarrier();
     }
-    if (li == 0u) {
 #for R in 0..MR
 #for J in 0..NR
-        if (n0 + J < p.n) {
-            c[R * p.ldc + p.n_off + n0 + J] = partial[(R * NR + J) * WG];
+    sums[R][J] = partial[(R * NR + J) * WG];
+#endfor
+#endfor
+    let leader = li == 0u;
+#endif
+    if (leader) {
+#for R in 0..MR
+#if GLU
+#for P in 0..NR / 2
+        if (n0 + 2 * P + 1 < p.n) {
+            store_pair(R, n0 + 2 * P, sums[R][2 * P], sums[R][2 * P + 1]);
         }
 #endfor
+#else
+#for J in 0..NR
+        if (n0 + J < p.n) {
+            store(R, n0 + J, sums[R][J]);
+        }
+#endfor
+#endif
 #endfor
     }
-#endif
 }
 #endif
 
@@ -369,13 +456,17 @@ fn matvec_q(
 // into acc. Values are decoded four at a time and used at once (a whole sub-block in registers
 // is 32 vector registers per lane on CPU adapters, which spill).
 fn rows_step(acc: ptr<function, array<array<f32, NR>, MR>>, rows: array<u32, NR>, mv: array<vec4<u32>, NR>,
-             av: array<vec4<u32>, NR>, b: u32, s: u32) {
+             av: array<vec4<u32>, NR>, rstd: array<f32, MR>, b: u32, s: u32) {
     let xb = (b * BE + s * 32u) / 4u;
     // The sub-block's activations, loaded once for the NR weight rows.
     var x: array<array<vec4<f32>, 8>, MR>;
 #for R in 0..MR
 #for I in 0..8
+#if NORM
+    x[R][I] = a[R * XROW + xb + I] * (rstd[R] * norm_w[xb + I]);
+#else
     x[R][I] = a[R * XROW + xb + I];
+#endif
 #endfor
 #endfor
 
@@ -480,6 +571,26 @@ fn matvec_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 #for J in 0..NR
     rows[J] = min(n0 + J, p.n - 1u);
 #endfor
+    var rstd: array<f32, MR>;
+#if NORM
+    // Every lane needs all of each row's norm; with the row length compiled in, the loads are
+    // constants (one load for all lanes).
+#for R in 0..MR
+    {
+        var q = vec4<f32>(0.0);
+#if KB
+#for I in 0..XROW
+        q = fma(a[R * XROW + I], a[R * XROW + I], q);
+#endfor
+#else
+        for (var i = 0u; i < XROW; i++) {
+            q = fma(a[R * XROW + i], a[R * XROW + i], q);
+        }
+#endif
+        rstd[R] = inverseSqrt((q.x + q.y + q.z + q.w) / f32(p.k) + p.eps);
+    }
+#endfor
+#endif
     var acc: array<array<f32, NR>, MR>;
 #if KB
     // The row length is compiled in: every activation index is a constant, which CPU adapters
@@ -494,7 +605,7 @@ fn matvec_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 #endfor
 #for B in 0..G
 #for S in 0..SUBS
-        rows_step(&acc, rows, mv, av, GI * G + B, S);
+        rows_step(&acc, rows, mv, av, rstd, GI * G + B, S);
 #endfor
 #endfor
     }
@@ -508,7 +619,7 @@ fn matvec_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
         av[J] = aux_vec(rows[J], BT);
 #endfor
 #for S in 0..SUBS
-        rows_step(&acc, rows, mv, av, BT, S);
+        rows_step(&acc, rows, mv, av, rstd, BT, S);
 #endfor
     }
 #endfor
@@ -524,7 +635,7 @@ fn matvec_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 #endfor
 #for B in 0..G
         for (var s = 0u; s < SUBS; s++) {
-            rows_step(&acc, rows, mv, av, g * G + B, s);
+            rows_step(&acc, rows, mv, av, rstd, g * G + B, s);
         }
 #endfor
     }
@@ -536,16 +647,24 @@ fn matvec_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
         av[J] = aux_vec(rows[J], b);
 #endfor
         for (var s = 0u; s < SUBS; s++) {
-            rows_step(&acc, rows, mv, av, b, s);
+            rows_step(&acc, rows, mv, av, rstd, b, s);
         }
     }
 #endif
 #for R in 0..MR
-#for J in 0..NR
-    if (n0 + J < p.n) {
-        c[R * p.ldc + p.n_off + n0 + J] = acc[R][J];
+#if GLU
+#for P in 0..NR / 2
+    if (n0 + 2 * P + 1 < p.n) {
+        store_pair(R, n0 + 2 * P, acc[R][2 * P], acc[R][2 * P + 1]);
     }
 #endfor
+#else
+#for J in 0..NR
+    if (n0 + J < p.n) {
+        store(R, n0 + J, acc[R][J]);
+    }
+#endfor
+#endif
 #endfor
 }
 #endif

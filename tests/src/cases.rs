@@ -513,8 +513,10 @@ pub fn all_cases() -> Vec<Box<dyn Case>> {
     crate::vision_cases::cases(&mut out);
     for op in [EltOp::SwiGlu, EltOp::GeGlu] {
         for (rows, f) in [(1, 1), (1, 1536), (7, 2048), (3, 17)] {
-            out.push(Box::new(GluPairCase { op, rows, f }));
+            out.push(Box::new(GluPairCase { op, rows, f, interleaved: false }));
         }
+        out.push(Box::new(GluPairCase { op, rows: 3, f: 17, interleaved: true }));
+        out.push(Box::new(GluPairCase { op, rows: 2, f: 1536, interleaved: true }));
     }
     for layout in [RopeLayout::RotateHalf, RopeLayout::Interleaved] {
         for (tokens, heads, kv_heads, head_dim, pos0, norm) in
@@ -729,11 +731,14 @@ pub struct GluPairCase {
     pub rows: usize,
     /// Output columns.
     pub f: usize,
+    /// Gate and up values alternate in a row (else the gate's, then the up's).
+    pub interleaved: bool,
 }
 
 impl Case for GluPairCase {
     fn name(&self) -> String {
-        format!("{}_pair_f32_{}x{}", self.op.name(), self.rows, self.f)
+        let il = if self.interleaved { "_interleaved" } else { "" };
+        format!("{}_pair{il}_f32_{}x{}", self.op.name(), self.rows, self.f)
     }
     fn op(&self) -> &'static str {
         "elementwise"
@@ -753,13 +758,21 @@ impl Case for GluPairCase {
         vec![Input::float("gate|up", &[self.rows, 2 * self.f], DType::F32, rng.vec(n, -6.0, 6.0))]
     }
     fn reference(&self, inputs: &[Input]) -> Result<Vec<f32>, ParamError> {
-        flint_ref::elementwise::glu_pair(self.op, self.rows, self.f, inputs[0].f32s())
+        if self.interleaved {
+            flint_ref::elementwise::glu_interleaved(self.op, self.rows, self.f, inputs[0].f32s())
+        } else {
+            flint_ref::elementwise::glu_pair(self.op, self.rows, self.f, inputs[0].f32s())
+        }
     }
     fn output(&self) -> (Vec<usize>, DType) {
         (vec![self.rows, self.f], DType::F32)
     }
     fn launch(&self, dev: &Device, rec: &mut Recorder, t: &[Tensor], out: &Tensor) -> flint_gpu::Result<()> {
-        flint_kernels::elementwise::glu_pair(dev, rec, self.op, self.rows, self.f, &t[0], out)
+        if self.interleaved {
+            flint_kernels::elementwise::glu_interleaved(dev, rec, self.op, self.rows, self.f, &t[0], out)
+        } else {
+            flint_kernels::elementwise::glu_pair(dev, rec, self.op, self.rows, self.f, &t[0], out)
+        }
     }
 }
 

@@ -6,9 +6,10 @@
 use flint_gpu::{DType, Device, Recorder, Tensor};
 use flint_kernels::quant::{self, Matvec, QuantWeight};
 use flint_ref::ParamError;
+use flint_ref::elementwise::EltOp;
 use flint_ref::embed::EmbedParams;
 use flint_ref::matmul::MatmulParams;
-use flint_ref::quant::{BlockFormat, QuantMatmulParams};
+use flint_ref::quant::{BlockFormat, FusedQuantParams, QuantEpilogue, QuantMatmulParams};
 
 use crate::cases::F32_TOL;
 use crate::{Case, Input, Rng, Tier, Tolerance};
@@ -107,6 +108,82 @@ impl Case for QuantMatmulCase {
     }
 }
 
+/// A decode step's matvec with its fusions: RMSNorm of A on the way in, and the products stored,
+/// added to C (residual) or through a GLU over gate/up pairs; against the norm, matmul and GLU
+/// references composed.
+pub struct FusedMatvecCase {
+    /// Shape, norm and epilogue.
+    pub p: FusedQuantParams,
+    /// The matvec kernel.
+    pub how: Matvec,
+}
+
+impl Case for FusedMatvecCase {
+    fn name(&self) -> String {
+        let mm = &self.p.q.mm;
+        let epi = match self.p.epilogue {
+            QuantEpilogue::Store => "store".to_string(),
+            QuantEpilogue::Residual => "residual".to_string(),
+            QuantEpilogue::Glu(op) => op.name().to_string(),
+        };
+        let how = if self.how == Matvec::Rows { "rows" } else { "split" };
+        let norm = if self.p.norm_eps.is_some() { "norm_" } else { "" };
+        format!("qmatvec_{}_{}x{}x{}_{norm}{epi}_{how}", self.p.q.format.name(), mm.m, mm.n, mm.k)
+    }
+    fn op(&self) -> &'static str {
+        "quant"
+    }
+    fn dtype(&self) -> String {
+        format!("f32x{}", self.p.q.format.name())
+    }
+    fn tolerance(&self) -> Tolerance {
+        F32_TOL
+    }
+    fn flops(&self) -> f64 {
+        self.p.q.mm.flops()
+    }
+    fn bytes(&self) -> f64 {
+        self.p.q.bytes()
+    }
+    fn inputs(&self) -> Vec<Input> {
+        let mut rng = Rng::from_name(&self.name());
+        let mm = &self.p.q.mm;
+        let words = bytes_as_words(&random_blocks(&mut rng, self.p.q.format, mm.n * mm.k));
+        vec![
+            Input::float("A", &[mm.m, mm.k], DType::F32, rng.vec(mm.a_len(), -2.0, 2.0)),
+            Input::ints("W blocks", &[words.len()], words),
+            Input::float("norm weights", &[mm.k], DType::F32, rng.vec(mm.k, 0.5, 1.5)),
+            Input::float(
+                "C before",
+                &[mm.m, self.p.out_cols()],
+                DType::F32,
+                rng.vec(mm.m * self.p.out_cols(), -1.0, 1.0),
+            ),
+        ]
+    }
+    fn reference(&self, inputs: &[Input]) -> Result<Vec<f32>, ParamError> {
+        let blocks = words_as_bytes(inputs[1].u32s(), self.p.q.b_bytes());
+        let norm = self.p.norm_eps.map(|_| inputs[2].f32s());
+        flint_ref::quant::fused_quant_matmul(&self.p, inputs[0].f32s(), &blocks, norm, inputs[3].f32s())
+    }
+    fn output(&self) -> (Vec<usize>, DType) {
+        (vec![self.p.q.mm.m, self.p.out_cols()], DType::F32)
+    }
+    fn launch(&self, dev: &Device, rec: &mut Recorder, t: &[Tensor], out: &Tensor) -> flint_gpu::Result<()> {
+        let words = self.inputs()[1].u32s().to_vec();
+        let bytes = words_as_bytes(&words, self.p.q.b_bytes());
+        let (n, k, f) = (self.p.q.mm.n, self.p.q.mm.k, self.p.q.format);
+        let w = match self.p.epilogue {
+            QuantEpilogue::Glu(_) => QuantWeight::upload_glu(dev, "W", &bytes, f, n, k)?,
+            _ => QuantWeight::upload(dev, "W", &bytes, f, n, k)?,
+        };
+        // The residual epilogue adds to what C holds.
+        rec.copy(&t[3], out)?;
+        let norm = self.p.norm_eps.map(|_| &t[2]);
+        quant::quant_matvec_fused(dev, rec, &self.p, &t[0], &w, norm, out, self.how)
+    }
+}
+
 /// Embedding gather from a quantized table.
 pub struct QuantEmbedCase {
     /// Shape.
@@ -182,6 +259,18 @@ pub fn cases(out: &mut Vec<Box<dyn Case>>) {
                 if m <= quant::MATVEC_MAX_ROWS { &[Matvec::Rows, Matvec::Split] } else { &[Matvec::Auto] };
             for &how in hows {
                 out.push(Box::new(QuantMatmulCase { p: q(f, m, n, k), part_rows: None, how, tier: Tier::Test }));
+            }
+        }
+        // The decode step's fusions, through both matvec kernels, on rows of 9 blocks.
+        for (m, norm, epilogue) in [
+            (1, true, QuantEpilogue::Store),
+            (3, false, QuantEpilogue::Residual),
+            (1, true, QuantEpilogue::Glu(EltOp::SwiGlu)),
+            (5, true, QuantEpilogue::Glu(EltOp::GeGlu)),
+        ] {
+            for how in [Matvec::Rows, Matvec::Split] {
+                let p = FusedQuantParams { q: q(f, m, 34, ks[1]), norm_eps: norm.then_some(1e-5), epilogue };
+                out.push(Box::new(FusedMatvecCase { p, how }));
             }
         }
         out.push(Box::new(QuantEmbedCase {

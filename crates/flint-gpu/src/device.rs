@@ -353,7 +353,9 @@ impl Device {
         if let Some(k) = self.inner.kernels.lock().ok().and_then(|m| m.get(key).cloned()) {
             return Ok(k);
         }
+        let started = std::time::Instant::now();
         let kernel = Arc::new(Kernel::compile(self, registry, key)?);
+        tracing::debug!(kernel = %key.describe(), ms = started.elapsed().as_millis() as u64, "compiled");
         if let Ok(mut m) = self.inner.kernels.lock() {
             m.insert(key.clone(), kernel.clone());
         }

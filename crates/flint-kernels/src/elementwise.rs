@@ -48,6 +48,11 @@ pub fn variants() -> Vec<Variant> {
         .collect();
     for op in [EltOp::SwiGlu, EltOp::GeGlu] {
         v.push(Variant {
+            name: format!("elementwise/{} pair interleaved", op.name()),
+            key: pair_key(op).flag("INTERLEAVED", true),
+            needs: needs_for(&[], false),
+        });
+        v.push(Variant {
             name: format!("elementwise/{} pair", op.name()),
             key: pair_key(op),
             needs: needs_for(&[], false),
@@ -71,12 +76,40 @@ pub fn glu_pair(
     x: &Tensor,
     out: &Tensor,
 ) -> Result<()> {
+    record_glu(dev, rec, op, rows, f, x, out, false)
+}
+
+/// [`glu_pair`] over rows whose gate and up values alternate (`[g0, u0, g1, u1, ...]`), as a
+/// weight uploaded for a GLU epilogue writes them.
+pub fn glu_interleaved(
+    dev: &Device,
+    rec: &mut Recorder,
+    op: EltOp,
+    rows: usize,
+    f: usize,
+    x: &Tensor,
+    out: &Tensor,
+) -> Result<()> {
+    record_glu(dev, rec, op, rows, f, x, out, true)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record_glu(
+    dev: &Device,
+    rec: &mut Recorder,
+    op: EltOp,
+    rows: usize,
+    f: usize,
+    x: &Tensor,
+    out: &Tensor,
+    interleaved: bool,
+) -> Result<()> {
     if !matches!(op, EltOp::SwiGlu | EltOp::GeGlu) || rows == 0 || f == 0 {
         return Err(GpuError::Shape { what: "glu_pair".into(), message: format!("{} over {rows}x{f}", op.name()) });
     }
     check_tensor("glu_pair", "x", x, rows * 2 * f, &[DType::F32])?;
     check_tensor("glu_pair", "out", out, rows * f, &[DType::F32])?;
-    let kernel = dev.kernel(registry(), &pair_key(op))?;
+    let kernel = dev.kernel(registry(), &pair_key(op).flag("INTERLEAVED", interleaved))?;
     let n = rows * f;
     let uniform = Uniform { n: u32_of(n), b_len: u32_of(f), scale: 1.0, pad: 0 };
     rec.dispatch(

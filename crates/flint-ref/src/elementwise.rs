@@ -199,6 +199,16 @@ pub fn glu_pair(op: EltOp, rows: usize, f: usize, x: &[f32]) -> Result<Vec<f32>,
         .collect())
 }
 
+/// [`glu_pair`] over rows whose gate and up values alternate: `[g0, u0, g1, u1, ...]`.
+pub fn glu_interleaved(op: EltOp, rows: usize, f: usize, x: &[f32]) -> Result<Vec<f32>, ParamError> {
+    check_len("glu_pair", "x", x, rows * 2 * f)?;
+    let split: Vec<f32> = x
+        .chunks_exact(2 * f)
+        .flat_map(|row| row.iter().step_by(2).chain(row.iter().skip(1).step_by(2)).copied().collect::<Vec<_>>())
+        .collect();
+    glu_pair(op, rows, f, &split)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

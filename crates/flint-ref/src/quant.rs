@@ -288,6 +288,84 @@ pub fn quant_matmul(p: &QuantMatmulParams, a: &[f32], b: &[u8], bias: Option<&[f
     crate::matmul::matmul(&p.mm, a, &w, bias)
 }
 
+/// What a decode-step matvec does around its products, folding the dispatches before and after
+/// it into one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantEpilogue {
+    /// Write the products.
+    Store,
+    /// Add the products to C (the residual stream).
+    Residual,
+    /// B is a gate stacked on an up projection (`n / 2` rows each, in file order); C takes
+    /// `act(gate) * up`, `[m, n / 2]`, with `op` one of [`EltOp::SwiGlu`], [`EltOp::GeGlu`].
+    Glu(crate::elementwise::EltOp),
+}
+
+/// A quantized matmul with RMSNorm of A's rows on the way in (`norm_eps`, weights given) and an
+/// epilogue: what a decode step's projections do.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FusedQuantParams {
+    /// The matmul.
+    pub q: QuantMatmulParams,
+    /// RMSNorm of A's rows (its eps), when A comes in un-normalised.
+    pub norm_eps: Option<f32>,
+    /// What happens to the products.
+    pub epilogue: QuantEpilogue,
+}
+
+impl FusedQuantParams {
+    /// Columns of C.
+    pub fn out_cols(&self) -> usize {
+        match self.epilogue {
+            QuantEpilogue::Glu(_) => self.q.mm.n / 2,
+            _ => self.q.mm.n,
+        }
+    }
+
+    /// Check the shape: a GLU needs an even `n`.
+    pub fn validate(&self) -> Result<(), ParamError> {
+        self.q.validate()?;
+        if let QuantEpilogue::Glu(op) = self.epilogue {
+            if !self.q.mm.n.is_multiple_of(2) {
+                return Err(ParamError::new("fused quant matmul", format!("a GLU over {} rows (odd)", self.q.mm.n)));
+            }
+            if !matches!(op, crate::elementwise::EltOp::SwiGlu | crate::elementwise::EltOp::GeGlu) {
+                return Err(ParamError::new("fused quant matmul", format!("{} is not a gated unit", op.name())));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reference of [`FusedQuantParams`]: the norm, the matmul and the epilogue composed from their
+/// own references. `norm_w` is the norm's weights (`[k]`, with `norm_eps`); `c` is C before the
+/// dispatch (read by [`QuantEpilogue::Residual`]).
+pub fn fused_quant_matmul(
+    p: &FusedQuantParams,
+    a: &[f32],
+    b: &[u8],
+    norm_w: Option<&[f32]>,
+    c: &[f32],
+) -> Result<Vec<f32>, ParamError> {
+    p.validate()?;
+    let (m, k) = (p.q.mm.m, p.q.mm.k);
+    let a = match (p.norm_eps, norm_w) {
+        (Some(eps), Some(w)) => {
+            let np = crate::norm::NormParams { kind: crate::norm::NormKind::Rms, rows: m, dim: k, eps };
+            crate::norm::norm(&np, a, w, None)?
+        }
+        (None, None) => a.to_vec(),
+        _ => return Err(ParamError::new("fused quant matmul", "norm weights and norm_eps go together")),
+    };
+    let y = quant_matmul(&p.q, &a, b, None)?;
+    crate::check_len("fused quant matmul", "C", c, m * p.out_cols())?;
+    Ok(match p.epilogue {
+        QuantEpilogue::Store => y,
+        QuantEpilogue::Residual => y.iter().zip(c).map(|(&y, &c)| (f64::from(c) + f64::from(y)) as f32).collect(),
+        QuantEpilogue::Glu(op) => crate::elementwise::glu_pair(op, m, p.q.mm.n / 2, &y)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -230,8 +230,7 @@ impl Stepper {
         let slots = block.view(offsets[n - 2] as u64 * 4, &[b], DType::U32)?;
         let opts = block.view(offsets[n - 1] as u64 * 4, &[b, RowOptions::WORDS], DType::U32)?;
         let x = decoder.embed_slots(rec, &self.tokens, &slots, b)?;
-        let h = decoder.record_decode(rec, pool, step, block, &x)?;
-        let logits = decoder.logits(rec, &h, 0..b)?;
+        let logits = decoder.record_decode(rec, pool, step, block, &x)?;
         let out = self.dev.empty("sample out", &[b, 2], DType::F32)?;
         flint_kernels::sample::sample_rows(&self.dev, rec, b, decoder.cfg.vocab, &logits, &opts, &out, &self.tokens)?;
         Ok(out)

@@ -5,8 +5,9 @@
 pub mod layout;
 
 use flint_gpu::{DType, Device, GpuError, PipelineKey, Recorder, Result, Tensor};
+use flint_ref::elementwise::EltOp;
 use flint_ref::embed::EmbedParams;
-use flint_ref::quant::{BlockFormat, QuantMatmulParams};
+use flint_ref::quant::{BlockFormat, FusedQuantParams, QuantEpilogue, QuantMatmulParams};
 
 use crate::{Variant, check_tensor, fixed_subgroup, needs_for, param_err, registry, require, typed_key, u32_of};
 use layout::RowStrides;
@@ -40,6 +41,9 @@ pub struct QuantWeight {
     pub n: usize,
     /// Row length (input features), a multiple of the block size.
     pub k: usize,
+    /// Rows are gate and up rows interleaved (`2j`: gate `j`, `2j + 1`: up `j`) for a GLU
+    /// epilogue ([`QuantWeight::upload_glu`]).
+    pub glu_pairs: bool,
 }
 
 impl QuantWeight {
@@ -98,7 +102,38 @@ impl QuantWeight {
             let words = dev.upload_u32(&format!("{name} rows {row0}.."), &words, &[words.len()])?;
             parts.push(Part { row0, rows, words });
         }
-        Ok(QuantWeight { parts, format, n, k })
+        Ok(QuantWeight { parts, format, n, k, glu_pairs: false })
+    }
+
+    /// A gate and an up projection stacked in `bytes` (`n / 2` rows each, gate first, as the
+    /// file has them), uploaded with their rows interleaved for a GLU epilogue
+    /// ([`quant_matvec_fused`] with [`QuantEpilogue::Glu`]); parts hold whole pairs.
+    pub fn upload_glu(
+        dev: &Device,
+        name: &str,
+        bytes: &[u8],
+        format: BlockFormat,
+        n: usize,
+        k: usize,
+    ) -> Result<QuantWeight> {
+        let row_bytes = format.bytes_for(k);
+        if !n.is_multiple_of(2) || n.checked_mul(row_bytes) != Some(bytes.len()) {
+            return Err(GpuError::Shape {
+                what: format!("quantized weight {name}"),
+                message: format!("{} bytes for a gate and an up projection of {n} rows of {k} in all", bytes.len()),
+            });
+        }
+        let half = n / 2;
+        let mut interleaved = Vec::with_capacity(bytes.len());
+        for j in 0..half {
+            interleaved.extend_from_slice(&bytes[j * row_bytes..(j + 1) * row_bytes]);
+            interleaved.extend_from_slice(&bytes[(half + j) * row_bytes..(half + j + 1) * row_bytes]);
+        }
+        let gpu_row = Self::row_bytes(format, k);
+        let limit = (dev.caps().max_storage_binding as usize / gpu_row / 2 * 2).max(2) * gpu_row;
+        let mut w = Self::upload_parts(dev, name, &interleaved, format, n, k, limit)?;
+        w.glu_pairs = true;
+        Ok(w)
     }
 
     /// Bytes one row of `k` values of `format` takes in the GPU layout.
@@ -123,6 +158,10 @@ impl QuantWeight {
 
     /// The uniform of a dispatch over part `part`.
     fn uniform(&self, part: &Part, m: usize, ldc: usize, col: usize, scale: f32) -> Uniform {
+        self.uniform_eps(part, m, ldc, col, scale, 0.0)
+    }
+
+    fn uniform_eps(&self, part: &Part, m: usize, ldc: usize, col: usize, scale: f32, eps: f32) -> Uniform {
         let st = RowStrides::new(self.format, self.k);
         Uniform {
             m: u32_of(m),
@@ -136,7 +175,7 @@ impl QuantWeight {
             mstride: u32_of(st.meta),
             astride: u32_of(st.aux),
             scale,
-            pad: 0,
+            eps,
         }
     }
 }
@@ -155,7 +194,7 @@ struct Uniform {
     mstride: u32,
     astride: u32,
     scale: f32,
-    pad: u32,
+    eps: f32,
 }
 
 fn fmt_code(f: BlockFormat) -> u32 {
@@ -170,13 +209,55 @@ fn fmt_code(f: BlockFormat) -> u32 {
     }
 }
 
-fn matvec_key(f: BlockFormat, rows: u32, subgroups: bool) -> PipelineKey {
-    typed_key("quant.wgsl", "matvec_q", MATVEC_WG, &[])
-        .define("FMT", fmt_code(f))
-        .define("MR", rows)
-        .define("NR", MATVEC_NR)
-        .flag("MATVEC", true)
-        .flag("SUBGROUPS", subgroups)
+/// What a matvec folds in: RMSNorm of its input, and its epilogue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Fusion {
+    norm: bool,
+    epilogue: QuantEpilogue,
+}
+
+const PLAIN: Fusion = Fusion { norm: false, epilogue: QuantEpilogue::Store };
+
+impl Fusion {
+    fn apply(self, key: PipelineKey) -> PipelineKey {
+        let (glu, gelu) = match self.epilogue {
+            QuantEpilogue::Glu(op) => (true, op == EltOp::GeGlu),
+            _ => (false, false),
+        };
+        key.flag("NORM", self.norm)
+            .flag("RESIDUAL", self.epilogue == QuantEpilogue::Residual)
+            .flag("GLU", glu)
+            .flag("GELU", gelu)
+    }
+
+    fn name(self) -> String {
+        let epi = match self.epilogue {
+            QuantEpilogue::Store => "",
+            QuantEpilogue::Residual => " +residual",
+            QuantEpilogue::Glu(EltOp::GeGlu) => " +geglu",
+            QuantEpilogue::Glu(_) => " +swiglu",
+        };
+        format!("{}{epi}", if self.norm { " norm+" } else { "" })
+    }
+
+    /// Every fusion a decode step uses.
+    const DECODE: [Fusion; 4] = [
+        Fusion { norm: true, epilogue: QuantEpilogue::Store },
+        Fusion { norm: false, epilogue: QuantEpilogue::Residual },
+        Fusion { norm: true, epilogue: QuantEpilogue::Glu(EltOp::SwiGlu) },
+        Fusion { norm: true, epilogue: QuantEpilogue::Glu(EltOp::GeGlu) },
+    ];
+}
+
+fn matvec_key(f: BlockFormat, rows: u32, subgroups: bool, fusion: Fusion) -> PipelineKey {
+    fusion.apply(
+        typed_key("quant.wgsl", "matvec_q", MATVEC_WG, &[])
+            .define("FMT", fmt_code(f))
+            .define("MR", rows)
+            .define("NR", MATVEC_NR)
+            .flag("MATVEC", true)
+            .flag("SUBGROUPS", subgroups),
+    )
 }
 
 /// Weight rows per invocation in matvec_rows, most first; fewer when the matrix is short, so
@@ -199,8 +280,16 @@ fn rows_unroll(f: BlockFormat, rows: usize, k: usize, ubo: bool) -> Option<u32> 
 }
 
 /// The activations of matvec_rows go through a uniform binding of `xn` vec4s, when one fits.
-fn matvec_rows_key(f: BlockFormat, rows: u32, nr: u32, xn: Option<u32>, kb: Option<u32>) -> PipelineKey {
-    let key = typed_key("quant.wgsl", "matvec_rows", ROWS_WG, &[])
+fn matvec_rows_key(
+    f: BlockFormat,
+    rows: u32,
+    nr: u32,
+    xn: Option<u32>,
+    kb: Option<u32>,
+    fusion: Fusion,
+) -> PipelineKey {
+    let key = fusion
+        .apply(typed_key("quant.wgsl", "matvec_rows", ROWS_WG, &[]))
         .define("FMT", fmt_code(f))
         .define("MR", rows)
         .define("NR", nr)
@@ -238,9 +327,23 @@ pub fn variants() -> Vec<Variant> {
             for sub in [false, true] {
                 out.push(Variant {
                     name: format!("quant/matvec {} rows{rows}{}", f.name(), if sub { " subgroups" } else { "" }),
-                    key: matvec_key(f, rows, sub),
+                    key: matvec_key(f, rows, sub, PLAIN),
                     needs: needs_for(&[], sub),
                 });
+                if rows == 1 || rows == 4 {
+                    for fusion in Fusion::DECODE {
+                        out.push(Variant {
+                            name: format!(
+                                "quant/matvec {} rows{rows}{}{}",
+                                f.name(),
+                                if sub { " subgroups" } else { "" },
+                                fusion.name()
+                            ),
+                            key: matvec_key(f, rows, sub, fusion),
+                            needs: needs_for(&[], sub),
+                        });
+                    }
+                }
             }
         }
         for rows in 1..=MATVEC_MAX_ROWS as u32 {
@@ -264,9 +367,24 @@ pub fn variants() -> Vec<Variant> {
                                 if xn.is_some() { " ubo" } else { "" },
                                 kb.map(|b| format!(" unrolled {b} blocks")).unwrap_or_default()
                             ),
-                            key: matvec_rows_key(f, rows, nr, xn, kb),
+                            key: matvec_rows_key(f, rows, nr, xn, kb, PLAIN),
                             needs: needs_for(&[], false),
                         });
+                        if (rows == 1 || rows == 4) && nr == 2 && (kb.is_none() || k == Some(k576)) {
+                            for fusion in Fusion::DECODE {
+                                out.push(Variant {
+                                    name: format!(
+                                        "quant/matvec_rows {} rows{rows} nr{nr}{}{}{}",
+                                        f.name(),
+                                        if xn.is_some() { " ubo" } else { "" },
+                                        kb.map(|b| format!(" unrolled {b} blocks")).unwrap_or_default(),
+                                        fusion.name()
+                                    ),
+                                    key: matvec_rows_key(f, rows, nr, xn, kb, fusion),
+                                    needs: needs_for(&[], false),
+                                });
+                            }
+                        }
                     }
                 }
             }
@@ -323,7 +441,7 @@ pub fn quant_matmul_with(
     c: &Tensor,
     how: Matvec,
 ) -> Result<()> {
-    record_matmul(dev, rec, p, a, w, c, Out { ldc: p.mm.n, col: 0, how })
+    record_matmul(dev, rec, p, a, w, c, Out { ldc: p.mm.n, col: 0, how, fusion: PLAIN, norm: None })
 }
 
 /// [`quant_matmul`] writing columns `col .. col + n` of `c`, whose rows are `ldc` wide (several
@@ -339,7 +457,7 @@ pub fn quant_matmul_into(
     ldc: usize,
     col: usize,
 ) -> Result<()> {
-    record_matmul(dev, rec, p, a, w, c, Out { ldc, col, how: Matvec::Auto })
+    record_matmul(dev, rec, p, a, w, c, Out { ldc, col, how: Matvec::Auto, fusion: PLAIN, norm: None })
 }
 
 fn record_matmul(
@@ -349,7 +467,7 @@ fn record_matmul(
     a: &Tensor,
     w: &QuantWeight,
     c: &Tensor,
-    out: Out,
+    out: Out<'_>,
 ) -> Result<()> {
     let (ldc, col) = (out.ldc, out.col);
     p.validate().map_err(param_err)?;
@@ -393,12 +511,15 @@ fn record_matmul(
     Ok(())
 }
 
-/// Where a matmul writes: rows `ldc` wide, from column `col`.
+/// Where a matmul writes: rows `ldc` wide, from column `col`; the matvec kernel; what it folds
+/// in (with the norm's weights and eps).
 #[derive(Clone, Copy)]
-struct Out {
+struct Out<'a> {
     ldc: usize,
     col: usize,
     how: Matvec,
+    fusion: Fusion,
+    norm: Option<(&'a Tensor, f32)>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -409,7 +530,7 @@ fn record_parts(
     a: &Tensor,
     w: &QuantWeight,
     c: &Tensor,
-    out: Out,
+    out: Out<'_>,
     r0: usize,
     rows: usize,
 ) -> Result<()> {
@@ -432,9 +553,10 @@ fn record_parts(
         && a.offset().is_multiple_of(u64::from(caps.uniform_offset_alignment.max(1))))
     .then(|| u32_of(rows * p.mm.k / 4));
     let key = if by_rows {
-        matvec_rows_key(p.format, u32_of(rows), nr, xn, rows_unroll(p.format, rows, p.mm.k, xn.is_some()))
+        let kb = rows_unroll(p.format, rows, p.mm.k, xn.is_some());
+        matvec_rows_key(p.format, u32_of(rows), nr, xn, kb, out.fusion)
     } else if matvec {
-        matvec_key(p.format, u32_of(rows), caps.subgroups)
+        matvec_key(p.format, u32_of(rows), caps.subgroups, out.fusion)
     } else {
         matmul_key(p.format, sg.unwrap_or(8))
     };
@@ -444,7 +566,7 @@ fn record_parts(
     let kernel = dev.kernel(registry(), &key)?;
     for part in &w.parts {
         let n = part.rows;
-        let uniform = w.uniform(part, rows, out.ldc, out.col, 1.0);
+        let uniform = w.uniform_eps(part, rows, out.ldc, out.col, 1.0, out.norm.map_or(0.0, |(_, e)| e));
         let groups = if by_rows {
             dev.grid(u32_of(n).div_ceil(ROWS_WG * nr))
         } else if matvec {
@@ -463,9 +585,64 @@ fn record_parts(
             p.mm.k,
             if r0 > 0 { format!(" @{r0}") } else { String::new() }
         );
-        rec.dispatch(&label, &kernel, &uniform, &[a, &part.words, c], groups)?;
+        let mut tensors = vec![(1, a), (2, &part.words), (3, c)];
+        if let Some((nw, _)) = out.norm {
+            tensors.push((4, nw));
+        }
+        rec.dispatch_at(&label, &kernel, &uniform, &tensors, groups)?;
     }
     Ok(())
+}
+
+/// Record a decode step's matvec with what it folds in (`p`: the RMSNorm of A's rows with
+/// weights `norm_w` on the way in, and the epilogue) for 1 to [`MATVEC_MAX_ROWS`] rows of A:
+/// `c` `[m, p.out_cols()]` takes the products, or adds them (residual), or for a GLU takes
+/// `act(gate) * up` of a weight uploaded with [`QuantWeight::upload_glu`].
+#[allow(clippy::too_many_arguments)]
+pub fn quant_matvec_fused(
+    dev: &Device,
+    rec: &mut Recorder,
+    p: &FusedQuantParams,
+    a: &Tensor,
+    w: &QuantWeight,
+    norm_w: Option<&Tensor>,
+    c: &Tensor,
+    how: Matvec,
+) -> Result<()> {
+    p.validate().map_err(param_err)?;
+    let q = &p.q;
+    let err = |message: String| GpuError::Shape { what: "fused quant matvec".into(), message };
+    if q.mm.m > MATVEC_MAX_ROWS || q.mm.batch != 1 || q.mm.bias {
+        return Err(err(format!("{} rows (at most {MATVEC_MAX_ROWS}), one batch, no bias", q.mm.m)));
+    }
+    if (w.format, w.n, w.k) != (q.format, q.mm.n, q.mm.k) {
+        return Err(err(format!(
+            "weight is {} {}x{}, params say {} {}x{}",
+            w.format.name(),
+            w.n,
+            w.k,
+            q.format.name(),
+            q.mm.n,
+            q.mm.k
+        )));
+    }
+    let glu = matches!(p.epilogue, QuantEpilogue::Glu(_));
+    if glu != w.glu_pairs {
+        return Err(err("a GLU epilogue goes with a weight uploaded as gate/up pairs, and only with it".into()));
+    }
+    check_tensor("fused quant matvec", "A", a, q.mm.a_len(), &[DType::F32])?;
+    check_tensor("fused quant matvec", "C", c, q.mm.m * p.out_cols(), &[DType::F32])?;
+    let norm = match (p.norm_eps, norm_w) {
+        (Some(eps), Some(t)) => {
+            check_tensor("fused quant matvec", "norm weights", t, q.mm.k, &[DType::F32])?;
+            Some((t, eps))
+        }
+        (None, None) => None,
+        _ => return Err(err("norm weights and norm_eps go together".into())),
+    };
+    let fusion = Fusion { norm: norm.is_some(), epilogue: p.epilogue };
+    // C's rows are p.out_cols() wide; a GLU writes pair j of weight rows to column j.
+    record_parts(dev, rec, q, a, w, c, Out { ldc: p.out_cols(), col: 0, how, fusion, norm }, 0, q.mm.m)
 }
 
 /// Record `out[t] = dequant(table[ids[t]]) * scale` for a quantized `[vocab, dim]` table. Ids

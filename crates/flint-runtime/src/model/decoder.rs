@@ -5,8 +5,11 @@
 
 use flint_gpu::{DType, Device, Recorder, Tensor};
 use flint_kernels::attention::{self, AttnConfig, paged::KvPool, paged::SeqId};
+use flint_kernels::quant::{Matvec, QuantWeight};
 use flint_ref::attention::{AttnParams, Mask, SeqSpec};
 use flint_ref::elementwise::EltOp;
+use flint_ref::matmul::MatmulParams;
+use flint_ref::quant::{FusedQuantParams, QuantEpilogue, QuantMatmulParams};
 use flint_ref::rope::RopeQkvParams;
 
 use super::config::{Arch, DecoderConfig};
@@ -22,13 +25,32 @@ pub struct Layer {
     wqkv: Stacked,
     wo: Linear,
     ffn_norm: Tensor,
-    /// Gate and up stacked: one output row is `[gate | up]`.
-    w_gate_up: Stacked,
+    /// Gate and up projections.
+    w_gate_up: GateUp,
     w_down: Linear,
     /// Gemma 3: RMSNorm over each head of Q and K.
     qk_norm: Option<(Tensor, Tensor)>,
     /// Gemma 3: RMSNorm after attention and after the MLP.
     post_norms: Option<(Tensor, Tensor)>,
+}
+
+/// A layer's gate and up projections.
+#[derive(Debug)]
+enum GateUp {
+    /// Stacked: one output row is `[gate | up]`.
+    Stacked(Stacked),
+    /// One quantized matrix with gate and up rows interleaved (one output row is `[g0, u0, g1,
+    /// u1, ...]`), which a decode step's matvec turns into `act(gate) * up` as it writes.
+    Pairs(QuantWeight),
+}
+
+impl GateUp {
+    fn bytes(&self) -> usize {
+        match self {
+            GateUp::Stacked(s) => s.bytes(),
+            GateUp::Pairs(q) => q.bytes(),
+        }
+    }
 }
 
 /// A decoder on the GPU.
@@ -43,6 +65,9 @@ pub struct Decoder {
     head: Linear,
     /// Element type of the KV cache.
     pub kv_dtype: DType,
+    /// Decode steps fold the norms, residual adds and gated unit into the matvecs (every
+    /// matrix quantized, no QK-norm or post-norms): 6 dispatches a layer instead of 9.
+    fused: bool,
 }
 
 /// Tokens going through the decoder, where their K/V lands, and how they attend: tensors the
@@ -194,7 +219,10 @@ impl Decoder {
                 wqkv: w.stacked(dev, &[(&q, q_dim), (&k, kv_dim), (&v, kv_dim)], h)?,
                 wo: w.linear(dev, &name("attn_output.weight"), h, q_dim)?,
                 ffn_norm: w.vector(dev, &name("ffn_norm.weight"), h)?,
-                w_gate_up: w.stacked(dev, &[(&gate, cfg.ffn), (&up, cfg.ffn)], h)?,
+                w_gate_up: match w.glu_pairs(dev, &gate, &up, cfg.ffn, h)? {
+                    Some(q) => GateUp::Pairs(q),
+                    None => GateUp::Stacked(w.stacked(dev, &[(&gate, cfg.ffn), (&up, cfg.ffn)], h)?),
+                },
                 w_down: w.linear(dev, &name("ffn_down.weight"), h, cfg.ffn)?,
                 qk_norm: if gemma {
                     Some((
@@ -214,6 +242,15 @@ impl Decoder {
                 },
             });
         }
+        let quant = |l: &Linear| matches!(l, Linear::Quant(_));
+        let fused = layers.iter().all(|l| {
+            l.qk_norm.is_none()
+                && l.post_norms.is_none()
+                && matches!(l.wqkv.runs.as_slice(), [(w, 0)] if quant(w))
+                && quant(&l.wo)
+                && quant(&l.w_down)
+                && matches!(l.w_gate_up, GateUp::Pairs(_))
+        }) && quant(&head);
         Ok(Decoder {
             out_norm: w.vector(dev, "output_norm.weight", h)?,
             cfg,
@@ -222,6 +259,7 @@ impl Decoder {
             layers,
             head,
             kv_dtype,
+            fused,
         })
     }
 
@@ -268,10 +306,11 @@ impl Decoder {
         Ok(x)
     }
 
-    /// Record the layers of a prepared decode step ([`Decoder::prepare_decode`]) over `x`
-    /// `[rows, hidden]`, reading the step's per-step values from `block` (u32; see
-    /// [`DecodeStep::write_block`]): written before each replay when the recording is a plan.
-    /// Returns the final-normed hidden states `[rows, hidden]`.
+    /// Record a prepared decode step ([`Decoder::prepare_decode`]) over the embeddings `x`
+    /// `[rows, hidden]` through every layer and the output head, reading the step's per-step
+    /// values from `block` (u32; see [`DecodeStep::write_block`]), written before each replay
+    /// when the recording is a plan. Returns the logits `[rows, vocab]`. Where the model allows,
+    /// the norms, residual adds and gated unit are folded into the matvecs.
     pub fn record_decode(
         &self,
         rec: &mut Recorder,
@@ -281,7 +320,20 @@ impl Decoder {
         x: &Tensor,
     ) -> Result<Tensor> {
         let tensors = self.step_tensors(step, block, pool)?;
-        self.layers_over(rec, pool, x, &tensors)
+        let t = tensors.t;
+        if !self.fused {
+            let h = self.layers_over(rec, pool, x, &tensors)?;
+            return self.logits(rec, &h, 0..t);
+        }
+        for (l, layer) in self.layers.iter().enumerate() {
+            self.layer_fused(rec, pool, l, layer, x, &tensors)?;
+        }
+        let Linear::Quant(head) = &self.head else {
+            return Err(RuntimeError::Model("a fused decode step over a dense head".into()));
+        };
+        let logits = self.dev.empty("logits", &[t, self.cfg.vocab], DType::F32)?;
+        self.fused(rec, head, x, t, Some(&self.out_norm), QuantEpilogue::Store, &logits)?;
+        Ok(logits)
     }
 
     /// Record the layers over `t` new tokens of `seq` whose inputs are `x` `[t, hidden]` (updated
@@ -584,25 +636,20 @@ impl Decoder {
         Ok(flint_kernels::norm::add_norm(&self.dev, rec, &p, x, y, post, w, out)?)
     }
 
-    /// One block: attention then MLP, each ending in the residual step that also normalises `x`
-    /// for what follows (`next_norm`).
-    #[allow(clippy::too_many_arguments)]
-    fn layer(
+    /// RoPE (and QK-norm), K/V into the cache and attention for layer `l` over its QKV
+    /// projection `qkv` `[t, q | k | v]`. Returns the attention output `[t, heads * head_dim]`.
+    fn attend(
         &self,
         rec: &mut Recorder,
         pool: &KvPool,
         l: usize,
         layer: &Layer,
-        x: &Tensor,
-        normed: &Tensor,
-        next_norm: &Tensor,
+        qkv: &Tensor,
         s: &Step,
-    ) -> Result<()> {
+    ) -> Result<Tensor> {
         let (cfg, dev, t) = (&self.cfg, &self.dev, s.t);
-        let (h, d) = (cfg.hidden, cfg.head_dim);
+        let d = cfg.head_dim;
         let q_dim = cfg.heads * d;
-        let qkv = dev.empty("qkv", &[t, layer.wqkv.n], DType::F32)?;
-        layer.wqkv.forward(dev, rec, normed, t, &qkv)?;
         let local = cfg.is_local(l);
         let rp = RopeQkvParams {
             tokens: t,
@@ -617,7 +664,7 @@ impl Decoder {
         let cache = pool.cache(l)?;
         let q = dev.empty("q", &[t, q_dim], DType::F32)?;
         let norms = layer.qk_norm.as_ref().map(|(a, b)| (a, b));
-        flint_kernels::rope::rope_qkv_planned(dev, rec, &rp, &qkv, &s.positions, &s.dest, &cache, &s.table, norms, &q)?;
+        flint_kernels::rope::rope_qkv_planned(dev, rec, &rp, qkv, &s.positions, &s.dest, &cache, &s.table, norms, &q)?;
         let mask = match (local, cfg.sliding_window) {
             (true, Some(w)) => Mask::SlidingWindow(w),
             _ => Mask::Causal,
@@ -661,6 +708,86 @@ impl Decoder {
                 }
             }
         }
+        Ok(o)
+    }
+
+    /// The gated unit of this architecture.
+    fn glu_op(&self) -> EltOp {
+        if self.cfg.arch == Arch::Gemma3 { EltOp::GeGlu } else { EltOp::SwiGlu }
+    }
+
+    /// Record a decode step's matvec over quantized `w` with its fusions.
+    #[allow(clippy::too_many_arguments)]
+    fn fused(
+        &self,
+        rec: &mut Recorder,
+        w: &QuantWeight,
+        x: &Tensor,
+        t: usize,
+        norm: Option<&Tensor>,
+        epilogue: QuantEpilogue,
+        out: &Tensor,
+    ) -> Result<()> {
+        let p = FusedQuantParams {
+            q: QuantMatmulParams { mm: MatmulParams::new(t, w.n, w.k), format: w.format },
+            norm_eps: norm.map(|_| self.cfg.eps),
+            epilogue,
+        };
+        Ok(flint_kernels::quant::quant_matvec_fused(&self.dev, rec, &p, x, w, norm, out, Matvec::Auto)?)
+    }
+
+    /// One block of a decode step with the norms, residual adds and gated unit folded into the
+    /// matvecs: QKV (RMSNorm in), RoPE and K/V, attention, output projection (added to `x`),
+    /// gate/up (RMSNorm in, gated unit out), down projection (added to `x`). `x` is the residual
+    /// stream, un-normalised.
+    fn layer_fused(
+        &self,
+        rec: &mut Recorder,
+        pool: &KvPool,
+        l: usize,
+        layer: &Layer,
+        x: &Tensor,
+        s: &Step,
+    ) -> Result<()> {
+        let (cfg, dev, t) = (&self.cfg, &self.dev, s.t);
+        fn quant(l: &Linear) -> Result<&QuantWeight> {
+            match l {
+                Linear::Quant(q) => Ok(q),
+                Linear::Dense { .. } => Err(RuntimeError::Model("a fused decode step over dense weights".into())),
+            }
+        }
+        let (wqkv, wo, down) = (quant(&layer.wqkv.runs[0].0)?, quant(&layer.wo)?, quant(&layer.w_down)?);
+        let GateUp::Pairs(gate_up) = &layer.w_gate_up else {
+            return Err(RuntimeError::Model("a fused decode step without gate/up pairs".into()));
+        };
+        let qkv = dev.empty("qkv", &[t, layer.wqkv.n], DType::F32)?;
+        self.fused(rec, wqkv, x, t, Some(&layer.attn_norm), QuantEpilogue::Store, &qkv)?;
+        let o = self.attend(rec, pool, l, layer, &qkv, s)?;
+        self.fused(rec, wo, &o, t, None, QuantEpilogue::Residual, x)?;
+        let act = dev.empty("mlp act", &[t, cfg.ffn], DType::F32)?;
+        self.fused(rec, gate_up, x, t, Some(&layer.ffn_norm), QuantEpilogue::Glu(self.glu_op()), &act)?;
+        self.fused(rec, down, &act, t, None, QuantEpilogue::Residual, x)
+    }
+
+    /// One block: attention then MLP, each ending in the residual step that also normalises `x`
+    /// for what follows (`next_norm`).
+    #[allow(clippy::too_many_arguments)]
+    fn layer(
+        &self,
+        rec: &mut Recorder,
+        pool: &KvPool,
+        l: usize,
+        layer: &Layer,
+        x: &Tensor,
+        normed: &Tensor,
+        next_norm: &Tensor,
+        s: &Step,
+    ) -> Result<()> {
+        let (cfg, dev, t) = (&self.cfg, &self.dev, s.t);
+        let h = cfg.hidden;
+        let qkv = dev.empty("qkv", &[t, layer.wqkv.n], DType::F32)?;
+        layer.wqkv.forward(dev, rec, normed, t, &qkv)?;
+        let o = self.attend(rec, pool, l, layer, &qkv, s)?;
         let y = dev.empty("attention proj", &[t, h], DType::F32)?;
         layer.wo.forward(dev, rec, &o, t, &y)?;
         let (post_attn, post_ffn) = match &layer.post_norms {
@@ -670,10 +797,18 @@ impl Decoder {
         self.add_norm(rec, x, Some(&y), post_attn, &layer.ffn_norm, normed, t)?;
 
         let gate_up = dev.empty("gate|up", &[t, 2 * cfg.ffn], DType::F32)?;
-        layer.w_gate_up.forward(dev, rec, normed, t, &gate_up)?;
         let act = dev.empty("mlp act", &[t, cfg.ffn], DType::F32)?;
-        let op = if cfg.arch == Arch::Gemma3 { EltOp::GeGlu } else { EltOp::SwiGlu };
-        flint_kernels::elementwise::glu_pair(dev, rec, op, t, cfg.ffn, &gate_up, &act)?;
+        match &layer.w_gate_up {
+            GateUp::Stacked(w) => {
+                w.forward(dev, rec, normed, t, &gate_up)?;
+                flint_kernels::elementwise::glu_pair(dev, rec, self.glu_op(), t, cfg.ffn, &gate_up, &act)?;
+            }
+            GateUp::Pairs(w) => {
+                let p = QuantMatmulParams { mm: MatmulParams::new(t, w.n, w.k), format: w.format };
+                flint_kernels::quant::quant_matmul(dev, rec, &p, normed, w, &gate_up)?;
+                flint_kernels::elementwise::glu_interleaved(dev, rec, self.glu_op(), t, cfg.ffn, &gate_up, &act)?;
+            }
+        }
         let down = dev.empty("mlp out", &[t, h], DType::F32)?;
         layer.w_down.forward(dev, rec, &act, t, &down)?;
         self.add_norm(rec, x, Some(&down), post_ffn, next_norm, normed, t)

@@ -22,6 +22,9 @@ pub trait WeightSource {
     fn stacked(&self, dev: &Device, names: &[(&str, usize)], k: usize) -> Result<Stacked>;
     /// A 1-D f32 vector of `len` (norm weights).
     fn vector(&self, dev: &Device, name: &str, len: usize) -> Result<Tensor>;
+    /// A gate and an up projection (`[n, k]` each) as one quantized matrix with their rows
+    /// interleaved (for a GLU epilogue), when both are quantized in one format; else None.
+    fn glu_pairs(&self, dev: &Device, gate: &str, up: &str, n: usize, k: usize) -> Result<Option<QuantWeight>>;
 }
 
 impl WeightSource for Gguf {
@@ -36,6 +39,23 @@ impl WeightSource for Gguf {
     }
     fn vector(&self, dev: &Device, name: &str, len: usize) -> Result<Tensor> {
         vector(dev, self, name, len)
+    }
+    fn glu_pairs(&self, dev: &Device, gate: &str, up: &str, n: usize, k: usize) -> Result<Option<QuantWeight>> {
+        let (g, u) = (self.require(gate)?, self.require(up)?);
+        for t in [g, u] {
+            if t.dims != [k, n] {
+                return Err(self
+                    .error(format!("tensor {:?} has dims {:?}, expected [{k}, {n}]", t.name, t.dims))
+                    .into());
+            }
+        }
+        match (g.ty, u.ty) {
+            (TensorType::Quant(f), TensorType::Quant(fu)) if f == fu => {
+                let bytes = [self.data(g), self.data(u)].concat();
+                Ok(Some(QuantWeight::upload_glu(dev, &format!("{gate}+{up}"), &bytes, f, 2 * n, k)?))
+            }
+            _ => Ok(None),
+        }
     }
 }
 
@@ -101,6 +121,9 @@ impl WeightSource for HfWeights<'_> {
     fn vector(&self, dev: &Device, name: &str, len: usize) -> Result<Tensor> {
         let hf = self.name(name);
         Ok(dev.upload_f32(&hf, &self.dir.f32(&hf, &[len])?, &[len], DType::F32)?)
+    }
+    fn glu_pairs(&self, _: &Device, _: &str, _: &str, _: usize, _: usize) -> Result<Option<QuantWeight>> {
+        Ok(None)
     }
 }
 
