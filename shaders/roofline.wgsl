@@ -1,5 +1,6 @@
 // Roofline probes: an arithmetic-bound kernel (independent vec4 FMA chains, no memory traffic
-// in the loop) and a memory-bound vec4 copy. `flint bench` compares kernels against them.
+// in the loop), a memory-bound vec4 copy, and a load-only reduction (what a matvec's weight
+// stream is: reads and nearly no writes). `flint bench` compares kernels against them.
 #include "common.wgsl"
 
 struct Params {
@@ -37,6 +38,30 @@ fn fma_peak(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
         }
     }
     out[i % p.n] = a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7;
+}
+#elif READ
+@group(0) @binding(1) var<storage, read> words: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read_write> sums: array<vec4<u32>>;
+
+// Each invocation sums every p.iters-th vec4 from its own index (neighbouring lanes read
+// neighbouring vec4s) in four independent chains, and writes one vec4; p.n vec4s in all, a
+// multiple of 4 * p.iters (the invocation count).
+@compute @workgroup_size(WG)
+fn read_peak(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let i = linear_group(wg, nwg) * WG + lid;
+    let stride = p.iters;
+    var s0 = vec4<u32>(0u);
+    var s1 = vec4<u32>(0u);
+    var s2 = vec4<u32>(0u);
+    var s3 = vec4<u32>(0u);
+    for (var j = i; j < p.n; j += 4u * stride) {
+        s0 += words[j];
+        s1 += words[j + stride];
+        s2 += words[j + 2u * stride];
+        s3 += words[j + 3u * stride];
+    }
+    sums[i] = s0 ^ s1 ^ s2 ^ s3;
 }
 #else
 @group(0) @binding(1) var<storage, read> src: array<vec4<f32>>;

@@ -118,3 +118,30 @@ fn runs_on_a_device_the_host_created() {
     rec.submit().unwrap().wait().unwrap();
     assert_eq!(dev.read_f32(&c).unwrap(), vec![10.0, 10.0, 10.0, 2.0, 2.0, 2.0]);
 }
+
+/// The roofline's read probe reads every word once (so its GB/s counts real loads) and checks
+/// its input length.
+#[test]
+fn the_read_probe_reads_every_word() {
+    use flint_kernels::roofline;
+    let dev = first_device();
+    let threads = 16384usize;
+    let words: Vec<u32> = (0..16 * threads as u32).map(|i| i.wrapping_mul(2_654_435_761)).collect();
+    let src = dev.upload_u32("words", &words, &[words.len()]).unwrap();
+    let sums = dev.empty("sums", &[4 * threads], DType::U32).unwrap();
+    let mut rec = Recorder::new(&dev);
+    roofline::read(&dev, &mut rec, &src, &sums).unwrap();
+    rec.submit().and_then(|s| s.wait()).unwrap();
+    let got = dev.read_u32(&sums).unwrap();
+    // Invocation i sums vec4s i + j * threads for j = 0..4 in four chains (one each here) and
+    // xors the chains.
+    for i in [0, 1, 777, threads - 1] {
+        for c in 0..4 {
+            let want = (0..4).fold(0u32, |acc, j| acc ^ words[4 * (i + j * threads) + c]);
+            assert_eq!(got[4 * i + c], want, "invocation {i}, component {c}");
+        }
+    }
+    let short = dev.upload_u32("words", &words[..words.len() - 4], &[words.len() - 4]).unwrap();
+    let e = roofline::read(&dev, &mut Recorder::new(&dev), &short, &sums).unwrap_err();
+    assert!(e.to_string().contains("multiple of"), "{e}");
+}

@@ -9,6 +9,8 @@ const WG: u32 = 64;
 /// Invocations of the FMA probe and loop trips of each.
 const FMA_THREADS: u32 = 64 * 256;
 const FMA_ITERS: u32 = 4096;
+/// Invocations of the read probe.
+const READ_THREADS: u32 = 64 * 256;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -22,6 +24,10 @@ fn fma_key() -> PipelineKey {
     typed_key("roofline.wgsl", "fma_peak", WG, &[]).flag("FMA", true)
 }
 
+fn read_key() -> PipelineKey {
+    typed_key("roofline.wgsl", "read_peak", WG, &[]).flag("READ", true)
+}
+
 fn copy_key() -> PipelineKey {
     typed_key("roofline.wgsl", "copy", WG, &[])
 }
@@ -31,6 +37,7 @@ pub fn variants() -> Vec<Variant> {
     vec![
         Variant { name: "roofline/fma".into(), key: fma_key(), needs: needs_for(&[], false) },
         Variant { name: "roofline/copy".into(), key: copy_key(), needs: needs_for(&[], false) },
+        Variant { name: "roofline/read".into(), key: read_key(), needs: needs_for(&[], false) },
     ]
 }
 
@@ -72,5 +79,28 @@ pub fn copy(dev: &Device, rec: &mut Recorder, src: &Tensor, dst: &Tensor) -> Res
         &Uniform { n: vecs, iters: 0, pad: [0; 2] },
         &[src, dst],
         dev.grid(vecs.div_ceil(WG)),
+    )
+}
+
+/// Record the load-only probe: a sum of every vec4 of `src` (u32, a multiple of 4 x 4 x 16384
+/// words, i.e. of 1 MiB), one vec4 per invocation into `sums` (u32, 4 x 16384 words).
+pub fn read(dev: &Device, rec: &mut Recorder, src: &Tensor, sums: &Tensor) -> Result<()> {
+    let n = src.numel();
+    let chunk = 16 * READ_THREADS as usize;
+    if n == 0 || !n.is_multiple_of(chunk) {
+        return Err(GpuError::Shape {
+            what: "roofline read".into(),
+            message: format!("{n} words is not a positive multiple of {chunk}"),
+        });
+    }
+    check_tensor("roofline read", "src", src, n, &[DType::U32])?;
+    check_tensor("roofline read", "sums", sums, 4 * READ_THREADS as usize, &[DType::U32])?;
+    let kernel = dev.kernel(registry(), &read_key())?;
+    rec.dispatch(
+        "roofline read",
+        &kernel,
+        &Uniform { n: u32_of(n / 4), iters: READ_THREADS, pad: [0; 2] },
+        &[src, sums],
+        dev.grid(READ_THREADS / WG),
     )
 }

@@ -267,16 +267,17 @@ const ROWS_WG: u32 = 64;
 /// Workgroups matvec_rows aims for on a CPU adapter (a few per core).
 const ROWS_MIN_GROUPS: u32 = 8;
 /// matvec_rows compiles the row length in (fully unrolled, so every activation index is a
-/// constant) for up to this many 32-value sub-blocks per row and rows of A: with a loop counter
-/// in the index, a CPU adapter loads the activations per lane instead of once for all lanes.
-/// On lavapipe, SmolLM2's 49152x576 q8_0 head went from 19.9 to 14.1 ms with it (best of 10).
-const ROWS_UNROLL_SUBS: usize = 64;
-const ROWS_UNROLL_MAX_ROWS: usize = 8;
+/// constant) while rows of A times 32-value sub-blocks per row is at most this: with a loop
+/// counter in the index, a CPU adapter loads the activations per lane instead of once for all
+/// lanes. On lavapipe, SmolLM2's 49152x576 q8_0 head went from 19.9 to 14.1 ms with it (best of
+/// 10). The bound keeps compile times down: lavapipe took 5 to 10 s to compile a 5-row kernel
+/// over 18 blocks, and 0.1 to 0.5 s for one row.
+const ROWS_UNROLL_SUBS: usize = 48;
 
 /// The unrolled row length (in blocks) of matvec_rows for `rows` rows of A and rows of `k`, when
 /// it is unrolled (the activations must come through a uniform binding).
 fn rows_unroll(f: BlockFormat, rows: usize, k: usize, ubo: bool) -> Option<u32> {
-    (ubo && rows <= ROWS_UNROLL_MAX_ROWS && k / 32 <= ROWS_UNROLL_SUBS).then(|| u32_of(k / f.block_elems()))
+    (ubo && rows * (k / 32) <= ROWS_UNROLL_SUBS).then(|| u32_of(k / f.block_elems()))
 }
 
 /// The activations of matvec_rows go through a uniform binding of `xn` vec4s, when one fits.

@@ -5,7 +5,7 @@
 
 use flint_gpu::{DType, Device, Recorder, Tensor};
 use flint_kernels::attention::{self, AttnConfig, paged::KvPool, paged::SeqId};
-use flint_kernels::quant::{Matvec, QuantWeight};
+use flint_kernels::quant::{MATVEC_MAX_ROWS, Matvec, QuantWeight};
 use flint_ref::attention::{AttnParams, Mask, SeqSpec};
 use flint_ref::elementwise::EltOp;
 use flint_ref::matmul::MatmulParams;
@@ -309,8 +309,9 @@ impl Decoder {
     /// Record a prepared decode step ([`Decoder::prepare_decode`]) over the embeddings `x`
     /// `[rows, hidden]` through every layer and the output head, reading the step's per-step
     /// values from `block` (u32; see [`DecodeStep::write_block`]), written before each replay
-    /// when the recording is a plan. Returns the logits `[rows, vocab]`. Where the model allows,
-    /// the norms, residual adds and gated unit are folded into the matvecs.
+    /// when the recording is a plan. Returns the logits `[rows, vocab]`. Where the model allows
+    /// and the rows fit one matvec (at most [`MATVEC_MAX_ROWS`]), the norms, residual adds and
+    /// gated unit are folded into the matvecs; more rows go through the quantized matmul.
     pub fn record_decode(
         &self,
         rec: &mut Recorder,
@@ -321,7 +322,7 @@ impl Decoder {
     ) -> Result<Tensor> {
         let tensors = self.step_tensors(step, block, pool)?;
         let t = tensors.t;
-        if !self.fused {
+        if !self.fused || t > MATVEC_MAX_ROWS {
             let h = self.layers_over(rec, pool, x, &tensors)?;
             return self.logits(rec, &h, 0..t);
         }
