@@ -297,7 +297,7 @@ pub enum QuantEpilogue {
     /// Add the products to C (the residual stream).
     Residual,
     /// B is a gate stacked on an up projection (`n / 2` rows each, in file order); C takes
-    /// `act(gate) * up`, `[m, n / 2]`, with `op` one of [`EltOp::SwiGlu`], [`EltOp::GeGlu`].
+    /// `act(gate) * up`, `[m, n / 2]`, with `op` one of [`EltOp::SwiGlu`](crate::elementwise::EltOp::SwiGlu), [`EltOp::GeGlu`](crate::elementwise::EltOp::GeGlu).
     Glu(crate::elementwise::EltOp),
 }
 
