@@ -5,23 +5,13 @@
 //! temperature 0 and different, reproducible answers with a temperature; requests the engine
 //! cannot serve are refused one by one while the others carry on.
 
-use std::collections::HashMap;
-use std::sync::OnceLock;
+mod common;
 
-use flint_gpu::Device;
+use std::collections::HashMap;
+
+use common::model;
 use flint_runtime::engine::{Engine, EngineOptions, Event, Request, RequestId, RequestOutput};
 use flint_runtime::generate::{SamplingOptions, StopReason};
-use flint_runtime::model::Model;
-
-fn model() -> &'static Model {
-    static M: OnceLock<Model> = OnceLock::new();
-    M.get_or_init(|| {
-        let dev =
-            Device::open(&std::env::var("FLINT_ADAPTER").unwrap_or_else(|_| "vulkan".into())).expect("an adapter");
-        let path = flint_runtime::fetch::resolve(Some("smollm2-135m"), &mut |_| {}).expect("the model can be fetched");
-        Model::load(&dev, &path).expect("the model loads")
-    })
-}
 
 const PROMPTS: [&str; 16] = [
     "The capital of France is",

@@ -7,24 +7,14 @@
 //! in waves, branches sharing a prefix, stop tokens, budgets that end at different steps and a
 //! cancel. A failed step fails every running request and leaves the KV pool as it was.
 
-use std::collections::HashMap;
-use std::sync::OnceLock;
+mod common;
 
-use flint_gpu::Device;
+use std::collections::HashMap;
+
+use common::model;
 use flint_runtime::engine::{Engine, EngineOptions, Event, Request, RequestId};
 use flint_runtime::generate::{Generation, SamplingOptions, StopReason};
-use flint_runtime::model::Model;
 use flint_runtime::stepper::StepMode;
-
-fn model() -> &'static Model {
-    static M: OnceLock<Model> = OnceLock::new();
-    M.get_or_init(|| {
-        let dev =
-            Device::open(&std::env::var("FLINT_ADAPTER").unwrap_or_else(|_| "vulkan".into())).expect("an adapter");
-        let path = flint_runtime::fetch::resolve(Some("smollm2-135m"), &mut |_| {}).expect("the model can be fetched");
-        Model::load(&dev, &path).expect("the model loads")
-    })
-}
 
 fn ids(text: &str) -> Vec<u32> {
     model().prompt_ids(text, false).unwrap()
