@@ -38,6 +38,16 @@ struct Params {
     astride: u32,
     scale: f32,
     eps: f32,
+#if ROPE_KV
+    heads: u32,
+    kv_heads: u32,
+    d: u32,
+    page_size: u32,
+    max_pages: u32,
+    log2_theta: f32,
+    freq_scale: f32,
+    _rpad: u32,
+#endif
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -65,6 +75,19 @@ struct Params {
 #else
 @group(0) @binding(4) var<storage, read> norm_w: array<vec4<f32>>;
 #endif
+#endif
+
+#if ROPE_KV
+// ROPE_KV: the QKV projection of a decode step with what follows it folded in. Weight rows are
+// [q heads | k heads | v heads], D each, pairs (2i, 2i + 1) rotated (the pairing of GGUF's
+// Llama); Q heads are rotated into C [m, heads * d], K heads rotated and V heads copied into the
+// paged cache at row r's destination (table row, position) -- rope.wgsl's rope_qkv, the same
+// arithmetic, without its dispatch.
+@group(0) @binding(5) var<storage, read> qpos: array<u32>;
+@group(0) @binding(6) var<storage, read> dest: array<vec2<u32>>;
+@group(0) @binding(7) var<storage, read> pages: array<u32>;
+@group(0) @binding(8) var<storage, read_write> k_pool: array<TKV>;
+@group(0) @binding(9) var<storage, read_write> v_pool: array<TKV>;
 #endif
 
 // Per format (preprocessor values, so #for and #if see them): BE values per block, QV quant
@@ -305,6 +328,43 @@ fn store_pair(r: u32, row0: u32, g: f32, u: f32) {
 }
 #endif
 
+#if ROPE_KV
+// Weight rows row0 (even) and row0 + 1 of this part, one RoPE pair, for row r of A.
+fn store_pair(r: u32, row0: u32, v0: f32, v1: f32) {
+    let row = p.n_off + row0;
+    let slot = row / p.d;
+    let i0 = row % p.d;
+    if (slot < p.heads) {
+        let y = rotate(r, i0, v0, v1);
+        c[r * p.ldc + row] = y.x;
+        c[r * p.ldc + row + 1u] = y.y;
+        return;
+    }
+    let dst = dest[r];
+    let page = pages[dst.x * p.max_pages + dst.y / p.page_size];
+    let cache_row = (page * p.page_size + dst.y % p.page_size) * p.kv_heads;
+    if (slot < p.heads + p.kv_heads) {
+        let y = rotate(r, i0, v0, v1);
+        let e = (cache_row + slot - p.heads) * p.d + i0;
+        k_pool[e] = TKV(y.x);
+        k_pool[e + 1u] = TKV(y.y);
+    } else {
+        let e = (cache_row + slot - p.heads - p.kv_heads) * p.d + i0;
+        v_pool[e] = TKV(v0);
+        v_pool[e + 1u] = TKV(v1);
+    }
+}
+
+// Pair i0 / 2 of a head rotated by row r's position.
+fn rotate(r: u32, i0: u32, x0: f32, x1: f32) -> vec2<f32> {
+    let position = f32(qpos[r]) * p.freq_scale;
+    let angle = position * exp2(-2.0 * f32(i0 / 2u) / f32(p.d) * p.log2_theta);
+    let cs = cos(angle);
+    let sn = sin(angle);
+    return vec2<f32>(x0 * cs - x1 * sn, x1 * cs + x0 * sn);
+}
+#endif
+
 #if NORM
 // Sum of squares of row r of A over the lanes' share of it (from `first`, every `stride` vec4s).
 fn sumsq(r: u32, first: u32, stride: u32) -> f32 {
@@ -427,7 +487,7 @@ fn matvec_q(
 #endif
     if (leader) {
 #for R in 0..MR
-#if GLU
+#if GLU || ROPE_KV
 #for P in 0..NR / 2
         if (n0 + 2 * P + 1 < p.n) {
             store_pair(R, n0 + 2 * P, sums[R][2 * P], sums[R][2 * P + 1]);
@@ -652,7 +712,7 @@ fn matvec_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     }
 #endif
 #for R in 0..MR
-#if GLU
+#if GLU || ROPE_KV
 #for P in 0..NR / 2
     if (n0 + 2 * P + 1 < p.n) {
         store_pair(R, n0 + 2 * P, acc[R][2 * P], acc[R][2 * P + 1]);

@@ -786,16 +786,16 @@ pub struct RopeQkvCase {
 }
 
 impl RopeQkvCase {
-    const PAGE: usize = 4;
+    pub(crate) const PAGE: usize = 4;
     /// Pages of sequence 0, in a shuffled order; one spare page.
-    fn pages(&self) -> Vec<u32> {
+    pub(crate) fn pages(&self) -> Vec<u32> {
         let n = (self.pos0 + self.p.tokens).div_ceil(Self::PAGE);
         (0..n as u32).rev().collect()
     }
-    fn num_pages(&self) -> usize {
+    pub(crate) fn num_pages(&self) -> usize {
         self.pages().len() + 1
     }
-    fn sections(&self) -> (usize, usize, usize) {
+    pub(crate) fn sections(&self) -> (usize, usize, usize) {
         let pad = |n: usize| n.div_ceil(64) * 64;
         let q = pad(self.p.tokens * self.p.heads * self.p.head_dim);
         let pool = pad(self.num_pages() * Self::PAGE * self.p.kv_heads * self.p.head_dim);

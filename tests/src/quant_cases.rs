@@ -11,7 +11,7 @@ use flint_ref::embed::EmbedParams;
 use flint_ref::matmul::MatmulParams;
 use flint_ref::quant::{BlockFormat, FusedQuantParams, QuantEpilogue, QuantMatmulParams};
 
-use crate::cases::F32_TOL;
+use crate::cases::{F32_TOL, RopeQkvCase};
 use crate::{Case, Input, Rng, Tier, Tolerance};
 
 /// Random blocks of `fmt` holding `n` values, with finite scales of realistic size.
@@ -184,6 +184,114 @@ impl Case for FusedMatvecCase {
     }
 }
 
+/// A decode step's QKV projection with RoPE and the K/V append folded in (RMSNorm of A on the
+/// way in), against the fused-matvec reference then the rope_qkv reference; Q, the K pool and
+/// the V pool laid out as [`RopeQkvCase`]'s (slots no token writes stay NaN).
+pub struct QkvRopeMatvecCase {
+    /// Format of the stacked `[q | k | v]` weight.
+    pub format: BlockFormat,
+    /// Rows of A (tokens at positions `pos0..`), heads, head size; `pos0` in `rope`.
+    pub rope: RopeQkvCase,
+    /// Row length.
+    pub k: usize,
+    /// The matvec kernel.
+    pub how: Matvec,
+}
+
+impl QkvRopeMatvecCase {
+    fn params(&self) -> FusedQuantParams {
+        let p = &self.rope.p;
+        FusedQuantParams {
+            q: QuantMatmulParams { mm: MatmulParams::new(p.tokens, p.row(), self.k), format: self.format },
+            norm_eps: Some(1e-5),
+            epilogue: QuantEpilogue::Store,
+        }
+    }
+}
+
+impl Case for QkvRopeMatvecCase {
+    fn name(&self) -> String {
+        let p = &self.rope.p;
+        let how = if self.how == Matvec::Rows { "rows" } else { "split" };
+        format!(
+            "qmatvec_qkv_rope_{}_{}x{}+{}x{}_k{}_pos{}_{how}",
+            self.format.name(),
+            p.tokens,
+            p.heads,
+            p.kv_heads,
+            p.head_dim,
+            self.k,
+            self.rope.pos0
+        )
+    }
+    fn op(&self) -> &'static str {
+        "quant"
+    }
+    fn dtype(&self) -> String {
+        format!("f32x{}", self.format.name())
+    }
+    fn unsupported(&self, caps: &flint_gpu::Caps) -> Option<String> {
+        (caps.max_storage_buffers < 9)
+            .then(|| format!("{} storage bindings per shader stage, 9 needed", caps.max_storage_buffers))
+    }
+    fn tolerance(&self) -> Tolerance {
+        // The products carry the matvec's f32 rounding (F32_TOL), then the rotation RoPE's.
+        crate::cases::ROPE_F32_TOL
+    }
+    fn flops(&self) -> f64 {
+        self.params().q.mm.flops()
+    }
+    fn bytes(&self) -> f64 {
+        self.params().q.bytes()
+    }
+    fn inputs(&self) -> Vec<Input> {
+        let mut rng = Rng::from_name(&self.name());
+        let mm = self.params().q.mm;
+        let words = bytes_as_words(&random_blocks(&mut rng, self.format, mm.n * mm.k));
+        let pos: Vec<u32> = (0..mm.m).map(|t| (self.rope.pos0 + t) as u32).collect();
+        vec![
+            Input::float("A", &[mm.m, mm.k], DType::F32, rng.vec(mm.a_len(), -2.0, 2.0)),
+            Input::ints("W blocks", &[words.len()], words),
+            Input::float("norm weights", &[mm.k], DType::F32, rng.vec(mm.k, 0.5, 1.5)),
+            Input::ints("positions", &[mm.m], pos),
+        ]
+    }
+    fn reference(&self, inputs: &[Input]) -> Result<Vec<f32>, ParamError> {
+        let p = self.params();
+        let blocks = words_as_bytes(inputs[1].u32s(), p.q.b_bytes());
+        let zeros = vec![0.0; p.q.mm.m * p.q.mm.n];
+        let qkv = flint_ref::quant::fused_quant_matmul(&p, inputs[0].f32s(), &blocks, Some(inputs[2].f32s()), &zeros)?;
+        let d = self.rope.p.head_dim;
+        self.rope.reference(&[
+            Input::float("qkv", &[qkv.len()], DType::F32, qkv),
+            inputs[3].clone(),
+            Input::float("norms", &[2 * d], DType::F32, vec![1.0; 2 * d]),
+        ])
+    }
+    fn output(&self) -> (Vec<usize>, DType) {
+        self.rope.output()
+    }
+    fn launch(&self, dev: &Device, rec: &mut Recorder, t: &[Tensor], out: &Tensor) -> flint_gpu::Result<()> {
+        let p = self.params();
+        let words = self.inputs()[1].u32s().to_vec();
+        let bytes = words_as_bytes(&words, p.q.b_bytes());
+        let w = QuantWeight::upload(dev, "W", &bytes, self.format, p.q.mm.n, p.q.mm.k)?;
+        let (rp, d) = (&self.rope.p, self.rope.p.head_dim);
+        let (qs, pool, _) = self.rope.sections();
+        let num_pages = self.rope.num_pages();
+        let pool_n = num_pages * RopeQkvCase::PAGE * rp.kv_heads * d;
+        let q_out = out.view(0, &[rp.tokens * rp.heads * d], DType::F32)?;
+        let k = out.view(4 * qs as u64, &[pool_n], DType::F32)?;
+        let v = out.view(4 * (qs + pool) as u64, &[pool_n], DType::F32)?;
+        let cache = flint_kernels::attention::KvCache { k, v, page_size: RopeQkvCase::PAGE, num_pages };
+        let table = flint_kernels::attention::PageTable::new(dev, &[self.rope.pages()], num_pages)?;
+        let dest: Vec<u32> = (0..rp.tokens).flat_map(|t| [0, (self.rope.pos0 + t) as u32]).collect();
+        let dest = dev.upload_u32("destinations", &dest, &[rp.tokens, 2])?;
+        let kv = quant::QkvDest { positions: &t[3], dest: &dest, cache: &cache, table: &table };
+        quant::quant_matvec_qkv_rope(dev, rec, rp, p.norm_eps, &t[0], &w, Some(&t[2]), kv, &q_out, self.how)
+    }
+}
+
 /// Embedding gather from a quantized table.
 pub struct QuantEmbedCase {
     /// Shape.
@@ -271,6 +379,26 @@ pub fn cases(out: &mut Vec<Box<dyn Case>>) {
             for how in [Matvec::Rows, Matvec::Split] {
                 let p = FusedQuantParams { q: q(f, m, 34, ks[1]), norm_eps: norm.then_some(1e-5), epilogue };
                 out.push(Box::new(FusedMatvecCase { p, how }));
+            }
+        }
+        // The QKV step with RoPE and the K/V append: heads of 6 (a pair count that is odd),
+        // 8 and SmolLM2's 64, GQA, positions across pages.
+        if matches!(f, BlockFormat::Q4_1 | BlockFormat::Q8_0 | BlockFormat::Q4_K) {
+            for (m, heads, kv_heads, d, pos0) in [(1, 3, 1, 6, 37), (5, 4, 2, 8, 2), (1, 9, 3, 64, 1000)] {
+                for how in [Matvec::Rows, Matvec::Split] {
+                    let rope = flint_ref::rope::RopeQkvParams {
+                        tokens: m,
+                        heads,
+                        kv_heads,
+                        head_dim: d,
+                        theta: 10000.0,
+                        freq_scale: 1.0,
+                        layout: flint_ref::rope::RopeLayout::Interleaved,
+                        qk_norm_eps: None,
+                    };
+                    let rope = RopeQkvCase { p: rope, pos0 };
+                    out.push(Box::new(QkvRopeMatvecCase { format: f, rope, k: ks[1], how }));
+                }
             }
         }
         out.push(Box::new(QuantEmbedCase {

@@ -7,9 +7,15 @@ pub mod layout;
 use flint_gpu::{DType, Device, GpuError, PipelineKey, Recorder, Result, Tensor};
 use flint_ref::elementwise::EltOp;
 use flint_ref::embed::EmbedParams;
+use flint_ref::matmul::MatmulParams;
 use flint_ref::quant::{BlockFormat, FusedQuantParams, QuantEpilogue, QuantMatmulParams};
+use flint_ref::rope::{RopeLayout, RopeQkvParams};
 
-use crate::{Variant, check_tensor, fixed_subgroup, needs_for, param_err, registry, require, typed_key, u32_of};
+use crate::attention::{KvCache, PageTable};
+use crate::{
+    FLOATS, Variant, check_tensor, fixed_subgroup, needs_for, param_err, registry, require, typed_key, u32_of,
+    wgsl_type,
+};
 use layout::RowStrides;
 
 /// Most rows of A the matvec kernel takes; more run through `matmul_q` (or, without subgroups,
@@ -180,6 +186,21 @@ impl QuantWeight {
     }
 }
 
+/// [`Uniform`] with the RoPE and cache geometry of a ROPE_KV epilogue.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct RopeUniform {
+    base: Uniform,
+    heads: u32,
+    kv_heads: u32,
+    d: u32,
+    page_size: u32,
+    max_pages: u32,
+    log2_theta: f32,
+    freq_scale: f32,
+    pad: u32,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Uniform {
@@ -209,14 +230,16 @@ fn fmt_code(f: BlockFormat) -> u32 {
     }
 }
 
-/// What a matvec folds in: RMSNorm of its input, and its epilogue.
+/// What a matvec folds in: RMSNorm of its input, and its epilogue (with `rope_kv`, the K/V
+/// cache's dtype: RoPE and the K/V append of a QKV projection instead of the store).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Fusion {
     norm: bool,
     epilogue: QuantEpilogue,
+    rope_kv: Option<DType>,
 }
 
-const PLAIN: Fusion = Fusion { norm: false, epilogue: QuantEpilogue::Store };
+const PLAIN: Fusion = Fusion { norm: false, epilogue: QuantEpilogue::Store, rope_kv: None };
 
 impl Fusion {
     fn apply(self, key: PipelineKey) -> PipelineKey {
@@ -224,10 +247,15 @@ impl Fusion {
             QuantEpilogue::Glu(op) => (true, op == EltOp::GeGlu),
             _ => (false, false),
         };
-        key.flag("NORM", self.norm)
+        let key = key
+            .flag("NORM", self.norm)
             .flag("RESIDUAL", self.epilogue == QuantEpilogue::Residual)
             .flag("GLU", glu)
-            .flag("GELU", gelu)
+            .flag("GELU", gelu);
+        match self.rope_kv {
+            Some(kv) => key.flag("ROPE_KV", true).define("TKV", wgsl_type(kv)).flag("ENABLE_F16", kv == DType::F16),
+            None => key,
+        }
     }
 
     fn name(self) -> String {
@@ -237,16 +265,26 @@ impl Fusion {
             QuantEpilogue::Glu(EltOp::GeGlu) => " +geglu",
             QuantEpilogue::Glu(_) => " +swiglu",
         };
-        format!("{}{epi}", if self.norm { " norm+" } else { "" })
+        let rope = match self.rope_kv {
+            Some(kv) => format!(" +rope/kv {kv}"),
+            None => String::new(),
+        };
+        format!("{}{epi}{rope}", if self.norm { " norm+" } else { "" })
     }
 
     /// Every fusion a decode step uses.
-    const DECODE: [Fusion; 4] = [
-        Fusion { norm: true, epilogue: QuantEpilogue::Store },
-        Fusion { norm: false, epilogue: QuantEpilogue::Residual },
-        Fusion { norm: true, epilogue: QuantEpilogue::Glu(EltOp::SwiGlu) },
-        Fusion { norm: true, epilogue: QuantEpilogue::Glu(EltOp::GeGlu) },
+    const DECODE: [Fusion; 6] = [
+        Fusion { norm: true, epilogue: QuantEpilogue::Store, rope_kv: None },
+        Fusion { norm: true, epilogue: QuantEpilogue::Store, rope_kv: Some(DType::F32) },
+        Fusion { norm: true, epilogue: QuantEpilogue::Store, rope_kv: Some(DType::F16) },
+        Fusion { norm: false, epilogue: QuantEpilogue::Residual, rope_kv: None },
+        Fusion { norm: true, epilogue: QuantEpilogue::Glu(EltOp::SwiGlu), rope_kv: None },
+        Fusion { norm: true, epilogue: QuantEpilogue::Glu(EltOp::GeGlu), rope_kv: None },
     ];
+
+    fn needs(self, subgroups: bool) -> crate::Needs {
+        needs_for(self.rope_kv.as_slice(), subgroups)
+    }
 }
 
 fn matvec_key(f: BlockFormat, rows: u32, subgroups: bool, fusion: Fusion) -> PipelineKey {
@@ -341,7 +379,7 @@ pub fn variants() -> Vec<Variant> {
                                 fusion.name()
                             ),
                             key: matvec_key(f, rows, sub, fusion),
-                            needs: needs_for(&[], sub),
+                            needs: fusion.needs(sub),
                         });
                     }
                 }
@@ -382,7 +420,7 @@ pub fn variants() -> Vec<Variant> {
                                         fusion.name()
                                     ),
                                     key: matvec_rows_key(f, rows, nr, xn, kb, fusion),
-                                    needs: needs_for(&[], false),
+                                    needs: fusion.needs(false),
                                 });
                             }
                         }
@@ -442,7 +480,7 @@ pub fn quant_matmul_with(
     c: &Tensor,
     how: Matvec,
 ) -> Result<()> {
-    record_matmul(dev, rec, p, a, w, c, Out { ldc: p.mm.n, col: 0, how, fusion: PLAIN, norm: None })
+    record_matmul(dev, rec, p, a, w, c, Out { ldc: p.mm.n, col: 0, how, fusion: PLAIN, norm: None, rope: None })
 }
 
 /// [`quant_matmul`] writing columns `col .. col + n` of `c`, whose rows are `ldc` wide (several
@@ -458,7 +496,7 @@ pub fn quant_matmul_into(
     ldc: usize,
     col: usize,
 ) -> Result<()> {
-    record_matmul(dev, rec, p, a, w, c, Out { ldc, col, how: Matvec::Auto, fusion: PLAIN, norm: None })
+    record_matmul(dev, rec, p, a, w, c, Out { ldc, col, how: Matvec::Auto, fusion: PLAIN, norm: None, rope: None })
 }
 
 fn record_matmul(
@@ -521,6 +559,7 @@ struct Out<'a> {
     how: Matvec,
     fusion: Fusion,
     norm: Option<(&'a Tensor, f32)>,
+    rope: Option<(&'a RopeQkvParams, QkvDest<'a>)>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -563,11 +602,11 @@ fn record_parts(
     };
     // matvec_rows needs nothing; matvec_q uses subgroups where they exist; matmul_q needs them.
     let uses_subgroups = !by_rows && (caps.subgroups || !matvec);
-    require(dev, needs_for(&[], uses_subgroups), "quant matmul")?;
+    require(dev, out.fusion.needs(uses_subgroups), "quant matmul")?;
     let kernel = dev.kernel(registry(), &key)?;
     for part in &w.parts {
         let n = part.rows;
-        let uniform = w.uniform_eps(part, rows, out.ldc, out.col, 1.0, out.norm.map_or(0.0, |(_, e)| e));
+        let base = w.uniform_eps(part, rows, out.ldc, out.col, 1.0, out.norm.map_or(0.0, |(_, e)| e));
         let groups = if by_rows {
             dev.grid(u32_of(n).div_ceil(ROWS_WG * nr))
         } else if matvec {
@@ -590,7 +629,30 @@ fn record_parts(
         if let Some((nw, _)) = out.norm {
             tensors.push((4, nw));
         }
-        rec.dispatch_at(&label, &kernel, &uniform, &tensors, groups)?;
+        match out.rope {
+            None => rec.dispatch_at(&label, &kernel, &base, &tensors, groups)?,
+            Some((rp, kv)) => {
+                let uniform = RopeUniform {
+                    base,
+                    heads: u32_of(rp.heads),
+                    kv_heads: u32_of(rp.kv_heads),
+                    d: u32_of(rp.head_dim),
+                    page_size: u32_of(kv.cache.page_size),
+                    max_pages: u32_of(kv.table.max_pages()),
+                    log2_theta: rp.theta.log2(),
+                    freq_scale: rp.freq_scale,
+                    pad: 0,
+                };
+                tensors.extend([
+                    (5, kv.positions),
+                    (6, kv.dest),
+                    (7, kv.table.tensor()),
+                    (8, &kv.cache.k),
+                    (9, &kv.cache.v),
+                ]);
+                rec.dispatch_at(&label, &kernel, &uniform, &tensors, groups)?;
+            }
+        }
     }
     Ok(())
 }
@@ -641,9 +703,91 @@ pub fn quant_matvec_fused(
         (None, None) => None,
         _ => return Err(err("norm weights and norm_eps go together".into())),
     };
-    let fusion = Fusion { norm: norm.is_some(), epilogue: p.epilogue };
+    let fusion = Fusion { norm: norm.is_some(), epilogue: p.epilogue, rope_kv: None };
     // C's rows are p.out_cols() wide; a GLU writes pair j of weight rows to column j.
-    record_parts(dev, rec, q, a, w, c, Out { ldc: p.out_cols(), col: 0, how, fusion, norm }, 0, q.mm.m)
+    record_parts(dev, rec, q, a, w, c, Out { ldc: p.out_cols(), col: 0, how, fusion, norm, rope: None }, 0, q.mm.m)
+}
+
+/// Where [`quant_matvec_qkv_rope`] puts K and V: row `r` of A is the token at position
+/// `positions[r]` (u32 `[m]`), its K/V going to `dest[r]` (u32 `[m, 2]`: row of `table`,
+/// position in that sequence) of `cache`.
+#[derive(Clone, Copy)]
+pub struct QkvDest<'a> {
+    /// RoPE positions.
+    pub positions: &'a Tensor,
+    /// Table row and position of each row's K/V.
+    pub dest: &'a Tensor,
+    /// The cache.
+    pub cache: &'a KvCache,
+    /// The page table the destinations index.
+    pub table: &'a PageTable,
+}
+
+/// Whether [`quant_matvec_qkv_rope`] can run `rope` with a `kv`-typed cache on this device:
+/// pairs (2i, 2i + 1) (GGUF's Llama), no QK norm, and nine storage bindings per stage.
+pub fn qkv_rope_fits(dev: &Device, rope: &RopeQkvParams, kv: DType) -> bool {
+    let caps = dev.caps();
+    rope.layout == RopeLayout::Interleaved
+        && rope.qk_norm_eps.is_none()
+        && caps.max_storage_buffers >= 9
+        && (kv != DType::F16 || caps.f16)
+}
+
+/// Record a decode step's QKV projection with what follows it folded in: the RMSNorm of A's rows
+/// on the way in (`norm_eps` with `norm_w`), then RoPE of the Q and K heads, Q into `q_out`
+/// `[m, heads * head_dim]` and K and V into the cache at each row's destination: one dispatch
+/// for [`quant_matmul`] then [`rope_qkv_planned`](crate::rope::rope_qkv_planned). `w` is the
+/// stacked `[q | k | v]` projection, `rope.tokens` rows of A (at most [`MATVEC_MAX_ROWS`]); see
+/// [`qkv_rope_fits`] for what it needs.
+#[allow(clippy::too_many_arguments)]
+pub fn quant_matvec_qkv_rope(
+    dev: &Device,
+    rec: &mut Recorder,
+    rope: &RopeQkvParams,
+    norm_eps: Option<f32>,
+    a: &Tensor,
+    w: &QuantWeight,
+    norm_w: Option<&Tensor>,
+    kv: QkvDest<'_>,
+    q_out: &Tensor,
+    how: Matvec,
+) -> Result<()> {
+    let err = |message: String| GpuError::Shape { what: "quant matvec qkv rope".into(), message };
+    let (m, d) = (rope.tokens, rope.head_dim);
+    if m == 0 || m > MATVEC_MAX_ROWS || d == 0 || !d.is_multiple_of(2) || rope.heads == 0 || rope.kv_heads == 0 {
+        return Err(err(format!("{rope:?}: 1 to {MATVEC_MAX_ROWS} rows, heads of an even size")));
+    }
+    let kv_dtype = kv.cache.k.dtype();
+    if !qkv_rope_fits(dev, rope, kv_dtype) {
+        return Err(err(format!(
+            "{rope:?} with a {kv_dtype} cache needs interleaved pairs, no QK norm and 9 storage bindings ({} has {})",
+            dev.caps().short_label(),
+            dev.caps().max_storage_buffers
+        )));
+    }
+    if (w.n, w.glu_pairs) != (rope.row(), false) || w.parts.iter().any(|p| p.row0 % 2 != 0) {
+        return Err(err(format!("weight is {}x{}, expected {} rows of q, k and v heads", w.n, w.k, rope.row())));
+    }
+    let q = QuantMatmulParams { mm: MatmulParams::new(m, w.n, w.k), format: w.format };
+    q.validate().map_err(param_err)?;
+    check_tensor("quant matvec qkv rope", "A", a, q.mm.a_len(), &[DType::F32])?;
+    check_tensor("quant matvec qkv rope", "q out", q_out, m * rope.heads * d, &[DType::F32])?;
+    check_tensor("quant matvec qkv rope", "positions", kv.positions, m, &[DType::U32])?;
+    check_tensor("quant matvec qkv rope", "destinations", kv.dest, m * 2, &[DType::U32])?;
+    let pool = kv.cache.num_pages * kv.cache.page_size * rope.kv_heads * d;
+    check_tensor("quant matvec qkv rope", "k pool", &kv.cache.k, pool, FLOATS)?;
+    check_tensor("quant matvec qkv rope", "v pool", &kv.cache.v, pool, &[kv_dtype])?;
+    let norm = match (norm_eps, norm_w) {
+        (Some(eps), Some(t)) => {
+            check_tensor("quant matvec qkv rope", "norm weights", t, q.mm.k, &[DType::F32])?;
+            Some((t, eps))
+        }
+        (None, None) => None,
+        _ => return Err(err("norm weights and norm_eps go together".into())),
+    };
+    let fusion = Fusion { norm: norm.is_some(), epilogue: QuantEpilogue::Store, rope_kv: Some(kv_dtype) };
+    let out = Out { ldc: rope.heads * d, col: 0, how, fusion, norm, rope: Some((rope, kv)) };
+    record_parts(dev, rec, &q, a, w, q_out, out, 0, m)
 }
 
 /// Record `out[t] = dequant(table[ids[t]]) * scale` for a quantized `[vocab, dim]` table. Ids

@@ -4,8 +4,8 @@
 //! records a forward over some new tokens of one sequence into a recorder; the caller submits.
 
 use flint_gpu::{DType, Device, Recorder, Tensor};
-use flint_kernels::attention::{self, AttnConfig, paged::KvPool, paged::SeqId};
-use flint_kernels::quant::{MATVEC_MAX_ROWS, Matvec, QuantWeight};
+use flint_kernels::attention::{self, AttnConfig, KvCache, paged::KvPool, paged::SeqId};
+use flint_kernels::quant::{MATVEC_MAX_ROWS, Matvec, QkvDest, QuantWeight};
 use flint_ref::attention::{AttnParams, Mask, SeqSpec};
 use flint_ref::elementwise::EltOp;
 use flint_ref::matmul::MatmulParams;
@@ -637,6 +637,21 @@ impl Decoder {
         Ok(flint_kernels::norm::add_norm(&self.dev, rec, &p, x, y, post, w, out)?)
     }
 
+    /// RoPE of layer `l` over `t` tokens.
+    fn rope_params(&self, l: usize, layer: &Layer, t: usize) -> RopeQkvParams {
+        let cfg = &self.cfg;
+        RopeQkvParams {
+            tokens: t,
+            heads: cfg.heads,
+            kv_heads: cfg.kv_heads,
+            head_dim: cfg.head_dim,
+            theta: if cfg.is_local(l) { cfg.rope_theta_local } else { cfg.rope_theta },
+            freq_scale: cfg.rope_freq_scale,
+            layout: cfg.rope_layout,
+            qk_norm_eps: layer.qk_norm.as_ref().map(|_| cfg.eps),
+        }
+    }
+
     /// RoPE (and QK-norm), K/V into the cache and attention for layer `l` over its QKV
     /// projection `qkv` `[t, q | k | v]`. Returns the attention output `[t, heads * head_dim]`.
     fn attend(
@@ -649,23 +664,20 @@ impl Decoder {
         s: &Step,
     ) -> Result<Tensor> {
         let (cfg, dev, t) = (&self.cfg, &self.dev, s.t);
-        let d = cfg.head_dim;
-        let q_dim = cfg.heads * d;
-        let local = cfg.is_local(l);
-        let rp = RopeQkvParams {
-            tokens: t,
-            heads: cfg.heads,
-            kv_heads: cfg.kv_heads,
-            head_dim: d,
-            theta: if local { cfg.rope_theta_local } else { cfg.rope_theta },
-            freq_scale: cfg.rope_freq_scale,
-            layout: cfg.rope_layout,
-            qk_norm_eps: layer.qk_norm.as_ref().map(|_| cfg.eps),
-        };
+        let rp = self.rope_params(l, layer, t);
         let cache = pool.cache(l)?;
-        let q = dev.empty("q", &[t, q_dim], DType::F32)?;
+        let q = dev.empty("q", &[t, cfg.heads * cfg.head_dim], DType::F32)?;
         let norms = layer.qk_norm.as_ref().map(|(a, b)| (a, b));
         flint_kernels::rope::rope_qkv_planned(dev, rec, &rp, qkv, &s.positions, &s.dest, &cache, &s.table, norms, &q)?;
+        self.attend_rotated(rec, &cache, l, &q, s)
+    }
+
+    /// Attention of layer `l` for the rotated queries `q` `[t, heads * head_dim]` over `cache`,
+    /// which already holds this step's K/V. Returns the output `[t, heads * head_dim]`.
+    fn attend_rotated(&self, rec: &mut Recorder, cache: &KvCache, l: usize, q: &Tensor, s: &Step) -> Result<Tensor> {
+        let (cfg, dev, t) = (&self.cfg, &self.dev, s.t);
+        let q_dim = cfg.heads * cfg.head_dim;
+        let local = cfg.is_local(l);
         let mask = match (local, cfg.sliding_window) {
             (true, Some(w)) => Mask::SlidingWindow(w),
             _ => Mask::Causal,
@@ -674,12 +686,12 @@ impl Decoder {
         match &s.plan {
             AttnPlan::Single { info, cfg } => {
                 let p = self.attn_params(1, t, mask);
-                attention::attention_planned(dev, rec, &p, cfg, &q, &cache, &s.table, info, None, &o)?;
+                attention::attention_planned(dev, rec, &p, cfg, q, cache, &s.table, info, None, &o)?;
             }
             // Sliding-window layers see only recent keys: no shared prefix to exploit.
             AttnPlan::Batch { info, cfg, runs } if runs.is_empty() || mask != Mask::Causal => {
                 let p = self.attn_params(t, 1, mask);
-                attention::attention_planned(dev, rec, &p, cfg, &q, &cache, &s.table, info, None, &o)?;
+                attention::attention_planned(dev, rec, &p, cfg, q, cache, &s.table, info, None, &o)?;
             }
             AttnPlan::Batch { runs, .. } => {
                 for run in runs {
@@ -695,7 +707,7 @@ impl Decoder {
                                 &self.attn_params(n, 1, Mask::None),
                                 *cfgs,
                                 &qv,
-                                &cache,
+                                cache,
                                 (prefix, prefix_info),
                                 (suffixes, suffix_info),
                                 &ov,
@@ -703,7 +715,7 @@ impl Decoder {
                         }
                         RunKind::Plain { table, info, cfg } => {
                             let p = self.attn_params(n, 1, mask);
-                            attention::attention_planned(dev, rec, &p, cfg, &qv, &cache, table, info, None, &ov)?
+                            attention::attention_planned(dev, rec, &p, cfg, &qv, cache, table, info, None, &ov)?
                         }
                     }
                 }
@@ -761,9 +773,31 @@ impl Decoder {
         let GateUp::Pairs(gate_up) = &layer.w_gate_up else {
             return Err(RuntimeError::Model("a fused decode step without gate/up pairs".into()));
         };
-        let qkv = dev.empty("qkv", &[t, layer.wqkv.n], DType::F32)?;
-        self.fused(rec, wqkv, x, t, Some(&layer.attn_norm), QuantEpilogue::Store, &qkv)?;
-        let o = self.attend(rec, pool, l, layer, &qkv, s)?;
+        let rp = self.rope_params(l, layer, t);
+        let o = if flint_kernels::quant::qkv_rope_fits(dev, &rp, self.kv_dtype) {
+            // RoPE and the K/V append in the QKV matvec's epilogue.
+            let cache = pool.cache(l)?;
+            let q = dev.empty("q", &[t, cfg.heads * cfg.head_dim], DType::F32)?;
+            let kv = QkvDest { positions: &s.positions, dest: &s.dest, cache: &cache, table: &s.table };
+            let norm = Some(&layer.attn_norm);
+            flint_kernels::quant::quant_matvec_qkv_rope(
+                dev,
+                rec,
+                &rp,
+                Some(cfg.eps),
+                x,
+                wqkv,
+                norm,
+                kv,
+                &q,
+                Matvec::Auto,
+            )?;
+            self.attend_rotated(rec, &cache, l, &q, s)?
+        } else {
+            let qkv = dev.empty("qkv", &[t, layer.wqkv.n], DType::F32)?;
+            self.fused(rec, wqkv, x, t, Some(&layer.attn_norm), QuantEpilogue::Store, &qkv)?;
+            self.attend(rec, pool, l, layer, &qkv, s)?
+        };
         self.fused(rec, wo, &o, t, None, QuantEpilogue::Residual, x)?;
         let act = dev.empty("mlp act", &[t, cfg.ffn], DType::F32)?;
         self.fused(rec, gate_up, x, t, Some(&layer.ffn_norm), QuantEpilogue::Glu(self.glu_op()), &act)?;
