@@ -105,7 +105,14 @@ impl<'m> Session<'m> {
         let capacity = capacity.min(model.cfg.context);
         let mut pool = model.kv_pool(capacity, 64)?;
         let seq = pool.create();
-        Ok(Session { model, vision: None, pool, seq, step: 0, capacity, mode: StepMode::Planned, stepper: None })
+        // The batch-1 decode plan is made here, not on the first step; a session that cannot
+        // make it (too small to hold a step) makes it when it steps, or records the step.
+        let mut stepper = Stepper::new(model.device(), 1, 1, capacity.div_ceil(pool.page_size()), StepMode::Planned)?;
+        if let Err(e) = stepper.warm(model, &mut pool, 1) {
+            tracing::debug!(error = %e, "no batch-1 decode plan at load");
+        }
+        let stepper = Some(stepper);
+        Ok(Session { model, vision: None, pool, seq, step: 0, capacity, mode: StepMode::Planned, stepper })
     }
 
     /// The same session running its decode steps in `mode` (planned by default; immediate is

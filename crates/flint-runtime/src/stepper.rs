@@ -213,6 +213,36 @@ impl Stepper {
         Ok(())
     }
 
+    /// Make the plan of a step over `rows` fresh sequences now (at load), so that the first
+    /// decode step of that layout (short sequences: one key split) replays it rather than
+    /// recording it and compiling its kernels. Nothing runs; the pool is left as it was.
+    pub fn warm(&mut self, decoder: &Decoder, pool: &mut KvPool, rows: usize) -> Result<()> {
+        if self.mode != StepMode::Planned || rows == 0 {
+            return Ok(());
+        }
+        let saved = pool.checkpoint();
+        let made = (|| {
+            let seqs: Vec<SeqId> = (0..rows).map(|_| pool.create()).collect();
+            let mut copies = Recorder::new(&self.dev);
+            for &s in &seqs {
+                pool.append(&mut copies, s, 1)?;
+            }
+            let mut step = decoder.prepare_decode(&mut copies, pool, &seqs, Some(self.width))?;
+            step.regions.push(vec![0; rows]);
+            step.regions.push(vec![0; rows * RowOptions::WORDS]);
+            if self.plans.iter().any(|p| p.layout == step.layout) {
+                return Ok(None);
+            }
+            self.make_plan(decoder, pool, &step).map(Some)
+        })();
+        pool.restore(saved);
+        if let Some(plan) = made? {
+            self.plans.push(plan);
+            self.stats.plans_made += 1;
+        }
+        Ok(())
+    }
+
     /// Record `step` into `rec` over `block` (written or to be written with the step's words):
     /// embedding from the token slots, the layers, the head, the sampler. Returns the sampler's
     /// output `[rows, 2]`.
