@@ -28,6 +28,10 @@ fn session_run(
     opts: &SamplingOptions,
 ) -> Vec<(Generation, usize)> {
     let mut s = model().session(capacity).unwrap().with_mode(mode);
+    // A planned session makes its batch-1 plan when it is created, and its steps (prompts and
+    // outputs under 256 tokens: one key split) all replay it.
+    let plans = if mode == StepMode::Planned { 1 } else { 0 };
+    assert_eq!(s.step_stats().plans_made, plans, "plans made with the session");
     let mut out = Vec::new();
     for &p in prompts {
         let mut streamed = Vec::new();
@@ -35,6 +39,7 @@ fn session_run(
         assert_eq!(streamed, g.tokens, "the callback saw the tokens in order");
         out.push((g, s.len()));
     }
+    assert_eq!(s.step_stats().plans_made, plans, "plans made by the end");
     out
 }
 

@@ -118,8 +118,10 @@ impl<'m> Session<'m> {
     /// The same session running its decode steps in `mode` (planned by default; immediate is
     /// the reference the planned loop is tested against).
     pub fn with_mode(mut self, mode: StepMode) -> Self {
-        self.mode = mode;
-        self.stepper = None;
+        if mode != self.mode {
+            self.mode = mode;
+            self.stepper = None;
+        }
         self
     }
 
