@@ -695,17 +695,22 @@ pub fn quant_matvec_fused(
     }
     check_tensor("fused quant matvec", "A", a, q.mm.a_len(), &[DType::F32])?;
     check_tensor("fused quant matvec", "C", c, q.mm.m * p.out_cols(), &[DType::F32])?;
-    let norm = match (p.norm_eps, norm_w) {
-        (Some(eps), Some(t)) => {
-            check_tensor("fused quant matvec", "norm weights", t, q.mm.k, &[DType::F32])?;
-            Some((t, eps))
-        }
-        (None, None) => None,
-        _ => return Err(err("norm weights and norm_eps go together".into())),
-    };
+    let norm = norm_in("fused quant matvec", p.norm_eps, norm_w, q.mm.k)?;
     let fusion = Fusion { norm: norm.is_some(), epilogue: p.epilogue, rope_kv: None };
     // C's rows are p.out_cols() wide; a GLU writes pair j of weight rows to column j.
     record_parts(dev, rec, q, a, w, c, Out { ldc: p.out_cols(), col: 0, how, fusion, norm, rope: None }, 0, q.mm.m)
+}
+
+/// The RMSNorm a matvec `op` folds in, checked: its eps and weights (`k` f32) go together.
+fn norm_in<'a>(op: &str, eps: Option<f32>, w: Option<&'a Tensor>, k: usize) -> Result<Option<(&'a Tensor, f32)>> {
+    match (eps, w) {
+        (Some(eps), Some(t)) => {
+            check_tensor(op, "norm weights", t, k, &[DType::F32])?;
+            Ok(Some((t, eps)))
+        }
+        (None, None) => Ok(None),
+        _ => Err(GpuError::Shape { what: op.into(), message: "norm weights and norm_eps go together".into() }),
+    }
 }
 
 /// Where [`quant_matvec_qkv_rope`] puts K and V: row `r` of A is the token at position
@@ -777,14 +782,7 @@ pub fn quant_matvec_qkv_rope(
     let pool = kv.cache.num_pages * kv.cache.page_size * rope.kv_heads * d;
     check_tensor("quant matvec qkv rope", "k pool", &kv.cache.k, pool, FLOATS)?;
     check_tensor("quant matvec qkv rope", "v pool", &kv.cache.v, pool, &[kv_dtype])?;
-    let norm = match (norm_eps, norm_w) {
-        (Some(eps), Some(t)) => {
-            check_tensor("quant matvec qkv rope", "norm weights", t, q.mm.k, &[DType::F32])?;
-            Some((t, eps))
-        }
-        (None, None) => None,
-        _ => return Err(err("norm weights and norm_eps go together".into())),
-    };
+    let norm = norm_in("quant matvec qkv rope", norm_eps, norm_w, q.mm.k)?;
     let fusion = Fusion { norm: norm.is_some(), epilogue: QuantEpilogue::Store, rope_kv: Some(kv_dtype) };
     let out = Out { ldc: rope.heads * d, col: 0, how, fusion, norm, rope: Some((rope, kv)) };
     record_parts(dev, rec, &q, a, w, q_out, out, 0, m)
