@@ -46,7 +46,8 @@ struct Params {
     max_pages: u32,
     log2_theta: f32,
     freq_scale: f32,
-    _rpad: u32,
+    // Row of the step that row 0 of A is (its RoPE position and destination).
+    row0: u32,
 #endif
 }
 
@@ -340,7 +341,7 @@ fn store_pair(r: u32, row0: u32, v0: f32, v1: f32) {
         c[r * p.ldc + row + 1u] = y.y;
         return;
     }
-    let dst = dest[r];
+    let dst = dest[r + p.row0];
     let page = pages[dst.x * p.max_pages + dst.y / p.page_size];
     let cache_row = (page * p.page_size + dst.y % p.page_size) * p.kv_heads;
     if (slot < p.heads + p.kv_heads) {
@@ -357,7 +358,7 @@ fn store_pair(r: u32, row0: u32, v0: f32, v1: f32) {
 
 // Pair i0 / 2 of a head rotated by row r's position.
 fn rotate(r: u32, i0: u32, x0: f32, x1: f32) -> vec2<f32> {
-    let position = f32(qpos[r]) * p.freq_scale;
+    let position = f32(qpos[r + p.row0]) * p.freq_scale;
     let angle = position * exp2(-2.0 * f32(i0 / 2u) / f32(p.d) * p.log2_theta);
     let cs = cos(angle);
     let sn = sin(angle);

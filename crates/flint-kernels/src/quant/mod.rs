@@ -198,7 +198,7 @@ struct RopeUniform {
     max_pages: u32,
     log2_theta: f32,
     freq_scale: f32,
-    pad: u32,
+    row0: u32,
 }
 
 #[repr(C)]
@@ -316,6 +316,30 @@ const ROWS_UNROLL_SUBS: usize = 48;
 /// it is unrolled (the activations must come through a uniform binding).
 fn rows_unroll(f: BlockFormat, rows: usize, k: usize, ubo: bool) -> Option<u32> {
     (ubo && rows * (k / 32) <= ROWS_UNROLL_SUBS).then(|| u32_of(k / f.block_elems()))
+}
+
+/// Rows of A per dispatch when `rows` of them should go through matvec_rows in chunks: on CPU
+/// adapters, where matvec_rows would loop at `rows` (every activation load a per-lane gather
+/// there: 4 rows of SmolLM2's 576 cost 5x one) but has the row length compiled in for chunks
+/// of fewer, and every chunk's rows of A and C start at a binding offset the adapter accepts.
+fn rows_chunk(dev: &Device, p: &QuantMatmulParams, a: &Tensor, c: &Tensor, out: Out<'_>, rows: usize) -> Option<usize> {
+    let caps = dev.caps();
+    let by_rows = match out.how {
+        Matvec::Auto => caps.device_type == "cpu",
+        Matvec::Rows => true,
+        Matvec::Split => false,
+    };
+    let ubo = |n: usize| (n * p.mm.k * 4) as u64 <= caps.max_uniform_binding;
+    if !by_rows || rows <= 1 || rows > MATVEC_MAX_ROWS || rows_unroll(p.format, rows, p.mm.k, ubo(rows)).is_some() {
+        return None;
+    }
+    let chunk = (1..rows).rev().find(|&n| rows_unroll(p.format, n, p.mm.k, ubo(n)).is_some())?;
+    let (ua, sa) = (u64::from(caps.uniform_offset_alignment.max(1)), u64::from(caps.storage_offset_alignment.max(1)));
+    let aligned = (0..rows).step_by(chunk).all(|r| {
+        let (ao, co) = (a.offset() + (r * p.mm.k * 4) as u64, c.offset() + (r * out.ldc * 4) as u64);
+        ao.is_multiple_of(ua) && ao.is_multiple_of(sa) && co.is_multiple_of(sa)
+    });
+    aligned.then_some(chunk)
 }
 
 /// The activations of matvec_rows go through a uniform binding of `xn` vec4s, when one fits.
@@ -480,7 +504,15 @@ pub fn quant_matmul_with(
     c: &Tensor,
     how: Matvec,
 ) -> Result<()> {
-    record_matmul(dev, rec, p, a, w, c, Out { ldc: p.mm.n, col: 0, how, fusion: PLAIN, norm: None, rope: None })
+    record_matmul(
+        dev,
+        rec,
+        p,
+        a,
+        w,
+        c,
+        Out { ldc: p.mm.n, col: 0, how, fusion: PLAIN, norm: None, rope: None, row0: 0 },
+    )
 }
 
 /// [`quant_matmul`] writing columns `col .. col + n` of `c`, whose rows are `ldc` wide (several
@@ -496,7 +528,15 @@ pub fn quant_matmul_into(
     ldc: usize,
     col: usize,
 ) -> Result<()> {
-    record_matmul(dev, rec, p, a, w, c, Out { ldc, col, how: Matvec::Auto, fusion: PLAIN, norm: None, rope: None })
+    record_matmul(
+        dev,
+        rec,
+        p,
+        a,
+        w,
+        c,
+        Out { ldc, col, how: Matvec::Auto, fusion: PLAIN, norm: None, rope: None, row0: 0 },
+    )
 }
 
 fn record_matmul(
@@ -560,6 +600,9 @@ struct Out<'a> {
     fusion: Fusion,
     norm: Option<(&'a Tensor, f32)>,
     rope: Option<(&'a RopeQkvParams, QkvDest<'a>)>,
+    /// Row of the whole step that row 0 of A is (where the RoPE positions and destinations of
+    /// a chunk of rows start).
+    row0: usize,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -575,6 +618,18 @@ fn record_parts(
     rows: usize,
 ) -> Result<()> {
     let caps = dev.caps();
+    if let Some(chunk) = rows_chunk(dev, p, a, c, out, rows) {
+        // matvec_rows over a few rows of A at a time, each chunk with its row length compiled
+        // in; a row's arithmetic is the same in any chunk, so results stay batch-invariant.
+        for r in (0..rows).step_by(chunk) {
+            let n = chunk.min(rows - r);
+            let av = a.view((r * p.mm.k * 4) as u64, &[n, p.mm.k], DType::F32)?;
+            let cv = c.view((r * out.ldc * 4) as u64, &[n, out.ldc], DType::F32)?;
+            let sub = Out { row0: out.row0 + r, ..out };
+            record_parts(dev, rec, p, &av, w, &cv, sub, r0 + r, n)?;
+        }
+        return Ok(());
+    }
     let sg = fixed_subgroup(caps);
     let matvec = rows <= MATVEC_MAX_ROWS;
     // On CPU adapters lanes own whole weight rows (see matvec_rows); GPUs split k across lanes.
@@ -641,7 +696,7 @@ fn record_parts(
                     max_pages: u32_of(kv.table.max_pages()),
                     log2_theta: rp.theta.log2(),
                     freq_scale: rp.freq_scale,
-                    pad: 0,
+                    row0: u32_of(out.row0),
                 };
                 tensors.extend([
                     (5, kv.positions),
@@ -698,7 +753,8 @@ pub fn quant_matvec_fused(
     let norm = norm_in("fused quant matvec", p.norm_eps, norm_w, q.mm.k)?;
     let fusion = Fusion { norm: norm.is_some(), epilogue: p.epilogue, rope_kv: None };
     // C's rows are p.out_cols() wide; a GLU writes pair j of weight rows to column j.
-    record_parts(dev, rec, q, a, w, c, Out { ldc: p.out_cols(), col: 0, how, fusion, norm, rope: None }, 0, q.mm.m)
+    let out = Out { ldc: p.out_cols(), col: 0, how, fusion, norm, rope: None, row0: 0 };
+    record_parts(dev, rec, q, a, w, c, out, 0, q.mm.m)
 }
 
 /// The RMSNorm a matvec `op` folds in, checked: its eps and weights (`k` f32) go together.
@@ -784,7 +840,7 @@ pub fn quant_matvec_qkv_rope(
     check_tensor("quant matvec qkv rope", "v pool", &kv.cache.v, pool, &[kv_dtype])?;
     let norm = norm_in("quant matvec qkv rope", norm_eps, norm_w, q.mm.k)?;
     let fusion = Fusion { norm: norm.is_some(), epilogue: QuantEpilogue::Store, rope_kv: Some(kv_dtype) };
-    let out = Out { ldc: rope.heads * d, col: 0, how, fusion, norm, rope: Some((rope, kv)) };
+    let out = Out { ldc: rope.heads * d, col: 0, how, fusion, norm, rope: Some((rope, kv)), row0: 0 };
     record_parts(dev, rec, &q, a, w, q_out, out, 0, m)
 }
 
