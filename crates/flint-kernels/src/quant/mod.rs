@@ -324,11 +324,7 @@ fn rows_unroll(f: BlockFormat, rows: usize, k: usize, ubo: bool) -> Option<u32> 
 /// of fewer, and every chunk's rows of A and C start at a binding offset the adapter accepts.
 fn rows_chunk(dev: &Device, p: &QuantMatmulParams, a: &Tensor, c: &Tensor, out: Out<'_>, rows: usize) -> Option<usize> {
     let caps = dev.caps();
-    let by_rows = match out.how {
-        Matvec::Auto => caps.device_type == "cpu",
-        Matvec::Rows => true,
-        Matvec::Split => false,
-    };
+    let by_rows = out.how.by_rows(caps);
     let ubo = |n: usize| (n * p.mm.k * 4) as u64 <= caps.max_uniform_binding;
     if !by_rows || rows <= 1 || rows > MATVEC_MAX_ROWS || rows_unroll(p.format, rows, p.mm.k, ubo(rows)).is_some() {
         return None;
@@ -482,6 +478,17 @@ pub enum Matvec {
     Split,
 }
 
+impl Matvec {
+    /// Whether this choice is `matvec_rows` on an adapter with `caps`.
+    fn by_rows(self, caps: &flint_gpu::Caps) -> bool {
+        match self {
+            Matvec::Auto => caps.device_type == "cpu",
+            Matvec::Rows => true,
+            Matvec::Split => false,
+        }
+    }
+}
+
 /// Record `c = a x w^T` for f32 `a` `[m, k]` and `c` `[m, n]`.
 pub fn quant_matmul(
     dev: &Device,
@@ -633,12 +640,7 @@ fn record_parts(
     let sg = fixed_subgroup(caps);
     let matvec = rows <= MATVEC_MAX_ROWS;
     // On CPU adapters lanes own whole weight rows (see matvec_rows); GPUs split k across lanes.
-    let by_rows = matvec
-        && match out.how {
-            Matvec::Auto => caps.device_type == "cpu",
-            Matvec::Rows => true,
-            Matvec::Split => false,
-        };
+    let by_rows = matvec && out.how.by_rows(caps);
     let nr = ROWS_NR
         .into_iter()
         .find(|&nr| u32_of(w.n).div_ceil(ROWS_WG * nr) >= ROWS_MIN_GROUPS)
