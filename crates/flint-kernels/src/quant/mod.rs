@@ -582,19 +582,7 @@ fn record_matmul(
         });
     }
     check_tensor("quant matmul", "C", c, p.mm.m * ldc, &[DType::F32])?;
-    let m = p.mm.m;
-    let sg = fixed_subgroup(dev.caps());
-    if m > MATVEC_MAX_ROWS && sg.is_some() && out.how == Matvec::Auto {
-        return record_parts(dev, rec, p, a, w, c, out, 0, m);
-    }
-    // Matvec, in chunks of up to 8 rows when there are more.
-    for r0 in (0..m).step_by(MATVEC_MAX_ROWS) {
-        let rows = MATVEC_MAX_ROWS.min(m - r0);
-        let sub = |t: &Tensor, width: usize| t.view((r0 * width * 4) as u64, &[rows, width], DType::F32);
-        let (ar, cr) = if m <= MATVEC_MAX_ROWS { (a.clone(), c.clone()) } else { (sub(a, p.mm.k)?, sub(c, ldc)?) };
-        record_parts(dev, rec, p, &ar, w, &cr, out, r0, rows)?;
-    }
-    Ok(())
+    record_parts(dev, rec, p, a, w, c, out, 0, p.mm.m)
 }
 
 /// Where a matmul writes: rows `ldc` wide, from column `col`; the matvec kernel; what it folds
@@ -625,9 +613,18 @@ fn record_parts(
     rows: usize,
 ) -> Result<()> {
     let caps = dev.caps();
-    if let Some(chunk) = rows_chunk(dev, p, a, c, out, rows) {
-        // matvec_rows over a few rows of A at a time, each chunk with its row length compiled
-        // in; a row's arithmetic is the same in any chunk, so results stay batch-invariant.
+    let sg = fixed_subgroup(caps);
+    let chunk = if rows > MATVEC_MAX_ROWS {
+        // matmul_q where the adapter has it (and the caller left the choice), else the matvec
+        // over up to MATVEC_MAX_ROWS rows at a time.
+        (sg.is_none() || out.how != Matvec::Auto).then_some(MATVEC_MAX_ROWS)
+    } else {
+        rows_chunk(dev, p, a, c, out, rows)
+    };
+    if let Some(chunk) = chunk {
+        // A few rows of A at a time, over views of A and C (matvec_rows with the row length
+        // compiled in, see rows_chunk); a row's arithmetic is the same in any chunk, so results
+        // stay batch-invariant.
         for r in (0..rows).step_by(chunk) {
             let n = chunk.min(rows - r);
             let av = a.view((r * p.mm.k * 4) as u64, &[n, p.mm.k], DType::F32)?;
@@ -637,7 +634,6 @@ fn record_parts(
         }
         return Ok(());
     }
-    let sg = fixed_subgroup(caps);
     let matvec = rows <= MATVEC_MAX_ROWS;
     // On CPU adapters lanes own whole weight rows (see matvec_rows); GPUs split k across lanes.
     let by_rows = matvec && out.how.by_rows(caps);
