@@ -14,6 +14,10 @@ const PENDING: u8 = 0;
 const MAPPED: u8 = 1;
 const FAILED: u8 = 2;
 
+/// How long [`ReadbackRing::take`] waits, after its submission has finished, for the map
+/// callback that another thread's poll may be about to run.
+const MAP_CALLBACK_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 struct Slot {
     buffer: wgpu::Buffer,
     /// Set by the map callback.
@@ -165,12 +169,29 @@ impl ReadbackRing {
                 .poll(wgpu::PollType::Wait { submission_index: Some(submission), timeout: None })
                 .map_err(|e| GpuError::Wgpu { during: "waiting for a readback".into(), message: e.to_string() })?;
         }
-        match self.take_if_mapped()? {
-            Some(r) => Ok(Some(r)),
-            None => Err(GpuError::Readback {
-                what: "readback ring".into(),
-                message: "the submission finished but its buffer was not mapped".into(),
-            }),
+        // The submission has finished, so the map callback is due; but when other threads use
+        // the same device, one of their polls or submits may have collected the callback and not
+        // yet run it. Give it a bounded time to land.
+        let deadline = std::time::Instant::now() + MAP_CALLBACK_GRACE;
+        loop {
+            if let Some(r) = self.take_if_mapped()? {
+                return Ok(Some(r));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(GpuError::Readback {
+                    what: "readback ring".into(),
+                    message: format!(
+                        "the submission finished but its buffer was not mapped within {:?}",
+                        MAP_CALLBACK_GRACE
+                    ),
+                });
+            }
+            std::thread::yield_now();
+            let _serial = self.dev.serial();
+            self.dev
+                .wgpu()
+                .poll(wgpu::PollType::Poll)
+                .map_err(|e| GpuError::Wgpu { during: "polling for a readback".into(), message: e.to_string() })?;
         }
     }
 
