@@ -89,7 +89,7 @@ pub fn generate(opts: GenerateOpts) -> Result<()> {
     if let Mode::Contemplate { .. } = opts.mode {
         return crate::agents::contemplate(&dev, &model, &opts, &prompt, pixels, &sampling);
     }
-    let mut session = model.session(prompt.len() + sampling.max_tokens)?;
+    let mut session = model.session(prompt.len().saturating_add(sampling.max_tokens))?;
     let mut stream = StreamDecoder::default();
     let mut stdout = std::io::stdout().lock();
     // A plain prompt is echoed so the continuation reads on; a chat reply stands alone.

@@ -149,7 +149,12 @@ impl Device {
         if dtype == DType::F16 {
             self.require_f16(what)?;
         }
-        let bytes = (dtype.bytes(shape.iter().product()) as u64 + extra).max(4).div_ceil(4) * 4;
+        let bytes = checked_bytes(what, shape, dtype)?
+            .checked_add(extra)
+            .ok_or_else(|| too_many(what, shape))?
+            .max(4)
+            .div_ceil(4)
+            * 4;
         self.check_size(what, bytes)?;
         let _serial = self.serial();
         let alloc = self.inner.pool.get(&self.inner.device, bytes, TENSOR_USAGE, what);
@@ -158,7 +163,7 @@ impl Device {
 
     /// A tensor holding `data` (row-major f32 values), converted to `dtype`.
     pub fn upload_f32(&self, what: &str, data: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let numel: usize = shape.iter().product();
+        let numel = checked_numel(what, shape)?;
         if data.len() != numel {
             return Err(GpuError::DataLength { what: what.into(), expected: numel, got: data.len(), dtype });
         }
@@ -172,8 +177,8 @@ impl Device {
 
     /// A tensor whose bytes are `bytes` (little-endian elements of `dtype`).
     pub fn upload_bytes(&self, what: &str, bytes: &[u8], shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let numel: usize = shape.iter().product();
-        if bytes.len() != dtype.bytes(numel) {
+        let numel = checked_numel(what, shape)?;
+        if bytes.len() as u64 != checked_bytes(what, shape, dtype)? {
             return Err(GpuError::DataLength {
                 what: what.into(),
                 expected: numel,
@@ -251,6 +256,20 @@ impl Device {
         )?;
         map_read(self, staging.buffer(), len, what)
     }
+}
+
+/// The element count of `shape`, or an error naming `what` when it overflows.
+fn checked_numel(what: &str, shape: &[usize]) -> Result<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or_else(|| too_many(what, shape))
+}
+
+/// The bytes of `shape` in `dtype`, or an error naming `what` when the count overflows.
+fn checked_bytes(what: &str, shape: &[usize], dtype: DType) -> Result<u64> {
+    (checked_numel(what, shape)? as u64).checked_mul(dtype.size() as u64).ok_or_else(|| too_many(what, shape))
+}
+
+fn too_many(what: &str, shape: &[usize]) -> GpuError {
+    GpuError::Shape { what: what.to_string(), message: format!("shape {shape:?} has more bytes than a u64 counts") }
 }
 
 /// Map the first `len` bytes of a MAP_READ buffer and copy them out.

@@ -59,6 +59,17 @@ pub struct DecoderConfig {
     pub tied_head: bool,
 }
 
+/// The most layers a decoder may have (the largest open models have about 130).
+pub const MAX_LAYERS: usize = 1024;
+/// The widest hidden or MLP size, and the most query heads times head size.
+pub const MAX_WIDTH: usize = 1 << 18;
+/// The most attention heads.
+pub const MAX_HEADS: usize = 1024;
+/// The largest vocabulary.
+pub const MAX_VOCAB: usize = 1 << 24;
+/// The longest context.
+pub const MAX_CONTEXT: usize = 1 << 24;
+
 impl DecoderConfig {
     /// Whether layer `l` uses the sliding window.
     pub fn is_local(&self, l: usize) -> bool {
@@ -76,6 +87,20 @@ impl DecoderConfig {
         {
             return Err(format!("empty dimension in {self:?}"));
         }
+        for (name, v, max) in [
+            ("layers", self.layers, MAX_LAYERS),
+            ("hidden size", self.hidden, MAX_WIDTH),
+            ("MLP size", self.ffn, MAX_WIDTH),
+            ("heads", self.heads, MAX_HEADS),
+            ("KV heads", self.kv_heads, MAX_HEADS),
+            ("vocabulary", self.vocab, MAX_VOCAB),
+            ("context", self.context, MAX_CONTEXT),
+            ("heads x head_dim", self.heads.saturating_mul(self.head_dim), MAX_WIDTH),
+        ] {
+            if v > max {
+                return Err(format!("{name} {v} is over flint's limit of {max}"));
+            }
+        }
         if !self.heads.is_multiple_of(self.kv_heads) {
             return Err(format!("{} heads do not divide into {} KV heads", self.heads, self.kv_heads));
         }
@@ -86,8 +111,25 @@ impl DecoderConfig {
                 flint_kernels::attention::MAX_HEAD_DIM
             ));
         }
-        if !(self.eps > 0.0 && self.rope_theta > 1.0) {
-            return Err(format!("eps {} / rope theta {} out of range", self.eps, self.rope_theta));
+        if !(self.eps.is_finite() && self.eps > 0.0 && self.eps < 1.0) {
+            return Err(format!("norm epsilon {} is not a finite value in (0, 1)", self.eps));
+        }
+        for (name, theta) in [("RoPE base", self.rope_theta), ("local RoPE base", self.rope_theta_local)] {
+            if !(theta.is_finite() && theta > 1.0) {
+                return Err(format!("{name} {theta} is not a finite value above 1"));
+            }
+        }
+        if !(self.rope_freq_scale.is_finite() && self.rope_freq_scale > 0.0) {
+            return Err(format!(
+                "RoPE frequency scale {} (1 / the linear scaling factor) is not finite and positive",
+                self.rope_freq_scale
+            ));
+        }
+        if self.sliding_window == Some(0) || self.global_every == 0 {
+            return Err(format!(
+                "sliding window {:?} / global layer period {} must be positive",
+                self.sliding_window, self.global_every
+            ));
         }
         Ok(())
     }
@@ -120,7 +162,11 @@ impl DecoderConfig {
             Ok(_) => g.get_usize(&key("vocab_size"))?,
             Err(_) => g.get("tokenizer.ggml.tokens")?.as_array().map_or(0, <[_]>::len),
         };
-        let rope_theta = g.get_f64(&key("rope.freq_base")).unwrap_or(10000.0) as f32;
+        // Absent means the Llama default; present, it must be a number.
+        let rope_theta = match g.get(&key("rope.freq_base")) {
+            Ok(_) => g.get_f64(&key("rope.freq_base"))? as f32,
+            Err(_) => 10000.0,
+        };
         let freq_scale = match g.get(&key("rope.scaling.type")).ok().and_then(|v| v.as_str()) {
             Some("linear") => 1.0 / g.get_f64(&key("rope.scaling.factor"))? as f32,
             Some("none") | None => 1.0,
@@ -154,6 +200,25 @@ impl DecoderConfig {
         };
         cfg.validate().map_err(|m| g.error(m))?;
         Ok(cfg)
+    }
+
+    /// Check that `g` holds tensors for exactly the blocks this config counts (`blk.0` to
+    /// `blk.{layers - 1}`), before a loader sizes anything by the count.
+    pub fn check_blocks(&self, g: &Gguf) -> Result<(), GgufError> {
+        let blocks = g
+            .tensors
+            .iter()
+            .filter_map(|t| t.name.strip_prefix("blk.")?.split('.').next()?.parse::<usize>().ok())
+            .max()
+            .map_or(0, |b| b + 1);
+        if blocks != self.layers {
+            let arch = g.get_str("general.architecture").unwrap_or("llama");
+            return Err(g.error(format!(
+                "metadata \"{arch}.block_count\" is {} but the file has tensors for {blocks} blocks",
+                self.layers
+            )));
+        }
+        Ok(())
     }
 
     /// Read a Llama text config from a Hugging Face config (`text_config` of Idefics3, or the
@@ -240,5 +305,117 @@ impl DecoderConfig {
         };
         cfg.validate().map_err(|m| crate::RuntimeError::Model(format!("{}: {m}", c.path.display())))?;
         Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    enum V<'a> {
+        U32(u32),
+        F32(f32),
+        Str(&'a str),
+    }
+
+    /// A GGUF image with `kv` metadata and one 4-value f32 tensor per name in `tensors`.
+    fn gguf(kv: &[(&str, V<'_>)], tensors: &[String]) -> Gguf {
+        let mut b = Vec::new();
+        let s = |b: &mut Vec<u8>, s: &str| {
+            b.extend((s.len() as u64).to_le_bytes());
+            b.extend(s.as_bytes());
+        };
+        b.extend(b"GGUF");
+        b.extend(3u32.to_le_bytes());
+        b.extend((tensors.len() as u64).to_le_bytes());
+        b.extend((kv.len() as u64).to_le_bytes());
+        for (k, v) in kv {
+            s(&mut b, k);
+            match v {
+                V::U32(x) => b.extend(4u32.to_le_bytes().into_iter().chain(x.to_le_bytes())),
+                V::F32(x) => b.extend(6u32.to_le_bytes().into_iter().chain(x.to_le_bytes())),
+                V::Str(x) => {
+                    b.extend(8u32.to_le_bytes());
+                    s(&mut b, x);
+                }
+            }
+        }
+        for (i, t) in tensors.iter().enumerate() {
+            s(&mut b, t);
+            b.extend(1u32.to_le_bytes());
+            b.extend(4u64.to_le_bytes());
+            b.extend(0u32.to_le_bytes());
+            b.extend((i as u64 * 32).to_le_bytes());
+        }
+        while !b.len().is_multiple_of(32) {
+            b.push(0);
+        }
+        b.resize(b.len() + 32 * tensors.len(), 0);
+        Gguf::from_bytes("test.gguf", b).unwrap()
+    }
+
+    fn llama(over: &[(&'static str, V<'static>)], blocks: usize) -> Result<DecoderConfig, GgufError> {
+        let mut kv = vec![
+            ("general.architecture", V::Str("llama")),
+            ("llama.embedding_length", V::U32(64)),
+            ("llama.attention.head_count", V::U32(4)),
+            ("llama.feed_forward_length", V::U32(128)),
+            ("llama.context_length", V::U32(256)),
+            ("llama.attention.layer_norm_rms_epsilon", V::F32(1e-5)),
+            ("llama.block_count", V::U32(2)),
+            ("llama.vocab_size", V::U32(100)),
+        ];
+        for (k, v) in over.iter() {
+            let v = match v {
+                V::U32(x) => V::U32(*x),
+                V::F32(x) => V::F32(*x),
+                V::Str(x) => V::Str(x),
+            };
+            match kv.iter_mut().find(|(n, _)| n == k) {
+                Some(e) => e.1 = v,
+                None => kv.push((k, v)),
+            }
+        }
+        let tensors: Vec<String> = (0..blocks).map(|b| format!("blk.{b}.attn_norm.weight")).collect();
+        let g = gguf(&kv, &tensors);
+        let c = DecoderConfig::from_gguf(&g)?;
+        c.check_blocks(&g)?;
+        Ok(c)
+    }
+
+    #[test]
+    fn a_valid_config_reads() {
+        let c = llama(&[], 2).unwrap();
+        assert_eq!((c.layers, c.hidden, c.head_dim, c.rope_theta), (2, 64, 16, 10000.0));
+    }
+
+    #[test]
+    fn hostile_metadata_is_refused_by_name_before_anything_is_sized() {
+        let cases: Vec<(&[(&str, V<'static>)], usize, &str)> = vec![
+            (&[("llama.block_count", V::U32(u32::MAX))], 2, "layers 4294967295 is over flint's limit of 1024"),
+            (&[("llama.block_count", V::U32(30))], 2, "\"llama.block_count\" is 30 but the file has tensors for 2"),
+            (&[], 3, "\"llama.block_count\" is 2 but the file has tensors for 3"),
+            (&[("llama.embedding_length", V::U32(1 << 30))], 2, "hidden size 1073741824 is over"),
+            (&[("llama.vocab_size", V::U32(u32::MAX))], 2, "vocabulary 4294967295 is over"),
+            (&[("llama.context_length", V::U32(u32::MAX))], 2, "context 4294967295 is over"),
+            (
+                &[("llama.rope.freq_base", V::Str("1e4"))],
+                2,
+                "\"llama.rope.freq_base\" is Str(\"1e4\"), expected a number",
+            ),
+            (&[("llama.rope.freq_base", V::F32(f32::INFINITY))], 2, "RoPE base inf is not a finite value"),
+            (&[("llama.rope.freq_base", V::F32(f32::NAN))], 2, "RoPE base NaN is not a finite value"),
+            (
+                &[("llama.rope.scaling.type", V::Str("linear")), ("llama.rope.scaling.factor", V::F32(0.0))],
+                2,
+                "RoPE frequency scale inf",
+            ),
+            (&[("llama.attention.layer_norm_rms_epsilon", V::F32(f32::NAN))], 2, "norm epsilon NaN"),
+            (&[("llama.attention.layer_norm_rms_epsilon", V::F32(-1.0))], 2, "norm epsilon -1"),
+        ];
+        for (over, blocks, want) in cases {
+            let e = llama(over, blocks).unwrap_err().to_string();
+            assert!(e.starts_with("test.gguf: ") && e.contains(want), "want {want:?}, got {e}");
+        }
     }
 }

@@ -193,6 +193,7 @@ impl Decoder {
     /// Load a GGUF decoder (llama or gemma3) onto `dev`.
     pub fn from_gguf(dev: &Device, g: &Gguf) -> Result<Decoder> {
         let cfg = DecoderConfig::from_gguf(g)?;
+        cfg.check_blocks(g)?;
         let kv_dtype = if dev.caps().f16 { DType::F16 } else { DType::F32 };
         Decoder::load(dev, cfg, g, kv_dtype)
     }

@@ -43,6 +43,9 @@ pub struct VisionConfig {
     pub text_hidden: usize,
 }
 
+/// The largest `image_size` (pixels per side of the encoder's input) a vision config may have.
+pub const MAX_IMAGE_SIDE: usize = 8192;
+
 impl VisionConfig {
     /// Read `vision_config` (and the enclosing `scale_factor`) of an Idefics3 config.
     pub fn from_hf(top: &Config<'_>, text_hidden: usize) -> Result<VisionConfig> {
@@ -74,6 +77,23 @@ impl VisionConfig {
             || self.scale_factor == 0
         {
             return Err(format!("empty dimension in {self:?}"));
+        }
+        use crate::model::config::{MAX_HEADS, MAX_LAYERS, MAX_WIDTH};
+        for (name, v, max) in [
+            ("hidden_size", self.hidden, MAX_WIDTH),
+            ("intermediate_size", self.intermediate, MAX_WIDTH),
+            ("num_hidden_layers", self.layers, MAX_LAYERS),
+            ("num_attention_heads", self.heads, MAX_HEADS),
+            ("num_channels", self.channels, 4),
+            ("image_size", self.image_size, MAX_IMAGE_SIDE),
+            ("scale_factor", self.scale_factor, 16),
+        ] {
+            if v > max {
+                return Err(format!("{name} {v} is over flint's limit of {max}"));
+            }
+        }
+        if !(self.eps.is_finite() && self.eps > 0.0 && self.eps < 1.0) {
+            return Err(format!("layer_norm_eps {} is not a finite value in (0, 1)", self.eps));
         }
         if !self.hidden.is_multiple_of(self.heads) {
             return Err(format!("{} heads do not divide hidden_size {}", self.heads, self.hidden));
