@@ -391,7 +391,8 @@ mod tests {
 
     #[test]
     fn hostile_metadata_is_refused_by_name_before_anything_is_sized() {
-        let cases: Vec<(&[(&str, V<'static>)], usize, &str)> = vec![
+        type Case = (&'static [(&'static str, V<'static>)], usize, &'static str);
+        let cases: Vec<Case> = vec![
             (&[("llama.block_count", V::U32(u32::MAX))], 2, "layers 4294967295 is over flint's limit of 1024"),
             (&[("llama.block_count", V::U32(30))], 2, "\"llama.block_count\" is 30 but the file has tensors for 2"),
             (&[], 3, "\"llama.block_count\" is 2 but the file has tensors for 3"),
