@@ -219,6 +219,12 @@ impl Tokenizer {
 
     /// Token ids of `text`; `special` adds the model's BOS where it wants one.
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(tok_err(format!(
+                "a text of {} bytes is over the limit of {MAX_TEXT_BYTES} bytes flint tokenizes at once",
+                text.len()
+            )));
+        }
         let enc = self.inner.encode(text, special && self.add_bos).map_err(tok_err)?;
         Ok(enc.get_ids().to_vec())
     }
@@ -279,7 +285,51 @@ impl Tokenizer {
             ctx["enable_thinking"] = json!(on);
         }
         let ctx = minijinja::Value::from_serialize(&ctx);
-        env.get_template("chat").and_then(|t| t.render(ctx)).map_err(|e| tok_err(format!("chat template: {e}")))
+        // The template comes from the model file: its work and its output are bounded.
+        env.set_fuel(Some(TEMPLATE_FUEL));
+        let mut out = Bounded(Vec::new());
+        let rendered = env.get_template("chat").and_then(|t| t.render_to_write(ctx, &mut out).map(|_| ()));
+        if let Err(e) = rendered {
+            if out.0.len() > MAX_TEMPLATE_OUTPUT {
+                return Err(tok_err(format!(
+                    "chat template: its output is over the limit of {MAX_TEMPLATE_OUTPUT} bytes"
+                )));
+            }
+            let why = if e.kind() == minijinja::ErrorKind::OutOfFuel {
+                format!("it ran out of fuel ({TEMPLATE_FUEL} instructions)")
+            } else {
+                e.to_string()
+            };
+            return Err(tok_err(format!("chat template: {why}")));
+        }
+        String::from_utf8(out.0).map_err(|e| tok_err(format!("chat template: output is not UTF-8: {e}")))
+    }
+}
+
+/// The most instructions a chat template may run (minijinja's fuel): a real template over a
+/// long conversation uses a few thousand; a template that loops without end stops here.
+pub const TEMPLATE_FUEL: u64 = 20_000_000;
+/// The most bytes a chat template may print.
+pub const MAX_TEMPLATE_OUTPUT: usize = 4 << 20;
+/// The most bytes of text [`Tokenizer::encode`] takes at once (measured before tokenizing).
+pub const MAX_TEXT_BYTES: usize = 16 << 20;
+
+/// A writer that refuses to grow past [`MAX_TEMPLATE_OUTPUT`] (by one byte, so the caller can
+/// tell why it stopped).
+struct Bounded(Vec<u8>);
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_TEMPLATE_OUTPUT {
+            self.0.resize(MAX_TEMPLATE_OUTPUT + 1, 0);
+            return Err(std::io::Error::other("chat template output over the limit"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -403,6 +453,41 @@ impl StreamDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A word-level tokenizer in a temporary directory, with `template` as its chat template.
+    fn with_template(template: &str) -> Tokenizer {
+        let dir = std::env::temp_dir().join(format!("flint-tok-test-{}-{}", std::process::id(), template.len()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tok = json!({"version": "1.0", "model": {"type": "WordLevel", "vocab": {"a": 0, "<unk>": 1}, "unk_token": "<unk>"},
+            "pre_tokenizer": {"type": "Whitespace"}});
+        std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
+        std::fs::write(dir.join("tokenizer_config.json"), json!({"chat_template": template}).to_string()).unwrap();
+        let t = Tokenizer::from_hf_dir(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        t
+    }
+
+    #[test]
+    fn a_chat_template_runs_with_bounded_work_and_output() {
+        let msgs = [("user".to_string(), "a".to_string())];
+        let ok = with_template("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}");
+        assert_eq!(ok.apply_chat_template(&msgs, false).unwrap(), "<user>a");
+        // Nested loops that would run for hours stop on fuel.
+        let spin = with_template(
+            "{% for i in range(10000) %}{% for j in range(10000) %}{% for k in range(10000) %}{% endfor %}{% endfor %}{% endfor %}",
+        );
+        let e = spin.apply_chat_template(&msgs, false).unwrap_err().to_string();
+        assert!(e.contains("ran out of fuel"), "{e}");
+        // Output is cut at the limit, long before memory runs out.
+        let big = with_template(
+            "{% for i in range(10000) %}{% for j in range(10000) %}{{ 'x' * 1000 }}{% endfor %}{% endfor %}",
+        );
+        let e = big.apply_chat_template(&msgs, false).unwrap_err().to_string();
+        assert!(e.contains("output is over the limit"), "{e}");
+        // Text is measured before it is tokenized.
+        let e = ok.encode(&"a ".repeat(MAX_TEXT_BYTES / 2 + 1), false).unwrap_err().to_string();
+        assert!(e.contains("over the limit"), "{e}");
+    }
 
     #[test]
     fn byte_map_is_a_bijection() {
