@@ -288,7 +288,7 @@ impl Tokenizer {
         // The template comes from the model file: its work and its output are bounded.
         env.set_fuel(Some(TEMPLATE_FUEL));
         let mut out = Bounded(Vec::new());
-        let rendered = env.get_template("chat").and_then(|t| t.render_to_write(ctx, &mut out).map(|_| ()));
+        let rendered = env.get_template("chat").and_then(|t| t.render_captured_to(ctx, &mut out).map(|_| ()));
         if let Err(e) = rendered {
             if out.0.len() > MAX_TEMPLATE_OUTPUT {
                 return Err(tok_err(format!(
