@@ -244,6 +244,7 @@ pub fn sub_agents(
     defaults: &AgentDefaults,
     eopts: EngineOptions,
 ) -> Result<bool> {
+    flint_runtime::check_regular(file).with_context(|| format!("reading {}", file.display()))?;
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let mut engine = model.engine(eopts)?;

@@ -302,6 +302,7 @@ impl Gguf {
     pub fn open(path: impl AsRef<Path>) -> Result<Gguf, GgufError> {
         let path = path.as_ref().to_path_buf();
         let err = |message: String| GgufError { path: path.clone(), message };
+        crate::check_regular(&path).map_err(|e| err(format!("cannot open: {e}")))?;
         let file = std::fs::File::open(&path).map_err(|e| err(format!("cannot open: {e}")))?;
         // SAFETY: the map is read-only and flint never writes the file; a concurrent writer would
         // be the user's doing, and every read below is bounds-checked against the map's length.

@@ -46,6 +46,7 @@ fn model_err(path: &Path, message: impl std::fmt::Display) -> RuntimeError {
 
 /// Read and parse a JSON file.
 pub fn read_json(path: &Path) -> Result<Value> {
+    crate::check_regular(path).map_err(|e| RuntimeError::io(path, e))?;
     let text = std::fs::read_to_string(path).map_err(|e| RuntimeError::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| model_err(path, format!("not valid JSON: {e}")))
 }
@@ -87,6 +88,7 @@ impl HfDir {
         let mut files = Vec::new();
         let mut tensors = HashMap::new();
         for (i, path) in names.into_iter().enumerate() {
+            crate::check_regular(&path).map_err(|e| RuntimeError::io(&path, e))?;
             let file = std::fs::File::open(&path).map_err(|e| RuntimeError::io(&path, e))?;
             // SAFETY: the map is read-only and private; a file changed under it is the caller's
             // problem, as with every memory-mapped model loader.

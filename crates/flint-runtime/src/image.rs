@@ -20,6 +20,9 @@ use crate::{Result, RuntimeError};
 /// Images larger than this many pixels are refused before decoding (a 16k x 16k photo is
 /// 256 megapixels; the processor's own cap is 4096 on the longest edge after its first resize).
 pub const MAX_PIXELS: u64 = 64 << 20;
+/// Images with a side longer than this are refused before decoding: a 1-pixel-high strip under
+/// the pixel limit would still size the resampler's tables by its length.
+pub const MAX_SIDE: u32 = 16384;
 
 /// An 8-bit RGB image.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,9 +59,10 @@ impl Rgb {
 }
 
 /// Decode an image file (PNG, JPEG, GIF, WebP, BMP) to RGB, refusing empty images and images
-/// over [`MAX_PIXELS`].
+/// over [`MAX_PIXELS`] or with a side over [`MAX_SIDE`].
 pub fn load(path: &Path) -> Result<Rgb> {
     let err = |m: String| RuntimeError::Request(format!("{}: {m}", path.display()));
+    crate::check_regular(path).map_err(|e| RuntimeError::io(path, e))?;
     let reader = image::ImageReader::open(path)
         .map_err(|e| RuntimeError::io(path, e))?
         .with_guessed_format()
@@ -66,6 +70,9 @@ pub fn load(path: &Path) -> Result<Rgb> {
     let (w, h) = reader.into_dimensions().map_err(|e| err(format!("not a readable image: {e}")))?;
     if w == 0 || h == 0 {
         return Err(err(format!("the image is {w}x{h}")));
+    }
+    if w.max(h) > MAX_SIDE {
+        return Err(err(format!("{w}x{h} has a side over flint's limit of {MAX_SIDE} pixels")));
     }
     if u64::from(w) * u64::from(h) > MAX_PIXELS {
         return Err(err(format!(
@@ -460,6 +467,30 @@ mod tests {
         };
         assert!(p.process(&bad).unwrap_err().to_string().contains("needs 300 bytes"));
         assert!(resize(&Rgb::new(1, 1, vec![0; 3]).unwrap(), 0, 5).is_err());
+    }
+
+    #[test]
+    fn special_files_and_long_strips_are_refused_before_decoding() {
+        let dir = std::env::temp_dir().join(format!("flint-image-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A directory, and (on Unix) a FIFO that would block open() forever.
+        let e = load(&dir).unwrap_err().to_string();
+        assert!(e.contains("a directory"), "{e}");
+        #[cfg(unix)]
+        {
+            let fifo = dir.join("fifo.png");
+            let made = std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success());
+            if made {
+                let e = load(&fifo).unwrap_err().to_string();
+                assert!(e.contains("not a regular file"), "{e}");
+            }
+        }
+        // A valid PNG of one row of 20000 pixels: under the pixel limit, over the side limit.
+        let strip = dir.join("strip.png");
+        image::RgbImage::new(MAX_SIDE + 3616, 1).save(&strip).unwrap();
+        let e = load(&strip).unwrap_err().to_string();
+        assert!(e.contains("20000x1 has a side over flint's limit of 16384"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -19,5 +19,16 @@ pub mod tokenizer;
 
 pub use error::{Result, RuntimeError};
 
+/// Refuse anything but a regular file (symlinks followed) before it is opened: opening a FIFO
+/// blocks until a writer comes, and a device or a directory is no model, image or prompt file.
+pub fn check_regular(path: &std::path::Path) -> std::io::Result<()> {
+    let kind = std::fs::metadata(path)?.file_type();
+    if kind.is_file() {
+        return Ok(());
+    }
+    let what = if kind.is_dir() { "a directory" } else { "not a regular file (a FIFO, socket or device)" };
+    Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, what))
+}
+
 pub use flint_gpu as gpu;
 pub use flint_kernels as kernels;

@@ -29,6 +29,7 @@ fn field<'h>(header: &'h str, key: &str) -> Option<&'h str> {
 
 /// Read `path`.
 pub fn read(path: &Path) -> Result<Array> {
+    crate::check_regular(path).map_err(|e| RuntimeError::io(path, e))?;
     let bytes = std::fs::read(path).map_err(|e| RuntimeError::io(path, e))?;
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(err(path, "not a .npy file (bad magic)"));

@@ -161,6 +161,7 @@ impl Tokenizer {
     /// template of `tokenizer_config.json` (or `chat_template.jinja` / `chat_template.json`).
     pub fn from_hf_dir(dir: &std::path::Path) -> Result<Tokenizer> {
         let path = dir.join("tokenizer.json");
+        crate::check_regular(&path).map_err(|e| RuntimeError::io(&path, e))?;
         let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| tok_err(format!("{}: {e}", path.display())))?;
         let vocab = inner.get_vocab_size(true);
         let mut tokens = vec![String::new(); vocab];
@@ -181,6 +182,7 @@ impl Tokenizer {
         let mut chat_template = cfg.get("chat_template").and_then(Json::as_str).map(str::to_string);
         if chat_template.is_none() && dir.join("chat_template.jinja").is_file() {
             let p = dir.join("chat_template.jinja");
+            crate::check_regular(&p).map_err(|e| RuntimeError::io(&p, e))?;
             chat_template = Some(std::fs::read_to_string(&p).map_err(|e| RuntimeError::io(&p, e))?);
         }
         if chat_template.is_none() && dir.join("chat_template.json").is_file() {
