@@ -221,6 +221,9 @@ pub fn logits(adapter: &str, model: Option<&str>, ids: &str, pixel_values: Optio
     if ids.is_empty() {
         bail!("--token-ids is empty");
     }
+    let model_path = resolve_model(model)?;
+    let inputs: Vec<&Path> = std::iter::once(model_path.as_path()).chain(pixel_values).collect();
+    check_output(out, &inputs)?;
     let (_, model) = load(adapter, model)?;
     let pixels = match pixel_values {
         None => None,
@@ -238,9 +241,29 @@ pub fn logits(adapter: &str, model: Option<&str>, ids: &str, pixel_values: Optio
     let vocab = model.decoder.cfg.vocab;
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
     let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![ids.len(), vocab], &bytes)?;
-    safetensors::serialize_to_file([("logits", view)], None, out)
-        .with_context(|| format!("writing {}", out.display()))?;
+    // Written in place (through a symlink, keeping the file's mode), not renamed over it.
+    let file = safetensors::serialize([("logits", view)], None)?;
+    std::fs::write(out, file).with_context(|| format!("writing {}", out.display()))?;
     eprintln!("wrote logits [{}, {vocab}] to {}", ids.len(), out.display());
+    Ok(())
+}
+
+/// Refuse an output path that is not a regular file or absent, or that is one of `inputs`
+/// (or inside one that is a directory), before any work is done.
+fn check_output(out: &Path, inputs: &[&Path]) -> Result<()> {
+    let Ok(meta) = std::fs::metadata(out) else {
+        return Ok(());
+    };
+    if !meta.is_file() {
+        bail!("refusing to write {}: it exists and is not a regular file", out.display());
+    }
+    let out_real = std::fs::canonicalize(out).with_context(|| format!("resolving {}", out.display()))?;
+    for input in inputs {
+        let Ok(real) = std::fs::canonicalize(input) else { continue };
+        if out_real == real || (real.is_dir() && out_real.starts_with(&real)) {
+            bail!("refusing to write {}: it is an input ({})", out.display(), input.display());
+        }
+    }
     Ok(())
 }
 
@@ -260,4 +283,33 @@ pub fn fetch_models(names: &[String]) -> Result<()> {
         println!("{name}: {}", path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_never_replace_special_files_or_inputs() {
+        let dir = std::env::temp_dir().join(format!("flint-out-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let model = dir.join("m.gguf");
+        std::fs::write(&model, "model").unwrap();
+        assert!(check_output(&dir.join("new.safetensors"), &[&model]).is_ok(), "absent is fine");
+        std::fs::write(dir.join("old.safetensors"), "old").unwrap();
+        assert!(check_output(&dir.join("old.safetensors"), &[&model]).is_ok(), "a regular file is overwritten");
+        let e = check_output(&model, &[&model]).unwrap_err().to_string();
+        assert!(e.contains("it is an input"), "{e}");
+        let e = check_output(&dir, &[&model]).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        #[cfg(unix)]
+        {
+            let e = check_output(Path::new("/dev/null"), &[&model]).unwrap_err().to_string();
+            assert!(e.contains("not a regular file"), "{e}");
+            std::os::unix::fs::symlink(&model, dir.join("link")).unwrap();
+            let e = check_output(&dir.join("link"), &[&model]).unwrap_err().to_string();
+            assert!(e.contains("it is an input"), "a symlink to an input is the input: {e}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
