@@ -359,6 +359,10 @@ fn prompts_and_pixels_that_disagree_are_refused() {
     assert!(e.contains("image tokens") && e.contains("make 16"), "{e}");
     let e = model.logits_with(&ids, None).unwrap_err().to_string();
     assert!(e.contains("no images were given"), "{e}");
+    let mut nan = pixels.clone();
+    nan.data[3 * 32 * 32 + 5] = f32::NAN;
+    let e = model.logits_with(&ids, Some(&nan)).unwrap_err().to_string();
+    assert!(e.contains("pixel value 3077 (image 1) is NaN: pixel values must be finite"), "{e}");
     let big = Pixels { side: 64, data: vec![0.0; pixels.images * 3 * 64 * 64], ..pixels };
     let e = model.logits_with(&ids, Some(&big)).unwrap_err().to_string();
     assert!(e.contains("image tokens"), "{e}");

@@ -107,8 +107,12 @@ pub fn prompt(
 ) -> Result<(Vec<u32>, Option<Pixels>)> {
     let mut spec = PromptSpec { text: question, images, chat, ..Default::default() };
     let Some(template) = model.tokenizer.chat_template.as_deref() else {
-        if chat {
-            return Err(RuntimeError::Tokenizer("the model has no chat template (tokenizer.chat_template)".into()));
+        if chat || mode.reasons() {
+            // A reasoning mode without a template would silently become a plain continuation.
+            let why = if chat { "a chat prompt" } else { "a reasoning mode (think, contemplate)" };
+            return Err(RuntimeError::Tokenizer(format!(
+                "{why} needs the model's chat template, and it has none (tokenizer.chat_template)"
+            )));
         }
         return model.build_prompt(&spec);
     };

@@ -64,6 +64,15 @@ impl Vision {
                 pixels.side
             )));
         }
+        // A NaN or infinity would reach every logit, before the image too (0 x NaN in attention).
+        if let Some(i) = pixels.data.iter().position(|v| !v.is_finite()) {
+            let per_image = pixels.data.len() / pixels.images;
+            return Err(RuntimeError::Request(format!(
+                "pixel value {i} (image {}) is {}: pixel values must be finite",
+                i / per_image,
+                pixels.data[i]
+            )));
+        }
         let dev = rec.device().clone();
         let t = dev.upload_f32(
             "pixel values",
