@@ -1,4 +1,4 @@
-//! GGUF reader: header, metadata, tensor infos and data, memory-mapped. Every count, length,
+//! GGUF reader: header, metadata, tensor infos and data, read into memory. Every count, length,
 //! offset and shape is checked against the file before it is used, and errors name the file and
 //! the field or tensor.
 
@@ -168,26 +168,10 @@ impl TensorInfo {
     }
 }
 
-/// The bytes of a GGUF image: a memory map of the file, or a buffer.
-enum Bytes {
-    Map(memmap2::Mmap),
-    Owned(Vec<u8>),
-}
-
-impl std::ops::Deref for Bytes {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Bytes::Map(m) => m,
-            Bytes::Owned(v) => v,
-        }
-    }
-}
-
-/// A GGUF file: its metadata and tensor table over a memory map of the file.
+/// A GGUF file: its metadata and tensor table over the file's bytes.
 pub struct Gguf {
     path: PathBuf,
-    map: Bytes,
+    map: Vec<u8>,
     /// Format version (2 or 3).
     pub version: u32,
     /// Metadata by key.
@@ -303,21 +287,21 @@ impl Gguf {
         let path = path.as_ref().to_path_buf();
         let err = |message: String| GgufError { path: path.clone(), message };
         crate::check_regular(&path).map_err(|e| err(format!("cannot open: {e}")))?;
-        let file = std::fs::File::open(&path).map_err(|e| err(format!("cannot open: {e}")))?;
-        // SAFETY: the map is read-only and flint never writes the file; a concurrent writer would
-        // be the user's doing, and every read below is bounds-checked against the map's length.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(format!("cannot map: {e}")))?;
-        Self::parse(path.clone(), Bytes::Map(map)).map_err(err)
+        // Read, not mapped: a file truncated or rewritten while flint reads it then gives a short
+        // read or stale bytes, which the parser's checks catch, where a map would kill the
+        // process with SIGBUS. The weights are uploaded from this buffer once at load.
+        let bytes = std::fs::read(&path).map_err(|e| err(format!("cannot read: {e}")))?;
+        Self::parse(path.clone(), bytes).map_err(err)
     }
 
     /// Parse a GGUF image held in memory; `name` stands for the file in errors (the fuzz target
     /// and tests use this).
     pub fn from_bytes(name: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<Gguf, GgufError> {
         let path = name.into();
-        Self::parse(path.clone(), Bytes::Owned(bytes)).map_err(|message| GgufError { path, message })
+        Self::parse(path.clone(), bytes).map_err(|message| GgufError { path, message })
     }
 
-    fn parse(path: PathBuf, map: Bytes) -> Result<Gguf, String> {
+    fn parse(path: PathBuf, map: Vec<u8>) -> Result<Gguf, String> {
         let mut c = Cursor { data: &map, pos: 0 };
         let magic = c.take(4, &|| "magic".into())?;
         if magic != MAGIC {

@@ -1,5 +1,5 @@
 //! Hugging Face model directories: `config.json` and safetensors weights (`model.safetensors`, or
-//! shards listed by `model.safetensors.index.json`), memory-mapped through the safetensors
+//! shards listed by `model.safetensors.index.json`), read into memory and parsed by the safetensors
 //! crate's header parser. Every tensor a model asks for is checked for presence, shape and dtype
 //! (f32, f16 or bf16), and every config field for presence and type; errors name the file and
 //! the tensor or field.
@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
@@ -24,13 +23,14 @@ struct Entry {
     end: usize,
 }
 
-/// A model directory with its config and mapped weights.
+/// A model directory with its config and weights (read into memory, not mapped: see
+/// [`crate::gguf::Gguf::open`]).
 pub struct HfDir {
     /// The directory.
     pub dir: PathBuf,
     /// config.json.
     pub config: Value,
-    files: Vec<(PathBuf, Mmap)>,
+    files: Vec<(PathBuf, Vec<u8>)>,
     tensors: HashMap<String, Entry>,
 }
 
@@ -89,10 +89,7 @@ impl HfDir {
         let mut tensors = HashMap::new();
         for (i, path) in names.into_iter().enumerate() {
             crate::check_regular(&path).map_err(|e| RuntimeError::io(&path, e))?;
-            let file = std::fs::File::open(&path).map_err(|e| RuntimeError::io(&path, e))?;
-            // SAFETY: the map is read-only and private; a file changed under it is the caller's
-            // problem, as with every memory-mapped model loader.
-            let map = unsafe { Mmap::map(&file) }.map_err(|e| RuntimeError::io(&path, e))?;
+            let map = std::fs::read(&path).map_err(|e| RuntimeError::io(&path, e))?;
             let (n, meta) =
                 SafeTensors::read_metadata(&map).map_err(|e| model_err(&path, format!("bad safetensors: {e}")))?;
             for (name, info) in meta.tensors() {
