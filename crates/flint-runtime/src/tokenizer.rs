@@ -122,8 +122,19 @@ impl Tokenizer {
         let tokens = strings(g, "tokenizer.ggml.tokens")?;
         let n = tokens.len();
         let types: Vec<u64> = match g.metadata.get("tokenizer.ggml.token_type") {
-            Some(Value::Array(a)) => a.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
-            _ => vec![1; n],
+            None => vec![1; n],
+            Some(Value::Array(a)) => a
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    v.as_u64().ok_or_else(|| {
+                        g.error(format!("tokenizer.ggml.token_type[{i}] is {v:?}, expected a non-negative integer"))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            Some(other) => {
+                return Err(g.error(format!("tokenizer.ggml.token_type is {other:?}, expected an array")).into());
+            }
         };
         if types.len() != n {
             return Err(g.error(format!("{} token types for {n} tokens", types.len())).into());
@@ -349,7 +360,14 @@ fn byte_level_json(g: &Gguf, tokens: &[String], types: &[u64]) -> Result<Json> {
         let spelled = if in_alphabet(t) { t.clone() } else { t.bytes().map(|b| spelling[b as usize]).collect() };
         vocab.insert(spelled, json!(i));
     }
-    let merges: Vec<Json> = strings(g, "tokenizer.ggml.merges")?
+    let merges = strings(g, "tokenizer.ggml.merges")?;
+    // Without merges, byte-level BPE splits every word into single bytes: valid ids, wrong text.
+    if merges.is_empty() && tokens.len() > 256 {
+        return Err(g
+            .error(format!("tokenizer.ggml.merges is empty for a byte-level BPE of {} tokens", tokens.len()))
+            .into());
+    }
+    let merges: Vec<Json> = merges
         .iter()
         .map(|m| {
             let (l, r) = m.split_once(' ').unwrap_or((m, ""));
@@ -489,6 +507,56 @@ mod tests {
         // Text is measured before it is tokenized.
         let e = ok.encode(&"a ".repeat(MAX_TEXT_BYTES / 2 + 1), false).unwrap_err().to_string();
         assert!(e.contains("over the limit"), "{e}");
+    }
+
+    /// A GGUF image of a `gpt2` vocabulary of `n` tokens with `merges`, and `types` as the
+    /// token types (strings, to be refused) when given.
+    fn gpt2_gguf(n: usize, merges: &[&str], string_types: bool) -> Gguf {
+        let mut b = Vec::new();
+        let s = |b: &mut Vec<u8>, s: &str| {
+            b.extend((s.len() as u64).to_le_bytes());
+            b.extend(s.as_bytes());
+        };
+        let strs = |b: &mut Vec<u8>, items: &[String]| {
+            b.extend(9u32.to_le_bytes());
+            b.extend(8u32.to_le_bytes());
+            b.extend((items.len() as u64).to_le_bytes());
+            for i in items {
+                b.extend((i.len() as u64).to_le_bytes());
+                b.extend(i.as_bytes());
+            }
+        };
+        b.extend(b"GGUF");
+        b.extend(3u32.to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+        b.extend((4u64 + u64::from(string_types)).to_le_bytes());
+        for (k, v) in [("general.architecture", "llama"), ("tokenizer.ggml.model", "gpt2")] {
+            s(&mut b, k);
+            b.extend(8u32.to_le_bytes());
+            s(&mut b, v);
+        }
+        let tokens: Vec<String> =
+            ["a", "b", "ab"].iter().map(|t| t.to_string()).chain((3..n).map(|i| format!("t{i}"))).collect();
+        s(&mut b, "tokenizer.ggml.tokens");
+        strs(&mut b, &tokens);
+        s(&mut b, "tokenizer.ggml.merges");
+        strs(&mut b, &merges.iter().map(|m| m.to_string()).collect::<Vec<_>>());
+        if string_types {
+            s(&mut b, "tokenizer.ggml.token_type");
+            strs(&mut b, &vec!["normal".to_string(); n]);
+        }
+        Gguf::from_bytes("tok.gguf", b).unwrap()
+    }
+
+    #[test]
+    fn vocabularies_that_would_tokenize_wrongly_are_refused() {
+        if let Err(e) = Tokenizer::from_gguf(&gpt2_gguf(300, &["a b"], false)) {
+            panic!("{e}");
+        }
+        let e = Tokenizer::from_gguf(&gpt2_gguf(300, &[], false)).unwrap_err().to_string();
+        assert!(e.contains("tok.gguf: tokenizer.ggml.merges is empty for a byte-level BPE of 300 tokens"), "{e}");
+        let e = Tokenizer::from_gguf(&gpt2_gguf(300, &["a b"], true)).unwrap_err().to_string();
+        assert!(e.contains("tokenizer.ggml.token_type[0] is Str(\"normal\"), expected a non-negative integer"), "{e}");
     }
 
     #[test]
