@@ -247,6 +247,10 @@ impl<'m> Session<'m> {
         if prompt.is_empty() {
             return Err(RuntimeError::Request("the prompt has no tokens".into()));
         }
+        // As the engine answers: a budget of no tokens is a request with nothing to do.
+        if opts.max_tokens == 0 {
+            return Err(RuntimeError::Request("max_tokens is 0: nothing to generate".into()));
+        }
         opts.params(1, self.model.cfg.vocab).validate().map_err(|e| RuntimeError::Request(e.to_string()))?;
         let capacity = self.capacity;
         if self.len() + prompt.len() > capacity {
