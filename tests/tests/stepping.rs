@@ -178,3 +178,22 @@ fn engine_planned_equals_immediate() {
 fn a_failed_step_fails_every_running_request() {
     engine_run(StepMode::Planned, true);
 }
+
+#[test]
+fn a_prompt_prefilled_in_chunks_continues_as_one_prefilled_whole() {
+    let m = model();
+    // 39 tokens in chunks of at most 16 (three of 13) against one chunk of 39.
+    let prompt = ids("The first president of the United States was George Washington. The second was John Adams, \
+                      and the third was Thomas Jefferson, who wrote the Declaration of Independence in 1776. The fourth");
+    assert!(prompt.len() > 32, "{} tokens", prompt.len());
+    let opts = SamplingOptions { max_tokens: 10, ..Default::default() };
+    let run = |chunk: usize| {
+        let mut s = m.session(prompt.len() + 16).unwrap().with_prefill_chunk(chunk);
+        s.generate(&prompt, &opts, |_| {}).unwrap()
+    };
+    let (whole, chunked) = (run(4096), run(16));
+    assert_eq!(whole.tokens, chunked.tokens, "greedy tokens");
+    for (a, b) in whole.logprobs.iter().zip(&chunked.logprobs) {
+        assert!((a - b).abs() <= 1e-3, "log-probabilities {a} vs {b}");
+    }
+}

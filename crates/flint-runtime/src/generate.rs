@@ -46,6 +46,19 @@ impl SamplingOptions {
     }
 }
 
+/// Prompt tokens a session prefills at once: longer text prompts run in chunks of at most this
+/// many, of equal size (so no chunk is a few rows that would take the matvec path).
+pub const PREFILL_CHUNK: usize = 512;
+
+/// How a text prompt of `n` tokens is prefilled in chunks of at most `chunk`: the first `head`
+/// tokens in chunks of `size`, each run on its own, then the rest (at most `size`) with the
+/// logits. The chunks are of equal size, so none is a few rows that would take the matvec path.
+pub(crate) fn prefill_split(n: usize, chunk: usize) -> (usize, usize) {
+    let chunks = n.div_ceil(chunk.max(1)).max(1);
+    let size = n.div_ceil(chunks).max(1);
+    (size * (chunks - 1), size)
+}
+
 /// Why generation stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -97,6 +110,7 @@ pub struct Session<'m> {
     capacity: usize,
     mode: StepMode,
     stepper: Option<Stepper>,
+    prefill_chunk: usize,
 }
 
 impl<'m> Session<'m> {
@@ -112,7 +126,17 @@ impl<'m> Session<'m> {
             tracing::debug!(error = %e, "no batch-1 decode plan at load");
         }
         let stepper = Some(stepper);
-        Ok(Session { model, vision: None, pool, seq, step: 0, capacity, mode: StepMode::Planned, stepper })
+        Ok(Session {
+            model,
+            vision: None,
+            pool,
+            seq,
+            step: 0,
+            capacity,
+            mode: StepMode::Planned,
+            stepper,
+            prefill_chunk: PREFILL_CHUNK,
+        })
     }
 
     /// The same session running its decode steps in `mode` (planned by default; immediate is
@@ -122,6 +146,13 @@ impl<'m> Session<'m> {
             self.mode = mode;
             self.stepper = None;
         }
+        self
+    }
+
+    /// The same session prefilling text prompts in chunks of at most `tokens` (at least 1;
+    /// [`PREFILL_CHUNK`] by default): smaller chunks hold fewer activations at once.
+    pub fn with_prefill_chunk(mut self, tokens: usize) -> Self {
+        self.prefill_chunk = tokens.max(1);
         self
     }
 
@@ -191,6 +222,16 @@ impl<'m> Session<'m> {
         let dev = self.model.device().clone();
         let t0 = Instant::now();
         let row = self.row(opts, self.step);
+        // A long text prompt runs in chunks, each submitted and finished before the next is
+        // recorded, so the activations held at once are a chunk's, not the prompt's: memory is
+        // bounded by the weights, the KV cache and a constant. A prompt with images runs whole.
+        let (head, size) = if pixels.is_none() { prefill_split(ids.len(), self.prefill_chunk) } else { (0, ids.len()) };
+        for chunk in ids[..head].chunks(size) {
+            let mut rec = Recorder::new(&dev);
+            self.forward_with(&mut rec, chunk, None)?;
+            rec.submit()?.wait()?;
+        }
+        let ids = &ids[head..];
         let mut rec = Recorder::new(&dev);
         let h = self.forward_with(&mut rec, ids, pixels)?;
         let logits = self.model.logits(&mut rec, &h, ids.len() - 1..ids.len())?;
