@@ -55,16 +55,28 @@ fn best_of_two(mut run: impl FnMut() -> Result<f64>) -> Result<f64> {
 /// given) up to the last position's logits.
 fn prefill_once(model: &Model, ids: &[u32], vision: Option<(&Vision, &Pixels)>) -> Result<f64> {
     let dev = model.decoder.device().clone();
-    let mut session = model.session(ids.len())?;
+    let mut session = model.session(ids.len() + 1)?;
     if let Some((v, _)) = vision {
         session = session.with_vision(Some(v));
     }
     let t = Instant::now();
-    let mut rec = Recorder::new(&dev);
-    let h = session.forward_with(&mut rec, ids, vision.map(|(_, p)| p))?;
-    let _ = model.decoder.logits(&mut rec, &h, ids.len() - 1..ids.len())?;
-    rec.submit()?.wait()?;
+    if vision.is_some() {
+        let mut rec = Recorder::new(&dev);
+        let h = session.forward_with(&mut rec, ids, vision.map(|(_, p)| p))?;
+        let _ = model.decoder.logits(&mut rec, &h, ids.len() - 1..ids.len())?;
+        rec.submit()?.wait()?;
+    } else {
+        // The path `flint generate` takes: long prompts in chunks, then the first token.
+        session.generate(ids, &greedy(1), |_| {})?;
+    }
     Ok(t.elapsed().as_secs_f64())
+}
+
+/// Peak resident memory of this process so far (VmHWM), in bytes, where the OS reports it.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
 }
 
 struct DecodeRun {
@@ -167,11 +179,20 @@ pub fn bench_model(opts: &BenchModelOpts) -> Result<()> {
     }
     for &p in &opts.prefill {
         let ids = filler(&model, p)?;
+        model.decoder.device().trim_pool();
         let s = best_of_two(|| prefill_once(&model, &ids, None))?;
+        // Weights + this prompt's KV cache + the prefill's activations; RSS is the process's peak.
+        let gpu = model.decoder.device().tensor_bytes() as f64 / 1e6;
+        let rss = peak_rss().map(|b| b as f64 / 1e6);
         emit(
             format!("prefill {p}"),
-            json!({"prompt_tokens": p, "ms": s * 1e3, "tokens_per_s": p as f64 / s}),
-            format!("{:>9.1} ms {:>9.1} tok/s", s * 1e3, p as f64 / s),
+            json!({"prompt_tokens": p, "ms": s * 1e3, "tokens_per_s": p as f64 / s, "gpu_tensor_mb": gpu, "peak_rss_mb": rss}),
+            format!(
+                "{:>9.1} ms {:>9.1} tok/s  GPU tensors {gpu:.0} MB, peak RSS {}",
+                s * 1e3,
+                p as f64 / s,
+                rss.map_or("?".into(), |r| format!("{r:.0} MB"))
+            ),
         );
     }
     let budget = opts.steps * 2 + 8;

@@ -293,6 +293,13 @@ impl Device {
         self.inner.pool.free_bytes()
     }
 
+    /// Bytes of GPU memory in flint's tensors (weights, KV caches, activations: every buffer the
+    /// pool made, in use or free). It only falls on [`Device::trim_pool`], so after a workload
+    /// that started from a trimmed pool it is that workload's peak.
+    pub fn tensor_bytes(&self) -> u64 {
+        self.inner.pool.held_bytes()
+    }
+
     /// An error unless the adapter has `SHADER_F16`.
     pub fn require_f16(&self, what: &str) -> Result<()> {
         if self.inner.caps.f16 {

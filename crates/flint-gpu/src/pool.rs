@@ -19,6 +19,8 @@ pub(crate) fn size_class(bytes: u64) -> u64 {
 #[derive(Default)]
 pub(crate) struct PoolInner {
     free: Mutex<HashMap<(u64, u32), Vec<wgpu::Buffer>>>,
+    /// Bytes of every buffer the pool has made and not released (in use or free).
+    held: std::sync::atomic::AtomicU64,
 }
 
 /// A buffer that returns to its pool when the last reference to it is dropped.
@@ -70,6 +72,7 @@ impl BufferPool {
         let reused =
             self.inner.free.lock().ok().and_then(|mut free| free.get_mut(&(size, usage.bits())).and_then(Vec::pop));
         let buffer = reused.unwrap_or_else(|| {
+            self.inner.held.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
             device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage, mapped_at_creation: false })
         });
         Arc::new(Allocation { buffer, pool: Arc::downgrade(&self.inner) })
@@ -78,8 +81,16 @@ impl BufferPool {
     /// Drop every free buffer.
     pub(crate) fn trim(&self) {
         if let Ok(mut free) = self.inner.free.lock() {
+            let bytes: u64 = free.iter().map(|((size, _), v)| size * v.len() as u64).sum();
+            self.inner.held.fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
             free.clear();
         }
+    }
+
+    /// Bytes of every buffer the pool has made and not released: what its tensors take on the
+    /// GPU, in use or free. It grows to a workload's peak and falls only on [`BufferPool::trim`].
+    pub(crate) fn held_bytes(&self) -> u64 {
+        self.inner.held.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Bytes held by free buffers.
