@@ -223,7 +223,10 @@ fn cached(k: &KnownModel, target: &Path, progress: &mut dyn FnMut(Progress)) -> 
     }
     progress(Progress::Done);
     if format!("{:x}", hash.finalize()) == k.sha256 {
-        stamp(k, target)?;
+        // A cache that cannot take the stamp (read-only) is hashed again next time.
+        if let Err(e) = stamp(k, target) {
+            tracing::debug!(error = %e, "cannot stamp the verified model");
+        }
         return Ok(true);
     }
     std::fs::remove_file(target).map_err(|e| RuntimeError::io(target, e))?;
