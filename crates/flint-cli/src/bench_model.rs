@@ -52,7 +52,8 @@ fn best_of_two(mut run: impl FnMut() -> Result<f64>) -> Result<f64> {
 }
 
 /// Seconds of one prefill of `ids` (its image tokens taking `pixels` through `vision`, when
-/// given) up to the last position's logits.
+/// given) up to the last position's logits; a text prompt as `flint generate` runs it, up to the
+/// first token sampled.
 fn prefill_once(model: &Model, ids: &[u32], vision: Option<(&Vision, &Pixels)>) -> Result<f64> {
     let dev = model.decoder.device().clone();
     let mut session = model.session(ids.len() + 1)?;

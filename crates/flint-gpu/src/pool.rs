@@ -81,8 +81,7 @@ impl BufferPool {
     /// Drop every free buffer.
     pub(crate) fn trim(&self) {
         if let Ok(mut free) = self.inner.free.lock() {
-            let bytes: u64 = free.iter().map(|((size, _), v)| size * v.len() as u64).sum();
-            self.inner.held.fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
+            self.inner.held.fetch_sub(bytes_of(&free), std::sync::atomic::Ordering::Relaxed);
             free.clear();
         }
     }
@@ -95,8 +94,13 @@ impl BufferPool {
 
     /// Bytes held by free buffers.
     pub(crate) fn free_bytes(&self) -> u64 {
-        self.inner.free.lock().map(|free| free.iter().map(|((size, _), v)| size * v.len() as u64).sum()).unwrap_or(0)
+        self.inner.free.lock().map(|free| bytes_of(&free)).unwrap_or(0)
     }
+}
+
+/// Bytes of the buffers in a free list.
+fn bytes_of(free: &HashMap<(u64, u32), Vec<wgpu::Buffer>>) -> u64 {
+    free.iter().map(|((size, _), v)| size * v.len() as u64).sum()
 }
 
 #[cfg(test)]

@@ -536,18 +536,8 @@ impl<'m> Engine<'m> {
         let seq = self.pool.create();
         let run = |pool: &mut KvPool| -> Result<Vec<(u32, f32)>> {
             // Long text prompts in chunks, as `Session` prefills them (memory bounded by a chunk).
-            let (head, size) = if req.pixels.is_none() {
-                crate::generate::prefill_split(p, crate::generate::PREFILL_CHUNK)
-            } else {
-                (0, p)
-            };
-            for chunk in req.prompt[..head].chunks(size) {
-                let mut rec = Recorder::new(&dev);
-                let x = crate::model::embed_prompt(self.model, self.vision, &mut rec, chunk, None)?;
-                self.model.forward(&mut rec, pool, seq, &x, chunk.len())?;
-                rec.submit()?.wait()?;
-            }
-            let prompt = &req.prompt[head..];
+            let chunk = if req.pixels.is_none() { crate::generate::PREFILL_CHUNK } else { p };
+            let prompt = crate::generate::prefill_head(self.model, pool, seq, &req.prompt, chunk)?;
             let p = prompt.len();
             let mut rec = Recorder::new(&dev);
             let x = crate::model::embed_prompt(self.model, self.vision, &mut rec, prompt, req.pixels.as_deref())?;

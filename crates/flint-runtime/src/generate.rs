@@ -50,13 +50,39 @@ impl SamplingOptions {
 /// many, of equal size (so no chunk is a few rows that would take the matvec path).
 pub const PREFILL_CHUNK: usize = 512;
 
-/// How a text prompt of `n` tokens is prefilled in chunks of at most `chunk`: the first `head`
-/// tokens in chunks of `size`, each run on its own, then the rest (at most `size`) with the
-/// logits. The chunks are of equal size, so none is a few rows that would take the matvec path.
-pub(crate) fn prefill_split(n: usize, chunk: usize) -> (usize, usize) {
-    let chunks = n.div_ceil(chunk.max(1)).max(1);
-    let size = n.div_ceil(chunks).max(1);
-    (size * (chunks - 1), size)
+/// Run all of a text prompt but its last chunk (of at most `chunk` tokens) through `model` into
+/// `seq`, each chunk submitted and finished before the next is recorded, so the activations held
+/// at once are a chunk's; return the rest, which the caller runs with its logits. The chunks are
+/// of equal size, so none is a few rows that would take the matvec path. A `chunk` of at least
+/// `ids.len()` runs nothing here.
+pub(crate) fn prefill_head<'a>(
+    model: &Decoder,
+    pool: &mut KvPool,
+    seq: SeqId,
+    ids: &'a [u32],
+    chunk: usize,
+) -> Result<&'a [u32]> {
+    let chunks = ids.len().div_ceil(chunk.max(1)).max(1);
+    let size = ids.len().div_ceil(chunks).max(1);
+    let (head, rest) = ids.split_at(size * (chunks - 1));
+    for c in head.chunks(size) {
+        check_ids(model, c)?;
+        let mut rec = Recorder::new(model.device());
+        let x = crate::model::embed_prompt(model, None, &mut rec, c, None)?;
+        model.forward(&mut rec, pool, seq, &x, c.len())?;
+        rec.submit()?.wait()?;
+    }
+    Ok(rest)
+}
+
+/// An error unless every id of `ids` is in `model`'s vocabulary.
+fn check_ids(model: &Decoder, ids: &[u32]) -> Result<()> {
+    match ids.iter().find(|&&id| id as usize >= model.cfg.vocab) {
+        Some(bad) => {
+            Err(RuntimeError::Request(format!("token id {bad} is outside the vocabulary of {}", model.cfg.vocab)))
+        }
+        None => Ok(()),
+    }
 }
 
 /// Why generation stopped.
@@ -206,12 +232,7 @@ impl<'m> Session<'m> {
     /// [`Session::forward`] with images: the image tokens of `ids` take the embeddings the
     /// vision tower makes of `pixels`.
     pub fn forward_with(&mut self, rec: &mut Recorder, ids: &[u32], pixels: Option<&Pixels>) -> Result<Tensor> {
-        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.model.cfg.vocab) {
-            return Err(RuntimeError::Request(format!(
-                "token id {bad} is outside the vocabulary of {}",
-                self.model.cfg.vocab
-            )));
-        }
+        check_ids(self.model, ids)?;
         let x = crate::model::embed_prompt(self.model, self.vision, rec, ids, pixels)?;
         self.model.forward(rec, &mut self.pool, self.seq, &x, ids.len())
     }
@@ -225,13 +246,8 @@ impl<'m> Session<'m> {
         // A long text prompt runs in chunks, each submitted and finished before the next is
         // recorded, so the activations held at once are a chunk's, not the prompt's: memory is
         // bounded by the weights, the KV cache and a constant. A prompt with images runs whole.
-        let (head, size) = if pixels.is_none() { prefill_split(ids.len(), self.prefill_chunk) } else { (0, ids.len()) };
-        for chunk in ids[..head].chunks(size) {
-            let mut rec = Recorder::new(&dev);
-            self.forward_with(&mut rec, chunk, None)?;
-            rec.submit()?.wait()?;
-        }
-        let ids = &ids[head..];
+        let chunk = if pixels.is_none() { self.prefill_chunk } else { ids.len() };
+        let ids = prefill_head(self.model, &mut self.pool, self.seq, ids, chunk)?;
         let mut rec = Recorder::new(&dev);
         let h = self.forward_with(&mut rec, ids, pixels)?;
         let logits = self.model.logits(&mut rec, &h, ids.len() - 1..ids.len())?;

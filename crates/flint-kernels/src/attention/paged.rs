@@ -71,21 +71,12 @@ impl KvPool {
                 "{layers} layers of {num_pages} pages of {page_size} slots of {n_kv_heads}x{head_dim}"
             )));
         }
-        // Page ids are u32 on the GPU, and one layer's K (or V) must fit a binding: checked before
-        // anything is sized by the page count.
+        // Page ids are u32 on the GPU. One layer's K (or V) must fit a binding, which
+        // `Device::empty` checks (with checked arithmetic) before the page count sizes anything.
         if u32::try_from(num_pages).is_err() {
             return Err(err(format!("{num_pages} pages: page ids are 32-bit")));
         }
         let shape = [num_pages, page_size, n_kv_heads, head_dim];
-        let limit = dev.caps().max_storage_binding;
-        let layer_bytes = shape.iter().try_fold(dtype.size(), |n, &d| n.checked_mul(d));
-        if layer_bytes.is_none_or(|b| b as u64 > limit) {
-            return Err(err(format!(
-                "one layer's K of {num_pages} pages of {page_size} slots of {n_kv_heads}x{head_dim} {dtype} is \
-                 larger than a storage binding ({limit} bytes on {})",
-                dev.caps().short_label()
-            )));
-        }
         let mut k = Vec::with_capacity(layers);
         let mut v = Vec::with_capacity(layers);
         for _ in 0..layers {
