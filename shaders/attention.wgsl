@@ -152,6 +152,12 @@ fn softmax_step(m: f32, l: f32, sc: vec4<f32>) -> Step {
     return Step(e, corr, mt, l * corr + e.x + e.y + e.z + e.w);
 }
 
+// A key's weighted value, or nothing for a key of weight 0 (masked, or beyond the range): a
+// masked key is absent, so a NaN or infinity in its V cannot turn into 0 x NaN.
+fn absent_or(w: f32, v: vec4<f32>) -> vec4<f32> {
+    return select(vec4<f32>(0.0), w * v, w != 0.0);
+}
+
 #if ATTEND_DIMS
 #if !SUBGROUPS
 var<workgroup> partials: array<vec4<f32>, RQ * SG>;
@@ -248,10 +254,15 @@ fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
 #if MASK
             let mrow = qtok[I] * p.mask_stride;
             let last_key = range.y - 1u;
-            sc += LOG2E * vec4<f32>(add_mask[mrow + min(kb, last_key)], add_mask[mrow + min(kb + 1u, last_key)],
+            let madd = vec4<f32>(add_mask[mrow + min(kb, last_key)], add_mask[mrow + min(kb + 1u, last_key)],
                 add_mask[mrow + min(kb + 2u, last_key)], add_mask[mrow + min(kb + 3u, last_key)]);
+            sc += LOG2E * madd;
+            // A mask of -inf (below NEG) removes the key, whatever its K holds.
+            let seen = visible(kb, range.y, qpos[I]) & (madd >= vec4<f32>(NEG));
+#else
+            let seen = visible(kb, range.y, qpos[I]);
 #endif
-            let step = softmax_step(m[I], l[I], select(vec4<f32>(NEG), sc, visible(kb, range.y, qpos[I])));
+            let step = softmax_step(m[I], l[I], select(vec4<f32>(NEG), sc, seen));
             m[I] = step.m;
             l[I] = step.l;
             s[I] = step.weights;
@@ -269,7 +280,7 @@ fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             let v2 = select(vec4<f32>(0.0), vec4<f32>(v_pool[offs.z + c]), ok);
             let v3 = select(vec4<f32>(0.0), vec4<f32>(v_pool[offs.w + c]), ok);
 #for I in 0..RQ
-            o[I][J] += s[I].x * v0 + s[I].y * v1 + s[I].z * v2 + s[I].w * v3;
+            o[I][J] += absent_or(s[I].x, v0) + absent_or(s[I].y, v1) + absent_or(s[I].z, v2) + absent_or(s[I].w, v3);
 #endfor
         }
 #endfor
@@ -280,14 +291,14 @@ fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         let r = r0 + I;
         let row = (((p.split_slot + split) * p.seqs + seq) * p.q_len + r / p.group) * p.n_heads
             + kvh * p.group + r % p.group;
-        let inv = select(0.0, 1.0 / l[I], l[I] > 0.0);
+        let inv = select(1.0 / l[I], 0.0, l[I] == 0.0);
 #for J in 0..DC
         if (lane + SG * J < DV) {
             out[row * DV + lane + SG * J] = vec4<TO>(o[I][J] * inv);
         }
 #endfor
         if (lane == 0u) {
-            lse_out[row] = select(NEG, (m[I] + log2(l[I])) * LN2, l[I] > 0.0);
+            lse_out[row] = select((m[I] + log2(l[I])) * LN2, NEG, l[I] == 0.0);
         }
     }
 #endfor
@@ -369,10 +380,15 @@ fn attend_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
 #if MASK
             let mrow = qtok[I] * p.mask_stride;
             let last_key = range.y - 1u;
-            sc += LOG2E * vec4<f32>(add_mask[mrow + min(kb, last_key)], add_mask[mrow + min(kb + 1u, last_key)],
+            let madd = vec4<f32>(add_mask[mrow + min(kb, last_key)], add_mask[mrow + min(kb + 1u, last_key)],
                 add_mask[mrow + min(kb + 2u, last_key)], add_mask[mrow + min(kb + 3u, last_key)]);
+            sc += LOG2E * madd;
+            // A mask of -inf (below NEG) removes the key, whatever its K holds.
+            let seen = visible(kb, range.y, qpos[I]) & (madd >= vec4<f32>(NEG));
+#else
+            let seen = visible(kb, range.y, qpos[I]);
 #endif
-            let step = softmax_step(m[I], l[I], select(vec4<f32>(NEG), sc, visible(kb, range.y, qpos[I])));
+            let step = softmax_step(m[I], l[I], select(vec4<f32>(NEG), sc, seen));
             m[I] = step.m;
             l[I] = step.l;
             s[I] = step.weights;
@@ -396,7 +412,7 @@ fn attend_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
                 let c = subgroupBroadcast(v2, u32(S));
                 let d = subgroupBroadcast(v3, u32(S));
 #for I in 0..RL
-                o[I][S + SG * J] += s[I].x * a + s[I].y * b + s[I].z * c + s[I].w * d;
+                o[I][S + SG * J] += absent_or(s[I].x, a) + absent_or(s[I].y, b) + absent_or(s[I].z, c) + absent_or(s[I].w, d);
 #endfor
             }
 #endif
@@ -411,11 +427,11 @@ fn attend_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
         if (r < rows) {
             let row = (((p.split_slot + split) * p.seqs + seq) * p.q_len + r / p.group) * p.n_heads
                 + kvh * p.group + r % p.group;
-            let inv = select(0.0, 1.0 / l[I], l[I] > 0.0);
+            let inv = select(1.0 / l[I], 0.0, l[I] == 0.0);
 #for C in 0..DV
             out[row * DV + C] = vec4<TO>(o[I][C] * inv);
 #endfor
-            lse_out[row] = select(NEG, (m[I] + log2(l[I])) * LN2, l[I] > 0.0);
+            lse_out[row] = select((m[I] + log2(l[I])) * LN2, NEG, l[I] == 0.0);
         }
     }
 #endfor

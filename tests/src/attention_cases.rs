@@ -1,7 +1,9 @@
 //! Attention cases: prefill and decode over contiguous and paged (shuffled) caches, every mask,
 //! GQA ratios 1, 3 and 4:1, head sizes 64/72/128/256, forced key splits, cascade with shared
 //! prefixes, and the state merge. Pool slots no sequence owns hold NaN, so a read outside a
-//! sequence's keys shows up as a failure.
+//! sequence's keys shows up as a failure; and in the `_nan` cases one key holds NaN in K and V,
+//! seen by the rows the causal or window mask lets see it, or by none (an additive mask of -inf):
+//! a masked key is absent, so no other row may turn NaN (no 0 x NaN).
 
 use flint_gpu::{Caps, DType, Device, Recorder, Tensor};
 use flint_kernels::attention::{self, KvCache, PageTable};
@@ -115,13 +117,27 @@ pub struct AttnCase {
     pub kind: &'static str,
     /// Launch one call per sequence instead of one call for all.
     pub independent: bool,
+    /// This key of each sequence holds NaN (K and V); with an additive mask, that key's column
+    /// is -inf for every query.
+    pub poison: Option<usize>,
 }
 
 impl AttnCase {
     fn pool(&self) -> Pool {
         let mut rng = Rng::from_name(&format!("{} pool", self.name()));
         let lens: Vec<usize> = self.seqs.iter().map(|s| s.kv_len).collect();
-        build_pool(&mut rng, &lens, self.p.n_kv_heads * self.p.head_dim, self.layout, self.types.1)
+        let row = self.p.n_kv_heads * self.p.head_dim;
+        let mut pool = build_pool(&mut rng, &lens, row, self.layout, self.types.1);
+        if let Some(j) = self.poison {
+            for s in 0..lens.len() {
+                let slot = pool.rows[s][j / pool.page_size] as usize * pool.page_size + j % pool.page_size;
+                pool.k_pool[slot * row..][..row].fill(f32::NAN);
+                pool.v_pool[slot * row..][..row].fill(f32::NAN);
+                pool.k_seq[s][j * row..][..row].fill(f32::NAN);
+                pool.v_seq[s][j * row..][..row].fill(f32::NAN);
+            }
+        }
+        pool
     }
 }
 
@@ -147,7 +163,7 @@ impl Case for AttnCase {
             p.head_dim,
             if p.additive_mask { "_addmask" } else { "" },
             self.splits.map(|s| format!("_split{s}")).unwrap_or_default()
-        )
+        ) + &self.poison.map(|j| format!("_nan{j}")).unwrap_or_default()
     }
     fn op(&self) -> &'static str {
         "attention"
@@ -187,7 +203,13 @@ impl Case for AttnCase {
         ];
         if self.p.additive_mask {
             let n = self.p.q_len * self.p.mask_stride;
-            v.push(Input::float("mask", &[n], DType::F32, rng.vec(n, -3.0, 0.0)));
+            let mut mask = rng.vec(n, -3.0, 0.0);
+            if let Some(j) = self.poison {
+                for t in 0..self.p.q_len {
+                    mask[t * self.p.mask_stride + j] = f32::NEG_INFINITY;
+                }
+            }
+            v.push(Input::float("mask", &[n], DType::F32, mask));
         }
         v
     }
@@ -458,6 +480,7 @@ pub fn cases(out: &mut Vec<Box<dyn Case>>) {
         tier,
         kind: "prefill",
         independent: false,
+        poison: None,
     };
     let decode = |lens: &[usize], heads, d, types, layout, splits, tier| AttnCase {
         p: params(lens.len(), 1, heads, d, Mask::Causal),
@@ -468,6 +491,7 @@ pub fn cases(out: &mut Vec<Box<dyn Case>>) {
         tier,
         kind: "decode",
         independent: false,
+        poison: None,
     };
     let t = Tier::Test;
     // Head sizes x GQA ratios (1, 3, 4:1) in both dtypes.
@@ -498,6 +522,33 @@ pub fn cases(out: &mut Vec<Box<dyn Case>>) {
     vision.p.additive_mask = true;
     vision.p.mask_stride = 63;
     out.push(Box::new(vision));
+    // Masked means absent: NaN in one key, which the rows before it (causal), the rows past its
+    // window, and every row under an additive mask of -inf must not see; both kernels and the
+    // paged, chunked path.
+    for (types, d) in [(f32s, 64), (f16s, 64), (f32s, 72)] {
+        let mut c = prefill(33, (9, 3), d, Mask::Causal, types, Contiguous, t);
+        c.poison = Some(17);
+        out.push(Box::new(c));
+    }
+    let mut c = prefill(61, (4, 1), 128, Mask::SlidingWindow(16), f32s, Paged { page_size: 16 }, t);
+    c.poison = Some(30);
+    out.push(Box::new(c));
+    let mut c = prefill(63, (12, 12), 64, Mask::None, f32s, Contiguous, t);
+    c.p.additive_mask = true;
+    c.p.mask_stride = 63;
+    c.poison = Some(21);
+    out.push(Box::new(c));
+    out.push(Box::new(AttnCase {
+        p: params(1, 7, (9, 3), 64, Mask::Causal),
+        seqs: vec![SeqSpec { kv_len: 66, q_pos0: 59 }],
+        types: f32s,
+        layout: Paged { page_size: 16 },
+        splits: None,
+        tier: t,
+        kind: "chunk",
+        independent: false,
+        poison: Some(63),
+    }));
     // Chunked prefill: queries at the end of a longer cache; several sequences at once.
     out.push(Box::new(AttnCase {
         p: params(1, 7, (9, 3), 64, Mask::Causal),
@@ -508,6 +559,7 @@ pub fn cases(out: &mut Vec<Box<dyn Case>>) {
         tier: t,
         kind: "chunk",
         independent: false,
+        poison: None,
     }));
     out.push(Box::new(AttnCase {
         p: params(3, 5, (9, 3), 64, Mask::Causal),
@@ -522,6 +574,7 @@ pub fn cases(out: &mut Vec<Box<dyn Case>>) {
         tier: t,
         kind: "chunk",
         independent: false,
+        poison: None,
     }));
     // Decode: long caches, split-k (automatic and forced), batches, pages.
     for lens in [&[1][..], &[7], &[65], &[1000], &[4096]] {

@@ -145,3 +145,97 @@ fn the_read_probe_reads_every_word() {
     let e = roofline::read(&dev, &mut Recorder::new(&dev), &short, &sums).unwrap_err();
     assert!(e.to_string().contains("multiple of"), "{e}");
 }
+
+/// A GGUF image holding `tensors` (name, GGML type id, dims as GGUF orders them, data bytes).
+fn gguf_with(tensors: &[(&str, u32, [u64; 2], Vec<u8>)]) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend(b"GGUF");
+    b.extend(3u32.to_le_bytes());
+    b.extend((tensors.len() as u64).to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    let mut offset = 0u64;
+    for (name, ty, dims, data) in tensors {
+        b.extend((name.len() as u64).to_le_bytes());
+        b.extend(name.as_bytes());
+        b.extend(2u32.to_le_bytes());
+        b.extend(dims[0].to_le_bytes());
+        b.extend(dims[1].to_le_bytes());
+        b.extend(ty.to_le_bytes());
+        b.extend(offset.to_le_bytes());
+        offset += (data.len() as u64).div_ceil(32) * 32;
+    }
+    while !b.len().is_multiple_of(32) {
+        b.push(0);
+    }
+    for (_, _, _, data) in tensors {
+        b.extend(data);
+        while !b.len().is_multiple_of(32) {
+            b.push(0);
+        }
+    }
+    b
+}
+
+/// Q4_1 blocks of random nibbles with a small scale and a negative minimum.
+fn q4_1_bytes(rows: usize, k: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed;
+    let mut next = || {
+        x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (x >> 24) as u8
+    };
+    let mut b = Vec::new();
+    for _ in 0..rows * k / 32 {
+        b.extend(half::f16::from_f32(0.01 + f32::from(next()) * 1e-4).to_le_bytes());
+        b.extend(half::f16::from_f32(-0.08).to_le_bytes());
+        for _ in 0..16 {
+            b.push(next());
+        }
+    }
+    b
+}
+
+/// A file whose attn_q is f32 and attn_k/attn_v are Q4_1 (valid GGUF; llama.cpp runs it) loads
+/// as one stacked QKV projection, and its output is the three matrices' products side by side.
+#[test]
+fn a_stack_of_dense_and_quantized_matrices_loads_and_multiplies() {
+    use flint_runtime::gguf::Gguf;
+    use flint_runtime::model::weights::{Stacked, WeightSource};
+    let dev = first_device();
+    let (k, nq, nkv, m) = (64usize, 48usize, 32usize, 3usize);
+    let wq: Vec<f32> = (0..nq * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 500.0).collect();
+    let wq_bytes: Vec<u8> = wq.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let (wk, wv) = (q4_1_bytes(nkv, k, 1), q4_1_bytes(nkv, k, 2));
+    let bytes = gguf_with(&[
+        ("q", 0, [k as u64, nq as u64], wq_bytes),
+        ("k", 3, [k as u64, nkv as u64], wk.clone()),
+        ("v", 3, [k as u64, nkv as u64], wv.clone()),
+    ]);
+    let g = Gguf::from_bytes("mixed.gguf", bytes).unwrap();
+    let stack = g.stacked(&dev, &[("q", nq), ("k", nkv), ("v", nkv)], k).unwrap();
+    let n = nq + 2 * nkv;
+    assert_eq!(stack.n, n);
+
+    let x: Vec<f32> = (0..m * k).map(|i| ((i * 13 % 29) as f32 - 14.0) / 10.0).collect();
+    let xt = dev.upload_f32("x", &x, &[m, k], DType::F32).unwrap();
+    let out = dev.empty("qkv", &[m, n], DType::F32).unwrap();
+    let mut rec = Recorder::new(&dev);
+    stack.forward(&dev, &mut rec, &xt, m, &out).unwrap();
+    rec.submit().unwrap().wait().unwrap();
+    let got = dev.read_f32(&out).unwrap();
+
+    let fmt = flint_ref::quant::BlockFormat::Q4_1;
+    let w: Vec<f32> = wq
+        .iter()
+        .copied()
+        .chain(flint_ref::quant::dequantize(fmt, &wk, nkv * k).unwrap())
+        .chain(flint_ref::quant::dequantize(fmt, &wv, nkv * k).unwrap())
+        .collect();
+    let mut worst = 0f32;
+    for r in 0..m {
+        for c in 0..n {
+            let want: f32 = (0..k).map(|e| x[r * k + e] * w[c * k + e]).sum();
+            worst = worst.max((got[r * n + c] - want).abs() / (1.0 + want.abs()));
+        }
+    }
+    assert!(worst < 1e-4, "worst relative error {worst}");
+}

@@ -141,8 +141,13 @@ impl AttnParams {
     }
 }
 
-/// Reference attention. `k[s]` and `v[s]` hold sequence `s`'s keys and values. A query row that
-/// sees no key yields NaN, as softmax over nothing does.
+/// An additive mask value below this (`-inf`, `f32::MIN`) removes the key, as the kernels do;
+/// WGSL cannot spell infinity, so the kernels compare against this finite bound.
+pub const MASKED_BELOW: f64 = -3.0e38;
+
+/// Reference attention. `k[s]` and `v[s]` hold sequence `s`'s keys and values. Masked keys
+/// (positionally, or by an additive mask of `-inf`) are absent: their K and V are not read. A
+/// query row that sees no key yields NaN, as softmax over nothing does.
 pub fn attention(
     p: &AttnParams,
     seqs: &[SeqSpec],
@@ -182,12 +187,18 @@ pub fn attention(
                     if !p.mask.allows(qpos, j) {
                         continue;
                     }
+                    let add = if p.additive_mask { f64::from(mask.unwrap_or(&[])[t * p.mask_stride + j]) } else { 0.0 };
+                    // A key the additive mask sets to -inf (anything below MASKED_BELOW) is absent,
+                    // as a positionally masked one is: its K and V are never read, so a NaN there
+                    // cannot reach the output.
+                    if add < MASKED_BELOW {
+                        continue;
+                    }
                     let krow = &k[s][(j * kv_n + kvh) * d..][..d];
                     let mut dot = 0f64;
                     for e in 0..d {
                         dot += f64::from(qrow[e]) * f64::from(krow[e]);
                     }
-                    let add = if p.additive_mask { f64::from(mask.unwrap_or(&[])[t * p.mask_stride + j]) } else { 0.0 };
                     scores.push((j, dot * scale + add));
                 }
                 let max = scores.iter().map(|&(_, x)| x).fold(f64::NEG_INFINITY, f64::max);

@@ -207,7 +207,14 @@ impl Linear {
                 flint_kernels::matmul::matmul(dev, rec, &mm, x, w, None, out)?
             }
             Linear::Dense { .. } => {
-                return Err(RuntimeError::Model("dense weights are stacked at load; they write whole rows".into()));
+                // Stacked::load never makes such a run; this names the layer if a caller does.
+                return Err(RuntimeError::Model(format!(
+                    "a dense [{}, {}] layer cannot write columns {col}..{} of a {ldc}-wide output: dense \
+                     layers are stacked into one matrix at load",
+                    self.n(),
+                    self.k(),
+                    col + self.n()
+                )));
             }
         }
         Ok(())
@@ -284,23 +291,34 @@ impl Stacked {
             }
             infos.push((info, n));
         }
+        // Runs of one quantized format each, or of dense (f32/f16/bf16) matrices. Quantized
+        // matmuls write into any columns, the dense one only whole rows: so when a dense matrix
+        // sits beside quantized ones (an f32 attn_q with Q4_1 attn_k, say), the whole stack is
+        // loaded dense, dequantized once here.
+        let run_of = |ty: TensorType| match ty {
+            TensorType::Quant(f) => Some(f),
+            _ => None,
+        };
+        let mixed = infos.iter().any(|(t, _)| run_of(t.ty) != run_of(infos[0].0.ty));
+        let any_dense = infos.iter().any(|(t, _)| run_of(t.ty).is_none());
+        let all_dense = mixed && any_dense;
         let mut runs = Vec::new();
         let mut col = 0;
         let mut i = 0;
         while i < infos.len() {
-            let ty = infos[i].0.ty;
+            let ty = if all_dense { None } else { run_of(infos[i].0.ty) };
             let mut j = i;
-            while j < infos.len() && infos[j].0.ty == ty {
+            while j < infos.len() && (all_dense || run_of(infos[j].0.ty) == ty) {
                 j += 1;
             }
             let rows: usize = infos[i..j].iter().map(|(_, n)| n).sum();
             let name = infos[i..j].iter().map(|(t, _)| t.name.as_str()).collect::<Vec<_>>().join("+");
             let linear = match ty {
-                TensorType::Quant(f) => {
+                Some(f) => {
                     let bytes: Vec<u8> = infos[i..j].iter().flat_map(|(t, _)| g.data(t).iter().copied()).collect();
                     Linear::Quant(QuantWeight::upload(dev, &name, &bytes, f, rows, k)?)
                 }
-                _ => {
+                None => {
                     let mut values = Vec::with_capacity(rows * k);
                     for (t, _) in &infos[i..j] {
                         values.extend(g.to_f32(t)?);
