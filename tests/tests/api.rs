@@ -199,7 +199,7 @@ fn q4_1_bytes(rows: usize, k: usize, seed: u32) -> Vec<u8> {
 #[test]
 fn a_stack_of_dense_and_quantized_matrices_loads_and_multiplies() {
     use flint_runtime::gguf::Gguf;
-    use flint_runtime::model::weights::{Stacked, WeightSource};
+    use flint_runtime::model::weights::WeightSource;
     let dev = first_device();
     let (k, nq, nkv, m) = (64usize, 48usize, 32usize, 3usize);
     let wq: Vec<f32> = (0..nq * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 500.0).collect();
