@@ -6,6 +6,8 @@
 //!   `target/shaders`) for reading or for external tools.
 
 use std::path::PathBuf;
+
+mod fuzz_seeds;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -15,8 +17,9 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("shaders") => shaders(args.get(1).map(PathBuf::from)),
+        Some("fuzz-seeds") => fuzz_seeds::run(&PathBuf::from(args.get(1).map_or("fuzz/corpus", String::as_str))),
         _ => {
-            eprintln!("usage: cargo xtask <ci | shaders [DIR]>");
+            eprintln!("usage: cargo xtask <ci | shaders [DIR] | fuzz-seeds [DIR]>");
             bail!("unknown or missing task")
         }
     }

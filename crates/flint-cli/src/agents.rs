@@ -13,6 +13,7 @@ use flint_runtime::engine::{EngineOptions, Event, Request, RequestId, RequestOut
 use flint_runtime::generate::SamplingOptions;
 use flint_runtime::model::{Model, Pixels};
 use flint_runtime::reasoning::{self, Mode};
+use flint_runtime::request::RequestLine;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
@@ -162,31 +163,6 @@ pub fn contemplate(
     Ok(())
 }
 
-/// One line of a `--prompts` file.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Line {
-    prompt: String,
-    #[serde(default)]
-    mode: Option<String>,
-    #[serde(default)]
-    branches: Option<usize>,
-    #[serde(default)]
-    max_tokens: Option<usize>,
-    #[serde(default)]
-    temperature: Option<f32>,
-    #[serde(default)]
-    top_k: Option<usize>,
-    #[serde(default)]
-    top_p: Option<f32>,
-    #[serde(default)]
-    seed: Option<u32>,
-    #[serde(default)]
-    chat: Option<bool>,
-    #[serde(default)]
-    images: Vec<String>,
-}
-
 /// Defaults for the lines of a `--prompts` file, from the command line.
 pub struct AgentDefaults {
     /// Mode name.
@@ -209,7 +185,7 @@ pub struct AgentDefaults {
 
 /// Turn one line into a request, or say why it cannot be one.
 fn request_of(model: &Model, line: &str, d: &AgentDefaults) -> Result<(Mode, Request), String> {
-    let l: Line = serde_json::from_str(line).map_err(|e| format!("malformed request: {e}"))?;
+    let l = RequestLine::parse(line).map_err(|e| e.to_string())?;
     if !l.images.is_empty() && model.vision.is_none() {
         return Err(format!("{} image(s) given, but {} is a text-only model", l.images.len(), model.path.display()));
     }
@@ -219,8 +195,7 @@ fn request_of(model: &Model, line: &str, d: &AgentDefaults) -> Result<(Mode, Req
         .map(|p| flint_runtime::image::load(Path::new(p)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
-    let mode = Mode::parse(l.mode.as_deref().unwrap_or(&d.mode), l.branches.unwrap_or(d.branches))
-        .map_err(|e| e.to_string())?;
+    let mode = l.mode(&d.mode, d.branches).map_err(|e| e.to_string())?;
     let mut sampling = SamplingOptions {
         temperature: l.temperature.or(d.temperature).unwrap_or(mode.default_temperature()),
         top_k: l.top_k.unwrap_or(d.top_k),
@@ -246,22 +221,24 @@ pub fn sub_agents(
 ) -> Result<bool> {
     flint_runtime::check_regular(file).with_context(|| format!("reading {}", file.display()))?;
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    // (line number in the file, from 1; text): blank lines are skipped, not counted as requests.
+    let lines: Vec<(usize, &str)> =
+        text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(|(n, l)| (n + 1, l)).collect();
     let mut engine = model.engine(eopts)?;
     let mut done: BTreeMap<usize, Value> = BTreeMap::new();
     let mut running: HashMap<RequestId, (usize, Mode)> = HashMap::new();
-    for (i, line) in lines.iter().enumerate() {
+    for (i, &(n, line)) in lines.iter().enumerate() {
         match request_of(model, line, defaults) {
             Ok((mode, req)) => match engine.submit(req) {
                 Ok(id) => {
                     running.insert(id, (i, mode));
                 }
                 Err(e) => {
-                    done.insert(i, json!({"index": i, "error": e.to_string()}));
+                    done.insert(i, json!({"index": i, "line": n, "error": e.to_string()}));
                 }
             },
             Err(e) => {
-                done.insert(i, json!({"index": i, "error": e}));
+                done.insert(i, json!({"index": i, "line": n, "error": e}));
             }
         }
     }
@@ -287,12 +264,13 @@ pub fn sub_agents(
                     let (i, mode) = running[&request];
                     let mut v = describe(model, mode, &output)?;
                     v["index"] = json!(i);
+                    v["line"] = json!(lines[i].0);
                     done.insert(i, v);
                     bar.inc(1);
                 }
                 Event::Failed { request, error } => {
                     let (i, _) = running[&request];
-                    done.insert(i, json!({"index": i, "error": error}));
+                    done.insert(i, json!({"index": i, "line": lines[i].0, "error": error}));
                     failed += 1;
                     bar.inc(1);
                 }

@@ -86,23 +86,36 @@ impl HfDir {
             return Err(model_err(dir, "neither model.safetensors nor model.safetensors.index.json"));
         };
         let mut files = Vec::new();
-        let mut tensors = HashMap::new();
-        for (i, path) in names.into_iter().enumerate() {
+        for path in names {
             crate::check_regular(&path).map_err(|e| RuntimeError::io(&path, e))?;
-            let map = std::fs::read(&path).map_err(|e| RuntimeError::io(&path, e))?;
+            let bytes = std::fs::read(&path).map_err(|e| RuntimeError::io(&path, e))?;
+            files.push((path, bytes));
+        }
+        HfDir::from_parts(dir, config, files)
+    }
+
+    /// A directory from what [`HfDir::open`] reads: the parsed config and each safetensors
+    /// file's path and bytes, whose headers are checked here (the fuzz target's entry point).
+    pub fn from_parts(dir: &Path, config: Value, files: Vec<(PathBuf, Vec<u8>)>) -> Result<HfDir> {
+        let mut tensors = HashMap::new();
+        for (i, (path, bytes)) in files.iter().enumerate() {
             let (n, meta) =
-                SafeTensors::read_metadata(&map).map_err(|e| model_err(&path, format!("bad safetensors: {e}")))?;
+                SafeTensors::read_metadata(bytes).map_err(|e| model_err(path, format!("bad safetensors: {e}")))?;
             for (name, info) in meta.tensors() {
                 let (a, b) = info.data_offsets;
                 let entry =
                     Entry { file: i, dtype: info.dtype, shape: info.shape.clone(), start: 8 + n + a, end: 8 + n + b };
                 if tensors.insert(name.clone(), entry).is_some() {
-                    return Err(model_err(&path, format!("tensor {name:?} is stored twice")));
+                    return Err(model_err(path, format!("tensor {name:?} is stored twice")));
                 }
             }
-            files.push((path, map));
         }
         Ok(HfDir { dir: dir.to_path_buf(), config, files, tensors })
+    }
+
+    /// The names of the tensors the weights hold, in no particular order.
+    pub fn tensor_names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
     }
 
     /// Whether the weights hold `name`.

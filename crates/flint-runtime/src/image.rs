@@ -58,16 +58,36 @@ impl Rgb {
     }
 }
 
+/// The largest image file flint reads: room for an uncompressed image at [`MAX_PIXELS`] (a BMP
+/// of 4 bytes per pixel) and its headers.
+pub const MAX_FILE_BYTES: u64 = 4 * MAX_PIXELS + (1 << 20);
+
 /// Decode an image file (PNG, JPEG, GIF, WebP, BMP) to RGB, refusing empty images and images
-/// over [`MAX_PIXELS`] or with a side over [`MAX_SIDE`].
+/// over [`MAX_PIXELS`] or with a side over [`MAX_SIDE`], and files over [`MAX_FILE_BYTES`].
 pub fn load(path: &Path) -> Result<Rgb> {
-    let err = |m: String| RuntimeError::Request(format!("{}: {m}", path.display()));
     crate::check_regular(path).map_err(|e| RuntimeError::io(path, e))?;
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| RuntimeError::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| RuntimeError::io(path, e))?;
-    let (w, h) = reader.into_dimensions().map_err(|e| err(format!("not a readable image: {e}")))?;
+    let len = std::fs::metadata(path).map_err(|e| RuntimeError::io(path, e))?.len();
+    if len > MAX_FILE_BYTES {
+        return Err(RuntimeError::Request(format!(
+            "{}: {len} bytes is over flint's limit of {MAX_FILE_BYTES} bytes for an image file",
+            path.display()
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| RuntimeError::io(path, e))?;
+    decode(path, &bytes)
+}
+
+/// Decode an image held in memory (`name` is what errors call it), with [`load`]'s checks: the
+/// format is guessed from the bytes, and the size is checked from the header before any pixel
+/// is decoded.
+pub fn decode(name: &Path, bytes: &[u8]) -> Result<Rgb> {
+    let err = |m: String| RuntimeError::Request(format!("{}: {m}", name.display()));
+    let reader = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| RuntimeError::io(name, e))
+    };
+    let (w, h) = reader()?.into_dimensions().map_err(|e| err(format!("not a readable image: {e}")))?;
     if w == 0 || h == 0 {
         return Err(err(format!("the image is {w}x{h}")));
     }
@@ -80,13 +100,12 @@ pub fn load(path: &Path) -> Result<Rgb> {
             u64::from(w) * u64::from(h)
         )));
     }
-    let mut reader = image::ImageReader::open(path).map_err(|e| RuntimeError::io(path, e))?;
+    let mut reader = reader()?;
     reader.no_limits();
-    let img = reader
-        .with_guessed_format()
-        .map_err(|e| RuntimeError::io(path, e))?
-        .decode()
-        .map_err(|e| err(format!("the image does not decode: {e}")))?;
+    let img = reader.decode().map_err(|e| err(format!("the image does not decode: {e}")))?;
+    if (img.width(), img.height()) != (w, h) {
+        return Err(err(format!("the header says {w}x{h}, the pixels are {}x{}", img.width(), img.height())));
+    }
     let rgb = img.to_rgb8();
     Ok(Rgb { width: rgb.width() as usize, height: rgb.height() as usize, data: rgb.into_raw() })
 }

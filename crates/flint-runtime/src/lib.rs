@@ -7,6 +7,8 @@
 pub mod engine;
 pub mod error;
 pub mod fetch;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod generate;
 pub mod gguf;
 pub mod hf;
@@ -14,6 +16,7 @@ pub mod image;
 pub mod model;
 pub mod npy;
 pub mod reasoning;
+pub mod request;
 pub mod stepper;
 pub mod tokenizer;
 

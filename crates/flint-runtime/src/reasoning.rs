@@ -97,8 +97,22 @@ pub fn prompt_ids(model: &Model, mode: Mode, question: &str, chat: bool) -> Resu
     Ok(prompt(model, mode, question, &[], chat)?.0)
 }
 
-/// Token ids and pixels of `question` about `images` asked in `mode`.
+/// Token ids and pixels of `question` about `images` asked in `mode`. A tokenizer or chat
+/// template error names the model file it comes from.
 pub fn prompt(
+    model: &Model,
+    mode: Mode,
+    question: &str,
+    images: &[Rgb],
+    chat: bool,
+) -> Result<(Vec<u32>, Option<Pixels>)> {
+    prompt_unnamed(model, mode, question, images, chat).map_err(|e| match e {
+        RuntimeError::Tokenizer(m) => RuntimeError::Tokenizer(format!("{}: {m}", model.path.display())),
+        e => e,
+    })
+}
+
+fn prompt_unnamed(
     model: &Model,
     mode: Mode,
     question: &str,

@@ -279,13 +279,6 @@ impl Tokenizer {
         let template = self.chat_template.as_deref().ok_or_else(|| {
             RuntimeError::Tokenizer("the model has no chat template (tokenizer.chat_template)".into())
         })?;
-        let mut env = minijinja::Environment::new();
-        minijinja_contrib::add_to_environment(&mut env);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
-        env.add_template("chat", template).map_err(|e| tok_err(format!("chat template: {e}")))?;
         let name = |id: Option<u32>| id.and_then(|i| self.token(i)).unwrap_or("").to_string();
         let mut ctx = json!({
             "messages": msgs,
@@ -297,26 +290,39 @@ impl Tokenizer {
         if let Some(on) = enable_thinking {
             ctx["enable_thinking"] = json!(on);
         }
-        let ctx = minijinja::Value::from_serialize(&ctx);
-        // The template comes from the model file: its work and its output are bounded.
-        env.set_fuel(Some(TEMPLATE_FUEL));
-        let mut out = Bounded(Vec::new());
-        let rendered = env.get_template("chat").and_then(|t| t.render_captured_to(ctx, &mut out).map(|_| ()));
-        if let Err(e) = rendered {
-            if out.0.len() > MAX_TEMPLATE_OUTPUT {
-                return Err(tok_err(format!(
-                    "chat template: its output is over the limit of {MAX_TEMPLATE_OUTPUT} bytes"
-                )));
-            }
-            let why = if e.kind() == minijinja::ErrorKind::OutOfFuel {
-                format!("it ran out of fuel ({TEMPLATE_FUEL} instructions)")
-            } else {
-                e.to_string()
-            };
-            return Err(tok_err(format!("chat template: {why}")));
-        }
-        String::from_utf8(out.0).map_err(|e| tok_err(format!("chat template: output is not UTF-8: {e}")))
+        render_chat_template(template, &ctx, TEMPLATE_FUEL)
     }
+}
+
+/// Render a chat template (Jinja, as transformers runs it: minijinja with its Python-compatible
+/// methods and `raise_exception`) over `context` (`messages`, `add_generation_prompt`,
+/// `bos_token`, ...). The template comes from a model file, so its work is bounded by `fuel`
+/// instructions (the tokenizer uses [`TEMPLATE_FUEL`]) and its output by
+/// [`MAX_TEMPLATE_OUTPUT`] bytes; either limit, or any template error, is an error value.
+pub fn render_chat_template(template: &str, context: &Json, fuel: u64) -> Result<String> {
+    let mut env = minijinja::Environment::new();
+    minijinja_contrib::add_to_environment(&mut env);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+    });
+    env.add_template("chat", template).map_err(|e| tok_err(format!("chat template: {e}")))?;
+    let ctx = minijinja::Value::from_serialize(context);
+    env.set_fuel(Some(fuel));
+    let mut out = Bounded(Vec::new());
+    let rendered = env.get_template("chat").and_then(|t| t.render_captured_to(ctx, &mut out).map(|_| ()));
+    if let Err(e) = rendered {
+        if out.0.len() > MAX_TEMPLATE_OUTPUT {
+            return Err(tok_err(format!("chat template: its output is over the limit of {MAX_TEMPLATE_OUTPUT} bytes")));
+        }
+        let why = if e.kind() == minijinja::ErrorKind::OutOfFuel {
+            format!("it ran out of fuel ({fuel} instructions)")
+        } else {
+            e.to_string()
+        };
+        return Err(tok_err(format!("chat template: {why}")));
+    }
+    String::from_utf8(out.0).map_err(|e| tok_err(format!("chat template: output is not UTF-8: {e}")))
 }
 
 /// The most instructions a chat template may run (minijinja's fuel): a real template over a

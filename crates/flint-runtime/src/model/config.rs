@@ -87,47 +87,64 @@ impl DecoderConfig {
         {
             return Err(format!("empty dimension in {self:?}"));
         }
-        for (name, v, max) in [
-            ("layers", self.layers, MAX_LAYERS),
-            ("hidden size", self.hidden, MAX_WIDTH),
-            ("MLP size", self.ffn, MAX_WIDTH),
-            ("heads", self.heads, MAX_HEADS),
-            ("KV heads", self.kv_heads, MAX_HEADS),
-            ("vocabulary", self.vocab, MAX_VOCAB),
-            ("context", self.context, MAX_CONTEXT),
-            ("heads x head_dim", self.heads.saturating_mul(self.head_dim), MAX_WIDTH),
+        // Each message ends with the field's names in a GGUF file and in a config.json.
+        for (name, v, max, keys) in [
+            ("layers", self.layers, MAX_LAYERS, "block_count / num_hidden_layers"),
+            ("hidden size", self.hidden, MAX_WIDTH, "embedding_length / hidden_size"),
+            ("MLP size", self.ffn, MAX_WIDTH, "feed_forward_length / intermediate_size"),
+            ("heads", self.heads, MAX_HEADS, "attention.head_count / num_attention_heads"),
+            ("KV heads", self.kv_heads, MAX_HEADS, "attention.head_count_kv / num_key_value_heads"),
+            ("vocabulary", self.vocab, MAX_VOCAB, "vocab_size or the token list / vocab_size"),
+            ("context", self.context, MAX_CONTEXT, "context_length / max_position_embeddings"),
+            (
+                "heads x head_dim",
+                self.heads.saturating_mul(self.head_dim),
+                MAX_WIDTH,
+                "attention.key_length / head_dim",
+            ),
         ] {
             if v > max {
-                return Err(format!("{name} {v} is over flint's limit of {max}"));
+                return Err(format!("{name} {v} is over flint's limit of {max} ({keys})"));
             }
         }
         if !self.heads.is_multiple_of(self.kv_heads) {
-            return Err(format!("{} heads do not divide into {} KV heads", self.heads, self.kv_heads));
+            return Err(format!(
+                "{} heads do not divide into {} KV heads (attention.head_count_kv / num_key_value_heads)",
+                self.heads, self.kv_heads
+            ));
         }
         if !self.head_dim.is_multiple_of(4) || self.head_dim > flint_kernels::attention::MAX_HEAD_DIM {
             return Err(format!(
-                "head_dim {} is not a multiple of 4 up to {}",
+                "head_dim {} is not a multiple of 4 up to {} (attention.key_length / head_dim)",
                 self.head_dim,
                 flint_kernels::attention::MAX_HEAD_DIM
             ));
         }
         if !(self.eps.is_finite() && self.eps > 0.0 && self.eps < 1.0) {
-            return Err(format!("norm epsilon {} is not a finite value in (0, 1)", self.eps));
+            return Err(format!(
+                "norm epsilon {} is not a finite value in (0, 1) (attention.layer_norm_rms_epsilon / rms_norm_eps)",
+                self.eps
+            ));
         }
-        for (name, theta) in [("RoPE base", self.rope_theta), ("local RoPE base", self.rope_theta_local)] {
+        for (name, theta, keys) in [
+            ("RoPE base", self.rope_theta, "rope.freq_base / rope_theta"),
+            ("local RoPE base", self.rope_theta_local, "rope_local_base_freq"),
+        ] {
             if !(theta.is_finite() && theta > 1.0) {
-                return Err(format!("{name} {theta} is not a finite value above 1"));
+                return Err(format!("{name} {theta} is not a finite value above 1 ({keys})"));
             }
         }
         if !(self.rope_freq_scale.is_finite() && self.rope_freq_scale > 0.0) {
             return Err(format!(
-                "RoPE frequency scale {} (1 / the linear scaling factor) is not finite and positive",
+                "RoPE frequency scale {} (1 / the linear scaling factor) is not finite and positive \
+                 (rope.scaling.factor / rope_scaling.factor)",
                 self.rope_freq_scale
             ));
         }
         if self.sliding_window == Some(0) || self.global_every == 0 {
             return Err(format!(
-                "sliding window {:?} / global layer period {} must be positive",
+                "sliding window {:?} / global layer period {} must be positive (attention.sliding_window / \
+                 sliding_window)",
                 self.sliding_window, self.global_every
             ));
         }
@@ -156,7 +173,13 @@ impl DecoderConfig {
         let head_dim = match g.get(&key("attention.key_length")) {
             Ok(_) => g.get_usize(&key("attention.key_length"))?,
             Err(_) if heads > 0 => hidden / heads,
-            Err(e) => return Err(e),
+            Err(_) => {
+                return Err(g.error(format!(
+                    "metadata {:?} is 0 (and {:?} is absent, so the head size cannot be derived)",
+                    key("attention.head_count"),
+                    key("attention.key_length")
+                )));
+            }
         };
         let vocab = match g.get(&key("vocab_size")) {
             Ok(_) => g.get_usize(&key("vocab_size"))?,
