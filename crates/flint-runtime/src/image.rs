@@ -100,8 +100,14 @@ pub fn decode(name: &Path, bytes: &[u8]) -> Result<Rgb> {
             u64::from(w) * u64::from(h)
         )));
     }
+    // The header's size is not the end of it: a GIF frame may be larger than its screen, so the
+    // decoder's own limits stay on, set to flint's (and room for 16-bit RGBA at MAX_PIXELS).
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(8 * MAX_PIXELS + (1 << 20));
     let mut reader = reader()?;
-    reader.no_limits();
+    reader.limits(limits);
     let img = reader.decode().map_err(|e| err(format!("the image does not decode: {e}")))?;
     if (img.width(), img.height()) != (w, h) {
         return Err(err(format!("the header says {w}x{h}, the pixels are {}x{}", img.width(), img.height())));

@@ -92,6 +92,8 @@ fn the_image_corpus_decodes_or_is_refused_cleanly() {
     {
         assert!(ok.iter().any(|n| n == seed), "the seed {seed} decodes");
     }
+    // A GIF whose frame is far larger than its screen: the decoder asked for 8.4 GB.
+    assert!(refused.iter().any(|(n, _)| n == "found-gif-frame-over-screen"), "{refused:?}");
 }
 
 #[test]
