@@ -538,29 +538,20 @@ pub fn cases(out: &mut Vec<Box<dyn Case>>) {
     c.p.mask_stride = 63;
     c.poison = Some(21);
     out.push(Box::new(c));
-    out.push(Box::new(AttnCase {
+    // Chunked prefill: 7 queries at the end of a longer cache (paged); several sequences at once.
+    let chunk = |kv_len: usize, poison| AttnCase {
         p: params(1, 7, (9, 3), 64, Mask::Causal),
-        seqs: vec![SeqSpec { kv_len: 66, q_pos0: 59 }],
+        seqs: vec![SeqSpec { kv_len, q_pos0: kv_len - 7 }],
         types: f32s,
         layout: Paged { page_size: 16 },
         splits: None,
         tier: t,
         kind: "chunk",
         independent: false,
-        poison: Some(63),
-    }));
-    // Chunked prefill: queries at the end of a longer cache; several sequences at once.
-    out.push(Box::new(AttnCase {
-        p: params(1, 7, (9, 3), 64, Mask::Causal),
-        seqs: vec![SeqSpec { kv_len: 65, q_pos0: 58 }],
-        types: f32s,
-        layout: Paged { page_size: 16 },
-        splits: None,
-        tier: t,
-        kind: "chunk",
-        independent: false,
-        poison: None,
-    }));
+        poison,
+    };
+    out.push(Box::new(chunk(66, Some(63))));
+    out.push(Box::new(chunk(65, None)));
     out.push(Box::new(AttnCase {
         p: params(3, 5, (9, 3), 64, Mask::Causal),
         seqs: vec![

@@ -18,13 +18,7 @@ fn preprocessing_matches_the_processor_pixel_for_pixel() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("processed.json")).unwrap()).unwrap();
     let proc = ImageProcessor {
         longest_edge: index["size"].as_u64().unwrap() as usize,
-        tile: index["tile"].as_u64().unwrap() as usize,
-        split: true,
-        resize: true,
-        mean: [0.5; 3],
-        std: [0.5; 3],
-        rescale: 1.0 / 255.0,
-        image_seq_len: 1,
+        ..ImageProcessor::smolvlm(index["tile"].as_u64().unwrap() as usize, 1)
     };
     for (name, want) in index["images"].as_object().unwrap() {
         let img = image::load(&dir.join(format!("{name}.png"))).unwrap();

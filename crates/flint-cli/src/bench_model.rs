@@ -312,20 +312,8 @@ fn vision_rows(model: &Model, emit: &dyn Fn(String, serde_json::Value, String)) 
     // The prompt SmolVLM's processor writes for a 2x2-tiled image, with markup and question as
     // ordinary tokens and the image tokens as one id the question never uses.
     let image_token = (model.decoder.cfg.vocab - 1) as u32;
-    let vision = Vision {
-        processor: ImageProcessor {
-            longest_edge: 2048,
-            tile: 512,
-            split: true,
-            resize: true,
-            mean: [0.5; 3],
-            std: [0.5; 3],
-            rescale: 1.0 / 255.0,
-            image_seq_len: cfg.tokens_per_tile(),
-        },
-        tower,
-        image_token_id: image_token,
-    };
+    let vision =
+        Vision { processor: ImageProcessor::smolvlm(512, cfg.tokens_per_tile()), tower, image_token_id: image_token };
     let text = filler(model, 64)?;
     let mut ids: Vec<u32> = text[..6].to_vec();
     for tile in 0..5 {

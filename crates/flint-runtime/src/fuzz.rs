@@ -99,16 +99,7 @@ pub fn image(data: &[u8], max_pixels: u64) -> Result<usize> {
         return Err(RuntimeError::Request("fuzz: over the fuzzer's pixel budget".into()));
     }
     let img = crate::image::decode(name, data)?;
-    let p = crate::image::ImageProcessor {
-        longest_edge: 256,
-        tile: 64,
-        split: true,
-        resize: true,
-        mean: [0.5; 3],
-        std: [0.5; 3],
-        rescale: 1.0 / 255.0,
-        image_seq_len: 4,
-    };
+    let p = crate::image::ImageProcessor::smolvlm(64, 4);
     let out = p.process(&img)?;
     let prompt = crate::image::expand_prompt("<image>hi", &[(out.rows, out.cols)], p.image_seq_len)?;
     Ok(out.pixels.len() + prompt.len())

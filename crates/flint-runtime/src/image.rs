@@ -241,6 +241,21 @@ fn triple(c: &Config<'_>, key: &str, default: f64) -> Result<[f64; 3]> {
 }
 
 impl ImageProcessor {
+    /// SmolVLM's settings for a vision encoder of `tile` pixels making `tokens_per_tile` tokens:
+    /// longest edge four tiles, splitting on, mean and std 0.5, rescale 1/255.
+    pub fn smolvlm(tile: usize, tokens_per_tile: usize) -> ImageProcessor {
+        ImageProcessor {
+            longest_edge: 4 * tile,
+            tile,
+            split: true,
+            resize: true,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+            rescale: 1.0 / 255.0,
+            image_seq_len: tokens_per_tile,
+        }
+    }
+
     /// Read the processor settings of a model directory; `tokens_per_tile` is what the model's
     /// config implies, checked against the processor's `image_seq_len` when it has one.
     pub fn from_dir(dir: &Path, tile: usize, tokens_per_tile: usize) -> Result<ImageProcessor> {
@@ -252,16 +267,7 @@ impl ImageProcessor {
             (p.clone(), crate::hf::read_json(&p)?)
         } else {
             // No processor files: the SmolVLM defaults for the encoder's tile.
-            return Ok(ImageProcessor {
-                longest_edge: 4 * tile,
-                tile,
-                split: true,
-                resize: true,
-                mean: [0.5; 3],
-                std: [0.5; 3],
-                rescale: 1.0 / 255.0,
-                image_seq_len: tokens_per_tile,
-            });
+            return Ok(ImageProcessor::smolvlm(tile, tokens_per_tile));
         };
         let top = Config::new(path.clone(), &whole);
         let c = if whole.get("image_processor").is_some_and(Value::is_object) {
@@ -480,16 +486,7 @@ mod tests {
         assert!(Rgb::new(0, 2, vec![]).is_err());
         let bad = Rgb { width: 10, height: 10, data: vec![] };
         assert!(resize(&bad, 5, 5).is_err());
-        let p = ImageProcessor {
-            longest_edge: 64,
-            tile: 32,
-            split: true,
-            resize: true,
-            mean: [0.5; 3],
-            std: [0.5; 3],
-            rescale: 1.0 / 255.0,
-            image_seq_len: 4,
-        };
+        let p = ImageProcessor { longest_edge: 64, ..ImageProcessor::smolvlm(32, 4) };
         assert!(p.process(&bad).unwrap_err().to_string().contains("needs 300 bytes"));
         assert!(resize(&Rgb::new(1, 1, vec![0; 3]).unwrap(), 0, 5).is_err());
     }
