@@ -154,7 +154,13 @@ impl Tokenizer {
                 )).into());
             }
         };
-        let inner: tokenizers::Tokenizer = json.to_string().parse().map_err(tok_err)?;
+        // The JSON is flint's own translation of the metadata: an error's position in it means
+        // nothing to the user, so it is cut off and the metadata named instead.
+        let inner = json.to_string().parse::<tokenizers::Tokenizer>().map_err(|e| {
+            let e = e.to_string();
+            let why = e.split(" at line ").next().unwrap_or(&e);
+            g.error(format!("tokenizer.ggml.tokens, token_type and merges do not make a {model} tokenizer: {why}"))
+        })?;
         let mut stop_tokens: Vec<u32> = eos.into_iter().collect();
         for name in ["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|>"] {
             if let Some(id) = tokens.iter().position(|t| t == name) {
