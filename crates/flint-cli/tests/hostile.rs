@@ -400,3 +400,49 @@ fn valid_but_unusual_inputs_still_work() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// 64 mixed requests (instant, think, contemplate with 2 and 3 branches; greedy and seeded
+/// sampling; 1 to 40 tokens) through one engine with a KV pool too small for all of them at
+/// once: every one is answered, in order, none lost; and each one's tokens equal the same
+/// request run alone (batch-invariant decode, seeded draws).
+#[test]
+fn many_mixed_requests_through_a_small_pool_are_all_answered_as_alone() {
+    let dir = tmp().join("many");
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = put(&dir, "model.gguf", &rewrite(&seed(), |_| {}, |_| {}));
+    let line = |i: usize| -> String {
+        let mode = ["instant", "think", "contemplate", "instant"][i % 4];
+        let prompt = ["ab", "abc bc", "a", "bc ab ab c"][(i / 4) % 4];
+        let temperature = if i % 3 == 0 { 0.0 } else { 0.8 };
+        serde_json::json!({
+            "prompt": prompt, "mode": mode, "branches": 2 + i % 2, "max_tokens": 1 + (i * 7) % 40,
+            "temperature": temperature, "seed": i,
+        })
+        .to_string()
+    };
+    let lines: Vec<String> = (0..64).map(line).collect();
+    let all = put(&dir, "all.jsonl", lines.join("\n").as_bytes());
+    let tokens = |v: &serde_json::Value| -> serde_json::Value {
+        match v.get("branches") {
+            Some(b) => b.as_array().unwrap().iter().map(|b| b["generated_ids"].clone()).collect(),
+            None => v["generated_ids"].clone(),
+        }
+    };
+    let args = ["generate", "--model", &model, "--prompts", &all, "--kv-tokens", "128", "--max-batch", "8"];
+    let r = flint(&args, Duration::from_secs(300));
+    assert_eq!(r.code, Some(0), "stderr:\n{}", r.stderr);
+    let out: Vec<serde_json::Value> = r.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(out.len(), 64, "every request answered");
+    for (i, v) in out.iter().enumerate() {
+        assert_eq!(v["index"], i, "in order");
+        assert!(v.get("error").is_none(), "request {i}: {v}");
+    }
+    for i in [0, 5, 10, 21, 42, 63] {
+        let one = put(&dir, &format!("one{i}.jsonl"), lines[i].as_bytes());
+        let r = flint(&["generate", "--model", &model, "--prompts", &one], Duration::from_secs(60));
+        assert_eq!(r.code, Some(0), "stderr:\n{}", r.stderr);
+        let alone: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+        assert_eq!(tokens(&alone), tokens(&out[i]), "request {i} alone and among 64: {}", lines[i]);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
