@@ -413,7 +413,7 @@ fn many_mixed_requests_through_a_small_pool_are_all_answered_as_alone() {
     let line = |i: usize| -> String {
         let mode = ["instant", "think", "contemplate", "instant"][i % 4];
         let prompt = ["ab", "abc bc", "a", "bc ab ab c"][(i / 4) % 4];
-        let temperature = if i % 3 == 0 { 0.0 } else { 0.8 };
+        let temperature = if i.is_multiple_of(3) { 0.0 } else { 0.8 };
         serde_json::json!({
             "prompt": prompt, "mode": mode, "branches": 2 + i % 2, "max_tokens": 1 + (i * 7) % 40,
             "temperature": temperature, "seed": i,
