@@ -147,8 +147,9 @@ fn refused(name: &str, args: &[&str], says: &[&str]) {
     assert!(!r.stderr.contains(" column "), "{name}: the error cites a column: {}", r.stderr);
 }
 
-fn tmp() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("flint-hostile-{}", std::process::id()));
+/// A scratch directory of one test (the tests run in parallel, each removing its own).
+fn tmp(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("flint-hostile-{}-{test}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -162,7 +163,7 @@ fn put(dir: &Path, name: &str, bytes: &[u8]) -> String {
 #[test]
 fn malformed_models_are_refused_with_named_errors() {
     let g = seed();
-    let dir = tmp();
+    let dir = tmp("models");
     let arch = g.get_str("general.architecture").unwrap().to_string();
     let key = |k: &str| format!("{arch}.{k}");
     let set = |k: String, v: Value| rewrite(&g, move |m| drop(m.insert(k, v)), |_| {});
@@ -276,8 +277,7 @@ fn malformed_models_are_refused_with_named_errors() {
 
 #[test]
 fn bad_files_and_flags_are_refused_with_named_errors() {
-    let dir = tmp().join("files");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tmp("files");
     let model = put(&dir, "model.gguf", &rewrite(&seed(), |_| {}, |_| {}));
     let fifo = dir.join("fifo");
     let have_fifo = Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success());
@@ -357,8 +357,7 @@ fn bad_files_and_flags_are_refused_with_named_errors() {
 #[test]
 fn valid_but_unusual_inputs_still_work() {
     let g = seed();
-    let dir = tmp().join("valid");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tmp("valid");
     // attn_q as f32 next to quantized attn_k/attn_v: a valid file that llama.cpp runs.
     let mixed = rewrite(
         &g,
@@ -407,8 +406,7 @@ fn valid_but_unusual_inputs_still_work() {
 /// request run alone (batch-invariant decode, seeded draws).
 #[test]
 fn many_mixed_requests_through_a_small_pool_are_all_answered_as_alone() {
-    let dir = tmp().join("many");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tmp("many");
     let model = put(&dir, "model.gguf", &rewrite(&seed(), |_| {}, |_| {}));
     let line = |i: usize| -> String {
         let mode = ["instant", "think", "contemplate", "instant"][i % 4];
@@ -443,6 +441,103 @@ fn many_mixed_requests_through_a_small_pool_are_all_answered_as_alone() {
         assert_eq!(r.code, Some(0), "stderr:\n{}", r.stderr);
         let alone: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
         assert_eq!(tokens(&alone), tokens(&out[i]), "request {i} alone and among 64: {}", lines[i]);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Run flint and sample its peak RSS (VmHWM) until it exits; returns the run and the peak in KB.
+fn flint_peak(args: &[&str]) -> (Run, u64) {
+    let mut child = Command::new(FLINT)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the flint binary runs");
+    let status = format!("/proc/{}/status", child.id());
+    let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let read = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            r.read_to_string(&mut s).ok();
+            s
+        })
+    };
+    let (out, err) = (read(Box::new(stdout)), read(Box::new(stderr)));
+    let start = Instant::now();
+    let mut peak = 0;
+    while child.try_wait().unwrap().is_none() {
+        let hwm = std::fs::read_to_string(&status).ok().and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        });
+        peak = peak.max(hwm.unwrap_or(0));
+        assert!(start.elapsed() < Duration::from_secs(300), "flint {args:?} hung");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let code = child.wait().unwrap().code();
+    (Run { code, stdout: out.join().unwrap(), stderr: err.join().unwrap() }, peak)
+}
+
+/// 650 generated tokens take no more memory than 50 (nothing grows per token), and the greedy
+/// tokens are the same on lavapipe (Vulkan) and llvmpipe (GL).
+#[test]
+fn long_generations_keep_memory_flat_and_adapters_agree() {
+    let g = seed();
+    let dir = tmp("long");
+    let arch = g.get_str("general.architecture").unwrap().to_string();
+    // A context of 1024, and no stop token, so that generation runs to --max-tokens.
+    let model = put(
+        &dir,
+        "model.gguf",
+        &rewrite(
+            &g,
+            |m| {
+                m.insert(format!("{arch}.context_length"), Value::U64(1024));
+                m.remove("tokenizer.ggml.eos_token_id");
+                if let Some(Value::Array(types)) = m.get_mut("tokenizer.ggml.token_type") {
+                    types.iter_mut().for_each(|t| *t = Value::U64(1));
+                }
+            },
+            |_| {},
+        ),
+    );
+    let generated = |r: &Run| -> Vec<u64> {
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stderr));
+        v["generated_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
+    };
+    let mut peaks = Vec::new();
+    for n in ["50", "650"] {
+        let (r, peak) = flint_peak(&[
+            "generate",
+            "--model",
+            &model,
+            "--prompt",
+            "ab",
+            "--max-tokens",
+            n,
+            "--json",
+            "--adapter",
+            "vulkan",
+        ]);
+        assert_eq!(r.code, Some(0), "stderr:\n{}", r.stderr);
+        assert_eq!(generated(&r).len().to_string(), n, "generation runs to --max-tokens");
+        peaks.push(peak);
+    }
+    eprintln!("peak RSS: {} KB for 50 tokens, {} KB for 650", peaks[0], peaks[1]);
+    // 600 more tokens may not add 8 MB (measured here: 112156 and 112788 KB).
+    assert!(peaks[1] <= peaks[0] + 8 * 1024, "memory grows with generated tokens: {peaks:?} KB");
+
+    let on = |adapter: &str| {
+        flint(
+            &["generate", "--model", &model, "--prompt", "abc", "--max-tokens", "40", "--json", "--adapter", adapter],
+            Duration::from_secs(120),
+        )
+    };
+    let (vk, gl) = (on("vulkan"), on("gl"));
+    if gl.code != Some(0) && gl.stderr.contains("adapter") {
+        eprintln!("skipped the GL comparison: {}", gl.stderr.lines().last().unwrap_or(""));
+    } else {
+        assert_eq!(generated(&vk), generated(&gl), "greedy tokens on Vulkan and GL");
     }
     std::fs::remove_dir_all(&dir).ok();
 }
