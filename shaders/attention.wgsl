@@ -115,6 +115,22 @@ fn visible(kb: u32, k_end: u32, qpos: u32) -> vec4<bool> {
     return (keys < vec4<u32>(k_end)) & causal & window;
 }
 
+// Scores of keys kb .. kb + 3 (exp2 domain) for a row at position qpos (query token qtok of
+// its sequence), with the additive mask added, and NEG for every key the row does not see: past
+// the range, outside the causal or window mask, or under an additive mask of -inf (below NEG),
+// whatever its K holds.
+fn masked_scores(sc: vec4<f32>, kb: u32, k_end: u32, qpos: u32, qtok: u32) -> vec4<f32> {
+#if MASK
+    let mrow = qtok * p.mask_stride;
+    let last_key = k_end - 1u;
+    let madd = vec4<f32>(add_mask[mrow + min(kb, last_key)], add_mask[mrow + min(kb + 1u, last_key)],
+        add_mask[mrow + min(kb + 2u, last_key)], add_mask[mrow + min(kb + 3u, last_key)]);
+    return select(vec4<f32>(NEG), sc + LOG2E * madd, visible(kb, k_end, qpos) & (madd >= vec4<f32>(NEG)));
+#else
+    return select(vec4<f32>(NEG), sc, visible(kb, k_end, qpos));
+#endif
+}
+
 // The range of keys a unit reads: its split, cut to what the masks let its rows see. Splits are
 // p.split_len keys long when that is set (decode: a row's result then does not depend on the
 // other rows of its step), else each sequence's keys split into p.splits runs of whole tiles;
@@ -250,19 +266,7 @@ fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         lane_sums(&s, lane);
 #for I in 0..RQ
         {
-            var sc = s[I];
-#if MASK
-            let mrow = qtok[I] * p.mask_stride;
-            let last_key = range.y - 1u;
-            let madd = vec4<f32>(add_mask[mrow + min(kb, last_key)], add_mask[mrow + min(kb + 1u, last_key)],
-                add_mask[mrow + min(kb + 2u, last_key)], add_mask[mrow + min(kb + 3u, last_key)]);
-            sc += LOG2E * madd;
-            // A mask of -inf (below NEG) removes the key, whatever its K holds.
-            let seen = visible(kb, range.y, qpos[I]) & (madd >= vec4<f32>(NEG));
-#else
-            let seen = visible(kb, range.y, qpos[I]);
-#endif
-            let step = softmax_step(m[I], l[I], select(vec4<f32>(NEG), sc, seen));
+            let step = softmax_step(m[I], l[I], masked_scores(s[I], kb, range.y, qpos[I], qtok[I]));
             m[I] = step.m;
             l[I] = step.l;
             s[I] = step.weights;
@@ -376,19 +380,7 @@ fn attend_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
 #endfor
 #for I in 0..RL
         {
-            var sc = s[I];
-#if MASK
-            let mrow = qtok[I] * p.mask_stride;
-            let last_key = range.y - 1u;
-            let madd = vec4<f32>(add_mask[mrow + min(kb, last_key)], add_mask[mrow + min(kb + 1u, last_key)],
-                add_mask[mrow + min(kb + 2u, last_key)], add_mask[mrow + min(kb + 3u, last_key)]);
-            sc += LOG2E * madd;
-            // A mask of -inf (below NEG) removes the key, whatever its K holds.
-            let seen = visible(kb, range.y, qpos[I]) & (madd >= vec4<f32>(NEG));
-#else
-            let seen = visible(kb, range.y, qpos[I]);
-#endif
-            let step = softmax_step(m[I], l[I], select(vec4<f32>(NEG), sc, seen));
+            let step = softmax_step(m[I], l[I], masked_scores(s[I], kb, range.y, qpos[I], qtok[I]));
             m[I] = step.m;
             l[I] = step.l;
             s[I] = step.weights;

@@ -167,6 +167,7 @@ fn malformed_models_are_refused_with_named_errors() {
     let arch = g.get_str("general.architecture").unwrap().to_string();
     let key = |k: &str| format!("{arch}.{k}");
     let set = |k: String, v: Value| rewrite(&g, move |m| drop(m.insert(k, v)), |_| {});
+    let template = |t: &str| set("tokenizer.chat_template".into(), Value::Str(t.into()));
     let gen_args = |m: &str| -> Vec<String> {
         ["generate", "--model", m, "--prompt", "ab", "--max-tokens", "2"].map(String::from).to_vec()
     };
@@ -217,19 +218,13 @@ fn malformed_models_are_refused_with_named_errors() {
         ),
         (
             "template_loops",
-            set(
-                "tokenizer.chat_template".into(),
-                Value::Str("{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}".into()),
-            ),
+            template("{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"),
             vec!["--chat"],
             vec!["chat template", "fuel"],
         ),
         (
             "template_prints_300MB",
-            set(
-                "tokenizer.chat_template".into(),
-                Value::Str("{% for a in range(30000) %}{{ 'x' * 10000 }}{% endfor %}".into()),
-            ),
+            template("{% for a in range(30000) %}{{ 'x' * 10000 }}{% endfor %}"),
             vec!["--chat"],
             vec!["chat template", "over the limit"],
         ),

@@ -51,8 +51,7 @@ pub fn safetensors_config(data: &[u8]) -> Result<()> {
     let config: serde_json::Value = serde_json::from_slice(config)
         .map_err(|e| RuntimeError::Model(format!("fuzz/config.json: not valid JSON: {e}")))?;
     let hf = HfDir::from_parts(dir, config, vec![(dir.join("model.safetensors"), weights.to_vec())])?;
-    let names: Vec<String> = hf.tensor_names().map(str::to_string).collect();
-    for name in &names {
+    for name in hf.tensor_names() {
         let shape = hf.shape(name)?.to_vec();
         if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_some_and(|n| n <= CONVERT_LIMIT) {
             let _ = hf.f32(name, &shape);
@@ -93,7 +92,7 @@ pub fn chat_template(data: &[u8], fuel: u64) -> Result<String> {
 /// a valid 8000x8000 image is slow, not a bug).
 pub fn image(data: &[u8], max_pixels: u64) -> Result<usize> {
     let name = Path::new("fuzz.img");
-    if let Ok((w, h)) = image_dims(data)
+    if let Ok((w, h)) = crate::image::reader(data).and_then(|r| r.into_dimensions().map_err(std::io::Error::other))
         && u64::from(w) * u64::from(h) > max_pixels
     {
         return Err(RuntimeError::Request("fuzz: over the fuzzer's pixel budget".into()));
@@ -103,13 +102,6 @@ pub fn image(data: &[u8], max_pixels: u64) -> Result<usize> {
     let out = p.process(&img)?;
     let prompt = crate::image::expand_prompt("<image>hi", &[(out.rows, out.cols)], p.image_seq_len)?;
     Ok(out.pixels.len() + prompt.len())
-}
-
-fn image_dims(data: &[u8]) -> std::io::Result<(u32, u32)> {
-    ::image::ImageReader::new(std::io::Cursor::new(data))
-        .with_guessed_format()?
-        .into_dimensions()
-        .map_err(std::io::Error::other)
 }
 
 /// One line of a `--prompts` file: parse and check it, and resolve its mode.

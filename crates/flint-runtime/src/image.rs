@@ -77,16 +77,17 @@ pub fn load(path: &Path) -> Result<Rgb> {
     decode(path, &bytes)
 }
 
+/// A reader of the image in `bytes`, its format guessed from them.
+pub(crate) fn reader(bytes: &[u8]) -> std::io::Result<image::ImageReader<std::io::Cursor<&[u8]>>> {
+    image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format()
+}
+
 /// Decode an image held in memory (`name` is what errors call it), with [`load`]'s checks: the
 /// format is guessed from the bytes, and the size is checked from the header before any pixel
 /// is decoded.
 pub fn decode(name: &Path, bytes: &[u8]) -> Result<Rgb> {
     let err = |m: String| RuntimeError::Request(format!("{}: {m}", name.display()));
-    let reader = || {
-        image::ImageReader::new(std::io::Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|e| RuntimeError::io(name, e))
-    };
+    let reader = || reader(bytes).map_err(|e| RuntimeError::io(name, e));
     let (w, h) = reader()?.into_dimensions().map_err(|e| err(format!("not a readable image: {e}")))?;
     if w == 0 || h == 0 {
         return Err(err(format!("the image is {w}x{h}")));

@@ -295,20 +295,20 @@ impl Stacked {
         // matmuls write into any columns, the dense one only whole rows: so when a dense matrix
         // sits beside quantized ones (an f32 attn_q with Q4_1 attn_k, say), the whole stack is
         // loaded dense, dequantized once here.
-        let run_of = |ty: TensorType| match ty {
+        let format = |ty: TensorType| match ty {
             TensorType::Quant(f) => Some(f),
             _ => None,
         };
-        let mixed = infos.iter().any(|(t, _)| run_of(t.ty) != run_of(infos[0].0.ty));
-        let any_dense = infos.iter().any(|(t, _)| run_of(t.ty).is_none());
-        let all_dense = mixed && any_dense;
+        let all_dense = infos.iter().any(|(t, _)| format(t.ty).is_none());
+        // Each matrix's run: its quantized format, or None (dense) for all when any is dense.
+        let run_of = |ty: TensorType| if all_dense { None } else { format(ty) };
         let mut runs = Vec::new();
         let mut col = 0;
         let mut i = 0;
         while i < infos.len() {
-            let ty = if all_dense { None } else { run_of(infos[i].0.ty) };
+            let ty = run_of(infos[i].0.ty);
             let mut j = i;
-            while j < infos.len() && (all_dense || run_of(infos[j].0.ty) == ty) {
+            while j < infos.len() && run_of(infos[j].0.ty) == ty {
                 j += 1;
             }
             let rows: usize = infos[i..j].iter().map(|(_, n)| n).sum();
