@@ -22,6 +22,50 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve a model over HTTP with OpenAI's API (/v1/chat/completions, /v1/completions,
+    /// /v1/models, /health, /metrics), every request decoded in one batched engine.
+    Serve {
+        /// A .gguf file, an Idefics3 directory, or a known model name (smollm2-135m, gemma3-270m).
+        #[arg(long, default_value = flint_runtime::fetch::DEFAULT_MODEL)]
+        model: String,
+        /// Address to listen on (loopback only unless told otherwise).
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+        /// Port (0: any free port; the one chosen is printed).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// The model's name in the API (default: the file's stem).
+        #[arg(long)]
+        name: Option<String>,
+        /// Require `Authorization: Bearer KEY` on every request but /health (also read from
+        /// FLINT_API_KEY).
+        #[arg(long, env = "FLINT_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        /// KV cache of the engine, in tokens, over all requests.
+        #[arg(long, default_value_t = 16384)]
+        kv_tokens: usize,
+        /// Most sequences decoded in one step.
+        #[arg(long, default_value_t = 32)]
+        max_batch: usize,
+        /// Requests queued or running at once; more are answered 429.
+        #[arg(long, default_value_t = 256)]
+        max_concurrent: usize,
+        /// Largest request body in bytes (images come as data URLs).
+        #[arg(long, default_value_t = 32 << 20)]
+        max_body_bytes: usize,
+        /// Longest prompt in tokens (default: the model's context).
+        #[arg(long)]
+        max_prompt_tokens: Option<usize>,
+        /// Most new tokens a choice may ask for.
+        #[arg(long, default_value_t = 4096)]
+        max_tokens: usize,
+        /// Let image_url name a file on this machine (off: data URLs only).
+        #[arg(long)]
+        allow_local_files: bool,
+        /// GPU adapter (see `flint devices`).
+        #[arg(long, default_value = "")]
+        adapter: String,
+    },
     /// Generate text with a model (fetched on first use when given by name).
     Generate {
         /// A .gguf file, or a known model name (smollm2-135m, gemma3-270m).
@@ -213,6 +257,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// `flint serve`: bind, say where, serve until SIGTERM or Ctrl-C.
+fn serve(model: flint_runtime::model::Model, opts: flint_serve::ServeOptions) -> Result<()> {
+    use anyhow::Context;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    rt.block_on(async move {
+        let name = opts.model_name.clone();
+        let keyed = opts.api_key.is_some();
+        let server = flint_serve::Server::bind(model, opts.clone())
+            .await
+            .with_context(|| format!("listening on {}", opts.addr))?;
+        let addr = server.local_addr()?;
+        // The one line a script waits for (the port is the chosen one when asked for 0).
+        println!("flint serve: {name} on http://{addr}/v1{}", if keyed { " (API key required)" } else { "" });
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        server.run(flint_serve::shutdown_signal()).await.context("serving")?;
+        eprintln!("flint serve: stopped");
+        Ok(())
+    })
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Generate {
@@ -263,6 +328,39 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 profile,
                 engine,
             })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve {
+            model,
+            host,
+            port,
+            name,
+            api_key,
+            kv_tokens,
+            max_batch,
+            max_concurrent,
+            max_body_bytes,
+            max_prompt_tokens,
+            max_tokens,
+            allow_local_files,
+            adapter,
+        } => {
+            let (_dev, m) = models::load(&adapter, Some(&model))?;
+            let model_name = name.unwrap_or_else(|| {
+                m.path.file_stem().map_or_else(|| "flint".into(), |s| s.to_string_lossy().into_owned())
+            });
+            let opts = flint_serve::ServeOptions {
+                addr: std::net::SocketAddr::new(host, port),
+                model_name,
+                api_key: api_key.filter(|k| !k.is_empty()),
+                engine: flint_runtime::engine::EngineOptions { kv_tokens, page_size: 64, max_batch },
+                max_body_bytes,
+                max_prompt_tokens: max_prompt_tokens.unwrap_or(usize::MAX),
+                max_tokens,
+                max_concurrent,
+                allow_local_files,
+            };
+            serve(m, opts)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Tokenize { model, text, json } => {

@@ -378,6 +378,11 @@ impl<'m> Engine<'m> {
         self.steps
     }
 
+    /// KV pages in use now (shared pages counted once) and in the whole pool.
+    pub fn kv_pages(&self) -> (usize, usize) {
+        (self.pool.used_pages(), self.pool.num_pages())
+    }
+
     /// Bytes of KV cache in use now (shared pages counted once).
     pub fn kv_bytes(&self) -> usize {
         self.pool.used_bytes()

@@ -158,6 +158,17 @@ pub struct PromptSpec<'a> {
     pub thinking: Option<bool>,
 }
 
+/// One message of a conversation (see [`Model::chat_prompt`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChatMessage {
+    /// system, user or assistant.
+    pub role: String,
+    /// The text.
+    pub text: String,
+    /// Images before the text.
+    pub images: usize,
+}
+
 /// A loaded model: weights on the GPU, the tokenizer, and for multimodal models the vision side.
 #[derive(Debug)]
 pub struct Model {
@@ -288,23 +299,70 @@ impl Model {
         } else {
             format!("{}{}", "<image>".repeat(p.images.len()), p.text)
         };
-        if p.images.is_empty() {
-            // The template writes the special tokens itself.
-            return Ok((self.tokenizer.encode(&text, !templated)?, None));
+        self.encode_with_images(&text, p.images, !templated)
+    }
+
+    /// Token ids (with BOS when `special`) and pixels of `text`, whose `<image>` placeholders,
+    /// one per image of `images`, are expanded into the image tiles' tokens.
+    fn encode_with_images(&self, text: &str, images: &[Rgb], special: bool) -> Result<(Vec<u32>, Option<Pixels>)> {
+        if images.is_empty() {
+            // A templated text has its special tokens written by the template.
+            return Ok((self.tokenizer.encode(text, special)?, None));
         }
         let vision = self.vision.as_ref().ok_or_else(|| {
             RuntimeError::Request(format!("{} is a text-only model; it cannot take images", self.path.display()))
         })?;
-        let processed = p.images.iter().map(|im| vision.processor.process(im)).collect::<Result<Vec<_>>>()?;
+        let processed = images.iter().map(|im| vision.processor.process(im)).collect::<Result<Vec<_>>>()?;
         let grid: Vec<(usize, usize)> = processed.iter().map(|p| (p.rows, p.cols)).collect();
-        let text = crate::image::expand_prompt(&text, &grid, vision.processor.image_seq_len)?;
-        let ids = self.tokenizer.encode(&text, !templated)?;
+        let text = crate::image::expand_prompt(text, &grid, vision.processor.image_seq_len)?;
+        let ids = self.tokenizer.encode(&text, special)?;
         let mut data = Vec::new();
         for p in &processed {
             data.extend_from_slice(&p.pixels);
         }
         let pixels = Pixels { data, images: processed.iter().map(|p| p.tiles).sum(), side: vision.processor.tile };
         Ok((ids, Some(pixels)))
+    }
+
+    /// Token ids and pixels of a whole conversation through the chat template, the assistant's
+    /// turn opened: each message's images (taken from `images` in order) go before its text, as
+    /// the typed parts multimodal templates iterate over; `thinking` sets `enable_thinking`.
+    pub fn chat_prompt(
+        &self,
+        messages: &[ChatMessage],
+        images: &[Rgb],
+        thinking: Option<bool>,
+    ) -> Result<(Vec<u32>, Option<Pixels>)> {
+        use serde_json::json;
+        let Some(template) = self.tokenizer.chat_template.as_deref() else {
+            return Err(RuntimeError::Tokenizer(format!(
+                "{} has no chat template (tokenizer.chat_template)",
+                self.path.display()
+            )));
+        };
+        let wanted: usize = messages.iter().map(|m| m.images).sum();
+        if wanted != images.len() {
+            return Err(RuntimeError::Request(format!(
+                "the messages place {wanted} images but {} were given",
+                images.len()
+            )));
+        }
+        let parts = self.vision.is_some() || template.contains("['type']") || template.contains(".type");
+        let msgs: Vec<serde_json::Value> = messages
+            .iter()
+            .map(|m| {
+                let content = if parts {
+                    let mut c: Vec<serde_json::Value> = (0..m.images).map(|_| json!({"type": "image"})).collect();
+                    c.push(json!({"type": "text", "text": m.text}));
+                    json!(c)
+                } else {
+                    json!(m.text)
+                };
+                json!({"role": m.role, "content": content})
+            })
+            .collect();
+        let text = self.tokenizer.apply_chat_template_json(json!(msgs), true, thinking)?;
+        self.encode_with_images(&text, images, false)
     }
 
     /// [`Model::build_prompt`] for a user message about `images`.
