@@ -243,6 +243,15 @@ fn chat_and_completions_answer_in_openai_form_and_branches_equal_greedy() {
     assert_eq!(cont["flint"]["branches"].as_array().unwrap().len(), 3);
     let effort = srv.post("/v1/chat/completions", &chat("a b", json!({"reasoning_effort": "high", "max_tokens": 8})));
     assert_eq!(effort.json()["flint"]["mode"], "contemplate");
+    // Streamed, contemplate sends its one voted choice, whole, with the same vote.
+    let body = chat("a b", json!({"mode": "contemplate", "branches": 3, "max_tokens": 16, "seed": 1, "stream": true}));
+    let events = srv.post("/v1/chat/completions", &body).events();
+    let chunks: Vec<Value> =
+        events.iter().filter(|e| *e != "[DONE]").map(|e| serde_json::from_str(e).unwrap()).collect();
+    assert_eq!(chunks.len(), 1, "{events:?}");
+    assert_eq!(chunks[0]["choices"][0]["index"], 0);
+    assert_eq!(chunks[0]["choices"][0]["delta"]["content"], cont["choices"][0]["message"]["content"]);
+    assert_eq!(chunks[0]["flint"]["chosen"], cont["flint"]["chosen"]);
 
     // Metrics speak Prometheus, and the requests above were counted.
     let m = srv.get("/metrics");
@@ -293,6 +302,21 @@ fn stop_strings_cut_the_text_and_end_the_choice() {
         .map(|e| serde_json::from_str::<Value>(e).unwrap()["choices"][0]["text"].as_str().unwrap_or("").to_string())
         .collect();
     assert_eq!(got, &text[..at]);
+    // Two sampled branches with a stop string: each streamed choice equals its whole answer.
+    let body = json!({"prompt": "ab", "max_tokens": 40, "temperature": 0.9, "seed": 3, "n": 2, "stop": [stop]});
+    let whole = srv.post("/v1/completions", &body).json();
+    let mut sb = body.clone();
+    sb["stream"] = json!(true);
+    let mut parts = [String::new(), String::new()];
+    for e in srv.post("/v1/completions", &sb).events().iter().filter(|e| *e != "[DONE]") {
+        let v: Value = serde_json::from_str(e).unwrap();
+        let c = &v["choices"][0];
+        parts[c["index"].as_u64().unwrap() as usize].push_str(c["text"].as_str().unwrap_or(""));
+    }
+    for (i, p) in parts.iter().enumerate() {
+        assert_eq!(p, whole["choices"][i]["text"].as_str().unwrap(), "choice {i}");
+        assert!(!p.contains(&stop), "choice {i} holds the stop string: {p:?}");
+    }
 }
 
 #[test]
@@ -331,8 +355,21 @@ fn bad_requests_get_the_right_status_and_an_error_object() {
     assert_eq!(r.status, 400, "{}", r.body);
     let r = srv.post("/v1/completions", &json!({"prompt": "a", "echo": true}));
     assert_eq!(r.status, 400, "{}", r.body);
+    // Refused by the engine (a token outside the vocabulary), streamed or not: a 400 either way.
+    for stream in [false, true] {
+        let r = srv.post("/v1/completions", &json!({"prompt": [999_999_999u32], "max_tokens": 2, "stream": stream}));
+        assert_eq!(r.status, 400, "stream {stream}: {}", r.body);
+        assert!(r.json()["error"]["message"].as_str().unwrap().contains("outside the vocabulary"), "{}", r.body);
+    }
+    // `null` for a boolean is false, as OpenAI's API takes it.
+    let r = srv.post("/v1/completions", &json!({"prompt": "ab", "max_tokens": 2, "stream": null, "echo": null}));
+    assert_eq!(r.status, 200, "{}", r.body);
     let r = srv.get("/v2/nothing");
     assert_eq!(r.status, 404);
+    assert!(r.json()["error"]["message"].is_string());
+    let r = srv.get("/v1/chat/completions");
+    assert_eq!(r.status, 405);
+    assert!(r.json()["error"]["message"].is_string());
     // The server is still well after all of that.
     assert_eq!(srv.post("/v1/completions", &json!({"prompt": "ab", "max_tokens": 4})).status, 200);
 }
@@ -549,4 +586,31 @@ fn the_openai_python_client_works_against_it() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+/// Past `--max-concurrent` requests in the system, the rest are refused with 429 and the
+/// rate-limit error object, never dropped; the admitted ones are answered.
+#[test]
+fn requests_past_the_concurrency_limit_get_429() {
+    let srv = Server::start(&seed_model(), &["--max-concurrent", "2"]);
+    let handles: Vec<_> = (0..12)
+        .map(|i| {
+            let c = srv.client.clone();
+            std::thread::spawn(move || {
+                c.post(
+                    "/v1/completions",
+                    &json!({"prompt": "ab", "max_tokens": 50, "temperature": 0.8, "seed": i,
+                    "stop": ["never said"]}),
+                )
+            })
+        })
+        .collect();
+    let replies: Vec<Reply> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    let limited: Vec<&Reply> = replies.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(ok + limited.len(), 12, "{:?}", replies.iter().map(|r| (r.status, &r.body)).collect::<Vec<_>>());
+    assert!(ok >= 1 && !limited.is_empty(), "{ok} answered, {} refused", limited.len());
+    for r in limited {
+        assert_eq!(r.json()["error"]["code"], "rate_limit_exceeded", "{}", r.body);
+    }
 }

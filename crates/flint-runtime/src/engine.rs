@@ -358,6 +358,24 @@ impl<'m> Engine<'m> {
         Ok(true)
     }
 
+    /// Stop one branch of a running request, as a stop token would (a caller's own stopping
+    /// rule, such as a stop string, was met): it decodes no further and its batch row is free;
+    /// its KV pages are freed with the request's, when its last branch stops. Tokens of steps
+    /// already in flight for it are dropped. Returns whether the branch was running.
+    pub fn stop_branch(&mut self, id: RequestId, branch: usize) -> bool {
+        let Some(a) = self.active.iter_mut().find(|a| a.id == id) else {
+            return false;
+        };
+        match a.branches.get_mut(branch) {
+            Some(br) if br.stop.is_none() => {
+                br.stop = Some(StopReason::Stop);
+                self.free_slots.push(br.slot);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Whether nothing is waiting or running.
     pub fn is_idle(&self) -> bool {
         self.waiting.is_empty() && self.active.is_empty() && self.in_flight.is_empty()

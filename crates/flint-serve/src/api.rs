@@ -40,7 +40,10 @@ impl ApiError {
         match self.status {
             StatusCode::UNAUTHORIZED => "authentication_error",
             StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
-            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND => "invalid_request_error",
+            StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::BAD_REQUEST
+            | StatusCode::NOT_FOUND
+            | StatusCode::METHOD_NOT_ALLOWED => "invalid_request_error",
             StatusCode::SERVICE_UNAVAILABLE => "unavailable_error",
             _ => "server_error",
         }
@@ -100,7 +103,7 @@ pub struct Common {
     /// Choices, decoded as branches of one prefill sharing its KV pages.
     pub n: Option<usize>,
     /// Stream server-sent events.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_false")]
     pub stream: bool,
     /// `include_usage` asks for a last chunk with the usage.
     pub stream_options: Option<Value>,
@@ -123,7 +126,7 @@ pub struct ChatRequest {
     /// The conversation.
     pub messages: Vec<Message>,
     /// Log-probability of each chosen token.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_false")]
     pub logprobs: bool,
     /// Alternatives per position: not supported beyond 0.
     pub top_logprobs: Option<usize>,
@@ -183,11 +186,16 @@ pub struct CompletionRequest {
     /// Log-probabilities: any number asks for the chosen tokens' (alternatives are not given).
     pub logprobs: Option<usize>,
     /// Echo the prompt: not supported.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_false")]
     pub echo: bool,
     /// Shared fields.
     #[serde(flatten)]
     pub common: Common,
+}
+
+/// A boolean that clients may also send as `null` (meaning false).
+fn null_is_false<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(false))
 }
 
 /// Parse a JSON body, a 400 naming the fault when it is not what `T` wants.

@@ -157,6 +157,7 @@ impl Server {
             .route("/health", get(health))
             .route("/metrics", get(metrics))
             .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
             .layer(DefaultBodyLimit::max(limit))
             .with_state(state.clone());
         let draining = state.clone();
@@ -226,6 +227,10 @@ fn body_of(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, A
 
 async fn not_found() -> ApiError {
     ApiError::status(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::status(StatusCode::METHOD_NOT_ALLOWED, "this endpoint does not take that method")
 }
 
 async fn health(State(s): Shared) -> Response {
@@ -621,12 +626,25 @@ async fn respond(
         .await
         .map_err(|e| ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, format!("preparing the request: {e}")))??
     };
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = mpsc::unbounded_channel();
     let request = Request::new(job.prompt.clone(), job.sampling.clone())
         .branches(job.branches)
         .with_pixels(job.pixels.clone().map(Arc::new));
     s.send(Command::Submit { key: ticket.key, request, out: tx })?;
     ticket.live = true;
+    // The engine's verdict first, so that a refused request gets its status, streamed or not.
+    match rx.recv().await {
+        Some(Out::Accepted) => {}
+        Some(Out::Refused(m)) => {
+            ticket.live = false;
+            return Err(engine_error(m, true));
+        }
+        Some(Out::Failed(m)) => {
+            ticket.live = false;
+            return Err(engine_error(m, false));
+        }
+        _ => return Err(engine_error("the engine stopped".into(), false)),
+    }
     let run = Run::new(&s, job, ticket.key, start);
     if run.job.stream { Ok(stream(s, run, rx, ticket)) } else { collect(s, run, rx, ticket).await }
 }
@@ -636,8 +654,12 @@ async fn respond(
 struct Choice {
     tokens: Vec<u32>,
     logprobs: Vec<f32>,
-    /// Its text so far, cut at a stop string once one is seen.
+    /// Its text so far (whole characters), cut at a stop string once one is seen.
     text: String,
+    /// Incremental decoding: `text` holds the decoded `tokens[..read_offset]`, and
+    /// `tokens[prefix_offset..read_offset]` are decoded again with new tokens as their context.
+    prefix_offset: usize,
+    read_offset: usize,
     /// Bytes of `text` already streamed.
     emitted: usize,
     finish: Option<&'static str>,
@@ -647,6 +669,8 @@ struct Choice {
 struct Run {
     state: Arc<AppState>,
     job: Job,
+    /// The handler's key (the engine's commands name the request by it).
+    key: u64,
     id: String,
     created: u64,
     choices: Vec<Choice>,
@@ -660,6 +684,7 @@ impl Run {
         let n = job.branches;
         Run {
             state: s.clone(),
+            key,
             id: format!("{prefix}-{key}"),
             created: unix_now(),
             choices: (0..n).map(|_| Choice::default()).collect(),
@@ -673,54 +698,58 @@ impl Run {
         self.state.model.tokenizer.decode(ids, true).unwrap_or_default()
     }
 
-    /// Take a token of branch `b`; the choice stops at the first stop string its text holds.
-    fn token(&mut self, b: usize, token: u32, logprob: f32) {
+    /// Take a token of branch `b`, its text decoded incrementally (only the tokens since the
+    /// last complete character, with the token before them as context); the choice stops at
+    /// the first stop string its text holds. Returns whether this token stopped it so.
+    fn token(&mut self, b: usize, token: u32, logprob: f32) -> bool {
         self.first_token.get_or_insert_with(Instant::now);
-        let text = {
-            let Some(c) = self.choices.get_mut(b) else { return };
-            if c.finish.is_some() {
-                return;
-            }
-            c.tokens.push(token);
-            c.logprobs.push(logprob);
-            c.tokens.clone()
-        };
-        let text = self.decode(&text);
-        let stops = &self.job.stops;
-        let c = &mut self.choices[b];
-        if text.ends_with('\u{fffd}') {
-            // A character split over tokens: wait for the rest.
-            c.text = text;
-            return;
+        let tok = &self.state.model.tokenizer;
+        let longest = self.job.stops.iter().map(String::len).max().unwrap_or(0);
+        let Some(c) = self.choices.get_mut(b) else { return false };
+        if c.finish.is_some() {
+            return false;
         }
-        if let Some(at) = stops.iter().filter_map(|s| text.find(s.as_str())).min() {
-            c.text = text[..at].to_string();
-            c.finish = Some("stop");
-            c.tokens.pop();
-            c.logprobs.pop();
-        } else {
-            c.text = text;
+        c.tokens.push(token);
+        c.logprobs.push(logprob);
+        let prefix = tok.decode(&c.tokens[c.prefix_offset..c.read_offset], true).unwrap_or_default();
+        let full = tok.decode(&c.tokens[c.prefix_offset..], true).unwrap_or_default();
+        if full.len() <= prefix.len() || full.ends_with('\u{fffd}') || !full.is_char_boundary(prefix.len()) {
+            // Nothing new yet, or a character split over tokens: wait for the rest.
+            return false;
+        }
+        let mut from = c.text.len().saturating_sub(longest);
+        while !c.text.is_char_boundary(from) {
+            from -= 1;
+        }
+        c.text.push_str(&full[prefix.len()..]);
+        c.prefix_offset = c.read_offset;
+        c.read_offset = c.tokens.len();
+        match self.job.stops.iter().filter_map(|s| c.text[from..].find(s.as_str())).min() {
+            Some(at) => {
+                c.text.truncate(from + at);
+                c.finish = Some("stop");
+                true
+            }
+            None => false,
         }
     }
 
-    /// Every branch's end, from the engine's output.
+    /// Every branch's end, from the engine's output (the branches stopped on a stop string
+    /// keep what they had).
     fn done(&mut self, out: &RequestOutput) {
         for (b, o) in out.branches.iter().enumerate() {
-            let Some(c) = self.choices.get_mut(b) else { continue };
-            if c.finish.is_some() {
+            if self.choices.get(b).is_none_or(|c| c.finish.is_some()) {
                 continue;
             }
+            let text = self.decode(&o.tokens);
+            let cut = self.job.stops.iter().filter_map(|s| text.find(s.as_str())).min();
+            let c = &mut self.choices[b];
             c.tokens.clone_from(&o.tokens);
             c.logprobs.clone_from(&o.logprobs);
-            c.finish = Some(match o.stop {
-                StopReason::Stop => "stop",
-                StopReason::Length | StopReason::Context => "length",
+            c.finish = Some(match (cut, o.stop) {
+                (Some(_), _) | (None, StopReason::Stop) => "stop",
+                (None, StopReason::Length | StopReason::Context) => "length",
             });
-        }
-        for b in 0..self.choices.len() {
-            let text = self.decode(&self.choices[b].tokens.clone());
-            let c = &mut self.choices[b];
-            let cut = self.job.stops.iter().filter_map(|s| text.find(s.as_str())).min();
             c.text = match cut {
                 Some(at) => text[..at].to_string(),
                 None => text,
@@ -736,7 +765,7 @@ impl Run {
     /// of a stop string.
     fn ready(&self, b: usize) -> &str {
         let c = &self.choices[b];
-        let text = c.text.trim_end_matches('\u{fffd}');
+        let text = c.text.as_str();
         let mut end = text.len();
         if c.finish.is_none() {
             for s in &self.job.stops {
@@ -747,9 +776,6 @@ impl Run {
                     }
                 }
             }
-        }
-        while !text.is_char_boundary(end) {
-            end -= 1;
         }
         &text[c.emitted.min(end)..end]
     }
@@ -910,11 +936,14 @@ async fn collect(
     loop {
         match rx.recv().await {
             Some(Out::Token { branch, token, logprob }) => {
-                run.token(branch, token, logprob);
+                if run.token(branch, token, logprob) {
+                    let _ = s.send(Command::StopBranch { key: run.key, branch });
+                }
                 if run.all_stopped() {
                     break;
                 }
             }
+            Some(Out::Accepted) => {}
             Some(Out::Done(out)) => {
                 ticket.live = false;
                 run.done(&out);
@@ -952,9 +981,12 @@ fn stream(s: Arc<AppState>, mut run: Run, mut rx: mpsc::UnboundedReceiver<Out>, 
             let mut touched = Vec::new();
             match out {
                 Some(Out::Token { branch, token, logprob }) => {
-                    run.token(branch, token, logprob);
+                    if run.token(branch, token, logprob) {
+                        let _ = s.send(Command::StopBranch { key: run.key, branch });
+                    }
                     touched.push(branch);
                 }
+                Some(Out::Accepted) => {}
                 Some(Out::Done(out)) => {
                     ticket.live = false;
                     run.done(&out);
@@ -973,6 +1005,23 @@ fn stream(s: Arc<AppState>, mut run: Run, mut rx: mpsc::UnboundedReceiver<Out>, 
             if let Some(e) = failure.take() {
                 let _ = tx.send(Ok(send(e.body()))).await;
                 break;
+            }
+            // Contemplate answers with its vote: one choice, sent whole when every branch is done.
+            let voting = matches!(run.job.mode, Mode::Contemplate { .. });
+            if voting {
+                touched.clear();
+                if run.all_stopped() {
+                    let answer = run.answer();
+                    let choice = &answer["choices"][0];
+                    let text = choice["message"]["content"].as_str().unwrap_or("").to_string();
+                    let finish = choice["finish_reason"].as_str().unwrap_or("stop");
+                    let mut chunk = run.chunk(0, &text, Some(finish), true);
+                    chunk["flint"] = answer["flint"].clone();
+                    if tx.send(Ok(send(chunk))).await.is_err() {
+                        return;
+                    }
+                    ended.iter_mut().for_each(|e| *e = true);
+                }
             }
             for b in touched {
                 if b >= run.choices.len() || ended[b] {
@@ -994,14 +1043,9 @@ fn stream(s: Arc<AppState>, mut run: Run, mut rx: mpsc::UnboundedReceiver<Out>, 
                 }
             }
             if ended.iter().all(|&e| e) {
-                if let Mode::Contemplate { .. } = run.job.mode {
-                    let answer = run.answer();
-                    let last = json!({"id": run.id, "object": "chat.completion.chunk", "created": run.created,
-                        "model": s.opts.model_name, "choices": [], "flint": answer["flint"]});
-                    let _ = tx.send(Ok(send(last))).await;
-                }
                 if run.job.include_usage {
-                    let last = json!({"id": run.id, "object": "chat.completion.chunk", "created": run.created,
+                    let object = if run.job.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
+                    let last = json!({"id": run.id, "object": object, "created": run.created,
                         "model": s.opts.model_name, "choices": [], "usage": run.usage(), "timings": run.timings()});
                     let _ = tx.send(Ok(send(last))).await;
                 }

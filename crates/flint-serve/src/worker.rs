@@ -17,13 +17,17 @@ use tokio::sync::mpsc::UnboundedSender;
 pub(crate) enum Command {
     /// Queue `request`; its events go to `out`, under the handler's `key`.
     Submit { key: u64, request: Request, out: UnboundedSender<Out> },
-    /// The handler is done with `key` (finished, stopped on a stop string, or disconnected).
+    /// The handler is done with `key` (finished, stopped on stop strings, or disconnected).
     Cancel { key: u64 },
+    /// Branch `branch` of `key` met a stop string: decode it no further.
+    StopBranch { key: u64, branch: usize },
 }
 
 /// What a handler hears about its request.
 #[derive(Debug)]
 pub(crate) enum Out {
+    /// The engine queued the request (the first message of every request but a refused one).
+    Accepted,
     /// The engine refused the request (it can never be served as asked).
     Refused(String),
     /// A branch produced a token.
@@ -74,6 +78,15 @@ pub(crate) fn run(model: Arc<Model>, opts: EngineOptions, rx: Receiver<Command>,
             if !open {
                 break;
             }
+            {
+                let mut g = gauges.lock().unwrap_or_else(|p| p.into_inner());
+                g.tokens_per_s = 0.0;
+                g.live_sequences = 0;
+                g.running_requests = 0;
+                g.waiting = 0;
+                g.kv_pages_used = engine.kv_pages().0;
+            }
+            window.clear();
             match rx.recv() {
                 Ok(c) => take(&mut engine, c, &mut by_key, &mut by_id),
                 Err(_) => break,
@@ -170,6 +183,10 @@ fn take(
     match c {
         Command::Submit { key, request, out } => match engine.submit(request) {
             Ok(id) => {
+                if out.send(Out::Accepted).is_err() {
+                    let _ = engine.cancel(id);
+                    return;
+                }
                 by_key.insert(key, (id, out));
                 by_id.insert(id, key);
             }
@@ -177,6 +194,11 @@ fn take(
                 let _ = out.send(Out::Refused(e.to_string()));
             }
         },
+        Command::StopBranch { key, branch } => {
+            if let Some((id, _)) = by_key.get(&key) {
+                engine.stop_branch(*id, branch);
+            }
+        }
         Command::Cancel { key } => {
             if let Some((id, _)) = by_key.remove(&key) {
                 by_id.remove(&id);
