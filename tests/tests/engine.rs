@@ -196,3 +196,88 @@ fn engine_err(decoder: &flint_runtime::model::decoder::Decoder, r: Request) -> S
     let mut e = Engine::new(decoder, EngineOptions { kv_tokens: 256, page_size: 16, max_batch: 4 }).unwrap();
     e.submit(r).unwrap_err().to_string()
 }
+
+/// The tokens of every request, stepping one step at a time; `on_step` sees each step's events.
+fn steps_until_idle(engine: &mut Engine<'_>, mut on_step: impl FnMut(&[Event])) -> HashMap<RequestId, Vec<u32>> {
+    let mut out = HashMap::new();
+    while !engine.is_idle() {
+        let events = engine.step().unwrap();
+        on_step(&events);
+        for e in events {
+            match e {
+                Event::Finished { request, output } => {
+                    out.insert(request, output.branches[0].tokens.clone());
+                }
+                Event::Failed { request, error } => panic!("request {request:?} failed: {error}"),
+                Event::Token { .. } => {}
+            }
+        }
+    }
+    out
+}
+
+/// A long prompt joins in chunks (64 tokens a step here) while another sequence decodes, which
+/// gets its tokens between the chunks instead of waiting for the whole prompt; both answers
+/// equal the same requests run alone (the long one prefilled in the same chunks).
+#[test]
+fn a_long_prompt_joins_in_chunks_while_others_decode() {
+    let m = model();
+    let opts = EngineOptions { kv_tokens: 2048, page_size: 16, max_batch: 4 };
+    let mut engine = Engine::new(&m.decoder, opts).unwrap().with_prefill_chunk(64);
+    let short = m.prompt_ids(PROMPTS[1], false).unwrap();
+    let long: Vec<u32> = (0..16).flat_map(|_| m.prompt_ids(PROMPTS[15], false).unwrap()).collect();
+    assert!(long.len() > 3 * 64, "{} tokens", long.len());
+    let a = engine.submit(Request::new(short.clone(), greedy(40))).unwrap();
+    engine.step().unwrap();
+    engine.step().unwrap();
+    let b = engine.submit(Request::new(long.clone(), greedy(6))).unwrap();
+    let mut waiting_steps_with_a_token = 0;
+    let mut b_started = false;
+    let tokens = steps_until_idle(&mut engine, |events| {
+        if events.iter().any(|e| matches!(e, Event::Token { request, .. } if *request == b)) {
+            b_started = true;
+        }
+        if !b_started && events.iter().any(|e| matches!(e, Event::Token { request, .. } if *request == a)) {
+            waiting_steps_with_a_token += 1;
+        }
+    });
+    assert!(
+        waiting_steps_with_a_token >= 3,
+        "the running sequence decoded in {waiting_steps_with_a_token} steps while the long prompt joined"
+    );
+    assert_eq!(tokens[&a], alone(&short, &greedy(40)));
+    let mut s = m.session(long.len() + 6).unwrap().with_prefill_chunk(64);
+    assert_eq!(tokens[&b], s.generate(&long, &greedy(6), |_| {}).unwrap().tokens);
+}
+
+/// When the head of the queue does not fit in the KV pool, a small request behind it goes
+/// first; the head is served when pages free up.
+#[test]
+fn a_small_request_passes_a_head_that_does_not_fit() {
+    let m = model();
+    // 6 pages of 16 tokens: the running request holds 2, the head needs 5, the small one 1.
+    let mut engine = Engine::new(&m.decoder, EngineOptions { kv_tokens: 96, page_size: 16, max_batch: 4 }).unwrap();
+    let p = m.prompt_ids(PROMPTS[0], false).unwrap();
+    assert!(p.len() <= 8, "{} prompt tokens", p.len());
+    let running = engine.submit(Request::new(p.clone(), greedy(24))).unwrap();
+    engine.step().unwrap();
+    let head = engine.submit(Request::new(p.clone(), greedy(60))).unwrap();
+    let small = engine.submit(Request::new(p.clone(), greedy(8))).unwrap();
+    let mut first: Vec<RequestId> = Vec::new();
+    let tokens = steps_until_idle(&mut engine, |events| {
+        for e in events {
+            if let Event::Token { request, .. } = e
+                && !first.contains(request)
+            {
+                first.push(*request);
+            }
+        }
+    });
+    let at = |id| first.iter().position(|r| *r == id).unwrap();
+    assert!(
+        at(small) < at(head),
+        "order of first tokens: {first:?} (running {running:?}, head {head:?}, small {small:?})"
+    );
+    assert_eq!(tokens[&head], alone(&p, &greedy(60)));
+    assert_eq!(tokens[&small], alone(&p, &greedy(8)));
+}

@@ -20,9 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dev = Device::open("")?;
     let model = Model::load(&dev, &path)?;
     let ids = model.prompt_ids(&prompt, false)?;
-    let mut opts =
-        SamplingOptions { temperature: 0.7, top_k: 40, top_p: 0.95, seed: 1, max_tokens: 48, ..Default::default() };
-    opts.stop = model.tokenizer.stop_tokens.clone();
+    // Sampled; stops at the model's end-of-turn tokens.
+    let opts = SamplingOptions { temperature: 0.7, top_k: 40, top_p: 0.95, seed: 1, ..model.sampling(48) };
 
     let mut session: Session<'_> = model.session(ids.len() + opts.max_tokens)?;
     let mut stream = StreamDecoder::default();

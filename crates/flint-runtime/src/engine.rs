@@ -8,7 +8,12 @@
 //!
 //! KV memory is reserved per request at admission for its worst case (prompt plus token budget,
 //! the prompt's pages counted once however many branches share them), so an admitted request
-//! never runs out of pages half way; requests wait in order until their reservation fits.
+//! never runs out of pages half way. Requests are admitted in order while they fit; when the
+//! head of the queue does not, one behind it that does may go first, a bounded number of times
+//! (the batch size) before the queue waits for the head. A step prefills at most
+//! [`PREFILL_CHUNK`](crate::generate::PREFILL_CHUNK) prompt tokens (see
+//! [`Engine::with_prefill_chunk`]): a long prompt joins over several steps, the running
+//! sequences decoding between its chunks.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -201,6 +206,24 @@ pub struct Engine<'m> {
     free_slots: Vec<u32>,
     /// Steps submitted and not yet taken: their tag and each row's request and branch.
     in_flight: VecDeque<(u64, Vec<(RequestId, usize)>)>,
+    /// The request whose prompt is being prefilled, a chunk per step, if any.
+    prefilling: Option<Prefilling>,
+    /// Most prompt tokens prefilled in one step (at least one request's chunk).
+    prefill_chunk: usize,
+    /// Times the head of the queue has been passed over by a request behind it that fit.
+    head_skips: usize,
+}
+
+/// A request whose prompt is being prefilled across steps: its pages are reserved and its
+/// sequence holds `done` prompt tokens.
+struct Prefilling {
+    w: Waiting,
+    seq: SeqId,
+    slots: Vec<u32>,
+    done: usize,
+    /// Tokens per chunk (the prompt split into equal chunks).
+    size: usize,
+    started: Instant,
 }
 
 impl std::fmt::Debug for Engine<'_> {
@@ -240,7 +263,20 @@ impl<'m> Engine<'m> {
             steps: 0,
             stepper,
             in_flight: VecDeque::new(),
+            prefilling: None,
+            prefill_chunk: crate::generate::PREFILL_CHUNK,
+            head_skips: 0,
         })
+    }
+
+    /// The same engine prefilling at most `tokens` prompt tokens per step (default
+    /// [`PREFILL_CHUNK`](crate::generate::PREFILL_CHUNK)): a longer prompt is prefilled in equal
+    /// chunks over several steps, the running sequences decoding a token between them, so a
+    /// long prompt joining stalls them for a chunk, not for the whole prompt. Prompts with
+    /// images are prefilled whole.
+    pub fn with_prefill_chunk(mut self, tokens: usize) -> Self {
+        self.prefill_chunk = tokens.max(1);
+        self
     }
 
     /// The same engine running its decode steps in `mode` (planned by default; immediate is
@@ -346,6 +382,14 @@ impl<'m> Engine<'m> {
     pub fn cancel(&mut self, id: RequestId) -> Result<bool> {
         if let Some(i) = self.waiting.iter().position(|w| w.id == id) {
             self.waiting.remove(i);
+            if i == 0 {
+                self.head_skips = 0;
+            }
+            return Ok(true);
+        }
+        if self.prefilling.as_ref().is_some_and(|p| p.w.id == id) {
+            let p = self.prefilling.take().expect("checked");
+            self.drop_prefill(p)?;
             return Ok(true);
         }
         let Some(i) = self.active.iter().position(|a| a.id == id) else {
@@ -378,12 +422,12 @@ impl<'m> Engine<'m> {
 
     /// Whether nothing is waiting or running.
     pub fn is_idle(&self) -> bool {
-        self.waiting.is_empty() && self.active.is_empty() && self.in_flight.is_empty()
+        self.waiting.is_empty() && self.active.is_empty() && self.in_flight.is_empty() && self.prefilling.is_none()
     }
 
-    /// Requests waiting for admission.
+    /// Requests waiting for admission (a request part way through its prefill counts).
     pub fn waiting(&self) -> usize {
-        self.waiting.len()
+        self.waiting.len() + usize::from(self.prefilling.is_some())
     }
 
     /// Branches decoding now.
@@ -483,84 +527,162 @@ impl<'m> Engine<'m> {
         Ok(())
     }
 
+    /// Prefill what this step's budget allows: first the next chunk of a prompt part way
+    /// through, then requests from the queue that fit (KV pages and batch room), in order; when
+    /// the head does not fit, a request behind it that does may go first, but only
+    /// `max_batch` times before the queue waits for the head, so it is never starved.
     fn admit(&mut self, events: &mut Vec<Event>) -> Result<()> {
-        while let Some(w) = self.waiting.front() {
-            let live = self.live_branches();
-            if live + w.req.branches > self.opts.max_batch || self.reserved_pages + w.pages > self.pool.num_pages() {
-                break;
-            }
-            let w = self.waiting.pop_front().expect("front exists");
-            self.reserved_pages += w.pages;
-            let started = Instant::now();
-            let slots: Vec<u32> = (0..w.req.branches).filter_map(|_| self.free_slots.pop()).collect();
-            match self.prefill(&w.req, &slots) {
-                Ok(branches) => {
-                    let prefill = started.elapsed();
-                    let mut a = Active {
-                        id: w.id,
-                        sampling: w.req.sampling.clone(),
-                        pages: w.pages,
-                        prompt_tokens: w.req.prompt.len(),
-                        queued: started - w.submitted,
-                        prefill,
-                        first_token: Instant::now(),
-                        branches: Vec::new(),
+        let mut budget = self.prefill_chunk;
+        loop {
+            if let Some(mut p) = self.prefilling.take() {
+                let left = p.w.req.prompt.len() - p.done;
+                let next = left.min(p.size);
+                if next > budget && budget < self.prefill_chunk {
+                    // Not this step's: the budget is spent (a step always runs one chunk).
+                    self.prefilling = Some(p);
+                    return Ok(());
+                }
+                if left > p.size {
+                    // A middle chunk: into the cache, finished before the next is recorded.
+                    let c = &p.w.req.prompt[p.done..p.done + p.size];
+                    let run = |pool: &mut KvPool| -> Result<()> {
+                        let mut rec = Recorder::new(self.model.device());
+                        let x = crate::model::embed_prompt(self.model, None, &mut rec, c, None)?;
+                        self.model.forward(&mut rec, pool, p.seq, &x, c.len())?;
+                        rec.submit()?.wait()?;
+                        Ok(())
                     };
-                    let mut first = Vec::new();
-                    let mut failed = None;
-                    for (b, (seq, token, logprob)) in branches.into_iter().enumerate() {
-                        let mut br = Branch {
-                            seq,
-                            seed: w.req.sampling.seed.wrapping_add(b as u32),
-                            slot: slots[b],
-                            submitted: 0,
-                            tokens: Vec::new(),
-                            logprobs: Vec::new(),
-                            stop: None,
-                        };
-                        let context = self.model.cfg.context;
-                        if let Err(e) =
-                            accept(context, a.prompt_tokens, &a.sampling, a.id, b, &mut br, token, logprob, &mut first)
-                        {
-                            failed = Some(e);
-                        }
-                        if br.stop.is_some() {
-                            self.free_slots.push(br.slot);
-                        }
-                        a.branches.push(br);
+                    if let Err(e) = run(&mut self.pool) {
+                        let id = p.w.id;
+                        self.drop_prefill(p)?;
+                        events.push(Event::Failed { request: id, error: e.to_string() });
+                        continue;
                     }
-                    match failed {
-                        None => {
-                            events.extend(first);
-                            self.active.push(a);
-                        }
-                        Some(e) => {
-                            self.release(&a)?;
-                            events.push(Event::Failed { request: a.id, error: e.to_string() });
-                        }
+                    p.done += p.size;
+                    budget = budget.saturating_sub(p.size);
+                    self.prefilling = Some(p);
+                    continue;
+                }
+                budget = budget.saturating_sub(left);
+                self.finish_prefill(p, events)?;
+                continue;
+            }
+            if budget == 0 {
+                return Ok(());
+            }
+            let Some(i) = self.next_to_admit() else { return Ok(()) };
+            let w = self.waiting.remove(i).expect("index found");
+            if i == 0 {
+                self.head_skips = 0;
+            } else {
+                self.head_skips += 1;
+            }
+            self.reserved_pages += w.pages;
+            let slots: Vec<u32> = (0..w.req.branches).filter_map(|_| self.free_slots.pop()).collect();
+            let p = w.req.prompt.len();
+            let chunk = if w.req.pixels.is_none() { self.prefill_chunk } else { p };
+            let chunks = p.div_ceil(chunk.max(1)).max(1);
+            let size = p.div_ceil(chunks).max(1);
+            let seq = self.pool.create();
+            self.prefilling = Some(Prefilling { w, seq, slots, done: 0, size, started: Instant::now() });
+        }
+    }
+
+    /// The queue index of the request to admit next, if one fits: the head, or while the head
+    /// has been passed over fewer than `max_batch` times, the first request behind it that fits.
+    fn next_to_admit(&self) -> Option<usize> {
+        let live = self.live_branches();
+        let fits = |w: &Waiting| {
+            live + w.req.branches <= self.opts.max_batch && self.reserved_pages + w.pages <= self.pool.num_pages()
+        };
+        let head = self.waiting.front()?;
+        if fits(head) {
+            return Some(0);
+        }
+        if self.head_skips >= self.opts.max_batch {
+            return None;
+        }
+        self.waiting.iter().position(fits)
+    }
+
+    /// Give back what a request part way through its prefill holds.
+    fn drop_prefill(&mut self, p: Prefilling) -> Result<()> {
+        self.pool.free(p.seq)?;
+        self.reserved_pages -= p.w.pages;
+        self.free_slots.extend(p.slots);
+        Ok(())
+    }
+
+    /// Run a prompt's last chunk with its logits, draw each branch's first token, and make
+    /// the request active (or fail it alone).
+    fn finish_prefill(&mut self, p: Prefilling, events: &mut Vec<Event>) -> Result<()> {
+        let Prefilling { w, seq, slots, done, started, .. } = p;
+        match self.prefill(&w.req, seq, done, &slots) {
+            Ok(branches) => {
+                let prefill = started.elapsed();
+                let mut a = Active {
+                    id: w.id,
+                    sampling: w.req.sampling.clone(),
+                    pages: w.pages,
+                    prompt_tokens: w.req.prompt.len(),
+                    queued: started - w.submitted,
+                    prefill,
+                    first_token: Instant::now(),
+                    branches: Vec::new(),
+                };
+                let mut first = Vec::new();
+                let mut failed = None;
+                for (b, (seq, token, logprob)) in branches.into_iter().enumerate() {
+                    let mut br = Branch {
+                        seq,
+                        seed: w.req.sampling.seed.wrapping_add(b as u32),
+                        slot: slots[b],
+                        submitted: 0,
+                        tokens: Vec::new(),
+                        logprobs: Vec::new(),
+                        stop: None,
+                    };
+                    let context = self.model.cfg.context;
+                    if let Err(e) =
+                        accept(context, a.prompt_tokens, &a.sampling, a.id, b, &mut br, token, logprob, &mut first)
+                    {
+                        failed = Some(e);
+                    }
+                    if br.stop.is_some() {
+                        self.free_slots.push(br.slot);
+                    }
+                    a.branches.push(br);
+                }
+                match failed {
+                    None => {
+                        events.extend(first);
+                        self.active.push(a);
+                    }
+                    Some(e) => {
+                        self.release(&a)?;
+                        events.push(Event::Failed { request: a.id, error: e.to_string() });
                     }
                 }
-                Err(e) => {
-                    self.reserved_pages -= w.pages;
-                    self.free_slots.extend(slots);
-                    events.push(Event::Failed { request: w.id, error: e.to_string() });
-                }
+            }
+            Err(e) => {
+                self.reserved_pages -= w.pages;
+                self.free_slots.extend(slots);
+                events.push(Event::Failed { request: w.id, error: e.to_string() });
             }
         }
         Ok(())
     }
 
-    /// Prefill one prompt and draw each branch's first token from its last logits. Returns the
+    /// Run the rest of a prompt (its tokens from `done` on; the earlier ones are in `seq`
+    /// already) and draw each branch's first token from its last logits. Returns the
     /// branches' sequences (the first is the prompt's own; the others are forks sharing its
     /// pages) with their first token and its log-probability.
-    fn prefill(&mut self, req: &Request, slots: &[u32]) -> Result<Vec<(SeqId, u32, f32)>> {
+    fn prefill(&mut self, req: &Request, seq: SeqId, done: usize, slots: &[u32]) -> Result<Vec<(SeqId, u32, f32)>> {
         let dev = self.model.device().clone();
-        let (n, vocab, p) = (req.branches, self.model.cfg.vocab, req.prompt.len());
-        let seq = self.pool.create();
+        let (n, vocab) = (req.branches, self.model.cfg.vocab);
         let run = |pool: &mut KvPool| -> Result<Vec<(u32, f32)>> {
-            // Long text prompts in chunks, as `Session` prefills them (memory bounded by a chunk).
-            let chunk = if req.pixels.is_none() { crate::generate::PREFILL_CHUNK } else { p };
-            let prompt = crate::generate::prefill_head(self.model, pool, seq, &req.prompt, chunk)?;
+            // The earlier chunks are in the cache already (see `admit`).
+            let prompt = &req.prompt[done..];
             let p = prompt.len();
             let mut rec = Recorder::new(&dev);
             let x = crate::model::embed_prompt(self.model, self.vision, &mut rec, prompt, req.pixels.as_deref())?;

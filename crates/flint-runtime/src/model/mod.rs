@@ -370,6 +370,13 @@ impl Model {
         self.build_prompt(&PromptSpec { text: prompt, images, chat, ..Default::default() })
     }
 
+    /// Sampling options that stop at this model's end-of-sequence and end-of-turn tokens
+    /// (greedy, `max_tokens` new tokens at most); `SamplingOptions::default()` has no stop
+    /// tokens, since it cannot know the model's.
+    pub fn sampling(&self, max_tokens: usize) -> crate::generate::SamplingOptions {
+        crate::generate::SamplingOptions { max_tokens, stop: self.tokenizer.stop_tokens.clone(), ..Default::default() }
+    }
+
     /// A batched engine over this model (taking images when it has a vision tower).
     pub fn engine(&self, opts: crate::engine::EngineOptions) -> Result<crate::engine::Engine<'_>> {
         Ok(crate::engine::Engine::new(&self.decoder, opts)?.with_vision(self.vision.as_ref()))
