@@ -107,8 +107,24 @@ fn runs_on_a_device_the_host_created() {
         .expect("an adapter");
     let (device, queue) =
         pollster::block_on(adapter.request_device(&flint_gpu::wgpu::DeviceDescriptor::default())).expect("a device");
+    // The host's own handler of uncaptured errors stays in place.
+    let host_errors = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = host_errors.clone();
+    device.on_uncaptured_error(std::sync::Arc::new(move |_e: flint_gpu::wgpu::Error| {
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }));
     let dev = Device::from_wgpu(device, queue, &adapter.get_info());
     assert!(!dev.caps().f16, "no features were requested, so flint must not assume f16");
+    // A mapped-at-creation buffer whose size is not a multiple of 4 is invalid.
+    let _bad = dev.wgpu().create_buffer(&flint_gpu::wgpu::BufferDescriptor {
+        label: Some("the host's mistake"),
+        size: 3,
+        usage: flint_gpu::wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: true,
+    });
+    assert_eq!(host_errors.load(std::sync::atomic::Ordering::SeqCst), 1, "the host's error handler was replaced");
+    // The features and limits flint asks for are published for such hosts.
+    assert!(flint_gpu::wanted_features().contains(flint_gpu::wgpu::Features::SHADER_F16));
     let p = MatmulParams::new(2, 3, 4);
     let a = dev.upload_f32("a", &[1.0, 2.0, 3.0, 4.0, 0.0, 1.0, 0.0, 1.0], &[2, 4], DType::F32).unwrap();
     let b = dev.upload_f32("b", &[1.0; 12], &[3, 4], DType::F32).unwrap();

@@ -153,9 +153,21 @@ pub fn adapters() -> Vec<AdapterDesc> {
         .collect()
 }
 
-/// The features flint asks for when they exist.
-fn wanted_features() -> wgpu::Features {
+/// The features flint uses where the adapter has them: f16 arithmetic and storage (f16 KV
+/// caches and weights), subgroup operations (the subgroup matmul and reductions) and timestamp
+/// queries (`flint bench`, `--profile`). A host that creates its own device for
+/// [`Device::from_wgpu`] should request `adapter.features() & wanted_features()`; flint works
+/// without any of them, choosing other kernel variants.
+pub fn wanted_features() -> wgpu::Features {
     wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY
+}
+
+/// The limits flint would like for a device on `adapter`: the adapter's own (largest bindings
+/// and buffers, most storage bindings per stage). Kernels that need more than a device has are
+/// refused or split with an error naming the limit, so the defaults also work, with smaller
+/// models.
+pub fn wanted_limits(adapter: &wgpu::Adapter) -> wgpu::Limits {
+    adapter.limits()
 }
 
 /// Shader file and defines: what a compiled module depends on.
@@ -220,7 +232,7 @@ impl Device {
     pub fn from_adapter(adapter: &wgpu::Adapter) -> Result<Device> {
         let info = adapter.get_info();
         let features = adapter.features() & wanted_features();
-        let limits = adapter.limits();
+        let limits = wanted_limits(adapter);
         let desc = wgpu::DeviceDescriptor {
             label: Some("flint"),
             required_features: features,
@@ -234,18 +246,21 @@ impl Device {
                 adapter: format!("{} {}", info.backend.to_str(), info.name),
                 message: e.to_string(),
             })?;
+        // wgpu panics on errors nobody captures; flint captures its own with error scopes, and
+        // on a device it owns, anything else is logged rather than allowed to abort.
+        device.on_uncaptured_error(Arc::new(|e: wgpu::Error| {
+            tracing::error!(target: "flint_gpu", "uncaptured wgpu error: {e}");
+        }));
         Ok(Self::from_wgpu(device, queue, &info))
     }
 
     /// Wrap a device and queue that the host program created, so flint can run inside an
-    /// application that owns the GPU. Features and limits are read from the device.
+    /// application that owns the GPU. Features and limits are read from the device (see
+    /// [`wanted_features`]). The host's uncaptured-error handler is left as it is: flint's
+    /// own errors are caught in error scopes and come back from its calls as values. Waiting
+    /// for flint's work waits for flint's submissions only, not for the host's.
     pub fn from_wgpu(device: wgpu::Device, queue: wgpu::Queue, info: &wgpu::AdapterInfo) -> Device {
         let caps = Caps::new(info, device.features(), &device.limits());
-        // wgpu panics on errors nobody captures; flint captures its own with error scopes, and
-        // anything else is logged rather than allowed to abort the host program.
-        device.on_uncaptured_error(Arc::new(|e: wgpu::Error| {
-            tracing::error!(target: "flint_gpu", "uncaptured wgpu error: {e}");
-        }));
         let timestamp_period = queue.get_timestamp_period();
         let gl_serial = (info.backend == wgpu::Backend::Gl).then(|| parking_lot::ReentrantMutex::new(()));
         Device {
@@ -330,7 +345,18 @@ impl Device {
         self.inner.gl_serial.as_ref().map(|m| m.lock())
     }
 
-    /// Wait for all submitted work.
+    /// Wait until the GPU has run submission `index` (and what the queue holds before it; a
+    /// host's later work is not waited for).
+    pub fn wait_for(&self, index: wgpu::SubmissionIndex) -> Result<()> {
+        let _serial = self.serial();
+        self.inner
+            .device
+            .poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: None })
+            .map(|_| ())
+            .map_err(|e| GpuError::Wgpu { during: "waiting for a submission".into(), message: e.to_string() })
+    }
+
+    /// Wait for all submitted work (the host's too, on a device shared with it).
     pub fn wait_idle(&self) -> Result<()> {
         let _serial = self.serial();
         self.inner

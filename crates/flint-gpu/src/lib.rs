@@ -25,7 +25,7 @@ mod recorder;
 mod shader;
 mod tensor;
 
-pub use device::{AdapterDesc, Caps, Device, adapters};
+pub use device::{AdapterDesc, Caps, Device, adapters, wanted_features, wanted_limits};
 pub use dtype::DType;
 pub use error::{GpuError, Result};
 pub use pipeline::{Kernel, PipelineKey};

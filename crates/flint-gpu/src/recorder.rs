@@ -40,6 +40,8 @@ pub struct DispatchTime {
 /// A submitted command buffer; [`Submission::wait`] blocks until it has run.
 pub struct Submission {
     dev: Device,
+    /// The queue's index of this submission (waited for, rather than the whole device).
+    index: Option<wgpu::SubmissionIndex>,
     timing: Option<(Arc<Allocation>, u64, Vec<String>)>,
     /// What was submitted, kept (with its pooled buffers) until the GPU is done with it.
     _plan: Option<Plan>,
@@ -49,14 +51,17 @@ impl Submission {
     /// Wait for the GPU to finish and return per-dispatch GPU times when the recording was
     /// timed and the adapter has timestamps (otherwise an empty list).
     pub fn wait(self) -> Result<Vec<DispatchTime>> {
-        self.dev.wait_idle()?;
+        match self.index.clone() {
+            Some(i) => self.dev.wait_for(i)?,
+            None => self.dev.wait_idle()?,
+        }
         let Some((buf, len, labels)) = self.timing else {
             return Ok(Vec::new());
         };
         if len == 0 {
             return Ok(Vec::new());
         }
-        let bytes = map_read(&self.dev, buf.buffer(), len, "timestamps")?;
+        let bytes = map_read(&self.dev, buf.buffer(), len, "timestamps", self.index)?;
         let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
         let period = f64::from(self.dev.timestamp_period());
         Ok(labels
@@ -190,12 +195,13 @@ impl Recorder {
                 if !timed {
                     plan.encode(&mut enc);
                 }
-                dev.queue().submit([enc.finish()]);
-                Ok(timing)
+                let index = dev.queue().submit([enc.finish()]);
+                Ok((timing, index))
             },
         )??;
         drop(serial);
-        Ok(Submission { dev, timing, _plan: Some(plan) })
+        let (timing, index) = timing;
+        Ok(Submission { dev, index: Some(index), timing, _plan: Some(plan) })
     }
 
     /// Freeze the recording into a [`Plan`]: its bind groups and parameter block are made here,
@@ -408,8 +414,8 @@ impl Plan {
     pub fn run_timed(&self) -> Result<Vec<DispatchTime>> {
         let dev = self.dev.clone();
         if !dev.caps().timestamps {
-            self.submit_with(|_| {})?;
-            dev.wait_idle()?;
+            let index = self.submit_with(|_| {})?;
+            dev.wait_for(index)?;
             return Ok(Vec::new());
         }
         let timing = {
@@ -421,11 +427,12 @@ impl Plan {
                         .wgpu()
                         .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("flint plan") });
                     let timing = self.encode_timed(&mut enc);
-                    dev.queue().submit([enc.finish()]);
-                    timing
+                    let index = dev.queue().submit([enc.finish()]);
+                    (timing, index)
                 },
             )?
         };
-        Submission { dev, timing: Some(timing), _plan: None }.wait()
+        let (timing, index) = timing;
+        Submission { dev, index: Some(index), timing: Some(timing), _plan: None }.wait()
     }
 }

@@ -244,17 +244,17 @@ impl Device {
             wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             "flint readback",
         );
-        self.scoped(
+        let index = self.scoped(
             || format!("copying {what} for readback"),
             || {
                 let mut enc = self
                     .wgpu()
                     .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("flint readback") });
                 enc.copy_buffer_to_buffer(buffer, offset, staging.buffer(), 0, len);
-                self.queue().submit([enc.finish()]);
+                self.queue().submit([enc.finish()])
             },
         )?;
-        map_read(self, staging.buffer(), len, what)
+        map_read(self, staging.buffer(), len, what, Some(index))
     }
 }
 
@@ -272,15 +272,25 @@ fn too_many(what: &str, shape: &[usize]) -> GpuError {
     GpuError::Shape { what: what.to_string(), message: format!("shape {shape:?} has more bytes than a u64 counts") }
 }
 
-/// Map the first `len` bytes of a MAP_READ buffer and copy them out.
-pub(crate) fn map_read(dev: &Device, buffer: &wgpu::Buffer, len: u64, what: &str) -> Result<Vec<u8>> {
+/// Map the first `len` bytes of a MAP_READ buffer, last written by submission `index` (when
+/// known, only that is waited for), and copy them out.
+pub(crate) fn map_read(
+    dev: &Device,
+    buffer: &wgpu::Buffer,
+    len: u64,
+    what: &str,
+    index: Option<wgpu::SubmissionIndex>,
+) -> Result<Vec<u8>> {
     let _serial = dev.serial();
     let slice = buffer.slice(..len);
     let (tx, rx) = std::sync::mpsc::channel();
     slice.map_async(wgpu::MapMode::Read, move |r| {
         let _ = tx.send(r);
     });
-    dev.wait_idle()?;
+    match index {
+        Some(i) => dev.wait_for(i)?,
+        None => dev.wait_idle()?,
+    }
     let err = |message: String| GpuError::Readback { what: what.to_string(), message };
     rx.recv().map_err(|e| err(e.to_string()))?.map_err(|e| err(e.to_string()))?;
     let bytes = {
