@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use common::model;
 use flint_runtime::engine::{Engine, EngineOptions, Event, Request, RequestId, RequestOutput};
 use flint_runtime::generate::{SamplingOptions, StopReason};
+use flint_runtime::{RequestError, RuntimeError};
 
 const PROMPTS: [&str; 16] = [
     "The capital of France is",
@@ -170,6 +171,20 @@ fn bad_requests_are_refused_while_others_carry_on() {
     assert!(refused(Request::new(vec![], greedy(3))).contains("no tokens"));
     assert!(refused(Request::new(vec![1; 9000], greedy(3))).contains("context"));
     assert!(refused(Request::new(vec![1, 99_999], greedy(3))).contains("vocabulary"));
+    // The refusals are kinds a host can match on.
+    let kind = |r: Request| {
+        let mut e = Engine::new(&m.decoder, EngineOptions { kv_tokens: 256, page_size: 16, max_batch: 4 }).unwrap();
+        e.submit(r).unwrap_err()
+    };
+    let e = kind(Request::new(prompt.clone(), greedy(1000)));
+    assert!(
+        matches!(e, RuntimeError::Refused(RequestError::OverKvBudget { pages, pool_pages: 16, .. }) if pages > 16),
+        "{e:?}"
+    );
+    let e = kind(Request::new(vec![1; 9000], greedy(3)));
+    assert!(matches!(e, RuntimeError::Refused(RequestError::TooLong { tokens: 9000, .. })), "{e:?}");
+    let e = kind(Request { branches: 5, ..Request::new(prompt.clone(), greedy(3)) });
+    assert!(matches!(e, RuntimeError::Refused(RequestError::Branches { branches: 5, max: 4 })), "{e:?}");
     // 16 pages: `good` reserves 1 and `big` 14; `cancelled` (4) waits and is cancelled while
     // waiting; `late` (2) waits until `good` has finished, then runs.
     let big = engine.submit(Request::new(prompt.clone(), greedy(100)).branches(2)).unwrap();

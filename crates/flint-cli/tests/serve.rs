@@ -374,6 +374,17 @@ fn bad_requests_get_the_right_status_and_an_error_object() {
     assert_eq!(srv.post("/v1/completions", &json!({"prompt": "ab", "max_tokens": 4})).status, 200);
 }
 
+/// A request whose KV need is larger than the engine's whole pool is refused by kind.
+#[test]
+fn a_request_over_the_kv_pool_is_a_400_with_its_code() {
+    // One page of 64 tokens: two branches need two.
+    let srv = Server::start(&seed_model(), &["--kv-tokens", "64"]);
+    let r = srv.post("/v1/completions", &json!({"prompt": "ab", "max_tokens": 8, "n": 2}));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "kv_budget_exceeded", "{}", r.body);
+    assert_eq!(srv.post("/v1/completions", &json!({"prompt": "ab", "max_tokens": 8})).status, 200);
+}
+
 #[test]
 fn an_api_key_guards_everything_but_health() {
     let srv = Server::start(&seed_model(), &["--api-key", "sekrit"]);

@@ -27,7 +27,7 @@ use crate::generate::{SamplingOptions, StopReason};
 use crate::model::decoder::Decoder;
 use crate::model::{Pixels, Vision};
 use crate::stepper::{StepMode, StepRow, StepStats, Stepper};
-use crate::{Result, RuntimeError};
+use crate::{RequestError, Result, RuntimeError};
 
 /// Sizes of an engine.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -319,58 +319,53 @@ impl<'m> Engine<'m> {
     /// to wait for memory or batch room waits.
     pub fn submit(&mut self, req: Request) -> Result<RequestId> {
         let cfg = &self.model.cfg;
-        let refuse = |m: String| Err(RuntimeError::Request(m));
+        let refuse = |e: RequestError| Err(RuntimeError::Refused(e));
         if req.prompt.is_empty() {
-            return refuse("the prompt has no tokens".into());
+            return refuse(RequestError::EmptyPrompt);
         }
-        if let Some(&bad) = req.prompt.iter().find(|&&id| id as usize >= cfg.vocab) {
-            return refuse(format!("token id {bad} is outside the vocabulary of {}", cfg.vocab));
+        if let Some(&id) = req.prompt.iter().find(|&&id| id as usize >= cfg.vocab) {
+            return refuse(RequestError::TokenOutsideVocabulary { id, vocab: cfg.vocab });
         }
-        req.sampling.params(1, cfg.vocab).validate().map_err(|e| RuntimeError::Request(e.to_string()))?;
+        req.sampling.params(1, cfg.vocab).validate().map_err(|e| RequestError::Sampling(e.to_string()))?;
         if req.branches == 0 || req.branches > self.opts.max_batch {
-            return refuse(format!(
-                "{} branches: a request needs at least 1 and at most the engine's batch of {}",
-                req.branches, self.opts.max_batch
-            ));
+            return refuse(RequestError::Branches { branches: req.branches, max: self.opts.max_batch });
         }
         if req.prompt.len() >= cfg.context {
-            return refuse(format!(
-                "the prompt has {} tokens but the model's context holds {} (with room for one more)",
-                req.prompt.len(),
-                cfg.context
-            ));
+            return refuse(RequestError::TooLong { tokens: req.prompt.len(), context: cfg.context, used: 0 });
         }
         match (&req.pixels, self.vision) {
-            (Some(_), None) => return refuse("images given to a model without a vision tower".into()),
+            (Some(_), None) => {
+                return refuse(RequestError::Images("images given to a model without a vision tower".into()));
+            }
             (Some(px), Some(v)) => {
                 let slots = req.prompt.iter().filter(|&&t| t == v.image_token_id).count();
                 if slots != v.tokens_for(px) {
-                    return refuse(format!(
+                    return refuse(RequestError::Images(format!(
                         "the prompt has {slots} image tokens but its {} image tiles make {}",
                         px.images,
                         v.tokens_for(px)
-                    ));
+                    )));
                 }
             }
             (None, Some(v)) if req.prompt.contains(&v.image_token_id) => {
-                return refuse("the prompt has image tokens but no images".into());
+                return refuse(RequestError::Images("the prompt has image tokens but no images".into()));
             }
             _ => {}
         }
         if req.sampling.max_tokens == 0 {
-            return refuse("max_tokens is 0: nothing to generate".into());
+            return refuse(RequestError::NoTokens);
         }
         let pages = self.pages_for(&req);
         if pages > self.pool.num_pages() {
-            return refuse(format!(
-                "{} prompt tokens + {} new x {} branches need {pages} KV pages of {} tokens; the pool has {} ({} tokens)",
-                req.prompt.len(),
-                req.sampling.max_tokens,
-                req.branches,
-                self.opts.page_size,
-                self.pool.num_pages(),
-                self.opts.kv_tokens
-            ));
+            return refuse(RequestError::OverKvBudget {
+                prompt: req.prompt.len(),
+                max_tokens: req.sampling.max_tokens,
+                branches: req.branches,
+                pages,
+                page_size: self.opts.page_size,
+                pool_pages: self.pool.num_pages(),
+                pool_tokens: self.opts.kv_tokens,
+            });
         }
         let id = RequestId(self.next_id);
         self.next_id += 1;

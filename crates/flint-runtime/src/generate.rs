@@ -14,7 +14,7 @@ use crate::stepper::{StepMode, StepRow, StepStats, Stepper};
 
 use crate::model::decoder::Decoder;
 use crate::model::{Pixels, Vision};
-use crate::{Result, RuntimeError};
+use crate::{RequestError, Result};
 
 /// How to choose tokens and when to stop.
 #[derive(Clone, Debug, PartialEq)]
@@ -78,9 +78,7 @@ pub(crate) fn prefill_head<'a>(
 /// An error unless every id of `ids` is in `model`'s vocabulary.
 fn check_ids(model: &Decoder, ids: &[u32]) -> Result<()> {
     match ids.iter().find(|&&id| id as usize >= model.cfg.vocab) {
-        Some(bad) => {
-            Err(RuntimeError::Request(format!("token id {bad} is outside the vocabulary of {}", model.cfg.vocab)))
-        }
+        Some(&id) => Err(RequestError::TokenOutsideVocabulary { id, vocab: model.cfg.vocab }.into()),
         None => Ok(()),
     }
 }
@@ -302,20 +300,16 @@ impl<'m> Session<'m> {
         mut on_token: impl FnMut(u32),
     ) -> Result<Generation> {
         if prompt.is_empty() {
-            return Err(RuntimeError::Request("the prompt has no tokens".into()));
+            return Err(RequestError::EmptyPrompt.into());
         }
         // As the engine answers: a budget of no tokens is a request with nothing to do.
         if opts.max_tokens == 0 {
-            return Err(RuntimeError::Request("max_tokens is 0: nothing to generate".into()));
+            return Err(RequestError::NoTokens.into());
         }
-        opts.params(1, self.model.cfg.vocab).validate().map_err(|e| RuntimeError::Request(e.to_string()))?;
+        opts.params(1, self.model.cfg.vocab).validate().map_err(|e| RequestError::Sampling(e.to_string()))?;
         let capacity = self.capacity;
         if self.len() + prompt.len() > capacity {
-            return Err(RuntimeError::Request(format!(
-                "the prompt has {} tokens but the context holds {capacity} ({} already used)",
-                prompt.len(),
-                self.len()
-            )));
+            return Err(RequestError::TooLong { tokens: prompt.len(), context: capacity, used: self.len() }.into());
         }
         let t0 = Instant::now();
         let (first, first_logprob) = self.prefill(prompt, pixels, opts)?;

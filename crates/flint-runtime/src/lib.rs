@@ -20,7 +20,7 @@ pub mod request;
 pub mod stepper;
 pub mod tokenizer;
 
-pub use error::{Result, RuntimeError};
+pub use error::{RequestError, Result, RuntimeError};
 
 /// Refuse anything but a regular file (symlinks followed) before it is opened: opening a FIFO
 /// blocks until a writer comes, and a device or a directory is no model, image or prompt file.

@@ -635,15 +635,7 @@ async fn respond(
     // The engine's verdict first, so that a refused request gets its status, streamed or not.
     match rx.recv().await {
         Some(Out::Accepted) => {}
-        Some(Out::Refused(m)) => {
-            ticket.live = false;
-            return Err(engine_error(m, true));
-        }
-        Some(Out::Failed(m)) => {
-            ticket.live = false;
-            return Err(engine_error(m, false));
-        }
-        _ => return Err(engine_error("the engine stopped".into(), false)),
+        out => return Err(ending(out, &mut ticket).unwrap_or_else(|| engine_error("the engine stopped".into(), false))),
     }
     let run = Run::new(&s, job, ticket.key, start);
     if run.job.stream { Ok(stream(s, run, rx, ticket)) } else { collect(s, run, rx, ticket).await }
@@ -919,6 +911,38 @@ impl Run {
     }
 }
 
+/// The error an engine message ends a request with: a refusal, a failure, or the engine gone
+/// (`None` for the messages a request carries on after). The ticket then has nothing to cancel.
+fn ending(out: Option<Out>, ticket: &mut Ticket) -> Option<ApiError> {
+    let e = match out {
+        Some(Out::Refused(e)) => refusal(e),
+        Some(Out::Failed(m)) => engine_error(m, false),
+        None => engine_error("the engine stopped".into(), false),
+        Some(Out::Accepted | Out::Token { .. } | Out::Done(_)) => return None,
+    };
+    ticket.live = false;
+    Some(e)
+}
+
+/// A request the engine refused: a 400, its field and code from the kind of refusal.
+fn refusal(e: flint_runtime::RuntimeError) -> ApiError {
+    use flint_runtime::{RequestError as R, RuntimeError};
+    let message = e.to_string();
+    let (param, code) = match &e {
+        RuntimeError::Refused(r) => match r {
+            R::TooLong { .. } => (Some("messages"), Some("context_length_exceeded")),
+            R::OverKvBudget { .. } => (Some("max_tokens"), Some("kv_budget_exceeded")),
+            R::Branches { .. } => (Some("n"), None),
+            R::NoTokens => (Some("max_tokens"), None),
+            R::TokenOutsideVocabulary { .. } | R::EmptyPrompt => (Some("prompt"), None),
+            R::Images(_) => (Some("messages"), None),
+            _ => (None, None),
+        },
+        _ => (None, None),
+    };
+    ApiError { status: StatusCode::BAD_REQUEST, message, param, code }
+}
+
 fn engine_error(message: String, refused: bool) -> ApiError {
     if refused {
         ApiError::status(StatusCode::BAD_REQUEST, message)
@@ -949,15 +973,9 @@ async fn collect(
                 run.done(&out);
                 break;
             }
-            Some(Out::Refused(m)) => {
-                ticket.live = false;
-                return Err(engine_error(m, true));
+            out => {
+                return Err(ending(out, &mut ticket).unwrap_or_else(|| engine_error("the engine stopped".into(), false)));
             }
-            Some(Out::Failed(m)) => {
-                ticket.live = false;
-                return Err(engine_error(m, false));
-            }
-            None => return Err(engine_error("the engine stopped".into(), false)),
         }
     }
     // Stopped on stop strings before the engine finished: the ticket cancels the rest.
@@ -992,15 +1010,7 @@ fn stream(s: Arc<AppState>, mut run: Run, mut rx: mpsc::UnboundedReceiver<Out>, 
                     run.done(&out);
                     touched.extend(0..run.choices.len());
                 }
-                Some(Out::Refused(m)) => {
-                    ticket.live = false;
-                    failure = Some(engine_error(m, true));
-                }
-                Some(Out::Failed(m)) => {
-                    ticket.live = false;
-                    failure = Some(engine_error(m, false));
-                }
-                None => failure = Some(engine_error("the engine stopped".into(), false)),
+                out => failure = ending(out, &mut ticket),
             }
             if let Some(e) = failure.take() {
                 let _ = tx.send(Ok(send(e.body()))).await;

@@ -29,7 +29,7 @@ pub(crate) enum Out {
     /// The engine queued the request (the first message of every request but a refused one).
     Accepted,
     /// The engine refused the request (it can never be served as asked).
-    Refused(String),
+    Refused(flint_runtime::RuntimeError),
     /// A branch produced a token.
     Token { branch: usize, token: u32, logprob: f32 },
     /// Every branch stopped.
@@ -191,7 +191,7 @@ fn take(
                 by_id.insert(id, key);
             }
             Err(e) => {
-                let _ = out.send(Out::Refused(e.to_string()));
+                let _ = out.send(Out::Refused(e));
             }
         },
         Command::StopBranch { key, branch } => {

@@ -15,7 +15,7 @@ use crate::gguf::Gguf;
 use crate::hf::{Config, HfDir};
 use crate::image::{ImageProcessor, Rgb};
 use crate::tokenizer::Tokenizer;
-use crate::{Result, RuntimeError};
+use crate::{RequestError, Result, RuntimeError};
 use config::DecoderConfig;
 use decoder::Decoder;
 use vision::{VisionConfig, VisionTower};
@@ -107,19 +107,24 @@ pub fn embed_prompt(
     let slots = image_token.map_or(0, |t| ids.iter().filter(|&&i| i == t).count());
     let (vision, pixels) = match (vision, pixels) {
         (_, None) if slots == 0 => return Ok(x),
-        (None, Some(_)) => return Err(RuntimeError::Request("images given to a model without a vision tower".into())),
+        (None, Some(_)) => {
+            return Err(RequestError::Images("images given to a model without a vision tower".into()).into());
+        }
         (Some(_), None) => {
-            return Err(RuntimeError::Request(format!("the prompt has {slots} image tokens but no images were given")));
+            return Err(
+                RequestError::Images(format!("the prompt has {slots} image tokens but no images were given")).into()
+            );
         }
         (Some(v), Some(p)) => (v, p),
         (None, None) => return Ok(x),
     };
     let want = vision.tokens_for(pixels);
     if want != slots {
-        return Err(RuntimeError::Request(format!(
+        return Err(RequestError::Images(format!(
             "the prompt has {slots} image tokens but the {} image tiles make {want}",
             pixels.images
-        )));
+        ))
+        .into());
     }
     let embeds = vision.embed(rec, pixels)?;
     let row = decoder.cfg.hidden;
