@@ -135,6 +135,89 @@ fn runs_on_a_device_the_host_created() {
     assert_eq!(dev.read_f32(&c).unwrap(), vec![10.0, 10.0, 10.0, 2.0, 2.0, 2.0]);
 }
 
+/// A host that owns the device draws a frame, then has flint record a matmul over its own
+/// buffers into the same command encoder, and submits both itself, frame after frame.
+#[test]
+fn flint_records_into_the_host_encoder_between_frames() {
+    use flint_gpu::wgpu;
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default())).unwrap();
+    let desc = wgpu::DeviceDescriptor {
+        required_features: adapter.features() & flint_gpu::wanted_features(),
+        required_limits: flint_gpu::wanted_limits(&adapter),
+        ..Default::default()
+    };
+    let (device, queue) = pollster::block_on(adapter.request_device(&desc)).unwrap();
+    let dev = Device::from_wgpu(device.clone(), queue.clone(), &adapter.get_info());
+    // The host's frame target and its data buffers.
+    let target = device.create_texture(&wgpu::TextureDescriptor {
+        label: Some("frame"),
+        size: wgpu::Extent3d { width: 64, height: 64, depth_or_array_layers: 1 },
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D2,
+        format: wgpu::TextureFormat::Rgba8Unorm,
+        usage: wgpu::TextureUsages::RENDER_ATTACHMENT,
+        view_formats: &[],
+    });
+    let view = target.create_view(&Default::default());
+    let host_buffer = |label: &str, floats: usize| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: 4 * floats as u64,
+            usage: flint_gpu::TENSOR_USAGE,
+            mapped_at_creation: false,
+        })
+    };
+    let (a_buf, b_buf, c_buf) = (host_buffer("a", 8), host_buffer("b", 12), host_buffer("c", 6));
+    let a = dev.wrap_buffer(a_buf.clone(), &[2, 4], DType::F32).unwrap();
+    let b = dev.wrap_buffer(b_buf.clone(), &[3, 4], DType::F32).unwrap();
+    let c = dev.wrap_buffer(c_buf, &[2, 3], DType::F32).unwrap();
+    let p = MatmulParams::new(2, 3, 4);
+    for frame in 0..3 {
+        let x = frame as f32;
+        queue.write_buffer(&a_buf, 0, bytemuck::cast_slice(&[1.0f32, 2.0, 3.0, 4.0, 0.0, 1.0, 0.0, 1.0]));
+        queue.write_buffer(&b_buf, 0, bytemuck::cast_slice(&[x; 12]));
+        let mut enc = device.create_command_encoder(&Default::default());
+        {
+            let _draw = enc.begin_render_pass(&wgpu::RenderPassDescriptor {
+                label: Some("the host's frame"),
+                color_attachments: &[Some(wgpu::RenderPassColorAttachment {
+                    view: &view,
+                    depth_slice: None,
+                    resolve_target: None,
+                    ops: wgpu::Operations { load: wgpu::LoadOp::Clear(wgpu::Color::BLUE), store: wgpu::StoreOp::Store },
+                })],
+                ..Default::default()
+            });
+        }
+        let mut rec = Recorder::new(&dev);
+        matmul::matmul(&dev, &mut rec, &p, &a, &b, None, &c).unwrap();
+        // The plan owns what it binds; the host keeps it until its submission has run.
+        let plan = rec.into_plan().unwrap();
+        plan.encode(&mut enc);
+        let index = queue.submit([enc.finish()]);
+        dev.wait_for(index).unwrap();
+        drop(plan);
+        assert_eq!(
+            dev.read_f32(&c).unwrap(),
+            vec![10.0 * x, 10.0 * x, 10.0 * x, 2.0 * x, 2.0 * x, 2.0 * x],
+            "frame {frame}"
+        );
+    }
+    // A buffer flint cannot bind is refused, naming what it lacks.
+    let plain = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 16,
+        usage: wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let e = dev.wrap_buffer(plain, &[4], DType::F32).unwrap_err().to_string();
+    assert!(e.contains("lacks STORAGE"), "{e}");
+    let e = dev.wrap_buffer(host_buffer("small", 2), &[4], DType::F32).unwrap_err().to_string();
+    assert!(e.contains("needs 16 bytes"), "{e}");
+}
+
 /// The roofline's read probe reads every word once (so its GB/s counts real loads) and checks
 /// its input length.
 #[test]

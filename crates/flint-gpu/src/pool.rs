@@ -30,6 +30,11 @@ pub struct Allocation {
 }
 
 impl Allocation {
+    /// A buffer the host made: used as is, never returned to a pool.
+    pub(crate) fn host(buffer: wgpu::Buffer) -> Allocation {
+        Allocation { buffer, pool: Weak::new() }
+    }
+
     /// The wgpu buffer.
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer

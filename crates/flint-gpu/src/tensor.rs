@@ -8,7 +8,9 @@ use crate::pool::Allocation;
 use crate::{DType, Device, GpuError, Result};
 
 /// Usage flags of every tensor buffer.
-pub(crate) const TENSOR_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+/// The usage of flint's own tensor buffers; a host buffer wrapped with [`Device::wrap_buffer`]
+/// should have it too (kernels bind some inputs as uniforms, readbacks copy from it).
+pub const TENSOR_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::UNIFORM)
     .union(wgpu::BufferUsages::COPY_SRC)
     .union(wgpu::BufferUsages::COPY_DST);
@@ -139,6 +141,32 @@ impl Device {
         Ok(())
     }
 
+    /// A tensor over a buffer the host program made (its bytes from 0, row-major `shape` of
+    /// `dtype`), so flint's kernels read or write the host's data in place. The buffer needs
+    /// `STORAGE` usage at least, and should have [`TENSOR_USAGE`] (some kernels bind small
+    /// inputs as uniforms; readbacks copy from it); it stays the host's: flint never puts it in
+    /// its pool.
+    pub fn wrap_buffer(&self, buffer: wgpu::Buffer, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let what = buffer_label(&buffer);
+        if dtype == DType::F16 {
+            self.require_f16(&what)?;
+        }
+        let shape_err = |message: String| GpuError::Shape { what: what.clone(), message };
+        if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+            return Err(shape_err(format!("the buffer's usage {:?} lacks STORAGE", buffer.usage())));
+        }
+        let bytes = checked_bytes(&what, shape, dtype)?;
+        if bytes > buffer.size() {
+            return Err(shape_err(format!(
+                "{shape:?} {dtype:?} needs {bytes} bytes; the buffer has {}",
+                buffer.size()
+            )));
+        }
+        self.check_size(&what, bytes)?;
+        let alloc = Arc::new(Allocation::host(buffer));
+        Ok(Tensor { alloc, offset: 0, shape: shape.to_vec(), dtype })
+    }
+
     /// An uninitialised tensor (its contents are whatever the pooled buffer held).
     pub fn empty(&self, what: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
         self.empty_padded(what, shape, dtype, 0)
@@ -256,6 +284,11 @@ impl Device {
         )?;
         map_read(self, staging.buffer(), len, what, Some(index))
     }
+}
+
+/// What errors call a host's buffer.
+fn buffer_label(buffer: &wgpu::Buffer) -> String {
+    format!("the host's buffer of {} bytes", buffer.size())
 }
 
 /// The element count of `shape`, or an error naming `what` when it overflows.

@@ -974,7 +974,9 @@ async fn collect(
                 break;
             }
             out => {
-                return Err(ending(out, &mut ticket).unwrap_or_else(|| engine_error("the engine stopped".into(), false)));
+                return Err(
+                    ending(out, &mut ticket).unwrap_or_else(|| engine_error("the engine stopped".into(), false))
+                );
             }
         }
     }
