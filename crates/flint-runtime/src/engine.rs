@@ -540,14 +540,7 @@ impl<'m> Engine<'m> {
                 if left > p.size {
                     // A middle chunk: into the cache, finished before the next is recorded.
                     let c = &p.w.req.prompt[p.done..p.done + p.size];
-                    let run = |pool: &mut KvPool| -> Result<()> {
-                        let mut rec = Recorder::new(self.model.device());
-                        let x = crate::model::embed_prompt(self.model, None, &mut rec, c, None)?;
-                        self.model.forward(&mut rec, pool, p.seq, &x, c.len())?;
-                        rec.submit()?.wait()?;
-                        Ok(())
-                    };
-                    if let Err(e) = run(&mut self.pool) {
+                    if let Err(e) = crate::generate::prefill_into(self.model, &mut self.pool, p.seq, c) {
                         let id = p.w.id;
                         self.drop_prefill(p)?;
                         events.push(Event::Failed { request: id, error: e.to_string() });
@@ -576,8 +569,7 @@ impl<'m> Engine<'m> {
             let slots: Vec<u32> = (0..w.req.branches).filter_map(|_| self.free_slots.pop()).collect();
             let p = w.req.prompt.len();
             let chunk = if w.req.pixels.is_none() { self.prefill_chunk } else { p };
-            let chunks = p.div_ceil(chunk.max(1)).max(1);
-            let size = p.div_ceil(chunks).max(1);
+            let size = crate::generate::chunk_size(p, chunk);
             let seq = self.pool.create();
             self.prefilling = Some(Prefilling { w, seq, slots, done: 0, size, started: Instant::now() });
         }

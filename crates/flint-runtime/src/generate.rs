@@ -62,17 +62,30 @@ pub(crate) fn prefill_head<'a>(
     ids: &'a [u32],
     chunk: usize,
 ) -> Result<&'a [u32]> {
-    let chunks = ids.len().div_ceil(chunk.max(1)).max(1);
-    let size = ids.len().div_ceil(chunks).max(1);
-    let (head, rest) = ids.split_at(size * (chunks - 1));
+    let size = chunk_size(ids.len(), chunk);
+    let (head, rest) = ids.split_at(size * (ids.len().div_ceil(size) - 1));
     for c in head.chunks(size) {
         check_ids(model, c)?;
-        let mut rec = Recorder::new(model.device());
-        let x = crate::model::embed_prompt(model, None, &mut rec, c, None)?;
-        model.forward(&mut rec, pool, seq, &x, c.len())?;
-        rec.submit()?.wait()?;
+        prefill_into(model, pool, seq, c)?;
     }
     Ok(rest)
+}
+
+/// Tokens per chunk when a prompt of `len` tokens is prefilled in chunks of at most `chunk`:
+/// equal chunks, the last possibly shorter.
+pub(crate) fn chunk_size(len: usize, chunk: usize) -> usize {
+    let chunks = len.div_ceil(chunk.max(1)).max(1);
+    len.div_ceil(chunks).max(1)
+}
+
+/// Run the text tokens `ids` through `model` into `seq`'s cache, submitted and finished before
+/// returning (no logits).
+pub(crate) fn prefill_into(model: &Decoder, pool: &mut KvPool, seq: SeqId, ids: &[u32]) -> Result<()> {
+    let mut rec = Recorder::new(model.device());
+    let x = crate::model::embed_prompt(model, None, &mut rec, ids, None)?;
+    model.forward(&mut rec, pool, seq, &x, ids.len())?;
+    rec.submit()?.wait()?;
+    Ok(())
 }
 
 /// An error unless every id of `ids` is in `model`'s vocabulary.
