@@ -264,24 +264,40 @@ impl Model {
     /// The chat template over an optional system message and one user message with `images`
     /// images before the text.
     fn chat_text(&self, p: &PromptSpec<'_>) -> Result<String> {
-        use serde_json::json;
-        let template = self.tokenizer.chat_template.as_deref().unwrap_or("");
-        // Multimodal templates iterate over typed content parts; text templates take strings.
-        let parts = self.vision.is_some() || template.contains("['type']") || template.contains(".type");
         let mut messages = Vec::new();
         if let Some(system) = p.system {
-            let content = if parts { json!([{"type": "text", "text": system}]) } else { json!(system) };
-            messages.push(json!({"role": "system", "content": content}));
+            messages.push(ChatMessage { role: "system".into(), text: system.into(), images: 0 });
         }
-        let content = if parts {
-            let mut c: Vec<serde_json::Value> = p.images.iter().map(|_| json!({"type": "image"})).collect();
-            c.push(json!({"type": "text", "text": p.text}));
-            json!(c)
-        } else {
-            json!(p.text)
+        messages.push(ChatMessage { role: "user".into(), text: p.text.into(), images: p.images.len() });
+        self.render_chat(&messages, p.thinking)
+    }
+
+    /// The chat template over `messages`, the assistant's turn opened. Multimodal templates
+    /// iterate over typed content parts (each message's images, then its text); text templates
+    /// take strings.
+    fn render_chat(&self, messages: &[ChatMessage], thinking: Option<bool>) -> Result<String> {
+        use serde_json::json;
+        let Some(template) = self.tokenizer.chat_template.as_deref() else {
+            return Err(RuntimeError::Tokenizer(format!(
+                "{} has no chat template (tokenizer.chat_template)",
+                self.path.display()
+            )));
         };
-        messages.push(json!({"role": "user", "content": content}));
-        self.tokenizer.apply_chat_template_json(json!(messages), true, p.thinking)
+        let parts = self.vision.is_some() || template.contains("['type']") || template.contains(".type");
+        let msgs: Vec<serde_json::Value> = messages
+            .iter()
+            .map(|m| {
+                let content = if parts {
+                    let mut c: Vec<serde_json::Value> = (0..m.images).map(|_| json!({"type": "image"})).collect();
+                    c.push(json!({"type": "text", "text": m.text}));
+                    json!(c)
+                } else {
+                    json!(m.text)
+                };
+                json!({"role": m.role, "content": content})
+            })
+            .collect();
+        self.tokenizer.apply_chat_template_json(json!(msgs), true, thinking)
     }
 
     /// Token ids and pixels of a prompt: each image is preprocessed as the model's processor
@@ -338,13 +354,6 @@ impl Model {
         images: &[Rgb],
         thinking: Option<bool>,
     ) -> Result<(Vec<u32>, Option<Pixels>)> {
-        use serde_json::json;
-        let Some(template) = self.tokenizer.chat_template.as_deref() else {
-            return Err(RuntimeError::Tokenizer(format!(
-                "{} has no chat template (tokenizer.chat_template)",
-                self.path.display()
-            )));
-        };
         let wanted: usize = messages.iter().map(|m| m.images).sum();
         if wanted != images.len() {
             return Err(RuntimeError::Request(format!(
@@ -352,21 +361,7 @@ impl Model {
                 images.len()
             )));
         }
-        let parts = self.vision.is_some() || template.contains("['type']") || template.contains(".type");
-        let msgs: Vec<serde_json::Value> = messages
-            .iter()
-            .map(|m| {
-                let content = if parts {
-                    let mut c: Vec<serde_json::Value> = (0..m.images).map(|_| json!({"type": "image"})).collect();
-                    c.push(json!({"type": "text", "text": m.text}));
-                    json!(c)
-                } else {
-                    json!(m.text)
-                };
-                json!({"role": m.role, "content": content})
-            })
-            .collect();
-        let text = self.tokenizer.apply_chat_template_json(json!(msgs), true, thinking)?;
+        let text = self.render_chat(messages, thinking)?;
         self.encode_with_images(&text, images, false)
     }
 
