@@ -41,7 +41,7 @@ pub struct DispatchTime {
 pub struct Submission {
     dev: Device,
     /// The queue's index of this submission (waited for, rather than the whole device).
-    index: Option<wgpu::SubmissionIndex>,
+    index: wgpu::SubmissionIndex,
     timing: Option<(Arc<Allocation>, u64, Vec<String>)>,
     /// What was submitted, kept (with its pooled buffers) until the GPU is done with it.
     _plan: Option<Plan>,
@@ -51,10 +51,7 @@ impl Submission {
     /// Wait for the GPU to finish and return per-dispatch GPU times when the recording was
     /// timed and the adapter has timestamps (otherwise an empty list).
     pub fn wait(self) -> Result<Vec<DispatchTime>> {
-        match self.index.clone() {
-            Some(i) => self.dev.wait_for(i)?,
-            None => self.dev.wait_idle()?,
-        }
+        self.dev.wait_for(self.index.clone())?;
         let Some((buf, len, labels)) = self.timing else {
             return Ok(Vec::new());
         };
@@ -201,7 +198,7 @@ impl Recorder {
         )??;
         drop(serial);
         let (timing, index) = timing;
-        Ok(Submission { dev, index: Some(index), timing, _plan: Some(plan) })
+        Ok(Submission { dev, index, timing, _plan: Some(plan) })
     }
 
     /// Freeze the recording into a [`Plan`]: its bind groups and parameter block are made here,
@@ -433,6 +430,6 @@ impl Plan {
             )?
         };
         let (timing, index) = timing;
-        Submission { dev, index: Some(index), timing: Some(timing), _plan: None }.wait()
+        Submission { dev, index, timing: Some(timing), _plan: None }.wait()
     }
 }

@@ -282,7 +282,7 @@ impl Device {
                 self.queue().submit([enc.finish()])
             },
         )?;
-        map_read(self, staging.buffer(), len, what, Some(index))
+        map_read(self, staging.buffer(), len, what, index)
     }
 }
 
@@ -305,14 +305,14 @@ fn too_many(what: &str, shape: &[usize]) -> GpuError {
     GpuError::Shape { what: what.to_string(), message: format!("shape {shape:?} has more bytes than a u64 counts") }
 }
 
-/// Map the first `len` bytes of a MAP_READ buffer, last written by submission `index` (when
-/// known, only that is waited for), and copy them out.
+/// Map the first `len` bytes of a MAP_READ buffer, last written by submission `index` (only
+/// that is waited for), and copy them out.
 pub(crate) fn map_read(
     dev: &Device,
     buffer: &wgpu::Buffer,
     len: u64,
     what: &str,
-    index: Option<wgpu::SubmissionIndex>,
+    index: wgpu::SubmissionIndex,
 ) -> Result<Vec<u8>> {
     let _serial = dev.serial();
     let slice = buffer.slice(..len);
@@ -320,10 +320,7 @@ pub(crate) fn map_read(
     slice.map_async(wgpu::MapMode::Read, move |r| {
         let _ = tx.send(r);
     });
-    match index {
-        Some(i) => dev.wait_for(i)?,
-        None => dev.wait_idle()?,
-    }
+    dev.wait_for(index)?;
     let err = |message: String| GpuError::Readback { what: what.to_string(), message };
     rx.recv().map_err(|e| err(e.to_string()))?.map_err(|e| err(e.to_string()))?;
     let bytes = {
