@@ -635,7 +635,7 @@ async fn respond(
     // The engine's verdict first, so that a refused request gets its status, streamed or not.
     match rx.recv().await {
         Some(Out::Accepted) => {}
-        out => return Err(ending(out, &mut ticket).unwrap_or_else(|| engine_error("the engine stopped".into(), false))),
+        out => return Err(ending(out, &mut ticket).unwrap_or_else(|| engine_failure("the engine stopped".into()))),
     }
     let run = Run::new(&s, job, ticket.key, start);
     if run.job.stream { Ok(stream(s, run, rx, ticket)) } else { collect(s, run, rx, ticket).await }
@@ -916,8 +916,8 @@ impl Run {
 fn ending(out: Option<Out>, ticket: &mut Ticket) -> Option<ApiError> {
     let e = match out {
         Some(Out::Refused(e)) => refusal(e),
-        Some(Out::Failed(m)) => engine_error(m, false),
-        None => engine_error("the engine stopped".into(), false),
+        Some(Out::Failed(m)) => engine_failure(m),
+        None => engine_failure("the engine stopped".into()),
         Some(Out::Accepted | Out::Token { .. } | Out::Done(_)) => return None,
     };
     ticket.live = false;
@@ -943,12 +943,9 @@ fn refusal(e: flint_runtime::RuntimeError) -> ApiError {
     ApiError { status: StatusCode::BAD_REQUEST, message, param, code }
 }
 
-fn engine_error(message: String, refused: bool) -> ApiError {
-    if refused {
-        ApiError::status(StatusCode::BAD_REQUEST, message)
-    } else {
-        ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, message)
-    }
+/// A request that failed in the engine after admission (or an engine gone): a 500.
+fn engine_failure(message: String) -> ApiError {
+    ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, message)
 }
 
 async fn collect(
@@ -974,9 +971,7 @@ async fn collect(
                 break;
             }
             out => {
-                return Err(
-                    ending(out, &mut ticket).unwrap_or_else(|| engine_error("the engine stopped".into(), false))
-                );
+                return Err(ending(out, &mut ticket).unwrap_or_else(|| engine_failure("the engine stopped".into())));
             }
         }
     }
