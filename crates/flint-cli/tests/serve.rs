@@ -200,30 +200,25 @@ fn chat_and_completions_answer_in_openai_form_and_branches_equal_greedy() {
     assert_eq!(usage["usage"]["completion_tokens"], greedy.len(), "{usage}");
     assert_eq!(chunks.iter().filter(|c| c["choices"].get(0).is_some_and(|c| !c["finish_reason"].is_null())).count(), 1);
 
-    // Completions: text in, text out; token ids as a prompt give the same tokens.
+    // Completions: text in, text out; the prompt's token ids (as `flint tokenize` gives
+    // them) in place of its text give the same tokens.
     let text_one = srv.post("/v1/completions", &json!({"prompt": "ab bc", "max_tokens": 12, "logprobs": 1})).json();
     assert_eq!(text_one["object"], "text_completion");
     let tc = &text_one["choices"][0];
     assert_eq!(tc["logprobs"]["tokens"].as_array().unwrap().len(), ids(tc).len());
-    let tokenized = srv
-        .post(
-            "/v1/completions",
-            &json!({"prompt": "ab bc", "max_tokens": 12, "n": 2, "seed": 7,
-        "temperature": 0.9}),
-        )
-        .json();
-    assert_eq!(tokenized["choices"].as_array().unwrap().len(), 2);
+    let tokenize =
+        Command::new(FLINT).args(["tokenize", "--model", &seed_model(), "--text", "ab bc", "--json"]).output();
+    let prompt_ids: Value = serde_json::from_slice(&tokenize.unwrap().stdout).unwrap();
+    let by_ids = srv.post("/v1/completions", &json!({"prompt": prompt_ids["ids"], "max_tokens": 12})).json();
+    assert_eq!(ids(&by_ids["choices"][0]), ids(tc));
 
     // Seeded sampling is reproducible.
-    let again = srv
-        .post(
-            "/v1/completions",
-            &json!({"prompt": "ab bc", "max_tokens": 12, "n": 2, "seed": 7,
-        "temperature": 0.9}),
-        )
-        .json();
-    assert_eq!(ids(&again["choices"][0]), ids(&tokenized["choices"][0]));
-    assert_eq!(ids(&again["choices"][1]), ids(&tokenized["choices"][1]));
+    let seeded = json!({"prompt": "ab bc", "max_tokens": 12, "n": 2, "seed": 7, "temperature": 0.9});
+    let first = srv.post("/v1/completions", &seeded).json();
+    assert_eq!(first["choices"].as_array().unwrap().len(), 2);
+    let again = srv.post("/v1/completions", &seeded).json();
+    assert_eq!(ids(&again["choices"][0]), ids(&first["choices"][0]));
+    assert_eq!(ids(&again["choices"][1]), ids(&first["choices"][1]));
 
     // Reasoning modes: think answers apart from its reasoning; contemplate votes over branches.
     let think = srv.post("/v1/chat/completions", &chat("a b", json!({"mode": "think", "max_tokens": 16})));
