@@ -625,9 +625,10 @@ fn rows_step(acc: ptr<function, array<array<f32, NR>, MR>>, rows: array<u32, NR>
 fn matvec_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) li: u32) {
     let n0 = ((wg.x + wg.y * nwg.x) * WG + li) * NR;
-    if (n0 >= p.n) {
-        return;
-    }
+    // No early return for lanes past the last row: they run on clamped rows and store nothing.
+    // On CPU adapters a uniform load at a constant address is a scalar load only outside any
+    // control flow (lane 0 must be active); after a conditional return every later load of
+    // the activations would be a per-lane gather.
     var rows: array<u32, NR>;
 #for J in 0..NR
     rows[J] = min(n0 + J, p.n - 1u);
