@@ -115,7 +115,13 @@ pub fn generate(opts: GenerateOpts) -> Result<()> {
         return Err(e.into());
     }
     if opts.profile {
-        print_profile(&session.profile_step(*out.tokens.last().unwrap_or(&0), &sampling)?, dev.caps().timestamps);
+        let step = session.profile_step(*out.tokens.last().unwrap_or(&0), &sampling)?;
+        print_profile("one decode step", &step, dev.caps().timestamps);
+        // The prompt's first chunk again, in a session of its own.
+        let mut fresh = model.session(prompt.len())?;
+        let prefill = fresh.profile_prefill(&prompt)?;
+        let tokens = prompt.len().min(flint_runtime::generate::PREFILL_CHUNK);
+        print_profile(&format!("a prefill of {tokens} tokens"), &prefill, dev.caps().timestamps);
     }
     let text = model.tokenizer.decode(&out.tokens, true)?;
     let reply = opts.mode.reasons().then(|| reasoning::split_reply(&text));
@@ -166,8 +172,8 @@ pub fn generate(opts: GenerateOpts) -> Result<()> {
     Ok(())
 }
 
-/// Print per-kernel totals of one profiled step.
-fn print_profile(times: &[flint_gpu::DispatchTime], timestamps: bool) {
+/// Print per-kernel totals of `what` (a profiled step or prefill).
+fn print_profile(what: &str, times: &[flint_gpu::DispatchTime], timestamps: bool) {
     if !timestamps {
         eprintln!("profile: this adapter has no GPU timestamps");
         return;
@@ -187,7 +193,7 @@ fn print_profile(times: &[flint_gpu::DispatchTime], timestamps: bool) {
     }
     by_kind.sort_by(|a, b| b.2.total_cmp(&a.2));
     let total: f64 = times.iter().map(|t| t.ns).sum();
-    eprintln!("profile of one decode step: {} dispatches, {:.2} ms of GPU time", times.len(), total / 1e6);
+    eprintln!("profile of {what}: {} dispatches, {:.2} ms of GPU time", times.len(), total / 1e6);
     for (kind, n, ns) in by_kind {
         eprintln!("  {kind:<28} {n:>5} dispatches {:>9.3} ms {:>5.1}%", ns / 1e6, 100.0 * ns / total);
     }

@@ -279,6 +279,23 @@ impl<'m> Session<'m> {
         Ok((r[0] as u32, r[1]))
     }
 
+    /// Run `ids` (at most one prefill chunk of them) through the model as a prefill records
+    /// them, with a GPU timestamp around every dispatch, and return the dispatches with their
+    /// times. The tokens join the cache; no token is sampled.
+    pub fn profile_prefill(&mut self, ids: &[u32]) -> Result<Vec<flint_gpu::DispatchTime>> {
+        if ids.is_empty() {
+            return Err(RequestError::EmptyPrompt.into());
+        }
+        let ids = &ids[..ids.len().min(self.prefill_chunk)];
+        if self.len() + ids.len() > self.capacity {
+            return Err(RequestError::TooLong { tokens: ids.len(), context: self.capacity, used: self.len() }.into());
+        }
+        let dev = self.model.device().clone();
+        let mut rec = Recorder::new(&dev).timed(true);
+        self.forward(&mut rec, ids)?;
+        Ok(rec.submit()?.wait()?)
+    }
+
     /// Run one more token through the model from the decode plan with a GPU timestamp around
     /// every dispatch and return the dispatches with their times (the token joins the cache, as
     /// in a decode step).
