@@ -531,6 +531,15 @@ fn rows_step(acc: ptr<function, array<array<f32, NR>, MR>>, rows: array<u32, NR>
 #endfor
 #endfor
 
+    // Each row's sum of the sub-block's activations, per half.
+    var xsum: array<vec2<f32>, MR>;
+#for R in 0..MR
+    {
+        let lo = x[R][0] + x[R][1] + x[R][2] + x[R][3];
+        let hi = x[R][4] + x[R][5] + x[R][6] + x[R][7];
+        xsum[R] = vec2<f32>(lo.x + lo.y + lo.z + lo.w, hi.x + hi.y + hi.z + hi.w);
+    }
+#endfor
 #for J in 0..NR
     {
         let m = mv[J];
@@ -586,9 +595,12 @@ fn rows_step(acc: ptr<function, array<array<f32, NR>, MR>>, rows: array<u32, NR>
         let hw0 = select(hv.x, hv.z, (s & 1u) != 0u);
         let hw1 = select(hv.y, hv.w, (s & 1u) != 0u);
 #endif
-        // Each half of the sub-block is scale * codes + offset. The weights are formed before the
-        // products, the same way for any number of rows of A, so that a row's result does not
-        // depend on the rows decoded with it (decode steps are batch-invariant).
+        // Each half of the sub-block is scale * codes + offset, so its product with x is
+        // scale * (codes . x) + offset * sum(x): the codes meet the activations unscaled and the
+        // scales come in once per half. The same operations for any number of rows of A, so that
+        // a row's result does not depend on the rows decoded with it (batch-invariant steps).
+        var dl: array<f32, MR>;
+        var dh: array<f32, MR>;
 #for W in 0..4
         {
 #if FMT == 0
@@ -606,12 +618,14 @@ fn rows_step(acc: ptr<function, array<array<f32, NR>, MR>>, rows: array<u32, NR>
             let cl = vec4<f32>(lo4(q[W]));
             let ch = vec4<f32>(hi4(q[W]));
 #endif
-            let wl = fma(cl, vec4<f32>(sl), vec4<f32>(ol));
-            let wh = fma(ch, vec4<f32>(sh), vec4<f32>(oh));
 #for R in 0..MR
-            (*acc)[R][J] += dot(wl, x[R][W]) + dot(wh, x[R][W + 4]);
+            dl[R] += dot(cl, x[R][W]);
+            dh[R] += dot(ch, x[R][W + 4]);
 #endfor
         }
+#endfor
+#for R in 0..MR
+        (*acc)[R][J] += fma(sl, dl[R], ol * xsum[R].x) + fma(sh, dh[R], oh * xsum[R].y);
 #endfor
     }
 #endfor
