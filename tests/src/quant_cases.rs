@@ -361,8 +361,17 @@ pub fn cases(out: &mut Vec<Box<dyn Case>>) {
         // whole groups of four and one left over, 18 is SmolLM2's 576).
         let be = f.block_elems();
         let ks = if be == 32 { [be, 9 * be, 18 * be] } else { [be, 3 * be, 2 * be] };
-        for (m, n, k) in [(1, 17, ks[1]), (3, 65, ks[2]), (8, 64, ks[0]), (33, 70, ks[1]), (1, 1, ks[0]), (5, 9, ks[2])]
-        {
+        // One row of 18 blocks: on CPU adapters with 64-bit integers, Q8_0/Q4_0/Q4_1 load their
+        // quants 32 bytes at a time there (rows of an even number of quant vec4s).
+        for (m, n, k) in [
+            (1, 17, ks[1]),
+            (3, 65, ks[2]),
+            (8, 64, ks[0]),
+            (33, 70, ks[1]),
+            (1, 1, ks[0]),
+            (5, 9, ks[2]),
+            (1, 65, ks[2]),
+        ] {
             let hows: &[Matvec] =
                 if m <= quant::MATVEC_MAX_ROWS { &[Matvec::Rows, Matvec::Split] } else { &[Matvec::Auto] };
             for &how in hows {
@@ -384,7 +393,9 @@ pub fn cases(out: &mut Vec<Box<dyn Case>>) {
         // The QKV step with RoPE and the K/V append: heads of 6 (a pair count that is odd),
         // 8 and SmolLM2's 64, GQA, positions across pages.
         if matches!(f, BlockFormat::Q4_1 | BlockFormat::Q8_0 | BlockFormat::Q4_K) {
-            for (m, heads, kv_heads, d, pos0) in [(1, 3, 1, 6, 37), (5, 4, 2, 8, 2), (1, 9, 3, 64, 1000)] {
+            for (m, heads, kv_heads, d, pos0, k) in
+                [(1, 3, 1, 6, 37, ks[1]), (5, 4, 2, 8, 2, ks[1]), (1, 9, 3, 64, 1000, ks[1]), (1, 9, 3, 64, 7, ks[2])]
+            {
                 for how in [Matvec::Rows, Matvec::Split] {
                     let rope = flint_ref::rope::RopeQkvParams {
                         tokens: m,
@@ -397,7 +408,7 @@ pub fn cases(out: &mut Vec<Box<dyn Case>>) {
                         qk_norm_eps: None,
                     };
                     let rope = RopeQkvCase { p: rope, pos0 };
-                    out.push(Box::new(QkvRopeMatvecCase { format: f, rope, k: ks[1], how }));
+                    out.push(Box::new(QkvRopeMatvecCase { format: f, rope, k, how }));
                 }
             }
         }

@@ -115,7 +115,8 @@ enum Command {
         /// Print one JSON object: ids, text, timings.
         #[arg(long)]
         json: bool,
-        /// After generating, time one more decode step per dispatch and print the breakdown.
+        /// After generating, time one more decode step, and the prompt's first prefill chunk, per
+        /// dispatch and print the breakdowns.
         #[arg(long)]
         profile: bool,
         /// KV cache of the batched engine (contemplate, --prompts), in tokens.

@@ -71,7 +71,8 @@ pub struct GenerateOpts {
     pub sampling: SamplingOptions,
     /// JSON output.
     pub json: bool,
-    /// Time one more decode step per dispatch and print the breakdown.
+    /// Time one more decode step and the prompt's first prefill chunk per dispatch and print
+    /// the breakdowns.
     pub profile: bool,
     /// Engine sizes (contemplating mode).
     pub engine: EngineOptions,

@@ -86,6 +86,8 @@ pub struct Needs {
     pub f16: bool,
     /// `SUBGROUP`.
     pub subgroups: bool,
+    /// `SHADER_INT64`.
+    pub int64: bool,
 }
 
 impl Needs {
@@ -95,6 +97,8 @@ impl Needs {
             Some("adapter lacks SHADER_F16")
         } else if self.subgroups && !caps.subgroups {
             Some("adapter lacks SUBGROUP")
+        } else if self.int64 && !caps.int64 {
+            Some("adapter lacks SHADER_INT64")
         } else {
             None
         }
@@ -159,7 +163,7 @@ pub(crate) fn fixed_subgroup(caps: &Caps) -> Option<u32> {
 
 /// Needs of a kernel over these dtypes.
 pub(crate) fn needs_for(dtypes: &[DType], subgroups: bool) -> Needs {
-    Needs { f16: dtypes.contains(&DType::F16), subgroups }
+    Needs { f16: dtypes.contains(&DType::F16), subgroups, int64: false }
 }
 
 /// Turn a Params error into the GPU layer's error type.
