@@ -13,8 +13,7 @@
 // - matvec_rows (MR <= 8 rows of A): lanes own NR whole weight rows and walk them G blocks per
 //   trip, loading each meta vec4 once; the activations come through a uniform binding where
 //   they fit (XUBO: on CPU adapters all lanes read the same constant address outside control
-//   flow, a scalar load there), and with 64-bit integers the quants of a group come 32 bytes
-//   at a time (W64). The decode path on CPU adapters.
+//   flow, a scalar load there). The decode path on CPU adapters.
 // - matvec_q (MR <= 8): each subgroup (or, without subgroups, the workgroup) owns NR output
 //   columns; lanes stride over 32-value sub-blocks, so neighbouring lanes read neighbouring
 //   vec4s, and meet in subgroupAdd. The decode path on GPUs.
@@ -68,12 +67,6 @@ struct Params {
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
 #endif
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
-#if W64
-// W64: the same weights again as 32-byte words, for quant loads of two vec4s at once (on CPU
-// adapters a storage load is a loop over the lanes whichever its width, so one of 32 bytes costs
-// what one of 16 does).
-@group(0) @binding(10) var<storage, read> w64: array<vec4<u64>>;
-#endif
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 #if NORM
 // NORM: A's rows go through RMSNorm (weights norm_w, p.eps) on their way in, the norm of the
@@ -524,7 +517,7 @@ fn matvec_q(
 // into acc. Values are decoded four at a time and used at once (a whole sub-block in registers
 // is 32 vector registers per lane on CPU adapters, which spill).
 fn rows_step(acc: ptr<function, array<array<f32, NR>, MR>>, rows: array<u32, NR>, mv: array<vec4<u32>, NR>,
-             av: array<vec4<u32>, NR>, rstd: array<f32, MR>, b: u32, s: u32, qw: array<array<vec4<u32>, 2>, NR>) {
+             av: array<vec4<u32>, NR>, rstd: array<f32, MR>, b: u32, s: u32) {
     let xb = (b * BE + s * 32u) / 4u;
     // The sub-block's activations, loaded once for the NR weight rows.
     var x: array<array<vec4<f32>, 8>, MR>;
@@ -553,35 +546,22 @@ fn rows_step(acc: ptr<function, array<array<f32, NR>, MR>>, rows: array<u32, NR>
         let qb = rows[J] * p.qstride + b * QV;
 #if FMT == 0
         let d = half_of(m, b % 8u);
-#if W64
-        let q = qw[J][0];
-        let qhi = qw[J][1];
-#else
         let q = w[qb];
         let qhi = w[qb + 1u];
-#endif
         let sl = d;
         let ol = 0.0;
         let sh = d;
         let oh = 0.0;
 #elif FMT == 1
         let d = half_of(m, b % 8u);
-#if W64
-        let q = qw[J][0];
-#else
         let q = w[qb];
-#endif
         let sl = d;
         let ol = -8.0 * d;
         let sh = sl;
         let oh = ol;
 #elif FMT == 2
         let dm = unpack2x16float(m[b % 4u]);
-#if W64
-        let q = qw[J][0];
-#else
         let q = w[qb];
-#endif
         let sl = dm.x;
         let ol = dm.y;
         let sh = sl;
@@ -699,31 +679,9 @@ fn matvec_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
         mv[J] = meta_vec(rows[J], GI * G);
         av[J] = aux_vec(rows[J], GI * G);
 #endfor
-        var qw: array<array<vec4<u32>, 2>, NR>;
-#if W64
-        // The group's quants, G * QV vec4s per row, two at a time.
-        var qg: array<array<vec4<u32>, G * QV>, NR>;
-#for J in 0..NR
-#for H in 0..G * QV / 2
-        {
-            let v = w64[(rows[J] * p.qstride + GI * G * QV) / 2u + H];
-            qg[J][2 * H] = vec4<u32>(u32(v.x), u32(v.x >> 32u), u32(v.y), u32(v.y >> 32u));
-            qg[J][2 * H + 1] = vec4<u32>(u32(v.z), u32(v.z >> 32u), u32(v.w), u32(v.w >> 32u));
-        }
-#endfor
-#endfor
-#endif
 #for B in 0..G
-#if W64
-#for J in 0..NR
-        qw[J][0] = qg[J][B * QV];
-#if QV == 2
-        qw[J][1] = qg[J][B * QV + 1];
-#endif
-#endfor
-#endif
 #for S in 0..SUBS
-        rows_step(&acc, rows, mv, av, rstd, GI * G + B, S, qw);
+        rows_step(&acc, rows, mv, av, rstd, GI * G + B, S);
 #endfor
 #endfor
     }
@@ -736,17 +694,8 @@ fn matvec_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
         mv[J] = meta_vec(rows[J], BT);
         av[J] = aux_vec(rows[J], BT);
 #endfor
-        var qw: array<array<vec4<u32>, 2>, NR>;
-#if W64
-#for J in 0..NR
-        qw[J][0] = w[rows[J] * p.qstride + BT * QV];
-#if QV == 2
-        qw[J][1] = w[rows[J] * p.qstride + BT * QV + 1u];
-#endif
-#endfor
-#endif
 #for S in 0..SUBS
-        rows_step(&acc, rows, mv, av, rstd, BT, S, qw);
+        rows_step(&acc, rows, mv, av, rstd, BT, S);
 #endfor
     }
 #endfor
@@ -762,7 +711,7 @@ fn matvec_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 #endfor
 #for B in 0..G
         for (var s = 0u; s < SUBS; s++) {
-            rows_step(&acc, rows, mv, av, rstd, g * G + B, s, array<array<vec4<u32>, 2>, NR>());
+            rows_step(&acc, rows, mv, av, rstd, g * G + B, s);
         }
 #endfor
     }
@@ -774,7 +723,7 @@ fn matvec_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
         av[J] = aux_vec(rows[J], b);
 #endfor
         for (var s = 0u; s < SUBS; s++) {
-            rows_step(&acc, rows, mv, av, rstd, b, s, array<array<vec4<u32>, 2>, NR>());
+            rows_step(&acc, rows, mv, av, rstd, b, s);
         }
     }
 #endif

@@ -361,8 +361,8 @@ pub fn cases(out: &mut Vec<Box<dyn Case>>) {
         // whole groups of four and one left over, 18 is SmolLM2's 576).
         let be = f.block_elems();
         let ks = if be == 32 { [be, 9 * be, 18 * be] } else { [be, 3 * be, 2 * be] };
-        // One row of 18 blocks: on CPU adapters with 64-bit integers, Q8_0/Q4_0/Q4_1 load their
-        // quants 32 bytes at a time there (rows of an even number of quant vec4s).
+        // One row of 18 blocks (SmolLM2's 576 values for the 32-value formats): the row length
+        // matvec_rows compiles in and unrolls at one row of A.
         for (m, n, k) in [
             (1, 17, ks[1]),
             (3, 65, ks[2]),

@@ -23,8 +23,6 @@ pub struct Caps {
     pub f16: bool,
     /// Subgroup operations (`SUBGROUP`).
     pub subgroups: bool,
-    /// WGSL `u64` and `i64` in shaders and storage (`SHADER_INT64`).
-    pub int64: bool,
     /// Smallest subgroup size the adapter may use.
     pub subgroup_min_size: u32,
     /// Largest subgroup size the adapter may use.
@@ -72,7 +70,6 @@ impl Caps {
             .to_string(),
             f16: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
-            int64: features.contains(wgpu::Features::SHADER_INT64),
             subgroup_min_size: info.subgroup_min_size,
             subgroup_max_size: info.subgroup_max_size,
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
@@ -162,10 +159,7 @@ pub fn adapters() -> Vec<AdapterDesc> {
 /// [`Device::from_wgpu`] should request `adapter.features() & wanted_features()`; flint works
 /// without any of them, choosing other kernel variants.
 pub fn wanted_features() -> wgpu::Features {
-    wgpu::Features::SHADER_F16
-        | wgpu::Features::SUBGROUP
-        | wgpu::Features::TIMESTAMP_QUERY
-        | wgpu::Features::SHADER_INT64
+    wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY
 }
 
 /// The limits flint would like for a device on `adapter`: the adapter's own (largest bindings

@@ -86,8 +86,6 @@ pub struct Needs {
     pub f16: bool,
     /// `SUBGROUP`.
     pub subgroups: bool,
-    /// `SHADER_INT64`.
-    pub int64: bool,
 }
 
 impl Needs {
@@ -97,8 +95,6 @@ impl Needs {
             Some("adapter lacks SHADER_F16")
         } else if self.subgroups && !caps.subgroups {
             Some("adapter lacks SUBGROUP")
-        } else if self.int64 && !caps.int64 {
-            Some("adapter lacks SHADER_INT64")
         } else {
             None
         }
@@ -163,7 +159,7 @@ pub(crate) fn fixed_subgroup(caps: &Caps) -> Option<u32> {
 
 /// Needs of a kernel over these dtypes.
 pub(crate) fn needs_for(dtypes: &[DType], subgroups: bool) -> Needs {
-    Needs { f16: dtypes.contains(&DType::F16), subgroups, int64: false }
+    Needs { f16: dtypes.contains(&DType::F16), subgroups }
 }
 
 /// Turn a Params error into the GPU layer's error type.

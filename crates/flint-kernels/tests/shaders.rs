@@ -28,7 +28,6 @@ fn every_variant_validates() {
         let mut caps = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
         caps.set(Capabilities::SHADER_FLOAT16, v.needs.f16);
         caps.set(Capabilities::SUBGROUP, v.needs.subgroups);
-        caps.set(Capabilities::SHADER_INT64, v.needs.int64);
         if let Err(e) = Validator::new(ValidationFlags::all(), caps).validate(&module) {
             failures.push(format!("{}: validate: {}", v.name, e.emit_to_string(&src)));
             continue;

@@ -338,27 +338,6 @@ fn rows_chunk(dev: &Device, p: &QuantMatmulParams, a: &Tensor, c: &Tensor, out: 
     aligned.then_some(chunk)
 }
 
-/// Whether matvec_rows loads its quants as 32-byte words (W64): the 32-value formats whose
-/// group of blocks is whole 32-byte words and every row starts on one, with the row length
-/// unrolled, on an adapter with 64-bit integers and a storage binding to spare.
-fn w64_rows(caps: &flint_gpu::Caps, f: BlockFormat, k: usize, rows: usize, ubo: bool, rope: bool) -> bool {
-    let st = RowStrides::new(f, k);
-    let bindings = if rope { 10 } else { 5 };
-    // Blocks per group (G in quant.wgsl): the kernel loads 32-byte words only for whole groups.
-    let group = if f == BlockFormat::Q4_1 { 4 } else { 8 };
-    caps.int64
-        && w64_format(f)
-        && st.quants.is_multiple_of(2)
-        && k / f.block_elems() >= group
-        && rows_unroll(f, rows, k, ubo).is_some()
-        && caps.max_storage_buffers >= bindings
-}
-
-/// The formats whose groups of blocks (one meta vec4's worth) are whole 32-byte words of quants.
-fn w64_format(f: BlockFormat) -> bool {
-    matches!(f, BlockFormat::Q8_0 | BlockFormat::Q4_0 | BlockFormat::Q4_1)
-}
-
 /// The activations of matvec_rows go through a uniform binding of `xn` vec4s, when one fits.
 fn matvec_rows_key(
     f: BlockFormat,
@@ -367,15 +346,13 @@ fn matvec_rows_key(
     xn: Option<u32>,
     kb: Option<u32>,
     fusion: Fusion,
-    w64: bool,
 ) -> PipelineKey {
     let key = fusion
         .apply(typed_key("quant.wgsl", "matvec_rows", ROWS_WG, &[]))
         .define("FMT", fmt_code(f))
         .define("MR", rows)
         .define("NR", nr)
-        .flag("MATVEC_ROWS", true)
-        .flag("W64", w64);
+        .flag("MATVEC_ROWS", true);
     let key = match kb {
         Some(kb) => key.define("KB", kb),
         None => key,
@@ -449,23 +426,9 @@ pub fn variants() -> Vec<Variant> {
                                 if xn.is_some() { " ubo" } else { "" },
                                 kb.map(|b| format!(" unrolled {b} blocks")).unwrap_or_default()
                             ),
-                            key: matvec_rows_key(f, rows, nr, xn, kb, PLAIN, false),
+                            key: matvec_rows_key(f, rows, nr, xn, kb, PLAIN),
                             needs: needs_for(&[], false),
                         });
-                        if rows == 1 && nr == 2 && k == Some(k576) && xn.is_some() && w64_format(f) {
-                            // Quants loaded 32 bytes at a time, plain and with the decode fusions.
-                            for fusion in std::iter::once(PLAIN).chain(Fusion::DECODE) {
-                                out.push(Variant {
-                                    name: format!(
-                                        "quant/matvec_rows {} rows{rows} nr{nr} ubo w64{}",
-                                        f.name(),
-                                        fusion.name()
-                                    ),
-                                    key: matvec_rows_key(f, rows, nr, xn, kb, fusion, true),
-                                    needs: crate::Needs { int64: true, ..fusion.needs(false) },
-                                });
-                            }
-                        }
                         if (rows == 1 || rows == 4) && nr == 2 && (kb.is_none() || k == Some(k576)) {
                             for fusion in Fusion::DECODE {
                                 out.push(Variant {
@@ -476,7 +439,7 @@ pub fn variants() -> Vec<Variant> {
                                         kb.map(|b| format!(" unrolled {b} blocks")).unwrap_or_default(),
                                         fusion.name()
                                     ),
-                                    key: matvec_rows_key(f, rows, nr, xn, kb, fusion, false),
+                                    key: matvec_rows_key(f, rows, nr, xn, kb, fusion),
                                     needs: fusion.needs(false),
                                 });
                             }
@@ -682,10 +645,9 @@ fn record_parts(
     let xn = (x_bytes <= caps.max_uniform_binding
         && a.offset().is_multiple_of(u64::from(caps.uniform_offset_alignment.max(1))))
     .then(|| u32_of(rows * p.mm.k / 4));
-    let w64 = by_rows && w64_rows(caps, p.format, p.mm.k, rows, xn.is_some(), out.rope.is_some());
     let key = if by_rows {
         let kb = rows_unroll(p.format, rows, p.mm.k, xn.is_some());
-        matvec_rows_key(p.format, u32_of(rows), nr, xn, kb, out.fusion, w64)
+        matvec_rows_key(p.format, u32_of(rows), nr, xn, kb, out.fusion)
     } else if matvec {
         matvec_key(p.format, u32_of(rows), caps.subgroups, out.fusion)
     } else {
@@ -717,9 +679,6 @@ fn record_parts(
             if r0 > 0 { format!(" @{r0}") } else { String::new() }
         );
         let mut tensors = vec![(1, a), (2, &part.words), (3, c)];
-        if w64 {
-            tensors.push((10, &part.words));
-        }
         if let Some((nw, _)) = out.norm {
             tensors.push((4, nw));
         }
