@@ -119,10 +119,9 @@ pub fn generate(opts: GenerateOpts) -> Result<()> {
         let step = session.profile_step(*out.tokens.last().unwrap_or(&0), &sampling)?;
         print_profile("one decode step", &step, dev.caps().timestamps);
         // The prompt's first chunk again, in a session of its own.
-        let mut fresh = model.session(prompt.len())?;
-        let prefill = fresh.profile_prefill(&prompt)?;
-        let tokens = prompt.len().min(flint_runtime::generate::PREFILL_CHUNK);
-        print_profile(&format!("a prefill of {tokens} tokens"), &prefill, dev.caps().timestamps);
+        let first = &prompt[..prompt.len().min(flint_runtime::generate::PREFILL_CHUNK)];
+        let prefill = model.session(first.len())?.profile_prefill(first)?;
+        print_profile(&format!("a prefill of {} tokens", first.len()), &prefill, dev.caps().timestamps);
     }
     let text = model.tokenizer.decode(&out.tokens, true)?;
     let reply = opts.mode.reasons().then(|| reasoning::split_reply(&text));

@@ -224,6 +224,14 @@ impl<'m> Session<'m> {
         self.pool.len(self.seq).unwrap_or(0)
     }
 
+    /// An error unless `tokens` more fit in the session's context.
+    fn room_for(&self, tokens: usize) -> Result<()> {
+        if self.len() + tokens > self.capacity {
+            return Err(RequestError::TooLong { tokens, context: self.capacity, used: self.len() }.into());
+        }
+        Ok(())
+    }
+
     /// Whether the cache is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -279,17 +287,15 @@ impl<'m> Session<'m> {
         Ok((r[0] as u32, r[1]))
     }
 
-    /// Run `ids` (at most one prefill chunk of them) through the model as a prefill records
-    /// them, with a GPU timestamp around every dispatch, and return the dispatches with their
-    /// times. The tokens join the cache; no token is sampled.
+    /// Run `ids` through the model in one recording, as a prefill chunk is recorded, with a GPU
+    /// timestamp around every dispatch, and return the dispatches with their times. The tokens
+    /// join the cache; no token is sampled. (A prefill runs at most
+    /// [`PREFILL_CHUNK`] tokens in one recording; pass that many to time one chunk.)
     pub fn profile_prefill(&mut self, ids: &[u32]) -> Result<Vec<flint_gpu::DispatchTime>> {
         if ids.is_empty() {
             return Err(RequestError::EmptyPrompt.into());
         }
-        let ids = &ids[..ids.len().min(self.prefill_chunk)];
-        if self.len() + ids.len() > self.capacity {
-            return Err(RequestError::TooLong { tokens: ids.len(), context: self.capacity, used: self.len() }.into());
-        }
+        self.room_for(ids.len())?;
         let dev = self.model.device().clone();
         let mut rec = Recorder::new(&dev).timed(true);
         self.forward(&mut rec, ids)?;
@@ -338,9 +344,7 @@ impl<'m> Session<'m> {
         }
         opts.params(1, self.model.cfg.vocab).validate().map_err(|e| RequestError::Sampling(e.to_string()))?;
         let capacity = self.capacity;
-        if self.len() + prompt.len() > capacity {
-            return Err(RequestError::TooLong { tokens: prompt.len(), context: capacity, used: self.len() }.into());
-        }
+        self.room_for(prompt.len())?;
         let t0 = Instant::now();
         let (first, first_logprob) = self.prefill(prompt, pixels, opts)?;
         let prefill = t0.elapsed();
