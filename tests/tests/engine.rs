@@ -45,7 +45,7 @@ fn alone(prompt: &[u32], opts: &SamplingOptions) -> Vec<u32> {
 
 /// Run the engine until idle; return each request's output and the tokens its events streamed.
 fn drain(
-    engine: &mut Engine<'_>,
+    engine: &mut Engine,
     outputs: &mut HashMap<RequestId, RequestOutput>,
     streamed: &mut HashMap<(RequestId, usize), Vec<u32>>,
 ) {
@@ -63,7 +63,8 @@ fn drain(
 #[test]
 fn batched_decode_equals_each_sequence_alone() {
     let m = model();
-    let mut engine = Engine::new(&m.decoder, EngineOptions { kv_tokens: 4096, page_size: 16, max_batch: 16 }).unwrap();
+    let mut engine =
+        Engine::new(m.decoder().clone(), EngineOptions { kv_tokens: 4096, page_size: 16, max_batch: 16 }).unwrap();
     let prompts: Vec<Vec<u32>> = PROMPTS.iter().map(|p| m.prompt_ids(p, false).unwrap()).collect();
     // Budgets differ so that sequences leave at different steps.
     let budget = |i: usize| 4 + (i * 5) % 13;
@@ -106,7 +107,8 @@ fn batched_decode_equals_each_sequence_alone() {
 fn branches_share_the_prompt_and_agree_at_temperature_zero() {
     let m = model();
     // Pages of 16: a 40-token prompt leaves two full shared pages and a partial one.
-    let mut engine = Engine::new(&m.decoder, EngineOptions { kv_tokens: 2048, page_size: 16, max_batch: 16 }).unwrap();
+    let mut engine =
+        Engine::new(m.decoder().clone(), EngineOptions { kv_tokens: 2048, page_size: 16, max_batch: 16 }).unwrap();
     let prompt = m
         .prompt_ids(
             "Question: Tom has 3 apples and buys 5 more, then gives 2 to Ann. How many apples does Tom have now? Think it through. Answer:",
@@ -127,8 +129,12 @@ fn branches_share_the_prompt_and_agree_at_temperature_zero() {
     // would need 5 x 4 pages; shared, the two full prompt pages are counted once.
     let separate = 5 * (prompt.len() + 12).div_ceil(16);
     let shared = prompt.len() / 16 + 5 * ((prompt.len() + 12).div_ceil(16) - prompt.len() / 16);
-    let per_page =
-        2 * m.decoder.cfg.layers * 16 * m.decoder.cfg.kv_heads * m.decoder.cfg.head_dim * m.decoder.kv_dtype.size();
+    let per_page = 2
+        * m.decoder().cfg.layers
+        * 16
+        * m.decoder().cfg.kv_heads
+        * m.decoder().cfg.head_dim
+        * m.decoder().kv_dtype.size();
     assert_eq!(engine.peak_kv_bytes(), shared * per_page, "peak KV: {shared} pages (not {separate})");
     assert_eq!(engine.kv_bytes(), 0);
 }
@@ -141,7 +147,7 @@ fn sampled_branches_differ_and_are_reproducible() {
         |seed| SamplingOptions { temperature: 0.9, top_k: 40, top_p: 0.95, seed, max_tokens: 10, stop: vec![] };
     let run = |seed| {
         let mut engine =
-            Engine::new(&m.decoder, EngineOptions { kv_tokens: 1024, page_size: 16, max_batch: 8 }).unwrap();
+            Engine::new(m.decoder().clone(), EngineOptions { kv_tokens: 1024, page_size: 16, max_batch: 8 }).unwrap();
         let id = engine.submit(Request::new(prompt.clone(), sampling(seed)).branches(4)).unwrap();
         let (mut outputs, mut streamed) = (HashMap::new(), HashMap::new());
         drain(&mut engine, &mut outputs, &mut streamed);
@@ -160,10 +166,11 @@ fn sampled_branches_differ_and_are_reproducible() {
 #[test]
 fn bad_requests_are_refused_while_others_carry_on() {
     let m = model();
-    let mut engine = Engine::new(&m.decoder, EngineOptions { kv_tokens: 256, page_size: 16, max_batch: 4 }).unwrap();
+    let mut engine =
+        Engine::new(m.decoder().clone(), EngineOptions { kv_tokens: 256, page_size: 16, max_batch: 4 }).unwrap();
     let prompt = m.prompt_ids("The capital of France is", false).unwrap();
     let good = engine.submit(Request::new(prompt.clone(), greedy(3))).unwrap();
-    let refused = |r: Request| engine_err(&m.decoder, r);
+    let refused = |r: Request| engine_err(m.decoder().clone(), r);
     assert!(refused(Request { branches: 0, ..Request::new(prompt.clone(), greedy(3)) }).contains("0 branches"));
     assert!(refused(Request { branches: 5, ..Request::new(prompt.clone(), greedy(3)) }).contains("batch of 4"));
     assert!(refused(Request::new(prompt.clone(), greedy(1000))).contains("KV pages"));
@@ -173,7 +180,8 @@ fn bad_requests_are_refused_while_others_carry_on() {
     assert!(refused(Request::new(vec![1, 99_999], greedy(3))).contains("vocabulary"));
     // The refusals are kinds a host can match on.
     let kind = |r: Request| {
-        let mut e = Engine::new(&m.decoder, EngineOptions { kv_tokens: 256, page_size: 16, max_batch: 4 }).unwrap();
+        let mut e =
+            Engine::new(m.decoder().clone(), EngineOptions { kv_tokens: 256, page_size: 16, max_batch: 4 }).unwrap();
         e.submit(r).unwrap_err()
     };
     let e = kind(Request::new(prompt.clone(), greedy(1000)));
@@ -200,20 +208,20 @@ fn bad_requests_are_refused_while_others_carry_on() {
     drain(&mut engine, &mut outputs, &mut streamed);
     assert!(outputs[&late].timings.queued > outputs[&good].timings.queued, "late waited for room");
     assert_eq!(outputs[&late].branches[0].tokens[..3], outputs[&good].branches[0].tokens[..]);
-    let text = m.tokenizer.decode(&outputs[&good].branches[0].tokens, true).unwrap();
+    let text = m.tokenizer().decode(&outputs[&good].branches[0].tokens, true).unwrap();
     assert!(text.starts_with(" Paris"), "{text:?}");
     assert_eq!(outputs[&big].branches.len(), 2);
     assert!(!outputs.contains_key(&cancelled));
     assert_eq!(engine.kv_bytes(), 0);
 }
 
-fn engine_err(decoder: &flint_runtime::model::decoder::Decoder, r: Request) -> String {
+fn engine_err(decoder: std::sync::Arc<flint_runtime::model::decoder::Decoder>, r: Request) -> String {
     let mut e = Engine::new(decoder, EngineOptions { kv_tokens: 256, page_size: 16, max_batch: 4 }).unwrap();
     e.submit(r).unwrap_err().to_string()
 }
 
 /// The tokens of every request, stepping one step at a time; `on_step` sees each step's events.
-fn steps_until_idle(engine: &mut Engine<'_>, mut on_step: impl FnMut(&[Event])) -> HashMap<RequestId, Vec<u32>> {
+fn steps_until_idle(engine: &mut Engine, mut on_step: impl FnMut(&[Event])) -> HashMap<RequestId, Vec<u32>> {
     let mut out = HashMap::new();
     while !engine.is_idle() {
         let events = engine.step().unwrap();
@@ -238,7 +246,7 @@ fn steps_until_idle(engine: &mut Engine<'_>, mut on_step: impl FnMut(&[Event])) 
 fn a_long_prompt_joins_in_chunks_while_others_decode() {
     let m = model();
     let opts = EngineOptions { kv_tokens: 2048, page_size: 16, max_batch: 4 };
-    let mut engine = Engine::new(&m.decoder, opts).unwrap().with_prefill_chunk(64);
+    let mut engine = Engine::new(m.decoder().clone(), opts).unwrap().with_prefill_chunk(64);
     let short = m.prompt_ids(PROMPTS[1], false).unwrap();
     let long: Vec<u32> = (0..16).flat_map(|_| m.prompt_ids(PROMPTS[15], false).unwrap()).collect();
     assert!(long.len() > 3 * 64, "{} tokens", long.len());
@@ -271,7 +279,8 @@ fn a_long_prompt_joins_in_chunks_while_others_decode() {
 fn a_small_request_passes_a_head_that_does_not_fit() {
     let m = model();
     // 6 pages of 16 tokens: the running request holds 2, the head needs 5, the small one 1.
-    let mut engine = Engine::new(&m.decoder, EngineOptions { kv_tokens: 96, page_size: 16, max_batch: 4 }).unwrap();
+    let mut engine =
+        Engine::new(m.decoder().clone(), EngineOptions { kv_tokens: 96, page_size: 16, max_batch: 4 }).unwrap();
     let p = m.prompt_ids(PROMPTS[0], false).unwrap();
     assert!(p.len() <= 8, "{} prompt tokens", p.len());
     let running = engine.submit(Request::new(p.clone(), greedy(24))).unwrap();
@@ -295,4 +304,44 @@ fn a_small_request_passes_a_head_that_does_not_fit() {
     );
     assert_eq!(tokens[&head], alone(&p, &greedy(60)));
     assert_eq!(tokens[&small], alone(&p, &greedy(8)));
+}
+
+/// A host keeps engines in shared state and runs them on worker threads: an engine made by
+/// `Model::engine` owns what it needs (`'static`, `Send`), and a contemplating request is one
+/// engine call, its vote in the output.
+#[test]
+fn an_engine_runs_on_a_worker_thread_and_votes() {
+    let m = model();
+    let prompt = m.prompt_ids("Question: what is 3 + 5? Answer:", false).unwrap();
+    let mut engine = m.engine(EngineOptions { kv_tokens: 1024, page_size: 16, max_batch: 4 }).unwrap();
+    let req = Request::new(prompt.clone(), greedy(8)).contemplate(3);
+    let worker = std::thread::spawn(move || {
+        let id = engine.submit(req).unwrap();
+        let (mut outputs, mut streamed) = (HashMap::new(), HashMap::new());
+        drain(&mut engine, &mut outputs, &mut streamed);
+        (engine, outputs.remove(&id).unwrap())
+    });
+    let (engine, out) = worker.join().unwrap();
+    assert_eq!(engine.kv_bytes(), 0);
+    let want = alone(&prompt, &greedy(8));
+    let text = m.tokenizer().decode(&want, true).unwrap();
+    let vote = out.vote.as_ref().expect("a contemplating request is voted on");
+    // Greedy branches are equal: one answer with all three votes, shown from the first branch.
+    assert_eq!(vote.answer, flint_runtime::reasoning::final_answer(&text), "{text:?}");
+    assert_eq!((vote.tally.len(), vote.tally[0].votes, vote.chosen), (1, 3, 0), "{vote:?}");
+    assert_eq!(out.chosen().unwrap().tokens, want);
+    // A plain request has no vote.
+    let mut engine = m.engine(EngineOptions { kv_tokens: 256, page_size: 16, max_batch: 4 }).unwrap();
+    let id = engine.submit(Request::new(prompt.clone(), greedy(2)).branches(2)).unwrap();
+    let (mut outputs, mut streamed) = (HashMap::new(), HashMap::new());
+    drain(&mut engine, &mut outputs, &mut streamed);
+    assert_eq!(outputs[&id].vote, None);
+    // An engine over a bare decoder has no tokenizer to read answers with: voting is refused.
+    let e = engine_err(m.decoder().clone(), Request::new(prompt, greedy(2)).contemplate(2));
+    assert!(e.contains("tokenizer"), "{e}");
+    // A session moves to another thread the same way.
+    let mut s = m.session(64).unwrap();
+    let ids = m.prompt_ids("Water boils at", false).unwrap();
+    let got = std::thread::spawn(move || s.generate(&ids, &greedy(4), |_| {}).unwrap().tokens).join().unwrap();
+    assert_eq!(got, alone(&m.prompt_ids("Water boils at", false).unwrap(), &greedy(4)));
 }

@@ -35,10 +35,10 @@ fn ids(v: &Value) -> Vec<u32> {
 fn check_tokenizer(m: &Model, fx: &Value) {
     for case in fx["tokenize"].as_array().expect("cases") {
         let text = case["text"].as_str().expect("text");
-        let got = m.tokenizer.encode(text, true).expect("encodes");
+        let got = m.tokenizer().encode(text, true).expect("encodes");
         assert_eq!(got, ids(&case["ids"]), "token ids of {text:?}");
         if !got.is_empty() {
-            let back = m.tokenizer.decode(&got, true).expect("decodes");
+            let back = m.tokenizer().decode(&got, true).expect("decodes");
             assert!(back.contains(text.trim()) || text.contains('<'), "decode of {text:?} gave {back:?}");
         }
     }
@@ -49,7 +49,7 @@ fn check_tokenizer(m: &Model, fx: &Value) {
             .iter()
             .map(|m| (m["role"].as_str().unwrap().to_string(), m["content"].as_str().unwrap().to_string()))
             .collect();
-        let got = m.tokenizer.apply_chat_template(&msgs, true).expect("renders");
+        let got = m.tokenizer().apply_chat_template(&msgs, true).expect("renders");
         assert_eq!(got, chat["rendered"].as_str().expect("rendered"));
     }
 }
@@ -57,8 +57,8 @@ fn check_tokenizer(m: &Model, fx: &Value) {
 fn check_logits(m: &Model, fx: &Value) {
     let lg = &fx["logits"];
     let prompt = ids(&lg["ids"]);
-    assert_eq!(m.tokenizer.encode(lg["prompt"].as_str().unwrap(), true).unwrap(), prompt, "prompt ids");
-    let vocab = m.decoder.cfg.vocab;
+    assert_eq!(m.tokenizer().encode(lg["prompt"].as_str().unwrap(), true).unwrap(), prompt, "prompt ids");
+    let vocab = m.decoder().cfg.vocab;
     let logits = m.logits(&prompt).expect("logits");
     assert_eq!(logits.len(), prompt.len() * vocab);
     let (mut checked, mut max_diff) = (0, 0f32);
@@ -127,7 +127,7 @@ fn the_capital_of_france_is_paris() {
     let prompt = m.prompt_ids("The capital of France is", false).unwrap();
     let mut s = m.session(64).unwrap();
     let out = s.generate(&prompt, &SamplingOptions { max_tokens: 3, ..Default::default() }, |_| {}).unwrap();
-    let text = m.tokenizer.decode(&out.tokens, true).unwrap();
+    let text = m.tokenizer().decode(&out.tokens, true).unwrap();
     assert!(text.starts_with(" Paris"), "{text:?}");
 }
 
@@ -139,7 +139,7 @@ fn a_prompt_longer_than_the_context_is_refused() {
     assert!(e.contains("40 tokens") && e.contains("context holds 16"), "{e}");
     // The session cannot be larger than the model's context.
     let big = m.session(1 << 20).unwrap();
-    assert_eq!(big.capacity(), m.decoder.cfg.context);
+    assert_eq!(big.capacity(), m.decoder().cfg.context);
     let e = s.generate(&[60_000], &SamplingOptions::default(), |_| {}).unwrap_err().to_string();
     assert!(e.contains("outside the vocabulary"), "{e}");
 }

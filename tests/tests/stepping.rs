@@ -91,7 +91,7 @@ type Trace = (HashMap<(u64, usize), Vec<(u32, u32)>>, HashMap<u64, Vec<(Vec<u32>
 fn engine_run(mode: StepMode, failing: bool) -> Trace {
     let m = model();
     let opts = EngineOptions { kv_tokens: 2048, page_size: 16, max_batch: 12 };
-    let mut engine = Engine::new(&m.decoder, opts).unwrap().with_mode(mode).unwrap();
+    let mut engine = Engine::new(m.decoder().clone(), opts).unwrap().with_mode(mode).unwrap();
     let greedy = |max_tokens| SamplingOptions { max_tokens, ..Default::default() };
     let first = ids("1, 2, 3, 4,");
     let counting = {

@@ -112,7 +112,7 @@ fn check_model(dev: &flint_gpu::Device, name: &str) {
     let label = dev.caps().short_label();
     let dir = fixtures().join("idefics3");
     let model = Model::load(dev, dir.join(name)).unwrap();
-    let vision = model.vision.as_ref().expect("a vision tower");
+    let vision = model.vision().expect("a vision tower");
     let exp = Expected::open(name);
     let npy = flint_runtime::npy::read(&dir.join(format!("{name}.pixel_values.npy"))).unwrap();
     let (images, side) = (npy.shape[0], npy.shape[2]);

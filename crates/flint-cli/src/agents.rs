@@ -39,7 +39,7 @@ fn progress(total: Option<u64>, what: &str) -> ProgressBar {
 /// vote for contemplating mode, the reasoning split for thinking mode, and timings.
 fn describe(model: &Model, mode: Mode, out: &RequestOutput) -> Result<Value> {
     let texts: Vec<String> =
-        out.branches.iter().map(|b| model.tokenizer.decode(&b.tokens, true)).collect::<Result<_, _>>()?;
+        out.branches.iter().map(|b| model.tokenizer().decode(&b.tokens, true)).collect::<Result<_, _>>()?;
     let t = &out.timings;
     let mut v = json!({
         "mode": mode.name(),
@@ -53,9 +53,7 @@ fn describe(model: &Model, mode: Mode, out: &RequestOutput) -> Result<Value> {
         },
     });
     if let Mode::Contemplate { .. } = mode {
-        let scored: Vec<(String, f32)> =
-            texts.iter().zip(&out.branches).map(|(t, b)| (t.clone(), b.mean_logprob())).collect();
-        let vote = reasoning::vote(&scored);
+        let Some(vote) = &out.vote else { anyhow::bail!("a contemplating request finished without its vote") };
         v["answer"] = json!(vote.answer);
         v["chosen"] = json!(vote.chosen);
         v["text"] = json!(texts[vote.chosen]);
@@ -101,7 +99,7 @@ pub fn contemplate(
     let branches = opts.mode.branches();
     let eopts = EngineOptions { max_batch: opts.engine.max_batch.max(branches), ..opts.engine.clone() };
     let mut engine = model.engine(eopts)?;
-    let req = Request::new(prompt.to_vec(), sampling.clone()).branches(branches).with_pixels(pixels.map(Arc::new));
+    let req = opts.mode.request(prompt.to_vec(), sampling.clone()).with_pixels(pixels.map(Arc::new));
     let id = engine.submit(req)?;
     let bar = (!opts.json).then(|| progress(None, &format!("contemplating with {branches} branches")));
     let mut result = None;
@@ -127,7 +125,7 @@ pub fn contemplate(
     let peak_kv = engine.peak_kv_bytes();
     let mut stdout = std::io::stdout().lock();
     if opts.json {
-        v["model"] = json!(model.path.display().to_string());
+        v["model"] = json!(model.path().display().to_string());
         v["adapter"] = json!(dev.caps().short_label());
         v["prompt"] = json!(opts.prompt);
         v["prompt_ids"] = json!(prompt);
@@ -186,8 +184,8 @@ pub struct AgentDefaults {
 /// Turn one line into a request, or say why it cannot be one.
 fn request_of(model: &Model, line: &str, d: &AgentDefaults) -> Result<(Mode, Request), String> {
     let l = RequestLine::parse(line).map_err(|e| e.to_string())?;
-    if !l.images.is_empty() && model.vision.is_none() {
-        return Err(format!("{} image(s) given, but {} is a text-only model", l.images.len(), model.path.display()));
+    if !l.images.is_empty() && model.vision().is_none() {
+        return Err(format!("{} image(s) given, but {} is a text-only model", l.images.len(), model.path().display()));
     }
     let images = l
         .images
@@ -204,10 +202,10 @@ fn request_of(model: &Model, line: &str, d: &AgentDefaults) -> Result<(Mode, Req
         max_tokens: l.max_tokens.or(d.max_tokens).unwrap_or(mode.default_max_tokens()),
         stop: Vec::new(),
     };
-    sampling.stop.extend(&model.tokenizer.stop_tokens);
-    let chat = l.chat.unwrap_or(d.chat) || (!images.is_empty() && model.tokenizer.chat_template.is_some());
+    sampling.stop.extend(&model.tokenizer().stop_tokens);
+    let chat = l.chat.unwrap_or(d.chat) || (!images.is_empty() && model.tokenizer().chat_template.is_some());
     let (prompt, pixels) = reasoning::prompt(model, mode, &l.prompt, &images, chat).map_err(|e| e.to_string())?;
-    Ok((mode, Request::new(prompt, sampling).branches(mode.branches()).with_pixels(pixels.map(Arc::new))))
+    Ok((mode, mode.request(prompt, sampling).with_pixels(pixels.map(Arc::new))))
 }
 
 /// `flint generate --prompts FILE.jsonl`: every line a request; all run through one engine;

@@ -5,6 +5,7 @@
 //! pipeline compilation is not counted. Wall-clock times of whole submits (the figures a user
 //! sees), not GPU timestamps.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -41,7 +42,7 @@ pub struct BenchModelOpts {
 fn filler(model: &Model, n: usize) -> Result<Vec<u32>> {
     let passage = "The river runs past the old mill, where the miller's daughter counts the sacks of grain \
                    each morning and writes the numbers in a ledger that her grandfather began. ";
-    let one = model.tokenizer.encode(passage, false)?;
+    let one = model.tokenizer().encode(passage, false)?;
     Ok(one.iter().copied().cycle().take(n).collect())
 }
 
@@ -54,17 +55,17 @@ fn best_of_two(mut run: impl FnMut() -> Result<f64>) -> Result<f64> {
 /// Seconds of one prefill of `ids` (its image tokens taking `pixels` through `vision`, when
 /// given) up to the last position's logits; a text prompt as `flint generate` runs it, up to the
 /// first token sampled.
-fn prefill_once(model: &Model, ids: &[u32], vision: Option<(&Vision, &Pixels)>) -> Result<f64> {
-    let dev = model.decoder.device().clone();
+fn prefill_once(model: &Model, ids: &[u32], vision: Option<(&Arc<Vision>, &Pixels)>) -> Result<f64> {
+    let dev = model.decoder().device().clone();
     let mut session = model.session(ids.len() + 1)?;
     if let Some((v, _)) = vision {
-        session = session.with_vision(Some(v));
+        session = session.with_vision(Some(v.clone()));
     }
     let t = Instant::now();
     if vision.is_some() {
         let mut rec = Recorder::new(&dev);
         let h = session.forward_with(&mut rec, ids, vision.map(|(_, p)| p))?;
-        let _ = model.decoder.logits(&mut rec, &h, ids.len() - 1..ids.len())?;
+        let _ = model.decoder().logits(&mut rec, &h, ids.len() - 1..ids.len())?;
         rec.submit()?.wait()?;
     } else {
         // The path `flint generate` takes: long prompts in chunks, then the first token.
@@ -159,8 +160,8 @@ fn greedy(max_tokens: usize) -> SamplingOptions {
 pub fn bench_model(opts: &BenchModelOpts) -> Result<()> {
     let (dev, model) = crate::models::load(&opts.adapter, Some(&opts.model))?;
     let label = dev.caps().short_label();
-    let wbytes = model.decoder.weight_bytes_per_token() as f64;
-    let name = model.path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+    let wbytes = model.decoder().weight_bytes_per_token() as f64;
+    let name = model.path().file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
     let emit = |case: String, v: serde_json::Value, row: String| {
         if opts.json {
             let mut v = v;
@@ -180,10 +181,10 @@ pub fn bench_model(opts: &BenchModelOpts) -> Result<()> {
     }
     for &p in &opts.prefill {
         let ids = filler(&model, p)?;
-        model.decoder.device().trim_pool();
+        model.decoder().device().trim_pool();
         let s = best_of_two(|| prefill_once(&model, &ids, None))?;
         // Weights + this prompt's KV cache + the prefill's activations; RSS is the process's peak.
-        let gpu = model.decoder.device().tensor_bytes() as f64 / 1e6;
+        let gpu = model.decoder().device().tensor_bytes() as f64 / 1e6;
         let rss = peak_rss().map(|b| b as f64 / 1e6);
         emit(
             format!("prefill {p}"),
@@ -239,8 +240,8 @@ pub fn bench_model(opts: &BenchModelOpts) -> Result<()> {
         decode_run(&model, vec![req()], 2, kv_tokens)?;
         let r = decode_run(&model, vec![req()], opts.steps, kv_tokens)?;
         let tps = r.tokens as f64 / r.seconds;
-        let c = &model.decoder.cfg;
-        let per_token = 2 * c.layers * c.kv_heads * c.head_dim * model.decoder.kv_dtype.size();
+        let c = &model.decoder().cfg;
+        let per_token = 2 * c.layers * c.kv_heads * c.head_dim * model.decoder().kv_dtype.size();
         // What N sequences holding the prefix each would use at this point.
         let separate = n * (opts.prefix + opts.steps + 2) * per_token;
         let (mut v, host) = host_figures(&r);
@@ -273,7 +274,7 @@ fn vision_rows(model: &Model, emit: &dyn Fn(String, serde_json::Value, String)) 
     use flint_runtime::image::ImageProcessor;
     use flint_runtime::model::vision::{VisionConfig, VisionTower};
 
-    let dev = model.decoder.device().clone();
+    let dev = model.decoder().device().clone();
     let cfg = VisionConfig {
         hidden: 768,
         intermediate: 3072,
@@ -284,7 +285,7 @@ fn vision_rows(model: &Model, emit: &dyn Fn(String, serde_json::Value, String)) 
         patch: 16,
         eps: 1e-6,
         scale_factor: 4,
-        text_hidden: model.decoder.cfg.hidden,
+        text_hidden: model.decoder().cfg.hidden,
     };
     let flops = cfg.tile_flops();
     let tower = VisionTower::random(&dev, cfg.clone(), 7)?;
@@ -311,9 +312,12 @@ fn vision_rows(model: &Model, emit: &dyn Fn(String, serde_json::Value, String)) 
     );
     // The prompt SmolVLM's processor writes for a 2x2-tiled image, with markup and question as
     // ordinary tokens and the image tokens as one id the question never uses.
-    let image_token = (model.decoder.cfg.vocab - 1) as u32;
-    let vision =
-        Vision { processor: ImageProcessor::smolvlm(512, cfg.tokens_per_tile()), tower, image_token_id: image_token };
+    let image_token = (model.decoder().cfg.vocab - 1) as u32;
+    let vision = Arc::new(Vision {
+        processor: ImageProcessor::smolvlm(512, cfg.tokens_per_tile()),
+        tower,
+        image_token_id: image_token,
+    });
     let text = filler(model, 64)?;
     let mut ids: Vec<u32> = text[..6].to_vec();
     for tile in 0..5 {

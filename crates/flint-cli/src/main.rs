@@ -348,7 +348,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let (_dev, m) = models::load(&adapter, Some(&model))?;
             let model_name = name.unwrap_or_else(|| {
-                m.path.file_stem().map_or_else(|| "flint".into(), |s| s.to_string_lossy().into_owned())
+                m.path().file_stem().map_or_else(|| "flint".into(), |s| s.to_string_lossy().into_owned())
             });
             let opts = flint_serve::ServeOptions {
                 addr: std::net::SocketAddr::new(host, port),

@@ -83,10 +83,10 @@ pub fn generate(opts: GenerateOpts) -> Result<()> {
     let (dev, model) = load(&opts.adapter, opts.model.as_deref())?;
     let images = opts.images.iter().map(|p| flint_runtime::image::load(p)).collect::<Result<Vec<_>, _>>()?;
     // Images go through the chat template when the model has one.
-    let chat = opts.chat || (!images.is_empty() && model.tokenizer.chat_template.is_some());
+    let chat = opts.chat || (!images.is_empty() && model.tokenizer().chat_template.is_some());
     let (prompt, pixels) = reasoning::prompt(&model, opts.mode, &opts.prompt, &images, chat)?;
     let mut sampling = opts.sampling.clone();
-    sampling.stop.extend(&model.tokenizer.stop_tokens);
+    sampling.stop.extend(&model.tokenizer().stop_tokens);
     if let Mode::Contemplate { .. } = opts.mode {
         return crate::agents::contemplate(&dev, &model, &opts, &prompt, pixels, &sampling);
     }
@@ -104,7 +104,7 @@ pub fn generate(opts: GenerateOpts) -> Result<()> {
         if opts.json {
             return;
         }
-        match stream.push(&model.tokenizer, id) {
+        match stream.push(model.tokenizer(), id) {
             Ok(text) => {
                 let _ = write!(stdout, "{text}");
                 let _ = stdout.flush();
@@ -123,11 +123,11 @@ pub fn generate(opts: GenerateOpts) -> Result<()> {
         let prefill = model.session(first.len())?.profile_prefill(first)?;
         print_profile(&format!("a prefill of {} tokens", first.len()), &prefill, dev.caps().timestamps);
     }
-    let text = model.tokenizer.decode(&out.tokens, true)?;
+    let text = model.tokenizer().decode(&out.tokens, true)?;
     let reply = opts.mode.reasons().then(|| reasoning::split_reply(&text));
     if opts.json {
         let mut v = serde_json::json!({
-            "model": model.path.display().to_string(),
+            "model": model.path().display().to_string(),
             "adapter": dev.caps().short_label(),
             "mode": opts.mode.name(),
             "prompt": opts.prompt,
@@ -146,7 +146,7 @@ pub fn generate(opts: GenerateOpts) -> Result<()> {
                 "decode_ms": out.decode.as_secs_f64() * 1e3,
                 "decode_tokens_per_s": out.decode_tokens_per_s(),
             },
-            "weight_bytes_per_token": model.decoder.weight_bytes_per_token(),
+            "weight_bytes_per_token": model.decoder().weight_bytes_per_token(),
         });
         if let Some(r) = &reply {
             v["reasoning"] = r.reasoning.clone().into();
@@ -244,7 +244,7 @@ pub fn logits(adapter: &str, model: Option<&str>, ids: &str, pixel_values: Optio
         }
     };
     let logits = model.logits_with(&ids, pixels.as_ref())?;
-    let vocab = model.decoder.cfg.vocab;
+    let vocab = model.decoder().cfg.vocab;
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
     let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![ids.len(), vocab], &bytes)?;
     // Written in place (through a symlink, keeping the file's mode), not renamed over it.

@@ -19,7 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dev = Device::open("")?;
     let model = Model::load(&dev, &path)?;
     let mut engine = model.engine(EngineOptions { kv_tokens: 8192, page_size: 64, max_batch: 16 })?;
-    let stop = model.tokenizer.stop_tokens.clone();
+    let stop = model.tokenizer().stop_tokens.clone();
     let mut names = HashMap::new();
     for prompt in ["The capital of France is", "Water boils at", "Once upon a time"] {
         let sampling = SamplingOptions { max_tokens: 24, stop: stop.clone(), ..Default::default() };
@@ -30,22 +30,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mode = Mode::Contemplate { branches: 4 };
     let sampling = SamplingOptions { temperature: 0.7, seed: 1, max_tokens: 48, stop, ..Default::default() };
     let ids = reasoning::prompt_ids(&model, mode, question, true)?;
-    let contemplate = engine.submit(Request::new(ids, sampling).branches(mode.branches()))?;
+    // Prefilled once, decoded as 4 branches sharing the prompt's KV pages, voted on by the engine.
+    let contemplate = engine.submit(mode.request(ids, sampling))?;
 
     let mut streamed = 0;
     engine.run(|event| match event {
         Event::Token { .. } => streamed += 1,
         Event::Finished { request, output } if request == contemplate => {
-            let texts: Vec<(String, f32)> = output
-                .branches
-                .iter()
-                .map(|b| (model.tokenizer.decode(&b.tokens, true).unwrap_or_default(), b.mean_logprob()))
-                .collect();
-            let vote = reasoning::vote(&texts);
-            println!("{question} -> {:?} (branch {} of {})", vote.answer, vote.chosen, texts.len());
+            if let Some(vote) = &output.vote {
+                println!("{question} -> {:?} (branch {} of {})", vote.answer, vote.chosen, output.branches.len());
+            }
         }
         Event::Finished { request, output } => {
-            let text = model.tokenizer.decode(&output.branches[0].tokens, true).unwrap_or_default();
+            let text = model.tokenizer().decode(&output.branches[0].tokens, true).unwrap_or_default();
             println!("{}{text}", names[&request]);
         }
         Event::Failed { request, error } => eprintln!("request {request:?} failed: {error}"),

@@ -23,11 +23,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Sampled; stops at the model's end-of-turn tokens.
     let opts = SamplingOptions { temperature: 0.7, top_k: 40, top_p: 0.95, seed: 1, ..model.sampling(48) };
 
-    let mut session: Session<'_> = model.session(ids.len() + opts.max_tokens)?;
+    let mut session: Session = model.session(ids.len() + opts.max_tokens)?;
     let mut stream = StreamDecoder::default();
     print!("{prompt}");
     let out = session.generate(&ids, &opts, |id| {
-        if let Ok(text) = stream.push(&model.tokenizer, id) {
+        if let Ok(text) = stream.push(model.tokenizer(), id) {
             print!("{text}");
             let _ = std::io::stdout().flush();
         }

@@ -26,7 +26,9 @@ use flint_kernels::sample::RowOptions;
 use crate::generate::{SamplingOptions, StopReason};
 use crate::model::decoder::Decoder;
 use crate::model::{Pixels, Vision};
+use crate::reasoning::Vote;
 use crate::stepper::{StepMode, StepRow, StepStats, Stepper};
+use crate::tokenizer::Tokenizer;
 use crate::{RequestError, Result, RuntimeError};
 
 /// Sizes of an engine.
@@ -57,12 +59,25 @@ pub struct Request {
     pub branches: usize,
     /// Pixels for the prompt's image tokens (multimodal models).
     pub pixels: Option<Arc<Pixels>>,
+    /// Vote over the branches' final answers when they finish (contemplating mode): the
+    /// output's [`RequestOutput::vote`] says which branch won. Needs an engine that has the
+    /// model's tokenizer ([`Model::engine`](crate::model::Model::engine) gives it one).
+    pub vote: bool,
 }
 
 impl Request {
     /// A single-branch text request.
     pub fn new(prompt: Vec<u32>, sampling: SamplingOptions) -> Request {
-        Request { prompt, sampling, branches: 1, pixels: None }
+        Request { prompt, sampling, branches: 1, pixels: None, vote: false }
+    }
+
+    /// The same request contemplated: decoded as `branches` branches from its one prefill, and
+    /// voted on when they finish (self-consistency; see [`crate::reasoning::vote`]). With
+    /// [`reasoning::prompt_ids`](crate::reasoning::prompt_ids) in
+    /// [`Mode::Contemplate`](crate::reasoning::Mode) this is the whole contemplating mode in one
+    /// engine request.
+    pub fn contemplate(self, branches: usize) -> Request {
+        Request { branches, vote: true, ..self }
     }
 
     /// The same request decoded as `branches` branches.
@@ -127,6 +142,15 @@ pub struct RequestOutput {
     pub branches: Vec<BranchOutput>,
     /// Timings.
     pub timings: RequestTimings,
+    /// The vote over the branches' answers, for a [voting](Request::vote) request.
+    pub vote: Option<Vote>,
+}
+
+impl RequestOutput {
+    /// The branch to show: the vote's choice for a voting request, else the first.
+    pub fn chosen(&self) -> Option<&BranchOutput> {
+        self.branches.get(self.vote.as_ref().map_or(0, |v| v.chosen))
+    }
 }
 
 /// What a step reports, in the order it happened.
@@ -181,6 +205,7 @@ struct Branch {
 struct Active {
     id: RequestId,
     sampling: SamplingOptions,
+    vote: bool,
     pages: usize,
     prompt_tokens: usize,
     queued: Duration,
@@ -190,9 +215,14 @@ struct Active {
 }
 
 /// The batched engine over one decoder. See the module docs.
-pub struct Engine<'m> {
-    model: &'m Decoder,
-    vision: Option<&'m Vision>,
+///
+/// The engine holds its decoder, vision tower and tokenizer by `Arc`: it is `'static` and
+/// `Send`, so a server can move it to a worker thread or keep it behind a mutex.
+pub struct Engine {
+    model: Arc<Decoder>,
+    vision: Option<Arc<Vision>>,
+    /// Decodes the branches of voting requests.
+    tokenizer: Option<Arc<Tokenizer>>,
     opts: EngineOptions,
     pool: KvPool,
     next_id: u64,
@@ -226,7 +256,7 @@ struct Prefilling {
     started: Instant,
 }
 
-impl std::fmt::Debug for Engine<'_> {
+impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("opts", &self.opts)
@@ -237,9 +267,11 @@ impl std::fmt::Debug for Engine<'_> {
     }
 }
 
-impl<'m> Engine<'m> {
-    /// An engine over `model` with a KV pool of `opts.kv_tokens` tokens.
-    pub fn new(model: &'m Decoder, opts: EngineOptions) -> Result<Engine<'m>> {
+impl Engine {
+    /// An engine over `model` with a KV pool of `opts.kv_tokens` tokens (text only, without a
+    /// tokenizer; [`Model::engine`](crate::model::Model::engine) adds the model's vision tower
+    /// and tokenizer).
+    pub fn new(model: Arc<Decoder>, opts: EngineOptions) -> Result<Engine> {
         if opts.page_size == 0 || opts.max_batch == 0 || opts.kv_tokens < opts.page_size {
             return Err(RuntimeError::Request(format!(
                 "engine of {} KV tokens in pages of {}, batches of {}: all must be positive, with room for a page",
@@ -252,6 +284,7 @@ impl<'m> Engine<'m> {
         Ok(Engine {
             model,
             vision: None,
+            tokenizer: None,
             free_slots: (0..opts.max_batch as u32).rev().collect(),
             opts,
             pool,
@@ -293,8 +326,14 @@ impl<'m> Engine<'m> {
     }
 
     /// The same engine taking images through `vision` (a multimodal model's tower).
-    pub fn with_vision(mut self, vision: Option<&'m Vision>) -> Self {
+    pub fn with_vision(mut self, vision: Option<Arc<Vision>>) -> Self {
         self.vision = vision;
+        self
+    }
+
+    /// The same engine decoding the branches of voting requests with `tokenizer`.
+    pub fn with_tokenizer(mut self, tokenizer: Option<Arc<Tokenizer>>) -> Self {
+        self.tokenizer = tokenizer;
         self
     }
 
@@ -333,7 +372,10 @@ impl<'m> Engine<'m> {
         if req.prompt.len() >= cfg.context {
             return refuse(RequestError::TooLong { tokens: req.prompt.len(), context: cfg.context, used: 0 });
         }
-        match (&req.pixels, self.vision) {
+        if req.vote && self.tokenizer.is_none() {
+            return refuse(RequestError::NoTokenizer);
+        }
+        match (&req.pixels, self.vision.as_deref()) {
             (Some(_), None) => {
                 return refuse(RequestError::Images("images given to a model without a vision tower".into()));
             }
@@ -540,7 +582,7 @@ impl<'m> Engine<'m> {
                 if left > p.size {
                     // A middle chunk: into the cache, finished before the next is recorded.
                     let c = &p.w.req.prompt[p.done..p.done + p.size];
-                    if let Err(e) = crate::generate::prefill_into(self.model, &mut self.pool, p.seq, c) {
+                    if let Err(e) = crate::generate::prefill_into(&self.model, &mut self.pool, p.seq, c) {
                         let id = p.w.id;
                         self.drop_prefill(p)?;
                         events.push(Event::Failed { request: id, error: e.to_string() });
@@ -610,6 +652,7 @@ impl<'m> Engine<'m> {
                 let mut a = Active {
                     id: w.id,
                     sampling: w.req.sampling.clone(),
+                    vote: w.req.vote,
                     pages: w.pages,
                     prompt_tokens: w.req.prompt.len(),
                     queued: started - w.submitted,
@@ -672,7 +715,13 @@ impl<'m> Engine<'m> {
             let prompt = &req.prompt[done..];
             let p = prompt.len();
             let mut rec = Recorder::new(&dev);
-            let x = crate::model::embed_prompt(self.model, self.vision, &mut rec, prompt, req.pixels.as_deref())?;
+            let x = crate::model::embed_prompt(
+                &self.model,
+                self.vision.as_deref(),
+                &mut rec,
+                prompt,
+                req.pixels.as_deref(),
+            )?;
             let h = self.model.forward(&mut rec, pool, seq, &x, p)?;
             let last = self.model.logits(&mut rec, &h, p - 1..p)?;
             let logits = if n == 1 {
@@ -750,7 +799,7 @@ impl<'m> Engine<'m> {
             return Ok(false);
         }
         let tag = self.steps;
-        self.stepper.submit(self.model, &mut self.pool, &rows, tag)?;
+        self.stepper.submit(&self.model, &mut self.pool, &rows, tag)?;
         self.steps += 1;
         for &(id, bi) in &who {
             if let Some(a) = self.active.iter_mut().find(|a| a.id == id) {
@@ -810,7 +859,11 @@ impl<'m> Engine<'m> {
                 prefill: a.prefill,
                 decode: a.first_token.elapsed(),
             };
-            events.push(Event::Finished { request: a.id, output: RequestOutput { branches, timings } });
+            let vote = match (a.vote, &self.tokenizer) {
+                (true, Some(tok)) => Some(vote_on(tok, &branches)),
+                _ => None,
+            };
+            events.push(Event::Finished { request: a.id, output: RequestOutput { branches, timings, vote } });
         }
         Ok(())
     }
@@ -856,4 +909,12 @@ fn accept(
         br.stop = Some(StopReason::Context);
     }
     Ok(())
+}
+
+/// The vote over finished branches, their texts decoded without special tokens (a branch that
+/// does not decode gives no answer).
+fn vote_on(tokenizer: &Tokenizer, branches: &[BranchOutput]) -> Vote {
+    let scored: Vec<(String, f32)> =
+        branches.iter().map(|b| (tokenizer.decode(&b.tokens, true).unwrap_or_default(), b.mean_logprob())).collect();
+    crate::reasoning::vote(&scored)
 }

@@ -3,6 +3,7 @@
 //! ([`crate::stepper`]); only the chosen ids (and their log-probabilities) are read back, a step
 //! or two behind, and the steps run past a stop are discarded.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flint_gpu::{DType, Recorder, Tensor};
@@ -137,10 +138,11 @@ impl Generation {
     }
 }
 
-/// One sequence of a decoder with its KV cache.
-pub struct Session<'m> {
-    model: &'m Decoder,
-    vision: Option<&'m Vision>,
+/// One sequence of a decoder with its KV cache. It holds its decoder (and vision tower) by
+/// `Arc`, so it is `'static` and `Send`: it can move to another thread or live in shared state.
+pub struct Session {
+    model: Arc<Decoder>,
+    vision: Option<Arc<Vision>>,
     pool: KvPool,
     seq: SeqId,
     step: u32,
@@ -150,16 +152,16 @@ pub struct Session<'m> {
     prefill_chunk: usize,
 }
 
-impl<'m> Session<'m> {
+impl Session {
     /// A session with room for `capacity` tokens (prompt and generation).
-    pub fn new(model: &'m Decoder, capacity: usize) -> Result<Session<'m>> {
+    pub fn new(model: Arc<Decoder>, capacity: usize) -> Result<Session> {
         let capacity = capacity.min(model.cfg.context);
         let mut pool = model.kv_pool(capacity, 64)?;
         let seq = pool.create();
         // The batch-1 decode plan is made here, not on the first step; a session that cannot
         // make it (too small to hold a step) makes it when it steps, or records the step.
         let mut stepper = Stepper::new(model.device(), 1, 1, capacity.div_ceil(pool.page_size()), StepMode::Planned)?;
-        if let Err(e) = stepper.warm(model, &mut pool, 1) {
+        if let Err(e) = stepper.warm(&model, &mut pool, 1) {
             tracing::debug!(error = %e, "no batch-1 decode plan at load");
         }
         let stepper = Some(stepper);
@@ -238,7 +240,7 @@ impl<'m> Session<'m> {
     }
 
     /// The same session able to take images (through `vision`).
-    pub fn with_vision(mut self, vision: Option<&'m Vision>) -> Self {
+    pub fn with_vision(mut self, vision: Option<Arc<Vision>>) -> Self {
         self.vision = vision;
         self
     }
@@ -251,8 +253,8 @@ impl<'m> Session<'m> {
     /// [`Session::forward`] with images: the image tokens of `ids` take the embeddings the
     /// vision tower makes of `pixels`.
     pub fn forward_with(&mut self, rec: &mut Recorder, ids: &[u32], pixels: Option<&Pixels>) -> Result<Tensor> {
-        check_ids(self.model, ids)?;
-        let x = crate::model::embed_prompt(self.model, self.vision, rec, ids, pixels)?;
+        check_ids(&self.model, ids)?;
+        let x = crate::model::embed_prompt(&self.model, self.vision.as_deref(), rec, ids, pixels)?;
         self.model.forward(rec, &mut self.pool, self.seq, &x, ids.len())
     }
 
@@ -266,7 +268,7 @@ impl<'m> Session<'m> {
         // recorded, so the activations held at once are a chunk's, not the prompt's: memory is
         // bounded by the weights, the KV cache and a constant. A prompt with images runs whole.
         let chunk = if pixels.is_none() { self.prefill_chunk } else { ids.len() };
-        let ids = prefill_head(self.model, &mut self.pool, self.seq, ids, chunk)?;
+        let ids = prefill_head(&self.model, &mut self.pool, self.seq, ids, chunk)?;
         let mut rec = Recorder::new(&dev);
         let h = self.forward_with(&mut rec, ids, pixels)?;
         let logits = self.model.logits(&mut rec, &h, ids.len() - 1..ids.len())?;
@@ -310,7 +312,7 @@ impl<'m> Session<'m> {
         let row = self.row(opts, self.step);
         let tokens = self.stepper()?.tokens().clone();
         dev.write(&tokens, &token.to_le_bytes())?;
-        let (model, pool) = (self.model, &mut self.pool);
+        let (model, pool) = (&*self.model, &mut self.pool);
         let times = self.stepper.as_mut().expect("made above").profile(model, pool, &[row])?;
         self.step += 1;
         Ok(times)
@@ -372,7 +374,7 @@ impl<'m> Session<'m> {
                     && base + submitted < capacity
                 {
                     let row = self.row(opts, first_step + submitted as u32);
-                    let (model, pool) = (self.model, &mut self.pool);
+                    let (model, pool) = (&*self.model, &mut self.pool);
                     self.stepper.as_mut().expect("made above").submit(model, pool, &[row], submitted as u64)?;
                     submitted += 1;
                 }

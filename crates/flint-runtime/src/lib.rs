@@ -22,6 +22,17 @@ pub mod tokenizer;
 
 pub use error::{RequestError, Result, RuntimeError};
 
+// A host keeps models, engines and sessions in shared state and moves them between threads:
+// this fails to compile if one of them stops being `Send` (or a model `Sync`).
+#[cfg(not(target_arch = "wasm32"))]
+const _: () = {
+    const fn shared<T: Send + Sync + 'static>() {}
+    const fn owned<T: Send + 'static>() {}
+    shared::<model::Model>();
+    owned::<engine::Engine>();
+    owned::<generate::Session>();
+};
+
 /// Refuse anything but a regular file (symlinks followed) before it is opened: opening a FIFO
 /// blocks until a writer comes, and a device or a directory is no model, image or prompt file.
 pub fn check_regular(path: &std::path::Path) -> std::io::Result<()> {

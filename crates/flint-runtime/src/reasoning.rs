@@ -84,6 +84,18 @@ impl Mode {
     pub fn reasons(self) -> bool {
         !matches!(self, Mode::Instant)
     }
+
+    /// The engine request of a prompt made for this mode ([`prompt_ids`], [`prompt`]): one
+    /// branch, or for contemplating mode its branches decoded from the one prefill and voted on
+    /// by the engine ([`Request::contemplate`](crate::engine::Request::contemplate); the
+    /// finished output carries the [`Vote`]).
+    pub fn request(self, prompt: Vec<u32>, sampling: crate::generate::SamplingOptions) -> crate::engine::Request {
+        let req = crate::engine::Request::new(prompt, sampling);
+        match self {
+            Mode::Contemplate { branches } => req.contemplate(branches),
+            _ => req,
+        }
+    }
 }
 
 /// Whether a chat template has a reasoning format of its own.
@@ -107,7 +119,7 @@ pub fn prompt(
     chat: bool,
 ) -> Result<(Vec<u32>, Option<Pixels>)> {
     prompt_unnamed(model, mode, question, images, chat).map_err(|e| match e {
-        RuntimeError::Tokenizer(m) => RuntimeError::Tokenizer(format!("{}: {m}", model.path.display())),
+        RuntimeError::Tokenizer(m) => RuntimeError::Tokenizer(format!("{}: {m}", model.path().display())),
         e => e,
     })
 }
@@ -120,7 +132,7 @@ fn prompt_unnamed(
     chat: bool,
 ) -> Result<(Vec<u32>, Option<Pixels>)> {
     let mut spec = PromptSpec { text: question, images, chat, ..Default::default() };
-    let Some(template) = model.tokenizer.chat_template.as_deref() else {
+    let Some(template) = model.tokenizer().chat_template.as_deref() else {
         if chat || mode.reasons() {
             // A reasoning mode without a template would silently become a plain continuation.
             let why = if chat { "a chat prompt" } else { "a reasoning mode (think, contemplate)" };

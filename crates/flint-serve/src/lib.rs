@@ -251,8 +251,8 @@ async fn models(State(s): Shared, headers: HeaderMap) -> Response {
             "object": "model",
             "created": unix_now(),
             "owned_by": "flint",
-            "context_length": s.model.decoder.cfg.context,
-            "vision": s.model.vision.is_some(),
+            "context_length": s.model.decoder().cfg.context,
+            "vision": s.model.vision().is_some(),
         }],
     }))
     .into_response()
@@ -411,7 +411,7 @@ fn settle(s: &AppState, c: &Common) -> Result<(Mode, usize, SamplingOptions, Vec
         top_p,
         seed,
         max_tokens,
-        stop: s.model.tokenizer.stop_tokens.clone(),
+        stop: s.model.tokenizer().stop_tokens.clone(),
     };
     Ok((mode, branches, sampling, stops))
 }
@@ -472,7 +472,7 @@ fn chat_job(s: &AppState, r: ChatRequest) -> Result<Job, ApiError> {
                     match p {
                         Part::Text { text: t } => text.push_str(t),
                         Part::ImageUrl { image_url } => {
-                            if s.model.vision.is_none() {
+                            if s.model.vision().is_none() {
                                 return Err(ApiError::bad(
                                     "messages",
                                     format!("{} is a text-only model; it cannot take images", s.opts.model_name),
@@ -494,7 +494,7 @@ fn chat_job(s: &AppState, r: ChatRequest) -> Result<Job, ApiError> {
         msgs.push(ChatMessage { role: role.into(), text, images: count });
     }
     let model = &s.model;
-    let template = model.tokenizer.chat_template.as_deref().ok_or_else(|| {
+    let template = model.tokenizer().chat_template.as_deref().ok_or_else(|| {
         ApiError::bad("messages", format!("{} has no chat template; use /v1/completions", s.opts.model_name))
     })?;
     let mut thinking = None;
@@ -526,7 +526,7 @@ fn completion_job(s: &AppState, r: CompletionRequest) -> Result<Job, ApiError> {
     if mode.reasons() {
         return Err(ApiError::bad("mode", "the reasoning modes need the chat template: use /v1/chat/completions"));
     }
-    let text = |t: &str| s.model.tokenizer.encode(t, true).map_err(|e| ApiError::bad("prompt", e.to_string()));
+    let text = |t: &str| s.model.tokenizer().encode(t, true).map_err(|e| ApiError::bad("prompt", e.to_string()));
     let prompt = match &r.prompt {
         Value::String(t) => text(t)?,
         Value::Array(a) if a.len() == 1 && a[0].is_string() => text(a[0].as_str().unwrap_or(""))?,
@@ -567,7 +567,7 @@ fn finish_job(
     stops: Vec<String>,
     wants: Wants,
 ) -> Result<Job, ApiError> {
-    let context = s.model.decoder.cfg.context;
+    let context = s.model.decoder().cfg.context;
     let limit = s.opts.max_prompt_tokens.min(context - 1);
     if prompt.is_empty() {
         return Err(ApiError::bad(if kind == Kind::Chat { "messages" } else { "prompt" }, "the prompt has no tokens"));
@@ -687,7 +687,7 @@ impl Run {
     }
 
     fn decode(&self, ids: &[u32]) -> String {
-        self.state.model.tokenizer.decode(ids, true).unwrap_or_default()
+        self.state.model.tokenizer().decode(ids, true).unwrap_or_default()
     }
 
     /// Take a token of branch `b`, its text decoded incrementally (only the tokens since the
@@ -695,7 +695,7 @@ impl Run {
     /// the first stop string its text holds. Returns whether this token stopped it so.
     fn token(&mut self, b: usize, token: u32, logprob: f32) -> bool {
         self.first_token.get_or_insert_with(Instant::now);
-        let tok = &self.state.model.tokenizer;
+        let tok = self.state.model.tokenizer();
         let longest = self.job.stops.iter().map(String::len).max().unwrap_or(0);
         let Some(c) = self.choices.get_mut(b) else { return false };
         if c.finish.is_some() {

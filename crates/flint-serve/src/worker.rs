@@ -175,7 +175,7 @@ pub(crate) fn run(model: Arc<Model>, opts: EngineOptions, rx: Receiver<Command>,
 }
 
 fn take(
-    engine: &mut flint_runtime::engine::Engine<'_>,
+    engine: &mut flint_runtime::engine::Engine,
     c: Command,
     by_key: &mut HashMap<u64, (RequestId, UnboundedSender<Out>)>,
     by_id: &mut HashMap<RequestId, u64>,

@@ -7,6 +7,7 @@ pub mod vision;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use flint_gpu::{DType, Device, Recorder, Tensor};
 
@@ -175,16 +176,16 @@ pub struct ChatMessage {
 }
 
 /// A loaded model: weights on the GPU, the tokenizer, and for multimodal models the vision side.
+///
+/// The GPU parts are shared, not borrowed: [`Model::engine`] and [`Model::session`] return
+/// owned values (`Send`, `'static`) holding `Arc`s of the decoder and vision tower, so a host can
+/// keep them in shared state, move them to a worker thread, or drop the `Model` first.
 #[derive(Debug)]
 pub struct Model {
-    /// The decoder.
-    pub decoder: Decoder,
-    /// Its tokenizer and chat template.
-    pub tokenizer: Tokenizer,
-    /// Where it was loaded from.
-    pub path: PathBuf,
-    /// The vision tower of a multimodal model.
-    pub vision: Option<Vision>,
+    decoder: Arc<Decoder>,
+    tokenizer: Arc<Tokenizer>,
+    path: PathBuf,
+    vision: Option<Arc<Vision>>,
 }
 
 impl Model {
@@ -203,7 +204,38 @@ impl Model {
                 .error(format!("{} tokens but an output head of {}", tokenizer.vocab_size(), decoder.cfg.vocab))
                 .into());
         }
-        Ok(Model { decoder, tokenizer, path: path.to_path_buf(), vision: None })
+        Ok(Model::from_parts(decoder, tokenizer, path, None))
+    }
+
+    /// A model from its parts (a decoder built in memory, say, with a tokenizer).
+    pub fn from_parts(decoder: Decoder, tokenizer: Tokenizer, path: impl AsRef<Path>, vision: Option<Vision>) -> Model {
+        Model {
+            decoder: Arc::new(decoder),
+            tokenizer: Arc::new(tokenizer),
+            path: path.as_ref().to_path_buf(),
+            vision: vision.map(Arc::new),
+        }
+    }
+
+    /// The decoder (clone the `Arc` to build an [`Engine`](crate::engine::Engine) or
+    /// [`Session`] over it directly).
+    pub fn decoder(&self) -> &Arc<Decoder> {
+        &self.decoder
+    }
+
+    /// The tokenizer and chat template.
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    /// The vision side of a multimodal model.
+    pub fn vision(&self) -> Option<&Arc<Vision>> {
+        self.vision.as_ref()
+    }
+
+    /// Where the model was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     fn load_hf(dev: &Device, path: &Path) -> Result<Model> {
@@ -252,7 +284,7 @@ impl Model {
                 decoder.cfg.vocab
             )));
         }
-        Ok(Model { decoder, tokenizer, path: path.to_path_buf(), vision })
+        Ok(Model::from_parts(decoder, tokenizer, path, vision))
     }
 
     /// Token ids of a prompt; `chat` wraps it as one user message in the model's chat template
@@ -378,13 +410,18 @@ impl Model {
     }
 
     /// A batched engine over this model (taking images when it has a vision tower).
-    pub fn engine(&self, opts: crate::engine::EngineOptions) -> Result<crate::engine::Engine<'_>> {
-        Ok(crate::engine::Engine::new(&self.decoder, opts)?.with_vision(self.vision.as_ref()))
+    /// It shares the model's decoder, vision tower and tokenizer (the tokenizer decodes the
+    /// branches of [voting](crate::engine::Request::vote) requests).
+    pub fn engine(&self, opts: crate::engine::EngineOptions) -> Result<crate::engine::Engine> {
+        Ok(crate::engine::Engine::new(self.decoder.clone(), opts)?
+            .with_vision(self.vision.clone())
+            .with_tokenizer(Some(self.tokenizer.clone())))
     }
 
-    /// A generation session with room for `capacity` tokens.
-    pub fn session(&self, capacity: usize) -> Result<Session<'_>> {
-        Ok(Session::new(&self.decoder, capacity)?.with_vision(self.vision.as_ref()))
+    /// A generation session with room for `capacity` tokens, sharing the model's decoder and
+    /// vision tower.
+    pub fn session(&self, capacity: usize) -> Result<Session> {
+        Ok(Session::new(self.decoder.clone(), capacity)?.with_vision(self.vision.clone()))
     }
 
     /// Logits at every position of `ids`, f32 `[ids.len(), vocab]` row-major.
