@@ -267,7 +267,7 @@ fn serve(model: flint_runtime::model::Model, opts: flint_serve::ServeOptions) ->
         let keyed = opts.api_key.is_some();
         let server = flint_serve::Server::bind(model, opts.clone())
             .await
-            .with_context(|| format!("listening on {}", opts.addr))?;
+            .with_context(|| format!("starting the server on {}", opts.addr))?;
         let addr = server.local_addr()?;
         // The one line a script waits for (the port is the chosen one when asked for 0).
         println!("flint serve: {name} on http://{addr}/v1{}", if keyed { " (API key required)" } else { "" });

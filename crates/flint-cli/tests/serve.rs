@@ -620,3 +620,18 @@ fn requests_past_the_concurrency_limit_get_429() {
         assert_eq!(r.json()["error"]["code"], "rate_limit_exceeded", "{}", r.body);
     }
 }
+
+/// An engine that cannot be made (a KV pool no device holds) is an error at start, naming
+/// why, not a server whose `/health` says ok while every request fails.
+#[test]
+fn an_engine_that_cannot_be_made_stops_the_server_at_start() {
+    let out = Command::new(FLINT)
+        .args(["serve", "--model", &seed_model(), "--port", "0", "--kv-tokens", "1073741824"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("flint serve runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the engine could not be made"), "{stderr}");
+    assert!(out.stdout.is_empty(), "no address was announced: {:?}", String::from_utf8_lossy(&out.stdout));
+}

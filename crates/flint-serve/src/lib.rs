@@ -91,6 +91,8 @@ struct AppState {
     opts: ServeOptions,
     tx: Mutex<Option<std::sync::mpsc::Sender<Command>>>,
     gauges: Arc<Mutex<EngineGauges>>,
+    /// Cleared when the engine's thread has stopped (it panicked, say).
+    engine_up: Arc<AtomicBool>,
     http: Mutex<HttpMetrics>,
     in_system: AtomicUsize,
     draining: AtomicBool,
@@ -115,23 +117,29 @@ pub struct Server {
 }
 
 impl Server {
-    /// Bind `opts.addr` and start the engine's thread over `model`.
+    /// Bind `opts.addr`, make the engine over `model` (an error if it cannot be made: no device
+    /// memory for its KV pool, say) and start its thread.
     pub async fn bind(model: Model, opts: ServeOptions) -> std::io::Result<Server> {
+        let engine = model
+            .engine(opts.engine.clone())
+            .map_err(|e| std::io::Error::other(format!("the engine could not be made: {e}")))?;
         let listener = tokio::net::TcpListener::bind(opts.addr).await?;
         let model = Arc::new(model);
         let (tx, rx) = std::sync::mpsc::channel();
         let gauges = Arc::new(Mutex::new(EngineGauges::default()));
+        let engine_up = Arc::new(AtomicBool::new(true));
         let worker = {
-            let (model, eopts, gauges) = (model.clone(), opts.engine.clone(), gauges.clone());
+            let (gauges, up) = (gauges.clone(), engine_up.clone());
             std::thread::Builder::new()
                 .name("flint-engine".into())
-                .spawn(move || worker::run(model, eopts, rx, gauges))?
+                .spawn(move || worker::run(engine, rx, gauges, up))?
         };
         let state = Arc::new(AppState {
             model,
             opts,
             tx: Mutex::new(Some(tx)),
             gauges,
+            engine_up,
             http: Mutex::new(HttpMetrics::default()),
             in_system: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
@@ -236,6 +244,10 @@ async fn method_not_allowed() -> ApiError {
 async fn health(State(s): Shared) -> Response {
     if s.draining.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "shutting down"}))).into_response();
+    }
+    if !s.engine_up.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "the engine has stopped"})))
+            .into_response();
     }
     axum::Json(json!({"status": "ok"})).into_response()
 }

@@ -5,12 +5,12 @@
 //! is cancelled, freeing its KV pages.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use flint_runtime::engine::{EngineOptions, Event, Request, RequestId, RequestOutput};
-use flint_runtime::model::Model;
+use flint_runtime::engine::{Engine, Event, Request, RequestId, RequestOutput};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// A message from a handler.
@@ -52,21 +52,16 @@ pub(crate) struct EngineGauges {
     pub tokens_per_s: f64,
 }
 
-/// Run the engine until every sender of `rx` is gone and nothing is live.
-pub(crate) fn run(model: Arc<Model>, opts: EngineOptions, rx: Receiver<Command>, gauges: Arc<Mutex<EngineGauges>>) {
-    let mut engine = match model.engine(opts) {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::error!(error = %e, "the engine could not be made");
-            // Refuse whatever comes.
-            for c in rx {
-                if let Command::Submit { out, .. } = c {
-                    let _ = out.send(Out::Failed(format!("the engine could not be made: {e}")));
-                }
-            }
-            return;
+/// Run `engine` until every sender of `rx` is gone and nothing is live. `up` is cleared when
+/// this returns or unwinds, so `/health` reports an engine that is gone.
+pub(crate) fn run(mut engine: Engine, rx: Receiver<Command>, gauges: Arc<Mutex<EngineGauges>>, up: Arc<AtomicBool>) {
+    struct Down(Arc<AtomicBool>);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::SeqCst);
         }
-    };
+    }
+    let _down = Down(up);
     let mut by_key: HashMap<u64, (RequestId, UnboundedSender<Out>)> = HashMap::new();
     let mut by_id: HashMap<RequestId, u64> = HashMap::new();
     let mut window: Vec<(Instant, u64)> = Vec::new();
@@ -175,7 +170,7 @@ pub(crate) fn run(model: Arc<Model>, opts: EngineOptions, rx: Receiver<Command>,
 }
 
 fn take(
-    engine: &mut flint_runtime::engine::Engine,
+    engine: &mut Engine,
     c: Command,
     by_key: &mut HashMap<u64, (RequestId, UnboundedSender<Out>)>,
     by_id: &mut HashMap<RequestId, u64>,
