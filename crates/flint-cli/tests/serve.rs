@@ -223,7 +223,20 @@ fn chat_and_completions_answer_in_openai_form_and_branches_equal_greedy() {
     // Reasoning modes: think answers apart from its reasoning; contemplate votes over branches.
     let think = srv.post("/v1/chat/completions", &chat("a b", json!({"mode": "think", "max_tokens": 16})));
     assert_eq!(think.status, 200, "{}", think.body);
-    assert!(think.json()["choices"][0]["message"]["content"].is_string());
+    let think = think.json();
+    assert!(think["choices"][0]["message"]["content"].is_string());
+    // Streamed, the reasoning comes as `reasoning_content` deltas and the answer as `content`
+    // deltas, split as the whole answer is.
+    let body = chat("a b", json!({"mode": "think", "max_tokens": 16, "stream": true}));
+    let (mut thought, mut said) = (String::new(), String::new());
+    for e in srv.post("/v1/chat/completions", &body).events().iter().filter(|e| *e != "[DONE]") {
+        let v: Value = serde_json::from_str(e).unwrap();
+        thought += v["choices"][0]["delta"]["reasoning_content"].as_str().unwrap_or("");
+        said += v["choices"][0]["delta"]["content"].as_str().unwrap_or("");
+    }
+    let message = &think["choices"][0]["message"];
+    assert_eq!(said, message["content"].as_str().unwrap());
+    assert_eq!(thought, message["reasoning_content"].as_str().unwrap_or(""));
     let cont = srv.post(
         "/v1/chat/completions",
         &chat(
@@ -634,4 +647,37 @@ fn an_engine_that_cannot_be_made_stops_the_server_at_start() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("the engine could not be made"), "{stderr}");
     assert!(out.stdout.is_empty(), "no address was announced: {:?}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// Think mode on SmolLM2-135M (fetched on first use), whose replies run to several paragraphs:
+/// streamed, the reasoning comes as `reasoning_content` deltas ahead of the answer's `content`
+/// deltas, and they join to the whole answer's fields.
+#[test]
+fn streamed_thinking_sends_reasoning_apart_and_agrees_with_the_whole_answer() {
+    let srv = Server::start("smollm2-135m", &[]);
+    let ask = |stream: bool| chat("What is 3 + 5?", json!({"mode": "think", "max_tokens": 96, "stream": stream}));
+    let whole = srv.post("/v1/chat/completions", &ask(false));
+    assert_eq!(whole.status, 200, "{}", whole.body);
+    let whole = whole.json();
+    let message = &whole["choices"][0]["message"];
+    let (reasoning, content) =
+        (message["reasoning_content"].as_str().unwrap_or(""), message["content"].as_str().unwrap());
+    assert!(!reasoning.is_empty() && !content.is_empty(), "a reply of several paragraphs splits: {message}");
+    let events = srv.post("/v1/chat/completions", &ask(true)).events();
+    let (mut thought, mut said, mut order) = (String::new(), String::new(), String::new());
+    for e in events.iter().filter(|e| *e != "[DONE]") {
+        let v: Value = serde_json::from_str(e).unwrap();
+        let delta = &v["choices"][0]["delta"];
+        if let Some(t) = delta["reasoning_content"].as_str() {
+            thought += t;
+            order.push('r');
+        }
+        if let Some(t) = delta["content"].as_str().filter(|t| !t.is_empty()) {
+            said += t;
+            order.push('c');
+        }
+    }
+    assert_eq!((thought.as_str(), said.as_str()), (reasoning, content));
+    assert!(order.starts_with('r') && !order.contains("cr"), "reasoning first, then the answer: {order}");
+    assert!(order.matches('r').count() > 1, "the reasoning streams in pieces: {order}");
 }

@@ -5,7 +5,7 @@
 //! - [`Mode::Think`]: a long budget in the model's reasoning format when its chat template has
 //!   one (a template that reads `enable_thinking` or writes `<think>`); otherwise a system
 //!   message asks for the reasoning first and a last line starting with `Answer:`. The reply
-//!   is split into the reasoning and the answer.
+//!   is split into the reasoning and the answer, whole or as it streams ([`ReplySplitter`]).
 //! - [`Mode::Contemplate`]: the thinking prompt prefilled once, N branches sampled from it in
 //!   parallel (each with its own seed), then a majority vote over the branches' final answers
 //!   (self-consistency), ties broken by the mean token log-probability.
@@ -162,36 +162,185 @@ pub struct Reply {
     pub answer: String,
 }
 
-/// Split `text` at `</think>` (reasoning inside `<think>...</think>`), else at the last line
-/// that starts with `Answer:`; with neither, all of it is the answer.
+/// Split a whole reply into its reasoning and its answer, as [`ReplySplitter`] splits it
+/// streamed: at the first `</think>` or `Answer:` line; without either, the last paragraph is
+/// the answer (inside an unclosed `<think>`, nothing is).
 pub fn split_reply(text: &str) -> Reply {
-    if let Some(end) = text.find("</think>") {
-        let start = text[..end].find("<think>").map_or(0, |s| s + "<think>".len());
-        return Reply {
-            reasoning: text[start..end].trim().into(),
-            answer: text[end + "</think>".len()..].trim().into(),
+    ReplySplitter::split(text)
+}
+
+/// What a [`ReplySplitter`] lets out after a piece of text: new reasoning and new answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplyDelta {
+    /// Reasoning text to append.
+    pub reasoning: String,
+    /// Answer text to append.
+    pub answer: String,
+}
+
+/// Splits a reply into reasoning and answer as it is generated, for streaming it: the text is
+/// reasoning (a leading `<think>` dropped) until the first answer marker, `</think>` or a line
+/// starting with `Answer:` (after markdown `*`, `#`), and answer after it. A reply that never
+/// marks its answer is all reasoning inside an unclosed `<think>`; otherwise its last paragraph
+/// (after the last blank line; all of a one-paragraph reply) is the answer, so the reasoning
+/// streams a paragraph behind until a marker is seen. Text that may yet turn out to be a
+/// marker or the last paragraph, and whitespace that may end a part, is held back until the
+/// next piece shows what it is, so the pieces joined are the parts trimmed, however the reply
+/// was cut into pieces.
+/// [`split_reply`] is the same split of a whole reply, so a stream and its whole agree.
+#[derive(Clone, Debug, Default)]
+pub struct ReplySplitter {
+    text: String,
+    /// Where the reasoning starts (after a leading `<think>`), once known.
+    start: Option<usize>,
+    /// The marker's start, where the answer starts, and whether the answer's leading `*` go.
+    marker: Option<(usize, usize, bool)>,
+    /// Text before this has been let out (or skipped).
+    sent: usize,
+    /// Whether any reasoning, and any answer, has been let out.
+    reasoning_begun: bool,
+    answer_begun: bool,
+}
+
+impl ReplySplitter {
+    /// A splitter with nothing seen.
+    pub fn new() -> ReplySplitter {
+        ReplySplitter::default()
+    }
+
+    /// The reasoning and answer of a whole reply, as a stream of it gives them.
+    pub fn split(text: &str) -> Reply {
+        let mut s = ReplySplitter::new();
+        let (a, b) = (s.push(text), s.finish());
+        Reply { reasoning: a.reasoning + &b.reasoning, answer: a.answer + &b.answer }
+    }
+
+    /// Take the next piece of the reply; returns what can be let out now.
+    pub fn push(&mut self, piece: &str) -> ReplyDelta {
+        self.text.push_str(piece);
+        self.advance(false)
+    }
+
+    /// The reply has ended: let out what was held back (trailing whitespace dropped).
+    pub fn finish(&mut self) -> ReplyDelta {
+        self.advance(true)
+    }
+
+    fn advance(&mut self, last: bool) -> ReplyDelta {
+        let mut out = ReplyDelta::default();
+        let text = self.text.as_str();
+        let start = match self.start {
+            Some(s) => s,
+            None => {
+                let rest = text.trim_start();
+                let lead = text.len() - rest.len();
+                if rest.starts_with("<think>") {
+                    lead + "<think>".len()
+                } else if !last && "<think>".starts_with(rest) {
+                    return out; // maybe a `<think>` still coming
+                } else {
+                    0
+                }
+            }
         };
-    }
-    let lower = text.to_lowercase();
-    let mut at = None;
-    for (i, _) in lower.match_indices("answer:") {
-        if i == 0 || text[..i].ends_with('\n') || text[..i].trim_end_matches(['*', '#', ' ']).ends_with('\n') {
-            at = Some(i);
+        self.start = Some(start);
+        self.sent = self.sent.max(start);
+        if self.marker.is_none() {
+            // Nothing let out can be part of a marker, so the search starts at the line of
+            // the first unsent byte.
+            let from = text[..self.sent].rfind('\n').map_or(start, |n| n + 1).max(start);
+            self.marker = find_marker(text, from);
         }
-    }
-    if at.is_none() && lower.starts_with("answer:") {
-        at = Some(0);
-    }
-    match at {
-        Some(i) => {
-            let line_start = text[..i].rfind('\n').map_or(0, |n| n + 1);
-            Reply {
-                reasoning: text[..line_start].trim().into(),
-                answer: text[i + "answer:".len()..].trim().trim_start_matches('*').trim().into(),
+        // Inside `<think>` the reasoning runs to the marker; otherwise, with no marker, the
+        // last paragraph is the answer.
+        let opened = start > 0;
+        if self.marker.is_none() && last && !opened {
+            let p = last_paragraph(text, start);
+            self.marker = Some((p, p, false));
+        }
+        // The reasoning: up to the marker, or to what may still become one or the answer.
+        let end = match self.marker {
+            Some((m, _, _)) => m,
+            None if last => text.len(),
+            None if opened => undecided(text, start),
+            None => undecided(text, start).min(last_paragraph(text, start)),
+        };
+        if self.sent < end {
+            let part = &text[self.sent..end];
+            let lead = if self.reasoning_begun { 0 } else { part.len() - part.trim_start().len() };
+            let body = part[lead..].trim_end();
+            if !body.is_empty() {
+                out.reasoning = body.to_string();
+                self.reasoning_begun = true;
+                self.sent += lead + body.len();
             }
         }
-        None => Reply { reasoning: String::new(), answer: text.trim().into() },
+        let Some((_, answer, stars)) = self.marker else { return out };
+        self.sent = self.sent.max(answer);
+        let part = &text[self.sent..];
+        let lead = if self.answer_begun {
+            0
+        } else {
+            let rest = part.trim_start();
+            let rest = if stars { rest.trim_start_matches('*').trim_start() } else { rest };
+            if rest.is_empty() && !last {
+                return out; // only what a trimmed answer starts without, so far
+            }
+            part.len() - rest.len()
+        };
+        let body = part[lead..].trim_end();
+        if !body.is_empty() {
+            out.answer = body.to_string();
+            self.answer_begun = true;
+            self.sent += lead + body.len();
+        }
+        out
     }
+}
+
+/// The first answer marker of `text` at or after the line starting at `from`: its start,
+/// where the answer starts, and whether the answer's leading `*` are markdown to drop.
+fn find_marker(text: &str, from: usize) -> Option<(usize, usize, bool)> {
+    let think = text[from..].find("</think>").map(|i| (from + i, from + i + "</think>".len(), false));
+    let mut line = from;
+    let mut answer = None;
+    loop {
+        let rest = &text[line..];
+        let stripped = rest.trim_start_matches(['*', '#', ' ']);
+        let at = line + rest.len() - stripped.len();
+        if stripped.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("answer:")) {
+            answer = Some((line, at + 7, true));
+            break;
+        }
+        match rest.find('\n') {
+            Some(n) if think.is_none_or(|(t, _, _)| line + n < t) => line += n + 1,
+            _ => break,
+        }
+    }
+    match (think, answer) {
+        (Some(t), Some(a)) => Some(if a.0 < t.0 { a } else { t }),
+        (t, a) => t.or(a),
+    }
+}
+
+/// Where the last paragraph of `text` (after `start`) begins: after the last blank line
+/// before its trailing whitespace, or at `start`.
+fn last_paragraph(text: &str, start: usize) -> usize {
+    text.trim_end().rfind("\n\n").map_or(start, |i| i + 2).max(start)
+}
+
+/// Where the reasoning must stop being let out while no marker is seen: before a last line
+/// that may still grow into an `Answer:` line, and before an end that may be the start of
+/// `</think>`.
+fn undecided(text: &str, start: usize) -> usize {
+    let line = text.rfind('\n').map_or(start, |n| n + 1).max(start);
+    let stripped = text[line..].trim_start_matches(['*', '#', ' ']);
+    let could_answer = stripped.len() < 7 && "answer:".starts_with(&stripped.to_ascii_lowercase());
+    if could_answer {
+        return line;
+    }
+    let partial = (1.."</think>".len()).rev().find(|&k| text.ends_with(&"</think>"[..k])).unwrap_or(0);
+    (text.len() - partial).max(start)
 }
 
 /// The final answer of a reply, normalised for voting: the last `\boxed{...}`, else what
@@ -369,6 +518,43 @@ mod tests {
         assert_eq!((r.reasoning.as_str(), r.answer.as_str()), ("First, 3 + 5 = 8.\nThen 8 - 2 = 6.", "6"));
         let r = split_reply("Just 6.");
         assert_eq!((r.reasoning.as_str(), r.answer.as_str()), ("", "Just 6."));
+    }
+
+    #[test]
+    fn a_streamed_reply_splits_as_the_whole_does_however_it_is_cut() {
+        let cases = [
+            ("<think>\n2 and 2 make 4\n</think>\nFour.", "2 and 2 make 4", "Four."),
+            ("First, 3 + 5 = 8.\nThen 8 - 2 = 6.\n**Answer:** 6  \n", "First, 3 + 5 = 8.\nThen 8 - 2 = 6.", "6"),
+            ("Some thought\n\n## ANSWER: Paris, France", "Some thought", "Paris, France"),
+            ("answer: at once", "", "at once"),
+            ("no marker at all\nanswer is 5", "", "no marker at all\nanswer is 5"),
+            ("p1\n\np2 x\n\n  p3 \n\n ", "p1\n\np2 x", "p3"),
+            ("<think>p1\n\np2 cut by the budget", "p1\n\np2 cut by the budget", ""),
+            ("a < b and </thin is not it\nAnswer: 1\nAnswer: 2", "a < b and </thin is not it", "1\nAnswer: 2"),
+            ("  <thi", "", "<thi"),
+            ("Ünïcödé — reasoning…\n*Answer:* ü", "Ünïcödé — reasoning…", "ü"),
+            ("", "", ""),
+        ];
+        for (text, reasoning, answer) in cases {
+            let whole = ReplySplitter::split(text);
+            assert_eq!((whole.reasoning.as_str(), whole.answer.as_str()), (reasoning, answer), "{text:?}");
+            // Every cut into pieces at character boundaries: one character at a time, and
+            // pieces of 2, 3 and 5 characters.
+            for size in [1, 2, 3, 5] {
+                let chars: Vec<char> = text.chars().collect();
+                let mut s = ReplySplitter::new();
+                let (mut r, mut a) = (String::new(), String::new());
+                for piece in chars.chunks(size) {
+                    let d = s.push(&piece.iter().collect::<String>());
+                    r += &d.reasoning;
+                    a += &d.answer;
+                }
+                let d = s.finish();
+                r += &d.reasoning;
+                a += &d.answer;
+                assert_eq!((r.as_str(), a.as_str()), (reasoning, answer), "{text:?} in pieces of {size}");
+            }
+        }
     }
 
     #[test]

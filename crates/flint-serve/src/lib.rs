@@ -884,7 +884,8 @@ impl Run {
             Kind::Chat => {
                 let mut message = json!({"role": "assistant", "content": c.text});
                 if self.job.mode.reasons() {
-                    let r = reasoning::split_reply(&c.text);
+                    // As a stream of it splits (see `stream`).
+                    let r = reasoning::ReplySplitter::split(&c.text);
                     message["content"] = json!(r.answer);
                     if !r.reasoning.is_empty() {
                         message["reasoning_content"] = json!(r.reasoning);
@@ -900,13 +901,22 @@ impl Run {
 
     /// A streamed chunk for choice `index` with `text` new and maybe its finish.
     fn chunk(&self, index: usize, text: &str, finish: Option<&str>, first: bool) -> Value {
+        self.chunk_parts(index, "", text, finish, first)
+    }
+
+    /// A streamed chunk for choice `index` with new `reasoning` (chat only; as
+    /// `delta.reasoning_content`) and new `text`, and maybe its finish.
+    fn chunk_parts(&self, index: usize, reasoning: &str, text: &str, finish: Option<&str>, first: bool) -> Value {
         let choice = match self.job.kind {
             Kind::Chat => {
                 let mut delta = json!({});
                 if first {
                     delta["role"] = json!("assistant");
                 }
-                if !text.is_empty() || first {
+                if !reasoning.is_empty() {
+                    delta["reasoning_content"] = json!(reasoning);
+                }
+                if !text.is_empty() || (first && reasoning.is_empty()) {
                     delta["content"] = json!(text);
                 }
                 json!({"index": index, "delta": delta, "logprobs": null, "finish_reason": finish})
@@ -999,6 +1009,9 @@ fn stream(s: Arc<AppState>, mut run: Run, mut rx: mpsc::UnboundedReceiver<Out>, 
         let send = |v: Value| SseEvent::default().data(v.to_string());
         let mut started = vec![false; run.choices.len()];
         let mut ended = vec![false; run.choices.len()];
+        // Thinking chat streams its reasoning as `reasoning_content`, split as the whole is.
+        let split = run.job.kind == Kind::Chat && run.job.mode.reasons();
+        let mut splitters = vec![reasoning::ReplySplitter::new(); run.choices.len()];
         let mut failure = None;
         loop {
             let out = tokio::select! {
@@ -1048,12 +1061,23 @@ fn stream(s: Arc<AppState>, mut run: Run, mut rx: mpsc::UnboundedReceiver<Out>, 
                 }
                 let text = run.ready(b).to_string();
                 let finish = run.choices[b].finish;
-                if text.is_empty() && finish.is_none() && started[b] {
+                let (thought, said) = if split {
+                    let mut d = splitters[b].push(&text);
+                    if finish.is_some() {
+                        let end = splitters[b].finish();
+                        d.reasoning += &end.reasoning;
+                        d.answer += &end.answer;
+                    }
+                    (d.reasoning, d.answer)
+                } else {
+                    (String::new(), text.clone())
+                };
+                run.choices[b].emitted += text.len();
+                if thought.is_empty() && said.is_empty() && finish.is_none() && started[b] {
                     continue;
                 }
-                let chunk = run.chunk(b, &text, finish, !started[b]);
+                let chunk = run.chunk_parts(b, &thought, &said, finish, !started[b]);
                 started[b] = true;
-                run.choices[b].emitted += text.len();
                 if finish.is_some() {
                     ended[b] = true;
                 }
