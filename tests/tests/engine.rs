@@ -345,3 +345,73 @@ fn an_engine_runs_on_a_worker_thread_and_votes() {
     let got = std::thread::spawn(move || s.generate(&ids, &greedy(4), |_| {}).unwrap().tokens).join().unwrap();
     assert_eq!(got, alone(&m.prompt_ids("Water boils at", false).unwrap(), &greedy(4)));
 }
+
+/// What `examples/host_frames.rs` does: a host creates its own wgpu device, draws a frame with
+/// it, and between frames has flint's engine advance a model loaded onto that device by one
+/// step; the tokens are those of flint on its own device.
+#[test]
+fn a_host_that_owns_the_device_runs_a_model_between_its_frames() {
+    use flint_runtime::gpu::{self, Device, wgpu};
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default())).unwrap();
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_features: adapter.features() & gpu::wanted_features(),
+        required_limits: gpu::wanted_limits(&adapter),
+        ..Default::default()
+    }))
+    .unwrap();
+    let host_errors = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = host_errors.clone();
+    device.on_uncaptured_error(std::sync::Arc::new(move |_| {
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }));
+    let dev = Device::from_wgpu(device.clone(), queue.clone(), &adapter.get_info());
+    let path = flint_runtime::fetch::resolve(Some("smollm2-135m"), &mut |_| {}).unwrap();
+    let hosted = flint_runtime::model::Model::load(&dev, &path).unwrap();
+    let mut engine = hosted.engine(EngineOptions { kv_tokens: 1024, page_size: 16, max_batch: 4 }).unwrap();
+    let prompts: Vec<Vec<u32>> = PROMPTS[..2].iter().map(|p| hosted.prompt_ids(p, false).unwrap()).collect();
+    let ids: Vec<RequestId> =
+        prompts.iter().map(|p| engine.submit(Request::new(p.clone(), greedy(6))).unwrap()).collect();
+    let target = device.create_texture(&wgpu::TextureDescriptor {
+        label: Some("frame"),
+        size: wgpu::Extent3d { width: 64, height: 64, depth_or_array_layers: 1 },
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D2,
+        format: wgpu::TextureFormat::Rgba8Unorm,
+        usage: wgpu::TextureUsages::RENDER_ATTACHMENT,
+        view_formats: &[],
+    });
+    let view = target.create_view(&Default::default());
+    let (mut frames, mut outputs) = (0, HashMap::new());
+    while !engine.is_idle() {
+        let mut enc = device.create_command_encoder(&Default::default());
+        drop(enc.begin_render_pass(&wgpu::RenderPassDescriptor {
+            color_attachments: &[Some(wgpu::RenderPassColorAttachment {
+                view: &view,
+                depth_slice: None,
+                resolve_target: None,
+                ops: wgpu::Operations { load: wgpu::LoadOp::Clear(wgpu::Color::GREEN), store: wgpu::StoreOp::Store },
+            })],
+            ..Default::default()
+        }));
+        queue.submit([enc.finish()]);
+        for e in engine.step().unwrap() {
+            match e {
+                Event::Finished { request, output } => {
+                    outputs.insert(request, output);
+                }
+                Event::Failed { error, .. } => panic!("{error}"),
+                Event::Token { .. } => {}
+            }
+        }
+        frames += 1;
+        assert!(frames < 100, "the engine does not finish");
+    }
+    // The first frame prefills and steps once; each later frame steps once.
+    assert_eq!(frames, 5, "a token per request per frame");
+    for (id, p) in ids.iter().zip(&prompts) {
+        assert_eq!(outputs[id].branches[0].tokens, alone(p, &greedy(6)));
+    }
+    assert_eq!(host_errors.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
