@@ -42,7 +42,7 @@ impl Default for SamplingOptions {
 
 impl SamplingOptions {
     /// The sampler's Params for `rows` rows of `vocab`.
-    pub fn params(&self, rows: usize, vocab: usize) -> SampleParams {
+    pub(crate) fn params(&self, rows: usize, vocab: usize) -> SampleParams {
         SampleParams { rows, vocab, temperature: self.temperature, top_k: self.top_k, top_p: self.top_p }
     }
 }

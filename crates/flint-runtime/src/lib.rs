@@ -1,6 +1,25 @@
 //! flint's model runtime: model formats (GGUF, safetensors), tokenizer, chat templates, model
 //! graphs, KV cache and generation. The kernels and GPU layer it builds on are re-exported so a
-//! host program needs one dependency.
+//! host program needs one dependency, and what it uses most is at the crate root.
+//!
+//! ```no_run
+//! use flint_runtime::{Device, EngineOptions, Event, Mode, Model};
+//! let dev = Device::open("")?; // or Device::from_wgpu(device, queue, &info) on the host's device
+//! let model = Model::load(&dev, "SmolLM2-135M-Instruct.Q4_1.gguf")?;
+//! let mut engine = model.engine(EngineOptions::default())?; // 'static and Send
+//! let mode = Mode::Contemplate { branches: 4 };
+//! let ids = flint_runtime::reasoning::prompt_ids(&model, mode, "What is 3 + 5?", true)?;
+//! let sampling = flint_runtime::SamplingOptions { temperature: 0.7, ..model.sampling(256) };
+//! let id = engine.submit(mode.request(ids, sampling))?;
+//! engine.run(|event| {
+//!     if let Event::Finished { request, output } = event
+//!         && request == id
+//!     {
+//!         println!("{:?}", output.vote.and_then(|v| v.answer));
+//!     }
+//! })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![warn(missing_docs)]
 
@@ -11,7 +30,7 @@ pub mod fetch;
 pub mod fuzz;
 pub mod generate;
 pub mod gguf;
-pub mod hf;
+pub(crate) mod hf;
 pub mod image;
 pub mod model;
 pub mod npy;
@@ -21,6 +40,15 @@ pub mod stepper;
 pub mod tokenizer;
 
 pub use error::{RequestError, Result, RuntimeError};
+
+// What a host program needs, at the crate root: load a model onto a device (its own, through
+// `Device::from_wgpu`, or one flint opens), then generate with a session or serve many
+// requests with the batched engine, in any reasoning mode.
+pub use engine::{Engine, EngineOptions, Event, Request, RequestId, RequestOutput};
+pub use flint_gpu::Device;
+pub use generate::{SamplingOptions, Session, StopReason};
+pub use model::Model;
+pub use reasoning::Mode;
 
 // A host keeps models, engines and sessions in shared state and moves them between threads:
 // this fails to compile if one of them stops being `Send` (or a model `Sync`).
@@ -46,3 +74,5 @@ pub fn check_regular(path: &std::path::Path) -> std::io::Result<()> {
 
 pub use flint_gpu as gpu;
 pub use flint_kernels as kernels;
+/// The CPU references and op parameters some runtime types carry (RoPE layouts, sampling).
+pub use flint_ref as reference;
