@@ -32,6 +32,8 @@ pub struct BenchModelOpts {
     pub prefix: usize,
     /// Timed decode steps per configuration.
     pub steps: usize,
+    /// Prompt lengths that join running sequences.
+    pub join: Vec<usize>,
     /// Also time a SmolVLM-256M-shaped vision tower (random weights) in front of the model.
     pub vision: bool,
     /// JSON lines instead of a table.
@@ -263,6 +265,68 @@ pub fn bench_model(opts: &BenchModelOpts) -> Result<()> {
             ),
         );
     }
+    for &p in &opts.join {
+        join_row(&model, p, &emit)?;
+    }
+    Ok(())
+}
+
+/// A `p`-token prompt joins 4 sequences that are decoding: the time from its submission to
+/// its first token, the steps that took, and the running sequences' longest wait between
+/// tokens meanwhile (the stall a joining prompt causes; chunked prefill bounds it).
+fn join_row(model: &Model, p: usize, emit: &dyn Fn(String, serde_json::Value, String)) -> Result<()> {
+    let run = || -> Result<(f64, usize, f64, usize)> {
+        let running = 4;
+        let budget: usize = 256;
+        let kv_tokens = 64 * (running * (16 + budget).div_ceil(64) + (p + 8).div_ceil(64) + 2);
+        let mut engine = model.engine(EngineOptions { kv_tokens, page_size: 64, max_batch: running + 1 })?;
+        for i in 0..running {
+            engine.submit(Request::new(filler(model, 16 + i)?, greedy(budget)))?;
+        }
+        for _ in 0..4 {
+            engine.step()?;
+        }
+        let joining = engine.submit(Request::new(filler(model, p)?, greedy(2)))?;
+        let t = Instant::now();
+        let (mut steps, mut tokens, mut last, mut gap) = (0, 0, Instant::now(), 0.0f64);
+        loop {
+            let events = engine.step()?;
+            steps += 1;
+            let now = Instant::now();
+            let mut joined = false;
+            for e in &events {
+                if let flint_runtime::engine::Event::Token { request, .. } = e {
+                    if *request == joining {
+                        joined = true;
+                    } else {
+                        tokens += 1;
+                    }
+                }
+            }
+            if events
+                .iter()
+                .any(|e| matches!(e, flint_runtime::engine::Event::Token { request, .. } if *request != joining))
+            {
+                gap = gap.max(now.duration_since(last).as_secs_f64());
+                last = now;
+            }
+            if joined {
+                return Ok((t.elapsed().as_secs_f64(), steps, gap.max(now.duration_since(last).as_secs_f64()), tokens));
+            }
+        }
+    };
+    run()?;
+    let (seconds, steps, gap, tokens) = run()?;
+    emit(
+        format!("join {p} while 4 decode"),
+        json!({"prompt_tokens": p, "ms_to_first_token": seconds * 1e3, "steps": steps,
+               "longest_gap_ms": gap * 1e3, "running_tokens": tokens}),
+        format!(
+            "{:>9.1} ms to its first token over {steps} steps; the 4 running made {tokens} tokens, longest gap {:.1} ms",
+            seconds * 1e3,
+            gap * 1e3
+        ),
+    );
     Ok(())
 }
 

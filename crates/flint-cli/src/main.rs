@@ -181,6 +181,10 @@ enum Command {
         /// Timed decode steps per configuration.
         #[arg(long, default_value_t = 16)]
         steps: usize,
+        /// Prompt lengths that join 4 decoding sequences: how long the join takes and how
+        /// long the running sequences wait between tokens meanwhile (none by default).
+        #[arg(long, value_delimiter = ',')]
+        join: Vec<usize>,
         /// Also time a SmolVLM-256M-shaped vision tower (random weights) in front of the model:
         /// one 512x512 tile, and the prefill of one 2x2-tiled image with a 32-token question.
         #[arg(long)]
@@ -371,9 +375,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             models::logits(&adapter, Some(&model), &token_ids, pixel_values.as_deref(), &out)
                 .map(|()| ExitCode::SUCCESS)
         }
-        Command::BenchModel { model, adapter, prefill, batch, branches, prefix, steps, vision, json } => {
-            let opts =
-                bench_model::BenchModelOpts { adapter, model, prefill, batch, branches, prefix, steps, vision, json };
+        Command::BenchModel { model, adapter, prefill, batch, branches, prefix, steps, join, vision, json } => {
+            let opts = bench_model::BenchModelOpts {
+                adapter,
+                model,
+                prefill,
+                batch,
+                branches,
+                prefix,
+                steps,
+                join,
+                vision,
+                json,
+            };
             bench_model::bench_model(&opts).map(|()| ExitCode::SUCCESS)
         }
         Command::Fetch { models: names } => models::fetch_models(&names).map(|()| ExitCode::SUCCESS),
