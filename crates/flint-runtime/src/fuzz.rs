@@ -58,8 +58,8 @@ pub fn safetensors_config(data: &[u8]) -> Result<()> {
         }
     }
     let top = Config::new(dir.join("config.json"), &hf.config);
-    let llama = DecoderConfig::from_hf(&top, false);
-    let text = top.object("text_config").and_then(|t| DecoderConfig::from_hf(&t, true));
+    let llama = crate::model::arch::llama::hf_config(&top, false);
+    let text = top.object("text_config").and_then(|t| crate::model::arch::llama::hf_config(&t, true));
     if let Ok(text) = &text {
         let _ = VisionConfig::from_hf(&top, text.hidden);
     }

@@ -3,26 +3,25 @@
 
 use crate::Result;
 use crate::gguf::{Gguf, GgufError};
-use crate::hf::Config;
 
-/// Which decoder family.
+/// The gated unit of a decoder's MLP: `act(gate) * up`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Arch {
-    /// Llama (SmolLM2, the text model of SmolVLM): RMSNorm, SwiGLU, RoPE, GQA, tied or untied head.
-    Llama,
-    /// Gemma 3: embeddings scaled by sqrt(hidden), GeGLU (tanh GELU), QK-norm, sandwich norms,
-    /// sliding-window layers with their own RoPE base, every `global_every`-th layer global.
-    Gemma3,
+pub enum Glu {
+    /// SiLU (SwiGLU; Llama).
+    Silu,
+    /// GELU, tanh approximation (GeGLU; Gemma).
+    GeluTanh,
 }
 
 /// How Q and K pair up for RoPE in the stored weights.
 pub use flint_ref::rope::RopeLayout;
 
-/// Hyperparameters of a decoder.
+/// Hyperparameters of a decoder, and what its family does differently (see
+/// [`super::arch`]): the decoder reads these fields and nothing else about the family.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DecoderConfig {
-    /// Family.
-    pub arch: Arch,
+    /// The family's name (for messages).
+    pub family: &'static str,
     /// Layers.
     pub layers: usize,
     /// Hidden size.
@@ -57,6 +56,15 @@ pub struct DecoderConfig {
     pub attn_scale: f32,
     /// Whether the output head is the embedding table even when the file holds a head too.
     pub tied_head: bool,
+    /// Token embeddings are multiplied by this (Gemma: sqrt(hidden)).
+    pub embed_scale: f32,
+    /// The MLP's gated unit.
+    pub glu: Glu,
+    /// RMSNorm of each head's queries and keys before RoPE (`attn_q_norm`, `attn_k_norm`).
+    pub qk_norm: bool,
+    /// Sandwich norms: RMSNorm of the attention and MLP outputs before their residual adds
+    /// (`post_attention_norm`, `post_ffw_norm`).
+    pub post_norms: bool,
 }
 
 /// The most layers a decoder may have (the largest open models have about 130).
@@ -141,6 +149,9 @@ impl DecoderConfig {
                 self.rope_freq_scale
             ));
         }
+        if !(self.embed_scale.is_finite() && self.embed_scale > 0.0) {
+            return Err(format!("embedding scale {} is not finite and positive", self.embed_scale));
+        }
         if self.sliding_window == Some(0) || self.global_every == 0 {
             return Err(format!(
                 "sliding window {:?} / global layer period {} must be positive (attention.sliding_window / \
@@ -151,17 +162,15 @@ impl DecoderConfig {
         Ok(())
     }
 
-    /// Read from GGUF metadata (`general.architecture` llama or gemma3).
+    /// Read from GGUF metadata: the keys every family shares (`{arch}.block_count`, ...),
+    /// then what the family of `general.architecture` sets (see [`super::arch`]).
     pub fn from_gguf(g: &Gguf) -> Result<DecoderConfig, GgufError> {
         let arch_name = g.get_str("general.architecture")?;
-        let arch = match arch_name {
-            "llama" => Arch::Llama,
-            "gemma3" => Arch::Gemma3,
-            other => {
-                return Err(g.error(format!(
-                    "general.architecture {other:?} is not supported (flint runs \"llama\" and \"gemma3\")"
-                )));
-            }
+        let Some(family) = super::arch::gguf_family(arch_name) else {
+            return Err(g.error(format!(
+                "general.architecture {arch_name:?} is not supported (flint runs {})",
+                super::arch::known(false)
+            )));
         };
         let key = |k: &str| format!("{arch_name}.{k}");
         let hidden = g.get_usize(&key("embedding_length"))?;
@@ -195,14 +204,8 @@ impl DecoderConfig {
             Some("none") | None => 1.0,
             Some(other) => return Err(g.error(format!("{} {other:?} is not supported", key("rope.scaling.type")))),
         };
-        let (sliding_window, global_every, rope_theta_local, rope_layout) = match arch {
-            Arch::Llama => (None, 1, rope_theta, RopeLayout::Interleaved),
-            // llama.cpp stores Gemma 3's Q/K unpermuted (NEOX pairing), its local layers use
-            // base 10000 and every sixth layer is global; the file records only the window.
-            Arch::Gemma3 => (Some(g.get_usize(&key("attention.sliding_window"))?), 6, 10000.0, RopeLayout::RotateHalf),
-        };
-        let cfg = DecoderConfig {
-            arch,
+        let mut cfg = DecoderConfig {
+            family: family.arch,
             layers: g.get_usize(&key("block_count"))?,
             hidden,
             ffn: g.get_usize(&key("feed_forward_length"))?,
@@ -213,14 +216,12 @@ impl DecoderConfig {
             context: g.get_usize(&key("context_length"))?,
             eps: g.get_f64(&key("attention.layer_norm_rms_epsilon"))? as f32,
             rope_theta,
-            rope_theta_local,
             rope_freq_scale: freq_scale,
-            rope_layout,
-            sliding_window,
-            global_every,
+            rope_theta_local: rope_theta,
             attn_scale: 1.0 / (head_dim as f32).sqrt(),
-            tied_head: false,
+            ..super::arch::llama::LLAMA
         };
+        (family.configure)(g, &mut cfg)?;
         cfg.validate().map_err(|m| g.error(m))?;
         Ok(cfg)
     }
@@ -242,92 +243,6 @@ impl DecoderConfig {
             )));
         }
         Ok(())
-    }
-
-    /// Read a Llama text config from a Hugging Face config (`text_config` of Idefics3, or the
-    /// top of a LlamaForCausalLM config.json). `tie_default` is the enclosing config's
-    /// `tie_word_embeddings`, used when the text config does not say.
-    pub fn from_hf(c: &Config<'_>, tie_default: bool) -> Result<DecoderConfig> {
-        let model_type = c.str_or("model_type", "llama")?;
-        if model_type != "llama" {
-            return Err(
-                c.error("model_type", &format!("is {model_type:?}; flint reads llama text models from safetensors"))
-            );
-        }
-        for key in ["attention_bias", "mlp_bias"] {
-            if c.bool_or(key, false)? {
-                return Err(c.error(key, "is true; flint's Llama graph has no projection biases"));
-            }
-        }
-        let act = c.str_or("hidden_act", "silu")?;
-        if act != "silu" {
-            return Err(c.error("hidden_act", &format!("is {act:?}; a Llama MLP is silu-gated")));
-        }
-        let hidden = c.usize("hidden_size")?;
-        let heads = c.usize("num_attention_heads")?;
-        let kv_heads = c.usize_or("num_key_value_heads", heads)?;
-        if heads == 0 || !hidden.is_multiple_of(heads.max(1)) && c.value.get("head_dim").is_none() {
-            return Err(
-                c.error("num_attention_heads", &format!("is {heads}, which does not divide hidden_size {hidden}"))
-            );
-        }
-        let head_dim = c.usize_or("head_dim", hidden / heads.max(1))?;
-        // transformers 5 keeps RoPE settings in rope_parameters; earlier versions at the top.
-        let (rope_theta, freq_scale) = match c.value.get("rope_parameters").filter(|v| v.is_object()) {
-            Some(_) => {
-                let r = c.object("rope_parameters")?;
-                let kind = r.str_or("rope_type", "default")?;
-                let scale = match kind {
-                    "default" => 1.0,
-                    "linear" => 1.0 / r.f64("factor")?,
-                    other => {
-                        return Err(r.error("rope_type", &format!("is {other:?}; flint has default and linear RoPE")));
-                    }
-                };
-                (r.f64_or("rope_theta", 10000.0)?, scale)
-            }
-            None => {
-                let scale = match c.value.get("rope_scaling").filter(|v| !v.is_null()) {
-                    None => 1.0,
-                    Some(_) => {
-                        let r = c.object("rope_scaling")?;
-                        match r.str_or("rope_type", r.str_or("type", "default")?)? {
-                            "default" => 1.0,
-                            "linear" => 1.0 / r.f64("factor")?,
-                            other => {
-                                return Err(
-                                    r.error("rope_type", &format!("is {other:?}; flint has default and linear RoPE"))
-                                );
-                            }
-                        }
-                    }
-                };
-                (c.f64_or("rope_theta", 10000.0)?, scale)
-            }
-        };
-        let cfg = DecoderConfig {
-            arch: Arch::Llama,
-            layers: c.usize("num_hidden_layers")?,
-            hidden,
-            ffn: c.usize("intermediate_size")?,
-            heads,
-            kv_heads,
-            head_dim,
-            vocab: c.usize("vocab_size")?,
-            context: c.usize_or("max_position_embeddings", 2048)?,
-            eps: c.f64_or("rms_norm_eps", 1e-6)? as f32,
-            rope_theta: rope_theta as f32,
-            rope_theta_local: rope_theta as f32,
-            rope_freq_scale: freq_scale as f32,
-            // transformers keeps Q/K in their original order and rotates halves.
-            rope_layout: RopeLayout::RotateHalf,
-            sliding_window: None,
-            global_every: 1,
-            attn_scale: 1.0 / (head_dim as f32).sqrt(),
-            tied_head: c.bool_or("tie_word_embeddings", tie_default)?,
-        };
-        cfg.validate().map_err(|m| crate::RuntimeError::Model(format!("{}: {m}", c.path.display())))?;
-        Ok(cfg)
     }
 }
 
@@ -410,6 +325,40 @@ mod tests {
     fn a_valid_config_reads() {
         let c = llama(&[], 2).unwrap();
         assert_eq!((c.layers, c.hidden, c.head_dim, c.rope_theta), (2, 64, 16, 10000.0));
+    }
+
+    /// A family is data: the same shared keys under another architecture name give that
+    /// family's fields, and an unknown name is refused with the list of known ones.
+    #[test]
+    fn each_family_sets_its_fields_from_the_shared_keys() {
+        let gemma = |arch: &'static str| {
+            let keys: Vec<(&str, V<'static>)> = vec![
+                ("general.architecture", V::Str(arch)),
+                ("gemma3.embedding_length", V::U32(64)),
+                ("gemma3.attention.head_count", V::U32(4)),
+                ("gemma3.feed_forward_length", V::U32(128)),
+                ("gemma3.context_length", V::U32(256)),
+                ("gemma3.attention.layer_norm_rms_epsilon", V::F32(1e-6)),
+                ("gemma3.block_count", V::U32(2)),
+                ("gemma3.vocab_size", V::U32(100)),
+                ("gemma3.attention.sliding_window", V::U32(32)),
+                ("gemma3.rope.freq_base", V::F32(1e6)),
+            ];
+            DecoderConfig::from_gguf(&gguf(&keys, &[]))
+        };
+        let g = gemma("gemma3").unwrap();
+        assert_eq!(
+            (g.family, g.embed_scale, g.glu, g.qk_norm, g.post_norms),
+            ("gemma3", 8.0, Glu::GeluTanh, true, true)
+        );
+        assert_eq!((g.sliding_window, g.global_every, g.rope_theta, g.rope_theta_local), (Some(32), 6, 1e6, 1e4));
+        assert_eq!(g.rope_layout, RopeLayout::RotateHalf);
+        assert!(g.is_local(0) && !g.is_local(5));
+        let l = llama(&[], 2).unwrap();
+        assert_eq!((l.family, l.embed_scale, l.glu, l.qk_norm, l.post_norms), ("llama", 1.0, Glu::Silu, false, false));
+        assert_eq!((l.sliding_window, l.rope_layout), (None, RopeLayout::Interleaved));
+        let e = gemma("mamba").unwrap_err().to_string();
+        assert!(e.contains("\"mamba\" is not supported (flint runs \"llama\", \"gemma3\")"), "{e}");
     }
 
     #[test]

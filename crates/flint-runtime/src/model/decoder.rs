@@ -12,7 +12,7 @@ use flint_ref::matmul::MatmulParams;
 use flint_ref::quant::{FusedQuantParams, QuantEpilogue, QuantMatmulParams};
 use flint_ref::rope::RopeQkvParams;
 
-use super::config::{Arch, DecoderConfig};
+use super::config::{DecoderConfig, Glu};
 use super::weights::{Embedding, Linear, Stacked, WeightSource};
 use crate::gguf::Gguf;
 use crate::{Result, RuntimeError};
@@ -212,7 +212,6 @@ impl Decoder {
         let mut layers = Vec::with_capacity(cfg.layers);
         for l in 0..cfg.layers {
             let name = |s: &str| format!("blk.{l}.{s}");
-            let gemma = cfg.arch == Arch::Gemma3;
             let (q, k, v) = (name("attn_q.weight"), name("attn_k.weight"), name("attn_v.weight"));
             let (gate, up) = (name("ffn_gate.weight"), name("ffn_up.weight"));
             layers.push(Layer {
@@ -225,7 +224,7 @@ impl Decoder {
                     None => GateUp::Stacked(w.stacked(dev, &[(&gate, cfg.ffn), (&up, cfg.ffn)], h)?),
                 },
                 w_down: w.linear(dev, &name("ffn_down.weight"), h, cfg.ffn)?,
-                qk_norm: if gemma {
+                qk_norm: if cfg.qk_norm {
                     Some((
                         w.vector(dev, &name("attn_q_norm.weight"), d)?,
                         w.vector(dev, &name("attn_k_norm.weight"), d)?,
@@ -233,7 +232,7 @@ impl Decoder {
                 } else {
                     None
                 },
-                post_norms: if gemma {
+                post_norms: if cfg.post_norms {
                     Some((
                         w.vector(dev, &name("post_attention_norm.weight"), h)?,
                         w.vector(dev, &name("post_ffw_norm.weight"), h)?,
@@ -293,8 +292,7 @@ impl Decoder {
     /// Record the embedding of `ids` (u32 `[t]`) into `[t, hidden]` hidden states.
     pub fn embed(&self, rec: &mut Recorder, ids: &Tensor, t: usize) -> Result<Tensor> {
         let x = self.dev.empty("hidden", &[t, self.cfg.hidden], DType::F32)?;
-        let scale = if self.cfg.arch == Arch::Gemma3 { (self.cfg.hidden as f32).sqrt() } else { 1.0 };
-        self.embed.forward(&self.dev, rec, ids, t, scale, &x)?;
+        self.embed.forward(&self.dev, rec, ids, t, self.cfg.embed_scale, &x)?;
         Ok(x)
     }
 
@@ -302,8 +300,7 @@ impl Decoder {
     /// sampler left them: a decode step reads its ids without a trip through the host.
     pub fn embed_slots(&self, rec: &mut Recorder, tokens: &Tensor, slots: &Tensor, t: usize) -> Result<Tensor> {
         let x = self.dev.empty("hidden", &[t, self.cfg.hidden], DType::F32)?;
-        let scale = if self.cfg.arch == Arch::Gemma3 { (self.cfg.hidden as f32).sqrt() } else { 1.0 };
-        self.embed.forward_slots(&self.dev, rec, tokens, slots, t, scale, &x)?;
+        self.embed.forward_slots(&self.dev, rec, tokens, slots, t, self.cfg.embed_scale, &x)?;
         Ok(x)
     }
 
@@ -725,9 +722,12 @@ impl Decoder {
         Ok(o)
     }
 
-    /// The gated unit of this architecture.
+    /// The elementwise op of the config's gated unit.
     fn glu_op(&self) -> EltOp {
-        if self.cfg.arch == Arch::Gemma3 { EltOp::GeGlu } else { EltOp::SwiGlu }
+        match self.cfg.glu {
+            Glu::Silu => EltOp::SwiGlu,
+            Glu::GeluTanh => EltOp::GeGlu,
+        }
     }
 
     /// Record a decode step's matvec over quantized `w` with its fusions.

@@ -1,6 +1,7 @@
 //! Model graphs and their weights, and [`Model`]: a decoder with its tokenizer, loaded from a
 //! file, ready to tokenize, run and generate.
 
+pub mod arch;
 pub mod config;
 pub mod decoder;
 pub mod vision;
@@ -17,10 +18,8 @@ use crate::hf::{Config, HfDir};
 use crate::image::{ImageProcessor, Rgb};
 use crate::tokenizer::Tokenizer;
 use crate::{RequestError, Result, RuntimeError};
-use config::DecoderConfig;
 use decoder::Decoder;
-use vision::{VisionConfig, VisionTower};
-use weights::HfWeights;
+use vision::VisionTower;
 
 /// The image side of a multimodal model: the vision tower, the processor settings and the
 /// token the prompt marks image positions with.
@@ -245,36 +244,13 @@ impl Model {
         let kv_dtype =
             if dir.main_dtype() != safetensors::Dtype::F32 && dev.caps().f16 { DType::F16 } else { DType::F32 };
         let model_type = top.str_or("model_type", "")?;
-        let (decoder, vision) = match model_type {
-            "idefics3" | "smolvlm" => {
-                let tie = top.bool_or("tie_word_embeddings", false)?;
-                let text = DecoderConfig::from_hf(&top.object("text_config")?, tie)?;
-                let hidden = text.hidden;
-                let decoder =
-                    Decoder::load(dev, text, &HfWeights { dir: &dir, prefix: "model.text_model." }, kv_dtype)?;
-                let vcfg = VisionConfig::from_hf(&top, hidden)?;
-                let processor = ImageProcessor::from_dir(path, vcfg.image_size, vcfg.tokens_per_tile())?;
-                let image_token_id = top.usize("image_token_id")?;
-                if image_token_id >= decoder.cfg.vocab {
-                    return Err(top.error(
-                        "image_token_id",
-                        &format!("is {image_token_id}, outside the vocabulary of {}", decoder.cfg.vocab),
-                    ));
-                }
-                let tower = VisionTower::from_hf(dev, &dir, vcfg)?;
-                (decoder, Some(Vision { tower, processor, image_token_id: image_token_id as u32 }))
-            }
-            "llama" => {
-                let cfg = DecoderConfig::from_hf(&top, false)?;
-                (Decoder::load(dev, cfg, &HfWeights { dir: &dir, prefix: "model." }, kv_dtype)?, None)
-            }
-            other => {
-                return Err(top.error(
-                    "model_type",
-                    &format!("is {other:?}; flint loads idefics3/smolvlm and llama directories"),
-                ));
-            }
+        let Some(family) = arch::hf_family(model_type) else {
+            return Err(top.error(
+                "model_type",
+                &format!("is {model_type:?}; flint loads these Hugging Face model types: {}", arch::known(true)),
+            ));
         };
+        let (decoder, vision) = (family.load)(dev, &dir, &top, kv_dtype)?;
         let tokenizer = Tokenizer::from_hf_dir(path)?;
         if tokenizer.vocab_size() > decoder.cfg.vocab {
             return Err(RuntimeError::Model(format!(

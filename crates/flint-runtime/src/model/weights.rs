@@ -59,41 +59,22 @@ impl WeightSource for Gguf {
     }
 }
 
-/// A Llama decoder's weights in a Hugging Face directory, under `prefix` (`model.` for
-/// LlamaForCausalLM, `model.text_model.` for Idefics3), the head at `lm_head.weight`.
+/// A decoder's weights in a Hugging Face directory, under `prefix` (`model.` for
+/// LlamaForCausalLM, `model.text_model.` for Idefics3), named by the family's table.
 pub struct HfWeights<'a> {
     /// The directory.
     pub dir: &'a HfDir,
     /// Prefix of the decoder's tensors.
     pub prefix: &'a str,
+    /// The family's name table: the transformers name of a GGUF tensor name under a prefix
+    /// (see [`super::arch::llama::hf_name`]).
+    pub names: fn(prefix: &str, gguf: &str) -> String,
 }
 
 impl HfWeights<'_> {
     /// The transformers name of a GGUF tensor name.
     pub fn name(&self, gguf: &str) -> String {
-        let p = self.prefix;
-        match gguf {
-            "token_embd.weight" => return format!("{p}embed_tokens.weight"),
-            "output.weight" => return "lm_head.weight".into(),
-            "output_norm.weight" => return format!("{p}norm.weight"),
-            _ => {}
-        }
-        let Some((layer, rest)) = gguf.strip_prefix("blk.").and_then(|r| r.split_once('.')) else {
-            return gguf.to_string();
-        };
-        let part = match rest {
-            "attn_norm.weight" => "input_layernorm.weight",
-            "attn_q.weight" => "self_attn.q_proj.weight",
-            "attn_k.weight" => "self_attn.k_proj.weight",
-            "attn_v.weight" => "self_attn.v_proj.weight",
-            "attn_output.weight" => "self_attn.o_proj.weight",
-            "ffn_norm.weight" => "post_attention_layernorm.weight",
-            "ffn_gate.weight" => "mlp.gate_proj.weight",
-            "ffn_up.weight" => "mlp.up_proj.weight",
-            "ffn_down.weight" => "mlp.down_proj.weight",
-            other => other,
-        };
-        format!("{p}layers.{layer}.{part}")
+        (self.names)(self.prefix, gguf)
     }
 }
 

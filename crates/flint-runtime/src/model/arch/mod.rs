@@ -1,0 +1,71 @@
+//! Decoder families as data. What differs between decoders (embedding scale, gated unit,
+//! QK-norm, sandwich norms, RoPE pairing and bases per layer, sliding-window pattern, tied head)
+//! is a field of [`DecoderConfig`], and each family's file fills those fields from its GGUF
+//! metadata or its Hugging Face config and owns its tensor-name table; the decoder reads the
+//! fields and has no per-family branches. Adding a family is one file here and one line in
+//! [`GGUF_FAMILIES`] or [`HF_FAMILIES`].
+
+pub mod gemma3;
+pub mod idefics3;
+pub mod llama;
+
+use flint_gpu::{DType, Device};
+
+use super::Vision;
+use super::config::DecoderConfig;
+use super::decoder::Decoder;
+use crate::Result;
+use crate::gguf::{Gguf, GgufError};
+use crate::hf::{Config, HfDir};
+
+/// A family stored in GGUF files: its `general.architecture`, and what it sets on the config
+/// read from the keys every family shares (`{arch}.block_count`, ...; see
+/// [`DecoderConfig::from_gguf`]).
+pub struct GgufFamily {
+    /// The `general.architecture` value.
+    pub arch: &'static str,
+    /// Set the family's fields of `cfg` from `g` (the shared keys are read already).
+    pub configure: fn(g: &Gguf, cfg: &mut DecoderConfig) -> Result<(), GgufError>,
+}
+
+/// A family stored as a Hugging Face directory: the config.json `model_type`s it reads, and its
+/// loader.
+pub struct HfFamily {
+    /// `model_type` values.
+    pub model_types: &'static [&'static str],
+    /// Load the decoder (and the vision side of a multimodal family) from `dir`, whose
+    /// config.json is `top`, with a KV cache of `kv_dtype`.
+    pub load: HfLoader,
+}
+
+/// A Hugging Face family's loader: the decoder, and the vision side of a multimodal family.
+pub type HfLoader = fn(dev: &Device, dir: &HfDir, top: &Config<'_>, kv_dtype: DType) -> Result<Loaded>;
+
+/// What a loader makes: the decoder, and the vision side of a multimodal family.
+pub type Loaded = (Decoder, Option<Vision>);
+
+/// The families flint reads from GGUF.
+pub const GGUF_FAMILIES: &[GgufFamily] = &[llama::GGUF, gemma3::GGUF];
+
+/// The families flint reads from Hugging Face directories.
+pub const HF_FAMILIES: &[HfFamily] = &[llama::HF, idefics3::HF];
+
+/// The GGUF family whose `general.architecture` is `arch`.
+pub fn gguf_family(arch: &str) -> Option<&'static GgufFamily> {
+    GGUF_FAMILIES.iter().find(|f| f.arch == arch)
+}
+
+/// The Hugging Face family that reads `model_type`.
+pub fn hf_family(model_type: &str) -> Option<&'static HfFamily> {
+    HF_FAMILIES.iter().find(|f| f.model_types.contains(&model_type))
+}
+
+/// The names a message lists: every `general.architecture`, or every `model_type`.
+pub fn known(hf: bool) -> String {
+    let names: Vec<&str> = if hf {
+        HF_FAMILIES.iter().flat_map(|f| f.model_types.iter().copied()).collect()
+    } else {
+        GGUF_FAMILIES.iter().map(|f| f.arch).collect()
+    };
+    names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
+}
