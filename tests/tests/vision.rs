@@ -107,7 +107,8 @@ fn devices() -> Vec<flint_gpu::Device> {
 fn check_model(dev: &flint_gpu::Device, name: &str) {
     use flint_gpu::{DType, Recorder};
     use flint_runtime::generate::SamplingOptions;
-    use flint_runtime::model::{Model, Pixels};
+    use flint_runtime::model::Model;
+    use flint_runtime::multimodal::Pixels;
 
     let label = dev.caps().short_label();
     let dir = fixtures().join("idefics3");
@@ -336,7 +337,8 @@ fn bad_images_are_refused_naming_the_file() {
 
 #[test]
 fn prompts_and_pixels_that_disagree_are_refused() {
-    use flint_runtime::model::{Model, Pixels};
+    use flint_runtime::model::Model;
+    use flint_runtime::multimodal::Pixels;
     let dev = &devices()[0];
     let model = Model::load(dev, fixtures().join("idefics3").join("tiny-a")).unwrap();
     let img = image::load(&fixtures().join("idefics3").join("tiny-a.image0.png")).unwrap();

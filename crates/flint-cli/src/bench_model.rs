@@ -12,7 +12,8 @@ use anyhow::Result;
 use flint_gpu::Recorder;
 use flint_runtime::engine::{EngineOptions, Request};
 use flint_runtime::generate::SamplingOptions;
-use flint_runtime::model::{Model, Pixels, Vision};
+use flint_runtime::model::Model;
+use flint_runtime::multimodal::{Pixels, Vision};
 use flint_runtime::stepper::StepStats;
 use serde_json::json;
 

@@ -237,7 +237,7 @@ pub fn logits(adapter: &str, model: Option<&str>, ids: &str, pixel_values: Optio
             let a = flint_runtime::npy::read(path)?;
             match a.shape[..] {
                 [images, 3, h, w] if h == w && images > 0 => {
-                    Some(flint_runtime::model::Pixels { data: a.data, images, side: h })
+                    Some(flint_runtime::multimodal::Pixels { data: a.data, images, side: h })
                 }
                 _ => bail!("{}: pixel values must be f32 [images, 3, H, H], not {:?}", path.display(), a.shape),
             }

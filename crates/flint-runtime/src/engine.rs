@@ -25,7 +25,7 @@ use flint_kernels::sample::RowOptions;
 
 use crate::generate::{SamplingOptions, StopReason};
 use crate::model::decoder::Decoder;
-use crate::model::{Pixels, Vision};
+use crate::multimodal::{Pixels, Vision};
 use crate::reasoning::Vote;
 use crate::stepper::{StepMode, StepRow, StepStats, Stepper};
 use crate::tokenizer::Tokenizer;
@@ -715,7 +715,7 @@ impl Engine {
             let prompt = &req.prompt[done..];
             let p = prompt.len();
             let mut rec = Recorder::new(&dev);
-            let x = crate::model::embed_prompt(
+            let x = crate::multimodal::embed_prompt(
                 &self.model,
                 self.vision.as_deref(),
                 &mut rec,

@@ -14,7 +14,7 @@ use flint_ref::sample::SampleParams;
 use crate::stepper::{StepMode, StepRow, StepStats, Stepper};
 
 use crate::model::decoder::Decoder;
-use crate::model::{Pixels, Vision};
+use crate::multimodal::{Pixels, Vision};
 use crate::{RequestError, Result};
 
 /// How to choose tokens and when to stop.
@@ -83,7 +83,7 @@ pub(crate) fn chunk_size(len: usize, chunk: usize) -> usize {
 /// returning (no logits).
 pub(crate) fn prefill_into(model: &Decoder, pool: &mut KvPool, seq: SeqId, ids: &[u32]) -> Result<()> {
     let mut rec = Recorder::new(model.device());
-    let x = crate::model::embed_prompt(model, None, &mut rec, ids, None)?;
+    let x = crate::multimodal::embed_prompt(model, None, &mut rec, ids, None)?;
     model.forward(&mut rec, pool, seq, &x, ids.len())?;
     rec.submit()?.wait()?;
     Ok(())
@@ -254,7 +254,7 @@ impl Session {
     /// vision tower makes of `pixels`.
     pub fn forward_with(&mut self, rec: &mut Recorder, ids: &[u32], pixels: Option<&Pixels>) -> Result<Tensor> {
         check_ids(&self.model, ids)?;
-        let x = crate::model::embed_prompt(&self.model, self.vision.as_deref(), rec, ids, pixels)?;
+        let x = crate::multimodal::embed_prompt(&self.model, self.vision.as_deref(), rec, ids, pixels)?;
         self.model.forward(rec, &mut self.pool, self.seq, &x, ids.len())
     }
 

@@ -33,6 +33,7 @@ pub mod gguf;
 pub(crate) mod hf;
 pub mod image;
 pub mod model;
+pub mod multimodal;
 pub mod npy;
 pub mod reasoning;
 pub mod request;
@@ -48,6 +49,7 @@ pub use engine::{Engine, EngineOptions, Event, Request, RequestId, RequestOutput
 pub use flint_gpu::Device;
 pub use generate::{SamplingOptions, Session, StopReason};
 pub use model::Model;
+pub use multimodal::Pixels;
 pub use reasoning::Mode;
 
 // A host keeps models, engines and sessions in shared state and moves them between threads:

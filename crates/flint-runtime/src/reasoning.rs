@@ -13,7 +13,8 @@
 use std::collections::HashMap;
 
 use crate::image::Rgb;
-use crate::model::{Model, Pixels, PromptSpec};
+use crate::model::{Model, PromptSpec};
+use crate::multimodal::Pixels;
 use crate::{Result, RuntimeError};
 
 /// The system message that asks a model without a reasoning format for reasoning, then an answer.

@@ -9,10 +9,10 @@ use super::{HfFamily, Loaded};
 use crate::Result;
 use crate::hf::{Config, HfDir};
 use crate::image::ImageProcessor;
-use crate::model::Vision;
 use crate::model::decoder::Decoder;
 use crate::model::vision::{VisionConfig, VisionTower};
 use crate::model::weights::HfWeights;
+use crate::multimodal::Vision;
 
 /// Idefics3 and SmolVLM directories (`model_type` idefics3 or smolvlm).
 pub const HF: HfFamily = HfFamily { model_types: &["idefics3", "smolvlm"], load };

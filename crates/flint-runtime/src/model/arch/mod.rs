@@ -11,12 +11,12 @@ pub mod llama;
 
 use flint_gpu::{DType, Device};
 
-use super::Vision;
 use super::config::DecoderConfig;
 use super::decoder::Decoder;
 use crate::Result;
 use crate::gguf::{Gguf, GgufError};
 use crate::hf::{Config, HfDir};
+use crate::multimodal::Vision;
 
 /// A family stored in GGUF files: its `general.architecture`, and what it sets on the config
 /// read from the keys every family shares (`{arch}.block_count`, ...; see
