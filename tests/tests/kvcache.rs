@@ -2,8 +2,9 @@
 //! freeing, running out of pages; and attention's checks on page tables and shapes.
 
 use flint_gpu::{DType, Device, Recorder};
-use flint_kernels::attention::{self, KvCache, PageTable, paged::KvPool};
+use flint_kernels::attention::{self, KvCache, PageTable};
 use flint_ref::attention::{AttnParams, Mask, SeqSpec};
+use flint_runtime::kvpool::KvPool;
 
 const PAGE: usize = 4;
 const ROW: usize = 4; // one KV head of 4
@@ -13,7 +14,7 @@ fn device() -> Device {
 }
 
 /// Write tokens whose K values are `value(pos)` for `seq` at `positions`, with V = -K.
-fn write(dev: &Device, pool: &mut KvPool, seq: flint_kernels::attention::paged::SeqId, n: usize, base: f32) {
+fn write(dev: &Device, pool: &mut KvPool, seq: flint_runtime::kvpool::SeqId, n: usize, base: f32) {
     let mut rec = Recorder::new(dev);
     let positions = pool.append(&mut rec, seq, n).unwrap();
     let k: Vec<f32> = positions.clone().flat_map(|p| [base + p as f32; ROW]).collect();
@@ -29,19 +30,14 @@ fn write(dev: &Device, pool: &mut KvPool, seq: flint_kernels::attention::paged::
 }
 
 /// The K value stored for each position of `seq` (first element of each row), and V's.
-fn read(dev: &Device, pool: &KvPool, seq: flint_kernels::attention::paged::SeqId) -> (Vec<f32>, Vec<f32>) {
+fn read(dev: &Device, pool: &KvPool, seq: flint_runtime::kvpool::SeqId) -> (Vec<f32>, Vec<f32>) {
     let (k, v) = read_layer(dev, pool, seq, 0);
     let (k1, v1) = read_layer(dev, pool, seq, 1);
     assert_eq!((&k1, &v1), (&v, &k), "layer 1 mirrors layer 0");
     (k, v)
 }
 
-fn read_layer(
-    dev: &Device,
-    pool: &KvPool,
-    seq: flint_kernels::attention::paged::SeqId,
-    layer: usize,
-) -> (Vec<f32>, Vec<f32>) {
+fn read_layer(dev: &Device, pool: &KvPool, seq: flint_runtime::kvpool::SeqId, layer: usize) -> (Vec<f32>, Vec<f32>) {
     let cache = pool.cache(layer).unwrap();
     let k = dev.read_f32(&cache.k).unwrap();
     let v = dev.read_f32(&cache.v).unwrap();

@@ -19,8 +19,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::kvpool::{KvPool, SeqId};
 use flint_gpu::{DType, Recorder};
-use flint_kernels::attention::paged::{KvPool, SeqId};
 use flint_kernels::sample::RowOptions;
 
 use crate::generate::{SamplingOptions, StopReason};

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::kvpool::{KvPool, SeqId};
 use flint_gpu::{DType, Recorder, Tensor};
-use flint_kernels::attention::paged::{KvPool, SeqId};
 use flint_kernels::sample::RowOptions;
 use flint_ref::sample::SampleParams;
 

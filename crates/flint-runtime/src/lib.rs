@@ -32,6 +32,7 @@ pub mod generate;
 pub mod gguf;
 pub(crate) mod hf;
 pub mod image;
+pub mod kvpool;
 pub mod model;
 pub mod multimodal;
 pub mod npy;

@@ -14,8 +14,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::kvpool::{KvPool, SeqId};
 use flint_gpu::{DType, Device, DispatchTime, Plan, ReadbackRing, Recorder, Tensor};
-use flint_kernels::attention::paged::{KvPool, SeqId};
 use flint_kernels::sample::RowOptions;
 
 use crate::model::decoder::{DecodeLayout, DecodeStep, Decoder};

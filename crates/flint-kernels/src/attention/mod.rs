@@ -3,10 +3,9 @@
 //! (shared-prefix) attention for many branches of one prompt.
 //!
 //! Every call reads K/V through a [`PageTable`]; contiguous K/V is one page per sequence
-//! ([`PageTable::contiguous`]). [`paged::KvPool`] manages pages for a runtime: allocation,
-//! appends, forks that share pages, copy-on-write of a shared partial page, and freeing.
-
-pub mod paged;
+//! ([`PageTable::contiguous`]). Which pages a sequence holds is the caller's policy (flint's
+//! runtime allocates, forks and frees them in `flint_runtime::kvpool`); the kernels take a
+//! layer's [`KvCache`] and the page table.
 
 use flint_gpu::{Caps, DType, Device, GpuError, PipelineKey, Recorder, Result, Tensor};
 use flint_ref::attention::{AttnParams, Mask, SeqSpec};

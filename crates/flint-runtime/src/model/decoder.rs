@@ -1,10 +1,11 @@
-//! The decoder graph shared by Llama and Gemma 3: embeddings, then per layer RMSNorm, Q/K/V,
+//! The decoder graph every family shares (Llama, Gemma 3, ...; what differs is data in its
+//! [`DecoderConfig`], see [`super::arch`]): embeddings, then per layer RMSNorm, Q/K/V,
 //! (QK-norm), RoPE, K/V into the paged cache, attention, output projection, (post-norm),
 //! residual, RMSNorm, gated MLP, (post-norm), residual; final norm and the output head. One call
 //! records a forward over some new tokens of one sequence into a recorder; the caller submits.
 
 use flint_gpu::{DType, Device, Recorder, Tensor};
-use flint_kernels::attention::{self, AttnConfig, KvCache, paged::KvPool, paged::SeqId};
+use flint_kernels::attention::{self, AttnConfig, KvCache};
 use flint_kernels::quant::{MATVEC_MAX_ROWS, Matvec, QkvDest, QuantWeight};
 use flint_ref::attention::{AttnParams, Mask, SeqSpec};
 use flint_ref::elementwise::EltOp;
@@ -15,6 +16,7 @@ use flint_ref::rope::RopeQkvParams;
 use super::config::{DecoderConfig, Glu};
 use super::weights::{Embedding, Linear, Stacked, WeightSource};
 use crate::gguf::Gguf;
+use crate::kvpool::{KvPool, SeqId};
 use crate::{Result, RuntimeError};
 
 /// One decoder layer's weights.

@@ -1,4 +1,5 @@
-//! A paged KV cache for a runtime: fixed-size pages in one pool shared by all sequences, each
+//! The paged KV cache's allocator (runtime policy; the attention kernels take only a layer's
+//! [`KvCache`] and a [`PageTable`]): fixed-size pages in one pool shared by all sequences, each
 //! sequence a list of pages. Sequences grow page by page, fork by sharing every page (a
 //! reference count per page), and copy a shared page only when they must write into it (the
 //! last, partly filled page); freeing returns pages whose count drops to zero. Every layer has
@@ -6,7 +7,7 @@
 
 use flint_gpu::{DType, Device, GpuError, Recorder, Result, Tensor};
 
-use super::{KvCache, PageTable};
+use flint_kernels::attention::{KvCache, PageTable};
 
 /// A sequence's handle in a [`KvPool`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
