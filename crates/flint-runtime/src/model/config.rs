@@ -44,8 +44,10 @@ pub struct DecoderConfig {
     pub rope_theta: f32,
     /// RoPE base of sliding-window layers (Gemma 3).
     pub rope_theta_local: f32,
-    /// Positions are multiplied by this (1 / linear scaling factor).
+    /// Positions of global layers are multiplied by this (1 / linear scaling factor).
     pub rope_freq_scale: f32,
+    /// The same for sliding-window layers (Gemma 3 scales only its global layers).
+    pub rope_freq_scale_local: f32,
     /// Pairing of the stored Q/K weights.
     pub rope_layout: RopeLayout,
     /// Sliding window of local layers (Gemma 3), if any.
@@ -142,7 +144,8 @@ impl DecoderConfig {
                 return Err(format!("{name} {theta} is not a finite value above 1 ({keys})"));
             }
         }
-        if !(self.rope_freq_scale.is_finite() && self.rope_freq_scale > 0.0) {
+        let usable = |s: f32| s.is_finite() && s > 0.0;
+        if !usable(self.rope_freq_scale) || !usable(self.rope_freq_scale_local) {
             return Err(format!(
                 "RoPE frequency scale {} (1 / the linear scaling factor) is not finite and positive \
                  (rope.scaling.factor / rope_scaling.factor)",
@@ -217,6 +220,7 @@ impl DecoderConfig {
             eps: g.get_f64(&key("attention.layer_norm_rms_epsilon"))? as f32,
             rope_theta,
             rope_freq_scale: freq_scale,
+            rope_freq_scale_local: freq_scale,
             rope_theta_local: rope_theta,
             attn_scale: 1.0 / (head_dim as f32).sqrt(),
             ..super::arch::llama::LLAMA

@@ -646,7 +646,7 @@ impl Decoder {
             kv_heads: cfg.kv_heads,
             head_dim: cfg.head_dim,
             theta: if cfg.is_local(l) { cfg.rope_theta_local } else { cfg.rope_theta },
-            freq_scale: cfg.rope_freq_scale,
+            freq_scale: if cfg.is_local(l) { cfg.rope_freq_scale_local } else { cfg.rope_freq_scale },
             layout: cfg.rope_layout,
             qk_norm_eps: layer.qk_norm.as_ref().map(|_| cfg.eps),
         }

@@ -69,6 +69,9 @@ pub struct HfWeights<'a> {
     /// The family's name table: the transformers name of a GGUF tensor name under a prefix
     /// (see [`super::arch::llama::hf_name`]).
     pub names: fn(prefix: &str, gguf: &str) -> String,
+    /// Added to every norm weight as it loads: 1 for Gemma, whose RMSNorm scales by `1 + w`
+    /// (GGUF files store `1 + w` already), else 0.
+    pub norm_shift: f32,
 }
 
 impl HfWeights<'_> {
@@ -101,7 +104,11 @@ impl WeightSource for HfWeights<'_> {
     }
     fn vector(&self, dev: &Device, name: &str, len: usize) -> Result<Tensor> {
         let hf = self.name(name);
-        Ok(dev.upload_f32(&hf, &self.dir.f32(&hf, &[len])?, &[len], DType::F32)?)
+        let mut v = self.dir.f32(&hf, &[len])?;
+        if self.norm_shift != 0.0 {
+            v.iter_mut().for_each(|x| *x += self.norm_shift);
+        }
+        Ok(dev.upload_f32(&hf, &v, &[len], DType::F32)?)
     }
     fn glu_pairs(&self, _: &Device, _: &str, _: &str, _: usize, _: usize) -> Result<Option<QuantWeight>> {
         Ok(None)

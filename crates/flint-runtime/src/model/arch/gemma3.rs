@@ -1,10 +1,17 @@
-//! Gemma 3 (GGUF, as llama.cpp writes it): embeddings scaled by sqrt(hidden), a tanh-GELU gated
-//! MLP, QK-norm, sandwich norms (after attention and after the MLP too), and sliding-window
-//! layers with their own RoPE base, every sixth layer global.
+//! Gemma 3, from GGUF (as llama.cpp writes it) and from Hugging Face directories: embeddings
+//! scaled by sqrt(hidden), a tanh-GELU gated MLP, QK-norm, sandwich norms (after attention and
+//! after the MLP too), RMSNorm scaling by `1 + w`, and sliding-window layers with their own RoPE
+//! base (and no RoPE scaling), every sixth layer (by default) global.
 
-use super::GgufFamily;
+use flint_gpu::{DType, Device};
+
+use super::{GgufFamily, HfFamily, Loaded};
+use crate::Result;
 use crate::gguf::{Gguf, GgufError};
+use crate::hf::{Config, HfDir};
 use crate::model::config::{DecoderConfig, Glu, RopeLayout};
+use crate::model::decoder::Decoder;
+use crate::model::weights::HfWeights;
 
 /// Gemma 3 in GGUF files (`general.architecture` gemma3).
 pub const GGUF: GgufFamily = GgufFamily { arch: "gemma3", configure };
@@ -20,5 +27,152 @@ fn configure(g: &Gguf, cfg: &mut DecoderConfig) -> Result<(), GgufError> {
     cfg.sliding_window = Some(g.get_usize("gemma3.attention.sliding_window")?);
     cfg.global_every = 6;
     cfg.rope_theta_local = 10000.0;
+    cfg.rope_freq_scale_local = 1.0;
     Ok(())
+}
+
+/// Gemma 3 text directories (`model_type` gemma3_text; Gemma3ForCausalLM).
+pub const HF: HfFamily = HfFamily { model_types: &["gemma3_text"], load };
+
+fn load(dev: &Device, dir: &HfDir, top: &Config<'_>, kv_dtype: DType) -> Result<Loaded> {
+    let cfg = hf_config(top, true)?;
+    let weights = HfWeights { dir, prefix: "model.", names: hf_name, norm_shift: 1.0 };
+    Ok((Decoder::load(dev, cfg, &weights, kv_dtype)?, None))
+}
+
+/// The transformers name of a Gemma 3 decoder tensor's GGUF name under `prefix`: Llama's
+/// names, with the QK-norms and the four norms of a sandwich layer.
+pub fn hf_name(prefix: &str, gguf: &str) -> String {
+    let part = gguf.strip_prefix("blk.").and_then(|r| r.split_once('.')).and_then(|(layer, rest)| {
+        let part = match rest {
+            "attn_q_norm.weight" => "self_attn.q_norm.weight",
+            "attn_k_norm.weight" => "self_attn.k_norm.weight",
+            "post_attention_norm.weight" => "post_attention_layernorm.weight",
+            "ffn_norm.weight" => "pre_feedforward_layernorm.weight",
+            "post_ffw_norm.weight" => "post_feedforward_layernorm.weight",
+            _ => return None,
+        };
+        Some(format!("{prefix}layers.{layer}.{part}"))
+    });
+    part.unwrap_or_else(|| super::llama::hf_name(prefix, gguf))
+}
+
+/// Read a Gemma 3 text config from a Hugging Face config (the top of a Gemma3ForCausalLM
+/// config.json, or `text_config` of Gemma3ForConditionalGeneration), in transformers 4.5x's
+/// keys (`rope_theta`, `rope_local_base_freq`, `rope_scaling`, `sliding_window_pattern`) or 5.x's
+/// (`rope_parameters` per layer type, `layer_types`). `tie_default` is the enclosing config's
+/// `tie_word_embeddings`.
+pub fn hf_config(c: &Config<'_>, tie_default: bool) -> Result<DecoderConfig> {
+    if c.bool_or("attention_bias", false)? {
+        return Err(c.error("attention_bias", "is true; flint's Gemma 3 graph has no projection biases"));
+    }
+    if c.bool_or("use_bidirectional_attention", false)? {
+        return Err(c.error("use_bidirectional_attention", "is true; flint's Gemma 3 text decoder is causal"));
+    }
+    let act = match c.value.get("hidden_activation").filter(|v| !v.is_null()) {
+        Some(_) => c.str_or("hidden_activation", "gelu_pytorch_tanh")?,
+        None => c.str_or("hidden_act", "gelu_pytorch_tanh")?,
+    };
+    if act != "gelu_pytorch_tanh" {
+        return Err(c.error("hidden_activation", &format!("is {act:?}; Gemma 3's MLP is gelu_pytorch_tanh-gated")));
+    }
+    for key in ["final_logit_softcapping", "attn_logit_softcapping"] {
+        if c.value.get(key).is_some_and(|v| !v.is_null()) {
+            return Err(c.error(key, "is set; flint has no logit soft-capping (Gemma 3 checkpoints have none)"));
+        }
+    }
+    let hidden = c.usize("hidden_size")?;
+    let heads = c.usize("num_attention_heads")?;
+    let head_dim = c.usize_or("head_dim", 256)?;
+    let layers = c.usize("num_hidden_layers")?;
+    let global_every = match c.value.get("layer_types").filter(|v| !v.is_null()) {
+        Some(types) => {
+            let types = types.as_array().ok_or_else(|| c.error("layer_types", "is not a list"))?;
+            let full: Vec<bool> = types
+                .iter()
+                .map(|t| match t.as_str() {
+                    Some("full_attention") => Ok(true),
+                    Some("sliding_attention") => Ok(false),
+                    _ => Err(
+                        c.error("layer_types", &format!("holds {t}; flint knows full_attention and sliding_attention"))
+                    ),
+                })
+                .collect::<Result<_>>()?;
+            if full.len() != layers {
+                return Err(c.error("layer_types", &format!("has {} entries for {layers} layers", full.len())));
+            }
+            // Every n-th layer global, n the first global layer's number (none global: all local).
+            let n = full.iter().position(|&f| f).map_or(usize::MAX, |i| i + 1);
+            if full.iter().enumerate().any(|(l, &f)| f != (l + 1).is_multiple_of(n)) {
+                return Err(c.error("layer_types", "is not every n-th layer global, the one pattern flint runs"));
+            }
+            n
+        }
+        None => c.usize_or("sliding_window_pattern", 6)?,
+    };
+    let (rope_theta, freq_scale, rope_theta_local, freq_scale_local) = rope(c)?;
+    let cfg = DecoderConfig {
+        family: "gemma3",
+        layers,
+        hidden,
+        ffn: c.usize("intermediate_size")?,
+        heads,
+        kv_heads: c.usize_or("num_key_value_heads", heads)?,
+        head_dim,
+        vocab: c.usize("vocab_size")?,
+        context: c.usize_or("max_position_embeddings", 131072)?,
+        eps: c.f64_or("rms_norm_eps", 1e-6)? as f32,
+        rope_theta,
+        rope_theta_local,
+        rope_freq_scale: freq_scale,
+        rope_freq_scale_local: freq_scale_local,
+        rope_layout: RopeLayout::RotateHalf,
+        sliding_window: Some(c.usize_or("sliding_window", 4096)?),
+        global_every,
+        attn_scale: 1.0 / (c.f64_or("query_pre_attn_scalar", head_dim as f64)? as f32).sqrt(),
+        tied_head: c.bool_or("tie_word_embeddings", tie_default)?,
+        embed_scale: (hidden as f32).sqrt(),
+        glu: Glu::GeluTanh,
+        qk_norm: true,
+        post_norms: true,
+    };
+    cfg.validate().map_err(|m| crate::RuntimeError::Model(format!("{}: {m}", c.path.display())))?;
+    Ok(cfg)
+}
+
+/// RoPE base and position scale of the global layers, then of the local ones.
+fn rope(c: &Config<'_>) -> Result<(f32, f32, f32, f32)> {
+    // One layer type's parameters: (base, scale), `base` when the object has none.
+    let params = |r: &Config<'_>, base: f64| -> Result<(f32, f32)> {
+        let kind = match r.value.get("rope_type") {
+            Some(_) => r.str_or("rope_type", "default")?,
+            None => r.str_or("type", "default")?,
+        };
+        let scale = match kind {
+            "default" => 1.0,
+            "linear" => 1.0 / r.f64("factor")?,
+            other => return Err(r.error("rope_type", &format!("is {other:?}; flint has default and linear RoPE"))),
+        };
+        Ok((r.f64_or("rope_theta", base)? as f32, scale as f32))
+    };
+    if c.value.get("rope_parameters").is_some_and(|v| v.is_object()) {
+        let r = c.object("rope_parameters")?;
+        if r.value.get("full_attention").is_some() {
+            let (g, gs) = params(&r.object("full_attention")?, 1e6)?;
+            let (l, ls) = match r.value.get("sliding_attention") {
+                Some(_) => params(&r.object("sliding_attention")?, 1e4)?,
+                None => (1e4, 1.0),
+            };
+            return Ok((g, gs, l, ls));
+        }
+        let (g, gs) = params(&r, 1e6)?;
+        return Ok((g, gs, c.f64_or("rope_local_base_freq", 1e4)? as f32, 1.0));
+    }
+    let (g, gs) = match c.value.get("rope_scaling").filter(|v| !v.is_null()) {
+        Some(_) => params(&c.object("rope_scaling")?, c.f64_or("rope_theta", 1e6)?)?,
+        None => (c.f64_or("rope_theta", 1e6)? as f32, 1.0),
+    };
+    let g = c.f64_or("rope_theta", g as f64)? as f32;
+    // transformers runs the local layers with their own base and no scaling.
+    Ok((g, gs, c.f64_or("rope_local_base_freq", 1e4)? as f32, 1.0))
 }

@@ -21,7 +21,7 @@ fn load(dev: &Device, dir: &HfDir, top: &Config<'_>, kv_dtype: DType) -> Result<
     let tie = top.bool_or("tie_word_embeddings", false)?;
     let text = hf_config(&top.object("text_config")?, tie)?;
     let hidden = text.hidden;
-    let weights = HfWeights { dir, prefix: "model.text_model.", names: hf_name };
+    let weights = HfWeights { dir, prefix: "model.text_model.", names: hf_name, norm_shift: 0.0 };
     let decoder = Decoder::load(dev, text, &weights, kv_dtype)?;
     let vcfg = VisionConfig::from_hf(top, hidden)?;
     let processor = ImageProcessor::from_dir(&dir.dir, vcfg.image_size, vcfg.tokens_per_tile())?;

@@ -33,6 +33,7 @@ pub const LLAMA: DecoderConfig = DecoderConfig {
     rope_theta: 10000.0,
     rope_theta_local: 10000.0,
     rope_freq_scale: 1.0,
+    rope_freq_scale_local: 1.0,
     rope_layout: RopeLayout::Interleaved,
     sliding_window: None,
     global_every: 1,
@@ -46,7 +47,10 @@ pub const LLAMA: DecoderConfig = DecoderConfig {
 
 fn load(dev: &Device, dir: &HfDir, top: &Config<'_>, kv_dtype: DType) -> Result<Loaded> {
     let cfg = hf_config(top, false)?;
-    Ok((Decoder::load(dev, cfg, &HfWeights { dir, prefix: "model.", names: hf_name }, kv_dtype)?, None))
+    Ok((
+        Decoder::load(dev, cfg, &HfWeights { dir, prefix: "model.", names: hf_name, norm_shift: 0.0 }, kv_dtype)?,
+        None,
+    ))
 }
 
 /// The transformers name of a decoder tensor's GGUF name (`blk.3.attn_q.weight`), its
@@ -150,6 +154,7 @@ pub fn hf_config(c: &Config<'_>, tie_default: bool) -> Result<DecoderConfig> {
         rope_theta: rope_theta as f32,
         rope_theta_local: rope_theta as f32,
         rope_freq_scale: freq_scale as f32,
+        rope_freq_scale_local: freq_scale as f32,
         // transformers keeps Q/K in their original order and rotates halves.
         rope_layout: RopeLayout::RotateHalf,
         sliding_window: None,

@@ -48,7 +48,7 @@ pub type Loaded = (Decoder, Option<Vision>);
 pub const GGUF_FAMILIES: &[GgufFamily] = &[llama::GGUF, gemma3::GGUF];
 
 /// The families flint reads from Hugging Face directories.
-pub const HF_FAMILIES: &[HfFamily] = &[llama::HF, idefics3::HF];
+pub const HF_FAMILIES: &[HfFamily] = &[llama::HF, idefics3::HF, gemma3::HF];
 
 /// The GGUF family whose `general.architecture` is `arch`.
 pub fn gguf_family(arch: &str) -> Option<&'static GgufFamily> {

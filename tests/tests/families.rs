@@ -1,0 +1,116 @@
+//! Decoder families read from Hugging Face directories, against transformers (fixtures made by
+//! xtask/scripts/gemma3_text_fixtures.py): two small random Gemma 3 text models
+//! (`gemma3_text`) whose sliding window is shorter than the prompt, with QK-norm, sandwich norms,
+//! `1 + w` RMSNorm weights, the embedding scale, a query scale from `query_pre_attn_scalar` and
+//! per-layer-type RoPE bases, on every adapter present; and config values flint cannot run,
+//! refused by name.
+
+use std::path::{Path, PathBuf};
+
+use flint_runtime::generate::SamplingOptions;
+use flint_runtime::model::Model;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join("gemma3-text")
+}
+
+const PROMPT: &str = "A long sentence that goes on and on, so that a window of a few tokens is shorter than it. The";
+
+/// The fixture's tensors: `logits` as f32, `input_ids` and `greedy` as ids.
+fn expected(name: &str) -> (Vec<u32>, Vec<f32>, Vec<u32>) {
+    let bytes = std::fs::read(fixtures().join(format!("{name}.expected.safetensors"))).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let ids = |k: &str| -> Vec<u32> {
+        st.tensor(k).unwrap().data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect()
+    };
+    let logits = st
+        .tensor("logits")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    (ids("input_ids"), logits, ids("greedy"))
+}
+
+fn devices() -> Vec<flint_gpu::Device> {
+    let sel = std::env::var("FLINT_ADAPTER").unwrap_or_default();
+    let devs: Vec<_> = flint_gpu::Device::open_all(&sel).into_iter().filter_map(Result::ok).collect();
+    assert!(!devs.is_empty(), "no adapter matches {sel:?}");
+    devs
+}
+
+/// f32 weights, activations and KV cache: only summation order and the GPU's exp/tanh differ
+/// from transformers, so the logits' NMSE stays far below the 1e-5 bar the other fixture
+/// models are held to.
+#[test]
+fn tiny_gemma3_text_models_match_transformers() {
+    for dev in devices() {
+        let label = dev.caps().short_label();
+        for name in ["tiny-a", "tiny-b"] {
+            let model = Model::load(&dev, fixtures().join(name)).unwrap();
+            let (ids, want, greedy) = expected(name);
+            assert_eq!(model.prompt_ids(PROMPT, false).unwrap(), ids, "[{label}] {name}: prompt ids");
+            let cfg = &model.decoder().cfg;
+            assert!(ids.len() > 4 * cfg.sliding_window.unwrap(), "the window is shorter than the prompt");
+            let got = model.logits(&ids).unwrap();
+            assert_eq!(got.len(), want.len());
+            assert!(got.iter().all(|v| v.is_finite()), "[{label}] {name}: non-finite logits");
+            let err: f64 = got.iter().zip(&want).map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2)).sum();
+            let norm: f64 = want.iter().map(|b| f64::from(*b).powi(2)).sum();
+            let nmse = err / norm;
+            assert!(nmse <= 1e-5, "[{label}] {name}: logits NMSE {nmse:e}");
+            let mut s = model.session(ids.len() + greedy.len()).unwrap();
+            let opts = SamplingOptions { max_tokens: greedy.len(), ..Default::default() };
+            assert_eq!(s.generate(&ids, &opts, |_| {}).unwrap().tokens, greedy, "[{label}] {name}: greedy tokens");
+            eprintln!("[{label}] {name}: {} prompt tokens, logits NMSE {nmse:.1e}; greedy tokens equal", ids.len());
+        }
+    }
+}
+
+/// A copy of tiny-a whose config.json has `edit` applied, under the system temp directory.
+fn edited(tag: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let src = fixtures().join("tiny-a");
+    let dir = std::env::temp_dir().join(format!("flint-gemma3-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn gemma3_configs_flint_cannot_run_are_refused_by_name() {
+    let dev = &devices()[0];
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(&str, Edit, &str); 5] = [
+        ("softcap", |c| c["final_logit_softcapping"] = 30.0.into(), "final_logit_softcapping"),
+        ("act", |c| c["hidden_activation"] = "relu".into(), "\"relu\""),
+        ("pattern", |c| c["layer_types"][1] = "full_attention".into(), "layer_types"),
+        ("bidir", |c| c["use_bidirectional_attention"] = true.into(), "use_bidirectional_attention"),
+        ("yarn", |c| c["rope_parameters"]["full_attention"]["rope_type"] = "yarn".into(), "\"yarn\""),
+    ];
+    for (tag, edit, want) in cases {
+        let dir = edited(tag, edit);
+        let e = Model::load(dev, &dir).unwrap_err().to_string();
+        assert!(e.contains("config.json") && e.contains(want), "{tag}: {e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    // transformers 4.5x's flat keys read the same model.
+    let dir = edited("flat", |c| {
+        let o = c.as_object_mut().unwrap();
+        o.remove("rope_parameters");
+        o.remove("layer_types");
+        o.insert("rope_theta".into(), 100000.0.into());
+        o.insert("rope_local_base_freq".into(), 10000.0.into());
+        o.insert("sliding_window_pattern".into(), 6.into());
+    });
+    let flat = Model::load(dev, &dir).unwrap();
+    let new = Model::load(dev, fixtures().join("tiny-a")).unwrap();
+    assert_eq!(flat.decoder().cfg, new.decoder().cfg);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
