@@ -63,7 +63,8 @@ pub fn safetensors_config(data: &[u8]) -> Result<()> {
     if let Ok(text) = &text {
         let _ = VisionConfig::from_hf(&top, text.hidden);
     }
-    llama.or(text).map(|_| ())
+    let gemma = crate::model::arch::gemma3::hf_config(&top, true);
+    llama.or(text).or(gemma).map(|_| ())
 }
 
 /// A chat template: the input is the template's source, rendered over a short text conversation
