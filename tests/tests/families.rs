@@ -87,12 +87,15 @@ fn edited(tag: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
 fn gemma3_configs_flint_cannot_run_are_refused_by_name() {
     let dev = &devices()[0];
     type Edit = fn(&mut serde_json::Value);
-    let cases: [(&str, Edit, &str); 5] = [
+    let cases: [(&str, Edit, &str); 8] = [
         ("softcap", |c| c["final_logit_softcapping"] = 30.0.into(), "final_logit_softcapping"),
         ("act", |c| c["hidden_activation"] = "relu".into(), "\"relu\""),
         ("pattern", |c| c["layer_types"][1] = "full_attention".into(), "layer_types"),
         ("bidir", |c| c["use_bidirectional_attention"] = true.into(), "use_bidirectional_attention"),
         ("yarn", |c| c["rope_parameters"]["full_attention"]["rope_type"] = "yarn".into(), "\"yarn\""),
+        ("qscale", |c| c["query_pre_attn_scalar"] = 0.into(), "query_pre_attn_scalar must be positive"),
+        ("window", |c| c["sliding_window"] = u64::MAX.into(), "sliding window"),
+        ("headdim", |c| c["head_dim"] = 0.into(), "head_dim is 0"),
     ];
     for (tag, edit, want) in cases {
         let dir = edited(tag, edit);

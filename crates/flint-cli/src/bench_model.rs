@@ -296,13 +296,17 @@ fn join_row(model: &Model, p: usize, emit: &dyn Fn(String, serde_json::Value, St
             let now = Instant::now();
             let mut joined = false;
             for e in &events {
-                if let flint_runtime::engine::Event::Token { request, .. } = e {
-                    if *request == joining {
-                        joined = true;
-                    } else {
-                        tokens += 1;
+                match e {
+                    flint_runtime::engine::Event::Token { request, .. } if *request == joining => joined = true,
+                    flint_runtime::engine::Event::Token { .. } => tokens += 1,
+                    flint_runtime::engine::Event::Failed { request, error } if *request == joining => {
+                        anyhow::bail!("the joining prompt failed: {error}")
                     }
+                    _ => {}
                 }
+            }
+            if !joined && engine.is_idle() {
+                anyhow::bail!("the engine went idle before the joining prompt's first token");
             }
             if events
                 .iter()

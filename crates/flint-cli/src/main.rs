@@ -25,7 +25,7 @@ enum Command {
     /// Serve a model over HTTP with OpenAI's API (/v1/chat/completions, /v1/completions,
     /// /v1/models, /health, /metrics), every request decoded in one batched engine.
     Serve {
-        /// A .gguf file, an Idefics3 directory, or a known model name (smollm2-135m, gemma3-270m).
+        /// A .gguf file, a Hugging Face model directory, or a known model name (smollm2-135m, gemma3-270m).
         #[arg(long, default_value = flint_runtime::fetch::DEFAULT_MODEL)]
         model: String,
         /// Address to listen on (loopback only unless told otherwise).

@@ -5,6 +5,7 @@
 //!
 //! cargo run --release --example host_frames -p flint-runtime -- MODEL.gguf
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use flint_runtime::engine::{EngineOptions, Event, Request};
@@ -31,10 +32,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = Model::load(&dev, &path)?;
     let mut engine = model.engine(EngineOptions { kv_tokens: 4096, page_size: 64, max_batch: 4 })?;
     let prompts = ["The capital of France is", "Once upon a time"];
-    let mut texts = Vec::new();
+    let mut texts = HashMap::new();
     for prompt in prompts {
-        engine.submit(Request::new(model.prompt_ids(prompt, false)?, model.sampling(24)))?;
-        texts.push(Vec::new());
+        let id = engine.submit(Request::new(model.prompt_ids(prompt, false)?, model.sampling(24)))?;
+        texts.insert(id, (prompt, Vec::new()));
     }
 
     // The frame the host draws: a 256 x 256 target cleared to a colour that changes per frame.
@@ -73,7 +74,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let t = Instant::now();
         for event in engine.step()? {
             match event {
-                Event::Token { request, token, .. } => texts[request.0 as usize].push(token),
+                Event::Token { request, token, .. } => {
+                    if let Some((_, ids)) = texts.get_mut(&request) {
+                        ids.push(token);
+                    }
+                }
                 Event::Failed { request, error } => eprintln!("request {} failed: {error}", request.0),
                 Event::Finished { .. } => {}
             }
@@ -81,8 +86,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         model_time += t.elapsed().as_secs_f64();
         frames += 1;
     }
-    for (prompt, ids) in prompts.iter().zip(&texts) {
-        println!("{prompt}{}", model.tokenizer().decode(ids, true)?);
+    let mut done: Vec<_> = texts.into_iter().collect();
+    done.sort_by_key(|(id, _)| *id);
+    for (_, (prompt, ids)) in done {
+        println!("{prompt}{}", model.tokenizer().decode(&ids, true)?);
     }
     eprintln!("{frames} frames, {:.1} ms of model work per frame", model_time * 1e3 / f64::from(frames.max(1)));
     Ok(())

@@ -170,6 +170,13 @@ pub fn split_reply(text: &str) -> Reply {
     ReplySplitter::split(text)
 }
 
+/// Whether the prompt `ids` ends by opening `<think>` (some chat templates write it into the
+/// generation prompt), so that the reply starts inside the reasoning.
+pub fn prompt_opens_think(model: &Model, ids: &[u32]) -> bool {
+    let tail = &ids[ids.len().saturating_sub(8)..];
+    model.tokenizer().decode(tail, false).is_ok_and(|t| t.trim_end().ends_with("<think>"))
+}
+
 /// What a [`ReplySplitter`] lets out after a piece of text: new reasoning and new answer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReplyDelta {
@@ -187,7 +194,9 @@ pub struct ReplyDelta {
 /// streams a paragraph behind until a marker is seen. Text that may yet turn out to be a
 /// marker or the last paragraph, and whitespace that may end a part, is held back until the
 /// next piece shows what it is, so the pieces joined are the parts trimmed, however the reply
-/// was cut into pieces.
+/// was cut into pieces. Inside `<think>` (opened by the reply, or by the prompt:
+/// [`ReplySplitter::inside_think`]) only `</think>` ends the reasoning.
+///
 /// [`split_reply`] is the same split of a whole reply, so a stream and its whole agree.
 #[derive(Clone, Debug, Default)]
 pub struct ReplySplitter {
@@ -201,6 +210,8 @@ pub struct ReplySplitter {
     /// Whether any reasoning, and any answer, has been let out.
     reasoning_begun: bool,
     answer_begun: bool,
+    /// Inside `<think>`: only `</think>` ends the reasoning.
+    inside: bool,
 }
 
 impl ReplySplitter {
@@ -209,10 +220,20 @@ impl ReplySplitter {
         ReplySplitter::default()
     }
 
+    /// A splitter for a reply whose prompt ended by opening `<think>` (see
+    /// [`prompt_opens_think`]): the reply starts inside it.
+    pub fn inside_think() -> ReplySplitter {
+        ReplySplitter { start: Some(0), inside: true, ..ReplySplitter::default() }
+    }
+
     /// The reasoning and answer of a whole reply, as a stream of it gives them.
     pub fn split(text: &str) -> Reply {
-        let mut s = ReplySplitter::new();
-        let (a, b) = (s.push(text), s.finish());
+        ReplySplitter::new().whole(text)
+    }
+
+    /// This splitter's split of a whole reply (nothing pushed before).
+    pub fn whole(mut self, text: &str) -> Reply {
+        let (a, b) = (self.push(text), self.finish());
         Reply { reasoning: a.reasoning + &b.reasoning, answer: a.answer + &b.answer }
     }
 
@@ -236,6 +257,7 @@ impl ReplySplitter {
                 let rest = text.trim_start();
                 let lead = text.len() - rest.len();
                 if rest.starts_with("<think>") {
+                    self.inside = true;
                     lead + "<think>".len()
                 } else if !last && "<think>".starts_with(rest) {
                     return out; // maybe a `<think>` still coming
@@ -250,11 +272,11 @@ impl ReplySplitter {
             // Nothing let out can be part of a marker, so the search starts at the line of
             // the first unsent byte.
             let from = text[..self.sent].rfind('\n').map_or(start, |n| n + 1).max(start);
-            self.marker = find_marker(text, from);
+            self.marker = find_marker(text, from, self.inside);
         }
         // Inside `<think>` the reasoning runs to the marker; otherwise, with no marker, the
         // last paragraph is the answer.
-        let opened = start > 0;
+        let opened = self.inside;
         if self.marker.is_none() && last && !opened {
             let p = last_paragraph(text, start);
             self.marker = Some((p, p, false));
@@ -263,8 +285,8 @@ impl ReplySplitter {
         let end = match self.marker {
             Some((m, _, _)) => m,
             None if last => text.len(),
-            None if opened => undecided(text, start),
-            None => undecided(text, start).min(last_paragraph(text, start)),
+            None if opened => undecided(text, start, true),
+            None => undecided(text, start, false).min(last_paragraph(text, start)),
         };
         if self.sent < end {
             let part = &text[self.sent..end];
@@ -301,8 +323,11 @@ impl ReplySplitter {
 
 /// The first answer marker of `text` at or after the line starting at `from`: its start,
 /// where the answer starts, and whether the answer's leading `*` are markdown to drop.
-fn find_marker(text: &str, from: usize) -> Option<(usize, usize, bool)> {
+fn find_marker(text: &str, from: usize, think_only: bool) -> Option<(usize, usize, bool)> {
     let think = text[from..].find("</think>").map(|i| (from + i, from + i + "</think>".len(), false));
+    if think_only {
+        return think;
+    }
     let mut line = from;
     let mut answer = None;
     loop {
@@ -333,11 +358,11 @@ fn last_paragraph(text: &str, start: usize) -> usize {
 /// Where the reasoning must stop being let out while no marker is seen: before a last line
 /// that may still grow into an `Answer:` line, and before an end that may be the start of
 /// `</think>`.
-fn undecided(text: &str, start: usize) -> usize {
+fn undecided(text: &str, start: usize, think_only: bool) -> usize {
     let line = text.rfind('\n').map_or(start, |n| n + 1).max(start);
     let stripped = text[line..].trim_start_matches(['*', '#', ' ']);
     let could_answer = stripped.len() < 7 && "answer:".starts_with(&stripped.to_ascii_lowercase());
-    if could_answer {
+    if could_answer && !think_only {
         return line;
     }
     let partial = (1.."</think>".len()).rev().find(|&k| text.ends_with(&"</think>"[..k])).unwrap_or(0);
@@ -535,6 +560,8 @@ mod tests {
             ("  <thi", "", "<thi"),
             ("Ünïcödé — reasoning…\n*Answer:* ü", "Ünïcödé — reasoning…", "ü"),
             ("", "", ""),
+            ("<think>a\nAnswer: maybe 5\n</think>\nIt is 6", "a\nAnswer: maybe 5", "It is 6"),
+            ("<think>p1\n\nAnswer: p2", "p1\n\nAnswer: p2", ""),
         ];
         for (text, reasoning, answer) in cases {
             let whole = ReplySplitter::split(text);
@@ -555,6 +582,26 @@ mod tests {
                 a += &d.answer;
                 assert_eq!((r.as_str(), a.as_str()), (reasoning, answer), "{text:?} in pieces of {size}");
             }
+        }
+    }
+
+    #[test]
+    fn a_reply_inside_a_think_the_prompt_opened_ends_only_at_its_close() {
+        for (text, reasoning, answer) in [
+            ("x\nAnswer: not yet\n</think>\n\nSix.", "x\nAnswer: not yet", "Six."),
+            ("cut by the budget\n\nstill thinking", "cut by the budget\n\nstill thinking", ""),
+        ] {
+            let r = ReplySplitter::inside_think().whole(text);
+            assert_eq!((r.reasoning.as_str(), r.answer.as_str()), (reasoning, answer), "{text:?}");
+            let mut s = ReplySplitter::inside_think();
+            let (mut r, mut a) = (String::new(), String::new());
+            for c in text.chars() {
+                let d = s.push(&c.to_string());
+                r += &d.reasoning;
+                a += &d.answer;
+            }
+            let d = s.finish();
+            assert_eq!((r + &d.reasoning, a + &d.answer), (reasoning.to_string(), answer.to_string()), "{text:?}");
         }
     }
 

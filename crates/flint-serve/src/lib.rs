@@ -118,8 +118,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Bind `opts.addr`, make the engine over `model` (an error if it cannot be made: no device
-    /// memory for its KV pool, say) and start its thread.
+    /// Make the engine over `model` (an error if it cannot be made: no device memory for its KV
+    /// pool, say), bind `opts.addr` and start the engine's thread.
     pub async fn bind(model: Model, opts: ServeOptions) -> std::io::Result<Server> {
         let engine = model
             .engine(opts.engine.clone())
@@ -336,6 +336,15 @@ struct Job {
     logprobs: bool,
     stream: bool,
     include_usage: bool,
+    /// The prompt ends by opening `<think>`: the reply starts inside its reasoning.
+    inside_think: bool,
+}
+
+impl Job {
+    /// A splitter of this job's replies into reasoning and answer.
+    fn splitter(&self) -> reasoning::ReplySplitter {
+        if self.inside_think { reasoning::ReplySplitter::inside_think() } else { reasoning::ReplySplitter::new() }
+    }
 }
 
 fn unix_now() -> u64 {
@@ -593,7 +602,8 @@ fn finish_job(
         .code("context_length_exceeded"));
     }
     let Wants { logprobs, stream, include_usage } = wants;
-    Ok(Job { kind, prompt, pixels, mode, branches, sampling, stops, logprobs, stream, include_usage })
+    let inside_think = mode.reasons() && reasoning::prompt_opens_think(&s.model, &prompt);
+    Ok(Job { kind, prompt, pixels, mode, branches, sampling, stops, logprobs, stream, include_usage, inside_think })
 }
 
 async fn chat(State(s): Shared, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
@@ -886,7 +896,7 @@ impl Run {
                 let mut message = json!({"role": "assistant", "content": c.text});
                 if self.job.mode.reasons() {
                     // As a stream of it splits (see `stream`).
-                    let r = reasoning::ReplySplitter::split(&c.text);
+                    let r = self.job.splitter().whole(&c.text);
                     message["content"] = json!(r.answer);
                     if !r.reasoning.is_empty() {
                         message["reasoning_content"] = json!(r.reasoning);
@@ -898,11 +908,6 @@ impl Run {
             Kind::Text => json!({"index": index, "text": c.text, "logprobs": self.choice_logprobs(c),
                 "finish_reason": finish, "token_ids": c.tokens}),
         }
-    }
-
-    /// A streamed chunk for choice `index` with `text` new and maybe its finish.
-    fn chunk(&self, index: usize, text: &str, finish: Option<&str>, first: bool) -> Value {
-        self.chunk_parts(index, "", text, finish, first)
     }
 
     /// A streamed chunk for choice `index` with new `reasoning` (chat only; as
@@ -1012,7 +1017,7 @@ fn stream(s: Arc<AppState>, mut run: Run, mut rx: mpsc::UnboundedReceiver<Out>, 
         let mut ended = vec![false; run.choices.len()];
         // Thinking chat streams its reasoning as `reasoning_content`, split as the whole is.
         let split = run.job.kind == Kind::Chat && run.job.mode.reasons();
-        let mut splitters = vec![reasoning::ReplySplitter::new(); run.choices.len()];
+        let mut splitters = vec![run.job.splitter(); run.choices.len()];
         let mut failure = None;
         loop {
             let out = tokio::select! {
@@ -1047,8 +1052,9 @@ fn stream(s: Arc<AppState>, mut run: Run, mut rx: mpsc::UnboundedReceiver<Out>, 
                     let answer = run.answer();
                     let choice = &answer["choices"][0];
                     let text = choice["message"]["content"].as_str().unwrap_or("").to_string();
+                    let thought = choice["message"]["reasoning_content"].as_str().unwrap_or("").to_string();
                     let finish = choice["finish_reason"].as_str().unwrap_or("stop");
-                    let mut chunk = run.chunk(0, &text, Some(finish), true);
+                    let mut chunk = run.chunk_parts(0, &thought, &text, Some(finish), true);
                     chunk["flint"] = answer["flint"].clone();
                     if tx.send(Ok(send(chunk))).await.is_err() {
                         return;

@@ -88,14 +88,18 @@ impl DecoderConfig {
 
     /// Check the numbers are usable.
     pub fn validate(&self) -> Result<(), String> {
-        if self.layers == 0
-            || self.hidden == 0
-            || self.heads == 0
-            || self.kv_heads == 0
-            || self.vocab == 0
-            || self.ffn == 0
-        {
-            return Err(format!("empty dimension in {self:?}"));
+        for (name, v, keys) in [
+            ("layers", self.layers, "block_count / num_hidden_layers"),
+            ("hidden size", self.hidden, "embedding_length / hidden_size"),
+            ("MLP size", self.ffn, "feed_forward_length / intermediate_size"),
+            ("heads", self.heads, "attention.head_count / num_attention_heads"),
+            ("KV heads", self.kv_heads, "attention.head_count_kv / num_key_value_heads"),
+            ("vocabulary", self.vocab, "vocab_size or the token list / vocab_size"),
+            ("head_dim", self.head_dim, "attention.key_length / head_dim"),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} is 0 ({keys})"));
+            }
         }
         // Each message ends with the field's names in a GGUF file and in a config.json.
         for (name, v, max, keys) in [
@@ -138,22 +142,38 @@ impl DecoderConfig {
         }
         for (name, theta, keys) in [
             ("RoPE base", self.rope_theta, "rope.freq_base / rope_theta"),
-            ("local RoPE base", self.rope_theta_local, "rope_local_base_freq"),
+            (
+                "local RoPE base",
+                self.rope_theta_local,
+                "rope_local_base_freq / rope_parameters.sliding_attention.rope_theta",
+            ),
         ] {
             if !(theta.is_finite() && theta > 1.0) {
                 return Err(format!("{name} {theta} is not a finite value above 1 ({keys})"));
             }
         }
-        let usable = |s: f32| s.is_finite() && s > 0.0;
-        if !usable(self.rope_freq_scale) || !usable(self.rope_freq_scale_local) {
+        for (name, scale) in [("", self.rope_freq_scale), ("local ", self.rope_freq_scale_local)] {
+            if !(scale.is_finite() && scale > 0.0) {
+                return Err(format!(
+                    "{name}RoPE frequency scale {scale} (1 / the linear scaling factor) is not finite and positive \
+                     (rope.scaling.factor / rope_scaling.factor or rope_parameters' factor)"
+                ));
+            }
+        }
+        if !(self.attn_scale.is_finite() && self.attn_scale > 0.0) {
             return Err(format!(
-                "RoPE frequency scale {} (1 / the linear scaling factor) is not finite and positive \
-                 (rope.scaling.factor / rope_scaling.factor)",
-                self.rope_freq_scale
+                "query scale {} is not finite and positive (query_pre_attn_scalar must be positive)",
+                self.attn_scale
             ));
         }
         if !(self.embed_scale.is_finite() && self.embed_scale > 0.0) {
             return Err(format!("embedding scale {} is not finite and positive", self.embed_scale));
+        }
+        if self.sliding_window.is_some_and(|w| w > MAX_CONTEXT) {
+            return Err(format!(
+                "sliding window {:?} is over flint's limit of {MAX_CONTEXT} (attention.sliding_window / sliding_window)",
+                self.sliding_window
+            ));
         }
         if self.sliding_window == Some(0) || self.global_every == 0 {
             return Err(format!(

@@ -61,8 +61,10 @@ pub struct Model {
 }
 
 impl Model {
-    /// Load a model onto `dev`: a `.gguf` file of a llama or gemma3 decoder, or a Hugging Face
-    /// directory (config.json + safetensors) of an Idefics3 / SmolVLM model or a Llama.
+    /// Load a model onto `dev`: a `.gguf` file of a family in
+    /// [`GGUF_FAMILIES`](arch::GGUF_FAMILIES) (llama, gemma3), or a Hugging Face directory
+    /// (config.json + safetensors) of a family flint reads from them (Idefics3 / SmolVLM, Llama,
+    /// Gemma 3 text).
     pub fn load(dev: &Device, path: impl AsRef<Path>) -> Result<Model> {
         let path = path.as_ref();
         if path.is_dir() {

@@ -12,7 +12,7 @@ use crate::hf::HfDir;
 use crate::{Result, RuntimeError};
 
 /// Where a decoder's weights come from, addressed by their GGUF names (`blk.3.attn_q.weight`):
-/// a GGUF file, or a Hugging Face directory through [`HfWeights`]'s name map.
+/// a GGUF file, or a Hugging Face directory through its family's name map.
 pub trait WeightSource {
     /// Whether the source holds `name`.
     fn has(&self, name: &str) -> bool;
@@ -61,7 +61,7 @@ impl WeightSource for Gguf {
 
 /// A decoder's weights in a Hugging Face directory, under `prefix` (`model.` for
 /// LlamaForCausalLM, `model.text_model.` for Idefics3), named by the family's table.
-pub struct HfWeights<'a> {
+pub(crate) struct HfWeights<'a> {
     /// The directory.
     pub dir: &'a HfDir,
     /// Prefix of the decoder's tensors.

@@ -32,7 +32,7 @@ fn configure(g: &Gguf, cfg: &mut DecoderConfig) -> Result<(), GgufError> {
 }
 
 /// Gemma 3 text directories (`model_type` gemma3_text; Gemma3ForCausalLM).
-pub const HF: HfFamily = HfFamily { model_types: &["gemma3_text"], load };
+pub(crate) const HF: HfFamily = HfFamily { model_types: &["gemma3_text"], load };
 
 fn load(dev: &Device, dir: &HfDir, top: &Config<'_>, kv_dtype: DType) -> Result<Loaded> {
     let cfg = hf_config(top, true)?;
@@ -58,23 +58,22 @@ pub fn hf_name(prefix: &str, gguf: &str) -> String {
 }
 
 /// Read a Gemma 3 text config from a Hugging Face config (the top of a Gemma3ForCausalLM
-/// config.json, or `text_config` of Gemma3ForConditionalGeneration), in transformers 4.5x's
+/// config.json; Gemma3ForConditionalGeneration keeps one as `text_config`), in transformers 4.5x's
 /// keys (`rope_theta`, `rope_local_base_freq`, `rope_scaling`, `sliding_window_pattern`) or 5.x's
 /// (`rope_parameters` per layer type, `layer_types`). `tie_default` is the enclosing config's
 /// `tie_word_embeddings`.
-pub fn hf_config(c: &Config<'_>, tie_default: bool) -> Result<DecoderConfig> {
+pub(crate) fn hf_config(c: &Config<'_>, tie_default: bool) -> Result<DecoderConfig> {
     if c.bool_or("attention_bias", false)? {
         return Err(c.error("attention_bias", "is true; flint's Gemma 3 graph has no projection biases"));
     }
     if c.bool_or("use_bidirectional_attention", false)? {
         return Err(c.error("use_bidirectional_attention", "is true; flint's Gemma 3 text decoder is causal"));
     }
-    let act = match c.value.get("hidden_activation").filter(|v| !v.is_null()) {
-        Some(_) => c.str_or("hidden_activation", "gelu_pytorch_tanh")?,
-        None => c.str_or("hidden_act", "gelu_pytorch_tanh")?,
-    };
+    let act_key =
+        if c.value.get("hidden_activation").is_some_and(|v| !v.is_null()) { "hidden_activation" } else { "hidden_act" };
+    let act = c.str_or(act_key, "gelu_pytorch_tanh")?;
     if act != "gelu_pytorch_tanh" {
-        return Err(c.error("hidden_activation", &format!("is {act:?}; Gemma 3's MLP is gelu_pytorch_tanh-gated")));
+        return Err(c.error(act_key, &format!("is {act:?}; Gemma 3's MLP is gelu_pytorch_tanh-gated")));
     }
     for key in ["final_logit_softcapping", "attn_logit_softcapping"] {
         if c.value.get(key).is_some_and(|v| !v.is_null()) {
@@ -129,7 +128,8 @@ pub fn hf_config(c: &Config<'_>, tie_default: bool) -> Result<DecoderConfig> {
         rope_layout: RopeLayout::RotateHalf,
         sliding_window: Some(c.usize_or("sliding_window", 4096)?),
         global_every,
-        attn_scale: 1.0 / (c.f64_or("query_pre_attn_scalar", head_dim as f64)? as f32).sqrt(),
+        // transformers' default is 256 whatever head_dim is.
+        attn_scale: 1.0 / (c.f64_or("query_pre_attn_scalar", 256.0)? as f32).sqrt(),
         tied_head: c.bool_or("tie_word_embeddings", tie_default)?,
         embed_scale: (hidden as f32).sqrt(),
         glu: Glu::GeluTanh,
@@ -140,39 +140,47 @@ pub fn hf_config(c: &Config<'_>, tie_default: bool) -> Result<DecoderConfig> {
     Ok(cfg)
 }
 
-/// RoPE base and position scale of the global layers, then of the local ones.
+/// RoPE base and position scale of the global layers, then of the local ones: from
+/// transformers 5.x's `rope_parameters` (per layer type, or one set for the global layers),
+/// falling back to 4.5x's flat keys (`rope_theta`, `rope_local_base_freq`, `rope_scaling`) for
+/// what it does not give. transformers runs the local layers unscaled unless their own
+/// parameters say otherwise.
 fn rope(c: &Config<'_>) -> Result<(f32, f32, f32, f32)> {
-    // One layer type's parameters: (base, scale), `base` when the object has none.
+    // One parameter set: (base, scale), `base` when it has none.
     let params = |r: &Config<'_>, base: f64| -> Result<(f32, f32)> {
-        let kind = match r.value.get("rope_type") {
-            Some(_) => r.str_or("rope_type", "default")?,
-            None => r.str_or("type", "default")?,
-        };
-        let scale = match kind {
+        let key = if r.value.get("rope_type").is_some() { "rope_type" } else { "type" };
+        let scale = match r.str_or(key, "default")? {
             "default" => 1.0,
             "linear" => 1.0 / r.f64("factor")?,
-            other => return Err(r.error("rope_type", &format!("is {other:?}; flint has default and linear RoPE"))),
+            other => return Err(r.error(key, &format!("is {other:?}; flint has default and linear RoPE"))),
         };
         Ok((r.f64_or("rope_theta", base)? as f32, scale as f32))
     };
+    let flat_global = c.f64_or("rope_theta", 1e6)?;
+    let flat_local = c.f64_or("rope_local_base_freq", 1e4)?;
+    let global_flat = |c: &Config<'_>| -> Result<(f32, f32)> {
+        match c.value.get("rope_scaling").filter(|v| !v.is_null()) {
+            Some(_) => params(&c.object("rope_scaling")?, flat_global),
+            None => Ok((flat_global as f32, 1.0)),
+        }
+    };
     if c.value.get("rope_parameters").is_some_and(|v| v.is_object()) {
         let r = c.object("rope_parameters")?;
-        if r.value.get("full_attention").is_some() {
-            let (g, gs) = params(&r.object("full_attention")?, 1e6)?;
+        let per_type = ["full_attention", "sliding_attention"].iter().any(|k| r.value.get(*k).is_some());
+        if per_type {
+            let (g, gs) = match r.value.get("full_attention") {
+                Some(_) => params(&r.object("full_attention")?, flat_global)?,
+                None => global_flat(c)?,
+            };
             let (l, ls) = match r.value.get("sliding_attention") {
-                Some(_) => params(&r.object("sliding_attention")?, 1e4)?,
-                None => (1e4, 1.0),
+                Some(_) => params(&r.object("sliding_attention")?, flat_local)?,
+                None => (flat_local as f32, 1.0),
             };
             return Ok((g, gs, l, ls));
         }
-        let (g, gs) = params(&r, 1e6)?;
-        return Ok((g, gs, c.f64_or("rope_local_base_freq", 1e4)? as f32, 1.0));
+        let (g, gs) = params(&r, flat_global)?;
+        return Ok((g, gs, flat_local as f32, 1.0));
     }
-    let (g, gs) = match c.value.get("rope_scaling").filter(|v| !v.is_null()) {
-        Some(_) => params(&c.object("rope_scaling")?, c.f64_or("rope_theta", 1e6)?)?,
-        None => (c.f64_or("rope_theta", 1e6)? as f32, 1.0),
-    };
-    let g = c.f64_or("rope_theta", g as f64)? as f32;
-    // transformers runs the local layers with their own base and no scaling.
-    Ok((g, gs, c.f64_or("rope_local_base_freq", 1e4)? as f32, 1.0))
+    let (g, gs) = global_flat(c)?;
+    Ok((g, gs, flat_local as f32, 1.0))
 }

@@ -15,7 +15,7 @@ use crate::model::weights::HfWeights;
 use crate::multimodal::Vision;
 
 /// Idefics3 and SmolVLM directories (`model_type` idefics3 or smolvlm).
-pub const HF: HfFamily = HfFamily { model_types: &["idefics3", "smolvlm"], load };
+pub(crate) const HF: HfFamily = HfFamily { model_types: &["idefics3", "smolvlm"], load };
 
 fn load(dev: &Device, dir: &HfDir, top: &Config<'_>, kv_dtype: DType) -> Result<Loaded> {
     let tie = top.bool_or("tie_word_embeddings", false)?;

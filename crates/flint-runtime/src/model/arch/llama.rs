@@ -16,7 +16,7 @@ use crate::model::weights::HfWeights;
 pub const GGUF: GgufFamily = GgufFamily { arch: "llama", configure: |_, _| Ok(()) };
 
 /// Llama directories (`model_type` llama; LlamaForCausalLM).
-pub const HF: HfFamily = HfFamily { model_types: &["llama"], load };
+pub(crate) const HF: HfFamily = HfFamily { model_types: &["llama"], load };
 
 /// The fields every family starts from: Llama's (the sizes are zero, to be filled).
 pub const LLAMA: DecoderConfig = DecoderConfig {
@@ -85,7 +85,7 @@ pub fn hf_name(prefix: &str, gguf: &str) -> String {
 /// Read a Llama text config from a Hugging Face config (`text_config` of Idefics3, or the
 /// top of a LlamaForCausalLM config.json). `tie_default` is the enclosing config's
 /// `tie_word_embeddings`, used when the text config does not say.
-pub fn hf_config(c: &Config<'_>, tie_default: bool) -> Result<DecoderConfig> {
+pub(crate) fn hf_config(c: &Config<'_>, tie_default: bool) -> Result<DecoderConfig> {
     let model_type = c.str_or("model_type", "llama")?;
     if model_type != "llama" {
         return Err(

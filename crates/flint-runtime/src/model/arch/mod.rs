@@ -3,7 +3,7 @@
 //! is a field of [`DecoderConfig`], and each family's file fills those fields from its GGUF
 //! metadata or its Hugging Face config and owns its tensor-name table; the decoder reads the
 //! fields and has no per-family branches. Adding a family is one file here and one line in
-//! [`GGUF_FAMILIES`] or [`HF_FAMILIES`].
+//! [`GGUF_FAMILIES`] or `HF_FAMILIES`, and a `pub mod` line.
 
 pub mod gemma3;
 pub mod idefics3;
@@ -30,25 +30,25 @@ pub struct GgufFamily {
 
 /// A family stored as a Hugging Face directory: the config.json `model_type`s it reads, and its
 /// loader.
-pub struct HfFamily {
+pub(crate) struct HfFamily {
     /// `model_type` values.
-    pub model_types: &'static [&'static str],
+    pub(crate) model_types: &'static [&'static str],
     /// Load the decoder (and the vision side of a multimodal family) from `dir`, whose
     /// config.json is `top`, with a KV cache of `kv_dtype`.
-    pub load: HfLoader,
+    pub(crate) load: HfLoader,
 }
 
 /// A Hugging Face family's loader: the decoder, and the vision side of a multimodal family.
-pub type HfLoader = fn(dev: &Device, dir: &HfDir, top: &Config<'_>, kv_dtype: DType) -> Result<Loaded>;
+pub(crate) type HfLoader = fn(dev: &Device, dir: &HfDir, top: &Config<'_>, kv_dtype: DType) -> Result<Loaded>;
 
 /// What a loader makes: the decoder, and the vision side of a multimodal family.
-pub type Loaded = (Decoder, Option<Vision>);
+pub(crate) type Loaded = (Decoder, Option<Vision>);
 
 /// The families flint reads from GGUF.
 pub const GGUF_FAMILIES: &[GgufFamily] = &[llama::GGUF, gemma3::GGUF];
 
 /// The families flint reads from Hugging Face directories.
-pub const HF_FAMILIES: &[HfFamily] = &[llama::HF, idefics3::HF, gemma3::HF];
+pub(crate) const HF_FAMILIES: &[HfFamily] = &[llama::HF, idefics3::HF, gemma3::HF];
 
 /// The GGUF family whose `general.architecture` is `arch`.
 pub fn gguf_family(arch: &str) -> Option<&'static GgufFamily> {
@@ -56,7 +56,7 @@ pub fn gguf_family(arch: &str) -> Option<&'static GgufFamily> {
 }
 
 /// The Hugging Face family that reads `model_type`.
-pub fn hf_family(model_type: &str) -> Option<&'static HfFamily> {
+pub(crate) fn hf_family(model_type: &str) -> Option<&'static HfFamily> {
     HF_FAMILIES.iter().find(|f| f.model_types.contains(&model_type))
 }
 
