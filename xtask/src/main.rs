@@ -45,8 +45,31 @@ fn ci() -> Result<()> {
     run(&cargo, &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"], &[])?;
     run(&cargo, &["test", "--workspace", "--locked"], &[])?;
     run(&cargo, &["doc", "--workspace", "--no-deps", "--locked"], &[("RUSTDOCFLAGS", "-D warnings")])?;
+    wasm_check(&cargo)?;
     eprintln!("ci: all green");
     Ok(())
+}
+
+/// The browser build: the GPU layer, the kernels, the references and the runtime compile for
+/// wasm32-unknown-unknown (the target WebGPU pages run). Skipped, saying so, where the target's
+/// standard library is not installed (`rustup target add wasm32-unknown-unknown`).
+fn wasm_check(cargo: &str) -> Result<()> {
+    const TARGET: &str = "wasm32-unknown-unknown";
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let libdir = Command::new(&rustc).args(["--print", "target-libdir", "--target", TARGET]).output();
+    let installed = libdir.ok().filter(|o| o.status.success()).is_some_and(|o| {
+        let dir = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        std::fs::read_dir(&dir)
+            .is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("libcore"))))
+    });
+    if !installed {
+        eprintln!("ci: skipped the {TARGET} build check: the target is not installed (rustup target add {TARGET})");
+        return Ok(());
+    }
+    let crates = ["-p", "flint-gpu", "-p", "flint-kernels", "-p", "flint-ref", "-p", "flint-runtime"];
+    let mut args = vec!["check", "--target", TARGET, "--locked"];
+    args.extend(crates);
+    run(cargo, &args, &[])
 }
 
 fn shaders(dir: Option<PathBuf>) -> Result<()> {
