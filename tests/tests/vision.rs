@@ -51,6 +51,59 @@ fn preprocessing_matches_the_processor_pixel_for_pixel() {
     }
 }
 
+/// Gemma 3's processor (PIL's bilinear filter to one fixed size) against
+/// `Gemma3ImageProcessorPil` on the three images, at its default 224x224 and at 96x40
+/// (enlarging one way and shrinking the other): the 8-bit pixels equal, the normalised values
+/// within f32 rounding.
+#[test]
+fn the_fixed_size_processor_matches_gemma3s_pixel_for_pixel() {
+    use flint_runtime::image::{Filter, FixedSizeProcessor};
+    let dir = fixtures().join("images");
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("gemma3.json")).unwrap()).unwrap();
+    for size in index["sizes"].as_array().unwrap() {
+        let (w, h) = (size[0].as_u64().unwrap() as usize, size[1].as_u64().unwrap() as usize);
+        let proc = FixedSizeProcessor {
+            width: w,
+            height: h,
+            filter: Filter::Bilinear,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+            rescale: 1.0 / 255.0,
+        };
+        for name in index["images"].as_array().unwrap() {
+            let name = name.as_str().unwrap();
+            let img = image::load(&dir.join(format!("{name}.png"))).unwrap();
+            let want = std::fs::read(dir.join(format!("{name}.gemma3-{w}x{h}.u8"))).unwrap();
+            let r = proc.resized(&img).unwrap();
+            let plane = w * h;
+            let ours: Vec<u8> =
+                (0..3).flat_map(|c| (0..plane).map(move |i| (c, i))).map(|(c, i)| r.data[i * 3 + c]).collect();
+            let differ = ours.iter().zip(&want).filter(|(a, b)| a != b).count();
+            assert_eq!(differ, 0, "{name} at {w}x{h}: {differ} of {} values differ", want.len());
+            let pixels = proc.process(&img).unwrap();
+            for (i, &v) in pixels.iter().enumerate() {
+                let exp = ((f64::from(want[i]) / 255.0 - 0.5) / 0.5) as f32;
+                assert!((v - exp).abs() <= 1e-6, "{name} at {w}x{h}: value {i}: {v} vs {exp}");
+            }
+        }
+    }
+    // Its settings come from the processor config; Pan & Scan and other filters are refused.
+    let tmp = std::env::temp_dir().join(format!("flint-fixed-size-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let write = |v: serde_json::Value| std::fs::write(tmp.join("preprocessor_config.json"), v.to_string()).unwrap();
+    write(serde_json::json!({"size": {"height": 896, "width": 896}, "resample": 2, "image_mean": [0.5, 0.5, 0.5]}));
+    let p = FixedSizeProcessor::from_dir(&tmp, 224).unwrap();
+    assert_eq!((p.width, p.height, p.filter), (896, 896, Filter::Bilinear));
+    write(serde_json::json!({"do_pan_and_scan": true}));
+    let e = FixedSizeProcessor::from_dir(&tmp, 224).unwrap_err().to_string();
+    assert!(e.contains("preprocessor_config.json") && e.contains("do_pan_and_scan"), "{e}");
+    write(serde_json::json!({"resample": 3}));
+    let e = FixedSizeProcessor::from_dir(&tmp, 224).unwrap_err().to_string();
+    assert!(e.contains("resample") && e.contains("is 3"), "{e}");
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
 /// The tensors of `<name>.expected.safetensors` as f32 (ids as f32 too).
 struct Expected {
     tensors: std::collections::HashMap<String, (Vec<usize>, Vec<f32>)>,

@@ -4,11 +4,16 @@
 //! 1/255 and normalise by mean and std; and the prompt expansion of each `<image>` into the
 //! tokens the processor writes for its tiles.
 //!
-//! Every resize is PIL's Lanczos (a = 3) on 8-bit pixels, reproduced here step by step: filter
-//! support widened by the scale when shrinking, coefficients normalised and rounded to 22-bit
-//! fixed point, the horizontal pass before the vertical one with the intermediate rounded to
-//! 8 bits. The pixels therefore match the processor's exactly (tests/tests/vision.rs checks
-//! this on three images); a float resampler would differ by a level here and there.
+//! Also the fixed-size processors of SigLIP-style towers ([`FixedSizeProcessor`]; Gemma 3's
+//! `Gemma3ImageProcessorPil` without Pan & Scan): resize to one size with PIL's bilinear
+//! filter, rescale and normalise.
+//!
+//! Every resize is PIL's (Lanczos, a = 3, for Idefics3; bilinear for Gemma 3) on 8-bit pixels,
+//! reproduced here step by step: filter support widened by the scale when shrinking,
+//! coefficients normalised and rounded to 22-bit fixed point, the horizontal pass before the
+//! vertical one with the intermediate rounded to 8 bits. The pixels therefore match the
+//! processors' exactly (tests/tests/vision.rs checks this on three images per filter); a float
+//! resampler would differ by a level here and there.
 
 use std::path::Path;
 
@@ -132,11 +137,45 @@ fn lanczos(x: f64) -> f64 {
     if (-3.0..3.0).contains(&x) { sinc(x) * sinc(x / 3.0) } else { 0.0 }
 }
 
+/// A resampling filter of PIL's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filter {
+    /// `Image.BILINEAR` (2): a triangle of support 1.
+    Bilinear,
+    /// `Image.LANCZOS` (1): Lanczos with a = 3.
+    Lanczos,
+}
+
+impl Filter {
+    /// The filter of PIL's resample number (`resample` in a processor config).
+    pub fn from_pil(resample: u64) -> Option<Filter> {
+        match resample {
+            1 => Some(Filter::Lanczos),
+            2 => Some(Filter::Bilinear),
+            _ => None,
+        }
+    }
+
+    fn support(self) -> f64 {
+        match self {
+            Filter::Bilinear => 1.0,
+            Filter::Lanczos => 3.0,
+        }
+    }
+
+    fn weight(self, x: f64) -> f64 {
+        match self {
+            Filter::Bilinear => (1.0 - x.abs()).max(0.0),
+            Filter::Lanczos => lanczos(x),
+        }
+    }
+}
+
 /// Per output position: the first input index and the fixed-point weights.
-fn coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
+fn coefficients(in_size: usize, out_size: usize, filter: Filter) -> Vec<(usize, Vec<i32>)> {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
-    let support = 3.0 * filterscale;
+    let support = filter.support() * filterscale;
     (0..out_size)
         .map(|xx| {
             let center = (xx as f64 + 0.5) * scale;
@@ -144,7 +183,7 @@ fn coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
             // C's (int) truncates toward zero.
             let xmin = ((center - support + 0.5) as i64).max(0) as usize;
             let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-            let w: Vec<f64> = (xmin..xmax).map(|x| lanczos((x as f64 - center + 0.5) * ss)).collect();
+            let w: Vec<f64> = (xmin..xmax).map(|x| filter.weight((x as f64 - center + 0.5) * ss)).collect();
             let total: f64 = w.iter().sum();
             let fixed = w
                 .iter()
@@ -165,17 +204,22 @@ fn clip8(v: i32) -> u8 {
 
 /// Resize with PIL's Lanczos filter on 8-bit channels (see the module docs).
 pub fn resize(img: &Rgb, width: usize, height: usize) -> Result<Rgb> {
+    resize_with(img, width, height, Filter::Lanczos)
+}
+
+/// Resize with PIL's `filter` on 8-bit channels (see the module docs).
+pub fn resize_with(img: &Rgb, width: usize, height: usize, filter: Filter) -> Result<Rgb> {
     img.check()?;
     if width == 0 || height == 0 || width.checked_mul(height).is_none_or(|p| p as u64 > 4 * MAX_PIXELS) {
         return Err(RuntimeError::Request(format!("cannot resize to {width}x{height}")));
     }
-    Ok(resize_checked(img, width, height))
+    Ok(resize_checked(img, width, height, filter))
 }
 
-fn resize_checked(img: &Rgb, width: usize, height: usize) -> Rgb {
+fn resize_checked(img: &Rgb, width: usize, height: usize, filter: Filter) -> Rgb {
     let mut cur = img.clone();
     if width != cur.width {
-        let coeffs = coefficients(cur.width, width);
+        let coeffs = coefficients(cur.width, width, filter);
         let mut out = vec![0u8; width * cur.height * 3];
         for y in 0..cur.height {
             let row = &cur.data[y * cur.width * 3..][..cur.width * 3];
@@ -192,7 +236,7 @@ fn resize_checked(img: &Rgb, width: usize, height: usize) -> Rgb {
         cur = Rgb { width, height: cur.height, data: out };
     }
     if height != cur.height {
-        let coeffs = coefficients(cur.height, height);
+        let coeffs = coefficients(cur.height, height, filter);
         let mut out = vec![0u8; cur.width * height * 3];
         for (yy, (ymin, k)) in coeffs.iter().enumerate() {
             for x in 0..cur.width * 3 {
@@ -369,7 +413,7 @@ impl ImageProcessor {
         if self.tile == 0 {
             return Err(RuntimeError::Request("the processor's tile size is 0".into()));
         }
-        let resize = |img: &Rgb, w: usize, h: usize| resize_checked(img, w, h);
+        let resize = |img: &Rgb, w: usize, h: usize| resize_checked(img, w, h, Filter::Lanczos);
         let t = self.tile;
         let mut img = img.clone();
         if self.resize {
@@ -418,6 +462,100 @@ impl ImageProcessor {
             }
         }
         Ok(Processed { tiles: tiles_rgb.len(), pixels, rows, cols, tiles_rgb })
+    }
+}
+
+/// The processor of a SigLIP-style tower that takes every image at one size (Gemma 3's
+/// `Gemma3ImageProcessorPil` with Pan & Scan off): resize to `width` x `height` with PIL's
+/// `filter`, rescale, normalise. One image makes one `[3, height, width]` tile.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FixedSizeProcessor {
+    /// Output width.
+    pub width: usize,
+    /// Output height.
+    pub height: usize,
+    /// The resampling filter (`resample`).
+    pub filter: Filter,
+    /// Per-channel mean.
+    pub mean: [f64; 3],
+    /// Per-channel std.
+    pub std: [f64; 3],
+    /// Rescale factor (1/255).
+    pub rescale: f64,
+}
+
+impl FixedSizeProcessor {
+    /// Read `preprocessor_config.json` (or `processor_config.json`'s `image_processor`) of a
+    /// model directory: `size` (`height` and `width`, or `shortest_edge` for a square),
+    /// `resample`, `image_mean`, `image_std`, `rescale_factor` and the `do_*` switches, with
+    /// Gemma 3's defaults (bilinear, mean and std 0.5). Pan & Scan is refused when asked for.
+    pub fn from_dir(dir: &Path, default_side: usize) -> Result<FixedSizeProcessor> {
+        let mut p = FixedSizeProcessor {
+            width: default_side,
+            height: default_side,
+            filter: Filter::Bilinear,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+            rescale: 1.0 / 255.0,
+        };
+        let path =
+            ["preprocessor_config.json", "processor_config.json"].iter().map(|f| dir.join(f)).find(|p| p.is_file());
+        let Some(path) = path else { return Ok(p) };
+        let whole = crate::hf::read_json(&path)?;
+        let top = Config::new(path.clone(), &whole);
+        let c = if whole.get("image_processor").is_some_and(Value::is_object) {
+            top.object("image_processor")?
+        } else {
+            top
+        };
+        if c.bool_or("do_pan_and_scan", false)? {
+            return Err(c.error("do_pan_and_scan", "is true; flint runs Gemma 3's processor without Pan & Scan"));
+        }
+        if c.bool_or("do_resize", true)? && c.value.get("size").is_some_and(|v| !v.is_null()) {
+            let size = c.object("size")?;
+            if size.value.get("shortest_edge").is_some() {
+                let side = size.usize("shortest_edge")?;
+                (p.width, p.height) = (side, side);
+            } else {
+                (p.width, p.height) = (size.usize("width")?, size.usize("height")?);
+            }
+        }
+        if let Some(r) = c.value.get("resample").filter(|v| !v.is_null()) {
+            let n = r.as_u64().unwrap_or(u64::MAX);
+            p.filter = Filter::from_pil(n).ok_or_else(|| {
+                c.error("resample", &format!("is {r}; flint resamples with PIL's bilinear (2) and Lanczos (1)"))
+            })?;
+        }
+        if c.bool_or("do_normalize", true)? {
+            (p.mean, p.std) = (triple(&c, "image_mean", 0.5)?, triple(&c, "image_std", 0.5)?);
+        } else {
+            (p.mean, p.std) = ([0.0; 3], [1.0; 3]);
+        }
+        p.rescale = if c.bool_or("do_rescale", true)? { c.f64_or("rescale_factor", 1.0 / 255.0)? } else { 1.0 };
+        if p.std.contains(&0.0) || p.width == 0 || p.height == 0 || p.width.max(p.height) > MAX_SIDE as usize {
+            return Err(
+                c.error("size", &format!("is {}x{} with std {:?}: not a usable size", p.width, p.height, p.std))
+            );
+        }
+        Ok(p)
+    }
+
+    /// The image resized (8-bit, before normalisation).
+    pub fn resized(&self, img: &Rgb) -> Result<Rgb> {
+        resize_with(img, self.width, self.height, self.filter)
+    }
+
+    /// `[3, height, width]`, normalised.
+    pub fn process(&self, img: &Rgb) -> Result<Vec<f32>> {
+        let r = self.resized(img)?;
+        let plane = self.width * self.height;
+        let mut out = vec![0f32; 3 * plane];
+        for (i, px) in r.data.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                out[c * plane + i] = ((f64::from(px[c]) * self.rescale - self.mean[c]) / self.std[c]) as f32;
+            }
+        }
+        Ok(out)
     }
 }
 
