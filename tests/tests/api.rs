@@ -1,6 +1,8 @@
 //! The GPU layer and launchers on bad input: every mistake is an error value naming what was
 //! wrong, never a panic. Also: flint running on a wgpu device the host program created.
 
+mod host;
+
 use flint_gpu::{DType, Device, GpuError, Recorder};
 use flint_kernels::matmul;
 use flint_ref::matmul::MatmulParams;
@@ -140,27 +142,10 @@ fn runs_on_a_device_the_host_created() {
 #[test]
 fn flint_records_into_the_host_encoder_between_frames() {
     use flint_gpu::wgpu;
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default())).unwrap();
-    let desc = wgpu::DeviceDescriptor {
-        required_features: adapter.features() & flint_gpu::wanted_features(),
-        required_limits: flint_gpu::wanted_limits(&adapter),
-        ..Default::default()
-    };
-    let (device, queue) = pollster::block_on(adapter.request_device(&desc)).unwrap();
+    let (adapter, device, queue) = host::device();
     let dev = Device::from_wgpu(device.clone(), queue.clone(), &adapter.get_info());
     // The host's frame target and its data buffers.
-    let target = device.create_texture(&wgpu::TextureDescriptor {
-        label: Some("frame"),
-        size: wgpu::Extent3d { width: 64, height: 64, depth_or_array_layers: 1 },
-        mip_level_count: 1,
-        sample_count: 1,
-        dimension: wgpu::TextureDimension::D2,
-        format: wgpu::TextureFormat::Rgba8Unorm,
-        usage: wgpu::TextureUsages::RENDER_ATTACHMENT,
-        view_formats: &[],
-    });
-    let view = target.create_view(&Default::default());
+    let view = host::frame(&device);
     let host_buffer = |label: &str, floats: usize| {
         device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
@@ -179,18 +164,7 @@ fn flint_records_into_the_host_encoder_between_frames() {
         queue.write_buffer(&a_buf, 0, bytemuck::cast_slice(&[1.0f32, 2.0, 3.0, 4.0, 0.0, 1.0, 0.0, 1.0]));
         queue.write_buffer(&b_buf, 0, bytemuck::cast_slice(&[x; 12]));
         let mut enc = device.create_command_encoder(&Default::default());
-        {
-            let _draw = enc.begin_render_pass(&wgpu::RenderPassDescriptor {
-                label: Some("the host's frame"),
-                color_attachments: &[Some(wgpu::RenderPassColorAttachment {
-                    view: &view,
-                    depth_slice: None,
-                    resolve_target: None,
-                    ops: wgpu::Operations { load: wgpu::LoadOp::Clear(wgpu::Color::BLUE), store: wgpu::StoreOp::Store },
-                })],
-                ..Default::default()
-            });
-        }
+        host::draw(&mut enc, &view, wgpu::Color::BLUE);
         let mut rec = Recorder::new(&dev);
         matmul::matmul(&dev, &mut rec, &p, &a, &b, None, &c).unwrap();
         // The plan owns what it binds; the host keeps it until its submission has run.

@@ -6,6 +6,7 @@
 //! cannot serve are refused one by one while the others carry on.
 
 mod common;
+mod host;
 
 use std::collections::HashMap;
 
@@ -351,15 +352,8 @@ fn an_engine_runs_on_a_worker_thread_and_votes() {
 /// step; the tokens are those of flint on its own device.
 #[test]
 fn a_host_that_owns_the_device_runs_a_model_between_its_frames() {
-    use flint_runtime::gpu::{self, Device, wgpu};
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default())).unwrap();
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        required_features: adapter.features() & gpu::wanted_features(),
-        required_limits: gpu::wanted_limits(&adapter),
-        ..Default::default()
-    }))
-    .unwrap();
+    use flint_runtime::gpu::{Device, wgpu};
+    let (adapter, device, queue) = host::device();
     let host_errors = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let seen = host_errors.clone();
     device.on_uncaptured_error(std::sync::Arc::new(move |_| {
@@ -372,29 +366,11 @@ fn a_host_that_owns_the_device_runs_a_model_between_its_frames() {
     let prompts: Vec<Vec<u32>> = PROMPTS[..2].iter().map(|p| hosted.prompt_ids(p, false).unwrap()).collect();
     let ids: Vec<RequestId> =
         prompts.iter().map(|p| engine.submit(Request::new(p.clone(), greedy(6))).unwrap()).collect();
-    let target = device.create_texture(&wgpu::TextureDescriptor {
-        label: Some("frame"),
-        size: wgpu::Extent3d { width: 64, height: 64, depth_or_array_layers: 1 },
-        mip_level_count: 1,
-        sample_count: 1,
-        dimension: wgpu::TextureDimension::D2,
-        format: wgpu::TextureFormat::Rgba8Unorm,
-        usage: wgpu::TextureUsages::RENDER_ATTACHMENT,
-        view_formats: &[],
-    });
-    let view = target.create_view(&Default::default());
+    let view = host::frame(&device);
     let (mut frames, mut outputs) = (0, HashMap::new());
     while !engine.is_idle() {
         let mut enc = device.create_command_encoder(&Default::default());
-        drop(enc.begin_render_pass(&wgpu::RenderPassDescriptor {
-            color_attachments: &[Some(wgpu::RenderPassColorAttachment {
-                view: &view,
-                depth_slice: None,
-                resolve_target: None,
-                ops: wgpu::Operations { load: wgpu::LoadOp::Clear(wgpu::Color::GREEN), store: wgpu::StoreOp::Store },
-            })],
-            ..Default::default()
-        }));
+        host::draw(&mut enc, &view, wgpu::Color::GREEN);
         queue.submit([enc.finish()]);
         for e in engine.step().unwrap() {
             match e {

@@ -546,6 +546,19 @@ mod tests {
         assert_eq!((r.reasoning.as_str(), r.answer.as_str()), ("", "Just 6."));
     }
 
+    /// `text` pushed through `s` in pieces of `size` characters: the reasoning and answer let out.
+    fn streamed(mut s: ReplySplitter, text: &str, size: usize) -> (String, String) {
+        let chars: Vec<char> = text.chars().collect();
+        let (mut r, mut a) = (String::new(), String::new());
+        for piece in chars.chunks(size) {
+            let d = s.push(&piece.iter().collect::<String>());
+            r += &d.reasoning;
+            a += &d.answer;
+        }
+        let d = s.finish();
+        (r + &d.reasoning, a + &d.answer)
+    }
+
     #[test]
     fn a_streamed_reply_splits_as_the_whole_does_however_it_is_cut() {
         let cases = [
@@ -569,17 +582,7 @@ mod tests {
             // Every cut into pieces at character boundaries: one character at a time, and
             // pieces of 2, 3 and 5 characters.
             for size in [1, 2, 3, 5] {
-                let chars: Vec<char> = text.chars().collect();
-                let mut s = ReplySplitter::new();
-                let (mut r, mut a) = (String::new(), String::new());
-                for piece in chars.chunks(size) {
-                    let d = s.push(&piece.iter().collect::<String>());
-                    r += &d.reasoning;
-                    a += &d.answer;
-                }
-                let d = s.finish();
-                r += &d.reasoning;
-                a += &d.answer;
+                let (r, a) = streamed(ReplySplitter::new(), text, size);
                 assert_eq!((r.as_str(), a.as_str()), (reasoning, answer), "{text:?} in pieces of {size}");
             }
         }
@@ -593,15 +596,8 @@ mod tests {
         ] {
             let r = ReplySplitter::inside_think().whole(text);
             assert_eq!((r.reasoning.as_str(), r.answer.as_str()), (reasoning, answer), "{text:?}");
-            let mut s = ReplySplitter::inside_think();
-            let (mut r, mut a) = (String::new(), String::new());
-            for c in text.chars() {
-                let d = s.push(&c.to_string());
-                r += &d.reasoning;
-                a += &d.answer;
-            }
-            let d = s.finish();
-            assert_eq!((r + &d.reasoning, a + &d.answer), (reasoning.to_string(), answer.to_string()), "{text:?}");
+            let (r, a) = streamed(ReplySplitter::inside_think(), text, 1);
+            assert_eq!((r.as_str(), a.as_str()), (reasoning, answer), "{text:?} a character at a time");
         }
     }
 
