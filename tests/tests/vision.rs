@@ -98,9 +98,71 @@ fn the_fixed_size_processor_matches_gemma3s_pixel_for_pixel() {
     write(serde_json::json!({"do_pan_and_scan": true}));
     let e = FixedSizeProcessor::from_dir(&tmp, 224).unwrap_err().to_string();
     assert!(e.contains("preprocessor_config.json") && e.contains("do_pan_and_scan"), "{e}");
-    write(serde_json::json!({"resample": 3}));
+    write(serde_json::json!({"resample": 0}));
     let e = FixedSizeProcessor::from_dir(&tmp, 224).unwrap_err().to_string();
-    assert!(e.contains("resample") && e.contains("is 3"), "{e}");
+    assert!(e.contains("resample") && e.contains("is 0"), "{e}");
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+/// Qwen2-VL's processor against `Qwen2VLImageProcessorPil` on the three images (min_pixels
+/// 56*56, max_pixels 28*28*64): the smart-resized size and patch grid, the bicubic resize pixel
+/// for pixel, and rows of the patch layout (the four patches of the first merged token, a
+/// middle one and the last) within f32 rounding, with the sum of every value.
+#[test]
+fn the_patch_processor_matches_qwen2_vls() {
+    use flint_runtime::image::PatchProcessor;
+    let dir = fixtures().join("images");
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("qwen2vl.json")).unwrap()).unwrap();
+    let proc = PatchProcessor {
+        min_pixels: index["min_pixels"].as_u64().unwrap() as usize,
+        max_pixels: index["max_pixels"].as_u64().unwrap() as usize,
+        ..PatchProcessor::qwen2_vl()
+    };
+    for (name, want) in index["images"].as_object().unwrap() {
+        let img = image::load(&dir.join(format!("{name}.png"))).unwrap();
+        let got = proc.process(&img).unwrap();
+        let (h, w) = (want["height"].as_u64().unwrap() as usize, want["width"].as_u64().unwrap() as usize);
+        assert_eq!((got.resized.height, got.resized.width), (h, w), "{name}: smart-resized size");
+        let grid = &want["grid"];
+        assert_eq!(
+            (1, got.grid.0 as u64, got.grid.1 as u64),
+            (grid[0].as_u64().unwrap(), grid[1].as_u64().unwrap(), grid[2].as_u64().unwrap()),
+            "{name}: grid"
+        );
+        let expected = std::fs::read(dir.join(format!("{name}.qwen2vl.u8"))).unwrap();
+        let differ = got.resized.data.iter().zip(&expected).filter(|(a, b)| a != b).count();
+        assert_eq!(differ, 0, "{name}: {differ} of {} resized values differ", expected.len());
+        let row = got.pixels.len() / (got.grid.0 * got.grid.1);
+        assert_eq!(row, 3 * 2 * 14 * 14);
+        for (r, values) in want["rows"].as_array().unwrap().iter().zip(want["values"].as_array().unwrap()) {
+            let r = r.as_u64().unwrap() as usize;
+            for (i, v) in values.as_array().unwrap().iter().enumerate() {
+                let (ours, theirs) = (got.pixels[r * row + i], v.as_f64().unwrap() as f32);
+                assert!((ours - theirs).abs() <= 1e-5, "{name}: pixel_values[{r}][{i}] {ours} vs {theirs}");
+            }
+        }
+        let sum: f64 = got.pixels.iter().map(|&v| f64::from(v)).sum();
+        let want_sum = want["sum"].as_f64().unwrap();
+        assert!((sum - want_sum).abs() <= 1e-6 * want_sum.abs().max(1.0) + 1e-2, "{name}: sum {sum} vs {want_sum}");
+    }
+    // Python rounds halves to even: 42 / 28 = 1.5 rounds to 2 sides of 28, 70 / 28 = 2.5 to 2.
+    assert_eq!(PatchProcessor::qwen2_vl().smart_resize(42, 70).unwrap(), (56, 56));
+    let e = PatchProcessor::qwen2_vl().smart_resize(1, 300).unwrap_err().to_string();
+    assert!(e.contains("aspect"), "{e}");
+    // Settings from preprocessor_config.json: min/max_pixels, or size's shortest/longest_edge.
+    let tmp = std::env::temp_dir().join(format!("flint-patch-proc-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let write = |v: serde_json::Value| std::fs::write(tmp.join("preprocessor_config.json"), v.to_string()).unwrap();
+    write(serde_json::json!({"min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "resample": 3}));
+    let p = PatchProcessor::from_dir(&tmp).unwrap();
+    assert_eq!((p.min_pixels, p.max_pixels, p.patch), (3136, 12845056, 14));
+    write(serde_json::json!({"size": {"shortest_edge": 6272, "longest_edge": 50176}}));
+    let p = PatchProcessor::from_dir(&tmp).unwrap();
+    assert_eq!((p.min_pixels, p.max_pixels), (6272, 50176));
+    write(serde_json::json!({"patch_size": 0}));
+    let e = PatchProcessor::from_dir(&tmp).unwrap_err().to_string();
+    assert!(e.contains("preprocessor_config.json") && e.contains("patch_size"), "{e}");
     std::fs::remove_dir_all(&tmp).unwrap();
 }
 

@@ -6,9 +6,13 @@
 //!
 //! Also the fixed-size processors of SigLIP-style towers ([`FixedSizeProcessor`]; Gemma 3's
 //! `Gemma3ImageProcessorPil` without Pan & Scan): resize to one size with PIL's bilinear
-//! filter, rescale and normalise.
+//! filter, rescale and normalise; and Qwen2-VL's ([`PatchProcessor`], `Qwen2VLImageProcessorPil`,
+//! as Qwen2.5-VL uses it): resize keeping the aspect to multiples of patch x merge within a pixel
+//! budget with PIL's bicubic filter, rescale, normalise, and lay the patches out as the tower
+//! reads them.
 //!
-//! Every resize is PIL's (Lanczos, a = 3, for Idefics3; bilinear for Gemma 3) on 8-bit pixels,
+//! Every resize is PIL's (Lanczos, a = 3, for Idefics3; bilinear for Gemma 3; bicubic for
+//! Qwen2-VL) on 8-bit pixels,
 //! reproduced here step by step: filter support widened by the scale when shrinking,
 //! coefficients normalised and rounded to 22-bit fixed point, the horizontal pass before the
 //! vertical one with the intermediate rounded to 8 bits. The pixels therefore match the
@@ -142,6 +146,8 @@ fn lanczos(x: f64) -> f64 {
 pub enum Filter {
     /// `Image.BILINEAR` (2): a triangle of support 1.
     Bilinear,
+    /// `Image.BICUBIC` (3): Keys' cubic with a = -0.5, support 2.
+    Bicubic,
     /// `Image.LANCZOS` (1): Lanczos with a = 3.
     Lanczos,
 }
@@ -152,6 +158,7 @@ impl Filter {
         match resample {
             1 => Some(Filter::Lanczos),
             2 => Some(Filter::Bilinear),
+            3 => Some(Filter::Bicubic),
             _ => None,
         }
     }
@@ -159,6 +166,7 @@ impl Filter {
     fn support(self) -> f64 {
         match self {
             Filter::Bilinear => 1.0,
+            Filter::Bicubic => 2.0,
             Filter::Lanczos => 3.0,
         }
     }
@@ -166,6 +174,17 @@ impl Filter {
     fn weight(self, x: f64) -> f64 {
         match self {
             Filter::Bilinear => (1.0 - x.abs()).max(0.0),
+            Filter::Bicubic => {
+                const A: f64 = -0.5;
+                let x = x.abs();
+                if x < 1.0 {
+                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+                } else if x < 2.0 {
+                    (((x - 5.0) * x + 8.0) * x - 4.0) * A
+                } else {
+                    0.0
+                }
+            }
             Filter::Lanczos => lanczos(x),
         }
     }
@@ -523,7 +542,10 @@ impl FixedSizeProcessor {
         if let Some(r) = c.value.get("resample").filter(|v| !v.is_null()) {
             let n = r.as_u64().unwrap_or(u64::MAX);
             p.filter = Filter::from_pil(n).ok_or_else(|| {
-                c.error("resample", &format!("is {r}; flint resamples with PIL's bilinear (2) and Lanczos (1)"))
+                c.error(
+                    "resample",
+                    &format!("is {r}; flint resamples with PIL's Lanczos (1), bilinear (2) and bicubic (3)"),
+                )
             })?;
         }
         if c.bool_or("do_normalize", true)? {
@@ -556,6 +578,177 @@ impl FixedSizeProcessor {
             }
         }
         Ok(out)
+    }
+}
+
+/// Qwen2-VL's processor (`Qwen2VLImageProcessorPil`, which Qwen2.5-VL uses): the image resized
+/// keeping its aspect so both sides are multiples of `patch * merge` and its pixels within
+/// `[min_pixels, max_pixels]` ([`PatchProcessor::smart_resize`]), with PIL's bicubic filter;
+/// rescaled and normalised (CLIP's mean and std); cut into `patch`-sized patches, each repeated
+/// `temporal` times (a still image is a clip of identical frames), in the order the tower reads
+/// them: the `merge x merge` patches that become one token are consecutive.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PatchProcessor {
+    /// Fewest pixels after resizing (`min_pixels`, or `size.shortest_edge`).
+    pub min_pixels: usize,
+    /// Most pixels after resizing (`max_pixels`, or `size.longest_edge`).
+    pub max_pixels: usize,
+    /// Patch side (`patch_size`).
+    pub patch: usize,
+    /// Patches per side merged into one token (`merge_size`).
+    pub merge: usize,
+    /// Frames per patch (`temporal_patch_size`).
+    pub temporal: usize,
+    /// The resampling filter (`resample`).
+    pub filter: Filter,
+    /// Per-channel mean.
+    pub mean: [f64; 3],
+    /// Per-channel std.
+    pub std: [f64; 3],
+    /// Rescale factor (1/255).
+    pub rescale: f64,
+}
+
+/// What [`PatchProcessor`] makes of one image.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Patches {
+    /// `[grid_h * grid_w, 3 * temporal * patch * patch]`, normalised.
+    pub pixels: Vec<f32>,
+    /// Patch rows and columns.
+    pub grid: (usize, usize),
+    /// The resized image (8-bit, before normalisation).
+    pub resized: Rgb,
+}
+
+impl PatchProcessor {
+    /// Qwen2-VL's defaults: 56x56 to 28x28x1280 pixels, patches of 14 merged 2x2, 2 frames,
+    /// bicubic, CLIP's mean and std.
+    pub fn qwen2_vl() -> PatchProcessor {
+        PatchProcessor {
+            min_pixels: 56 * 56,
+            max_pixels: 28 * 28 * 1280,
+            patch: 14,
+            merge: 2,
+            temporal: 2,
+            filter: Filter::Bicubic,
+            mean: [0.48145466, 0.4578275, 0.40821073],
+            std: [0.26862954, 0.26130258, 0.27577711],
+            rescale: 1.0 / 255.0,
+        }
+    }
+
+    /// Read `preprocessor_config.json` of a model directory over [`PatchProcessor::qwen2_vl`]'s
+    /// defaults.
+    pub fn from_dir(dir: &Path) -> Result<PatchProcessor> {
+        let mut p = PatchProcessor::qwen2_vl();
+        let path = dir.join("preprocessor_config.json");
+        if !path.is_file() {
+            return Ok(p);
+        }
+        let whole = crate::hf::read_json(&path)?;
+        let c = Config::new(path.clone(), &whole);
+        let size = c.value.get("size").filter(|v| v.is_object()).map(|_| c.object("size")).transpose()?;
+        let pick = |key: &str, size_key: &str, default: usize| -> Result<usize> {
+            match (c.value.get(key).filter(|v| !v.is_null()), &size) {
+                (Some(_), _) => c.usize(key),
+                (None, Some(s)) if s.value.get(size_key).is_some() => s.usize(size_key),
+                _ => Ok(default),
+            }
+        };
+        p.min_pixels = pick("min_pixels", "shortest_edge", p.min_pixels)?;
+        p.max_pixels = pick("max_pixels", "longest_edge", p.max_pixels)?;
+        p.patch = c.usize_or("patch_size", p.patch)?;
+        p.merge = c.usize_or("merge_size", p.merge)?;
+        p.temporal = c.usize_or("temporal_patch_size", p.temporal)?;
+        if let Some(r) = c.value.get("resample").filter(|v| !v.is_null()) {
+            p.filter = Filter::from_pil(r.as_u64().unwrap_or(u64::MAX)).ok_or_else(|| {
+                c.error("resample", &format!("is {r}; flint resamples with PIL's bilinear, bicubic and Lanczos"))
+            })?;
+        }
+        if c.bool_or("do_normalize", true)? {
+            (p.mean, p.std) = (triple(&c, "image_mean", p.mean[0])?, triple(&c, "image_std", p.std[0])?);
+        } else {
+            (p.mean, p.std) = ([0.0; 3], [1.0; 3]);
+        }
+        p.rescale = if c.bool_or("do_rescale", true)? { c.f64_or("rescale_factor", 1.0 / 255.0)? } else { 1.0 };
+        let bad = [p.patch, p.merge, p.temporal].contains(&0)
+            || p.patch * p.merge > 1024
+            || p.temporal > 16
+            || p.min_pixels > p.max_pixels
+            || p.max_pixels as u64 > MAX_PIXELS
+            || p.std.contains(&0.0);
+        if bad {
+            return Err(c.error(
+                "patch_size",
+                &format!(
+                    "patch {} x merge {}, {} frames, pixels {}..{}, std {:?}: not a usable processor",
+                    p.patch, p.merge, p.temporal, p.min_pixels, p.max_pixels, p.std
+                ),
+            ));
+        }
+        Ok(p)
+    }
+
+    /// The size an image of `height x width` is resized to, as transformers' `smart_resize`
+    /// computes it (Python's round-half-to-even included). An aspect over 200 is refused.
+    pub fn smart_resize(&self, height: usize, width: usize) -> Result<(usize, usize)> {
+        let factor = (self.patch * self.merge) as f64;
+        let (h, w) = (height as f64, width as f64);
+        if height == 0 || width == 0 || h.max(w) / h.min(w) > 200.0 {
+            return Err(RuntimeError::Request(format!(
+                "a {width}x{height} image: the aspect must be under 200 (Qwen2-VL's processor)"
+            )));
+        }
+        let mut hb = (h / factor).round_ties_even() * factor;
+        let mut wb = (w / factor).round_ties_even() * factor;
+        if hb * wb > self.max_pixels as f64 {
+            let beta = (h * w / self.max_pixels as f64).sqrt();
+            hb = factor.max((h / beta / factor).floor() * factor);
+            wb = factor.max((w / beta / factor).floor() * factor);
+        } else if hb * wb < self.min_pixels as f64 {
+            let beta = (self.min_pixels as f64 / (h * w)).sqrt();
+            hb = (h * beta / factor).ceil() * factor;
+            wb = (w * beta / factor).ceil() * factor;
+        }
+        Ok((hb as usize, wb as usize))
+    }
+
+    /// Resize, normalise and lay out one image.
+    pub fn process(&self, img: &Rgb) -> Result<Patches> {
+        let (h, w) = self.smart_resize(img.height, img.width)?;
+        let resized = resize_with(img, w, h, self.filter)?;
+        let (p, m, t) = (self.patch, self.merge, self.temporal);
+        let (gh, gw) = (h / p, w / p);
+        let row = 3 * t * p * p;
+        let mut pixels = vec![0f32; gh * gw * row];
+        let value = |c: usize, y: usize, x: usize| -> f32 {
+            let v = f64::from(resized.data[(y * w + x) * 3 + c]);
+            ((v * self.rescale - self.mean[c]) / self.std[c]) as f32
+        };
+        // Rows in (block row, block column, row in block, column in block) order; within a
+        // row, (channel, frame, y, x).
+        let mut r = 0;
+        for bh in 0..gh / m {
+            for bw in 0..gw / m {
+                for mh in 0..m {
+                    for mw in 0..m {
+                        let (y0, x0) = ((bh * m + mh) * p, (bw * m + mw) * p);
+                        let out = &mut pixels[r * row..(r + 1) * row];
+                        for c in 0..3 {
+                            for f in 0..t {
+                                for py in 0..p {
+                                    for px in 0..p {
+                                        out[((c * t + f) * p + py) * p + px] = value(c, y0 + py, x0 + px);
+                                    }
+                                }
+                            }
+                        }
+                        r += 1;
+                    }
+                }
+            }
+        }
+        Ok(Patches { pixels, grid: (gh, gw), resized })
     }
 }
 
