@@ -2,11 +2,13 @@
 // PATCHES: cut NCHW images into patch x patch squares, one row of C*P*P values per patch in
 // (channel, row, column) order, so that the patch embedding is one matmul with the conv weight.
 // SHUFFLE: Idefics3's pixel shuffle of each image's side x side token grid by `scale`.
+// POOL: Gemma 3's average pool of each image's side x side token grid over scale x scale
+// squares (the mean summed in f32, in row-major order within the square).
 #include "common.wgsl"
 
 struct Params {
     // PATCHES: images, channels, height, width; patch; patches per row; values per row.
-    // SHUFFLE: images, side, dim, scale in the first four.
+    // SHUFFLE, POOL: images, side, dim, scale in the first four.
     a: u32,
     b: u32,
     c: u32,
@@ -72,5 +74,33 @@ fn shuffle(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
     let b = (k / dim) % scale;
     let c = k % dim;
     dst[i] = src[((img * side + h2 * scale + a) * side + w2 * scale + b) * dim + c];
+}
+#endif
+
+#if POOL
+@compute @workgroup_size(WG)
+fn pool(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = linear_group(wg, nwg) * WG + lid;
+    if (i >= p.total) {
+        return;
+    }
+    let side = p.b;
+    let dim = p.c;
+    let scale = p.d;
+    let out_side = side / scale;
+    let per_image = out_side * out_side * dim;
+    let img = i / per_image;
+    let t = (i % per_image) / dim;
+    let c = i % dim;
+    let y0 = (t / out_side) * scale;
+    let x0 = (t % out_side) * scale;
+    var sum = 0.0;
+    for (var y = 0u; y < scale; y++) {
+        for (var x = 0u; x < scale; x++) {
+            sum += f32(src[((img * side + y0 + y) * side + x0 + x) * dim + c]);
+        }
+    }
+    dst[i] = T(sum / f32(scale * scale));
 }
 #endif

@@ -1,7 +1,9 @@
 //! Vision data movement: patch extraction (with images whose sides are odd multiples of the
-//! patch, and patches of 7) and the pixel shuffle (scales 2, 3 and 4, odd token widths).
-//! Pure copies: any tolerance above zero would only hide a wrong index, but the f32 table
-//! tolerance is kept so the comparison reads the same as every other case.
+//! patch, and patches of 7), the pixel shuffle (scales 2, 3 and 4, odd token widths) and the
+//! average pool (the same shapes). The first two are pure copies: any tolerance above zero
+//! would only hide a wrong index, but the f32 table tolerance is kept so the comparison reads
+//! the same as every other case; the pool sums at most 16 values in f32 (f16 inputs: each
+//! value is exact in f32, the mean rounds once to f16), well inside the tables' tolerances.
 
 use flint_gpu::{DType, Device, Recorder, Tensor};
 use flint_ref::ParamError;
@@ -52,12 +54,15 @@ struct ShuffleCase {
     p: ShuffleParams,
     dt: DType,
     tier: Tier,
+    /// The average pool instead of the shuffle.
+    pool: bool,
 }
 
 impl Case for ShuffleCase {
     fn name(&self) -> String {
         let p = &self.p;
-        format!("pixel_shuffle_{}_{}x{}^2x{}_s{}", self.dt, p.images, p.side, p.dim, p.scale)
+        let op = if self.pool { "avg_pool" } else { "pixel_shuffle" };
+        format!("{op}_{}_{}x{}^2x{}_s{}", self.dt, p.images, p.side, p.dim, p.scale)
     }
     fn op(&self) -> &'static str {
         "vision"
@@ -77,18 +82,27 @@ impl Case for ShuffleCase {
         vec![Input::float("x", &[p.images, p.side * p.side, p.dim], self.dt, rng.vec(n, -1.0, 1.0))]
     }
     fn reference(&self, inputs: &[Input]) -> Result<Vec<f32>, ParamError> {
-        flint_ref::vision::pixel_shuffle(&self.p, inputs[0].f32s())
+        if self.pool {
+            flint_ref::vision::avg_pool(&self.p, inputs[0].f32s())
+        } else {
+            flint_ref::vision::pixel_shuffle(&self.p, inputs[0].f32s())
+        }
     }
     fn output(&self) -> (Vec<usize>, DType) {
         let p = &self.p;
-        (vec![p.images, p.tokens_out(), p.dim * p.scale * p.scale], self.dt)
+        let width = if self.pool { p.dim } else { p.dim * p.scale * p.scale };
+        (vec![p.images, p.tokens_out(), width], self.dt)
     }
     fn launch(&self, dev: &Device, rec: &mut Recorder, t: &[Tensor], out: &Tensor) -> flint_gpu::Result<()> {
-        flint_kernels::vision::pixel_shuffle(dev, rec, &self.p, &t[0], out)
+        if self.pool {
+            flint_kernels::vision::avg_pool(dev, rec, &self.p, &t[0], out)
+        } else {
+            flint_kernels::vision::pixel_shuffle(dev, rec, &self.p, &t[0], out)
+        }
     }
 }
 
-/// Patch extraction and pixel-shuffle cases.
+/// Patch extraction, pixel-shuffle and average-pool cases.
 pub fn cases(out: &mut Vec<Box<dyn Case>>) {
     for dt in [DType::F32, DType::F16] {
         let pp = |images, channels, height, width, patch| PatchParams { images, channels, height, width, patch };
@@ -98,9 +112,13 @@ pub fn cases(out: &mut Vec<Box<dyn Case>>) {
         // SmolVLM's tiles: 512x512, patches of 16.
         out.push(Box::new(PatchCase { p: pp(5, 3, 512, 512, 16), dt, tier: Tier::Bench }));
         let sp = |images, side, dim, scale| ShuffleParams { images, side, dim, scale };
-        for p in [sp(1, 4, 1, 2), sp(2, 6, 5, 3), sp(3, 8, 17, 4), sp(1, 2, 63, 1)] {
-            out.push(Box::new(ShuffleCase { p, dt, tier: Tier::Test }));
+        for pool in [false, true] {
+            for p in [sp(1, 4, 1, 2), sp(2, 6, 5, 3), sp(3, 8, 17, 4), sp(1, 2, 63, 1)] {
+                out.push(Box::new(ShuffleCase { p, dt, tier: Tier::Test, pool }));
+            }
         }
-        out.push(Box::new(ShuffleCase { p: sp(5, 32, 768, 4), dt, tier: Tier::Bench }));
+        out.push(Box::new(ShuffleCase { p: sp(5, 32, 768, 4), dt, tier: Tier::Bench, pool: false }));
+        // Gemma 3's projector: 64x64 patches of SigLIP's 1152 pooled 4x4 to 256 tokens.
+        out.push(Box::new(ShuffleCase { p: sp(1, 64, 1152, 4), dt, tier: Tier::Bench, pool: true }));
     }
 }

@@ -1,6 +1,6 @@
 //! Vision-encoder launchers (`shaders/vision.wgsl`): patch extraction for the patch embedding
-//! (the conv becomes one matmul) and the Idefics3 connector's pixel shuffle. Both are pure data
-//! movement, one invocation per output element.
+//! (the conv becomes one matmul), the Idefics3 connector's pixel shuffle and the Gemma 3
+//! projector's average pool, one invocation per output element.
 
 use flint_gpu::{DType, Device, Recorder, Result, Tensor};
 use flint_ref::vision::{PatchParams, ShuffleParams};
@@ -23,14 +23,20 @@ struct Uniform {
 }
 
 fn key(entry: &str, dtype: DType) -> flint_gpu::PipelineKey {
-    typed_key("vision.wgsl", entry, WG, &[("T", dtype)])
-        .flag(if entry == "patches" { "PATCHES" } else { "SHUFFLE" }, true)
+    typed_key("vision.wgsl", entry, WG, &[("T", dtype)]).flag(
+        match entry {
+            "patches" => "PATCHES",
+            "shuffle" => "SHUFFLE",
+            _ => "POOL",
+        },
+        true,
+    )
 }
 
 /// Every vision variant.
 pub fn variants() -> Vec<Variant> {
     let mut v = Vec::new();
-    for entry in ["patches", "shuffle"] {
+    for entry in ["patches", "shuffle", "pool"] {
         for dt in [DType::F32, DType::F16] {
             v.push(Variant {
                 name: format!("vision/{entry} {dt}"),
@@ -92,6 +98,35 @@ pub fn pixel_shuffle(dev: &Device, rec: &mut Recorder, p: &ShuffleParams, x: &Te
     };
     rec.dispatch(
         &format!("pixel_shuffle {}x{}^2x{} s{}", p.images, p.side, p.dim, p.scale),
+        &kernel,
+        &uniform,
+        &[x, out],
+        dev.grid(u32_of(total).div_ceil(WG)),
+    )
+}
+
+/// Record the average pool of `x` `[images, side * side, dim]` over `scale x scale` squares into
+/// `out` `[images, (side / scale)^2, dim]`.
+pub fn avg_pool(dev: &Device, rec: &mut Recorder, p: &ShuffleParams, x: &Tensor, out: &Tensor) -> Result<()> {
+    p.validate().map_err(param_err)?;
+    check_tensor("avg_pool", "x", x, p.images * p.side * p.side * p.dim, FLOATS)?;
+    let dt = x.dtype();
+    let total = p.images * p.tokens_out() * p.dim;
+    check_tensor("avg_pool", "out", out, total, &[dt])?;
+    require(dev, needs_for(&[dt], false), "avg_pool")?;
+    let kernel = dev.kernel(registry(), &key("pool", dt))?;
+    let uniform = Uniform {
+        a: u32_of(p.images),
+        b: u32_of(p.side),
+        c: u32_of(p.dim),
+        d: u32_of(p.scale),
+        e: 0,
+        f: 0,
+        g: 0,
+        total: u32_of(total),
+    };
+    rec.dispatch(
+        &format!("avg_pool {}x{}^2x{} s{}", p.images, p.side, p.dim, p.scale),
         &kernel,
         &uniform,
         &[x, out],

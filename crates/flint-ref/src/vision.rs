@@ -141,6 +141,32 @@ pub fn pixel_shuffle(p: &ShuffleParams, x: &[f32]) -> Result<Vec<f32>, ParamErro
     Ok(out)
 }
 
+/// Reference average pool, as torch's `AvgPool2d(scale, stride=scale)` over each image's token
+/// grid `[images, side * side, dim]` viewed as `[images, dim, side, side]`: `[images, (side /
+/// scale)^2, dim]`, each the mean of its `scale x scale` square (summed in f64).
+pub fn avg_pool(p: &ShuffleParams, x: &[f32]) -> Result<Vec<f32>, ParamError> {
+    p.validate()?;
+    let (s, d, r) = (p.side, p.dim, p.scale);
+    check_len("avg_pool", "x", x, p.images * s * s * d)?;
+    let mut out = Vec::with_capacity(p.images * p.tokens_out() * d);
+    for img in 0..p.images {
+        for ty in 0..s / r {
+            for tx in 0..s / r {
+                for c in 0..d {
+                    let mut sum = 0f64;
+                    for y in 0..r {
+                        for x0 in 0..r {
+                            sum += f64::from(x[((img * s + ty * r + y) * s + tx * r + x0) * d + c]);
+                        }
+                    }
+                    out.push((sum / (r * r) as f64) as f32);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
