@@ -117,3 +117,79 @@ fn gemma3_configs_flint_cannot_run_are_refused_by_name() {
     assert_eq!(flat.decoder().cfg, new.decoder().cfg);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A small random Gemma 3 vision-language model (xtask/scripts/gemma3_vision_fixtures.py)
+/// against transformers: the prompt's ids with two images expanded as Gemma3Processor expands
+/// them, the pixels of Gemma3ImageProcessorPil, the projector's output (SigLIP, the average
+/// pool, its RMSNorm and projection), the logits with each image's tokens attending to their
+/// whole image (which moves them by up to 2.75 against a causal mask) and greedy tokens; on
+/// every adapter present.
+#[test]
+fn a_tiny_gemma3_vision_model_matches_transformers() {
+    use flint_gpu::Recorder;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join("gemma3-vision");
+    let bytes = std::fs::read(dir.join("tiny.expected.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let f32s = |k: &str| -> Vec<f32> {
+        st.tensor(k).unwrap().data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    };
+    let ids = |k: &str| -> Vec<u32> {
+        st.tensor(k).unwrap().data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect()
+    };
+    let nmse = |got: &[f32], want: &[f32]| -> f64 {
+        assert_eq!(got.len(), want.len());
+        assert!(got.iter().all(|v| v.is_finite()));
+        let e: f64 = got.iter().zip(want).map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2)).sum();
+        e / want.iter().map(|b| f64::from(*b).powi(2)).sum::<f64>()
+    };
+    let prompt = std::fs::read_to_string(dir.join("tiny.prompt.txt")).unwrap();
+    let images: Vec<_> =
+        (0..2).map(|i| flint_runtime::image::load(&dir.join(format!("tiny.image{i}.png"))).unwrap()).collect();
+    for dev in devices() {
+        let label = dev.caps().short_label();
+        let model = Model::load(&dev, dir.join("tiny")).unwrap();
+        let (got_ids, pixels) = model.multimodal_prompt(&prompt, &images, false).unwrap();
+        assert_eq!(got_ids, ids("input_ids"), "[{label}] prompt ids");
+        let pixels = pixels.unwrap();
+        let want_px = f32s("pixel_values");
+        let worst = pixels.data.iter().zip(&want_px).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst <= 1e-6 && pixels.data.len() == want_px.len(), "[{label}] pixels differ by {worst}");
+        let vision = model.vision().unwrap();
+        let mut rec = Recorder::new(&dev);
+        let feats = vision.embed(&mut rec, &pixels).unwrap();
+        rec.submit().unwrap().wait().unwrap();
+        let ef = nmse(&dev.read_f32(&feats).unwrap(), &f32s("image_features"));
+        assert!(ef <= 1e-5, "[{label}] projector output NMSE {ef:e}");
+        let logits = model.logits_with(&got_ids, Some(&pixels)).unwrap();
+        let el = nmse(&logits, &f32s("logits"));
+        assert!(el <= 1e-5, "[{label}] logits NMSE {el:e}");
+        let want = ids("greedy");
+        let mut s = model.session(got_ids.len() + want.len()).unwrap();
+        let opts = SamplingOptions { max_tokens: want.len(), ..Default::default() };
+        let out = s.generate_with(&got_ids, Some(&pixels), &opts, |_| {}).unwrap();
+        assert_eq!(out.tokens, want, "[{label}] greedy tokens");
+        // The chat template's `<start_of_image>` is a placeholder as `<image>` is.
+        let templated = prompt.replace("<image>", "<start_of_image>");
+        assert_eq!(model.multimodal_prompt(&templated, &images, false).unwrap().0, got_ids);
+        // Through the batched engine: two branches of the image prompt (its image tokens
+        // prefilled with the same block mask) next to a text request.
+        let mut engine =
+            model.engine(flint_runtime::EngineOptions { kv_tokens: 512, page_size: 16, max_batch: 4 }).unwrap();
+        let req = flint_runtime::Request::new(got_ids.clone(), opts.clone())
+            .branches(2)
+            .with_pixels(Some(std::sync::Arc::new(pixels.clone())));
+        let id = engine.submit(req).unwrap();
+        let mut outputs = std::collections::HashMap::new();
+        engine
+            .run(|e| {
+                if let flint_runtime::Event::Finished { request, output } = e {
+                    outputs.insert(request, output);
+                }
+            })
+            .unwrap();
+        for b in &outputs[&id].branches {
+            assert_eq!(b.tokens, want, "[{label}] engine branch");
+        }
+        eprintln!("[{label}] gemma3 vision: projector NMSE {ef:.1e}, logits NMSE {el:.1e}; greedy tokens equal");
+    }
+}

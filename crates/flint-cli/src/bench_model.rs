@@ -354,6 +354,7 @@ fn vision_rows(model: &Model, emit: &dyn Fn(String, serde_json::Value, String)) 
         patch: 16,
         eps: 1e-6,
         scale_factor: 4,
+        connector: flint_runtime::model::vision::Connector::PixelShuffle,
         text_hidden: model.decoder().cfg.hidden,
     };
     let flops = cfg.tile_flops();
@@ -383,9 +384,10 @@ fn vision_rows(model: &Model, emit: &dyn Fn(String, serde_json::Value, String)) 
     // ordinary tokens and the image tokens as one id the question never uses.
     let image_token = (model.decoder().cfg.vocab - 1) as u32;
     let vision = Arc::new(Vision {
-        processor: ImageProcessor::smolvlm(512, cfg.tokens_per_tile()),
+        processor: flint_runtime::multimodal::Processor::Idefics3(ImageProcessor::smolvlm(512, cfg.tokens_per_tile())),
         tower,
         image_token_id: image_token,
+        bidirectional: false,
     });
     let text = filler(model, 64)?;
     let mut ids: Vec<u32> = text[..6].to_vec();

@@ -722,7 +722,8 @@ impl Engine {
                 prompt,
                 req.pixels.as_deref(),
             )?;
-            let h = self.model.forward(&mut rec, pool, seq, &x, p)?;
+            let blocks = crate::multimodal::image_blocks(self.vision.as_deref(), prompt);
+            let h = self.model.forward_blocks(&mut rec, pool, seq, &x, p, &blocks)?;
             let last = self.model.logits(&mut rec, &h, p - 1..p)?;
             let logits = if n == 1 {
                 last

@@ -64,6 +64,7 @@ pub fn safetensors_config(data: &[u8]) -> Result<()> {
         let _ = VisionConfig::from_hf(&top, text.hidden);
     }
     let gemma = crate::model::arch::gemma3::hf_config(&top, true);
+    let _ = VisionConfig::from_gemma3(&top, 64);
     llama.or(text).or(gemma).map(|_| ())
 }
 

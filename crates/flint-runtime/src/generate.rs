@@ -255,7 +255,8 @@ impl Session {
     pub fn forward_with(&mut self, rec: &mut Recorder, ids: &[u32], pixels: Option<&Pixels>) -> Result<Tensor> {
         check_ids(&self.model, ids)?;
         let x = crate::multimodal::embed_prompt(&self.model, self.vision.as_deref(), rec, ids, pixels)?;
-        self.model.forward(rec, &mut self.pool, self.seq, &x, ids.len())
+        let blocks = crate::multimodal::image_blocks(self.vision.as_deref(), ids);
+        self.model.forward_blocks(rec, &mut self.pool, self.seq, &x, ids.len(), &blocks)
     }
 
     /// Run `ids` and sample one token from the logits after the last of them, leaving it in

@@ -5,7 +5,7 @@
 
 use flint_gpu::{DType, Recorder, Tensor};
 
-use crate::image::ImageProcessor;
+use crate::image::{FixedSizeProcessor, ImageProcessor, Rgb};
 use crate::model::decoder::Decoder;
 use crate::model::vision::VisionTower;
 use crate::{RequestError, Result, RuntimeError};
@@ -16,10 +16,91 @@ use crate::{RequestError, Result, RuntimeError};
 pub struct Vision {
     /// Encoder and connector.
     pub tower: VisionTower,
-    /// Preprocessing.
-    pub processor: ImageProcessor,
-    /// The `<image>` token id.
+    /// Preprocessing and prompt markup.
+    pub processor: Processor,
+    /// The image token's id (`<image>`, `<image_soft_token>`).
     pub image_token_id: u32,
+    /// Whether the tokens of one image attend to each other both ways inside the causal decoder
+    /// (Gemma 3), not only to those before them.
+    pub bidirectional: bool,
+}
+
+/// How a family's images become pixels and prompt markup.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Processor {
+    /// Idefics3 / SmolVLM: tiles plus a global view, each `<image>` expanded into the tiles'
+    /// `<fake_token_around_image><row_r_col_c><image>...` markup.
+    Idefics3(ImageProcessor),
+    /// Gemma 3: one fixed-size tile per image; each image placeholder (`<image>`, or the
+    /// `<start_of_image>` its chat template writes) becomes
+    /// `"\n\n" boi image_token x tokens eoi "\n\n"`, as Gemma3Processor writes it.
+    Gemma3 {
+        /// The image processor.
+        image: FixedSizeProcessor,
+        /// `<start_of_image>`.
+        boi: String,
+        /// `<image_soft_token>`.
+        image_token: String,
+        /// `<end_of_image>`.
+        eoi: String,
+        /// Image tokens per image.
+        tokens: usize,
+    },
+}
+
+impl Processor {
+    /// Whether `text` holds an image placeholder: `<image>`, or Gemma 3's `<start_of_image>`.
+    pub fn has_placeholder(&self, text: &str) -> bool {
+        text.contains("<image>") || matches!(self, Processor::Gemma3 { boi, .. } if text.contains(boi.as_str()))
+    }
+
+    /// `text` with its image placeholders expanded for `images`, and their pixels.
+    pub(crate) fn prompt(&self, text: &str, images: &[Rgb]) -> Result<(String, Pixels)> {
+        match self {
+            Processor::Idefics3(p) => {
+                let processed = images.iter().map(|im| p.process(im)).collect::<Result<Vec<_>>>()?;
+                let grid: Vec<(usize, usize)> = processed.iter().map(|p| (p.rows, p.cols)).collect();
+                let text = crate::image::expand_prompt(text, &grid, p.image_seq_len)?;
+                let data = processed.iter().flat_map(|p| p.pixels.iter().copied()).collect();
+                Ok((text, Pixels { data, images: processed.iter().map(|p| p.tiles).sum(), side: p.tile }))
+            }
+            Processor::Gemma3 { image, boi, image_token, eoi, tokens } => {
+                if image.width != image.height {
+                    return Err(RuntimeError::Request(format!(
+                        "a {}x{} processor size: the tower takes square images",
+                        image.width, image.height
+                    )));
+                }
+                let full = format!("\n\n{boi}{}{eoi}\n\n", image_token.repeat(*tokens));
+                // Each placeholder, `<image>` or the template's `boi`, becomes the full sequence.
+                let mut out = String::new();
+                let mut rest = text;
+                let mut count = 0;
+                while let Some((at, len)) = [("<image>", 7), (boi.as_str(), boi.len())]
+                    .iter()
+                    .filter_map(|(m, l)| rest.find(m).map(|i| (i, *l)))
+                    .min()
+                {
+                    out.push_str(&rest[..at]);
+                    out.push_str(&full);
+                    rest = &rest[at + len..];
+                    count += 1;
+                }
+                out.push_str(rest);
+                if count != images.len() {
+                    return Err(RuntimeError::Request(format!(
+                        "the prompt has {count} image placeholders (<image> or {boi}) for {} images",
+                        images.len()
+                    )));
+                }
+                let mut data = Vec::new();
+                for im in images {
+                    data.extend(image.process(im)?);
+                }
+                Ok((out, Pixels { data, images: images.len(), side: image.width }))
+            }
+        }
+    }
 }
 
 /// Images ready for the encoder: `[images, channels, height, width]` f32, normalised, all of
@@ -78,6 +159,26 @@ impl Vision {
         let side = pixels.side / self.tower.cfg.patch.max(1) / self.tower.cfg.scale_factor.max(1);
         side.checked_mul(side).and_then(|t| t.checked_mul(pixels.images)).unwrap_or(usize::MAX)
     }
+}
+
+/// The runs of image tokens in `ids` that attend to themselves both ways (for a vision side
+/// whose images are [bidirectional](Vision::bidirectional)); none otherwise.
+pub(crate) fn image_blocks(vision: Option<&Vision>, ids: &[u32]) -> Vec<std::ops::Range<usize>> {
+    let Some(v) = vision.filter(|v| v.bidirectional) else { return Vec::new() };
+    let mut blocks = Vec::new();
+    let mut i = 0;
+    while i < ids.len() {
+        if ids[i] != v.image_token_id {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < ids.len() && ids[i] == v.image_token_id {
+            i += 1;
+        }
+        blocks.push(start..i);
+    }
+    blocks
 }
 
 /// Record the embeddings of a prompt: token embeddings, with the rows of image tokens replaced,

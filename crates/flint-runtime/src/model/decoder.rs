@@ -81,6 +81,9 @@ struct Step {
     /// u32 `[t, 2]`: table row and position of each token's K/V.
     dest: Tensor,
     plan: AttnPlan,
+    /// Additive masks of a prefill whose image tokens attend to their whole image (global
+    /// layers, then local ones), with the sequence's spec; None for plain causal attention.
+    masked: Option<(Vec<SeqSpec>, Tensor, Tensor)>,
 }
 
 /// How the attention of a step runs.
@@ -342,10 +345,34 @@ impl Decoder {
     /// final-normed hidden states `[t, hidden]`.
     /// On error the pool is as it was (drop `rec`: it may hold page copies for nothing).
     pub fn forward(&self, rec: &mut Recorder, pool: &mut KvPool, seq: SeqId, x: &Tensor, t: usize) -> Result<Tensor> {
-        pool.atomically(|pool| self.forward_inner(rec, pool, seq, x, t))
+        self.forward_blocks(rec, pool, seq, x, t, &[])
     }
 
-    fn forward_inner(&self, rec: &mut Recorder, pool: &mut KvPool, seq: SeqId, x: &Tensor, t: usize) -> Result<Tensor> {
+    /// [`Decoder::forward`] where the tokens of each of `blocks` (ranges of this call's `t`
+    /// tokens: one image's tokens each) attend to every token of their block, before or after
+    /// them, as well as causally (Gemma 3's images; transformers' `token_type_ids`). Local
+    /// layers keep their window.
+    pub fn forward_blocks(
+        &self,
+        rec: &mut Recorder,
+        pool: &mut KvPool,
+        seq: SeqId,
+        x: &Tensor,
+        t: usize,
+        blocks: &[std::ops::Range<usize>],
+    ) -> Result<Tensor> {
+        pool.atomically(|pool| self.forward_inner(rec, pool, seq, x, t, blocks))
+    }
+
+    fn forward_inner(
+        &self,
+        rec: &mut Recorder,
+        pool: &mut KvPool,
+        seq: SeqId,
+        x: &Tensor,
+        t: usize,
+        blocks: &[std::ops::Range<usize>],
+    ) -> Result<Tensor> {
         let cfg = &self.cfg;
         if t == 0 {
             return Err(RuntimeError::Request("no tokens to run".into()));
@@ -362,6 +389,12 @@ impl Decoder {
         let pos: Vec<u32> = positions.clone().map(|p| p as u32).collect();
         let dest: Vec<u32> = positions.flat_map(|p| [0, p as u32]).collect();
         let seqs = [SeqSpec { kv_len: pos0 + t, q_pos0: pos0 }];
+        let masked = if blocks.iter().any(|b| b.len() > 1) {
+            let (global, local) = self.block_masks(pos0, t, blocks)?;
+            Some((seqs.to_vec(), global, local))
+        } else {
+            None
+        };
         let step = Step {
             t,
             positions: self.dev.upload_u32("positions", &pos, &[t])?,
@@ -371,8 +404,40 @@ impl Decoder {
                 info: attention::seq_info(&self.dev, &seqs)?,
                 cfg: attention::plan(self.dev.caps(), &self.attn_params(1, t, Mask::Causal), &seqs, None),
             },
+            masked,
         };
         self.layers_over(rec, pool, x, &step)
+    }
+
+    /// The additive masks `[t, pos0 + t]` (0 where a query sees a key, -inf elsewhere) of `t`
+    /// tokens from `pos0` whose `blocks` (of those `t`) see themselves both ways: for global
+    /// layers, causal or in one block; for local ones, that and within the window.
+    fn block_masks(&self, pos0: usize, t: usize, blocks: &[std::ops::Range<usize>]) -> Result<(Tensor, Tensor)> {
+        let kv = pos0 + t;
+        let mut block_of = vec![usize::MAX; t];
+        for (b, r) in blocks.iter().enumerate() {
+            for i in r.clone().filter(|&i| i < t) {
+                block_of[i] = b;
+            }
+        }
+        let window = self.cfg.sliding_window.unwrap_or(usize::MAX);
+        let (mut global, mut local) = (vec![f32::NEG_INFINITY; t * kv], vec![f32::NEG_INFINITY; t * kv]);
+        for i in 0..t {
+            let q = pos0 + i;
+            for k in 0..kv {
+                let same = k >= pos0 && block_of[i] != usize::MAX && block_of[k - pos0] == block_of[i];
+                if k <= q || same {
+                    global[i * kv + k] = 0.0;
+                    if k + window > q {
+                        local[i * kv + k] = 0.0;
+                    }
+                }
+            }
+        }
+        Ok((
+            self.dev.upload_f32("image block mask", &global, &[t, kv], DType::F32)?,
+            self.dev.upload_f32("image block mask (local)", &local, &[t, kv], DType::F32)?,
+        ))
     }
 
     /// Record one decode step of several sequences: row `i` of `x` `[seqs.len(), hidden]` is the
@@ -530,6 +595,7 @@ impl Decoder {
             dest: view(1, &[b, 2])?,
             table: table(2, b)?,
             plan: AttnPlan::Batch { info: view(3, &[b, 2])?, cfg: cfg_of(b, l.splits, Mask::Causal, false), runs },
+            masked: None,
         })
     }
 
@@ -683,6 +749,13 @@ impl Decoder {
             _ => Mask::Causal,
         };
         let o = dev.empty("attention out", &[t, q_dim], DType::F32)?;
+        if let Some((specs, global_mask, local_mask)) = &s.masked {
+            let p =
+                AttnParams { additive_mask: true, mask_stride: specs[0].kv_len, ..self.attn_params(1, t, Mask::None) };
+            let m = if local { local_mask } else { global_mask };
+            attention::attention(dev, rec, &p, specs, q, cache, &s.table, Some(m), &o)?;
+            return Ok(o);
+        }
         match &s.plan {
             AttnPlan::Single { info, cfg } => {
                 let p = self.attn_params(1, t, mask);

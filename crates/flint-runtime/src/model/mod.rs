@@ -127,6 +127,23 @@ impl Model {
         };
         let (decoder, vision) = (family.load)(dev, &dir, &top, kv_dtype)?;
         let tokenizer = Tokenizer::from_hf_dir(path)?;
+        if let Some(Vision {
+            processor: crate::multimodal::Processor::Gemma3 { boi, image_token, eoi, .. },
+            image_token_id,
+            ..
+        }) = &vision
+        {
+            for (token, want) in [(boi, None), (eoi, None), (image_token, Some(*image_token_id))] {
+                let id = tokenizer.token_id(token);
+                if id.is_none() || want.is_some_and(|w| id != Some(w)) {
+                    return Err(RuntimeError::Model(format!(
+                        "{}: the tokenizer's {token} is {id:?}, but the model needs it{}",
+                        path.display(),
+                        want.map_or(String::new(), |w| format!(" to be token {w} (image_token_index)"))
+                    )));
+                }
+            }
+        }
         if tokenizer.vocab_size() > decoder.cfg.vocab {
             return Err(RuntimeError::Model(format!(
                 "{}: the tokenizer has {} tokens but the model's vocabulary is {}",
@@ -188,7 +205,9 @@ impl Model {
     /// (no template), otherwise the images go before the text (in the chat template with
     /// `chat`); each placeholder is then expanded into its tiles' tokens.
     pub fn build_prompt(&self, p: &PromptSpec<'_>) -> Result<(Vec<u32>, Option<Pixels>)> {
-        let inline = p.text.contains("<image>") && !p.images.is_empty();
+        let inline = !p.images.is_empty()
+            && (p.text.contains("<image>")
+                || self.vision.as_ref().is_some_and(|v| v.processor.has_placeholder(p.text)));
         let templated = p.chat && !inline;
         if templated && self.tokenizer.chat_template.is_none() {
             return Err(RuntimeError::Tokenizer(format!(
@@ -216,15 +235,8 @@ impl Model {
         let vision = self.vision.as_ref().ok_or_else(|| {
             RuntimeError::Request(format!("{} is a text-only model; it cannot take images", self.path.display()))
         })?;
-        let processed = images.iter().map(|im| vision.processor.process(im)).collect::<Result<Vec<_>>>()?;
-        let grid: Vec<(usize, usize)> = processed.iter().map(|p| (p.rows, p.cols)).collect();
-        let text = crate::image::expand_prompt(text, &grid, vision.processor.image_seq_len)?;
+        let (text, pixels) = vision.processor.prompt(text, images)?;
         let ids = self.tokenizer.encode(&text, special)?;
-        let mut data = Vec::new();
-        for p in &processed {
-            data.extend_from_slice(&p.pixels);
-        }
-        let pixels = Pixels { data, images: processed.iter().map(|p| p.tiles).sum(), side: vision.processor.tile };
         Ok((ids, Some(pixels)))
     }
 

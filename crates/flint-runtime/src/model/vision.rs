@@ -4,7 +4,9 @@
 //! a `gelu_pytorch_tanh` MLP, a final layer norm) and the connector (pixel shuffle by the scale
 //! factor, then a bias-free projection into the text model's width). Tensor names are those
 //! transformers saves for Idefics3ForConditionalGeneration (`model.vision_model.*`,
-//! `model.connector.*`).
+//! `model.connector.*`). Gemma 3's tower is the same SigLIP encoder with another connector: the
+//! average pool of each image's token grid, an RMSNorm (`1 + w`) and a bias-free projection
+//! (`multi_modal_projector.*`).
 
 use flint_gpu::{DType, Device, Recorder, Tensor};
 use flint_kernels::attention::{self, KvCache, PageTable};
@@ -17,6 +19,16 @@ use flint_ref::vision::{PatchParams, ShuffleParams};
 
 use crate::hf::{Config, HfDir};
 use crate::{Result, RuntimeError};
+
+/// How the encoder's tokens become text-width embeddings; either way each `scale x scale`
+/// square of an image's token grid becomes one token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Connector {
+    /// Idefics3: the square's tokens concatenated (pixel shuffle), then projected.
+    PixelShuffle,
+    /// Gemma 3: the square's tokens averaged, RMS-normed (`1 + w`), then projected.
+    AvgPool,
+}
 
 /// Hyperparameters of the vision encoder and connector.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,8 +49,11 @@ pub struct VisionConfig {
     pub patch: usize,
     /// Layer-norm epsilon.
     pub eps: f32,
-    /// The connector's pixel-shuffle factor.
+    /// Tokens per side of the square the connector merges into one (Idefics3's pixel-shuffle
+    /// factor; Gemma 3's pool kernel).
     pub scale_factor: usize,
+    /// The connector.
+    pub connector: Connector,
     /// Width of the text model the connector projects into.
     pub text_hidden: usize,
 }
@@ -64,8 +79,27 @@ impl VisionConfig {
             patch: c.usize("patch_size")?,
             eps: c.f64_or("layer_norm_eps", 1e-6)? as f32,
             scale_factor: top.usize_or("scale_factor", 2)?,
+            connector: Connector::PixelShuffle,
             text_hidden,
         };
+        cfg.validate().map_err(|m| RuntimeError::Model(format!("{}: vision_config: {m}", top.path.display())))?;
+        Ok(cfg)
+    }
+
+    /// Read `vision_config` of a Gemma 3 (Gemma3ForConditionalGeneration) config, the pool from
+    /// `mm_tokens_per_image` (a square number whose side divides the patch grid's).
+    pub fn from_gemma3(top: &Config<'_>, text_hidden: usize) -> Result<VisionConfig> {
+        let mut cfg = VisionConfig::from_hf(top, text_hidden)?;
+        cfg.connector = Connector::AvgPool;
+        let tokens = top.usize_or("mm_tokens_per_image", 256)?;
+        let per_side = (tokens as f64).sqrt().round() as usize;
+        if per_side == 0 || per_side * per_side != tokens || !cfg.side().is_multiple_of(per_side) {
+            return Err(top.error(
+                "mm_tokens_per_image",
+                &format!("is {tokens}; it must be the square of a divisor of the {} patches per side", cfg.side()),
+            ));
+        }
+        cfg.scale_factor = cfg.side() / per_side;
         cfg.validate().map_err(|m| RuntimeError::Model(format!("{}: vision_config: {m}", top.path.display())))?;
         Ok(cfg)
     }
@@ -241,20 +275,38 @@ pub struct VisionTower {
     blocks: Vec<Block>,
     post: LayerNorm,
     proj: Affine,
+    /// The RMSNorm before the projection (the pooling connector).
+    proj_norm: Option<Tensor>,
+}
+
+/// Where a tower's tensors are: the encoder's prefix (`model.vision_model`) and the connector's
+/// (`model.connector.modality_projection.proj` for Idefics3; `multi_modal_projector` for Gemma 3).
+#[derive(Clone, Copy, Debug)]
+pub struct TowerNames<'a> {
+    /// The SigLIP encoder's prefix.
+    pub encoder: &'a str,
+    /// The connector's prefix.
+    pub connector: &'a str,
+}
+
+impl TowerNames<'static> {
+    /// Idefics3's names.
+    pub const IDEFICS3: TowerNames<'static> =
+        TowerNames { encoder: "model.vision_model", connector: "model.connector.modality_projection.proj" };
 }
 
 impl VisionTower {
-    /// Load from an Idefics3 directory.
-    pub fn from_hf(dev: &Device, dir: &HfDir, cfg: VisionConfig) -> Result<VisionTower> {
-        VisionTower::load(dev, dir, cfg)
+    /// Load from a Hugging Face directory, its tensors under `names`.
+    pub(crate) fn from_hf(dev: &Device, dir: &HfDir, cfg: VisionConfig, names: TowerNames<'_>) -> Result<VisionTower> {
+        VisionTower::load(dev, dir, cfg, names)
     }
 
     /// Seeded random weights of `cfg`'s shapes (for benchmarks).
     pub fn random(dev: &Device, cfg: VisionConfig, seed: u64) -> Result<VisionTower> {
-        VisionTower::load(dev, &Random(std::cell::Cell::new(seed | 1)), cfg)
+        VisionTower::load(dev, &Random(std::cell::Cell::new(seed | 1)), cfg, TowerNames::IDEFICS3)
     }
 
-    fn load(dev: &Device, src: &dyn Source, cfg: VisionConfig) -> Result<VisionTower> {
+    fn load(dev: &Device, src: &dyn Source, cfg: VisionConfig, names: TowerNames<'_>) -> Result<VisionTower> {
         cfg.validate().map_err(RuntimeError::Model)?;
         let up = |name: &str, shape: &[usize], store: &[usize]| -> Result<Tensor> {
             Ok(dev.upload_f32(name, &src.get(name, shape)?, store, DType::F32)?)
@@ -271,7 +323,7 @@ impl VisionTower {
             })
         };
         let (d, f, c, p) = (cfg.hidden, cfg.intermediate, cfg.channels, cfg.patch);
-        let v = "model.vision_model";
+        let v = names.encoder;
         let patch = Affine {
             w: up(&format!("{v}.embeddings.patch_embedding.weight"), &[d, c, p, p], &[d, c * p * p])?,
             b: Some(up(&format!("{v}.embeddings.patch_embedding.bias"), &[d], &[d])?),
@@ -295,9 +347,23 @@ impl VisionTower {
             });
         }
         let post = norm(&format!("{v}.post_layernorm"), d)?;
-        let s2 = cfg.scale_factor * cfg.scale_factor;
-        let proj = affine("model.connector.modality_projection.proj", cfg.text_hidden, d * s2, false)?;
-        Ok(VisionTower { dev: dev.clone(), patch, pos, blocks, post, proj, cfg })
+        let (proj, proj_norm) = match cfg.connector {
+            Connector::PixelShuffle => {
+                let s2 = cfg.scale_factor * cfg.scale_factor;
+                (affine(names.connector, cfg.text_hidden, d * s2, false)?, None)
+            }
+            Connector::AvgPool => {
+                // Stored `[vision, text]` and used as `x @ W`: transposed here into `[text, vision]`.
+                let (c, th) = (names.connector, cfg.text_hidden);
+                let name = format!("{c}.mm_input_projection_weight");
+                let stored = src.get(&name, &[d, th])?;
+                let w: Vec<f32> = (0..th * d).map(|i| stored[(i % d) * th + i / d]).collect();
+                let w = dev.upload_f32(&name, &w, &[th, d], DType::F32)?;
+                let norm = up(&format!("{c}.mm_soft_emb_norm.weight"), &[d], &[d])?;
+                (Affine { w, b: None, n: th, k: d }, Some(norm))
+            }
+        };
+        Ok(VisionTower { dev: dev.clone(), patch, pos, blocks, post, proj, proj_norm, cfg })
     }
 
     fn layer_norm(&self, rec: &mut Recorder, x: &Tensor, n: &LayerNorm, rows: usize, out: &Tensor) -> Result<()> {
@@ -397,6 +463,16 @@ impl VisionTower {
         let sp = ShuffleParams { images, side, dim: cfg.hidden, scale: cfg.scale_factor };
         sp.validate().map_err(|e| RuntimeError::Request(format!("connector: {e}")))?;
         let t = images * sp.tokens_out();
+        if let Some(w) = &self.proj_norm {
+            let pooled = dev.empty("average pool", &[t, cfg.hidden], DType::F32)?;
+            flint_kernels::vision::avg_pool(dev, rec, &sp, x, &pooled)?;
+            let normed = dev.empty("pooled normed", &[t, cfg.hidden], DType::F32)?;
+            let p = NormParams { kind: NormKind::RmsUnitOffset, rows: t, dim: cfg.hidden, eps: cfg.eps };
+            flint_kernels::norm::norm(dev, rec, &p, &pooled, w, None, &normed)?;
+            let out = dev.empty("image embeddings", &[t, cfg.text_hidden], DType::F32)?;
+            self.proj.forward(dev, rec, &normed, t, &out)?;
+            return Ok(out);
+        }
         let shuffled = dev.empty("pixel shuffle", &[t, self.proj.k], DType::F32)?;
         flint_kernels::vision::pixel_shuffle(dev, rec, &sp, x, &shuffled)?;
         let out = dev.empty("image embeddings", &[t, cfg.text_hidden], DType::F32)?;

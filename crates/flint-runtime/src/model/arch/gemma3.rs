@@ -11,7 +11,9 @@ use crate::gguf::{Gguf, GgufError};
 use crate::hf::{Config, HfDir};
 use crate::model::config::{DecoderConfig, Glu, RopeLayout};
 use crate::model::decoder::Decoder;
+use crate::model::vision::{TowerNames, VisionConfig, VisionTower};
 use crate::model::weights::HfWeights;
+use crate::multimodal::{Processor, Vision};
 
 /// Gemma 3 in GGUF files (`general.architecture` gemma3).
 pub const GGUF: GgufFamily = GgufFamily { arch: "gemma3", configure };
@@ -33,6 +35,70 @@ fn configure(g: &Gguf, cfg: &mut DecoderConfig) -> Result<(), GgufError> {
 
 /// Gemma 3 text directories (`model_type` gemma3_text; Gemma3ForCausalLM).
 pub(crate) const HF: HfFamily = HfFamily { model_types: &["gemma3_text"], load };
+
+/// Gemma 3 vision-language directories (`model_type` gemma3; Gemma3ForConditionalGeneration):
+/// the text decoder, a SigLIP tower with the average-pool projector, Gemma3Processor's prompt
+/// markup, and each image's tokens attending to each other both ways.
+pub(crate) const HF_VISION: HfFamily = HfFamily { model_types: &["gemma3"], load: load_vision };
+
+/// The first of `candidates` under which `dir` holds `tensor` (`{prefix}{tensor}`).
+fn prefix_of<'a>(dir: &HfDir, candidates: &[&'a str], tensor: &str) -> Option<&'a str> {
+    candidates.iter().copied().find(|p| dir.has(&format!("{p}{tensor}")))
+}
+
+fn load_vision(dev: &Device, dir: &HfDir, top: &Config<'_>, kv_dtype: DType) -> Result<Loaded> {
+    let text = hf_config(&top.object("text_config")?, top.bool_or("tie_word_embeddings", true)?)?;
+    let hidden = text.hidden;
+    // transformers 5.x in memory, and the published checkpoints' (and 5.x's saved) names.
+    let missing = |what: &str, names: &str| {
+        crate::RuntimeError::Model(format!("{}: no {what} tensors ({names})", dir.dir.display()))
+    };
+    let lm = prefix_of(dir, &["model.language_model.", "language_model.model."], "embed_tokens.weight")
+        .ok_or_else(|| missing("language model", "model.language_model.* or language_model.model.*"))?;
+    let weights = HfWeights { dir, prefix: lm, names: hf_name, norm_shift: 1.0 };
+    let decoder = Decoder::load(dev, text, &weights, kv_dtype)?;
+    let vcfg = VisionConfig::from_gemma3(top, hidden)?;
+    let encoder = prefix_of(
+        dir,
+        &["model.vision_tower.vision_model", "vision_tower.vision_model", "model.vision_tower", "vision_tower"],
+        ".embeddings.patch_embedding.weight",
+    )
+    .ok_or_else(|| missing("vision tower", "vision_tower.vision_model.* or vision_tower.*"))?;
+    let connector =
+        prefix_of(dir, &["model.multi_modal_projector", "multi_modal_projector"], ".mm_input_projection_weight")
+            .ok_or_else(|| missing("projector", "multi_modal_projector.*"))?;
+    let image = crate::image::FixedSizeProcessor::from_dir(&dir.dir, vcfg.image_size)?;
+    if (image.width, image.height) != (vcfg.image_size, vcfg.image_size) {
+        return Err(crate::RuntimeError::Model(format!(
+            "{}: the processor resizes to {}x{} but the vision tower takes {}x{} images",
+            dir.dir.display(),
+            image.width,
+            image.height,
+            vcfg.image_size,
+            vcfg.image_size
+        )));
+    }
+    let image_token_id = match top.value.get("image_token_index") {
+        Some(_) => top.usize("image_token_index")?,
+        None => top.usize("image_token_id")?,
+    };
+    if image_token_id >= decoder.cfg.vocab {
+        return Err(top.error(
+            "image_token_index",
+            &format!("is {image_token_id}, outside the vocabulary of {}", decoder.cfg.vocab),
+        ));
+    }
+    let tokens = vcfg.tokens_per_tile();
+    let tower = VisionTower::from_hf(dev, dir, vcfg, TowerNames { encoder, connector })?;
+    let processor = Processor::Gemma3 {
+        image,
+        boi: "<start_of_image>".into(),
+        image_token: "<image_soft_token>".into(),
+        eoi: "<end_of_image>".into(),
+        tokens,
+    };
+    Ok((decoder, Some(Vision { tower, processor, image_token_id: image_token_id as u32, bidirectional: true })))
+}
 
 fn load(dev: &Device, dir: &HfDir, top: &Config<'_>, kv_dtype: DType) -> Result<Loaded> {
     let cfg = hf_config(top, true)?;

@@ -10,9 +10,9 @@ use crate::Result;
 use crate::hf::{Config, HfDir};
 use crate::image::ImageProcessor;
 use crate::model::decoder::Decoder;
-use crate::model::vision::{VisionConfig, VisionTower};
+use crate::model::vision::{TowerNames, VisionConfig, VisionTower};
 use crate::model::weights::HfWeights;
-use crate::multimodal::Vision;
+use crate::multimodal::{Processor, Vision};
 
 /// Idefics3 and SmolVLM directories (`model_type` idefics3 or smolvlm).
 pub(crate) const HF: HfFamily = HfFamily { model_types: &["idefics3", "smolvlm"], load };
@@ -32,6 +32,7 @@ fn load(dev: &Device, dir: &HfDir, top: &Config<'_>, kv_dtype: DType) -> Result<
             &format!("is {image_token_id}, outside the vocabulary of {}", decoder.cfg.vocab),
         ));
     }
-    let tower = VisionTower::from_hf(dev, dir, vcfg)?;
-    Ok((decoder, Some(Vision { tower, processor, image_token_id: image_token_id as u32 })))
+    let tower = VisionTower::from_hf(dev, dir, vcfg, TowerNames::IDEFICS3)?;
+    let processor = Processor::Idefics3(processor);
+    Ok((decoder, Some(Vision { tower, processor, image_token_id: image_token_id as u32, bidirectional: false })))
 }

@@ -48,7 +48,7 @@ pub(crate) type Loaded = (Decoder, Option<Vision>);
 pub const GGUF_FAMILIES: &[GgufFamily] = &[llama::GGUF, gemma3::GGUF];
 
 /// The families flint reads from Hugging Face directories.
-pub(crate) const HF_FAMILIES: &[HfFamily] = &[llama::HF, idefics3::HF, gemma3::HF];
+pub(crate) const HF_FAMILIES: &[HfFamily] = &[llama::HF, idefics3::HF, gemma3::HF, gemma3::HF_VISION];
 
 /// The GGUF family whose `general.architecture` is `arch`.
 pub fn gguf_family(arch: &str) -> Option<&'static GgufFamily> {
