@@ -79,42 +79,33 @@ pub fn patches(dev: &Device, rec: &mut Recorder, p: &PatchParams, pixels: &Tenso
 /// Record the pixel shuffle of `x` `[images, side * side, dim]` into `out`
 /// `[images, (side / scale)^2, dim * scale^2]`.
 pub fn pixel_shuffle(dev: &Device, rec: &mut Recorder, p: &ShuffleParams, x: &Tensor, out: &Tensor) -> Result<()> {
-    p.validate().map_err(param_err)?;
-    let total = p.images * p.side * p.side * p.dim;
-    check_tensor("pixel_shuffle", "x", x, total, FLOATS)?;
-    let dt = x.dtype();
-    check_tensor("pixel_shuffle", "out", out, total, &[dt])?;
-    require(dev, needs_for(&[dt], false), "pixel_shuffle")?;
-    let kernel = dev.kernel(registry(), &key("shuffle", dt))?;
-    let uniform = Uniform {
-        a: u32_of(p.images),
-        b: u32_of(p.side),
-        c: u32_of(p.dim),
-        d: u32_of(p.scale),
-        e: 0,
-        f: 0,
-        g: 0,
-        total: u32_of(total),
-    };
-    rec.dispatch(
-        &format!("pixel_shuffle {}x{}^2x{} s{}", p.images, p.side, p.dim, p.scale),
-        &kernel,
-        &uniform,
-        &[x, out],
-        dev.grid(u32_of(total).div_ceil(WG)),
-    )
+    grid_op(dev, rec, "shuffle", "pixel_shuffle", p, x, out, p.images * p.side * p.side * p.dim)
 }
 
 /// Record the average pool of `x` `[images, side * side, dim]` over `scale x scale` squares into
 /// `out` `[images, (side / scale)^2, dim]`.
 pub fn avg_pool(dev: &Device, rec: &mut Recorder, p: &ShuffleParams, x: &Tensor, out: &Tensor) -> Result<()> {
+    grid_op(dev, rec, "pool", "avg_pool", p, x, out, p.images * p.tokens_out() * p.dim)
+}
+
+/// Record `entry` (shuffle or pool) over each image's token grid: `total` output elements.
+#[allow(clippy::too_many_arguments)]
+fn grid_op(
+    dev: &Device,
+    rec: &mut Recorder,
+    entry: &str,
+    op: &str,
+    p: &ShuffleParams,
+    x: &Tensor,
+    out: &Tensor,
+    total: usize,
+) -> Result<()> {
     p.validate().map_err(param_err)?;
-    check_tensor("avg_pool", "x", x, p.images * p.side * p.side * p.dim, FLOATS)?;
+    check_tensor(op, "x", x, p.images * p.side * p.side * p.dim, FLOATS)?;
     let dt = x.dtype();
-    let total = p.images * p.tokens_out() * p.dim;
-    check_tensor("avg_pool", "out", out, total, &[dt])?;
-    require(dev, needs_for(&[dt], false), "avg_pool")?;
-    let kernel = dev.kernel(registry(), &key("pool", dt))?;
+    check_tensor(op, "out", out, total, &[dt])?;
+    require(dev, needs_for(&[dt], false), op)?;
+    let kernel = dev.kernel(registry(), &key(entry, dt))?;
     let uniform = Uniform {
         a: u32_of(p.images),
         b: u32_of(p.side),
@@ -126,7 +117,7 @@ pub fn avg_pool(dev: &Device, rec: &mut Recorder, p: &ShuffleParams, x: &Tensor,
         total: u32_of(total),
     };
     rec.dispatch(
-        &format!("avg_pool {}x{}^2x{} s{}", p.images, p.side, p.dim, p.scale),
+        &format!("{op} {}x{}^2x{} s{}", p.images, p.side, p.dim, p.scale),
         &kernel,
         &uniform,
         &[x, out],
