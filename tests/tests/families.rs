@@ -168,6 +168,20 @@ fn a_tiny_gemma3_vision_model_matches_transformers() {
         let opts = SamplingOptions { max_tokens: want.len(), ..Default::default() };
         let out = s.generate_with(&got_ids, Some(&pixels), &opts, |_| {}).unwrap();
         assert_eq!(out.tokens, want, "[{label}] greedy tokens");
+        // The images in a later turn: a session that already holds the first tokens prefills
+        // the rest (both images) after them, its image masks offset by the cached positions.
+        let (head, tail) = got_ids.split_at(3);
+        let mut s = model.session(got_ids.len()).unwrap();
+        let mut rec = Recorder::new(&dev);
+        s.forward(&mut rec, head).unwrap();
+        rec.submit().unwrap().wait().unwrap();
+        let mut rec = Recorder::new(&dev);
+        let h = s.forward_with(&mut rec, tail, Some(&pixels)).unwrap();
+        let later = model.decoder().logits(&mut rec, &h, 0..tail.len()).unwrap();
+        rec.submit().unwrap().wait().unwrap();
+        let vocab = model.decoder().cfg.vocab;
+        let et = nmse(&dev.read_f32(&later).unwrap(), &f32s("logits")[head.len() * vocab..]);
+        assert!(et <= 1e-5, "[{label}] logits of images in a later turn: NMSE {et:e}");
         // The chat template's `<start_of_image>` is a placeholder as `<image>` is.
         let templated = prompt.replace("<image>", "<start_of_image>");
         assert_eq!(model.multimodal_prompt(&templated, &images, false).unwrap().0, got_ids);

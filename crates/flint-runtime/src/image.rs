@@ -554,10 +554,11 @@ impl FixedSizeProcessor {
             (p.mean, p.std) = ([0.0; 3], [1.0; 3]);
         }
         p.rescale = if c.bool_or("do_rescale", true)? { c.f64_or("rescale_factor", 1.0 / 255.0)? } else { 1.0 };
-        if p.std.contains(&0.0) || p.width == 0 || p.height == 0 || p.width.max(p.height) > MAX_SIDE as usize {
-            return Err(
-                c.error("size", &format!("is {}x{} with std {:?}: not a usable size", p.width, p.height, p.std))
-            );
+        if p.std.contains(&0.0) {
+            return Err(c.error("image_std", &format!("is {:?}: a zero std divides by zero", p.std)));
+        }
+        if p.width == 0 || p.height == 0 || p.width.max(p.height) > MAX_SIDE as usize {
+            return Err(c.error("size", &format!("is {}x{}: not a usable size (1 to {MAX_SIDE})", p.width, p.height)));
         }
         Ok(p)
     }
@@ -672,7 +673,7 @@ impl PatchProcessor {
         }
         p.rescale = if c.bool_or("do_rescale", true)? { c.f64_or("rescale_factor", 1.0 / 255.0)? } else { 1.0 };
         let bad = [p.patch, p.merge, p.temporal].contains(&0)
-            || p.patch * p.merge > 1024
+            || p.patch.checked_mul(p.merge).is_none_or(|f| f > 1024)
             || p.temporal > 16
             || p.min_pixels > p.max_pixels
             || p.max_pixels as u64 > MAX_PIXELS

@@ -162,7 +162,9 @@ impl Vision {
 }
 
 /// The runs of image tokens in `ids` that attend to themselves both ways (for a vision side
-/// whose images are [bidirectional](Vision::bidirectional)); none otherwise.
+/// whose images are [bidirectional](Vision::bidirectional)); none otherwise. As in
+/// transformers, a run is consecutive image tokens: the processor's markup puts the begin and
+/// end tokens between two images.
 pub(crate) fn image_blocks(vision: Option<&Vision>, ids: &[u32]) -> Vec<std::ops::Range<usize>> {
     let Some(v) = vision.filter(|v| v.bidirectional) else { return Vec::new() };
     let mut blocks = Vec::new();

@@ -411,9 +411,23 @@ impl Decoder {
 
     /// The additive masks `[t, pos0 + t]` (0 where a query sees a key, -inf elsewhere) of `t`
     /// tokens from `pos0` whose `blocks` (of those `t`) see themselves both ways: for global
-    /// layers, causal or in one block; for local ones, that and within the window.
+    /// layers, causal or in one block; for local ones, that and within the window, as
+    /// transformers 5.x composes them (earlier versions ORed the block into the sliding causal
+    /// mask; the two agree whenever an image has no more tokens than the window, as in every
+    /// published checkpoint: 256 against 1024).
+    ///
+    /// The masks are `t x (pos0 + t)` floats each, so their size is checked against the
+    /// adapter's binding limit before anything is allocated (a prompt with images is prefilled
+    /// whole): past it the prefill is refused, saying so.
     fn block_masks(&self, pos0: usize, t: usize, blocks: &[std::ops::Range<usize>]) -> Result<(Tensor, Tensor)> {
         let kv = pos0 + t;
+        let limit = self.dev.caps().max_storage_binding;
+        if t.checked_mul(kv).and_then(|n| n.checked_mul(4)).is_none_or(|b| b as u64 > limit) {
+            return Err(RuntimeError::Request(format!(
+                "a prefill of {t} tokens with images after {pos0} cached ones needs an image attention mask of \
+                 {t} x {kv} floats, over the adapter's {limit}-byte binding limit; use a shorter prompt"
+            )));
+        }
         let mut block_of = vec![usize::MAX; t];
         for (b, r) in blocks.iter().enumerate() {
             for i in r.clone().filter(|&i| i < t) {
@@ -428,7 +442,7 @@ impl Decoder {
                 let same = k >= pos0 && block_of[i] != usize::MAX && block_of[k - pos0] == block_of[i];
                 if k <= q || same {
                     global[i * kv + k] = 0.0;
-                    if k + window > q {
+                    if k.saturating_add(window) > q {
                         local[i * kv + k] = 0.0;
                     }
                 }

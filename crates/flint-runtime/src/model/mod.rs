@@ -225,8 +225,9 @@ impl Model {
         self.encode_with_images(&text, p.images, !templated)
     }
 
-    /// Token ids (with BOS when `special`) and pixels of `text`, whose `<image>` placeholders,
-    /// one per image of `images`, are expanded into the image tiles' tokens.
+    /// Token ids (with BOS when `special`) and pixels of `text`, whose image placeholders
+    /// (`<image>`, or Gemma 3's `<start_of_image>`), one per image of `images`, are expanded
+    /// into the image tiles' tokens as the family's processor writes them.
     fn encode_with_images(&self, text: &str, images: &[Rgb], special: bool) -> Result<(Vec<u32>, Option<Pixels>)> {
         if images.is_empty() {
             // A templated text has its special tokens written by the template.

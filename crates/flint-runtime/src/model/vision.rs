@@ -64,6 +64,13 @@ pub const MAX_IMAGE_SIDE: usize = 8192;
 impl VisionConfig {
     /// Read `vision_config` (and the enclosing `scale_factor`) of an Idefics3 config.
     pub fn from_hf(top: &Config<'_>, text_hidden: usize) -> Result<VisionConfig> {
+        let cfg = VisionConfig::read(top, text_hidden)?;
+        cfg.validate().map_err(|m| RuntimeError::Model(format!("{}: vision_config: {m}", top.path.display())))?;
+        Ok(cfg)
+    }
+
+    /// `vision_config` (and `scale_factor`), not yet validated.
+    fn read(top: &Config<'_>, text_hidden: usize) -> Result<VisionConfig> {
         let c = top.object("vision_config")?;
         let act = c.str_or("hidden_act", "gelu_pytorch_tanh")?;
         if act != "gelu_pytorch_tanh" {
@@ -82,24 +89,24 @@ impl VisionConfig {
             connector: Connector::PixelShuffle,
             text_hidden,
         };
-        cfg.validate().map_err(|m| RuntimeError::Model(format!("{}: vision_config: {m}", top.path.display())))?;
         Ok(cfg)
     }
 
     /// Read `vision_config` of a Gemma 3 (Gemma3ForConditionalGeneration) config, the pool from
     /// `mm_tokens_per_image` (a square number whose side divides the patch grid's).
     pub fn from_gemma3(top: &Config<'_>, text_hidden: usize) -> Result<VisionConfig> {
-        let mut cfg = VisionConfig::from_hf(top, text_hidden)?;
+        let mut cfg = VisionConfig::read(top, text_hidden)?;
         cfg.connector = Connector::AvgPool;
         let tokens = top.usize_or("mm_tokens_per_image", 256)?;
         let per_side = (tokens as f64).sqrt().round() as usize;
-        if per_side == 0 || per_side * per_side != tokens || !cfg.side().is_multiple_of(per_side) {
+        let side = cfg.image_size.checked_div(cfg.patch).unwrap_or(0);
+        if per_side == 0 || per_side.checked_mul(per_side) != Some(tokens) || !side.is_multiple_of(per_side) {
             return Err(top.error(
                 "mm_tokens_per_image",
-                &format!("is {tokens}; it must be the square of a divisor of the {} patches per side", cfg.side()),
+                &format!("is {tokens}; it must be the square of a divisor of the {side} patches per side"),
             ));
         }
-        cfg.scale_factor = cfg.side() / per_side;
+        cfg.scale_factor = side / per_side;
         cfg.validate().map_err(|m| RuntimeError::Model(format!("{}: vision_config: {m}", top.path.display())))?;
         Ok(cfg)
     }

@@ -146,10 +146,13 @@ pub(crate) fn hf_config(c: &Config<'_>, tie_default: bool) -> Result<DecoderConf
             return Err(c.error(key, "is set; flint has no logit soft-capping (Gemma 3 checkpoints have none)"));
         }
     }
-    let hidden = c.usize("hidden_size")?;
-    let heads = c.usize("num_attention_heads")?;
+    // The published checkpoints' `text_config` leaves out what Gemma3TextConfig defaults
+    // (gemma-3-4b-it gives only widths, layers, rope_scaling and sliding_window): the same
+    // defaults here.
+    let hidden = c.usize_or("hidden_size", 2304)?;
+    let heads = c.usize_or("num_attention_heads", 8)?;
     let head_dim = c.usize_or("head_dim", 256)?;
-    let layers = c.usize("num_hidden_layers")?;
+    let layers = c.usize_or("num_hidden_layers", 26)?;
     let global_every = match c.value.get("layer_types").filter(|v| !v.is_null()) {
         Some(types) => {
             let types = types.as_array().ok_or_else(|| c.error("layer_types", "is not a list"))?;
@@ -180,11 +183,11 @@ pub(crate) fn hf_config(c: &Config<'_>, tie_default: bool) -> Result<DecoderConf
         family: "gemma3",
         layers,
         hidden,
-        ffn: c.usize("intermediate_size")?,
+        ffn: c.usize_or("intermediate_size", 9216)?,
         heads,
-        kv_heads: c.usize_or("num_key_value_heads", heads)?,
+        kv_heads: c.usize_or("num_key_value_heads", 4)?,
         head_dim,
-        vocab: c.usize("vocab_size")?,
+        vocab: c.usize_or("vocab_size", 262208)?,
         context: c.usize_or("max_position_embeddings", 131072)?,
         eps: c.f64_or("rms_norm_eps", 1e-6)? as f32,
         rope_theta,
@@ -249,4 +252,25 @@ fn rope(c: &Config<'_>) -> Result<(f32, f32, f32, f32)> {
     }
     let (g, gs) = global_flat(c)?;
     Ok((g, gs, flat_local as f32, 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// gemma-3-4b-it's `text_config` as published: only widths, layers, RoPE scaling and the
+    /// window; the rest is Gemma3TextConfig's defaults.
+    #[test]
+    fn a_published_text_config_reads_with_transformers_defaults() {
+        let v = serde_json::json!({"hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text",
+            "num_hidden_layers": 34, "rope_scaling": {"factor": 8.0, "rope_type": "linear"}, "sliding_window": 1024});
+        let c = hf_config(&Config::new("config.json".into(), &v), true).unwrap();
+        assert_eq!((c.hidden, c.ffn, c.layers, c.heads, c.kv_heads, c.head_dim), (2560, 10240, 34, 8, 4, 256));
+        assert_eq!((c.vocab, c.context, c.sliding_window, c.global_every), (262208, 131072, Some(1024), 6));
+        assert_eq!(
+            (c.rope_theta, c.rope_freq_scale, c.rope_theta_local, c.rope_freq_scale_local),
+            (1e6, 0.125, 1e4, 1.0)
+        );
+        assert_eq!((c.attn_scale, c.tied_head, c.embed_scale), (1.0 / 16.0, true, 2560f32.sqrt()));
+    }
 }
