@@ -207,3 +207,41 @@ fn a_tiny_gemma3_vision_model_matches_transformers() {
         eprintln!("[{label}] gemma3 vision: projector NMSE {ef:.1e}, logits NMSE {el:.1e}; greedy tokens equal");
     }
 }
+
+/// A small random Qwen2 text model (xtask/scripts/qwen2_fixtures.py) against transformers: the
+/// prompt's ids, the logits at every position (the Q/K/V biases drawn away from zero, so they
+/// show) and greedy tokens, on every adapter present.
+#[test]
+fn a_tiny_qwen2_model_matches_transformers() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join("qwen2");
+    let bytes = std::fs::read(dir.join("tiny.expected.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let ids = |k: &str| -> Vec<u32> {
+        st.tensor(k).unwrap().data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect()
+    };
+    let want: Vec<f32> = st
+        .tensor("logits")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let prompt = "Question: what is 3 + 5? The quick brown fox has biases on its query, key and value projections.";
+    for dev in devices() {
+        let label = dev.caps().short_label();
+        let model = Model::load(&dev, dir.join("tiny")).unwrap();
+        assert_eq!(model.decoder().cfg.family, "qwen2");
+        let got_ids = model.prompt_ids(prompt, false).unwrap();
+        assert_eq!(got_ids, ids("input_ids"), "[{label}] prompt ids");
+        let got = model.logits(&got_ids).unwrap();
+        assert!(got.iter().all(|v| v.is_finite()));
+        let err: f64 = got.iter().zip(&want).map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2)).sum();
+        let nmse = err / want.iter().map(|b| f64::from(*b).powi(2)).sum::<f64>();
+        assert!(nmse <= 1e-5, "[{label}] logits NMSE {nmse:e}");
+        let greedy = ids("greedy");
+        let mut s = model.session(got_ids.len() + greedy.len()).unwrap();
+        let opts = SamplingOptions { max_tokens: greedy.len(), ..Default::default() };
+        assert_eq!(s.generate(&got_ids, &opts, |_| {}).unwrap().tokens, greedy, "[{label}] greedy tokens");
+        eprintln!("[{label}] qwen2: logits NMSE {nmse:.1e}; greedy tokens equal");
+    }
+}

@@ -65,6 +65,7 @@ pub fn safetensors_config(data: &[u8]) -> Result<()> {
     }
     let gemma = crate::model::arch::gemma3::hf_config(&top, true);
     let _ = VisionConfig::from_gemma3(&top, 64);
+    let _ = crate::model::arch::qwen2::hf_config(&top, false);
     llama.or(text).or(gemma).map(|_| ())
 }
 

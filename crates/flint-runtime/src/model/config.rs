@@ -67,6 +67,8 @@ pub struct DecoderConfig {
     /// Sandwich norms: RMSNorm of the attention and MLP outputs before their residual adds
     /// (`post_attention_norm`, `post_ffw_norm`).
     pub post_norms: bool,
+    /// Biases on the Q, K and V projections (`attn_q.bias`, ...; Qwen2).
+    pub qkv_bias: bool,
 }
 
 /// The most layers a decoder may have (the largest open models have about 130).

@@ -25,6 +25,8 @@ pub struct Layer {
     attn_norm: Tensor,
     /// Q, K and V stacked: one output row is `[q heads | k heads | v heads]`.
     wqkv: Stacked,
+    /// Biases of Q, K and V `[q_dim + 2 kv_dim]` (Qwen2).
+    qkv_bias: Option<Tensor>,
     wo: Linear,
     ffn_norm: Tensor,
     /// Gate and up projections.
@@ -222,6 +224,14 @@ impl Decoder {
             layers.push(Layer {
                 attn_norm: w.vector(dev, &name("attn_norm.weight"), h)?,
                 wqkv: w.stacked(dev, &[(&q, q_dim), (&k, kv_dim), (&v, kv_dim)], h)?,
+                qkv_bias: if cfg.qkv_bias {
+                    let mut b = w.values(&name("attn_q.bias"), q_dim)?;
+                    b.extend(w.values(&name("attn_k.bias"), kv_dim)?);
+                    b.extend(w.values(&name("attn_v.bias"), kv_dim)?);
+                    Some(dev.upload_f32(&name("attn_qkv.bias"), &b, &[q_dim + 2 * kv_dim], DType::F32)?)
+                } else {
+                    None
+                },
                 wo: w.linear(dev, &name("attn_output.weight"), h, q_dim)?,
                 ffn_norm: w.vector(dev, &name("ffn_norm.weight"), h)?,
                 w_gate_up: match w.glu_pairs(dev, &gate, &up, cfg.ffn, h)? {
@@ -251,6 +261,7 @@ impl Decoder {
         let fused = layers.iter().all(|l| {
             l.qk_norm.is_none()
                 && l.post_norms.is_none()
+                && l.qkv_bias.is_none()
                 && matches!(l.wqkv.runs.as_slice(), [(w, 0)] if quant(w))
                 && quant(&l.wo)
                 && quant(&l.w_down)
@@ -910,8 +921,14 @@ impl Decoder {
     ) -> Result<()> {
         let (cfg, dev, t) = (&self.cfg, &self.dev, s.t);
         let h = cfg.hidden;
-        let qkv = dev.empty("qkv", &[t, layer.wqkv.n], DType::F32)?;
+        let mut qkv = dev.empty("qkv", &[t, layer.wqkv.n], DType::F32)?;
         layer.wqkv.forward(dev, rec, normed, t, &qkv)?;
+        if let Some(b) = &layer.qkv_bias {
+            let biased = dev.empty("qkv biased", &[t, layer.wqkv.n], DType::F32)?;
+            let add = flint_ref::elementwise::EltParams::binary(EltOp::Add, t * layer.wqkv.n, layer.wqkv.n);
+            flint_kernels::elementwise::elementwise(dev, rec, &add, &qkv, Some(b), &biased)?;
+            qkv = biased;
+        }
         let o = self.attend(rec, pool, l, layer, &qkv, s)?;
         let y = dev.empty("attention proj", &[t, h], DType::F32)?;
         layer.wo.forward(dev, rec, &o, t, &y)?;

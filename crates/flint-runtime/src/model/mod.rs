@@ -64,7 +64,7 @@ impl Model {
     /// Load a model onto `dev`: a `.gguf` file of a family in
     /// [`GGUF_FAMILIES`](arch::GGUF_FAMILIES) (llama, gemma3), or a Hugging Face directory
     /// (config.json + safetensors) of a family flint reads from them (Idefics3 / SmolVLM, Llama,
-    /// Gemma 3 text).
+    /// Gemma 3 with or without vision, Qwen2).
     pub fn load(dev: &Device, path: impl AsRef<Path>) -> Result<Model> {
         let path = path.as_ref();
         if path.is_dir() {

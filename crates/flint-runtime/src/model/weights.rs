@@ -20,8 +20,12 @@ pub trait WeightSource {
     fn linear(&self, dev: &Device, name: &str, n: usize, k: usize) -> Result<Linear>;
     /// Matrices `[n_i, k]` sharing their input, stacked by rows.
     fn stacked(&self, dev: &Device, names: &[(&str, usize)], k: usize) -> Result<Stacked>;
-    /// A 1-D f32 vector of `len` (norm weights).
-    fn vector(&self, dev: &Device, name: &str, len: usize) -> Result<Tensor>;
+    /// The values of a 1-D tensor of `len` (norm weights, biases) on the host.
+    fn values(&self, name: &str, len: usize) -> Result<Vec<f32>>;
+    /// A 1-D f32 vector of `len` (norm weights, biases) on the GPU.
+    fn vector(&self, dev: &Device, name: &str, len: usize) -> Result<Tensor> {
+        Ok(dev.upload_f32(name, &self.values(name, len)?, &[len], DType::F32)?)
+    }
     /// A gate and an up projection (`[n, k]` each) as one quantized matrix with their rows
     /// interleaved (for a GLU epilogue), when both are quantized in one format; else None.
     fn glu_pairs(&self, dev: &Device, gate: &str, up: &str, n: usize, k: usize) -> Result<Option<QuantWeight>>;
@@ -37,8 +41,9 @@ impl WeightSource for Gguf {
     fn stacked(&self, dev: &Device, names: &[(&str, usize)], k: usize) -> Result<Stacked> {
         Stacked::load(dev, self, names, k)
     }
-    fn vector(&self, dev: &Device, name: &str, len: usize) -> Result<Tensor> {
-        vector(dev, self, name, len)
+    fn values(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let info = self.require_dims(name, &[len])?;
+        Ok(self.to_f32(info)?)
     }
     fn glu_pairs(&self, dev: &Device, gate: &str, up: &str, n: usize, k: usize) -> Result<Option<QuantWeight>> {
         let (g, u) = (self.require(gate)?, self.require(up)?);
@@ -69,7 +74,7 @@ pub(crate) struct HfWeights<'a> {
     /// The family's name table: the transformers name of a GGUF tensor name under a prefix
     /// (see [`super::arch::llama::hf_name`]).
     pub names: fn(prefix: &str, gguf: &str) -> String,
-    /// Added to every norm weight as it loads: 1 for Gemma, whose RMSNorm scales by `1 + w`
+    /// Added to every norm weight as it loads (not to biases): 1 for Gemma, whose RMSNorm scales by `1 + w`
     /// (GGUF files store `1 + w` already), else 0.
     pub norm_shift: f32,
 }
@@ -102,13 +107,13 @@ impl WeightSource for HfWeights<'_> {
         let w = dev.upload_f32(&label.join("+"), &values, &[n, k], DType::F32)?;
         Ok(Stacked { runs: vec![(Linear::Dense { w, n, k }, 0)], n })
     }
-    fn vector(&self, dev: &Device, name: &str, len: usize) -> Result<Tensor> {
-        let hf = self.name(name);
-        let mut v = self.dir.f32(&hf, &[len])?;
-        if self.norm_shift != 0.0 {
+    fn values(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let mut v = self.dir.f32(&self.name(name), &[len])?;
+        // The shift is the norms' (every GGUF norm name holds "norm"), not the biases'.
+        if self.norm_shift != 0.0 && name.contains("norm") {
             v.iter_mut().for_each(|x| *x += self.norm_shift);
         }
-        Ok(dev.upload_f32(&hf, &v, &[len], DType::F32)?)
+        Ok(v)
     }
     fn glu_pairs(&self, _: &Device, _: &str, _: &str, _: usize, _: usize) -> Result<Option<QuantWeight>> {
         Ok(None)

@@ -43,6 +43,7 @@ pub const LLAMA: DecoderConfig = DecoderConfig {
     glu: Glu::Silu,
     qk_norm: false,
     post_norms: false,
+    qkv_bias: false,
 };
 
 fn load(dev: &Device, dir: &HfDir, top: &Config<'_>, kv_dtype: DType) -> Result<Loaded> {
@@ -72,6 +73,9 @@ pub fn hf_name(prefix: &str, gguf: &str) -> String {
         "attn_q.weight" => "self_attn.q_proj.weight",
         "attn_k.weight" => "self_attn.k_proj.weight",
         "attn_v.weight" => "self_attn.v_proj.weight",
+        "attn_q.bias" => "self_attn.q_proj.bias",
+        "attn_k.bias" => "self_attn.k_proj.bias",
+        "attn_v.bias" => "self_attn.v_proj.bias",
         "attn_output.weight" => "self_attn.o_proj.weight",
         "ffn_norm.weight" => "post_attention_layernorm.weight",
         "ffn_gate.weight" => "mlp.gate_proj.weight",
@@ -97,6 +101,12 @@ pub(crate) fn hf_config(c: &Config<'_>, tie_default: bool) -> Result<DecoderConf
             return Err(c.error(key, "is true; flint's Llama graph has no projection biases"));
         }
     }
+    llama_like(c, tie_default)
+}
+
+/// The keys Llama shares with the families built on it (Qwen2): sizes, RoPE, norm epsilon,
+/// the SiLU MLP, the tied head.
+pub(crate) fn llama_like(c: &Config<'_>, tie_default: bool) -> Result<DecoderConfig> {
     let act = c.str_or("hidden_act", "silu")?;
     if act != "silu" {
         return Err(c.error("hidden_act", &format!("is {act:?}; a Llama MLP is silu-gated")));

@@ -8,6 +8,7 @@
 pub mod gemma3;
 pub mod idefics3;
 pub mod llama;
+pub mod qwen2;
 
 use flint_gpu::{DType, Device};
 
@@ -48,7 +49,7 @@ pub(crate) type Loaded = (Decoder, Option<Vision>);
 pub const GGUF_FAMILIES: &[GgufFamily] = &[llama::GGUF, gemma3::GGUF];
 
 /// The families flint reads from Hugging Face directories.
-pub(crate) const HF_FAMILIES: &[HfFamily] = &[llama::HF, idefics3::HF, gemma3::HF, gemma3::HF_VISION];
+pub(crate) const HF_FAMILIES: &[HfFamily] = &[llama::HF, idefics3::HF, gemma3::HF, gemma3::HF_VISION, qwen2::HF];
 
 /// The GGUF family whose `general.architecture` is `arch`.
 pub fn gguf_family(arch: &str) -> Option<&'static GgufFamily> {
