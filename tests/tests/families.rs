@@ -1,9 +1,9 @@
 //! Decoder families read from Hugging Face directories, against transformers (fixtures made by
-//! xtask/scripts/gemma3_text_fixtures.py): two small random Gemma 3 text models
+//! xtask/scripts/*_fixtures.py), on every adapter present: two small random Gemma 3 text models
 //! (`gemma3_text`) whose sliding window is shorter than the prompt, with QK-norm, sandwich norms,
 //! `1 + w` RMSNorm weights, the embedding scale, a query scale from `query_pre_attn_scalar` and
-//! per-layer-type RoPE bases, on every adapter present; and config values flint cannot run,
-//! refused by name.
+//! per-layer-type RoPE bases; a Gemma 3 vision-language model (`gemma3`) stage by stage; a Qwen2
+//! text model (`qwen2`) with Q/K/V biases; and config values flint cannot run, refused by name.
 
 use std::path::{Path, PathBuf};
 
@@ -16,21 +16,47 @@ fn fixtures() -> PathBuf {
 
 const PROMPT: &str = "A long sentence that goes on and on, so that a window of a few tokens is shorter than it. The";
 
-/// The fixture's tensors: `logits` as f32, `input_ids` and `greedy` as ids.
-fn expected(name: &str) -> (Vec<u32>, Vec<f32>, Vec<u32>) {
-    let bytes = std::fs::read(fixtures().join(format!("{name}.expected.safetensors"))).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let ids = |k: &str| -> Vec<u32> {
-        st.tensor(k).unwrap().data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect()
-    };
-    let logits = st
-        .tensor("logits")
-        .unwrap()
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    (ids("input_ids"), logits, ids("greedy"))
+/// A fixture's `<name>.expected.safetensors`: f32 tensors, and ids stored as i64.
+struct Expected(Vec<u8>);
+
+impl Expected {
+    fn open(path: PathBuf) -> Expected {
+        Expected(std::fs::read(path).unwrap())
+    }
+
+    fn bytes(&self, k: &str) -> Vec<u8> {
+        safetensors::SafeTensors::deserialize(&self.0).unwrap().tensor(k).unwrap().data().to_vec()
+    }
+
+    fn f32s(&self, k: &str) -> Vec<f32> {
+        self.bytes(k).chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    }
+
+    fn ids(&self, k: &str) -> Vec<u32> {
+        self.bytes(k).chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect()
+    }
+}
+
+/// NMSE of `got` against `want`, failing on any non-finite value.
+fn nmse(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    assert!(got.iter().all(|v| v.is_finite()), "non-finite values");
+    let e: f64 = got.iter().zip(want).map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2)).sum();
+    e / want.iter().map(|b| f64::from(*b).powi(2)).sum::<f64>()
+}
+
+/// A text model against its fixture: the prompt's ids, the logits at every position (NMSE at
+/// most 1e-5) and the greedy tokens. Returns the ids and the NMSE.
+fn check_text(model: &Model, exp: &Expected, prompt: &str, what: &str) -> (Vec<u32>, f64) {
+    let ids = model.prompt_ids(prompt, false).unwrap();
+    assert_eq!(ids, exp.ids("input_ids"), "[{what}] prompt ids");
+    let e = nmse(&model.logits(&ids).unwrap(), &exp.f32s("logits"));
+    assert!(e <= 1e-5, "[{what}] logits NMSE {e:e}");
+    let greedy = exp.ids("greedy");
+    let mut s = model.session(ids.len() + greedy.len()).unwrap();
+    let opts = SamplingOptions { max_tokens: greedy.len(), ..Default::default() };
+    assert_eq!(s.generate(&ids, &opts, |_| {}).unwrap().tokens, greedy, "[{what}] greedy tokens");
+    (ids, e)
 }
 
 fn devices() -> Vec<flint_gpu::Device> {
@@ -48,21 +74,11 @@ fn tiny_gemma3_text_models_match_transformers() {
     for dev in devices() {
         let label = dev.caps().short_label();
         for name in ["tiny-a", "tiny-b"] {
+            let exp = Expected::open(fixtures().join(format!("{name}.expected.safetensors")));
             let model = Model::load(&dev, fixtures().join(name)).unwrap();
-            let (ids, want, greedy) = expected(name);
-            assert_eq!(model.prompt_ids(PROMPT, false).unwrap(), ids, "[{label}] {name}: prompt ids");
-            let cfg = &model.decoder().cfg;
-            assert!(ids.len() > 4 * cfg.sliding_window.unwrap(), "the window is shorter than the prompt");
-            let got = model.logits(&ids).unwrap();
-            assert_eq!(got.len(), want.len());
-            assert!(got.iter().all(|v| v.is_finite()), "[{label}] {name}: non-finite logits");
-            let err: f64 = got.iter().zip(&want).map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2)).sum();
-            let norm: f64 = want.iter().map(|b| f64::from(*b).powi(2)).sum();
-            let nmse = err / norm;
-            assert!(nmse <= 1e-5, "[{label}] {name}: logits NMSE {nmse:e}");
-            let mut s = model.session(ids.len() + greedy.len()).unwrap();
-            let opts = SamplingOptions { max_tokens: greedy.len(), ..Default::default() };
-            assert_eq!(s.generate(&ids, &opts, |_| {}).unwrap().tokens, greedy, "[{label}] {name}: greedy tokens");
+            let window = model.decoder().cfg.sliding_window.unwrap();
+            let (ids, nmse) = check_text(&model, &exp, PROMPT, &format!("{label} {name}"));
+            assert!(ids.len() > 4 * window, "the window is shorter than the prompt");
             eprintln!("[{label}] {name}: {} prompt tokens, logits NMSE {nmse:.1e}; greedy tokens equal", ids.len());
         }
     }
@@ -128,20 +144,8 @@ fn gemma3_configs_flint_cannot_run_are_refused_by_name() {
 fn a_tiny_gemma3_vision_model_matches_transformers() {
     use flint_gpu::Recorder;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join("gemma3-vision");
-    let bytes = std::fs::read(dir.join("tiny.expected.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let f32s = |k: &str| -> Vec<f32> {
-        st.tensor(k).unwrap().data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
-    };
-    let ids = |k: &str| -> Vec<u32> {
-        st.tensor(k).unwrap().data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect()
-    };
-    let nmse = |got: &[f32], want: &[f32]| -> f64 {
-        assert_eq!(got.len(), want.len());
-        assert!(got.iter().all(|v| v.is_finite()));
-        let e: f64 = got.iter().zip(want).map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2)).sum();
-        e / want.iter().map(|b| f64::from(*b).powi(2)).sum::<f64>()
-    };
+    let exp = Expected::open(dir.join("tiny.expected.safetensors"));
+    let (f32s, ids) = (|k: &str| exp.f32s(k), |k: &str| exp.ids(k));
     let prompt = std::fs::read_to_string(dir.join("tiny.prompt.txt")).unwrap();
     let images: Vec<_> =
         (0..2).map(|i| flint_runtime::image::load(&dir.join(format!("tiny.image{i}.png"))).unwrap()).collect();
@@ -214,34 +218,13 @@ fn a_tiny_gemma3_vision_model_matches_transformers() {
 #[test]
 fn a_tiny_qwen2_model_matches_transformers() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join("qwen2");
-    let bytes = std::fs::read(dir.join("tiny.expected.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let ids = |k: &str| -> Vec<u32> {
-        st.tensor(k).unwrap().data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect()
-    };
-    let want: Vec<f32> = st
-        .tensor("logits")
-        .unwrap()
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
+    let exp = Expected::open(dir.join("tiny.expected.safetensors"));
     let prompt = "Question: what is 3 + 5? The quick brown fox has biases on its query, key and value projections.";
     for dev in devices() {
         let label = dev.caps().short_label();
         let model = Model::load(&dev, dir.join("tiny")).unwrap();
         assert_eq!(model.decoder().cfg.family, "qwen2");
-        let got_ids = model.prompt_ids(prompt, false).unwrap();
-        assert_eq!(got_ids, ids("input_ids"), "[{label}] prompt ids");
-        let got = model.logits(&got_ids).unwrap();
-        assert!(got.iter().all(|v| v.is_finite()));
-        let err: f64 = got.iter().zip(&want).map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2)).sum();
-        let nmse = err / want.iter().map(|b| f64::from(*b).powi(2)).sum::<f64>();
-        assert!(nmse <= 1e-5, "[{label}] logits NMSE {nmse:e}");
-        let greedy = ids("greedy");
-        let mut s = model.session(got_ids.len() + greedy.len()).unwrap();
-        let opts = SamplingOptions { max_tokens: greedy.len(), ..Default::default() };
-        assert_eq!(s.generate(&got_ids, &opts, |_| {}).unwrap().tokens, greedy, "[{label}] greedy tokens");
-        eprintln!("[{label}] qwen2: logits NMSE {nmse:.1e}; greedy tokens equal");
+        let (_, e) = check_text(&model, &exp, prompt, &format!("{label} qwen2"));
+        eprintln!("[{label}] qwen2: logits NMSE {e:.1e}; greedy tokens equal");
     }
 }

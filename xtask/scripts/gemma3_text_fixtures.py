@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.numpy import save_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from fixture_tokenizer import train_bpe
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
 
 OUT = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "gemma3-text"
@@ -47,13 +47,7 @@ PROMPT = "A long sentence that goes on and on, so that a window of a few tokens 
 
 
 def make_tokenizer(path: Path) -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<eos>", "<bos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(CORPUS, trainer)
-    tok.save(str(path))
+    train_bpe(CORPUS, ["<pad>", "<eos>", "<bos>"], path)
     return PreTrainedTokenizerFast(tokenizer_file=str(path), bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
 
 

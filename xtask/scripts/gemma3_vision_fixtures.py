@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 from safetensors.numpy import save_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from fixture_tokenizer import train_bpe
 from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
@@ -41,12 +41,7 @@ def main():
     if OUT.exists():
         shutil.rmtree(OUT)
     d.mkdir(parents=True)
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=SPECIAL,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok.save(str(d / "tokenizer.json"))
+    tok = train_bpe(CORPUS, SPECIAL, d / "tokenizer.json")
     ids_of = {t: tok.token_to_id(t) for t in SPECIAL}
     (d / "tokenizer_config.json").write_text(json.dumps({
         "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",

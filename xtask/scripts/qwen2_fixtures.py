@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.numpy import save_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from fixture_tokenizer import train_bpe
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 OUT = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "qwen2"
@@ -31,12 +31,7 @@ def main():
     if OUT.exists():
         shutil.rmtree(OUT)
     d.mkdir(parents=True)
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_end|>"],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok.save(str(d / "tokenizer.json"))
+    tok = train_bpe(CORPUS, ["<|endoftext|>", "<|im_end|>"], d / "tokenizer.json")
     fast = PreTrainedTokenizerFast(tokenizer_file=str(d / "tokenizer.json"), eos_token="<|im_end|>",
                                    pad_token="<|endoftext|>")
     fast.save_pretrained(d)
