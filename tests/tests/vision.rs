@@ -157,6 +157,8 @@ fn the_patch_processor_matches_qwen2_vls() {
     write(serde_json::json!({"min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "resample": 3}));
     let p = PatchProcessor::from_dir(&tmp).unwrap();
     assert_eq!((p.min_pixels, p.max_pixels, p.patch), (3136, 12845056, 14));
+    // Without image_mean / image_std, the family's three per-channel values, not the first one thrice.
+    assert_eq!((p.mean, p.std), (PatchProcessor::qwen2_vl().mean, PatchProcessor::qwen2_vl().std));
     write(serde_json::json!({"size": {"shortest_edge": 6272, "longest_edge": 50176}}));
     let p = PatchProcessor::from_dir(&tmp).unwrap();
     assert_eq!((p.min_pixels, p.max_pixels), (6272, 50176));

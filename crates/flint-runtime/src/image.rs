@@ -293,15 +293,64 @@ pub struct ImageProcessor {
     pub image_seq_len: usize,
 }
 
-fn triple(c: &Config<'_>, key: &str, default: f64) -> Result<[f64; 3]> {
+fn triple(c: &Config<'_>, key: &str, default: [f64; 3]) -> Result<[f64; 3]> {
     match c.value.get(key) {
-        None | Some(Value::Null) => Ok([default; 3]),
-        Some(Value::Number(n)) => Ok([n.as_f64().unwrap_or(default); 3]),
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Number(n)) => Ok([0, 1, 2].map(|i| n.as_f64().unwrap_or(default[i]))),
         Some(Value::Array(a)) if a.len() == 3 && a.iter().all(Value::is_number) => {
-            Ok([0, 1, 2].map(|i| a[i].as_f64().unwrap_or(default)))
+            Ok([0, 1, 2].map(|i| a[i].as_f64().unwrap_or(default[i])))
         }
         Some(v) => Err(c.error(key, &format!("is {v}, not a number or three numbers"))),
     }
+}
+
+/// The first of `files` in `dir` that exists, read: its path and JSON.
+fn processor_config(dir: &Path, files: &[&str]) -> Result<Option<(std::path::PathBuf, Value)>> {
+    match files.iter().map(|f| dir.join(f)).find(|p| p.is_file()) {
+        Some(path) => Ok(Some((path.clone(), crate::hf::read_json(&path)?))),
+        None => Ok(None),
+    }
+}
+
+/// The image processor's settings in a processor config: its `image_processor` object
+/// (processor_config.json), or the whole config (preprocessor_config.json).
+fn image_processor(top: Config<'_>) -> Result<Config<'_>> {
+    if top.value.get("image_processor").is_some_and(Value::is_object) { top.object("image_processor") } else { Ok(top) }
+}
+
+/// What a processor config says of normalising and rescaling (`do_normalize`, `image_mean`,
+/// `image_std`, `do_rescale`, `rescale_factor`) over the family's `mean` and `std`:
+/// `(mean, std, rescale)`. A zero std is refused.
+fn normalisation(c: &Config<'_>, mean: [f64; 3], std: [f64; 3]) -> Result<([f64; 3], [f64; 3], f64)> {
+    let (mean, std) = if c.bool_or("do_normalize", true)? {
+        (triple(c, "image_mean", mean)?, triple(c, "image_std", std)?)
+    } else {
+        ([0.0; 3], [1.0; 3])
+    };
+    if std.contains(&0.0) {
+        return Err(c.error("image_std", &format!("is {std:?}: a zero std divides by zero")));
+    }
+    let rescale = if c.bool_or("do_rescale", true)? { c.f64_or("rescale_factor", 1.0 / 255.0)? } else { 1.0 };
+    Ok((mean, std, rescale))
+}
+
+/// The config's `resample` filter, or `default`.
+fn resample(c: &Config<'_>, default: Filter) -> Result<Filter> {
+    match c.value.get("resample").filter(|v| !v.is_null()) {
+        None => Ok(default),
+        Some(r) => Filter::from_pil(r.as_u64().unwrap_or(u64::MAX)).ok_or_else(|| {
+            c.error(
+                "resample",
+                &format!("is {r}; flint resamples with PIL's Lanczos (1), bilinear (2) and bicubic (3)"),
+            )
+        }),
+    }
+}
+
+/// An 8-bit channel value `v` of channel `c` rescaled and normalised, as every processor
+/// makes its pixel values.
+fn normalised(v: u8, c: usize, rescale: f64, mean: &[f64; 3], std: &[f64; 3]) -> f32 {
+    ((f64::from(v) * rescale - mean[c]) / std[c]) as f32
 }
 
 impl ImageProcessor {
@@ -323,22 +372,12 @@ impl ImageProcessor {
     /// Read the processor settings of a model directory; `tokens_per_tile` is what the model's
     /// config implies, checked against the processor's `image_seq_len` when it has one.
     pub fn from_dir(dir: &Path, tile: usize, tokens_per_tile: usize) -> Result<ImageProcessor> {
-        let (path, whole) = if dir.join("processor_config.json").is_file() {
-            let p = dir.join("processor_config.json");
-            (p.clone(), crate::hf::read_json(&p)?)
-        } else if dir.join("preprocessor_config.json").is_file() {
-            let p = dir.join("preprocessor_config.json");
-            (p.clone(), crate::hf::read_json(&p)?)
-        } else {
+        let Some((path, whole)) = processor_config(dir, &["processor_config.json", "preprocessor_config.json"])? else {
             // No processor files: the SmolVLM defaults for the encoder's tile.
             return Ok(ImageProcessor::smolvlm(tile, tokens_per_tile));
         };
         let top = Config::new(path.clone(), &whole);
-        let c = if whole.get("image_processor").is_some_and(Value::is_object) {
-            top.object("image_processor")?
-        } else {
-            Config::new(path.clone(), &whole)
-        };
+        let c = image_processor(Config::new(path.clone(), &whole))?;
         let longest = |key: &str| -> Result<Option<usize>> {
             match c.value.get(key) {
                 None | Some(Value::Null) => Ok(None),
@@ -361,18 +400,19 @@ impl ImageProcessor {
                 top.error("image_seq_len", &format!("is {seq}, but the model makes {tokens_per_tile} tokens per tile"))
             );
         }
+        let (mean, std, rescale) = normalisation(&c, [0.5; 3], [0.5; 3])?;
         let p = ImageProcessor {
             longest_edge: longest("size")?.unwrap_or(4 * tile),
             tile,
             split: c.bool_or("do_image_splitting", true)?,
             resize: c.bool_or("do_resize", true)?,
-            mean: if c.bool_or("do_normalize", true)? { triple(&c, "image_mean", 0.5)? } else { [0.0; 3] },
-            std: if c.bool_or("do_normalize", true)? { triple(&c, "image_std", 0.5)? } else { [1.0; 3] },
-            rescale: if c.bool_or("do_rescale", true)? { c.f64_or("rescale_factor", 1.0 / 255.0)? } else { 1.0 },
+            mean,
+            std,
+            rescale,
             image_seq_len: seq,
         };
-        if p.std.contains(&0.0) || p.longest_edge == 0 {
-            return Err(c.error("image_std", "has a zero, or size.longest_edge is 0"));
+        if p.longest_edge == 0 {
+            return Err(c.error("size", "has longest_edge 0"));
         }
         Ok(p)
     }
@@ -475,8 +515,7 @@ impl ImageProcessor {
         for tile in &tiles_rgb {
             for c in 0..3 {
                 for i in 0..tile.width * tile.height {
-                    let v = f64::from(tile.data[i * 3 + c]) * self.rescale;
-                    pixels.push(((v - self.mean[c]) / self.std[c]) as f32);
+                    pixels.push(normalised(tile.data[i * 3 + c], c, self.rescale, &self.mean, &self.std));
                 }
             }
         }
@@ -517,16 +556,10 @@ impl FixedSizeProcessor {
             std: [0.5; 3],
             rescale: 1.0 / 255.0,
         };
-        let path =
-            ["preprocessor_config.json", "processor_config.json"].iter().map(|f| dir.join(f)).find(|p| p.is_file());
-        let Some(path) = path else { return Ok(p) };
-        let whole = crate::hf::read_json(&path)?;
-        let top = Config::new(path.clone(), &whole);
-        let c = if whole.get("image_processor").is_some_and(Value::is_object) {
-            top.object("image_processor")?
-        } else {
-            top
+        let Some((path, whole)) = processor_config(dir, &["preprocessor_config.json", "processor_config.json"])? else {
+            return Ok(p);
         };
+        let c = image_processor(Config::new(path, &whole))?;
         if c.bool_or("do_pan_and_scan", false)? {
             return Err(c.error("do_pan_and_scan", "is true; flint runs Gemma 3's processor without Pan & Scan"));
         }
@@ -539,24 +572,8 @@ impl FixedSizeProcessor {
                 (p.width, p.height) = (size.usize("width")?, size.usize("height")?);
             }
         }
-        if let Some(r) = c.value.get("resample").filter(|v| !v.is_null()) {
-            let n = r.as_u64().unwrap_or(u64::MAX);
-            p.filter = Filter::from_pil(n).ok_or_else(|| {
-                c.error(
-                    "resample",
-                    &format!("is {r}; flint resamples with PIL's Lanczos (1), bilinear (2) and bicubic (3)"),
-                )
-            })?;
-        }
-        if c.bool_or("do_normalize", true)? {
-            (p.mean, p.std) = (triple(&c, "image_mean", 0.5)?, triple(&c, "image_std", 0.5)?);
-        } else {
-            (p.mean, p.std) = ([0.0; 3], [1.0; 3]);
-        }
-        p.rescale = if c.bool_or("do_rescale", true)? { c.f64_or("rescale_factor", 1.0 / 255.0)? } else { 1.0 };
-        if p.std.contains(&0.0) {
-            return Err(c.error("image_std", &format!("is {:?}: a zero std divides by zero", p.std)));
-        }
+        p.filter = resample(&c, p.filter)?;
+        (p.mean, p.std, p.rescale) = normalisation(&c, p.mean, p.std)?;
         if p.width == 0 || p.height == 0 || p.width.max(p.height) > MAX_SIDE as usize {
             return Err(c.error("size", &format!("is {}x{}: not a usable size (1 to {MAX_SIDE})", p.width, p.height)));
         }
@@ -575,7 +592,7 @@ impl FixedSizeProcessor {
         let mut out = vec![0f32; 3 * plane];
         for (i, px) in r.data.chunks_exact(3).enumerate() {
             for c in 0..3 {
-                out[c * plane + i] = ((f64::from(px[c]) * self.rescale - self.mean[c]) / self.std[c]) as f32;
+                out[c * plane + i] = normalised(px[c], c, self.rescale, &self.mean, &self.std);
             }
         }
         Ok(out)
@@ -642,12 +659,8 @@ impl PatchProcessor {
     /// defaults.
     pub fn from_dir(dir: &Path) -> Result<PatchProcessor> {
         let mut p = PatchProcessor::qwen2_vl();
-        let path = dir.join("preprocessor_config.json");
-        if !path.is_file() {
-            return Ok(p);
-        }
-        let whole = crate::hf::read_json(&path)?;
-        let c = Config::new(path.clone(), &whole);
+        let Some((path, whole)) = processor_config(dir, &["preprocessor_config.json"])? else { return Ok(p) };
+        let c = Config::new(path, &whole);
         let size = c.value.get("size").filter(|v| v.is_object()).map(|_| c.object("size")).transpose()?;
         let pick = |key: &str, size_key: &str, default: usize| -> Result<usize> {
             match (c.value.get(key).filter(|v| !v.is_null()), &size) {
@@ -661,29 +674,20 @@ impl PatchProcessor {
         p.patch = c.usize_or("patch_size", p.patch)?;
         p.merge = c.usize_or("merge_size", p.merge)?;
         p.temporal = c.usize_or("temporal_patch_size", p.temporal)?;
-        if let Some(r) = c.value.get("resample").filter(|v| !v.is_null()) {
-            p.filter = Filter::from_pil(r.as_u64().unwrap_or(u64::MAX)).ok_or_else(|| {
-                c.error("resample", &format!("is {r}; flint resamples with PIL's bilinear, bicubic and Lanczos"))
-            })?;
-        }
-        if c.bool_or("do_normalize", true)? {
-            (p.mean, p.std) = (triple(&c, "image_mean", p.mean[0])?, triple(&c, "image_std", p.std[0])?);
-        } else {
-            (p.mean, p.std) = ([0.0; 3], [1.0; 3]);
-        }
-        p.rescale = if c.bool_or("do_rescale", true)? { c.f64_or("rescale_factor", 1.0 / 255.0)? } else { 1.0 };
+        p.filter = resample(&c, p.filter)?;
+        // The family's three-channel defaults where the config has none (CLIP's).
+        (p.mean, p.std, p.rescale) = normalisation(&c, p.mean, p.std)?;
         let bad = [p.patch, p.merge, p.temporal].contains(&0)
             || p.patch.checked_mul(p.merge).is_none_or(|f| f > 1024)
             || p.temporal > 16
             || p.min_pixels > p.max_pixels
-            || p.max_pixels as u64 > MAX_PIXELS
-            || p.std.contains(&0.0);
+            || p.max_pixels as u64 > MAX_PIXELS;
         if bad {
             return Err(c.error(
                 "patch_size",
                 &format!(
-                    "patch {} x merge {}, {} frames, pixels {}..{}, std {:?}: not a usable processor",
-                    p.patch, p.merge, p.temporal, p.min_pixels, p.max_pixels, p.std
+                    "patch {} x merge {}, {} frames, pixels {}..{}: not a usable processor",
+                    p.patch, p.merge, p.temporal, p.min_pixels, p.max_pixels
                 ),
             ));
         }
@@ -722,9 +726,8 @@ impl PatchProcessor {
         let (gh, gw) = (h / p, w / p);
         let row = 3 * t * p * p;
         let mut pixels = vec![0f32; gh * gw * row];
-        let value = |c: usize, y: usize, x: usize| -> f32 {
-            let v = f64::from(resized.data[(y * w + x) * 3 + c]);
-            ((v * self.rescale - self.mean[c]) / self.std[c]) as f32
+        let value = |c: usize, y: usize, x: usize| {
+            normalised(resized.data[(y * w + x) * 3 + c], c, self.rescale, &self.mean, &self.std)
         };
         // Rows in (block row, block column, row in block, column in block) order; within a
         // row, (channel, frame, y, x).
