@@ -166,21 +166,28 @@ impl Vision {
 /// transformers, a run is consecutive image tokens: the processor's markup puts the begin and
 /// end tokens between two images.
 pub(crate) fn image_blocks(vision: Option<&Vision>, ids: &[u32]) -> Vec<std::ops::Range<usize>> {
-    let Some(v) = vision.filter(|v| v.bidirectional) else { return Vec::new() };
-    let mut blocks = Vec::new();
+    match vision.filter(|v| v.bidirectional) {
+        Some(v) => image_runs(ids, v.image_token_id),
+        None => Vec::new(),
+    }
+}
+
+/// The runs of consecutive `token`s in `ids`.
+fn image_runs(ids: &[u32], token: u32) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
     let mut i = 0;
     while i < ids.len() {
-        if ids[i] != v.image_token_id {
+        if ids[i] != token {
             i += 1;
             continue;
         }
         let start = i;
-        while i < ids.len() && ids[i] == v.image_token_id {
+        while i < ids.len() && ids[i] == token {
             i += 1;
         }
-        blocks.push(start..i);
+        runs.push(start..i);
     }
-    blocks
+    runs
 }
 
 /// Record the embeddings of a prompt: token embeddings, with the rows of image tokens replaced,
@@ -221,17 +228,8 @@ pub fn embed_prompt(
     let embeds = vision.embed(rec, pixels)?;
     let row = decoder.cfg.hidden;
     let mut used = 0;
-    let mut i = 0;
-    while i < ids.len() {
-        if ids[i] != vision.image_token_id {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < ids.len() && ids[i] == vision.image_token_id {
-            i += 1;
-        }
-        let n = i - start;
+    for run in image_runs(ids, vision.image_token_id) {
+        let (start, n) = (run.start, run.len());
         let src = embeds.view((used * row * 4) as u64, &[n, row], DType::F32)?;
         let dst = x.view((start * row * 4) as u64, &[n, row], DType::F32)?;
         rec.copy(&src, &dst)?;
