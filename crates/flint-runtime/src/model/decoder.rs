@@ -445,24 +445,28 @@ impl Decoder {
                 block_of[i] = b;
             }
         }
-        let window = self.cfg.sliding_window.unwrap_or(usize::MAX);
-        let (mut global, mut local) = (vec![f32::NEG_INFINITY; t * kv], vec![f32::NEG_INFINITY; t * kv]);
+        // Without a window every layer is global: one mask serves both.
+        let window = self.cfg.sliding_window;
+        let mut global = vec![f32::NEG_INFINITY; t * kv];
+        let mut local = if window.is_some() { global.clone() } else { Vec::new() };
         for i in 0..t {
             let q = pos0 + i;
             for k in 0..kv {
                 let same = k >= pos0 && block_of[i] != usize::MAX && block_of[k - pos0] == block_of[i];
                 if k <= q || same {
                     global[i * kv + k] = 0.0;
-                    if k.saturating_add(window) > q {
+                    if window.is_some_and(|w| k + w > q) {
                         local[i * kv + k] = 0.0;
                     }
                 }
             }
         }
-        Ok((
-            self.dev.upload_f32("image block mask", &global, &[t, kv], DType::F32)?,
-            self.dev.upload_f32("image block mask (local)", &local, &[t, kv], DType::F32)?,
-        ))
+        let global = self.dev.upload_f32("image block mask", &global, &[t, kv], DType::F32)?;
+        let local = match window {
+            Some(_) => self.dev.upload_f32("image block mask (local)", &local, &[t, kv], DType::F32)?,
+            None => global.clone(),
+        };
+        Ok((global, local))
     }
 
     /// Record one decode step of several sequences: row `i` of `x` `[seqs.len(), hidden]` is the

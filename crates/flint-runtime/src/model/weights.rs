@@ -340,13 +340,6 @@ impl Stacked {
     }
 }
 
-/// Upload a 1-D f32 vector of length `len` (norm weights).
-pub fn vector(dev: &Device, g: &Gguf, name: &str, len: usize) -> Result<Tensor> {
-    let info = g.require_dims(name, &[len])?;
-    let values = g.to_f32(info)?;
-    Ok(dev.upload_f32(name, &values, &[len], DType::F32)?)
-}
-
 /// The tensor `name` of `g` as a `[n, k]` linear layer.
 pub fn linear(dev: &Device, g: &Gguf, name: &str, n: usize, k: usize) -> Result<Linear> {
     let info = g.require(name)?;
