@@ -124,14 +124,7 @@ pub fn generate(opts: GenerateOpts) -> Result<()> {
         print_profile(&format!("a prefill of {} tokens", first.len()), &prefill, dev.caps().timestamps);
     }
     let text = model.tokenizer().decode(&out.tokens, true)?;
-    let reply = opts.mode.reasons().then(|| {
-        let splitter = if reasoning::prompt_opens_think(&model, &prompt) {
-            reasoning::ReplySplitter::inside_think()
-        } else {
-            reasoning::ReplySplitter::new()
-        };
-        splitter.whole(&text)
-    });
+    let reply = opts.mode.reasons().then(|| reasoning::ReplySplitter::for_prompt(&model, &prompt).whole(&text));
     if opts.json {
         let mut v = serde_json::json!({
             "model": model.path().display().to_string(),

@@ -226,6 +226,12 @@ impl ReplySplitter {
         ReplySplitter { start: Some(0), inside: true, ..ReplySplitter::default() }
     }
 
+    /// The splitter for the reply to the prompt `ids` of `model`: inside `<think>` when the
+    /// prompt opened it, else a fresh one.
+    pub fn for_prompt(model: &Model, ids: &[u32]) -> ReplySplitter {
+        if prompt_opens_think(model, ids) { ReplySplitter::inside_think() } else { ReplySplitter::new() }
+    }
+
     /// The reasoning and answer of a whole reply, as a stream of it gives them.
     pub fn split(text: &str) -> Reply {
         ReplySplitter::new().whole(text)

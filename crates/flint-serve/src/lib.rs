@@ -336,14 +336,14 @@ struct Job {
     logprobs: bool,
     stream: bool,
     include_usage: bool,
-    /// The prompt ends by opening `<think>`: the reply starts inside its reasoning.
-    inside_think: bool,
+    /// How its replies split into reasoning and answer (a fresh splitter, to clone per reply).
+    splitter: reasoning::ReplySplitter,
 }
 
 impl Job {
     /// A splitter of this job's replies into reasoning and answer.
     fn splitter(&self) -> reasoning::ReplySplitter {
-        if self.inside_think { reasoning::ReplySplitter::inside_think() } else { reasoning::ReplySplitter::new() }
+        self.splitter.clone()
     }
 }
 
@@ -602,8 +602,12 @@ fn finish_job(
         .code("context_length_exceeded"));
     }
     let Wants { logprobs, stream, include_usage } = wants;
-    let inside_think = mode.reasons() && reasoning::prompt_opens_think(&s.model, &prompt);
-    Ok(Job { kind, prompt, pixels, mode, branches, sampling, stops, logprobs, stream, include_usage, inside_think })
+    let splitter = if mode.reasons() {
+        reasoning::ReplySplitter::for_prompt(&s.model, &prompt)
+    } else {
+        reasoning::ReplySplitter::new()
+    };
+    Ok(Job { kind, prompt, pixels, mode, branches, sampling, stops, logprobs, stream, include_usage, splitter })
 }
 
 async fn chat(State(s): Shared, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
