@@ -715,15 +715,8 @@ impl Engine {
             let prompt = &req.prompt[done..];
             let p = prompt.len();
             let mut rec = Recorder::new(&dev);
-            let x = crate::multimodal::embed_prompt(
-                &self.model,
-                self.vision.as_deref(),
-                &mut rec,
-                prompt,
-                req.pixels.as_deref(),
-            )?;
-            let blocks = crate::multimodal::image_blocks(self.vision.as_deref(), prompt);
-            let h = self.model.forward_blocks(&mut rec, pool, seq, &x, p, &blocks)?;
+            let (vision, pixels) = (self.vision.as_deref(), req.pixels.as_deref());
+            let h = crate::multimodal::forward_prompt(&self.model, vision, &mut rec, pool, seq, prompt, pixels)?;
             let last = self.model.logits(&mut rec, &h, p - 1..p)?;
             let logits = if n == 1 {
                 last

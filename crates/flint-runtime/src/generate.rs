@@ -83,8 +83,7 @@ pub(crate) fn chunk_size(len: usize, chunk: usize) -> usize {
 /// returning (no logits).
 pub(crate) fn prefill_into(model: &Decoder, pool: &mut KvPool, seq: SeqId, ids: &[u32]) -> Result<()> {
     let mut rec = Recorder::new(model.device());
-    let x = crate::multimodal::embed_prompt(model, None, &mut rec, ids, None)?;
-    model.forward(&mut rec, pool, seq, &x, ids.len())?;
+    crate::multimodal::forward_prompt(model, None, &mut rec, pool, seq, ids, None)?;
     rec.submit()?.wait()?;
     Ok(())
 }
@@ -254,9 +253,8 @@ impl Session {
     /// vision tower makes of `pixels`.
     pub fn forward_with(&mut self, rec: &mut Recorder, ids: &[u32], pixels: Option<&Pixels>) -> Result<Tensor> {
         check_ids(&self.model, ids)?;
-        let x = crate::multimodal::embed_prompt(&self.model, self.vision.as_deref(), rec, ids, pixels)?;
-        let blocks = crate::multimodal::image_blocks(self.vision.as_deref(), ids);
-        self.model.forward_blocks(rec, &mut self.pool, self.seq, &x, ids.len(), &blocks)
+        let vision = self.vision.as_deref();
+        crate::multimodal::forward_prompt(&self.model, vision, rec, &mut self.pool, self.seq, ids, pixels)
     }
 
     /// Run `ids` and sample one token from the logits after the last of them, leaving it in

@@ -6,6 +6,7 @@
 use flint_gpu::{DType, Recorder, Tensor};
 
 use crate::image::{FixedSizeProcessor, ImageProcessor, Rgb};
+use crate::kvpool::{KvPool, SeqId};
 use crate::model::decoder::Decoder;
 use crate::model::vision::VisionTower;
 use crate::{RequestError, Result, RuntimeError};
@@ -161,11 +162,28 @@ impl Vision {
     }
 }
 
+/// Record `ids` (their image tokens taking `pixels`) through `decoder` into `seq`'s cache:
+/// the prompt's embeddings ([`embed_prompt`]), then every layer, each image's tokens attending
+/// to their whole image where the vision side is [bidirectional](Vision::bidirectional).
+/// Returns the final-normed hidden states `[ids.len(), hidden]`.
+pub(crate) fn forward_prompt(
+    decoder: &Decoder,
+    vision: Option<&Vision>,
+    rec: &mut Recorder,
+    pool: &mut KvPool,
+    seq: SeqId,
+    ids: &[u32],
+    pixels: Option<&Pixels>,
+) -> Result<Tensor> {
+    let x = embed_prompt(decoder, vision, rec, ids, pixels)?;
+    decoder.forward_blocks(rec, pool, seq, &x, ids.len(), &image_blocks(vision, ids))
+}
+
 /// The runs of image tokens in `ids` that attend to themselves both ways (for a vision side
 /// whose images are [bidirectional](Vision::bidirectional)); none otherwise. As in
 /// transformers, a run is consecutive image tokens: the processor's markup puts the begin and
 /// end tokens between two images.
-pub(crate) fn image_blocks(vision: Option<&Vision>, ids: &[u32]) -> Vec<std::ops::Range<usize>> {
+fn image_blocks(vision: Option<&Vision>, ids: &[u32]) -> Vec<std::ops::Range<usize>> {
     match vision.filter(|v| v.bidirectional) {
         Some(v) => image_runs(ids, v.image_token_id),
         None => Vec::new(),
