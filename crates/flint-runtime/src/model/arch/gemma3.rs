@@ -5,7 +5,7 @@
 
 use flint_gpu::{DType, Device};
 
-use super::{GgufFamily, HfFamily, Loaded};
+use super::{GgufFamily, HfFamily, Loaded, rope_set};
 use crate::Result;
 use crate::gguf::{Gguf, GgufError};
 use crate::hf::{Config, HfDir};
@@ -216,21 +216,11 @@ pub(crate) fn hf_config(c: &Config<'_>, tie_default: bool) -> Result<DecoderConf
 /// what it does not give. transformers runs the local layers unscaled unless their own
 /// parameters say otherwise.
 fn rope(c: &Config<'_>) -> Result<(f32, f32, f32, f32)> {
-    // One parameter set: (base, scale), `base` when it has none.
-    let params = |r: &Config<'_>, base: f64| -> Result<(f32, f32)> {
-        let key = if r.value.get("rope_type").is_some() { "rope_type" } else { "type" };
-        let scale = match r.str_or(key, "default")? {
-            "default" => 1.0,
-            "linear" => 1.0 / r.f64("factor")?,
-            other => return Err(r.error(key, &format!("is {other:?}; flint has default and linear RoPE"))),
-        };
-        Ok((r.f64_or("rope_theta", base)? as f32, scale as f32))
-    };
     let flat_global = c.f64_or("rope_theta", 1e6)?;
     let flat_local = c.f64_or("rope_local_base_freq", 1e4)?;
     let global_flat = |c: &Config<'_>| -> Result<(f32, f32)> {
         match c.value.get("rope_scaling").filter(|v| !v.is_null()) {
-            Some(_) => params(&c.object("rope_scaling")?, flat_global),
+            Some(_) => rope_set(&c.object("rope_scaling")?, flat_global),
             None => Ok((flat_global as f32, 1.0)),
         }
     };
@@ -239,16 +229,16 @@ fn rope(c: &Config<'_>) -> Result<(f32, f32, f32, f32)> {
         let per_type = ["full_attention", "sliding_attention"].iter().any(|k| r.value.get(*k).is_some());
         if per_type {
             let (g, gs) = match r.value.get("full_attention") {
-                Some(_) => params(&r.object("full_attention")?, flat_global)?,
+                Some(_) => rope_set(&r.object("full_attention")?, flat_global)?,
                 None => global_flat(c)?,
             };
             let (l, ls) = match r.value.get("sliding_attention") {
-                Some(_) => params(&r.object("sliding_attention")?, flat_local)?,
+                Some(_) => rope_set(&r.object("sliding_attention")?, flat_local)?,
                 None => (flat_local as f32, 1.0),
             };
             return Ok((g, gs, l, ls));
         }
-        let (g, gs) = params(&r, flat_global)?;
+        let (g, gs) = rope_set(&r, flat_global)?;
         return Ok((g, gs, flat_local as f32, 1.0));
     }
     let (g, gs) = global_flat(c)?;

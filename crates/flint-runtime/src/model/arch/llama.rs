@@ -120,35 +120,13 @@ pub(crate) fn llama_like(c: &Config<'_>, tie_default: bool) -> Result<DecoderCon
     let head_dim = c.usize_or("head_dim", hidden / heads.max(1))?;
     // transformers 5 keeps RoPE settings in rope_parameters; earlier versions at the top.
     let (rope_theta, freq_scale) = match c.value.get("rope_parameters").filter(|v| v.is_object()) {
-        Some(_) => {
-            let r = c.object("rope_parameters")?;
-            let kind = r.str_or("rope_type", "default")?;
-            let scale = match kind {
-                "default" => 1.0,
-                "linear" => 1.0 / r.f64("factor")?,
-                other => {
-                    return Err(r.error("rope_type", &format!("is {other:?}; flint has default and linear RoPE")));
-                }
-            };
-            (r.f64_or("rope_theta", 10000.0)?, scale)
-        }
+        Some(_) => super::rope_set(&c.object("rope_parameters")?, 10000.0)?,
         None => {
             let scale = match c.value.get("rope_scaling").filter(|v| !v.is_null()) {
                 None => 1.0,
-                Some(_) => {
-                    let r = c.object("rope_scaling")?;
-                    match r.str_or("rope_type", r.str_or("type", "default")?)? {
-                        "default" => 1.0,
-                        "linear" => 1.0 / r.f64("factor")?,
-                        other => {
-                            return Err(
-                                r.error("rope_type", &format!("is {other:?}; flint has default and linear RoPE"))
-                            );
-                        }
-                    }
-                }
+                Some(_) => super::rope_set(&c.object("rope_scaling")?, 10000.0)?.1,
             };
-            (c.f64_or("rope_theta", 10000.0)?, scale)
+            (c.f64_or("rope_theta", 10000.0)? as f32, scale)
         }
     };
     let cfg = DecoderConfig {
@@ -161,10 +139,10 @@ pub(crate) fn llama_like(c: &Config<'_>, tie_default: bool) -> Result<DecoderCon
         vocab: c.usize("vocab_size")?,
         context: c.usize_or("max_position_embeddings", 2048)?,
         eps: c.f64_or("rms_norm_eps", 1e-6)? as f32,
-        rope_theta: rope_theta as f32,
-        rope_theta_local: rope_theta as f32,
-        rope_freq_scale: freq_scale as f32,
-        rope_freq_scale_local: freq_scale as f32,
+        rope_theta,
+        rope_theta_local: rope_theta,
+        rope_freq_scale: freq_scale,
+        rope_freq_scale_local: freq_scale,
         // transformers keeps Q/K in their original order and rotates halves.
         rope_layout: RopeLayout::RotateHalf,
         sliding_window: None,

@@ -61,6 +61,20 @@ pub(crate) fn hf_family(model_type: &str) -> Option<&'static HfFamily> {
     HF_FAMILIES.iter().find(|f| f.model_types.contains(&model_type))
 }
 
+/// One set of RoPE parameters of a Hugging Face config (`rope_parameters`, one of its
+/// per-layer-type entries, or `rope_scaling`): the base (`rope_theta`, else `base`) and the
+/// position scale (1, or 1 / `factor` for linear scaling), the kind read from `rope_type`, or
+/// from `type` in older configs.
+pub(crate) fn rope_set(r: &Config<'_>, base: f64) -> Result<(f32, f32)> {
+    let key = if r.value.get("rope_type").is_some() { "rope_type" } else { "type" };
+    let scale = match r.str_or(key, "default")? {
+        "default" => 1.0,
+        "linear" => 1.0 / r.f64("factor")?,
+        other => return Err(r.error(key, &format!("is {other:?}; flint has default and linear RoPE"))),
+    };
+    Ok((r.f64_or("rope_theta", base)? as f32, scale as f32))
+}
+
 /// The names a message lists: every `general.architecture`, or every `model_type`.
 pub fn known(hf: bool) -> String {
     let names: Vec<&str> = if hf {
