@@ -511,6 +511,7 @@ pub fn all_cases() -> Vec<Box<dyn Case>> {
     crate::quant_cases::cases(&mut out);
     sample_cases(&mut out);
     crate::vision_cases::cases(&mut out);
+    crate::audio_cases::cases(&mut out);
     for op in [EltOp::SwiGlu, EltOp::GeGlu] {
         for (rows, f) in [(1, 1), (1, 1536), (7, 2048), (3, 17)] {
             out.push(Box::new(GluPairCase { op, rows, f, interleaved: false }));

@@ -29,6 +29,7 @@ macro_rules! float_case {
 }
 
 mod attention_cases;
+mod audio_cases;
 pub mod cases;
 mod compare;
 mod quant_cases;

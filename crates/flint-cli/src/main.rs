@@ -157,6 +157,23 @@ enum Command {
         #[arg(long, default_value = "")]
         adapter: String,
     },
+    /// Whisper's log-mel features of a WAV file (resampled to 16 kHz, in 30-second windows),
+    /// computed on the GPU, written to a safetensors file as transformers' WhisperFeatureExtractor
+    /// returns them (tensor "input_features", f32 [windows, mels, 3000]).
+    LogMel {
+        /// A WAV file (8/16/24/32-bit PCM or 32-bit float, any rate and channel count).
+        #[arg(long)]
+        audio: PathBuf,
+        /// Mel filters: 80, or 128 for Whisper large-v3.
+        #[arg(long, default_value_t = 80)]
+        mels: usize,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// GPU adapter.
+        #[arg(long, default_value = "")]
+        adapter: String,
+    },
     /// End-to-end model figures: prefill tokens/s, batched decode tokens/s, contemplate over a
     /// shared prefix, with weight GB/s and KV memory.
     BenchModel {
@@ -374,6 +391,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Logits { model, token_ids, out, pixel_values, adapter } => {
             models::logits(&adapter, Some(&model), &token_ids, pixel_values.as_deref(), &out)
                 .map(|()| ExitCode::SUCCESS)
+        }
+        Command::LogMel { audio, mels, out, adapter } => {
+            models::log_mel(&adapter, &audio, mels, &out).map(|()| ExitCode::SUCCESS)
         }
         Command::BenchModel { model, adapter, prefill, batch, branches, prefix, steps, join, vision, json } => {
             let opts = bench_model::BenchModelOpts {

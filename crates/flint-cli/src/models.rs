@@ -254,6 +254,46 @@ pub fn logits(adapter: &str, model: Option<&str>, ids: &str, pixel_values: Optio
     Ok(())
 }
 
+/// `flint log-mel`: Whisper's log-mel features of a WAV file, written as transformers lays them
+/// out (`input_features`, f32 `[windows, mels, 3000]`).
+pub fn log_mel(adapter: &str, audio: &Path, mels: usize, out: &Path) -> Result<()> {
+    if !(1..=512).contains(&mels) {
+        bail!("--mels {mels}: Whisper uses 80 or 128 (flint takes 1 to 512)");
+    }
+    check_output(out, &[audio])?;
+    let clip = flint_runtime::audio::read_wav(audio)?;
+    let dev = Device::open(adapter).context("opening the GPU adapter")?;
+    let extractor = flint_runtime::audio::LogMel::new(&dev, mels)?;
+    let start = std::time::Instant::now();
+    let (rows, windows) = extractor.features(&dev, &clip)?;
+    let elapsed = start.elapsed();
+    let frames = rows.len() / (windows * mels);
+    // [windows, frames, mels] -> [windows, mels, frames].
+    let mut features = vec![0f32; rows.len()];
+    for w in 0..windows {
+        for t in 0..frames {
+            for m in 0..mels {
+                features[(w * mels + m) * frames + t] = rows[(w * frames + t) * mels + m];
+            }
+        }
+    }
+    let bytes: Vec<u8> = features.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![windows, mels, frames], &bytes)?;
+    let file = safetensors::serialize([("input_features", view)], None)?;
+    std::fs::write(out, file).with_context(|| format!("writing {}", out.display()))?;
+    eprintln!(
+        "{}: {:.2} s at {} Hz, {windows} window(s) of 30 s; features in {:.1} ms on {} (with resampling and upload); \
+         wrote input_features [{windows}, {mels}, {frames}] to {}",
+        audio.display(),
+        clip.seconds(),
+        clip.sample_rate,
+        elapsed.as_secs_f64() * 1e3,
+        dev.caps().short_label(),
+        out.display()
+    );
+    Ok(())
+}
+
 /// Refuse an output path that is not a regular file or absent, or that is one of `inputs`
 /// (or inside one that is a directory), before any work is done.
 fn check_output(out: &Path, inputs: &[&Path]) -> Result<()> {

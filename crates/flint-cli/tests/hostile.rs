@@ -278,6 +278,11 @@ fn bad_files_and_flags_are_refused_with_named_errors() {
     let have_fifo = Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success());
     let fifo = fifo.to_string_lossy().into_owned();
     let d = dir.to_string_lossy().into_owned();
+    let speech =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/audio/fox.16k.wav")).unwrap();
+    let wav = put(&dir, "speech.wav", &speech);
+    // The header and a few samples of the 16-bit data: the data chunk promises more.
+    let truncated_wav = put(&dir, "cut.wav", &speech[..51]);
     let g = |extra: &[&'static str]| -> Vec<String> {
         let mut v: Vec<String> =
             ["generate", "--model", &model, "--prompt", "ab", "--max-tokens", "2"].map(String::from).to_vec();
@@ -318,6 +323,28 @@ fn bad_files_and_flags_are_refused_with_named_errors() {
             vec!["99999999".into()],
         ),
         ("image_on_text_model", g(&["--image", "/dev/null"]), vec![]),
+        (
+            "log_mel_not_wav",
+            ["log-mel", "--audio", &model, "--out", &format!("{d}/f.safetensors")].map(String::from).to_vec(),
+            vec![model.clone(), "WAV".into()],
+        ),
+        (
+            "log_mel_truncated_wav",
+            ["log-mel", "--audio", &truncated_wav, "--out", &format!("{d}/f.safetensors")].map(String::from).to_vec(),
+            vec![truncated_wav.clone()],
+        ),
+        (
+            "log_mel_0_mels",
+            ["log-mel", "--audio", &wav, "--mels", "0", "--out", &format!("{d}/f.safetensors")]
+                .map(String::from)
+                .to_vec(),
+            vec!["--mels".into()],
+        ),
+        (
+            "log_mel_out_is_the_audio",
+            ["log-mel", "--audio", &wav, "--out", &wav].map(String::from).to_vec(),
+            vec![wav.clone()],
+        ),
     ];
     if have_fifo {
         cases.push((

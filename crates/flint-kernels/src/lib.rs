@@ -27,6 +27,7 @@ use flint_gpu::{Caps, DType, Device, GpuError, PipelineKey, Result, ShaderRegist
 use flint_ref::ParamError;
 
 pub mod attention;
+pub mod audio;
 pub mod elementwise;
 pub mod embed;
 pub mod matmul;
@@ -41,6 +42,7 @@ pub mod vision;
 /// Every WGSL file of flint, by name.
 pub const SHADER_FILES: &[(&str, &str)] = &[
     ("attention.wgsl", include_str!("../../../shaders/attention.wgsl")),
+    ("audio.wgsl", include_str!("../../../shaders/audio.wgsl")),
     ("common.wgsl", include_str!("../../../shaders/common.wgsl")),
     ("reduce.wgsl", include_str!("../../../shaders/reduce.wgsl")),
     ("elementwise.wgsl", include_str!("../../../shaders/elementwise.wgsl")),
@@ -128,6 +130,7 @@ pub fn all_variants() -> Vec<Variant> {
     v.extend(roofline::variants());
     v.extend(sample::variants());
     v.extend(vision::variants());
+    v.extend(audio::variants());
     v
 }
 

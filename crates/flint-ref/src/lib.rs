@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod attention;
+pub mod audio;
 pub mod elementwise;
 pub mod embed;
 pub mod matmul;

@@ -23,6 +23,7 @@
 
 #![warn(missing_docs)]
 
+pub mod audio;
 pub mod engine;
 pub mod error;
 pub mod fetch;

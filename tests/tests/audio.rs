@@ -1,0 +1,119 @@
+//! Audio in, against transformers (fixtures made by xtask/scripts/whisper_features_fixtures.py):
+//! speech spoken by espeak-ng, read from WAV, resampled to 16 kHz where it is not, and its
+//! Whisper log-mel features on every adapter present, compared with `WhisperFeatureExtractor`'s
+//! float64 features; the CPU reference is held to the same fixtures.
+
+use std::path::{Path, PathBuf};
+
+use flint_runtime::audio::{LogMel, read_wav};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join("audio")
+}
+
+fn devices() -> Vec<flint_gpu::Device> {
+    let sel = std::env::var("FLINT_ADAPTER").unwrap_or_default();
+    let devs: Vec<_> = flint_gpu::Device::open_all(&sel).into_iter().filter_map(Result::ok).collect();
+    assert!(!devs.is_empty(), "no adapter matches {sel:?}");
+    devs
+}
+
+/// One fixture: its features `[mels, frames]` for the frames with sound, and the floor every
+/// later frame of the window sits on.
+struct Expected {
+    mels: usize,
+    frames: usize,
+    floor: f32,
+    features: Vec<f32>,
+    wav: PathBuf,
+}
+
+fn expected(key: &str) -> Expected {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixtures().join("features.json")).unwrap()).unwrap();
+    let e = &index[key];
+    let arr = flint_runtime::npy::read(&fixtures().join(format!("{key}.npy"))).unwrap();
+    let (mels, frames) = (e["mels"].as_u64().unwrap() as usize, e["frames"].as_u64().unwrap() as usize);
+    assert_eq!(arr.shape, [mels, frames]);
+    Expected {
+        mels,
+        frames,
+        floor: e["floor"].as_f64().unwrap() as f32,
+        features: arr.data,
+        wav: fixtures().join(e["wav"].as_str().unwrap()),
+    }
+}
+
+/// Compare flint's features `[3000, mels]` with the fixture: NMSE and the largest difference
+/// over the frames with sound, and every later frame within `floor_tol` of the floor.
+fn compare(got: &[f32], exp: &Expected, floor_tol: f32) -> (f64, f32) {
+    assert_eq!(got.len(), 3000 * exp.mels);
+    let (mut err, mut norm, mut worst) = (0f64, 0f64, 0f32);
+    for t in 0..3000 {
+        for m in 0..exp.mels {
+            let g = got[t * exp.mels + m];
+            assert!(g.is_finite(), "frame {t} mel {m}: {g}");
+            if t < exp.frames {
+                let w = exp.features[m * exp.frames + t];
+                err += f64::from(g - w).powi(2);
+                norm += f64::from(w).powi(2);
+                worst = worst.max((g - w).abs());
+            } else {
+                // Silence: on the floor, which depends on the clip's maximum alone.
+                assert!((g - exp.floor).abs() <= floor_tol, "frame {t} mel {m}: {g}, floor {}", exp.floor);
+            }
+        }
+    }
+    (err / norm, worst)
+}
+
+/// 16 kHz speech: flint's features equal transformers' float64 ones to f32 rounding of the DFT.
+/// Measured NMSE 6e-13 to 1.1e-12 and largest difference 1.2e-5 to 2.4e-5 (of values within
+/// [-1, 1.5]) on lavapipe and llvmpipe GL; the bars are 100x and 10x that. Frames cut one
+/// sample late already move the clip's maximum, and so its floor, by 3e-5.
+#[test]
+fn speech_features_match_whisper_feature_extractor() {
+    for key in ["fox.80", "fox.128"] {
+        let exp = expected(key);
+        let audio = read_wav(&exp.wav).unwrap();
+        assert_eq!(audio.sample_rate, 16_000);
+        for dev in devices() {
+            let mel = LogMel::new(&dev, exp.mels).unwrap();
+            let (got, windows) = mel.features(&dev, &audio).unwrap();
+            assert_eq!(windows, 1);
+            let (nmse, worst) = compare(&got, &exp, 1e-5);
+            let label = dev.caps().short_label();
+            assert!(nmse < 1e-10 && worst < 2e-4, "[{key} on {label}] NMSE {nmse:e}, largest difference {worst}");
+        }
+    }
+}
+
+/// The f64 reference meets the same fixture (so conformance, which holds the kernels to the
+/// reference, holds them to transformers too): measured NMSE 5e-15, largest difference 1.2e-7,
+/// the fixture's own rounding to f32.
+#[test]
+fn the_reference_matches_whisper_feature_extractor() {
+    let exp = expected("fox.80");
+    let audio = read_wav(&exp.wav).unwrap();
+    let (padded, _) = flint_runtime::audio::whisper_windows(&audio.samples);
+    let got = flint_ref::audio::log_mel(&flint_ref::audio::MelParams::whisper(1, 80), &padded).unwrap();
+    let (nmse, worst) = compare(&got, &exp, 1e-6);
+    assert!(nmse < 1e-13 && worst < 1e-6, "NMSE {nmse:e}, largest difference {worst}");
+}
+
+/// 22.05 kHz speech through flint's resampler (rubato) against transformers' features of sox's
+/// 16 kHz version: the two resamplers differ in their anti-aliasing filters near 8 kHz, where
+/// Whisper's top mel filters sit, and in their delay (rubato leads by half an input sample).
+/// Measured NMSE 2e-5 and largest difference 0.034 (a quiet top mel bin); the bar is 5x that.
+/// The 22.05 kHz samples taken as 16 kHz ones give NMSE 1.4, every other sample 1.9.
+#[test]
+fn resampled_speech_features_stay_close_to_whisper_feature_extractor() {
+    let exp = expected("weather.80");
+    let audio = read_wav(&exp.wav).unwrap();
+    assert_eq!(audio.sample_rate, 22_050);
+    let dev = &devices()[0];
+    let (got, _) = LogMel::new(dev, 80).unwrap().features(dev, &audio).unwrap();
+    // The floor follows the clip's loudest mel value, which the resamplers move a little.
+    let (nmse, worst) = compare(&got, &exp, 1e-3);
+    assert!(nmse < 1e-4, "NMSE {nmse:e}, largest difference {worst}");
+}
