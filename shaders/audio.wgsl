@@ -4,9 +4,48 @@
 // MEL: project each frame's power spectrum (re^2 + im^2 of the DFT's column pairs) on the mel
 // filters, each summed over its own run of bins only (a Slaney filter covers a few bins).
 // MEL_MAX: each clip's largest mel power, one workgroup per clip.
-// MEL_LOG: x -> (max(log10(max(x, 1e-10)), clip max - 8) + 4) / 4 in place. All f32.
+// MEL_LOG: x -> (max(log10(max(x, 1e-10)), clip max - 8) + 4) / 4 in place.
+// CONV_COLS: the columns of a 1D convolution over time (Whisper's stem), so that the conv is one
+// matmul with its weight [out, channels, kernel] flattened: x [len, channels] (a row per time
+// step) -> cols [out_len, channels * kernel], column c * kernel + j holding
+// x[t * stride + j - pad, c], zero outside the input. All f32.
 #include "common.wgsl"
 #include "reduce.wgsl"
+
+#if CONV_COLS
+struct ConvParams {
+    len: u32,
+    channels: u32,
+    kernel: u32,
+    stride: u32,
+    pad: u32,
+    out_len: u32,
+    _pad: u32,
+    total: u32,
+}
+
+@group(0) @binding(0) var<uniform> cp: ConvParams;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> cols: array<f32>;
+
+@compute @workgroup_size(WG)
+fn conv_cols(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let i = linear_group(wg, nwg) * WG + lid;
+    if (i >= cp.total) {
+        return;
+    }
+    let row = cp.channels * cp.kernel;
+    let t = i / row;
+    let r = i % row;
+    let c = r / cp.kernel;
+    let j = r % cp.kernel;
+    let at = i32(t * cp.stride + j) - i32(cp.pad);
+    let inside = at >= 0 && at < i32(cp.len);
+    let src = u32(clamp(at, 0, i32(cp.len) - 1));
+    cols[i] = select(0.0, x[src * cp.channels + c], inside);
+}
+#else
 
 struct Params {
     clips: u32,
@@ -29,6 +68,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
+#endif
 
 #if FRAMES
 @group(0) @binding(1) var<storage, read> audio: array<f32>;

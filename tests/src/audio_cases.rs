@@ -1,4 +1,5 @@
-//! Audio features: Whisper's log-mel spectrogram (frames, the DFT as a matmul, the mel
+//! Audio: Whisper's stem convolution (kernel 3, strides 1 and 2, odd lengths, one step of
+//! input), and Whisper's log-mel spectrogram (frames, the DFT as a matmul, the mel
 //! projection over each filter's bins, each clip's maximum, the log and scale) against the f64
 //! reference with a direct DFT. Clips mix tones, noise and a stretch of exact silence (whose mel power is zero, so it
 //! lands on the clip's floor), at different loudness per clip so that a maximum taken over the
@@ -9,7 +10,7 @@
 use flint_gpu::{DType, Device, Recorder, Tensor};
 use flint_kernels::audio::MelTables;
 use flint_ref::ParamError;
-use flint_ref::audio::MelParams;
+use flint_ref::audio::{Conv1dParams, MelParams};
 
 use crate::{Case, Input, Rng, Tier, Tolerance};
 
@@ -86,8 +87,83 @@ impl Case for LogMelCase {
     }
 }
 
-/// Log-mel cases.
+/// Whisper's stem convolution: the columns, then a matmul with bias (f32 throughout; the
+/// matmul's f32 tolerance).
+struct Conv1dCase {
+    p: Conv1dParams,
+    tier: Tier,
+}
+
+impl Case for Conv1dCase {
+    fn name(&self) -> String {
+        let p = &self.p;
+        format!("conv1d_f32_{}x{}_to{}_k{}_s{}_p{}", p.len, p.channels, p.out_channels, p.kernel, p.stride, p.pad)
+    }
+    fn op(&self) -> &'static str {
+        "audio"
+    }
+    fn tier(&self) -> Tier {
+        self.tier
+    }
+    fn tolerance(&self) -> Tolerance {
+        crate::cases::F32_TOL
+    }
+    fn flops(&self) -> f64 {
+        self.p.flops()
+    }
+    fn bytes(&self) -> f64 {
+        let p = &self.p;
+        4.0 * (p.len * p.channels + 2 * p.out_len() * p.row() + p.out_channels * p.row() + p.out_len() * p.out_channels)
+            as f64
+    }
+    fn inputs(&self) -> Vec<Input> {
+        let p = &self.p;
+        let mut rng = Rng::from_name(&self.name());
+        let bound = 1.0 / (p.row() as f32).sqrt();
+        vec![
+            Input::float("x", &[p.len, p.channels], DType::F32, rng.vec(p.len * p.channels, -1.0, 1.0)),
+            Input::float(
+                "weight",
+                &[p.out_channels, p.row()],
+                DType::F32,
+                rng.vec(p.out_channels * p.row(), -bound, bound),
+            ),
+            Input::float("bias", &[p.out_channels], DType::F32, rng.vec(p.out_channels, -0.5, 0.5)),
+        ]
+    }
+    fn reference(&self, inputs: &[Input]) -> Result<Vec<f32>, ParamError> {
+        flint_ref::audio::conv1d(&self.p, inputs[0].f32s(), inputs[1].f32s(), inputs[2].f32s())
+    }
+    fn output(&self) -> (Vec<usize>, DType) {
+        (vec![self.p.out_len(), self.p.out_channels], DType::F32)
+    }
+    fn launch(&self, dev: &Device, rec: &mut Recorder, t: &[Tensor], out: &Tensor) -> flint_gpu::Result<()> {
+        flint_kernels::audio::conv1d(dev, rec, &self.p, &t[0], &t[1], &t[2], out)
+    }
+}
+
+/// Log-mel and stem convolution cases.
 pub fn cases(out: &mut Vec<Box<dyn Case>>) {
+    let cp = |len, channels, out_channels, kernel, stride, pad| Conv1dParams {
+        len,
+        channels,
+        out_channels,
+        kernel,
+        stride,
+        pad,
+    };
+    for p in [
+        cp(1, 1, 1, 3, 1, 1),
+        cp(7, 5, 3, 3, 2, 1),
+        cp(65, 80, 17, 3, 1, 1),
+        cp(64, 17, 9, 3, 2, 1),
+        cp(10, 3, 4, 5, 3, 2),
+    ] {
+        out.push(Box::new(Conv1dCase { p, tier: Tier::Test }));
+    }
+    // Whisper tiny's stem over one 30 s window.
+    out.push(Box::new(Conv1dCase { p: cp(3000, 80, 384, 3, 1, 1), tier: Tier::Bench }));
+    out.push(Box::new(Conv1dCase { p: cp(3000, 384, 384, 3, 2, 1), tier: Tier::Bench }));
     let mp =
         |clips, samples, n_fft, hop, mels, sample_rate| MelParams { clips, samples, n_fft, hop, mels, sample_rate };
     for p in [

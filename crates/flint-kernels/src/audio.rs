@@ -11,7 +11,7 @@
 //! Five dispatches: frames, DFT, mel projection, per-clip maximum, log and scale.
 
 use flint_gpu::{DType, Device, Recorder, Result, Tensor};
-use flint_ref::audio::MelParams;
+use flint_ref::audio::{Conv1dParams, MelParams};
 use flint_ref::matmul::MatmulParams;
 
 use crate::{Variant, check_tensor, needs_for, param_err, registry, typed_key, u32_of};
@@ -34,8 +34,26 @@ struct Uniform {
     pad: [u32; 2],
 }
 
-const ENTRIES: [(&str, &str); 4] =
-    [("frames", "FRAMES"), ("mel_project", "MEL"), ("mel_max", "MEL_MAX"), ("mel_log", "MEL_LOG")];
+const ENTRIES: [(&str, &str); 5] = [
+    ("frames", "FRAMES"),
+    ("mel_project", "MEL"),
+    ("mel_max", "MEL_MAX"),
+    ("mel_log", "MEL_LOG"),
+    ("conv_cols", "CONV_COLS"),
+];
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct ConvUniform {
+    len: u32,
+    channels: u32,
+    kernel: u32,
+    stride: u32,
+    pad: u32,
+    out_len: u32,
+    unused: u32,
+    total: u32,
+}
 
 fn key(entry: &str) -> flint_gpu::PipelineKey {
     let flag = ENTRIES.iter().find(|(e, _)| *e == entry).map_or("FRAMES", |(_, f)| f);
@@ -165,4 +183,39 @@ pub fn log_mel(
     rec.dispatch(&format!("audio mel_max {shape}"), &kernel, &u, &[out, &maxes], dev.grid(u32_of(p.clips)))?;
     let kernel = dev.kernel(registry(), &key("mel_log"))?;
     rec.dispatch(&format!("audio mel_log {shape}"), &kernel, &u, &[&maxes, out], grid(p.out_len()))
+}
+
+/// Record a 1D convolution with bias ([`flint_ref::audio::conv1d`]): `x` f32 `[len, channels]`,
+/// `weight` `[out_channels, channels * kernel]` (the checkpoint's `[out, in, kernel]`
+/// flattened), `bias` `[out_channels]` of the weight's dtype, into `out` f32
+/// `[out_len, out_channels]`: the columns, then one matmul.
+pub fn conv1d(
+    dev: &Device,
+    rec: &mut Recorder,
+    p: &Conv1dParams,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    out: &Tensor,
+) -> Result<()> {
+    p.validate().map_err(param_err)?;
+    check_tensor("conv1d", "x", x, p.len * p.channels, &[DType::F32])?;
+    check_tensor("conv1d", "out", out, p.out_len() * p.out_channels, &[DType::F32])?;
+    let total = p.out_len() * p.row();
+    let cols = dev.empty("conv1d columns", &[p.out_len(), p.row()], DType::F32)?;
+    let u = ConvUniform {
+        len: u32_of(p.len),
+        channels: u32_of(p.channels),
+        kernel: u32_of(p.kernel),
+        stride: u32_of(p.stride),
+        pad: u32_of(p.pad),
+        out_len: u32_of(p.out_len()),
+        unused: 0,
+        total: u32_of(total),
+    };
+    let kernel = dev.kernel(registry(), &key("conv_cols"))?;
+    let label = format!("audio conv_cols {}x{} k{} s{}", p.len, p.channels, p.kernel, p.stride);
+    rec.dispatch(&label, &kernel, &u, &[x, &cols], dev.grid(u32_of(total).div_ceil(WG)))?;
+    let mp = MatmulParams { bias: true, ..MatmulParams::new(p.out_len(), p.out_channels, p.row()) };
+    crate::matmul::matmul(dev, rec, &mp, &cols, weight, Some(bias), out)
 }

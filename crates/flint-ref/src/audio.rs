@@ -185,6 +185,95 @@ pub fn reflect(i: usize, pad: usize, len: usize) -> usize {
     (if x > last { 2 * last - x } else { x }) as usize
 }
 
+/// Shape of a 1D convolution over time with a bias (Whisper's stem: kernel 3, padding 1, stride 1
+/// then 2). The input is `[len, channels]`, a row per time step as flint lays out activations;
+/// the weight is `[out_channels, channels, kernel]` as checkpoints store it; the output is
+/// `[out_len, out_channels]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv1dParams {
+    /// Input time steps.
+    pub len: usize,
+    /// Input channels.
+    pub channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Kernel width.
+    pub kernel: usize,
+    /// Step between outputs.
+    pub stride: usize,
+    /// Zeros added at both ends.
+    pub pad: usize,
+}
+
+impl Conv1dParams {
+    /// Output time steps: `(len + 2 pad - kernel) / stride + 1`.
+    pub fn out_len(&self) -> usize {
+        (self.len + 2 * self.pad).saturating_sub(self.kernel) / self.stride.max(1) + 1
+    }
+
+    /// Values per column row: `channels * kernel`.
+    pub fn row(&self) -> usize {
+        self.channels * self.kernel
+    }
+
+    /// FLOPs (multiply-adds count two).
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.out_len() * self.out_channels * self.row()) as f64
+    }
+
+    /// Check the shape.
+    pub fn validate(&self) -> Result<(), ParamError> {
+        if self.len == 0 || self.channels == 0 || self.out_channels == 0 || self.kernel == 0 || self.stride == 0 {
+            return Err(ParamError::new("conv1d", format!("empty shape {self:?}")));
+        }
+        if self.len + 2 * self.pad < self.kernel || self.pad >= self.kernel {
+            return Err(ParamError::new(
+                "conv1d",
+                format!(
+                    "{} steps padded by {} do not fit kernel {} (padding must be below the kernel)",
+                    self.len, self.pad, self.kernel
+                ),
+            ));
+        }
+        let big = [
+            self.len.checked_mul(self.channels),
+            self.out_len().checked_mul(self.row()),
+            self.out_channels.checked_mul(self.row()),
+            self.out_len().checked_mul(self.out_channels),
+        ];
+        if big.iter().any(|n| n.is_none_or(|n| n > u32::MAX as usize)) {
+            return Err(ParamError::new("conv1d", format!("{self:?} has more than u32::MAX elements")));
+        }
+        Ok(())
+    }
+}
+
+/// Reference convolution: `out[t, o] = bias[o] + sum_{c, j} w[o, c, j] x[t stride + j - pad, c]`
+/// (zero outside the input), in f64.
+pub fn conv1d(p: &Conv1dParams, x: &[f32], w: &[f32], bias: &[f32]) -> Result<Vec<f32>, ParamError> {
+    p.validate()?;
+    check_len("conv1d", "x", x, p.len * p.channels)?;
+    check_len("conv1d", "weight", w, p.out_channels * p.row())?;
+    check_len("conv1d", "bias", bias, p.out_channels)?;
+    let mut out = Vec::with_capacity(p.out_len() * p.out_channels);
+    for t in 0..p.out_len() {
+        for o in 0..p.out_channels {
+            let mut acc = f64::from(bias[o]);
+            for c in 0..p.channels {
+                for j in 0..p.kernel {
+                    let at = (t * p.stride + j) as isize - p.pad as isize;
+                    if at >= 0 && (at as usize) < p.len {
+                        acc += f64::from(w[(o * p.channels + c) * p.kernel + j])
+                            * f64::from(x[at as usize * p.channels + c]);
+                    }
+                }
+            }
+            out.push(acc as f32);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,6 +320,18 @@ mod tests {
         // The clamp: nothing lies more than 8 (2 after scaling) below the maximum.
         let max = out.iter().copied().fold(f32::MIN, f32::max);
         assert!(out.iter().all(|&x| x >= max - 2.0 - 1e-6));
+    }
+
+    #[test]
+    fn conv1d_counts_and_pads_like_torch() {
+        // Whisper's second conv: 3000 steps, stride 2, padding 1 -> 1500.
+        let p = Conv1dParams { len: 3000, channels: 1, out_channels: 1, kernel: 3, stride: 2, pad: 1 };
+        assert_eq!(p.out_len(), 1500);
+        // [1, 2, 3] with kernel [1, 10, 100] and bias 0.5, padding 1: the ends see a zero.
+        let p = Conv1dParams { len: 3, channels: 1, out_channels: 1, kernel: 3, stride: 1, pad: 1 };
+        let out = conv1d(&p, &[1.0, 2.0, 3.0], &[1.0, 10.0, 100.0], &[0.5]).unwrap();
+        assert_eq!(out, [210.5, 321.5, 32.5]);
+        assert!(Conv1dParams { pad: 3, ..p }.validate().is_err());
     }
 
     #[test]

@@ -24,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod audio;
+pub mod ct2;
 pub mod engine;
 pub mod error;
 pub mod fetch;
