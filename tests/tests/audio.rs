@@ -117,3 +117,4 @@ fn resampled_speech_features_stay_close_to_whisper_feature_extractor() {
     let (nmse, worst) = compare(&got, &exp, 1e-3);
     assert!(nmse < 1e-4, "NMSE {nmse:e}, largest difference {worst}");
 }
+

@@ -157,6 +157,27 @@ enum Command {
         #[arg(long, default_value = "")]
         adapter: String,
     },
+    /// Transcribe speech with Whisper (fetched on first use when given by name): WAV files,
+    /// resampled to 16 kHz, in 30-second windows, greedy decoding without timestamps.
+    Transcribe {
+        /// WAV files (8/16/24/32-bit PCM or 32-bit float, any rate and channel count); repeat
+        /// for several.
+        #[arg(long = "audio", required = true)]
+        audio: Vec<PathBuf>,
+        /// A CTranslate2 Whisper directory (model.bin, config.json, tokenizer.json), its
+        /// model.bin, or a known model name (whisper-tiny.en).
+        #[arg(long, default_value = "whisper-tiny.en")]
+        model: String,
+        /// Most tokens per 30-second window.
+        #[arg(long, default_value_t = 224)]
+        max_tokens: usize,
+        /// Print one JSON object per file: ids, log-probs, text, timings, real-time factor.
+        #[arg(long)]
+        json: bool,
+        /// GPU adapter.
+        #[arg(long, default_value = "")]
+        adapter: String,
+    },
     /// Whisper's log-mel features of a WAV file (resampled to 16 kHz, in 30-second windows),
     /// computed on the GPU, written to a safetensors file as transformers' WhisperFeatureExtractor
     /// returns them (tensor "input_features", f32 [windows, mels, 3000]).
@@ -391,6 +412,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Logits { model, token_ids, out, pixel_values, adapter } => {
             models::logits(&adapter, Some(&model), &token_ids, pixel_values.as_deref(), &out)
                 .map(|()| ExitCode::SUCCESS)
+        }
+        Command::Transcribe { audio, model, max_tokens, json, adapter } => {
+            models::transcribe(&adapter, &model, &audio, max_tokens, json).map(|()| ExitCode::SUCCESS)
         }
         Command::LogMel { audio, mels, out, adapter } => {
             models::log_mel(&adapter, &audio, mels, &out).map(|()| ExitCode::SUCCESS)

@@ -254,6 +254,64 @@ pub fn logits(adapter: &str, model: Option<&str>, ids: &str, pixel_values: Optio
     Ok(())
 }
 
+/// `flint transcribe`: each file's text (or, with `json`, one JSON object per file).
+pub fn transcribe(adapter: &str, model: &str, files: &[PathBuf], max_tokens: usize, json: bool) -> Result<()> {
+    if max_tokens == 0 {
+        bail!("--max-tokens is 0: nothing to transcribe");
+    }
+    // Read every file first, so that a bad one is refused before the model loads.
+    let clips: Vec<_> = files.iter().map(|f| flint_runtime::audio::read_wav(f)).collect::<Result<_, _>>()?;
+    let path = resolve_model(Some(model))?;
+    let dev = Device::open(adapter).context("opening the GPU adapter")?;
+    let t = std::time::Instant::now();
+    let whisper =
+        flint_runtime::whisper::Whisper::load(&dev, &path).with_context(|| format!("loading {}", path.display()))?;
+    let load_s = t.elapsed().as_secs_f64();
+    let mut stdout = std::io::stdout().lock();
+    for (file, clip) in files.iter().zip(&clips) {
+        let t = std::time::Instant::now();
+        let r = whisper.transcribe(clip, max_tokens)?;
+        let total = t.elapsed().as_secs_f64();
+        if json {
+            let v = serde_json::json!({
+                "file": file.display().to_string(),
+                "text": r.text,
+                "ids": r.ids,
+                "logprobs": r.logprobs,
+                "audio_seconds": r.audio_seconds,
+                "windows": r.windows,
+                "timings": {
+                    "load_s": load_s,
+                    "features_s": r.features_s,
+                    "encoder_s": r.encoder_s,
+                    "decoder_s": r.decoder_s,
+                    "total_s": total,
+                    "decode_tok_per_s": r.ids.len() as f64 / r.decoder_s.max(1e-9),
+                    "real_time_factor": total / r.audio_seconds.max(1e-9),
+                },
+                "adapter": dev.caps().short_label(),
+            });
+            writeln!(stdout, "{v}")?;
+        } else {
+            writeln!(stdout, "{}", r.text)?;
+            eprintln!(
+                "[{}: {:.2} s of audio, {} window(s), {} tokens; features {:.0} ms, encoder {:.0} ms, decoder {:.0} ms ({:.1} tok/s); real-time factor {:.2} on {}]",
+                file.display(),
+                r.audio_seconds,
+                r.windows,
+                r.ids.len(),
+                r.features_s * 1e3,
+                r.encoder_s * 1e3,
+                r.decoder_s * 1e3,
+                r.ids.len() as f64 / r.decoder_s.max(1e-9),
+                total / r.audio_seconds.max(1e-9),
+                dev.caps().short_label()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// `flint log-mel`: Whisper's log-mel features of a WAV file, written as transformers lays them
 /// out (`input_features`, f32 `[windows, mels, 3000]`).
 pub fn log_mel(adapter: &str, audio: &Path, mels: usize, out: &Path) -> Result<()> {

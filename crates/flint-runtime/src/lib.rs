@@ -42,6 +42,7 @@ pub mod reasoning;
 pub mod request;
 pub mod stepper;
 pub mod tokenizer;
+pub mod whisper;
 
 pub use error::{RequestError, Result, RuntimeError};
 

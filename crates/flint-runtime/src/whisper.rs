@@ -1,0 +1,656 @@
+//! Whisper speech recognition on the GPU, from CTranslate2 model directories (`model.bin`,
+//! `config.json`, `tokenizer.json`, as faster-whisper uses them).
+//!
+//! Encoder: the log-mel features `[3000, mels]` of a 30-second window through two convolutions
+//! over time (kernel 3; strides 1 and 2) with exact GELU, plus sinusoidal positions, then
+//! pre-LN blocks of biased bidirectional attention and a GELU MLP, and a final LayerNorm:
+//! `[1500, d]`. Decoder: token embeddings plus learned positions, pre-LN blocks of causal
+//! self-attention over a KV cache of the window's tokens, cross-attention over the encoder
+//! output (its keys and values computed once per window) and a GELU MLP, a final LayerNorm, and
+//! the embedding matrix as the output head. Decoding is greedy from `<|startoftranscript|>`
+//! (plus language and task tokens for multilingual models) and `<|notimestamps|>`, with the
+//! suppressed tokens of the model's `config.json` (and blank and end of text at the first step),
+//! timestamps and other special tokens suppressed, as CTranslate2's greedy search does.
+//!
+//! CTranslate2 fuses projections (self-attention Q/K/V in one `linear_0`, cross-attention K/V
+//! in `linear_1`); flint splits them at load so that keys and values are written straight into
+//! their caches.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use flint_gpu::{DType, Device, Recorder, Tensor};
+use flint_kernels::attention::{self, KvCache, PageTable};
+use flint_ref::attention::{AttnParams, Mask, SeqSpec};
+use flint_ref::audio::Conv1dParams;
+use flint_ref::elementwise::{EltOp, EltParams};
+use flint_ref::embed::EmbedParams;
+use flint_ref::matmul::MatmulParams;
+use flint_ref::norm::{NormKind, NormParams};
+
+use crate::audio::{Audio, LogMel};
+use crate::ct2::Ct2File;
+use crate::{Result, RuntimeError};
+
+/// Frames of log-mel features per window.
+pub const WINDOW_FRAMES: usize = 3000;
+/// Encoder positions per window (after the stride-2 convolution).
+pub const AUDIO_CTX: usize = 1500;
+/// Most decoder positions (Whisper's text context).
+pub const MAX_TEXT_CTX: usize = 448;
+/// Largest width flint accepts from a Whisper file (large-v3 is 1280).
+pub const MAX_WIDTH: usize = 4096;
+
+const EPS: f32 = 1e-5;
+
+/// Shapes and special tokens of a Whisper model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WhisperConfig {
+    /// Mel filters of the features.
+    pub mels: usize,
+    /// Width.
+    pub d_model: usize,
+    /// MLP width.
+    pub ffn: usize,
+    /// Encoder blocks.
+    pub encoder_layers: usize,
+    /// Decoder blocks.
+    pub decoder_layers: usize,
+    /// Encoder attention heads.
+    pub encoder_heads: usize,
+    /// Decoder attention heads.
+    pub decoder_heads: usize,
+    /// Vocabulary.
+    pub vocab: usize,
+    /// Decoder positions.
+    pub text_ctx: usize,
+    /// Whether the model is multilingual (language and task tokens after the start token).
+    pub multilingual: bool,
+    /// `<|endoftext|>`.
+    pub eot: u32,
+    /// `<|startoftranscript|>`.
+    pub sot: u32,
+    /// `<|notimestamps|>`; ids above it are timestamps.
+    pub no_timestamps: u32,
+    /// `<|en|>` and `<|transcribe|>` for multilingual models.
+    pub en_transcribe: Option<(u32, u32)>,
+    /// Tokens never generated (`suppress_ids` of config.json).
+    pub suppress: Vec<u32>,
+    /// Tokens not generated first (`suppress_ids_begin`).
+    pub suppress_begin: Vec<u32>,
+}
+
+/// An affine map `[n, k]` with an optional bias, f32 on the GPU.
+struct Linear {
+    w: Tensor,
+    b: Option<Tensor>,
+    n: usize,
+    k: usize,
+}
+
+impl Linear {
+    fn forward(&self, dev: &Device, rec: &mut Recorder, x: &Tensor, m: usize, out: &Tensor) -> Result<()> {
+        let p = MatmulParams { bias: self.b.is_some(), ..MatmulParams::new(m, self.n, self.k) };
+        Ok(flint_kernels::matmul::matmul(dev, rec, &p, x, &self.w, self.b.as_ref(), out)?)
+    }
+}
+
+struct Norm {
+    gamma: Tensor,
+    beta: Tensor,
+}
+
+struct EncoderBlock {
+    ln1: Norm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    ln2: Norm,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+struct DecoderBlock {
+    ln1: Norm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    ln_cross: Norm,
+    cross_q: Linear,
+    cross_k: Linear,
+    cross_v: Linear,
+    cross_o: Linear,
+    ln2: Norm,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+/// A Whisper model on one device.
+pub struct Whisper {
+    /// Shapes and special tokens.
+    pub cfg: WhisperConfig,
+    dev: Device,
+    path: PathBuf,
+    tokenizer: tokenizers::Tokenizer,
+    mel: LogMel,
+    conv1: (Tensor, Tensor),
+    conv2: (Tensor, Tensor),
+    enc_pos: Tensor,
+    enc: Vec<EncoderBlock>,
+    enc_ln: Norm,
+    embed: Tensor,
+    dec_pos: Tensor,
+    dec: Vec<DecoderBlock>,
+    dec_ln: Norm,
+}
+
+/// One window's or one file's transcription.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transcript {
+    /// Generated token ids (without the prompt and the end of text), window after window.
+    pub ids: Vec<u32>,
+    /// Each id's log-probability under the full softmax of the raw logits.
+    pub logprobs: Vec<f32>,
+    /// The text.
+    pub text: String,
+    /// Audio length in seconds.
+    pub audio_seconds: f64,
+    /// 30-second windows.
+    pub windows: usize,
+    /// Seconds spent on features, encoder and decoder (wall clock, each including its waits).
+    pub features_s: f64,
+    /// Encoder seconds.
+    pub encoder_s: f64,
+    /// Decoder seconds.
+    pub decoder_s: f64,
+}
+
+fn file_err(path: &Path, m: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Model(format!("{}: {m}", path.display()))
+}
+
+impl WhisperConfig {
+    fn read(bin: &Ct2File, dir: &Path, tokenizer: &tokenizers::Tokenizer) -> Result<WhisperConfig> {
+        let path = bin.path();
+        if bin.spec != "WhisperSpec" {
+            return Err(file_err(path, format!("spec {:?}; flint reads WhisperSpec models here", bin.spec)));
+        }
+        let shape = |name: &str| -> Result<Vec<usize>> {
+            bin.get(name).map(|v| v.shape.clone()).ok_or_else(|| file_err(path, format!("no variable {name}")))
+        };
+        let (d, mels) = match shape("encoder/conv1/weight")?[..] {
+            [d, mels, 3] => (d, mels),
+            ref s => return Err(file_err(path, format!("encoder/conv1/weight has shape {s:?}, not [d, mels, 3]"))),
+        };
+        let ffn = shape("encoder/layer_0/ffn/linear_0/weight")?.first().copied().unwrap_or(0);
+        let (vocab, text_ctx) = (
+            shape("decoder/embeddings/weight")?.first().copied().unwrap_or(0),
+            shape("decoder/position_encodings/encodings")?.first().copied().unwrap_or(0),
+        );
+        let layers = |side: &str| {
+            (0..).take_while(|i| bin.get(&format!("{side}/layer_{i}/ffn/linear_0/weight")).is_some()).count()
+        };
+        let heads = |name: &str| -> Result<usize> {
+            let h = bin.scalar(name)?;
+            usize::try_from(h).ok().filter(|&h| h > 0 && d % h == 0 && d / h <= 256).ok_or_else(|| {
+                file_err(path, format!("{name} = {h} does not split width {d} into heads of at most 256"))
+            })
+        };
+        let id = |t: &str| tokenizer.token_to_id(t);
+        let need = |t: &str| id(t).ok_or_else(|| file_err(&dir.join("tokenizer.json"), format!("no token {t}")));
+        let multilingual = vocab >= 51865;
+        let en_transcribe = if multilingual { Some((need("<|en|>")?, need("<|transcribe|>")?)) } else { None };
+        let config_path = dir.join("config.json");
+        let config: serde_json::Value = match std::fs::read(&config_path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| file_err(&config_path, e))?,
+            Err(e) => return Err(RuntimeError::io(&config_path, e)),
+        };
+        let ids = |key: &str| -> Result<Vec<u32>> {
+            let Some(v) = config.get(key) else { return Ok(Vec::new()) };
+            let list = v.as_array().ok_or_else(|| file_err(&config_path, format!("{key} is not a list")))?;
+            list.iter()
+                .map(|x| {
+                    x.as_u64()
+                        .and_then(|x| u32::try_from(x).ok())
+                        .filter(|&x| (x as usize) < vocab)
+                        .ok_or_else(|| file_err(&config_path, format!("{key}: {x} is not a token id below {vocab}")))
+                })
+                .collect()
+        };
+        let cfg = WhisperConfig {
+            mels,
+            d_model: d,
+            ffn,
+            encoder_layers: layers("encoder"),
+            decoder_layers: layers("decoder"),
+            encoder_heads: heads("encoder/num_heads")?,
+            decoder_heads: heads("decoder/num_heads")?,
+            vocab,
+            text_ctx,
+            multilingual,
+            eot: need("<|endoftext|>")?,
+            sot: need("<|startoftranscript|>")?,
+            no_timestamps: need("<|notimestamps|>")?,
+            en_transcribe,
+            suppress: ids("suppress_ids")?,
+            suppress_begin: ids("suppress_ids_begin")?,
+        };
+        let bad = |m: String| Err(file_err(path, m));
+        if !(1..=MAX_WIDTH).contains(&d) || !d.is_multiple_of(64) {
+            return bad(format!("width {d}: flint takes multiples of 64 up to {MAX_WIDTH}"));
+        }
+        if !(1..=512).contains(&mels) || ffn == 0 || ffn > 4 * MAX_WIDTH {
+            return bad(format!("{mels} mel filters and an MLP of {ffn} are outside what flint takes"));
+        }
+        if cfg.encoder_layers == 0 || cfg.decoder_layers == 0 || cfg.encoder_layers > 256 || cfg.decoder_layers > 256 {
+            return bad(format!("{} encoder and {} decoder layers", cfg.encoder_layers, cfg.decoder_layers));
+        }
+        if !(1..=MAX_TEXT_CTX).contains(&text_ctx) || !(1..=1 << 20).contains(&vocab) {
+            return bad(format!("a text context of {text_ctx} (at most {MAX_TEXT_CTX}) and a vocabulary of {vocab}"));
+        }
+        for t in [cfg.eot, cfg.sot, cfg.no_timestamps] {
+            if t as usize >= vocab {
+                return bad(format!("special token {t} is outside the vocabulary of {vocab}"));
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+impl Whisper {
+    /// Load a CTranslate2 Whisper model: `path` is its directory or its `model.bin`, beside
+    /// which `config.json` and `tokenizer.json` lie.
+    pub fn load(dev: &Device, path: &Path) -> Result<Whisper> {
+        let (dir, bin_path) = if path.is_dir() {
+            (path.to_path_buf(), path.join("model.bin"))
+        } else {
+            (path.parent().unwrap_or(Path::new(".")).to_path_buf(), path.to_path_buf())
+        };
+        let bin = Ct2File::open(&bin_path)?;
+        let tok_path = dir.join("tokenizer.json");
+        crate::check_regular(&tok_path).map_err(|e| RuntimeError::io(&tok_path, e))?;
+        let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
+            .map_err(|e| RuntimeError::Tokenizer(format!("{}: {e}", tok_path.display())))?;
+        let cfg = WhisperConfig::read(&bin, &dir, &tokenizer)?;
+        let (d, f) = (cfg.d_model, cfg.ffn);
+        let up = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            Ok(dev.upload_f32(name, &bin.f32s(name, shape)?, shape, DType::F32)?)
+        };
+        // Rows `rows` of a fused projection `name` ([total, k]) and of its bias.
+        let part = |name: &str, total: usize, rows: std::ops::Range<usize>, k: usize| -> Result<Linear> {
+            let w = bin.f32s(&format!("{name}/weight"), &[total, k])?;
+            let b = bin.f32s(&format!("{name}/bias"), &[total])?;
+            let n = rows.len();
+            Ok(Linear {
+                w: dev.upload_f32(name, &w[rows.start * k..rows.end * k], &[n, k], DType::F32)?,
+                b: Some(dev.upload_f32(name, &b[rows], &[n], DType::F32)?),
+                n,
+                k,
+            })
+        };
+        let linear = |name: &str, n: usize, k: usize| part(name, n, 0..n, k);
+        let norm = |name: &str| -> Result<Norm> {
+            Ok(Norm { gamma: up(&format!("{name}/gamma"), &[d])?, beta: up(&format!("{name}/beta"), &[d])? })
+        };
+        let conv = |name: &str, cin: usize| -> Result<(Tensor, Tensor)> {
+            let w = bin.f32s(&format!("{name}/weight"), &[d, cin, 3])?;
+            Ok((dev.upload_f32(name, &w, &[d, cin * 3], DType::F32)?, up(&format!("{name}/bias"), &[d])?))
+        };
+        let mut enc = Vec::with_capacity(cfg.encoder_layers);
+        for l in 0..cfg.encoder_layers {
+            let p = format!("encoder/layer_{l}");
+            let qkv = format!("{p}/self_attention/linear_0");
+            enc.push(EncoderBlock {
+                ln1: norm(&format!("{p}/self_attention/layer_norm"))?,
+                q: part(&qkv, 3 * d, 0..d, d)?,
+                k: part(&qkv, 3 * d, d..2 * d, d)?,
+                v: part(&qkv, 3 * d, 2 * d..3 * d, d)?,
+                o: linear(&format!("{p}/self_attention/linear_1"), d, d)?,
+                ln2: norm(&format!("{p}/ffn/layer_norm"))?,
+                fc1: linear(&format!("{p}/ffn/linear_0"), f, d)?,
+                fc2: linear(&format!("{p}/ffn/linear_1"), d, f)?,
+            });
+        }
+        let mut dec = Vec::with_capacity(cfg.decoder_layers);
+        for l in 0..cfg.decoder_layers {
+            let p = format!("decoder/layer_{l}");
+            let qkv = format!("{p}/self_attention/linear_0");
+            let kv = format!("{p}/attention/linear_1");
+            dec.push(DecoderBlock {
+                ln1: norm(&format!("{p}/self_attention/layer_norm"))?,
+                q: part(&qkv, 3 * d, 0..d, d)?,
+                k: part(&qkv, 3 * d, d..2 * d, d)?,
+                v: part(&qkv, 3 * d, 2 * d..3 * d, d)?,
+                o: linear(&format!("{p}/self_attention/linear_1"), d, d)?,
+                ln_cross: norm(&format!("{p}/attention/layer_norm"))?,
+                cross_q: linear(&format!("{p}/attention/linear_0"), d, d)?,
+                cross_k: part(&kv, 2 * d, 0..d, d)?,
+                cross_v: part(&kv, 2 * d, d..2 * d, d)?,
+                cross_o: linear(&format!("{p}/attention/linear_2"), d, d)?,
+                ln2: norm(&format!("{p}/ffn/layer_norm"))?,
+                fc1: linear(&format!("{p}/ffn/linear_0"), f, d)?,
+                fc2: linear(&format!("{p}/ffn/linear_1"), d, f)?,
+            });
+        }
+        Ok(Whisper {
+            mel: LogMel::new(dev, cfg.mels)?,
+            conv1: conv("encoder/conv1", cfg.mels)?,
+            conv2: conv("encoder/conv2", d)?,
+            enc_pos: up("encoder/position_encodings/encodings", &[AUDIO_CTX, d])?,
+            enc,
+            enc_ln: norm("encoder/layer_norm")?,
+            embed: up("decoder/embeddings/weight", &[cfg.vocab, d])?,
+            dec_pos: up("decoder/position_encodings/encodings", &[cfg.text_ctx, d])?,
+            dec,
+            dec_ln: norm("decoder/layer_norm")?,
+            dev: dev.clone(),
+            path: bin_path,
+            tokenizer,
+            cfg,
+        })
+    }
+
+    /// The model file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The log-mel extractor this model's features come from.
+    pub fn log_mel(&self) -> &LogMel {
+        &self.mel
+    }
+
+    fn norm(&self, rec: &mut Recorder, x: &Tensor, n: &Norm, rows: usize, out: &Tensor) -> Result<()> {
+        let p = NormParams { kind: NormKind::Layer, rows, dim: self.cfg.d_model, eps: EPS };
+        Ok(flint_kernels::norm::norm(&self.dev, rec, &p, x, &n.gamma, Some(&n.beta), out)?)
+    }
+
+    fn gelu(&self, rec: &mut Recorder, x: &Tensor, n: usize, out: &Tensor) -> Result<()> {
+        let p = EltParams::unary(EltOp::GeluErf, n);
+        Ok(flint_kernels::elementwise::elementwise(&self.dev, rec, &p, x, None, out)?)
+    }
+
+    fn residual(&self, rec: &mut Recorder, x: &Tensor, y: &Tensor, n: usize) -> Result<()> {
+        let p = EltParams { op: EltOp::ResidualAdd, n, b_len: n, scale: 1.0 };
+        Ok(flint_kernels::elementwise::residual_add(&self.dev, rec, &p, x, y)?)
+    }
+
+    fn attn(&self, heads: usize, q_len: usize, mask: Mask) -> AttnParams {
+        let hd = self.cfg.d_model / heads;
+        AttnParams {
+            seqs: 1,
+            q_len,
+            n_heads: heads,
+            n_kv_heads: heads,
+            head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+            mask,
+            additive_mask: false,
+            mask_stride: 0,
+        }
+    }
+
+    /// Record the encoder over one window's features `[3000, mels]`: `[1500, d]`.
+    pub fn encode(&self, rec: &mut Recorder, features: &Tensor) -> Result<Tensor> {
+        let (dev, cfg) = (&self.dev, &self.cfg);
+        let d = cfg.d_model;
+        features.expect("whisper features", &[WINDOW_FRAMES, cfg.mels], DType::F32).map_err(RuntimeError::Gpu)?;
+        let c1 = Conv1dParams { len: WINDOW_FRAMES, channels: cfg.mels, out_channels: d, kernel: 3, stride: 1, pad: 1 };
+        let h = dev.empty("whisper conv1", &[WINDOW_FRAMES, d], DType::F32)?;
+        flint_kernels::audio::conv1d(dev, rec, &c1, features, &self.conv1.0, &self.conv1.1, &h)?;
+        let g = dev.empty("whisper conv1 gelu", &[WINDOW_FRAMES, d], DType::F32)?;
+        self.gelu(rec, &h, WINDOW_FRAMES * d, &g)?;
+        let c2 = Conv1dParams { len: WINDOW_FRAMES, channels: d, out_channels: d, kernel: 3, stride: 2, pad: 1 };
+        let h = dev.empty("whisper conv2", &[AUDIO_CTX, d], DType::F32)?;
+        flint_kernels::audio::conv1d(dev, rec, &c2, &g, &self.conv2.0, &self.conv2.1, &h)?;
+        let x = dev.empty("whisper encoder hidden", &[AUDIO_CTX, d], DType::F32)?;
+        self.gelu(rec, &h, AUDIO_CTX * d, &x)?;
+        self.residual(rec, &x, &self.enc_pos, AUDIO_CTX * d)?;
+
+        let m = AUDIO_CTX;
+        let attn = self.attn(cfg.encoder_heads, m, Mask::None);
+        let specs = [SeqSpec { kv_len: m, q_pos0: 0 }];
+        let table = PageTable::contiguous(dev, 1)?;
+        let normed = dev.empty("whisper encoder normed", &[m, d], DType::F32)?;
+        for b in &self.enc {
+            self.norm(rec, &x, &b.ln1, m, &normed)?;
+            let (q, k, v) = (
+                dev.empty("whisper encoder q", &[m, d], DType::F32)?,
+                dev.empty("whisper encoder k", &[1, m, d], DType::F32)?,
+                dev.empty("whisper encoder v", &[1, m, d], DType::F32)?,
+            );
+            b.q.forward(dev, rec, &normed, m, &q)?;
+            b.k.forward(dev, rec, &normed, m, &k)?;
+            b.v.forward(dev, rec, &normed, m, &v)?;
+            let cache = KvCache { k, v, page_size: m, num_pages: 1 };
+            let o = dev.empty("whisper encoder attention", &[m, d], DType::F32)?;
+            attention::attention(dev, rec, &attn, &specs, &q, &cache, &table, None, &o)?;
+            let y = dev.empty("whisper encoder attention proj", &[m, d], DType::F32)?;
+            b.o.forward(dev, rec, &o, m, &y)?;
+            self.residual(rec, &x, &y, m * d)?;
+            self.norm(rec, &x, &b.ln2, m, &normed)?;
+            let h = dev.empty("whisper encoder mlp", &[m, cfg.ffn], DType::F32)?;
+            b.fc1.forward(dev, rec, &normed, m, &h)?;
+            let g = dev.empty("whisper encoder mlp act", &[m, cfg.ffn], DType::F32)?;
+            self.gelu(rec, &h, m * cfg.ffn, &g)?;
+            let y = dev.empty("whisper encoder mlp out", &[m, d], DType::F32)?;
+            b.fc2.forward(dev, rec, &g, m, &y)?;
+            self.residual(rec, &x, &y, m * d)?;
+        }
+        let out = dev.empty("whisper encoder out", &[m, d], DType::F32)?;
+        self.norm(rec, &x, &self.enc_ln, m, &out)?;
+        Ok(out)
+    }
+
+    /// The encoder output of one window's features (host `[3000, mels]`), read back.
+    pub fn encode_host(&self, features: &[f32]) -> Result<Vec<f32>> {
+        let t = self.dev.upload_f32("whisper features", features, &[WINDOW_FRAMES, self.cfg.mels], DType::F32)?;
+        let mut rec = Recorder::new(&self.dev);
+        let out = self.encode(&mut rec, &t)?;
+        rec.submit()?.wait()?;
+        Ok(self.dev.read_f32(&out)?)
+    }
+
+    /// The prompt a window's decoding starts from: `<|startoftranscript|>`, language and task
+    /// for multilingual models (English transcription), `<|notimestamps|>`.
+    pub fn prompt(&self) -> Vec<u32> {
+        let c = &self.cfg;
+        let mut p = vec![c.sot];
+        if let Some((en, transcribe)) = c.en_transcribe {
+            p.extend([en, transcribe]);
+        }
+        p.push(c.no_timestamps);
+        p
+    }
+
+    /// Greedy decoding of one window from its encoder output `[1500, d]`: ids and log-probs, at
+    /// most `max_tokens` (and the text context).
+    pub fn decode(&self, encoded: &Tensor, max_tokens: usize) -> Result<(Vec<u32>, Vec<f32>)> {
+        let (dev, cfg) = (&self.dev, &self.cfg);
+        let d = cfg.d_model;
+        // Cross-attention keys and values, once per window.
+        let mut rec = Recorder::new(dev);
+        let mut cross = Vec::with_capacity(self.dec.len());
+        for b in &self.dec {
+            let k = dev.empty("whisper cross k", &[1, AUDIO_CTX, d], DType::F32)?;
+            let v = dev.empty("whisper cross v", &[1, AUDIO_CTX, d], DType::F32)?;
+            b.cross_k.forward(dev, &mut rec, encoded, AUDIO_CTX, &k)?;
+            b.cross_v.forward(dev, &mut rec, encoded, AUDIO_CTX, &v)?;
+            cross.push(KvCache { k, v, page_size: AUDIO_CTX, num_pages: 1 });
+        }
+        let mut caches = Vec::with_capacity(self.dec.len());
+        for _ in &self.dec {
+            let k = dev.empty("whisper self k", &[1, cfg.text_ctx, d], DType::F32)?;
+            let v = dev.empty("whisper self v", &[1, cfg.text_ctx, d], DType::F32)?;
+            caches.push(KvCache { k, v, page_size: cfg.text_ctx, num_pages: 1 });
+        }
+        rec.submit()?;
+        let table = PageTable::contiguous(dev, 1)?;
+        let prompt = self.prompt();
+        let budget = max_tokens.min(cfg.text_ctx.saturating_sub(prompt.len()));
+        let mut logits = self.step(&prompt, 0, &caches, &cross, &table)?;
+        let (mut ids, mut logprobs) = (Vec::new(), Vec::new());
+        while ids.len() < budget {
+            let (tok, lp) = self.pick(&logits, ids.is_empty());
+            if tok == cfg.eot {
+                break;
+            }
+            ids.push(tok);
+            logprobs.push(lp);
+            if ids.len() == budget {
+                break;
+            }
+            logits = self.step(&[tok], prompt.len() + ids.len() - 1, &caches, &cross, &table)?;
+        }
+        Ok((ids, logprobs))
+    }
+
+    /// The greedy choice over `logits` with Whisper's suppressions, and its log-probability
+    /// under the full softmax of the raw logits.
+    fn pick(&self, logits: &[f32], first: bool) -> (u32, f32) {
+        let cfg = &self.cfg;
+        let mut allowed = vec![true; logits.len()];
+        for &t in cfg.suppress.iter().chain(if first { &cfg.suppress_begin[..] } else { &[] }) {
+            allowed[t as usize] = false;
+        }
+        // Special tokens and timestamps: everything after end of text.
+        for a in allowed.iter_mut().skip(cfg.eot as usize + 1) {
+            *a = false;
+        }
+        let mut best = (0usize, f32::NEG_INFINITY);
+        for (i, &x) in logits.iter().enumerate() {
+            if allowed[i] && x > best.1 {
+                best = (i, x);
+            }
+        }
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let lse = max + logits.iter().map(|&x| f64::from(x - max).exp()).sum::<f64>().ln() as f32;
+        (best.0 as u32, best.1 - lse)
+    }
+
+    /// Run `tokens` at positions `pos0..` through the decoder, writing their keys and values into
+    /// the caches; the logits of the last token.
+    fn step(
+        &self,
+        tokens: &[u32],
+        pos0: usize,
+        caches: &[KvCache],
+        cross: &[KvCache],
+        table: &PageTable,
+    ) -> Result<Vec<f32>> {
+        let (dev, cfg) = (&self.dev, &self.cfg);
+        let (d, n) = (cfg.d_model, tokens.len());
+        let mut rec = Recorder::new(dev);
+        let ids = dev.upload_u32("whisper tokens", tokens, &[n])?;
+        let positions: Vec<u32> = (pos0..pos0 + n).map(|p| p as u32).collect();
+        let pos = dev.upload_u32("whisper positions", &positions, &[n])?;
+        let x = dev.empty("whisper decoder hidden", &[n, d], DType::F32)?;
+        let pe = dev.empty("whisper decoder positions", &[n, d], DType::F32)?;
+        flint_kernels::embed::embed(
+            dev,
+            &mut rec,
+            &EmbedParams { tokens: n, vocab: cfg.vocab, dim: d, scale: 1.0 },
+            &self.embed,
+            &ids,
+            &x,
+        )?;
+        flint_kernels::embed::embed(
+            dev,
+            &mut rec,
+            &EmbedParams { tokens: n, vocab: cfg.text_ctx, dim: d, scale: 1.0 },
+            &self.dec_pos,
+            &pos,
+            &pe,
+        )?;
+        self.residual(&mut rec, &x, &pe, n * d)?;
+        let self_attn = self.attn(cfg.decoder_heads, n, Mask::Causal);
+        let self_spec = [SeqSpec { kv_len: pos0 + n, q_pos0: pos0 }];
+        let cross_attn = self.attn(cfg.decoder_heads, n, Mask::None);
+        let cross_spec = [SeqSpec { kv_len: AUDIO_CTX, q_pos0: 0 }];
+        let normed = dev.empty("whisper decoder normed", &[n, d], DType::F32)?;
+        let row_bytes = (d * 4) as u64;
+        for ((b, cache), cross) in self.dec.iter().zip(caches).zip(cross) {
+            self.norm(&mut rec, &x, &b.ln1, n, &normed)?;
+            let q = dev.empty("whisper decoder q", &[n, d], DType::F32)?;
+            b.q.forward(dev, &mut rec, &normed, n, &q)?;
+            let k = cache.k.view(pos0 as u64 * row_bytes, &[n, d], DType::F32)?;
+            let v = cache.v.view(pos0 as u64 * row_bytes, &[n, d], DType::F32)?;
+            b.k.forward(dev, &mut rec, &normed, n, &k)?;
+            b.v.forward(dev, &mut rec, &normed, n, &v)?;
+            let o = dev.empty("whisper decoder attention", &[n, d], DType::F32)?;
+            attention::attention(dev, &mut rec, &self_attn, &self_spec, &q, cache, table, None, &o)?;
+            let y = dev.empty("whisper decoder attention proj", &[n, d], DType::F32)?;
+            b.o.forward(dev, &mut rec, &o, n, &y)?;
+            self.residual(&mut rec, &x, &y, n * d)?;
+
+            self.norm(&mut rec, &x, &b.ln_cross, n, &normed)?;
+            b.cross_q.forward(dev, &mut rec, &normed, n, &q)?;
+            attention::attention(dev, &mut rec, &cross_attn, &cross_spec, &q, cross, table, None, &o)?;
+            b.cross_o.forward(dev, &mut rec, &o, n, &y)?;
+            self.residual(&mut rec, &x, &y, n * d)?;
+
+            self.norm(&mut rec, &x, &b.ln2, n, &normed)?;
+            let h = dev.empty("whisper decoder mlp", &[n, cfg.ffn], DType::F32)?;
+            b.fc1.forward(dev, &mut rec, &normed, n, &h)?;
+            let g = dev.empty("whisper decoder mlp act", &[n, cfg.ffn], DType::F32)?;
+            self.gelu(&mut rec, &h, n * cfg.ffn, &g)?;
+            b.fc2.forward(dev, &mut rec, &g, n, &y)?;
+            self.residual(&mut rec, &x, &y, n * d)?;
+        }
+        let last = x.view((n as u64 - 1) * row_bytes, &[1, d], DType::F32)?;
+        let out = dev.empty("whisper decoder out", &[1, d], DType::F32)?;
+        self.norm(&mut rec, &last, &self.dec_ln, 1, &out)?;
+        let logits = dev.empty("whisper logits", &[1, cfg.vocab], DType::F32)?;
+        let head = MatmulParams::new(1, cfg.vocab, d);
+        flint_kernels::matmul::matmul(dev, &mut rec, &head, &out, &self.embed, None, &logits)?;
+        rec.submit()?.wait()?;
+        Ok(dev.read_f32(&logits)?)
+    }
+
+    /// Transcribe `audio` (any rate; resampled to 16 kHz): 30-second windows one after another,
+    /// each decoded greedily from the start token, at most `max_tokens` per window.
+    pub fn transcribe(&self, audio: &Audio, max_tokens: usize) -> Result<Transcript> {
+        let dev = &self.dev;
+        let t0 = Instant::now();
+        let mut rec = Recorder::new(dev);
+        let features = self.mel.record(dev, &mut rec, audio)?;
+        rec.submit()?.wait()?;
+        let features_s = t0.elapsed().as_secs_f64();
+        let windows = features.shape()[0];
+        let (mut encoder_s, mut decoder_s) = (0.0, 0.0);
+        let (mut ids, mut logprobs, mut parts) = (Vec::new(), Vec::new(), Vec::new());
+        let per_window = (WINDOW_FRAMES * self.cfg.mels * 4) as u64;
+        for w in 0..windows {
+            let t = Instant::now();
+            let window = features.view(w as u64 * per_window, &[WINDOW_FRAMES, self.cfg.mels], DType::F32)?;
+            let mut rec = Recorder::new(dev);
+            let encoded = self.encode(&mut rec, &window)?;
+            rec.submit()?.wait()?;
+            encoder_s += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let (w_ids, w_lp) = self.decode(&encoded, max_tokens)?;
+            decoder_s += t.elapsed().as_secs_f64();
+            parts.push(self.text(&w_ids)?.trim().to_string());
+            ids.extend(w_ids);
+            logprobs.extend(w_lp);
+        }
+        let text = parts.into_iter().filter(|p| !p.is_empty()).collect::<Vec<_>>().join(" ");
+        Ok(Transcript {
+            ids,
+            logprobs,
+            text,
+            audio_seconds: audio.seconds(),
+            windows,
+            features_s,
+            encoder_s,
+            decoder_s,
+        })
+    }
+
+    /// The text of `ids` (special tokens skipped).
+    pub fn text(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer.decode(ids, true).map_err(|e| RuntimeError::Tokenizer(e.to_string()))
+    }
+}
