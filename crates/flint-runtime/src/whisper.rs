@@ -24,7 +24,6 @@ use flint_kernels::attention::{self, KvCache, PageTable};
 use flint_ref::attention::{AttnParams, Mask, SeqSpec};
 use flint_ref::audio::Conv1dParams;
 use flint_ref::elementwise::{EltOp, EltParams};
-use flint_ref::embed::EmbedParams;
 use flint_ref::matmul::MatmulParams;
 use flint_ref::norm::{NormKind, NormParams};
 
@@ -140,8 +139,12 @@ pub struct Whisper {
     enc_pos: Tensor,
     enc: Vec<EncoderBlock>,
     enc_ln: Norm,
+    /// The output head (the token embeddings), f16 where the adapter has it.
     embed: Tensor,
-    dec_pos: Tensor,
+    /// The token embeddings on the host (f16 holds the checkpoint's values exactly) and the
+    /// learned positions: a step's input rows are formed where its tokens are chosen.
+    embed_host: Vec<half::f16>,
+    pos_host: Vec<f32>,
     dec: Vec<DecoderBlock>,
     dec_ln: Norm,
 }
@@ -278,19 +281,28 @@ impl Whisper {
         let up = |name: &str, shape: &[usize]| -> Result<Tensor> {
             Ok(dev.upload_f32(name, &bin.f32s(name, shape)?, shape, DType::F32)?)
         };
-        // Rows `rows` of a fused projection `name` ([total, k]) and of its bias.
-        let part = |name: &str, total: usize, rows: std::ops::Range<usize>, k: usize| -> Result<Linear> {
+        // Rows `rows` of a fused projection `name` ([total, k]) and of its bias, stored as `dt`.
+        let part_as = |name: &str, total: usize, rows: std::ops::Range<usize>, k: usize, dt: DType| -> Result<Linear> {
             let w = bin.f32s(&format!("{name}/weight"), &[total, k])?;
             let b = bin.f32s(&format!("{name}/bias"), &[total])?;
             let n = rows.len();
             Ok(Linear {
-                w: dev.upload_f32(name, &w[rows.start * k..rows.end * k], &[n, k], DType::F32)?,
-                b: Some(dev.upload_f32(name, &b[rows], &[n], DType::F32)?),
+                w: dev.upload_f32(name, &w[rows.start * k..rows.end * k], &[n, k], dt)?,
+                b: Some(dev.upload_f32(name, &b[rows], &[n], dt)?),
                 n,
                 k,
             })
         };
+        // The encoder's products are matmuls of 1500 rows, fastest from f32 weights; the
+        // decoder's are matrix-vector products bound by the bytes of their weights, read as f16
+        // (as the published checkpoints store them, so nothing is rounded).
+        let (enc_dt, dec_dt) = (DType::F32, if dev.caps().f16 { DType::F16 } else { DType::F32 });
+        let part =
+            |name: &str, total: usize, rows: std::ops::Range<usize>, k: usize| part_as(name, total, rows, k, enc_dt);
         let linear = |name: &str, n: usize, k: usize| part(name, n, 0..n, k);
+        let dpart =
+            |name: &str, total: usize, rows: std::ops::Range<usize>, k: usize| part_as(name, total, rows, k, dec_dt);
+        let dlinear = |name: &str, n: usize, k: usize| dpart(name, n, 0..n, k);
         let norm = |name: &str| -> Result<Norm> {
             Ok(Norm { gamma: up(&format!("{name}/gamma"), &[d])?, beta: up(&format!("{name}/beta"), &[d])? })
         };
@@ -313,6 +325,7 @@ impl Whisper {
                 fc2: linear(&format!("{p}/ffn/linear_1"), d, f)?,
             });
         }
+        let embed = bin.f32s("decoder/embeddings/weight", &[cfg.vocab, d])?;
         let mut dec = Vec::with_capacity(cfg.decoder_layers);
         for l in 0..cfg.decoder_layers {
             let p = format!("decoder/layer_{l}");
@@ -320,18 +333,18 @@ impl Whisper {
             let kv = format!("{p}/attention/linear_1");
             dec.push(DecoderBlock {
                 ln1: norm(&format!("{p}/self_attention/layer_norm"))?,
-                q: part(&qkv, 3 * d, 0..d, d)?,
-                k: part(&qkv, 3 * d, d..2 * d, d)?,
-                v: part(&qkv, 3 * d, 2 * d..3 * d, d)?,
-                o: linear(&format!("{p}/self_attention/linear_1"), d, d)?,
+                q: dpart(&qkv, 3 * d, 0..d, d)?,
+                k: dpart(&qkv, 3 * d, d..2 * d, d)?,
+                v: dpart(&qkv, 3 * d, 2 * d..3 * d, d)?,
+                o: dlinear(&format!("{p}/self_attention/linear_1"), d, d)?,
                 ln_cross: norm(&format!("{p}/attention/layer_norm"))?,
-                cross_q: linear(&format!("{p}/attention/linear_0"), d, d)?,
-                cross_k: part(&kv, 2 * d, 0..d, d)?,
-                cross_v: part(&kv, 2 * d, d..2 * d, d)?,
-                cross_o: linear(&format!("{p}/attention/linear_2"), d, d)?,
+                cross_q: dlinear(&format!("{p}/attention/linear_0"), d, d)?,
+                cross_k: dpart(&kv, 2 * d, 0..d, d)?,
+                cross_v: dpart(&kv, 2 * d, d..2 * d, d)?,
+                cross_o: dlinear(&format!("{p}/attention/linear_2"), d, d)?,
                 ln2: norm(&format!("{p}/ffn/layer_norm"))?,
-                fc1: linear(&format!("{p}/ffn/linear_0"), f, d)?,
-                fc2: linear(&format!("{p}/ffn/linear_1"), d, f)?,
+                fc1: dlinear(&format!("{p}/ffn/linear_0"), f, d)?,
+                fc2: dlinear(&format!("{p}/ffn/linear_1"), d, f)?,
             });
         }
         Ok(Whisper {
@@ -341,8 +354,9 @@ impl Whisper {
             enc_pos: up("encoder/position_encodings/encodings", &[AUDIO_CTX, d])?,
             enc,
             enc_ln: norm("encoder/layer_norm")?,
-            embed: up("decoder/embeddings/weight", &[cfg.vocab, d])?,
-            dec_pos: up("decoder/position_encodings/encodings", &[cfg.text_ctx, d])?,
+            embed: dev.upload_f32("decoder/embeddings/weight", &embed, &[cfg.vocab, d], dec_dt)?,
+            embed_host: embed.iter().map(|&x| half::f16::from_f32(x)).collect(),
+            pos_host: bin.f32s("decoder/position_encodings/encodings", &[cfg.text_ctx, d])?,
             dec,
             dec_ln: norm("decoder/layer_norm")?,
             dev: dev.clone(),
@@ -543,28 +557,12 @@ impl Whisper {
         let (dev, cfg) = (&self.dev, &self.cfg);
         let (d, n) = (cfg.d_model, tokens.len());
         let mut rec = Recorder::new(dev);
-        let ids = dev.upload_u32("whisper tokens", tokens, &[n])?;
-        let positions: Vec<u32> = (pos0..pos0 + n).map(|p| p as u32).collect();
-        let pos = dev.upload_u32("whisper positions", &positions, &[n])?;
-        let x = dev.empty("whisper decoder hidden", &[n, d], DType::F32)?;
-        let pe = dev.empty("whisper decoder positions", &[n, d], DType::F32)?;
-        flint_kernels::embed::embed(
-            dev,
-            &mut rec,
-            &EmbedParams { tokens: n, vocab: cfg.vocab, dim: d, scale: 1.0 },
-            &self.embed,
-            &ids,
-            &x,
-        )?;
-        flint_kernels::embed::embed(
-            dev,
-            &mut rec,
-            &EmbedParams { tokens: n, vocab: cfg.text_ctx, dim: d, scale: 1.0 },
-            &self.dec_pos,
-            &pos,
-            &pe,
-        )?;
-        self.residual(&mut rec, &x, &pe, n * d)?;
+        let mut rows = Vec::with_capacity(n * d);
+        for (i, &t) in tokens.iter().enumerate() {
+            let (e, p) = (&self.embed_host[t as usize * d..][..d], &self.pos_host[(pos0 + i) * d..][..d]);
+            rows.extend(e.iter().zip(p).map(|(e, p)| e.to_f32() + p));
+        }
+        let x = dev.upload_f32("whisper decoder hidden", &rows, &[n, d], DType::F32)?;
         let self_attn = self.attn(cfg.decoder_heads, n, Mask::Causal);
         let self_spec = [SeqSpec { kv_len: pos0 + n, q_pos0: pos0 }];
         let cross_attn = self.attn(cfg.decoder_heads, n, Mask::None);
