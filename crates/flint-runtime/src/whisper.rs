@@ -1,5 +1,6 @@
 //! Whisper speech recognition on the GPU, from CTranslate2 model directories (`model.bin`,
-//! `config.json`, `tokenizer.json`, as faster-whisper uses them).
+//! `config.json`, `tokenizer.json`, as faster-whisper uses them) and Hugging Face directories
+//! (`WhisperForConditionalGeneration`: safetensors in f32, f16 or bf16).
 //!
 //! Encoder: the log-mel features `[3000, mels]` of a 30-second window through two convolutions
 //! over time (kernel 3; strides 1 and 2) with exact GELU, plus sinusoidal positions, then
@@ -9,8 +10,8 @@
 //! output (its keys and values computed once per window) and a GELU MLP, a final LayerNorm, and
 //! the embedding matrix as the output head. Decoding is greedy from `<|startoftranscript|>`
 //! (plus language and task tokens for multilingual models) and `<|notimestamps|>`, with the
-//! suppressed tokens of the model's `config.json` (and blank and end of text at the first step),
-//! timestamps and other special tokens suppressed, as CTranslate2's greedy search does.
+//! suppressed tokens of the model's config (and its blank and end of text at the first step) and
+//! the timestamps suppressed, as CTranslate2's and transformers' greedy searches do.
 //!
 //! CTranslate2 fuses projections (self-attention Q/K/V in one `linear_0`, cross-attention K/V
 //! in `linear_1`); flint splits them at load so that keys and values are written straight into
@@ -29,6 +30,7 @@ use flint_ref::norm::{NormKind, NormParams};
 
 use crate::audio::{Audio, LogMel};
 use crate::ct2::Ct2File;
+use crate::hf::{Config, HfDir};
 use crate::{Result, RuntimeError};
 
 /// Frames of log-mel features per window.
@@ -149,6 +151,13 @@ pub struct Whisper {
     dec_ln: Norm,
 }
 
+/// One window's decoder state.
+struct Window {
+    caches: Vec<KvCache>,
+    cross: Vec<KvCache>,
+    table: PageTable,
+}
+
 /// One window's or one file's transcription.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Transcript {
@@ -174,8 +183,31 @@ fn file_err(path: &Path, m: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::Model(format!("{}: {m}", path.display()))
 }
 
+/// A list of token ids in a JSON config, each below `vocab`.
+fn token_list(v: Option<&serde_json::Value>, vocab: usize, path: &Path, key: &str) -> Result<Vec<u32>> {
+    let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(Vec::new()) };
+    let list = v.as_array().ok_or_else(|| file_err(path, format!("{key} is not a list")))?;
+    list.iter()
+        .map(|x| {
+            x.as_u64()
+                .and_then(|x| u32::try_from(x).ok())
+                .filter(|&x| (x as usize) < vocab)
+                .ok_or_else(|| file_err(path, format!("{key}: {x} is not a token id below {vocab}")))
+        })
+        .collect()
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    crate::check_regular(path).map_err(|e| RuntimeError::io(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| RuntimeError::io(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| file_err(path, e))
+}
+
 impl WhisperConfig {
-    fn read(bin: &Ct2File, dir: &Path, tokenizer: &tokenizers::Tokenizer) -> Result<WhisperConfig> {
+    /// A CTranslate2 model: shapes from `model.bin`, heads from its scalars, suppressed tokens
+    /// from `config.json`, special tokens from `tokenizer.json`; multilingual when the
+    /// vocabulary has more than English's 51864 tokens (as CTranslate2 decides).
+    fn from_ct2(bin: &Ct2File, dir: &Path, tokenizer: &tokenizers::Tokenizer) -> Result<WhisperConfig> {
         let path = bin.path();
         if bin.spec != "WhisperSpec" {
             return Err(file_err(path, format!("spec {:?}; flint reads WhisperSpec models here", bin.spec)));
@@ -188,95 +220,274 @@ impl WhisperConfig {
             ref s => return Err(file_err(path, format!("encoder/conv1/weight has shape {s:?}, not [d, mels, 3]"))),
         };
         let ffn = shape("encoder/layer_0/ffn/linear_0/weight")?.first().copied().unwrap_or(0);
-        let (vocab, text_ctx) = (
-            shape("decoder/embeddings/weight")?.first().copied().unwrap_or(0),
-            shape("decoder/position_encodings/encodings")?.first().copied().unwrap_or(0),
-        );
+        let vocab = shape("decoder/embeddings/weight")?.first().copied().unwrap_or(0);
+        let text_ctx = shape("decoder/position_encodings/encodings")?.first().copied().unwrap_or(0);
         let layers = |side: &str| {
             (0..).take_while(|i| bin.get(&format!("{side}/layer_{i}/ffn/linear_0/weight")).is_some()).count()
         };
         let heads = |name: &str| -> Result<usize> {
-            let h = bin.scalar(name)?;
-            usize::try_from(h).ok().filter(|&h| h > 0 && d % h == 0 && d / h <= 256).ok_or_else(|| {
-                file_err(path, format!("{name} = {h} does not split width {d} into heads of at most 256"))
-            })
+            usize::try_from(bin.scalar(name)?).map_err(|_| file_err(path, format!("{name} is negative")))
         };
-        let id = |t: &str| tokenizer.token_to_id(t);
-        let need = |t: &str| id(t).ok_or_else(|| file_err(&dir.join("tokenizer.json"), format!("no token {t}")));
-        let multilingual = vocab >= 51865;
-        let en_transcribe = if multilingual { Some((need("<|en|>")?, need("<|transcribe|>")?)) } else { None };
         let config_path = dir.join("config.json");
-        let config: serde_json::Value = match std::fs::read(&config_path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| file_err(&config_path, e))?,
-            Err(e) => return Err(RuntimeError::io(&config_path, e)),
+        let config = read_json(&config_path)?;
+        let cfg = WhisperConfig::with_tokens(
+            tokenizer,
+            dir,
+            Shapes {
+                mels,
+                d_model: d,
+                ffn,
+                encoder_layers: layers("encoder"),
+                decoder_layers: layers("decoder"),
+                encoder_heads: heads("encoder/num_heads")?,
+                decoder_heads: heads("decoder/num_heads")?,
+                vocab,
+                text_ctx,
+            },
+            vocab >= 51865,
+            token_list(config.get("suppress_ids"), vocab, &config_path, "suppress_ids")?,
+            token_list(config.get("suppress_ids_begin"), vocab, &config_path, "suppress_ids_begin")?,
+        )?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// A Hugging Face Whisper directory: shapes from `config.json`; multilingual and the
+    /// suppressed tokens from `generation_config.json` (or `config.json`), special tokens from
+    /// `tokenizer.json`.
+    fn from_hf(hf: &HfDir, tokenizer: &tokenizers::Tokenizer) -> Result<WhisperConfig> {
+        let c = Config::new(hf.dir.join("config.json"), &hf.config);
+        let enc_ffn = c.usize("encoder_ffn_dim")?;
+        if c.usize("decoder_ffn_dim")? != enc_ffn {
+            return Err(c.error("decoder_ffn_dim", "differs from encoder_ffn_dim, which flint does not support"));
+        }
+        if c.usize_or("max_source_positions", AUDIO_CTX)? != AUDIO_CTX {
+            return Err(c.error("max_source_positions", &format!("is not {AUDIO_CTX} (30-second windows)")));
+        }
+        if c.str_or("activation_function", "gelu")? != "gelu" {
+            return Err(c.error("activation_function", "is not gelu"));
+        }
+        if c.bool_or("scale_embedding", false)? {
+            return Err(c.error("scale_embedding", "is true, which flint does not support"));
+        }
+        let vocab = c.usize("vocab_size")?;
+        let gen_path = hf.dir.join("generation_config.json");
+        let generation = if gen_path.exists() { read_json(&gen_path)? } else { serde_json::Value::Null };
+        let (list_src, list_path) =
+            if generation.get("suppress_tokens").is_some() { (&generation, &gen_path) } else { (&hf.config, &c.path) };
+        let multilingual = generation.get("is_multilingual").and_then(|v| v.as_bool()).unwrap_or(vocab >= 51865);
+        let cfg = WhisperConfig::with_tokens(
+            tokenizer,
+            &hf.dir,
+            Shapes {
+                mels: c.usize("num_mel_bins")?,
+                d_model: c.usize("d_model")?,
+                ffn: enc_ffn,
+                encoder_layers: c.usize("encoder_layers")?,
+                decoder_layers: c.usize("decoder_layers")?,
+                encoder_heads: c.usize("encoder_attention_heads")?,
+                decoder_heads: c.usize("decoder_attention_heads")?,
+                vocab,
+                text_ctx: c.usize("max_target_positions")?,
+            },
+            multilingual,
+            token_list(list_src.get("suppress_tokens"), vocab, list_path, "suppress_tokens")?,
+            token_list(list_src.get("begin_suppress_tokens"), vocab, list_path, "begin_suppress_tokens")?,
+        )?;
+        cfg.validate(&c.path)?;
+        Ok(cfg)
+    }
+
+    fn with_tokens(
+        tokenizer: &tokenizers::Tokenizer,
+        dir: &Path,
+        s: Shapes,
+        multilingual: bool,
+        suppress: Vec<u32>,
+        suppress_begin: Vec<u32>,
+    ) -> Result<WhisperConfig> {
+        let need = |t: &str| {
+            tokenizer.token_to_id(t).ok_or_else(|| file_err(&dir.join("tokenizer.json"), format!("no token {t}")))
         };
-        let ids = |key: &str| -> Result<Vec<u32>> {
-            let Some(v) = config.get(key) else { return Ok(Vec::new()) };
-            let list = v.as_array().ok_or_else(|| file_err(&config_path, format!("{key} is not a list")))?;
-            list.iter()
-                .map(|x| {
-                    x.as_u64()
-                        .and_then(|x| u32::try_from(x).ok())
-                        .filter(|&x| (x as usize) < vocab)
-                        .ok_or_else(|| file_err(&config_path, format!("{key}: {x} is not a token id below {vocab}")))
-                })
-                .collect()
-        };
-        let cfg = WhisperConfig {
-            mels,
-            d_model: d,
-            ffn,
-            encoder_layers: layers("encoder"),
-            decoder_layers: layers("decoder"),
-            encoder_heads: heads("encoder/num_heads")?,
-            decoder_heads: heads("decoder/num_heads")?,
-            vocab,
-            text_ctx,
+        let en_transcribe = if multilingual { Some((need("<|en|>")?, need("<|transcribe|>")?)) } else { None };
+        Ok(WhisperConfig {
+            mels: s.mels,
+            d_model: s.d_model,
+            ffn: s.ffn,
+            encoder_layers: s.encoder_layers,
+            decoder_layers: s.decoder_layers,
+            encoder_heads: s.encoder_heads,
+            decoder_heads: s.decoder_heads,
+            vocab: s.vocab,
+            text_ctx: s.text_ctx,
             multilingual,
             eot: need("<|endoftext|>")?,
             sot: need("<|startoftranscript|>")?,
             no_timestamps: need("<|notimestamps|>")?,
             en_transcribe,
-            suppress: ids("suppress_ids")?,
-            suppress_begin: ids("suppress_ids_begin")?,
-        };
+            suppress,
+            suppress_begin,
+        })
+    }
+
+    /// Check the shapes flint can run, naming `path` in errors.
+    fn validate(&self, path: &Path) -> Result<()> {
         let bad = |m: String| Err(file_err(path, m));
+        let d = self.d_model;
         if !(1..=MAX_WIDTH).contains(&d) || !d.is_multiple_of(64) {
             return bad(format!("width {d}: flint takes multiples of 64 up to {MAX_WIDTH}"));
         }
-        if !(1..=512).contains(&mels) || ffn == 0 || ffn > 4 * MAX_WIDTH {
-            return bad(format!("{mels} mel filters and an MLP of {ffn} are outside what flint takes"));
-        }
-        if cfg.encoder_layers == 0 || cfg.decoder_layers == 0 || cfg.encoder_layers > 256 || cfg.decoder_layers > 256 {
-            return bad(format!("{} encoder and {} decoder layers", cfg.encoder_layers, cfg.decoder_layers));
-        }
-        if !(1..=MAX_TEXT_CTX).contains(&text_ctx) || !(1..=1 << 20).contains(&vocab) {
-            return bad(format!("a text context of {text_ctx} (at most {MAX_TEXT_CTX}) and a vocabulary of {vocab}"));
-        }
-        for t in [cfg.eot, cfg.sot, cfg.no_timestamps] {
-            if t as usize >= vocab {
-                return bad(format!("special token {t} is outside the vocabulary of {vocab}"));
+        for (what, h) in [("encoder", self.encoder_heads), ("decoder", self.decoder_heads)] {
+            if h == 0 || !d.is_multiple_of(h) || d / h > 256 {
+                return bad(format!("{h} {what} heads do not split width {d} into heads of at most 256"));
             }
         }
-        Ok(cfg)
+        if !(1..=512).contains(&self.mels) || self.ffn == 0 || self.ffn > 4 * MAX_WIDTH {
+            return bad(format!("{} mel filters and an MLP of {} are outside what flint takes", self.mels, self.ffn));
+        }
+        let layers = (self.encoder_layers, self.decoder_layers);
+        if layers.0 == 0 || layers.1 == 0 || layers.0 > 256 || layers.1 > 256 {
+            return bad(format!("{} encoder and {} decoder layers (1 to 256 each)", layers.0, layers.1));
+        }
+        if !(1..=MAX_TEXT_CTX).contains(&self.text_ctx) || !(1..=1 << 20).contains(&self.vocab) {
+            return bad(format!(
+                "a text context of {} (at most {MAX_TEXT_CTX}) and a vocabulary of {}",
+                self.text_ctx, self.vocab
+            ));
+        }
+        let specials = [self.eot, self.sot, self.no_timestamps]
+            .into_iter()
+            .chain(self.en_transcribe.iter().flat_map(|&(a, b)| [a, b]));
+        for t in specials {
+            if t as usize >= self.vocab {
+                return bad(format!("special token {t} is outside the vocabulary of {}", self.vocab));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The shapes both readers find.
+struct Shapes {
+    mels: usize,
+    d_model: usize,
+    ffn: usize,
+    encoder_layers: usize,
+    decoder_layers: usize,
+    encoder_heads: usize,
+    decoder_heads: usize,
+    vocab: usize,
+    text_ctx: usize,
+}
+
+/// Where a model's tensors come from, asked for by CTranslate2's names.
+trait Source {
+    fn f32s(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
+}
+
+impl Source for Ct2File {
+    fn f32s(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        Ct2File::f32s(self, name, shape)
+    }
+}
+
+/// A Hugging Face checkpoint (`WhisperForConditionalGeneration`) seen through CTranslate2's
+/// names: its separate Q/K/V (and cross-attention K/V) projections concatenated as CTranslate2
+/// fuses them, with the key projection's missing bias as zeros.
+struct HfSource<'a> {
+    dir: &'a HfDir,
+    d: usize,
+}
+
+impl Source for HfSource<'_> {
+    fn f32s(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let parts: Vec<&str> = name.split('/').collect();
+        let (side, rest) = match parts.as_slice() {
+            [side, rest @ ..] => (*side, rest),
+            _ => return Err(RuntimeError::Model(format!("no tensor {name}"))),
+        };
+        let get = |n: &str, shape: &[usize]| self.dir.f32(n, shape);
+        let d = self.d;
+        let param = |leaf: &str| match leaf {
+            "gamma" | "weight" => "weight",
+            _ => "bias",
+        };
+        match rest {
+            ["conv1" | "conv2", leaf] => get(&format!("model.{side}.{}.{leaf}", rest[0]), shape),
+            ["position_encodings", "encodings"] => get(&format!("model.{side}.embed_positions.weight"), shape),
+            ["embeddings", "weight"] => get("model.decoder.embed_tokens.weight", shape),
+            ["layer_norm", leaf] => get(&format!("model.{side}.layer_norm.{}", param(leaf)), shape),
+            [layer, block, module, leaf] => {
+                let l = layer.strip_prefix("layer_").ok_or_else(|| RuntimeError::Model(format!("no tensor {name}")))?;
+                let p = format!("model.{side}.layers.{l}");
+                let leaf_name = param(leaf);
+                let fused = |projs: &[&str]| -> Result<Vec<f32>> {
+                    let attn = if *block == "attention" { "encoder_attn" } else { "self_attn" };
+                    let mut out = Vec::with_capacity(shape.iter().product());
+                    for proj in projs {
+                        let n = format!("{p}.{attn}.{proj}_proj.{leaf_name}");
+                        if leaf_name == "bias" && *proj == "k" && !self.dir.has(&n) {
+                            out.extend(std::iter::repeat_n(0.0, d));
+                        } else if leaf_name == "bias" {
+                            out.extend(get(&n, &[d])?);
+                        } else {
+                            out.extend(get(&n, &[d, d])?);
+                        }
+                    }
+                    Ok(out)
+                };
+                match (*block, *module) {
+                    ("self_attention", "layer_norm") => get(&format!("{p}.self_attn_layer_norm.{leaf_name}"), shape),
+                    ("self_attention", "linear_0") => fused(&["q", "k", "v"]),
+                    ("self_attention", "linear_1") => get(&format!("{p}.self_attn.out_proj.{leaf_name}"), shape),
+                    ("attention", "layer_norm") => get(&format!("{p}.encoder_attn_layer_norm.{leaf_name}"), shape),
+                    ("attention", "linear_0") => fused(&["q"]),
+                    ("attention", "linear_1") => fused(&["k", "v"]),
+                    ("attention", "linear_2") => get(&format!("{p}.encoder_attn.out_proj.{leaf_name}"), shape),
+                    ("ffn", "layer_norm") => get(&format!("{p}.final_layer_norm.{leaf_name}"), shape),
+                    ("ffn", "linear_0") => get(&format!("{p}.fc1.{leaf_name}"), shape),
+                    ("ffn", "linear_1") => get(&format!("{p}.fc2.{leaf_name}"), shape),
+                    _ => Err(RuntimeError::Model(format!("no tensor {name}"))),
+                }
+            }
+            _ => Err(RuntimeError::Model(format!("no tensor {name}"))),
+        }
     }
 }
 
 impl Whisper {
-    /// Load a CTranslate2 Whisper model: `path` is its directory or its `model.bin`, beside
-    /// which `config.json` and `tokenizer.json` lie.
+    /// Load a Whisper model: a CTranslate2 directory (or its `model.bin`, with `config.json`
+    /// and `tokenizer.json` beside it), or a Hugging Face directory of
+    /// `WhisperForConditionalGeneration` (`config.json`, safetensors, `tokenizer.json`, and
+    /// `generation_config.json` when it has one).
     pub fn load(dev: &Device, path: &Path) -> Result<Whisper> {
         let (dir, bin_path) = if path.is_dir() {
             (path.to_path_buf(), path.join("model.bin"))
         } else {
             (path.parent().unwrap_or(Path::new(".")).to_path_buf(), path.to_path_buf())
         };
-        let bin = Ct2File::open(&bin_path)?;
         let tok_path = dir.join("tokenizer.json");
         crate::check_regular(&tok_path).map_err(|e| RuntimeError::io(&tok_path, e))?;
         let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
             .map_err(|e| RuntimeError::Tokenizer(format!("{}: {e}", tok_path.display())))?;
-        let cfg = WhisperConfig::read(&bin, &dir, &tokenizer)?;
+        if path.is_dir() && !bin_path.exists() {
+            let hf = HfDir::open(&dir)?;
+            let cfg = WhisperConfig::from_hf(&hf, &tokenizer)?;
+            let src = HfSource { dir: &hf, d: cfg.d_model };
+            return Whisper::build(dev, &src, cfg, dir.join("config.json"), tokenizer);
+        }
+        let bin = Ct2File::open(&bin_path)?;
+        let cfg = WhisperConfig::from_ct2(&bin, &dir, &tokenizer)?;
+        Whisper::build(dev, &bin, cfg, bin_path, tokenizer)
+    }
+
+    fn build(
+        dev: &Device,
+        bin: &dyn Source,
+        cfg: WhisperConfig,
+        bin_path: PathBuf,
+        tokenizer: tokenizers::Tokenizer,
+    ) -> Result<Whisper> {
         let (d, f) = (cfg.d_model, cfg.ffn);
         let up = |name: &str, shape: &[usize]| -> Result<Tensor> {
             Ok(dev.upload_f32(name, &bin.f32s(name, shape)?, shape, DType::F32)?)
@@ -482,29 +693,11 @@ impl Whisper {
     /// Greedy decoding of one window from its encoder output `[1500, d]`: ids and log-probs, at
     /// most `max_tokens` (and the text context).
     pub fn decode(&self, encoded: &Tensor, max_tokens: usize) -> Result<(Vec<u32>, Vec<f32>)> {
-        let (dev, cfg) = (&self.dev, &self.cfg);
-        let d = cfg.d_model;
-        // Cross-attention keys and values, once per window.
-        let mut rec = Recorder::new(dev);
-        let mut cross = Vec::with_capacity(self.dec.len());
-        for b in &self.dec {
-            let k = dev.empty("whisper cross k", &[1, AUDIO_CTX, d], DType::F32)?;
-            let v = dev.empty("whisper cross v", &[1, AUDIO_CTX, d], DType::F32)?;
-            b.cross_k.forward(dev, &mut rec, encoded, AUDIO_CTX, &k)?;
-            b.cross_v.forward(dev, &mut rec, encoded, AUDIO_CTX, &v)?;
-            cross.push(KvCache { k, v, page_size: AUDIO_CTX, num_pages: 1 });
-        }
-        let mut caches = Vec::with_capacity(self.dec.len());
-        for _ in &self.dec {
-            let k = dev.empty("whisper self k", &[1, cfg.text_ctx, d], DType::F32)?;
-            let v = dev.empty("whisper self v", &[1, cfg.text_ctx, d], DType::F32)?;
-            caches.push(KvCache { k, v, page_size: cfg.text_ctx, num_pages: 1 });
-        }
-        rec.submit()?;
-        let table = PageTable::contiguous(dev, 1)?;
+        let cfg = &self.cfg;
+        let w = self.window(encoded)?;
         let prompt = self.prompt();
         let budget = max_tokens.min(cfg.text_ctx.saturating_sub(prompt.len()));
-        let mut logits = self.step(&prompt, 0, &caches, &cross, &table)?;
+        let mut logits = self.step(&prompt, 0, &w, false)?;
         let (mut ids, mut logprobs) = (Vec::new(), Vec::new());
         while ids.len() < budget {
             let (tok, lp) = self.pick(&logits, ids.is_empty());
@@ -516,9 +709,47 @@ impl Whisper {
             if ids.len() == budget {
                 break;
             }
-            logits = self.step(&[tok], prompt.len() + ids.len() - 1, &caches, &cross, &table)?;
+            logits = self.step(&[tok], prompt.len() + ids.len() - 1, &w, false)?;
         }
         Ok((ids, logprobs))
+    }
+
+    /// The decoder's logits at every position of `ids` (from position 0, teacher-forced) over one
+    /// window's encoder output: `[ids, vocab]`.
+    pub fn decoder_logits(&self, encoded: &Tensor, ids: &[u32]) -> Result<Vec<f32>> {
+        if ids.is_empty() || ids.len() > self.cfg.text_ctx || ids.iter().any(|&t| t as usize >= self.cfg.vocab) {
+            return Err(RuntimeError::Request(format!(
+                "{} ids: Whisper's decoder takes 1 to {} ids below {}",
+                ids.len(),
+                self.cfg.text_ctx,
+                self.cfg.vocab
+            )));
+        }
+        let w = self.window(encoded)?;
+        self.step(ids, 0, &w, true)
+    }
+
+    /// A window's decoding state: the cross-attention keys and values of its encoder output
+    /// `[1500, d]` (recorded and submitted), empty self-attention caches, the page table.
+    fn window(&self, encoded: &Tensor) -> Result<Window> {
+        let (dev, cfg) = (&self.dev, &self.cfg);
+        let d = cfg.d_model;
+        encoded.expect("whisper encoder output", &[AUDIO_CTX, d], DType::F32).map_err(RuntimeError::Gpu)?;
+        let mut rec = Recorder::new(dev);
+        let mut cross = Vec::with_capacity(self.dec.len());
+        let mut caches = Vec::with_capacity(self.dec.len());
+        for b in &self.dec {
+            let k = dev.empty("whisper cross k", &[1, AUDIO_CTX, d], DType::F32)?;
+            let v = dev.empty("whisper cross v", &[1, AUDIO_CTX, d], DType::F32)?;
+            b.cross_k.forward(dev, &mut rec, encoded, AUDIO_CTX, &k)?;
+            b.cross_v.forward(dev, &mut rec, encoded, AUDIO_CTX, &v)?;
+            cross.push(KvCache { k, v, page_size: AUDIO_CTX, num_pages: 1 });
+            let k = dev.empty("whisper self k", &[1, cfg.text_ctx, d], DType::F32)?;
+            let v = dev.empty("whisper self v", &[1, cfg.text_ctx, d], DType::F32)?;
+            caches.push(KvCache { k, v, page_size: cfg.text_ctx, num_pages: 1 });
+        }
+        rec.submit()?;
+        Ok(Window { caches, cross, table: PageTable::contiguous(dev, 1)? })
     }
 
     /// The greedy choice over `logits` with Whisper's suppressions, and its log-probability
@@ -529,8 +760,9 @@ impl Whisper {
         for &t in cfg.suppress.iter().chain(if first { &cfg.suppress_begin[..] } else { &[] }) {
             allowed[t as usize] = false;
         }
-        // Special tokens and timestamps: everything after end of text.
-        for a in allowed.iter_mut().skip(cfg.eot as usize + 1) {
+        // Without timestamps: `<|notimestamps|>` and every timestamp after it (as transformers'
+        // WhisperNoTimeStampsLogitsProcessor does).
+        for a in allowed.iter_mut().skip(cfg.no_timestamps as usize) {
             *a = false;
         }
         let mut best = (0usize, f32::NEG_INFINITY);
@@ -546,14 +778,7 @@ impl Whisper {
 
     /// Run `tokens` at positions `pos0..` through the decoder, writing their keys and values into
     /// the caches; the logits of the last token.
-    fn step(
-        &self,
-        tokens: &[u32],
-        pos0: usize,
-        caches: &[KvCache],
-        cross: &[KvCache],
-        table: &PageTable,
-    ) -> Result<Vec<f32>> {
+    fn step(&self, tokens: &[u32], pos0: usize, w: &Window, all_rows: bool) -> Result<Vec<f32>> {
         let (dev, cfg) = (&self.dev, &self.cfg);
         let (d, n) = (cfg.d_model, tokens.len());
         let mut rec = Recorder::new(dev);
@@ -569,7 +794,8 @@ impl Whisper {
         let cross_spec = [SeqSpec { kv_len: AUDIO_CTX, q_pos0: 0 }];
         let normed = dev.empty("whisper decoder normed", &[n, d], DType::F32)?;
         let row_bytes = (d * 4) as u64;
-        for ((b, cache), cross) in self.dec.iter().zip(caches).zip(cross) {
+        let table = &w.table;
+        for ((b, cache), cross) in self.dec.iter().zip(&w.caches).zip(&w.cross) {
             self.norm(&mut rec, &x, &b.ln1, n, &normed)?;
             let q = dev.empty("whisper decoder q", &[n, d], DType::F32)?;
             b.q.forward(dev, &mut rec, &normed, n, &q)?;
@@ -597,11 +823,13 @@ impl Whisper {
             b.fc2.forward(dev, &mut rec, &g, n, &y)?;
             self.residual(&mut rec, &x, &y, n * d)?;
         }
-        let last = x.view((n as u64 - 1) * row_bytes, &[1, d], DType::F32)?;
-        let out = dev.empty("whisper decoder out", &[1, d], DType::F32)?;
-        self.norm(&mut rec, &last, &self.dec_ln, 1, &out)?;
-        let logits = dev.empty("whisper logits", &[1, cfg.vocab], DType::F32)?;
-        let head = MatmulParams::new(1, cfg.vocab, d);
+        // The head over the last row only, unless every row's logits are wanted.
+        let rows = if all_rows { n } else { 1 };
+        let last = x.view((n - rows) as u64 * row_bytes, &[rows, d], DType::F32)?;
+        let out = dev.empty("whisper decoder out", &[rows, d], DType::F32)?;
+        self.norm(&mut rec, &last, &self.dec_ln, rows, &out)?;
+        let logits = dev.empty("whisper logits", &[rows, cfg.vocab], DType::F32)?;
+        let head = MatmulParams::new(rows, cfg.vocab, d);
         flint_kernels::matmul::matmul(dev, &mut rec, &head, &out, &self.embed, None, &logits)?;
         rec.submit()?.wait()?;
         Ok(dev.read_f32(&logits)?)
