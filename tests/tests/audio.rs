@@ -148,30 +148,31 @@ fn whisper_encoder_matches_ctranslate2() {
 }
 
 /// Greedy transcription of the espeak-ng clips equals CTranslate2's ids on the same weights,
-/// window by window (the long clip has two windows), and its text is the ids' text.
+/// window by window, with all clips' windows decoded together in one batch (the long clip has
+/// two windows: four in all on the first adapter, the two short clips on the others); the text
+/// is the ids' text.
 #[test]
 fn whisper_transcribes_as_ctranslate2_does() {
     let fixture: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fixtures().join("whisper.json")).unwrap()).unwrap();
-    let devs = devices();
-    for (i, dev) in devs.iter().enumerate() {
+    for (i, dev) in devices().iter().enumerate() {
         let w = whisper(dev);
-        for (name, clip) in fixture["clips"].as_object().unwrap() {
-            // The long clip on the first adapter only (it is the slow one).
-            if name == "long" && i > 0 {
-                continue;
-            }
-            let audio = read_wav(&fixtures().join(clip["wav"].as_str().unwrap())).unwrap();
-            let r = w.transcribe(&audio, 224).unwrap();
-            let want: Vec<u32> = clip["ids"]
-                .as_array()
-                .unwrap()
+        // The long clip on the first adapter only (it is the slow one).
+        let clips: Vec<(&String, &serde_json::Value)> =
+            fixture["clips"].as_object().unwrap().iter().filter(|(name, _)| i == 0 || *name != "long").collect();
+        let audio: Vec<_> =
+            clips.iter().map(|(_, c)| read_wav(&fixtures().join(c["wav"].as_str().unwrap())).unwrap()).collect();
+        // Batched even where the adapter's default is one window at a time.
+        let results = w.transcribe_batched(&audio, 224, flint_runtime::whisper::MAX_BATCH).unwrap();
+        let label = dev.caps().short_label();
+        for ((name, clip), r) in clips.iter().zip(results) {
+            let windows = clip["ids"].as_array().unwrap();
+            let want: Vec<u32> = windows
                 .iter()
                 .flat_map(|win| win.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32))
                 .collect();
-            let label = dev.caps().short_label();
             assert_eq!(r.ids, want, "[{name} on {label}] ids");
-            assert_eq!(r.windows, clip["ids"].as_array().unwrap().len(), "[{name}] windows");
+            assert_eq!(r.windows, windows.len(), "[{name}] windows");
             assert_eq!(r.text, clip["text"].as_str().unwrap(), "[{name} on {label}] text");
             assert!(r.logprobs.iter().all(|l| l.is_finite() && *l <= 0.0), "[{name}] log-probs {:?}", r.logprobs);
         }

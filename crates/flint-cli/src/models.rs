@@ -255,9 +255,19 @@ pub fn logits(adapter: &str, model: Option<&str>, ids: &str, pixel_values: Optio
 }
 
 /// `flint transcribe`: each file's text (or, with `json`, one JSON object per file).
-pub fn transcribe(adapter: &str, model: &str, files: &[PathBuf], max_tokens: usize, json: bool) -> Result<()> {
+pub fn transcribe(
+    adapter: &str,
+    model: &str,
+    files: &[PathBuf],
+    max_tokens: usize,
+    batch: usize,
+    json: bool,
+) -> Result<()> {
     if max_tokens == 0 {
         bail!("--max-tokens is 0: nothing to transcribe");
+    }
+    if batch > flint_runtime::whisper::MAX_BATCH {
+        bail!("--batch {batch}: 1 to {} windows (0 for the adapter's default)", flint_runtime::whisper::MAX_BATCH);
     }
     // Read every file first, so that a bad one is refused before the model loads.
     let clips: Vec<_> = files.iter().map(|f| flint_runtime::audio::read_wav(f)).collect::<Result<_, _>>()?;
@@ -267,11 +277,13 @@ pub fn transcribe(adapter: &str, model: &str, files: &[PathBuf], max_tokens: usi
     let whisper =
         flint_runtime::whisper::Whisper::load(&dev, &path).with_context(|| format!("loading {}", path.display()))?;
     let load_s = t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    let batch = if batch == 0 { whisper.default_batch() } else { batch };
+    let results = whisper.transcribe_batched(&clips, max_tokens, batch)?;
+    let all_s = t.elapsed().as_secs_f64();
     let mut stdout = std::io::stdout().lock();
-    for (file, clip) in files.iter().zip(&clips) {
-        let t = std::time::Instant::now();
-        let r = whisper.transcribe(clip, max_tokens)?;
-        let total = t.elapsed().as_secs_f64();
+    for (file, r) in files.iter().zip(results) {
+        let total = r.features_s + r.encoder_s + r.decoder_s;
         if json {
             let v = serde_json::json!({
                 "file": file.display().to_string(),
@@ -282,6 +294,7 @@ pub fn transcribe(adapter: &str, model: &str, files: &[PathBuf], max_tokens: usi
                 "windows": r.windows,
                 "timings": {
                     "load_s": load_s,
+                    "call_s": all_s,
                     "features_s": r.features_s,
                     "encoder_s": r.encoder_s,
                     "decoder_s": r.decoder_s,

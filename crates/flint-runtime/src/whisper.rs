@@ -156,7 +156,11 @@ struct Window {
     caches: Vec<KvCache>,
     cross: Vec<KvCache>,
     table: PageTable,
+    seqs: usize,
 }
+
+/// Most windows [`Whisper::decode_batch`] decodes at once (the matrix-vector product's rows).
+pub const MAX_BATCH: usize = flint_kernels::matmul::MATVEC_MAX_ROWS;
 
 /// One window's or one file's transcription.
 #[derive(Clone, Debug, PartialEq)]
@@ -693,25 +697,44 @@ impl Whisper {
     /// Greedy decoding of one window from its encoder output `[1500, d]`: ids and log-probs, at
     /// most `max_tokens` (and the text context).
     pub fn decode(&self, encoded: &Tensor, max_tokens: usize) -> Result<(Vec<u32>, Vec<f32>)> {
+        Ok(self.decode_batch(std::slice::from_ref(encoded), max_tokens)?.remove(0))
+    }
+
+    /// Greedy decoding of up to [`MAX_BATCH`] windows at once, one row of every matrix product
+    /// per window: each step reads the decoder's weights once for all of them. The windows
+    /// advance in step (a finished one rides along on end-of-text tokens whose results are
+    /// dropped); ids and log-probs per window.
+    pub fn decode_batch(&self, encoded: &[Tensor], max_tokens: usize) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
         let cfg = &self.cfg;
+        let b = encoded.len();
+        if b == 0 || b > MAX_BATCH {
+            return Err(RuntimeError::Request(format!("{b} windows in one batch: 1 to {MAX_BATCH}")));
+        }
         let w = self.window(encoded)?;
         let prompt = self.prompt();
         let budget = max_tokens.min(cfg.text_ctx.saturating_sub(prompt.len()));
-        let mut logits = self.step(&prompt, 0, &w, false)?;
-        let (mut ids, mut logprobs) = (Vec::new(), Vec::new());
-        while ids.len() < budget {
-            let (tok, lp) = self.pick(&logits, ids.is_empty());
-            if tok == cfg.eot {
+        let tokens: Vec<u32> = (0..b).flat_map(|_| prompt.iter().copied()).collect();
+        let mut logits = self.step(&tokens, prompt.len(), 0, &w, false)?;
+        let mut out = vec![(Vec::new(), Vec::new()); b];
+        let mut done = vec![budget == 0; b];
+        for step in 0..budget {
+            let mut next = Vec::with_capacity(b);
+            for (s, row) in logits.chunks_exact(cfg.vocab).enumerate() {
+                let (tok, lp) = self.pick(row, step == 0);
+                if !done[s] && tok != cfg.eot {
+                    out[s].0.push(tok);
+                    out[s].1.push(lp);
+                } else {
+                    done[s] = true;
+                }
+                next.push(if done[s] { cfg.eot } else { tok });
+            }
+            if done.iter().all(|&d| d) || step + 1 == budget {
                 break;
             }
-            ids.push(tok);
-            logprobs.push(lp);
-            if ids.len() == budget {
-                break;
-            }
-            logits = self.step(&[tok], prompt.len() + ids.len() - 1, &w, false)?;
+            logits = self.step(&next, 1, prompt.len() + step, &w, false)?;
         }
-        Ok((ids, logprobs))
+        Ok(out)
     }
 
     /// The decoder's logits at every position of `ids` (from position 0, teacher-forced) over one
@@ -725,31 +748,39 @@ impl Whisper {
                 self.cfg.vocab
             )));
         }
-        let w = self.window(encoded)?;
-        self.step(ids, 0, &w, true)
+        let w = self.window(std::slice::from_ref(encoded))?;
+        self.step(ids, ids.len(), 0, &w, true)
     }
 
-    /// A window's decoding state: the cross-attention keys and values of its encoder output
-    /// `[1500, d]` (recorded and submitted), empty self-attention caches, the page table.
-    fn window(&self, encoded: &Tensor) -> Result<Window> {
+    /// The decoding state of a batch of windows: the cross-attention keys and values of each
+    /// window's encoder output `[1500, d]` (recorded and submitted) in one page per window,
+    /// self-attention caches of one page of the text context per window, the page table.
+    fn window(&self, encoded: &[Tensor]) -> Result<Window> {
         let (dev, cfg) = (&self.dev, &self.cfg);
-        let d = cfg.d_model;
-        encoded.expect("whisper encoder output", &[AUDIO_CTX, d], DType::F32).map_err(RuntimeError::Gpu)?;
+        let (d, b) = (cfg.d_model, encoded.len());
         let mut rec = Recorder::new(dev);
         let mut cross = Vec::with_capacity(self.dec.len());
         let mut caches = Vec::with_capacity(self.dec.len());
-        for b in &self.dec {
-            let k = dev.empty("whisper cross k", &[1, AUDIO_CTX, d], DType::F32)?;
-            let v = dev.empty("whisper cross v", &[1, AUDIO_CTX, d], DType::F32)?;
-            b.cross_k.forward(dev, &mut rec, encoded, AUDIO_CTX, &k)?;
-            b.cross_v.forward(dev, &mut rec, encoded, AUDIO_CTX, &v)?;
-            cross.push(KvCache { k, v, page_size: AUDIO_CTX, num_pages: 1 });
-            let k = dev.empty("whisper self k", &[1, cfg.text_ctx, d], DType::F32)?;
-            let v = dev.empty("whisper self v", &[1, cfg.text_ctx, d], DType::F32)?;
-            caches.push(KvCache { k, v, page_size: cfg.text_ctx, num_pages: 1 });
+        let page = (AUDIO_CTX * d * 4) as u64;
+        for blk in &self.dec {
+            let k = dev.empty("whisper cross k", &[b, AUDIO_CTX, d], DType::F32)?;
+            let v = dev.empty("whisper cross v", &[b, AUDIO_CTX, d], DType::F32)?;
+            for (s, e) in encoded.iter().enumerate() {
+                e.expect("whisper encoder output", &[AUDIO_CTX, d], DType::F32).map_err(RuntimeError::Gpu)?;
+                let (ks, vs) = (
+                    k.view(s as u64 * page, &[AUDIO_CTX, d], DType::F32)?,
+                    v.view(s as u64 * page, &[AUDIO_CTX, d], DType::F32)?,
+                );
+                blk.cross_k.forward(dev, &mut rec, e, AUDIO_CTX, &ks)?;
+                blk.cross_v.forward(dev, &mut rec, e, AUDIO_CTX, &vs)?;
+            }
+            cross.push(KvCache { k, v, page_size: AUDIO_CTX, num_pages: b });
+            let k = dev.empty("whisper self k", &[b, cfg.text_ctx, d], DType::F32)?;
+            let v = dev.empty("whisper self v", &[b, cfg.text_ctx, d], DType::F32)?;
+            caches.push(KvCache { k, v, page_size: cfg.text_ctx, num_pages: b });
         }
         rec.submit()?;
-        Ok(Window { caches, cross, table: PageTable::contiguous(dev, 1)? })
+        Ok(Window { caches, cross, table: PageTable::contiguous(dev, b)?, seqs: b })
     }
 
     /// The greedy choice over `logits` with Whisper's suppressions, and its log-probability
@@ -776,103 +807,167 @@ impl Whisper {
         (best.0 as u32, best.1 - lse)
     }
 
-    /// Run `tokens` at positions `pos0..` through the decoder, writing their keys and values into
-    /// the caches; the logits of the last token.
-    fn step(&self, tokens: &[u32], pos0: usize, w: &Window, all_rows: bool) -> Result<Vec<f32>> {
+    /// Run `per_seq` tokens of each window (`tokens` holds them window after window) at
+    /// positions `pos0..` through the decoder, appending their keys and values to the caches;
+    /// the logits of each window's last token (`[windows, vocab]`), or of every token.
+    fn step(&self, tokens: &[u32], per_seq: usize, pos0: usize, w: &Window, all_rows: bool) -> Result<Vec<f32>> {
         let (dev, cfg) = (&self.dev, &self.cfg);
-        let (d, n) = (cfg.d_model, tokens.len());
+        let (d, n, b) = (cfg.d_model, tokens.len(), w.seqs);
+        debug_assert_eq!(n, b * per_seq);
         let mut rec = Recorder::new(dev);
         let mut rows = Vec::with_capacity(n * d);
         for (i, &t) in tokens.iter().enumerate() {
-            let (e, p) = (&self.embed_host[t as usize * d..][..d], &self.pos_host[(pos0 + i) * d..][..d]);
+            let p = pos0 + i % per_seq;
+            let (e, p) = (&self.embed_host[t as usize * d..][..d], &self.pos_host[p * d..][..d]);
             rows.extend(e.iter().zip(p).map(|(e, p)| e.to_f32() + p));
         }
         let x = dev.upload_f32("whisper decoder hidden", &rows, &[n, d], DType::F32)?;
-        let self_attn = self.attn(cfg.decoder_heads, n, Mask::Causal);
-        let self_spec = [SeqSpec { kv_len: pos0 + n, q_pos0: pos0 }];
-        let cross_attn = self.attn(cfg.decoder_heads, n, Mask::None);
-        let cross_spec = [SeqSpec { kv_len: AUDIO_CTX, q_pos0: 0 }];
+        let heads = cfg.decoder_heads;
+        let hd = d / heads;
+        let self_attn = AttnParams { seqs: b, ..self.attn(heads, per_seq, Mask::Causal) };
+        let self_spec = vec![SeqSpec { kv_len: pos0 + per_seq, q_pos0: pos0 }; b];
+        let cross_attn = AttnParams { seqs: b, ..self.attn(heads, per_seq, Mask::None) };
+        let cross_spec = vec![SeqSpec { kv_len: AUDIO_CTX, q_pos0: 0 }; b];
+        let dest: Vec<(usize, usize)> = (0..n).map(|i| (i / per_seq, pos0 + i % per_seq)).collect();
         let normed = dev.empty("whisper decoder normed", &[n, d], DType::F32)?;
-        let row_bytes = (d * 4) as u64;
+        let (q, o, y) = (
+            dev.empty("whisper decoder q", &[n, d], DType::F32)?,
+            dev.empty("whisper decoder attention", &[n, d], DType::F32)?,
+            dev.empty("whisper decoder proj", &[n, d], DType::F32)?,
+        );
+        let (k, v) = (
+            dev.empty("whisper decoder k", &[n, d], DType::F32)?,
+            dev.empty("whisper decoder v", &[n, d], DType::F32)?,
+        );
         let table = &w.table;
-        for ((b, cache), cross) in self.dec.iter().zip(&w.caches).zip(&w.cross) {
-            self.norm(&mut rec, &x, &b.ln1, n, &normed)?;
-            let q = dev.empty("whisper decoder q", &[n, d], DType::F32)?;
-            b.q.forward(dev, &mut rec, &normed, n, &q)?;
-            let k = cache.k.view(pos0 as u64 * row_bytes, &[n, d], DType::F32)?;
-            let v = cache.v.view(pos0 as u64 * row_bytes, &[n, d], DType::F32)?;
-            b.k.forward(dev, &mut rec, &normed, n, &k)?;
-            b.v.forward(dev, &mut rec, &normed, n, &v)?;
-            let o = dev.empty("whisper decoder attention", &[n, d], DType::F32)?;
+        for ((blk, cache), cross) in self.dec.iter().zip(&w.caches).zip(&w.cross) {
+            self.norm(&mut rec, &x, &blk.ln1, n, &normed)?;
+            blk.q.forward(dev, &mut rec, &normed, n, &q)?;
+            blk.k.forward(dev, &mut rec, &normed, n, &k)?;
+            blk.v.forward(dev, &mut rec, &normed, n, &v)?;
+            attention::append_kv(dev, &mut rec, heads, hd, &k, &v, &dest, cache, table)?;
             attention::attention(dev, &mut rec, &self_attn, &self_spec, &q, cache, table, None, &o)?;
-            let y = dev.empty("whisper decoder attention proj", &[n, d], DType::F32)?;
-            b.o.forward(dev, &mut rec, &o, n, &y)?;
+            blk.o.forward(dev, &mut rec, &o, n, &y)?;
             self.residual(&mut rec, &x, &y, n * d)?;
 
-            self.norm(&mut rec, &x, &b.ln_cross, n, &normed)?;
-            b.cross_q.forward(dev, &mut rec, &normed, n, &q)?;
+            self.norm(&mut rec, &x, &blk.ln_cross, n, &normed)?;
+            blk.cross_q.forward(dev, &mut rec, &normed, n, &q)?;
             attention::attention(dev, &mut rec, &cross_attn, &cross_spec, &q, cross, table, None, &o)?;
-            b.cross_o.forward(dev, &mut rec, &o, n, &y)?;
+            blk.cross_o.forward(dev, &mut rec, &o, n, &y)?;
             self.residual(&mut rec, &x, &y, n * d)?;
 
-            self.norm(&mut rec, &x, &b.ln2, n, &normed)?;
+            self.norm(&mut rec, &x, &blk.ln2, n, &normed)?;
             let h = dev.empty("whisper decoder mlp", &[n, cfg.ffn], DType::F32)?;
-            b.fc1.forward(dev, &mut rec, &normed, n, &h)?;
+            blk.fc1.forward(dev, &mut rec, &normed, n, &h)?;
             let g = dev.empty("whisper decoder mlp act", &[n, cfg.ffn], DType::F32)?;
             self.gelu(&mut rec, &h, n * cfg.ffn, &g)?;
-            b.fc2.forward(dev, &mut rec, &g, n, &y)?;
+            blk.fc2.forward(dev, &mut rec, &g, n, &y)?;
             self.residual(&mut rec, &x, &y, n * d)?;
         }
-        // The head over the last row only, unless every row's logits are wanted.
-        let rows = if all_rows { n } else { 1 };
-        let last = x.view((n - rows) as u64 * row_bytes, &[rows, d], DType::F32)?;
-        let out = dev.empty("whisper decoder out", &[rows, d], DType::F32)?;
-        self.norm(&mut rec, &last, &self.dec_ln, rows, &out)?;
-        let logits = dev.empty("whisper logits", &[rows, cfg.vocab], DType::F32)?;
-        let head = MatmulParams::new(rows, cfg.vocab, d);
-        flint_kernels::matmul::matmul(dev, &mut rec, &head, &out, &self.embed, None, &logits)?;
+        // The head over every row; the rows wanted are picked on the host (the prompt's rows
+        // cost one matmul per batch, and after it every row is a window's last).
+        let out = dev.empty("whisper decoder out", &[n, d], DType::F32)?;
+        self.norm(&mut rec, &x, &self.dec_ln, n, &out)?;
+        let logits = dev.empty("whisper logits", &[n, cfg.vocab], DType::F32)?;
+        flint_kernels::matmul::matmul(
+            dev,
+            &mut rec,
+            &MatmulParams::new(n, cfg.vocab, d),
+            &out,
+            &self.embed,
+            None,
+            &logits,
+        )?;
         rec.submit()?.wait()?;
-        Ok(dev.read_f32(&logits)?)
+        let all = dev.read_f32(&logits)?;
+        if all_rows || per_seq == 1 {
+            return Ok(all);
+        }
+        Ok(all.chunks_exact(cfg.vocab).skip(per_seq - 1).step_by(per_seq).flatten().copied().collect())
     }
 
-    /// Transcribe `audio` (any rate; resampled to 16 kHz): 30-second windows one after another,
-    /// each decoded greedily from the start token, at most `max_tokens` per window.
+    /// Transcribe `audio` (any rate; resampled to 16 kHz): its 30-second windows decoded
+    /// greedily from the start token, up to [`MAX_BATCH`] at once, at most `max_tokens` each.
     pub fn transcribe(&self, audio: &Audio, max_tokens: usize) -> Result<Transcript> {
-        let dev = &self.dev;
-        let t0 = Instant::now();
-        let mut rec = Recorder::new(dev);
-        let features = self.mel.record(dev, &mut rec, audio)?;
-        rec.submit()?.wait()?;
-        let features_s = t0.elapsed().as_secs_f64();
-        let windows = features.shape()[0];
-        let (mut encoder_s, mut decoder_s) = (0.0, 0.0);
-        let (mut ids, mut logprobs, mut parts) = (Vec::new(), Vec::new(), Vec::new());
-        let per_window = (WINDOW_FRAMES * self.cfg.mels * 4) as u64;
-        for w in 0..windows {
-            let t = Instant::now();
-            let window = features.view(w as u64 * per_window, &[WINDOW_FRAMES, self.cfg.mels], DType::F32)?;
-            let mut rec = Recorder::new(dev);
-            let encoded = self.encode(&mut rec, &window)?;
-            rec.submit()?.wait()?;
-            encoder_s += t.elapsed().as_secs_f64();
-            let t = Instant::now();
-            let (w_ids, w_lp) = self.decode(&encoded, max_tokens)?;
-            decoder_s += t.elapsed().as_secs_f64();
-            parts.push(self.text(&w_ids)?.trim().to_string());
-            ids.extend(w_ids);
-            logprobs.extend(w_lp);
+        Ok(self.transcribe_many(std::slice::from_ref(audio), max_tokens)?.remove(0))
+    }
+
+    /// Transcribe several clips, their windows decoded together in batches of
+    /// [`Whisper::default_batch`] (windows of different clips share a batch). A transcript's encoder and
+    /// decoder seconds are those of the batches its windows were in.
+    pub fn transcribe_many(&self, clips: &[Audio], max_tokens: usize) -> Result<Vec<Transcript>> {
+        self.transcribe_batched(clips, max_tokens, self.default_batch())
+    }
+
+    /// Windows decoded at once by default: [`MAX_BATCH`] on GPUs, where a step's matrix-vector
+    /// products are bound by the bytes of the weights and extra rows come nearly free; one on
+    /// CPU adapters, where every row costs its own loads (lavapipe: four clips' four windows
+    /// together took 11.5-11.8 s against 10.2-10.5 s one at a time, BENCHMARKS.md).
+    pub fn default_batch(&self) -> usize {
+        if self.dev.caps().device_type == "cpu" { 1 } else { MAX_BATCH }
+    }
+
+    /// [`Whisper::transcribe_many`] with at most `batch` windows decoded at once (1 to
+    /// [`MAX_BATCH`]).
+    pub fn transcribe_batched(&self, clips: &[Audio], max_tokens: usize, batch: usize) -> Result<Vec<Transcript>> {
+        if !(1..=MAX_BATCH).contains(&batch) {
+            return Err(RuntimeError::Request(format!("a batch of {batch} windows: 1 to {MAX_BATCH}")));
         }
-        let text = parts.into_iter().filter(|p| !p.is_empty()).collect::<Vec<_>>().join(" ");
-        Ok(Transcript {
-            ids,
-            logprobs,
-            text,
-            audio_seconds: audio.seconds(),
-            windows,
-            features_s,
-            encoder_s,
-            decoder_s,
-        })
+        let dev = &self.dev;
+        let mut out = Vec::with_capacity(clips.len());
+        let mut features = Vec::with_capacity(clips.len());
+        for audio in clips {
+            let t = Instant::now();
+            let mut rec = Recorder::new(dev);
+            let f = self.mel.record(dev, &mut rec, audio)?;
+            rec.submit()?.wait()?;
+            let windows = f.shape()[0];
+            out.push(Transcript {
+                ids: Vec::new(),
+                logprobs: Vec::new(),
+                text: String::new(),
+                audio_seconds: audio.seconds(),
+                windows,
+                features_s: t.elapsed().as_secs_f64(),
+                encoder_s: 0.0,
+                decoder_s: 0.0,
+            });
+            features.push(f);
+        }
+        // Every (clip, window), in order; the text of each window.
+        let work: Vec<(usize, usize)> =
+            out.iter().enumerate().flat_map(|(c, t)| (0..t.windows).map(move |w| (c, w))).collect();
+        let mut texts: Vec<Vec<String>> = out.iter().map(|t| Vec::with_capacity(t.windows)).collect();
+        let per_window = (WINDOW_FRAMES * self.cfg.mels * 4) as u64;
+        for batch in work.chunks(batch) {
+            let t = Instant::now();
+            let mut encoded = Vec::with_capacity(batch.len());
+            for &(c, w) in batch {
+                let window = features[c].view(w as u64 * per_window, &[WINDOW_FRAMES, self.cfg.mels], DType::F32)?;
+                let mut rec = Recorder::new(dev);
+                encoded.push(self.encode(&mut rec, &window)?);
+                rec.submit()?.wait()?;
+            }
+            let encoder_s = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let results = self.decode_batch(&encoded, max_tokens)?;
+            let decoder_s = t.elapsed().as_secs_f64();
+            let mut seen = Vec::new();
+            for (&(c, _), (ids, logprobs)) in batch.iter().zip(results) {
+                texts[c].push(self.text(&ids)?.trim().to_string());
+                out[c].ids.extend(ids);
+                out[c].logprobs.extend(logprobs);
+                if !seen.contains(&c) {
+                    seen.push(c);
+                    out[c].encoder_s += encoder_s;
+                    out[c].decoder_s += decoder_s;
+                }
+            }
+        }
+        for (t, parts) in out.iter_mut().zip(texts) {
+            t.text = parts.into_iter().filter(|p| !p.is_empty()).collect::<Vec<_>>().join(" ");
+        }
+        Ok(out)
     }
 
     /// The text of `ids` (special tokens skipped).
