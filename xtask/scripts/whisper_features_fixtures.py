@@ -2,7 +2,8 @@
 transformers' WhisperFeatureExtractor computes from them (its float64 NumPy path, checked here
 against its float32 torch path).
 
-- fox.16k.wav: espeak-ng's 22.05 kHz speech resampled to 16 kHz by sox (`rate -v`), 16-bit.
+- fox.16k.wav: espeak-ng's 22.05 kHz speech resampled to 16 kHz by sox (`rate -v`, no dither, so
+  that the files come out the same every time), 16-bit.
   Features with 80 mels (fox.80.npy) and 128 mels (fox.128.npy, Whisper large-v3).
 - weather.22k.wav: espeak-ng's output as it is (22.05 kHz, 16-bit), for flint's own resampler;
   weather.80.npy holds the features of sox's 16 kHz version of it, so the test measures how far
@@ -61,7 +62,7 @@ def main():
             raw = Path(tmp) / f"{name}.wav"
             subprocess.run(["espeak-ng", "-w", str(raw), text], check=True)
             at16 = Path(tmp) / f"{name}.16k.wav"
-            subprocess.run(["sox", str(raw), "-b", "16", str(at16), "rate", "-v", "16000"], check=True)
+            subprocess.run(["sox", "-D", str(raw), "-b", "16", str(at16), "rate", "-v", "16000"], check=True)
             samples, rate = read_wav(at16)
             assert rate == 16000
             if name == "fox":

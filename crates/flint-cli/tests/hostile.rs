@@ -341,6 +341,26 @@ fn bad_files_and_flags_are_refused_with_named_errors() {
             vec!["--mels".into()],
         ),
         (
+            "transcribe_not_wav",
+            ["transcribe", "--audio", &model, "--model", "/nonexistent/whisper"].map(String::from).to_vec(),
+            vec![model.clone(), "WAV".into()],
+        ),
+        (
+            "transcribe_batch_9",
+            ["transcribe", "--audio", &wav, "--batch", "9"].map(String::from).to_vec(),
+            vec!["--batch".into()],
+        ),
+        (
+            "transcribe_max_tokens_0",
+            ["transcribe", "--audio", &wav, "--max-tokens", "0"].map(String::from).to_vec(),
+            vec!["max-tokens".into()],
+        ),
+        (
+            "transcribe_model_missing",
+            ["transcribe", "--audio", &wav, "--model", "/nonexistent/whisper"].map(String::from).to_vec(),
+            vec!["/nonexistent/whisper".into()],
+        ),
+        (
             "log_mel_out_is_the_audio",
             ["log-mel", "--audio", &wav, "--out", &wav].map(String::from).to_vec(),
             vec![wav.clone()],
