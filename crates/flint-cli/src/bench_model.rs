@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use flint_gpu::Recorder;
 use flint_runtime::engine::{EngineOptions, Request};
 use flint_runtime::generate::SamplingOptions;
@@ -39,6 +39,115 @@ pub struct BenchModelOpts {
     pub vision: bool,
     /// JSON lines instead of a table.
     pub json: bool,
+}
+
+/// Whether `path` is a Whisper model: a CTranslate2 `model.bin` (or a directory holding one) or
+/// a Hugging Face directory whose config says `whisper`.
+fn is_whisper(path: &std::path::Path) -> bool {
+    let dir =
+        if path.is_dir() { path.to_path_buf() } else { path.parent().map(|p| p.to_path_buf()).unwrap_or_default() };
+    let is_bin = path.file_name().is_some_and(|n| n == "model.bin") || dir.join("model.bin").is_file();
+    let hf = std::fs::read(dir.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|c| c["model_type"] == "whisper");
+    (is_bin && path.extension().is_none_or(|e| e != "gguf")) || (path.is_dir() && hf)
+}
+
+/// `flint bench-model` on a Whisper model: one 30-second window of a synthetic signal (the cost
+/// of features and encoder does not depend on what is said): features ms, encoder ms, then
+/// `steps` greedy decoder steps (end of text ignored) for each batch size, and the real-time
+/// factor of a window whose transcript is `steps` tokens long.
+fn bench_whisper(opts: &BenchModelOpts, path: &std::path::Path) -> Result<()> {
+    use flint_runtime::whisper::{MAX_BATCH, Whisper};
+    let dev = flint_gpu::Device::open(&opts.adapter).context("opening the GPU adapter")?;
+    let label = dev.caps().short_label();
+    let w = Whisper::load(&dev, path).with_context(|| format!("loading {}", path.display()))?;
+    let name = path.parent().and_then(|p| p.file_name()).map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+    let emit = |case: String, mut v: serde_json::Value, row: String| {
+        if opts.json {
+            v["case"] = json!(case);
+            v["model"] = json!(name);
+            v["adapter"] = json!(label);
+            println!("{v}");
+        } else {
+            println!("{case:<34} {row}");
+        }
+    };
+    if !opts.json {
+        println!("{name} (Whisper, {} mels, width {}) on {label}; one 30 s window", w.cfg.mels, w.cfg.d_model);
+    }
+    // A chirp from 100 Hz to 4 kHz with some noise.
+    let mut seed = 0x9e37_79b9_u32;
+    let samples: Vec<f32> = (0..flint_runtime::reference::audio::WHISPER_SAMPLES)
+        .map(|i| {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            let t = i as f64 / 16_000.0;
+            let f = 100.0 + 130.0 * t;
+            (0.3 * (std::f64::consts::PI * f * t).sin()) as f32 + 0.01 * (seed as f32 / u32::MAX as f32 - 0.5)
+        })
+        .collect();
+    let audio = flint_runtime::audio::Audio { samples, sample_rate: 16_000 };
+    let features_s = best_of_two(|| {
+        let t = Instant::now();
+        w.log_mel().features(&dev, &audio)?;
+        Ok(t.elapsed().as_secs_f64())
+    })?;
+    let (features, _) = w.log_mel().features(&dev, &audio)?;
+    let window = dev.upload_f32("features", &features, &[3000, w.cfg.mels], flint_gpu::DType::F32)?;
+    let mut encoded = None;
+    let encoder_s = best_of_two(|| {
+        let t = Instant::now();
+        let mut rec = flint_gpu::Recorder::new(&dev);
+        let e = w.encode(&mut rec, &window)?;
+        rec.submit()?.wait()?;
+        encoded = Some(e);
+        Ok(t.elapsed().as_secs_f64())
+    })?;
+    let encoded = encoded.expect("encoded twice");
+    emit(
+        "features".into(),
+        json!({"ms": features_s * 1e3}),
+        format!("{:>9.1} ms per 30 s window (resampling, upload, 5 dispatches, readback)", features_s * 1e3),
+    );
+    emit("encoder".into(), json!({"ms": encoder_s * 1e3}), format!("{:>9.1} ms per 30 s window", encoder_s * 1e3));
+    let steps = opts.steps.max(1);
+    let mut batches: Vec<usize> = opts.batch.iter().copied().filter(|&b| (1..=MAX_BATCH).contains(&b)).collect();
+    if batches.is_empty() {
+        batches.push(1);
+    }
+    let mut tok_s_1 = None;
+    for b in batches {
+        let windows = vec![encoded.clone(); b];
+        let s = best_of_two(|| {
+            let t = Instant::now();
+            w.decode_steps(&windows, steps)?;
+            Ok(t.elapsed().as_secs_f64())
+        })?;
+        let tok_s = (b * steps) as f64 / s;
+        if b == 1 {
+            tok_s_1 = Some(tok_s);
+        }
+        emit(
+            format!("decode batch {b}"),
+            json!({"batch": b, "steps": steps, "ms_per_step": s * 1e3 / steps as f64, "tokens_per_s": tok_s}),
+            format!(
+                "{:>9.1} ms/step {tok_s:>9.1} tok/s ({b} window(s), {steps} steps with the prompt)",
+                s * 1e3 / steps as f64
+            ),
+        );
+    }
+    if let Some(tok_s) = tok_s_1 {
+        let rtf = (features_s + encoder_s + steps as f64 / tok_s) / 30.0;
+        emit(
+            "real-time factor".into(),
+            json!({"real_time_factor": rtf, "tokens": steps}),
+            format!("{rtf:>9.3}    for a 30 s window of {steps} tokens, one window at a time"),
+        );
+    }
+    Ok(())
 }
 
 /// `n` token ids of ordinary text (a passage repeated), without special tokens.
@@ -161,6 +270,10 @@ fn greedy(max_tokens: usize) -> SamplingOptions {
 
 /// Run the benchmark and print one row (or JSON line) per configuration.
 pub fn bench_model(opts: &BenchModelOpts) -> Result<()> {
+    let path = crate::models::resolve_model(Some(&opts.model))?;
+    if is_whisper(&path) {
+        return bench_whisper(opts, &path);
+    }
     let (dev, model) = crate::models::load(&opts.adapter, Some(&opts.model))?;
     let label = dev.caps().short_label();
     let wbytes = model.decoder().weight_bytes_per_token() as f64;

@@ -171,9 +171,8 @@ enum Command {
         /// Most tokens per 30-second window.
         #[arg(long, default_value_t = 224)]
         max_tokens: usize,
-        /// Most windows decoded at once (1 to 8), from one file or several; 0 picks 8 on GPUs
-        /// and 1 on CPU adapters, where extra rows are not cheaper.
-        #[arg(long, default_value_t = 0)]
+        /// Most windows decoded at once (1 to 8), from one file or several.
+        #[arg(long, default_value_t = 8)]
         batch: usize,
         /// Print one JSON object per file: ids, log-probs, text, timings, real-time factor.
         #[arg(long)]

@@ -266,8 +266,8 @@ pub fn transcribe(
     if max_tokens == 0 {
         bail!("--max-tokens is 0: nothing to transcribe");
     }
-    if batch > flint_runtime::whisper::MAX_BATCH {
-        bail!("--batch {batch}: 1 to {} windows (0 for the adapter's default)", flint_runtime::whisper::MAX_BATCH);
+    if !(1..=flint_runtime::whisper::MAX_BATCH).contains(&batch) {
+        bail!("--batch {batch}: 1 to {} windows", flint_runtime::whisper::MAX_BATCH);
     }
     // Read every file first, so that a bad one is refused before the model loads.
     let clips: Vec<_> = files.iter().map(|f| flint_runtime::audio::read_wav(f)).collect::<Result<_, _>>()?;
@@ -278,7 +278,6 @@ pub fn transcribe(
         flint_runtime::whisper::Whisper::load(&dev, &path).with_context(|| format!("loading {}", path.display()))?;
     let load_s = t.elapsed().as_secs_f64();
     let t = std::time::Instant::now();
-    let batch = if batch == 0 { whisper.default_batch() } else { batch };
     let results = whisper.transcribe_batched(&clips, max_tokens, batch)?;
     let all_s = t.elapsed().as_secs_f64();
     let mut stdout = std::io::stdout().lock();

@@ -156,7 +156,6 @@ struct Window {
     caches: Vec<KvCache>,
     cross: Vec<KvCache>,
     table: PageTable,
-    seqs: usize,
 }
 
 /// Most windows [`Whisper::decode_batch`] decodes at once (the matrix-vector product's rows).
@@ -701,10 +700,20 @@ impl Whisper {
     }
 
     /// Greedy decoding of up to [`MAX_BATCH`] windows at once, one row of every matrix product
-    /// per window: each step reads the decoder's weights once for all of them. The windows
-    /// advance in step (a finished one rides along on end-of-text tokens whose results are
-    /// dropped); ids and log-probs per window.
+    /// per window still decoding: each step reads the decoder's weights once for all of them.
+    /// The windows advance in step, each in its own cache page; a finished window leaves the
+    /// batch. Ids and log-probs per window.
     pub fn decode_batch(&self, encoded: &[Tensor], max_tokens: usize) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
+        self.decode_inner(encoded, max_tokens, true)
+    }
+
+    /// Exactly `steps` greedy steps for each window, end of text or not (benchmarks: a fixed
+    /// amount of work whatever the audio says).
+    pub fn decode_steps(&self, encoded: &[Tensor], steps: usize) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
+        self.decode_inner(encoded, steps, false)
+    }
+
+    fn decode_inner(&self, encoded: &[Tensor], max_tokens: usize, stop: bool) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
         let cfg = &self.cfg;
         let b = encoded.len();
         if b == 0 || b > MAX_BATCH {
@@ -714,25 +723,34 @@ impl Whisper {
         let prompt = self.prompt();
         let budget = max_tokens.min(cfg.text_ctx.saturating_sub(prompt.len()));
         let tokens: Vec<u32> = (0..b).flat_map(|_| prompt.iter().copied()).collect();
-        let mut logits = self.step(&tokens, prompt.len(), 0, &w, false)?;
+        let mut logits = self.step(&tokens, prompt.len(), 0, &w, &w.table, false)?;
         let mut out = vec![(Vec::new(), Vec::new()); b];
-        let mut done = vec![budget == 0; b];
+        // The windows still decoding, in the order of the rows of `logits`.
+        let mut active: Vec<usize> = if budget == 0 { Vec::new() } else { (0..b).collect() };
         for step in 0..budget {
-            let mut next = Vec::with_capacity(b);
-            for (s, row) in logits.chunks_exact(cfg.vocab).enumerate() {
+            let mut next = Vec::with_capacity(active.len());
+            let mut still = Vec::with_capacity(active.len());
+            for (&s, row) in active.iter().zip(logits.chunks_exact(cfg.vocab)) {
                 let (tok, lp) = self.pick(row, step == 0);
-                if !done[s] && tok != cfg.eot {
+                if tok != cfg.eot || !stop {
                     out[s].0.push(tok);
                     out[s].1.push(lp);
-                } else {
-                    done[s] = true;
+                    still.push(s);
+                    next.push(tok);
                 }
-                next.push(if done[s] { cfg.eot } else { tok });
             }
-            if done.iter().all(|&d| d) || step + 1 == budget {
+            if still.is_empty() || step + 1 == budget {
                 break;
             }
-            logits = self.step(&next, 1, prompt.len() + step, &w, false)?;
+            // A finished window leaves the batch: the next step's rows are the others only, each
+            // still reading and writing its own page.
+            let table = if still.len() == b {
+                w.table.clone()
+            } else {
+                PageTable::new(&self.dev, &still.iter().map(|&s| vec![s as u32]).collect::<Vec<_>>(), b)?
+            };
+            active = still;
+            logits = self.step(&next, 1, prompt.len() + step, &w, &table, false)?;
         }
         Ok(out)
     }
@@ -749,7 +767,7 @@ impl Whisper {
             )));
         }
         let w = self.window(std::slice::from_ref(encoded))?;
-        self.step(ids, ids.len(), 0, &w, true)
+        self.step(ids, ids.len(), 0, &w, &w.table, true)
     }
 
     /// The decoding state of a batch of windows: the cross-attention keys and values of each
@@ -780,7 +798,7 @@ impl Whisper {
             caches.push(KvCache { k, v, page_size: cfg.text_ctx, num_pages: b });
         }
         rec.submit()?;
-        Ok(Window { caches, cross, table: PageTable::contiguous(dev, b)?, seqs: b })
+        Ok(Window { caches, cross, table: PageTable::contiguous(dev, b)? })
     }
 
     /// The greedy choice over `logits` with Whisper's suppressions, and its log-probability
@@ -810,9 +828,17 @@ impl Whisper {
     /// Run `per_seq` tokens of each window (`tokens` holds them window after window) at
     /// positions `pos0..` through the decoder, appending their keys and values to the caches;
     /// the logits of each window's last token (`[windows, vocab]`), or of every token.
-    fn step(&self, tokens: &[u32], per_seq: usize, pos0: usize, w: &Window, all_rows: bool) -> Result<Vec<f32>> {
+    fn step(
+        &self,
+        tokens: &[u32],
+        per_seq: usize,
+        pos0: usize,
+        w: &Window,
+        table: &PageTable,
+        all_rows: bool,
+    ) -> Result<Vec<f32>> {
         let (dev, cfg) = (&self.dev, &self.cfg);
-        let (d, n, b) = (cfg.d_model, tokens.len(), w.seqs);
+        let (d, n, b) = (cfg.d_model, tokens.len(), table.rows());
         debug_assert_eq!(n, b * per_seq);
         let mut rec = Recorder::new(dev);
         let mut rows = Vec::with_capacity(n * d);
@@ -839,7 +865,6 @@ impl Whisper {
             dev.empty("whisper decoder k", &[n, d], DType::F32)?,
             dev.empty("whisper decoder v", &[n, d], DType::F32)?,
         );
-        let table = &w.table;
         for ((blk, cache), cross) in self.dec.iter().zip(&w.caches).zip(&w.cross) {
             self.norm(&mut rec, &x, &blk.ln1, n, &normed)?;
             blk.q.forward(dev, &mut rec, &normed, n, &q)?;
@@ -899,12 +924,13 @@ impl Whisper {
         self.transcribe_batched(clips, max_tokens, self.default_batch())
     }
 
-    /// Windows decoded at once by default: [`MAX_BATCH`] on GPUs, where a step's matrix-vector
-    /// products are bound by the bytes of the weights and extra rows come nearly free; one on
-    /// CPU adapters, where every row costs its own loads (lavapipe: four clips' four windows
-    /// together took 11.5-11.8 s against 10.2-10.5 s one at a time, BENCHMARKS.md).
+    /// Windows decoded at once by default: [`MAX_BATCH`]. Extra rows cost little on GPUs, where
+    /// a step's matrix-vector products are bound by the bytes of the weights; on lavapipe a
+    /// step of four windows took 110 ms against 47 ms for one, and with finished windows
+    /// leaving the batch, three files' four windows took 10.5-10.7 s against 11.3-11.5 s one
+    /// at a time (BENCHMARKS.md).
     pub fn default_batch(&self) -> usize {
-        if self.dev.caps().device_type == "cpu" { 1 } else { MAX_BATCH }
+        MAX_BATCH
     }
 
     /// [`Whisper::transcribe_many`] with at most `batch` windows decoded at once (1 to
