@@ -205,7 +205,7 @@ fn nmse(got: &[f32], want: &[f32]) -> f64 {
 /// whose special tokens follow the text tokens) against transformers stage by stage: the encoder
 /// output, the decoder's teacher-forced logits after the language and task tokens, and greedy
 /// generation with the config's suppressed tokens (which lets it emit a special token
-/// mid-text, as transformers does). Measured NMSE on lavapipe and llvmpipe GL: encoder 4.3e-13
+/// mid-text, as transformers does), language detection, and French translation. Measured NMSE on lavapipe and llvmpipe GL: encoder 4.3e-13
 /// to 4.4e-13, logits 1.9e-13 to 2.0e-13.
 #[test]
 fn a_random_hf_whisper_matches_transformers() {
@@ -215,6 +215,9 @@ fn a_random_hf_whisper_matches_transformers() {
     let (want_logits, _) = expected_tensor("logits");
     let (_, prompt) = expected_tensor("prompt");
     let (_, greedy) = expected_tensor("greedy");
+    let (_, detected) = expected_tensor("detected");
+    let (want_probs, _) = expected_tensor("language_probs");
+    let (_, fr) = expected_tensor("greedy_fr_translate");
     for dev in devices() {
         let label = dev.caps().short_label();
         let w = flint_runtime::whisper::Whisper::load(&dev, &dir).unwrap();
@@ -233,5 +236,15 @@ fn a_random_hf_whisper_matches_transformers() {
         assert!(e < 1e-8, "[{label}] logits NMSE {e:e}");
         let (ids, _) = w.decode(&encoded, greedy.len()).unwrap();
         assert_eq!(ids, greedy, "[{label}] greedy ids");
+        // Language detection: the token and its probability among the languages.
+        let (code, p) = w.detect_language(&encoded).unwrap().expect("a multilingual model");
+        assert_eq!(w.language_token(&code).unwrap(), detected[0], "[{label}] detected language");
+        assert!((p - want_probs[0]).abs() < 1e-4, "[{label}] p(en) {p} against {}", want_probs[0]);
+        // French translation: another language and task in the prompt.
+        let prompt = w.prompt_for(Some("fr"), flint_runtime::whisper::Task::Translate).unwrap();
+        let (ids, _) = w.decode_prompted(std::slice::from_ref(&encoded), &[prompt], fr.len()).unwrap().remove(0);
+        assert_eq!(ids, fr, "[{label}] greedy ids, French translation");
+        let e = w.prompt_for(Some("de"), flint_runtime::whisper::Task::Transcribe).unwrap_err().to_string();
+        assert!(e.contains("\"de\"") && e.contains("en, fr"), "{e}");
     }
 }

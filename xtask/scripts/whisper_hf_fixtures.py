@@ -11,7 +11,11 @@ transformers computes (in f32, from the f16 weights) on fox.16k.wav's features:
   `logits`: the decoder's logits at every one of those positions, teacher-forced;
 - `greedy`: model.generate(language="en", task="transcribe", no timestamps, greedy, 24 new
   tokens), which applies the suppressed tokens, the tokens suppressed at the first step and
-  the no-timestamps rule of generation_config.json.
+  the no-timestamps rule of generation_config.json;
+- `detected`: model.detect_language's token (the first step from <|startoftranscript|>, argmax
+  over the language tokens) and `language_probs` (en, fr: the softmax over those two logits);
+  `greedy_fr_translate`: greedy ids with language="fr",
+  task="translate".
 
     pip install transformers torch numpy tokenizers safetensors
     python3 xtask/scripts/whisper_hf_fixtures.py
@@ -90,6 +94,14 @@ def main():
         out = model(input_features=feats, decoder_input_ids=torch.tensor([prompt]))
         greedy = model.generate(feats, language="en", task="transcribe", return_timestamps=False,
                                 do_sample=False, num_beams=1, max_new_tokens=24)[0].tolist()
+        detected = model.detect_language(feats)[0].item()
+        first = model(input_features=feats, decoder_input_ids=torch.tensor([[ids["<|startoftranscript|>"]]])).logits[0, -1]
+        lang_p = torch.softmax(first[[ids["<|en|>"], ids["<|fr|>"]]], -1)
+        fr_translate = model.generate(feats, language="fr", task="translate", return_timestamps=False,
+                                      do_sample=False, num_beams=1, max_new_tokens=24)[0].tolist()
+    fr_prompt = [ids["<|startoftranscript|>"], ids["<|fr|>"], ids["<|translate|>"], ids["<|notimestamps|>"]]
+    if fr_translate[:4] == fr_prompt:
+        fr_translate = fr_translate[4:]
     # transformers 5 returns only the new tokens; older versions the prompt too.
     if greedy[:4] == prompt[:4]:
         greedy = greedy[4:]
@@ -98,8 +110,11 @@ def main():
         "prompt": torch.tensor(prompt, dtype=torch.int64),
         "logits": out.logits[0].float().contiguous(),
         "greedy": torch.tensor([t for t in greedy if t != ids["<|endoftext|>"]], dtype=torch.int64),
+        "detected": torch.tensor([detected], dtype=torch.int64),
+        "language_probs": lang_p.float().contiguous(),
+        "greedy_fr_translate": torch.tensor([t for t in fr_translate if t != ids["<|endoftext|>"]], dtype=torch.int64),
     }, str(OUT / "expected.safetensors"))
-    print("greedy", greedy, "vocab", vocab)
+    print("greedy", greedy, "detected", detected, "fr translate", fr_translate, "vocab", vocab)
 
 
 if __name__ == "__main__":

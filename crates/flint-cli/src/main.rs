@@ -174,6 +174,13 @@ enum Command {
         /// Most windows decoded at once (1 to 8), from one file or several.
         #[arg(long, default_value_t = 8)]
         batch: usize,
+        /// The spoken language's code (en, fr, de, ...); detected from each file's first window
+        /// on multilingual models when not given.
+        #[arg(long)]
+        language: Option<String>,
+        /// transcribe, or translate into English (multilingual models).
+        #[arg(long, default_value = "transcribe")]
+        task: String,
         /// Print one JSON object per file: ids, log-probs, text, timings, real-time factor.
         #[arg(long)]
         json: bool,
@@ -416,8 +423,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             models::logits(&adapter, Some(&model), &token_ids, pixel_values.as_deref(), &out)
                 .map(|()| ExitCode::SUCCESS)
         }
-        Command::Transcribe { audio, model, max_tokens, batch, json, adapter } => {
-            models::transcribe(&adapter, &model, &audio, max_tokens, batch, json).map(|()| ExitCode::SUCCESS)
+        Command::Transcribe { audio, model, max_tokens, batch, language, task, json, adapter } => {
+            let opts = models::TranscribeArgs { max_tokens, batch, language, task, json };
+            models::transcribe(&adapter, &model, &audio, &opts).map(|()| ExitCode::SUCCESS)
         }
         Command::LogMel { audio, mels, out, adapter } => {
             models::log_mel(&adapter, &audio, mels, &out).map(|()| ExitCode::SUCCESS)

@@ -254,21 +254,34 @@ pub fn logits(adapter: &str, model: Option<&str>, ids: &str, pixel_values: Optio
     Ok(())
 }
 
+/// Options of `flint transcribe`.
+pub struct TranscribeArgs {
+    /// Most tokens per window.
+    pub max_tokens: usize,
+    /// Most windows at once.
+    pub batch: usize,
+    /// Language code, or detection.
+    pub language: Option<String>,
+    /// `transcribe` or `translate`.
+    pub task: String,
+    /// One JSON object per file.
+    pub json: bool,
+}
+
 /// `flint transcribe`: each file's text (or, with `json`, one JSON object per file).
-pub fn transcribe(
-    adapter: &str,
-    model: &str,
-    files: &[PathBuf],
-    max_tokens: usize,
-    batch: usize,
-    json: bool,
-) -> Result<()> {
+pub fn transcribe(adapter: &str, model: &str, files: &[PathBuf], args: &TranscribeArgs) -> Result<()> {
+    let (max_tokens, batch, json) = (args.max_tokens, args.batch, args.json);
     if max_tokens == 0 {
         bail!("--max-tokens is 0: nothing to transcribe");
     }
     if !(1..=flint_runtime::whisper::MAX_BATCH).contains(&batch) {
         bail!("--batch {batch}: 1 to {} windows", flint_runtime::whisper::MAX_BATCH);
     }
+    let task = match args.task.as_str() {
+        "transcribe" => flint_runtime::whisper::Task::Transcribe,
+        "translate" => flint_runtime::whisper::Task::Translate,
+        t => bail!("--task {t:?}: transcribe or translate"),
+    };
     // Read every file first, so that a bad one is refused before the model loads.
     let clips: Vec<_> = files.iter().map(|f| flint_runtime::audio::read_wav(f)).collect::<Result<_, _>>()?;
     let path = resolve_model(Some(model))?;
@@ -278,7 +291,8 @@ pub fn transcribe(
         flint_runtime::whisper::Whisper::load(&dev, &path).with_context(|| format!("loading {}", path.display()))?;
     let load_s = t.elapsed().as_secs_f64();
     let t = std::time::Instant::now();
-    let results = whisper.transcribe_batched(&clips, max_tokens, batch)?;
+    let opts = flint_runtime::whisper::TranscribeOptions { max_tokens, batch, language: args.language.clone(), task };
+    let results = whisper.transcribe_with(&clips, &opts)?;
     let all_s = t.elapsed().as_secs_f64();
     let mut stdout = std::io::stdout().lock();
     for (file, r) in files.iter().zip(results) {
@@ -287,6 +301,7 @@ pub fn transcribe(
             let v = serde_json::json!({
                 "file": file.display().to_string(),
                 "text": r.text,
+                "language": r.language,
                 "ids": r.ids,
                 "logprobs": r.logprobs,
                 "audio_seconds": r.audio_seconds,

@@ -351,6 +351,11 @@ fn bad_files_and_flags_are_refused_with_named_errors() {
             vec!["--batch".into()],
         ),
         (
+            "transcribe_task_unknown",
+            ["transcribe", "--audio", &wav, "--task", "summarize"].map(String::from).to_vec(),
+            vec!["summarize".into()],
+        ),
+        (
             "transcribe_max_tokens_0",
             ["transcribe", "--audio", &wav, "--max-tokens", "0"].map(String::from).to_vec(),
             vec!["max-tokens".into()],

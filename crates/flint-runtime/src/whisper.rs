@@ -73,8 +73,10 @@ pub struct WhisperConfig {
     pub sot: u32,
     /// `<|notimestamps|>`; ids above it are timestamps.
     pub no_timestamps: u32,
-    /// `<|en|>` and `<|transcribe|>` for multilingual models.
-    pub en_transcribe: Option<(u32, u32)>,
+    /// Language codes (`en`, `fr`, ...) and their tokens, for multilingual models.
+    pub languages: Vec<(String, u32)>,
+    /// `<|transcribe|>` and `<|translate|>`, for multilingual models.
+    pub tasks: Option<(u32, u32)>,
     /// Tokens never generated (`suppress_ids` of config.json).
     pub suppress: Vec<u32>,
     /// Tokens not generated first (`suppress_ids_begin`).
@@ -151,6 +153,36 @@ pub struct Whisper {
     dec_ln: Norm,
 }
 
+/// What a multilingual model is asked to do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Task {
+    /// Write down what is said, in its language.
+    #[default]
+    Transcribe,
+    /// Write it down in English.
+    Translate,
+}
+
+/// Options of [`Whisper::transcribe_with`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TranscribeOptions {
+    /// Most tokens per window.
+    pub max_tokens: usize,
+    /// Most windows decoded at once (1 to [`MAX_BATCH`]).
+    pub batch: usize,
+    /// The spoken language's code (`en`, `fr`, ...); `None` detects it from each clip's first
+    /// window on multilingual models (English-only models take `None` or `en`).
+    pub language: Option<String>,
+    /// Transcribe or translate (multilingual models only).
+    pub task: Task,
+}
+
+impl Default for TranscribeOptions {
+    fn default() -> Self {
+        TranscribeOptions { max_tokens: 224, batch: MAX_BATCH, language: None, task: Task::Transcribe }
+    }
+}
+
 /// One window's decoder state.
 struct Window {
     caches: Vec<KvCache>,
@@ -170,6 +202,8 @@ pub struct Transcript {
     pub logprobs: Vec<f32>,
     /// The text.
     pub text: String,
+    /// The language it was decoded as (given or detected), for multilingual models.
+    pub language: Option<String>,
     /// Audio length in seconds.
     pub audio_seconds: f64,
     /// 30-second windows.
@@ -248,6 +282,7 @@ impl WhisperConfig {
                 text_ctx,
             },
             vocab >= 51865,
+            token_list(config.get("lang_ids"), vocab, &config_path, "lang_ids")?,
             token_list(config.get("suppress_ids"), vocab, &config_path, "suppress_ids")?,
             token_list(config.get("suppress_ids_begin"), vocab, &config_path, "suppress_ids_begin")?,
         )?;
@@ -294,6 +329,16 @@ impl WhisperConfig {
                 text_ctx: c.usize("max_target_positions")?,
             },
             multilingual,
+            {
+                // lang_to_id: {"<|en|>": 50259, ...}, in id order.
+                let mut ids: Vec<u32> = Vec::new();
+                if let Some(map) = generation.get("lang_to_id").and_then(|m| m.as_object()) {
+                    let list: Vec<serde_json::Value> = map.values().cloned().collect();
+                    ids = token_list(Some(&serde_json::Value::Array(list)), vocab, &gen_path, "lang_to_id")?;
+                }
+                ids.sort_unstable();
+                ids
+            },
             token_list(list_src.get("suppress_tokens"), vocab, list_path, "suppress_tokens")?,
             token_list(list_src.get("begin_suppress_tokens"), vocab, list_path, "begin_suppress_tokens")?,
         )?;
@@ -306,13 +351,30 @@ impl WhisperConfig {
         dir: &Path,
         s: Shapes,
         multilingual: bool,
+        language_ids: Vec<u32>,
         suppress: Vec<u32>,
         suppress_begin: Vec<u32>,
     ) -> Result<WhisperConfig> {
         let need = |t: &str| {
             tokenizer.token_to_id(t).ok_or_else(|| file_err(&dir.join("tokenizer.json"), format!("no token {t}")))
         };
-        let en_transcribe = if multilingual { Some((need("<|en|>")?, need("<|transcribe|>")?)) } else { None };
+        let tasks = if multilingual { Some((need("<|transcribe|>")?, need("<|translate|>")?)) } else { None };
+        let mut languages = Vec::new();
+        if multilingual {
+            for &id in &language_ids {
+                let token = tokenizer.id_to_token(id).unwrap_or_default();
+                let Some(code) = token.strip_prefix("<|").and_then(|t| t.strip_suffix("|>")) else {
+                    return Err(file_err(
+                        &dir.join("tokenizer.json"),
+                        format!("language token {id} is {token:?}, not <|xx|>"),
+                    ));
+                };
+                languages.push((code.to_string(), id));
+            }
+            if languages.is_empty() {
+                return Err(file_err(dir, "a multilingual model whose config lists no language tokens"));
+            }
+        }
         Ok(WhisperConfig {
             mels: s.mels,
             d_model: s.d_model,
@@ -327,7 +389,8 @@ impl WhisperConfig {
             eot: need("<|endoftext|>")?,
             sot: need("<|startoftranscript|>")?,
             no_timestamps: need("<|notimestamps|>")?,
-            en_transcribe,
+            languages,
+            tasks,
             suppress,
             suppress_begin,
         })
@@ -360,7 +423,8 @@ impl WhisperConfig {
         }
         let specials = [self.eot, self.sot, self.no_timestamps]
             .into_iter()
-            .chain(self.en_transcribe.iter().flat_map(|&(a, b)| [a, b]));
+            .chain(self.tasks.iter().flat_map(|&(a, b)| [a, b]))
+            .chain(self.languages.iter().map(|l| l.1));
         for t in specials {
             if t as usize >= self.vocab {
                 return bad(format!("special token {t} is outside the vocabulary of {}", self.vocab));
@@ -681,16 +745,60 @@ impl Whisper {
         Ok(self.dev.read_f32(&out)?)
     }
 
-    /// The prompt a window's decoding starts from: `<|startoftranscript|>`, language and task
-    /// for multilingual models (English transcription), `<|notimestamps|>`.
+    /// The prompt of English transcription: `<|startoftranscript|>`, `<|en|><|transcribe|>` for
+    /// multilingual models, `<|notimestamps|>`.
     pub fn prompt(&self) -> Vec<u32> {
+        self.prompt_for(Some("en"), Task::Transcribe).unwrap_or_else(|_| vec![self.cfg.sot, self.cfg.no_timestamps])
+    }
+
+    /// The prompt a window's decoding starts from: `<|startoftranscript|>`, then for
+    /// multilingual models the language's token (`language` a code such as `fr`; `None` only
+    /// for English-only models) and the task's, then `<|notimestamps|>`. English-only models
+    /// take English transcription only.
+    pub fn prompt_for(&self, language: Option<&str>, task: Task) -> Result<Vec<u32>> {
         let c = &self.cfg;
-        let mut p = vec![c.sot];
-        if let Some((en, transcribe)) = c.en_transcribe {
-            p.extend([en, transcribe]);
+        let Some((transcribe, translate)) = c.tasks else {
+            if language.is_some_and(|l| l != "en") || task == Task::Translate {
+                return Err(RuntimeError::Request(format!(
+                    "{} is an English-only model: it transcribes English only",
+                    self.path.display()
+                )));
+            }
+            return Ok(vec![c.sot, c.no_timestamps]);
+        };
+        let Some(code) = language else {
+            return Err(RuntimeError::Request("a multilingual model needs a language (or detection)".into()));
+        };
+        let lang = self.language_token(code)?;
+        Ok(vec![c.sot, lang, if task == Task::Translate { translate } else { transcribe }, c.no_timestamps])
+    }
+
+    /// The token of language `code` (`en`, `fr`, ...), or an error listing the model's languages.
+    pub fn language_token(&self, code: &str) -> Result<u32> {
+        let langs = &self.cfg.languages;
+        langs.iter().find(|(c, _)| c == code).map(|l| l.1).ok_or_else(|| {
+            let known: Vec<&str> = langs.iter().map(|(c, _)| c.as_str()).collect();
+            RuntimeError::Request(format!(
+                "language {code:?} is not one of the model's {} ({})",
+                known.len(),
+                if known.is_empty() { "English only".to_string() } else { known.join(", ") }
+            ))
+        })
+    }
+
+    /// The most likely language of one window, as Whisper detects it: the decoder's first step
+    /// from `<|startoftranscript|>` alone, its logits restricted to the language tokens. The
+    /// code and its probability among the languages; `None` for English-only models.
+    pub fn detect_language(&self, encoded: &Tensor) -> Result<Option<(String, f32)>> {
+        if self.cfg.languages.is_empty() {
+            return Ok(None);
         }
-        p.push(c.no_timestamps);
-        p
+        let w = self.window(std::slice::from_ref(encoded))?;
+        let logits = self.step(&[self.cfg.sot], 1, 0, &w, &w.table, false)?;
+        let max = self.cfg.languages.iter().map(|l| logits[l.1 as usize]).fold(f32::NEG_INFINITY, f32::max);
+        let total: f64 = self.cfg.languages.iter().map(|l| f64::from(logits[l.1 as usize] - max).exp()).sum();
+        let best = self.cfg.languages.iter().max_by(|a, b| logits[a.1 as usize].total_cmp(&logits[b.1 as usize]));
+        Ok(best.map(|(code, id)| (code.clone(), (f64::from(logits[*id as usize] - max).exp() / total) as f32)))
     }
 
     /// Greedy decoding of one window from its encoder output `[1500, d]`: ids and log-probs, at
@@ -704,26 +812,57 @@ impl Whisper {
     /// The windows advance in step, each in its own cache page; a finished window leaves the
     /// batch. Ids and log-probs per window.
     pub fn decode_batch(&self, encoded: &[Tensor], max_tokens: usize) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
-        self.decode_inner(encoded, max_tokens, true)
+        let prompts = vec![self.prompt(); encoded.len()];
+        self.decode_inner(encoded, &prompts, max_tokens, true)
+    }
+
+    /// [`Whisper::decode_batch`] with a prompt per window ([`Whisper::prompt_for`]; all of one
+    /// length, as every prompt of one model is).
+    pub fn decode_prompted(
+        &self,
+        encoded: &[Tensor],
+        prompts: &[Vec<u32>],
+        max_tokens: usize,
+    ) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
+        self.decode_inner(encoded, prompts, max_tokens, true)
     }
 
     /// Exactly `steps` greedy steps for each window, end of text or not (benchmarks: a fixed
     /// amount of work whatever the audio says).
     pub fn decode_steps(&self, encoded: &[Tensor], steps: usize) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
-        self.decode_inner(encoded, steps, false)
+        let prompts = vec![self.prompt(); encoded.len()];
+        self.decode_inner(encoded, &prompts, steps, false)
     }
 
-    fn decode_inner(&self, encoded: &[Tensor], max_tokens: usize, stop: bool) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
+    fn decode_inner(
+        &self,
+        encoded: &[Tensor],
+        prompts: &[Vec<u32>],
+        max_tokens: usize,
+        stop: bool,
+    ) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
         let cfg = &self.cfg;
         let b = encoded.len();
-        if b == 0 || b > MAX_BATCH {
-            return Err(RuntimeError::Request(format!("{b} windows in one batch: 1 to {MAX_BATCH}")));
+        if b == 0 || b > MAX_BATCH || prompts.len() != b {
+            return Err(RuntimeError::Request(format!(
+                "{b} windows and {} prompts in one batch: 1 to {MAX_BATCH} of each",
+                prompts.len()
+            )));
+        }
+        let plen = prompts[0].len();
+        if plen == 0
+            || plen >= cfg.text_ctx
+            || prompts.iter().any(|p| p.len() != plen || p.iter().any(|&t| t as usize >= cfg.vocab))
+        {
+            return Err(RuntimeError::Request(format!(
+                "prompts must share one length below the text context of {} and hold ids below {}",
+                cfg.text_ctx, cfg.vocab
+            )));
         }
         let w = self.window(encoded)?;
-        let prompt = self.prompt();
-        let budget = max_tokens.min(cfg.text_ctx.saturating_sub(prompt.len()));
-        let tokens: Vec<u32> = (0..b).flat_map(|_| prompt.iter().copied()).collect();
-        let mut logits = self.step(&tokens, prompt.len(), 0, &w, &w.table, false)?;
+        let budget = max_tokens.min(cfg.text_ctx - plen);
+        let tokens: Vec<u32> = prompts.iter().flatten().copied().collect();
+        let mut logits = self.step(&tokens, plen, 0, &w, &w.table, false)?;
         let mut out = vec![(Vec::new(), Vec::new()); b];
         // The windows still decoding, in the order of the rows of `logits`.
         let mut active: Vec<usize> = if budget == 0 { Vec::new() } else { (0..b).collect() };
@@ -750,7 +889,7 @@ impl Whisper {
                 PageTable::new(&self.dev, &still.iter().map(|&s| vec![s as u32]).collect::<Vec<_>>(), b)?
             };
             active = still;
-            logits = self.step(&next, 1, prompt.len() + step, &w, &table, false)?;
+            logits = self.step(&next, 1, plen + step, &w, &table, false)?;
         }
         Ok(out)
     }
@@ -936,8 +1075,22 @@ impl Whisper {
     /// [`Whisper::transcribe_many`] with at most `batch` windows decoded at once (1 to
     /// [`MAX_BATCH`]).
     pub fn transcribe_batched(&self, clips: &[Audio], max_tokens: usize, batch: usize) -> Result<Vec<Transcript>> {
-        if !(1..=MAX_BATCH).contains(&batch) {
-            return Err(RuntimeError::Request(format!("a batch of {batch} windows: 1 to {MAX_BATCH}")));
+        self.transcribe_with(clips, &TranscribeOptions { max_tokens, batch, ..Default::default() })
+    }
+
+    /// Transcribe (or translate) several clips with `opts`: their windows decoded together in
+    /// batches (windows of different clips share a batch; each window keeps its own language).
+    /// A transcript's encoder and decoder seconds are those of the batches its windows were in.
+    pub fn transcribe_with(&self, clips: &[Audio], opts: &TranscribeOptions) -> Result<Vec<Transcript>> {
+        if !(1..=MAX_BATCH).contains(&opts.batch) {
+            return Err(RuntimeError::Request(format!("a batch of {} windows: 1 to {MAX_BATCH}", opts.batch)));
+        }
+        // Refuse a language or task the model cannot take before any work.
+        let multilingual = !self.cfg.languages.is_empty();
+        if let Some(code) = &opts.language {
+            self.prompt_for(Some(code), opts.task)?;
+        } else if !multilingual {
+            self.prompt_for(None, opts.task)?;
         }
         let dev = &self.dev;
         let mut out = Vec::with_capacity(clips.len());
@@ -952,6 +1105,7 @@ impl Whisper {
                 ids: Vec::new(),
                 logprobs: Vec::new(),
                 text: String::new(),
+                language: if multilingual { opts.language.clone() } else { None },
                 audio_seconds: audio.seconds(),
                 windows,
                 features_s: t.elapsed().as_secs_f64(),
@@ -965,7 +1119,7 @@ impl Whisper {
             out.iter().enumerate().flat_map(|(c, t)| (0..t.windows).map(move |w| (c, w))).collect();
         let mut texts: Vec<Vec<String>> = out.iter().map(|t| Vec::with_capacity(t.windows)).collect();
         let per_window = (WINDOW_FRAMES * self.cfg.mels * 4) as u64;
-        for batch in work.chunks(batch) {
+        for batch in work.chunks(opts.batch) {
             let t = Instant::now();
             let mut encoded = Vec::with_capacity(batch.len());
             for &(c, w) in batch {
@@ -973,10 +1127,18 @@ impl Whisper {
                 let mut rec = Recorder::new(dev);
                 encoded.push(self.encode(&mut rec, &window)?);
                 rec.submit()?.wait()?;
+                // A clip's language, when not given, is detected from its first window.
+                if multilingual && out[c].language.is_none() {
+                    out[c].language = self.detect_language(encoded.last().expect("just pushed"))?.map(|l| l.0);
+                }
             }
             let encoder_s = t.elapsed().as_secs_f64();
             let t = Instant::now();
-            let results = self.decode_batch(&encoded, max_tokens)?;
+            let prompts = batch
+                .iter()
+                .map(|&(c, _)| self.prompt_for(out[c].language.as_deref(), opts.task))
+                .collect::<Result<Vec<_>>>()?;
+            let results = self.decode_prompted(&encoded, &prompts, opts.max_tokens)?;
             let decoder_s = t.elapsed().as_secs_f64();
             let mut seen = Vec::new();
             for (&(c, _), (ids, logprobs)) in batch.iter().zip(results) {
