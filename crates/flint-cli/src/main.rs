@@ -164,8 +164,9 @@ enum Command {
         /// for several.
         #[arg(long = "audio", required = true)]
         audio: Vec<PathBuf>,
-        /// A CTranslate2 Whisper directory (model.bin, config.json, tokenizer.json), its
-        /// model.bin, or a known model name (whisper-tiny.en).
+        /// A CTranslate2 Whisper directory (model.bin, config.json, tokenizer.json) or its
+        /// model.bin, a Hugging Face Whisper directory (config.json, safetensors,
+        /// tokenizer.json), or a known model name (whisper-tiny.en).
         #[arg(long, default_value = "whisper-tiny.en")]
         model: String,
         /// Most tokens per 30-second window.

@@ -88,7 +88,10 @@ impl MelParams {
         }
         let biggest = [
             self.clips.checked_mul(self.samples),
-            self.clips.checked_mul(self.frames()).and_then(|r| r.checked_mul(self.n_fft.max(2 * self.bins()))),
+            // The kernels pad frame rows and spectrum columns to multiples of 4.
+            self.clips
+                .checked_mul(self.frames())
+                .and_then(|r| r.checked_mul(self.n_fft.next_multiple_of(4).max((2 * self.bins()).next_multiple_of(4)))),
             self.out_len().checked_mul(1),
         ];
         if biggest.iter().any(|n| n.is_none_or(|n| n > u32::MAX as usize)) {

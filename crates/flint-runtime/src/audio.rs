@@ -112,7 +112,8 @@ fn decode<R: std::io::Read>(name: &Path, source: R) -> Result<Audio> {
 
 /// Average each frame's `channels` values as they stream in.
 fn mix(values: impl Iterator<Item = hound::Result<f32>>, channels: usize, frames: u64) -> hound::Result<Vec<f32>> {
-    let mut out = Vec::with_capacity(usize::try_from(frames).unwrap_or(0));
+    // The header's count bounds the reservation, but a file may promise more than it holds.
+    let mut out = Vec::with_capacity(usize::try_from(frames.min(1 << 22)).unwrap_or(0));
     let (mut acc, mut k) = (0.0f32, 0);
     for v in values {
         acc += v?;
@@ -151,31 +152,59 @@ impl LogMel {
         self.mels
     }
 
-    /// Record the features of `audio` (any rate; resampled to 16 kHz first), one 30-second
-    /// window after another: f32 `[windows, 3000, mels]`, each window normalised by its own
-    /// maximum as transformers' `WhisperFeatureExtractor` does.
-    pub fn record(&self, dev: &Device, rec: &mut Recorder, audio: &Audio) -> Result<Tensor> {
+    /// Record the features of windows `first..first + count` of `samples` (16 kHz; windows of
+    /// 30 s, the last padded with zeros): f32 `[count, 3000, mels]`, each window normalised by
+    /// its own maximum as transformers' `WhisperFeatureExtractor` does.
+    pub fn record_windows(
+        &self,
+        dev: &Device,
+        rec: &mut Recorder,
+        samples: &[f32],
+        first: usize,
+        count: usize,
+    ) -> Result<Tensor> {
+        let windows = samples.len().div_ceil(WHISPER_SAMPLES).max(1);
+        if count == 0 || first + count > windows {
+            return Err(RuntimeError::Request(format!(
+                "windows {first}..{} of audio that has {windows}",
+                first + count
+            )));
+        }
+        let start = (first * WHISPER_SAMPLES).min(samples.len());
+        let end = ((first + count) * WHISPER_SAMPLES).min(samples.len());
+        let mut padded = samples[start..end].to_vec();
+        padded.resize(count * WHISPER_SAMPLES, 0.0);
+        let p = MelParams::whisper(count, self.mels);
+        let upload = dev.upload_f32("audio samples", &padded, &[count, WHISPER_SAMPLES], DType::F32)?;
+        let out = dev.empty("log-mel features", &[count, p.frames(), self.mels], DType::F32)?;
+        flint_kernels::audio::log_mel(dev, rec, &p, &self.tables, &upload, &out)?;
+        Ok(out)
+    }
+
+    /// The features of `audio` (any rate; resampled to 16 kHz first) read back:
+    /// `[windows, 3000, mels]` row-major, and the window count. Computed [`WINDOWS_AT_ONCE`]
+    /// windows at a time, so that long audio stays within the adapter's binding size.
+    pub fn features(&self, dev: &Device, audio: &Audio) -> Result<(Vec<f32>, usize)> {
         if audio.samples.is_empty() {
             return Err(RuntimeError::Request("the audio has no samples".into()));
         }
         let audio = audio.resampled(WHISPER_RATE as u32)?;
-        let (padded, windows) = whisper_windows(&audio.samples);
-        let p = MelParams::whisper(windows, self.mels);
-        let samples = dev.upload_f32("audio samples", &padded, &[windows, WHISPER_SAMPLES], DType::F32)?;
-        let out = dev.empty("log-mel features", &[windows, p.frames(), self.mels], DType::F32)?;
-        flint_kernels::audio::log_mel(dev, rec, &p, &self.tables, &samples, &out)?;
-        Ok(out)
-    }
-
-    /// The features of `audio` read back: `[windows, 3000, mels]` row-major, and the window count.
-    pub fn features(&self, dev: &Device, audio: &Audio) -> Result<(Vec<f32>, usize)> {
-        let mut rec = Recorder::new(dev);
-        let out = self.record(dev, &mut rec, audio)?;
-        rec.submit()?.wait()?;
-        let windows = out.shape()[0];
-        Ok((dev.read_f32(&out)?, windows))
+        let windows = audio.samples.len().div_ceil(WHISPER_SAMPLES).max(1);
+        let mut out = Vec::with_capacity(windows * 3000 * self.mels);
+        for first in (0..windows).step_by(WINDOWS_AT_ONCE) {
+            let count = WINDOWS_AT_ONCE.min(windows - first);
+            let mut rec = Recorder::new(dev);
+            let t = self.record_windows(dev, &mut rec, &audio.samples, first, count)?;
+            rec.submit()?.wait()?;
+            out.extend(dev.read_f32(&t)?);
+        }
+        Ok((out, windows))
     }
 }
+
+/// Windows whose features [`LogMel::features`] computes in one go: their scratch (about 10 MB a
+/// window) stays far below a 128 MiB binding.
+pub const WINDOWS_AT_ONCE: usize = 8;
 
 #[cfg(test)]
 mod tests {

