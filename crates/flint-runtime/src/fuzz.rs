@@ -114,3 +114,30 @@ pub fn request_line(data: &[u8]) -> Result<RequestLine> {
     l.mode("instant", 1)?;
     Ok(l)
 }
+
+/// A WAV file: decode it (header limits, formats, channels), then resample what it holds to
+/// 16 kHz when it holds at most `max_samples` samples.
+pub fn wav(data: &[u8], max_samples: usize) -> Result<usize> {
+    let audio = crate::audio::decode_wav(Path::new("fuzz.wav"), data)?;
+    if audio.samples.len() > max_samples {
+        return Err(RuntimeError::Request("fuzz: over the fuzzer's sample budget".into()));
+    }
+    Ok(audio.resampled(16_000)?.samples.len())
+}
+
+/// A CTranslate2 `model.bin`: parse it, then read every small variable as floats and every
+/// scalar as an integer.
+pub fn ct2(data: &[u8]) -> Result<usize> {
+    let f = crate::ct2::Ct2File::parse(Path::new("fuzz.bin"), data.to_vec())?;
+    let names: Vec<String> = f.names().into_iter().map(String::from).collect();
+    for name in &names {
+        let v = f.get(name).expect("listed").clone();
+        if v.shape.iter().product::<usize>() <= CONVERT_LIMIT {
+            let _ = f.f32s(name, &v.shape);
+        }
+        if v.shape.is_empty() {
+            let _ = f.scalar(name);
+        }
+    }
+    Ok(names.len())
+}

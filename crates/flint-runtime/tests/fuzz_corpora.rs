@@ -103,3 +103,29 @@ fn the_request_line_corpus_parses_or_is_refused_cleanly() {
         assert!(ok.iter().any(|n| n == seed), "the seed {seed} parses");
     }
 }
+
+#[test]
+fn the_wav_corpus_decodes_or_is_refused_cleanly() {
+    let (ok, refused) = replay("wav", |b| fuzz::wav(b, 1 << 20));
+    for (_, e) in &refused {
+        assert!(e.contains("fuzz"), "the error names the file: {e}");
+    }
+    for seed in ["u8-mono.wav", "s16-stereo.wav", "s24-mono.wav", "s32-mono.wav", "f32-3ch.wav"] {
+        assert!(ok.iter().any(|n| n == seed), "the seed {seed} decodes");
+    }
+    for bad in ["cut-data.wav", "zero-rate.wav", "f64.wav"] {
+        assert!(refused.iter().any(|(n, _)| n == bad), "{bad} is refused: {refused:?}");
+    }
+}
+
+#[test]
+fn the_ct2_corpus_parses_or_is_refused_cleanly() {
+    let (ok, refused) = replay("ct2", fuzz::ct2);
+    for (_, e) in &refused {
+        assert!(e.contains("fuzz.bin"), "the error names the file: {e}");
+    }
+    assert!(ok.iter().any(|n| n == "tiny.bin"), "the seed parses");
+    for bad in ["cut.bin", "bad-bytes.bin", "bad-alias.bin"] {
+        assert!(refused.iter().any(|(n, _)| n == bad), "{bad} is refused: {refused:?}");
+    }
+}
