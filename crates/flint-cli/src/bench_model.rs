@@ -41,6 +41,21 @@ pub struct BenchModelOpts {
     pub json: bool,
 }
 
+/// How a bench row is printed: a JSON object with the case, model and adapter added, or a table
+/// row after the case's name.
+fn emitter<'a>(json: bool, name: &'a str, label: &'a str) -> impl Fn(String, serde_json::Value, String) + 'a {
+    move |case, mut v, row| {
+        if json {
+            v["case"] = json!(case);
+            v["model"] = json!(name);
+            v["adapter"] = json!(label);
+            println!("{v}");
+        } else {
+            println!("{case:<34} {row}");
+        }
+    }
+}
+
 /// Whether `path` is a Whisper model: a CTranslate2 `model.bin` (or a directory holding one) or
 /// a Hugging Face directory whose config says `whisper`.
 fn is_whisper(path: &std::path::Path) -> bool {
@@ -65,16 +80,7 @@ fn bench_whisper(opts: &BenchModelOpts, path: &std::path::Path) -> Result<()> {
     let w = Whisper::load(&dev, path).with_context(|| format!("loading {}", path.display()))?;
     let dir = if path.is_dir() { path } else { path.parent().unwrap_or(path) };
     let name = dir.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
-    let emit = |case: String, mut v: serde_json::Value, row: String| {
-        if opts.json {
-            v["case"] = json!(case);
-            v["model"] = json!(name);
-            v["adapter"] = json!(label);
-            println!("{v}");
-        } else {
-            println!("{case:<34} {row}");
-        }
-    };
+    let emit = emitter(opts.json, &name, &label);
     if !opts.json {
         println!("{name} (Whisper, {} mels, width {}) on {label}; one 30 s window", w.cfg.mels, w.cfg.d_model);
     }
@@ -280,17 +286,7 @@ pub fn bench_model(opts: &BenchModelOpts) -> Result<()> {
     let label = dev.caps().short_label();
     let wbytes = model.decoder().weight_bytes_per_token() as f64;
     let name = model.path().file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
-    let emit = |case: String, v: serde_json::Value, row: String| {
-        if opts.json {
-            let mut v = v;
-            v["case"] = json!(case);
-            v["model"] = json!(name);
-            v["adapter"] = json!(label);
-            println!("{v}");
-        } else {
-            println!("{case:<34} {row}");
-        }
-    };
+    let emit = emitter(opts.json, &name, &label);
     if !opts.json {
         println!("{name} on {label}; weights read per decode step: {:.1} MB", wbytes / 1e6);
     }

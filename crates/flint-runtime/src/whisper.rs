@@ -35,6 +35,7 @@ use flint_ref::norm::{NormKind, NormParams};
 use crate::audio::{Audio, LogMel};
 use crate::ct2::Ct2File;
 use crate::hf::{Config, HfDir};
+use crate::model::vision::Affine as Linear;
 use crate::{Result, RuntimeError};
 
 /// Frames of log-mel features per window.
@@ -85,21 +86,6 @@ pub struct WhisperConfig {
     pub suppress: Vec<u32>,
     /// Tokens not generated first (`suppress_ids_begin`).
     pub suppress_begin: Vec<u32>,
-}
-
-/// An affine map `[n, k]` with an optional bias, f32 on the GPU.
-struct Linear {
-    w: Tensor,
-    b: Option<Tensor>,
-    n: usize,
-    k: usize,
-}
-
-impl Linear {
-    fn forward(&self, dev: &Device, rec: &mut Recorder, x: &Tensor, m: usize, out: &Tensor) -> Result<()> {
-        let p = MatmulParams { bias: self.b.is_some(), ..MatmulParams::new(m, self.n, self.k) };
-        Ok(flint_kernels::matmul::matmul(dev, rec, &p, x, &self.w, self.b.as_ref(), out)?)
-    }
 }
 
 struct Norm {

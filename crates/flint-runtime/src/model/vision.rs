@@ -203,17 +203,18 @@ pub fn position_ids(side: usize, rows: usize, cols: usize) -> Vec<u32> {
     ids
 }
 
-/// A weight matrix `[n, k]` with its bias `[n]`.
+/// A weight matrix `[n, k]` with its bias `[n]` (the vision tower's and Whisper's projections).
 #[derive(Debug)]
-struct Affine {
-    w: Tensor,
-    b: Option<Tensor>,
-    n: usize,
-    k: usize,
+pub(crate) struct Affine {
+    pub(crate) w: Tensor,
+    pub(crate) b: Option<Tensor>,
+    pub(crate) n: usize,
+    pub(crate) k: usize,
 }
 
 impl Affine {
-    fn forward(&self, dev: &Device, rec: &mut Recorder, x: &Tensor, m: usize, out: &Tensor) -> Result<()> {
+    /// Record `out = x W^T (+ b)` over `m` rows.
+    pub(crate) fn forward(&self, dev: &Device, rec: &mut Recorder, x: &Tensor, m: usize, out: &Tensor) -> Result<()> {
         let p = MatmulParams { bias: self.b.is_some(), ..MatmulParams::new(m, self.n, self.k) };
         Ok(flint_kernels::matmul::matmul(dev, rec, &p, x, &self.w, self.b.as_ref(), out)?)
     }
