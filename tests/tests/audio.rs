@@ -248,3 +248,47 @@ fn a_random_hf_whisper_matches_transformers() {
         assert!(e.contains("\"de\"") && e.contains("en, fr"), "{e}");
     }
 }
+
+/// Hugging Face Whisper configs and files flint cannot run are refused at load, each error
+/// naming the file and the field or tensor.
+#[test]
+fn whisper_configs_flint_cannot_run_are_refused_by_name() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/whisper-random");
+    let dev = &devices()[0];
+    let edited = |tag: &str, edit: &dyn Fn(&mut serde_json::Value), drop_file: Option<&str>| -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("flint-whisper-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["model.safetensors", "tokenizer.json", "generation_config.json"] {
+            if drop_file != Some(f) {
+                std::fs::copy(src.join(f), dir.join(f)).unwrap();
+            }
+        }
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+        edit(&mut cfg);
+        std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+        dir
+    };
+    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>, Option<&str>, &[&str])> = vec![
+        ("ffn", Box::new(|c| c["decoder_ffn_dim"] = 100.into()), None, &["config.json", "decoder_ffn_dim"]),
+        ("scale", Box::new(|c| c["scale_embedding"] = true.into()), None, &["config.json", "scale_embedding"]),
+        ("positions", Box::new(|c| c["max_source_positions"] = 1000.into()), None, &["max_source_positions", "1500"]),
+        ("width", Box::new(|c| c["d_model"] = 96.into()), None, &["config.json", "width 96"]),
+        ("heads", Box::new(|c| c["encoder_attention_heads"] = 5.into()), None, &["config.json", "5 encoder heads"]),
+        ("ctx", Box::new(|c| c["max_target_positions"] = 4.into()), None, &["config.json", "text context of 4"]),
+        // A config that disagrees with the weights' shapes.
+        ("mels", Box::new(|c| c["num_mel_bins"] = 128.into()), None, &["model.safetensors", "conv1.weight"]),
+        ("no-tokenizer", Box::new(|_| {}), Some("tokenizer.json"), &["tokenizer.json"]),
+    ];
+    for (tag, edit, drop_file, says) in cases {
+        let dir = edited(tag, &*edit, drop_file);
+        let e = match flint_runtime::whisper::Whisper::load(dev, &dir) {
+            Ok(_) => panic!("[{tag}] loaded"),
+            Err(e) => e.to_string(),
+        };
+        for s in says {
+            assert!(e.contains(s), "[{tag}] {e:?} does not say {s:?}");
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
