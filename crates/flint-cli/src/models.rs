@@ -292,7 +292,23 @@ pub fn transcribe(adapter: &str, model: &str, files: &[PathBuf], args: &Transcri
     let load_s = t.elapsed().as_secs_f64();
     let t = std::time::Instant::now();
     let opts = flint_runtime::whisper::TranscribeOptions { max_tokens, batch, language: args.language.clone(), task };
-    let results = whisper.transcribe_with(&clips, &opts)?;
+    // A bar on stderr when there is more than one window to wait for.
+    let mut bar: Option<ProgressBar> = None;
+    let results = whisper.transcribe_progress(&clips, &opts, &mut |done, total| {
+        if total > 1 {
+            let b = bar.get_or_insert_with(|| {
+                ProgressBar::new(total as u64).with_style(
+                    ProgressStyle::with_template("transcribing [{bar:30}] {pos}/{len} windows of 30 s, {eta} left")
+                        .expect("template")
+                        .progress_chars("=> "),
+                )
+            });
+            b.set_position(done as u64);
+        }
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
     let all_s = t.elapsed().as_secs_f64();
     let mut stdout = std::io::stdout().lock();
     for (file, r) in files.iter().zip(results) {

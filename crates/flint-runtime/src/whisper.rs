@@ -1088,6 +1088,17 @@ impl Whisper {
     /// batches (windows of different clips share a batch; each window keeps its own language).
     /// A transcript's encoder and decoder seconds are those of the batches its windows were in.
     pub fn transcribe_with(&self, clips: &[Audio], opts: &TranscribeOptions) -> Result<Vec<Transcript>> {
+        self.transcribe_progress(clips, opts, &mut |_, _| {})
+    }
+
+    /// [`Whisper::transcribe_with`], calling `progress(windows done, windows in all)` after each
+    /// batch (long audio takes a while).
+    pub fn transcribe_progress(
+        &self,
+        clips: &[Audio],
+        opts: &TranscribeOptions,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<Transcript>> {
         if !(1..=MAX_BATCH).contains(&opts.batch) {
             return Err(RuntimeError::Request(format!("a batch of {} windows: 1 to {MAX_BATCH}", opts.batch)));
         }
@@ -1124,6 +1135,8 @@ impl Whisper {
         let work: Vec<(usize, usize)> =
             out.iter().enumerate().flat_map(|(c, t)| (0..t.windows).map(move |w| (c, w))).collect();
         let mut texts: Vec<Vec<String>> = out.iter().map(|t| Vec::with_capacity(t.windows)).collect();
+        let mut done = 0;
+        progress(0, work.len());
         for batch in work.chunks(opts.batch) {
             let mut encoded = Vec::with_capacity(batch.len());
             let mut encoder_s = 0.0;
@@ -1162,6 +1175,8 @@ impl Whisper {
                     out[c].decoder_s += decoder_s;
                 }
             }
+            done += batch.len();
+            progress(done, work.len());
         }
         for (t, parts) in out.iter_mut().zip(texts) {
             t.text = parts.into_iter().filter(|p| !p.is_empty()).collect::<Vec<_>>().join(" ");
