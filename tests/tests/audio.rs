@@ -178,6 +178,38 @@ fn whisper_transcribes_as_ctranslate2_does() {
     }
 }
 
+/// With timestamps (the prompt without `<|notimestamps|>`, Whisper's timestamp rules), the ids
+/// equal CTranslate2's window by window, and the segments tile each clip in order.
+#[test]
+fn whisper_timestamps_match_ctranslate2() {
+    let fixture: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixtures().join("whisper.json")).unwrap()).unwrap();
+    let dev = &devices()[0];
+    let w = whisper(dev);
+    let clips: Vec<(&String, &serde_json::Value)> = fixture["clips"].as_object().unwrap().iter().collect();
+    let audio: Vec<_> =
+        clips.iter().map(|(_, c)| read_wav(&fixtures().join(c["wav"].as_str().unwrap())).unwrap()).collect();
+    let opts = flint_runtime::whisper::TranscribeOptions { timestamps: true, ..Default::default() };
+    let results = w.transcribe_with(&audio, &opts).unwrap();
+    for ((name, clip), r) in clips.iter().zip(results) {
+        let want: Vec<u32> = clip["ids_timestamps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|win| win.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32))
+            .collect();
+        assert_eq!(r.ids, want, "[{name}] ids with timestamps");
+        assert!(!r.segments.is_empty(), "[{name}] segments");
+        let mut at = 0.0;
+        for g in &r.segments {
+            assert!(g.start >= at - 1e-9 && g.end >= g.start && g.end <= r.audio_seconds.max(30.0), "[{name}] {g:?}");
+            at = g.start;
+        }
+        let joined: Vec<&str> = r.segments.iter().map(|g| g.text.as_str()).collect();
+        assert_eq!(joined.join(" ").split_whitespace().count(), r.text.split_whitespace().count(), "[{name}] words");
+    }
+}
+
 /// A tensor of the random Whisper fixture's expected.safetensors: f32 values, or ids stored as
 /// i64.
 fn expected_tensor(name: &str) -> (Vec<f32>, Vec<u32>) {

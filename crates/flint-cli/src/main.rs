@@ -182,6 +182,9 @@ enum Command {
         /// transcribe, or translate into English (multilingual models).
         #[arg(long, default_value = "transcribe")]
         task: String,
+        /// Decode timestamps and print timed segments ([start --> end] text).
+        #[arg(long)]
+        timestamps: bool,
         /// Print one JSON object per file: ids, log-probs, text, timings, real-time factor.
         #[arg(long)]
         json: bool,
@@ -424,8 +427,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             models::logits(&adapter, Some(&model), &token_ids, pixel_values.as_deref(), &out)
                 .map(|()| ExitCode::SUCCESS)
         }
-        Command::Transcribe { audio, model, max_tokens, batch, language, task, json, adapter } => {
-            let opts = models::TranscribeArgs { max_tokens, batch, language, task, json };
+        Command::Transcribe { audio, model, max_tokens, batch, language, task, timestamps, json, adapter } => {
+            let opts = models::TranscribeArgs { max_tokens, batch, language, task, timestamps, json };
             models::transcribe(&adapter, &model, &audio, &opts).map(|()| ExitCode::SUCCESS)
         }
         Command::LogMel { audio, mels, out, adapter } => {

@@ -264,6 +264,8 @@ pub struct TranscribeArgs {
     pub language: Option<String>,
     /// `transcribe` or `translate`.
     pub task: String,
+    /// Timed segments.
+    pub timestamps: bool,
     /// One JSON object per file.
     pub json: bool,
 }
@@ -291,7 +293,13 @@ pub fn transcribe(adapter: &str, model: &str, files: &[PathBuf], args: &Transcri
         flint_runtime::whisper::Whisper::load(&dev, &path).with_context(|| format!("loading {}", path.display()))?;
     let load_s = t.elapsed().as_secs_f64();
     let t = std::time::Instant::now();
-    let opts = flint_runtime::whisper::TranscribeOptions { max_tokens, batch, language: args.language.clone(), task };
+    let opts = flint_runtime::whisper::TranscribeOptions {
+        max_tokens,
+        batch,
+        language: args.language.clone(),
+        task,
+        timestamps: args.timestamps,
+    };
     // A bar on stderr when there is more than one window to wait for.
     let mut bar: Option<ProgressBar> = None;
     let results = whisper.transcribe_progress(&clips, &opts, &mut |done, total| {
@@ -318,6 +326,7 @@ pub fn transcribe(adapter: &str, model: &str, files: &[PathBuf], args: &Transcri
                 "file": file.display().to_string(),
                 "text": r.text,
                 "language": r.language,
+                "segments": r.segments.iter().map(|g| serde_json::json!({"start": g.start, "end": g.end, "text": g.text})).collect::<Vec<_>>(),
                 "ids": r.ids,
                 "logprobs": r.logprobs,
                 "audio_seconds": r.audio_seconds,
@@ -335,6 +344,10 @@ pub fn transcribe(adapter: &str, model: &str, files: &[PathBuf], args: &Transcri
                 "adapter": dev.caps().short_label(),
             });
             writeln!(stdout, "{v}")?;
+        } else if args.timestamps {
+            for g in &r.segments {
+                writeln!(stdout, "[{} --> {}] {}", clock(g.start), clock(g.end), g.text)?;
+            }
         } else {
             writeln!(stdout, "{}", r.text)?;
             eprintln!(
@@ -353,6 +366,13 @@ pub fn transcribe(adapter: &str, model: &str, files: &[PathBuf], args: &Transcri
         }
     }
     Ok(())
+}
+
+/// `m:ss.cc` (or `h:mm:ss.cc`) for a time in seconds.
+fn clock(seconds: f64) -> String {
+    let cs = (seconds.max(0.0) * 100.0).round() as u64;
+    let (h, m, s, c) = (cs / 360_000, cs / 6000 % 60, cs / 100 % 60, cs % 100);
+    if h > 0 { format!("{h}:{m:02}:{s:02}.{c:02}") } else { format!("{m}:{s:02}.{c:02}") }
 }
 
 /// `flint log-mel`: Whisper's log-mel features of a WAV file, written as transformers lays them

@@ -165,12 +165,31 @@ pub struct TranscribeOptions {
     pub language: Option<String>,
     /// Transcribe or translate (multilingual models only).
     pub task: Task,
+    /// Decode timestamps and return segments.
+    pub timestamps: bool,
 }
 
 impl Default for TranscribeOptions {
     fn default() -> Self {
-        TranscribeOptions { max_tokens: 224, batch: MAX_BATCH, language: None, task: Task::Transcribe }
+        TranscribeOptions {
+            max_tokens: 224,
+            batch: MAX_BATCH,
+            language: None,
+            task: Task::Transcribe,
+            timestamps: false,
+        }
     }
+}
+
+/// A span of speech between two timestamps.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Segment {
+    /// Start, in seconds from the clip's start.
+    pub start: f64,
+    /// End, in seconds.
+    pub end: f64,
+    /// Its text.
+    pub text: String,
 }
 
 /// One window's decoder state.
@@ -179,6 +198,12 @@ struct Window {
     cross: Vec<KvCache>,
     table: PageTable,
 }
+
+/// The latest timestamp a window's first token may be, in 20 ms steps (1 s, as CTranslate2's
+/// and OpenAI's `max_initial_timestamp` default).
+pub const MAX_INITIAL_TIMESTAMP: usize = 50;
+/// Seconds per timestamp step.
+pub const TIMESTAMP_STEP: f64 = 0.02;
 
 /// Most windows [`Whisper::decode_batch`] decodes at once (the matrix-vector product's rows).
 pub const MAX_BATCH: usize = flint_kernels::matmul::MATVEC_MAX_ROWS;
@@ -192,6 +217,8 @@ pub struct Transcript {
     pub logprobs: Vec<f32>,
     /// The text.
     pub text: String,
+    /// Timed segments, when decoded with timestamps (times in seconds from the clip's start).
+    pub segments: Vec<Segment>,
     /// The language it was decoded as (given or detected), for multilingual models.
     pub language: Option<String>,
     /// Audio length in seconds.
@@ -758,6 +785,20 @@ impl Whisper {
     /// for English-only models) and the task's, then `<|notimestamps|>`. English-only models
     /// take English transcription only.
     pub fn prompt_for(&self, language: Option<&str>, task: Task) -> Result<Vec<u32>> {
+        self.prompt_with(language, task, false)
+    }
+
+    /// [`Whisper::prompt_for`], without `<|notimestamps|>` when `timestamps` is set: decoding
+    /// then writes timestamp tokens around each segment.
+    pub fn prompt_with(&self, language: Option<&str>, task: Task, timestamps: bool) -> Result<Vec<u32>> {
+        let mut p = self.prompt_notimestamps(language, task)?;
+        if timestamps {
+            p.pop();
+        }
+        Ok(p)
+    }
+
+    fn prompt_notimestamps(&self, language: Option<&str>, task: Task) -> Result<Vec<u32>> {
         let c = &self.cfg;
         let Some((transcribe, translate)) = c.tasks else {
             if language.is_some_and(|l| l != "en") || task == Task::Translate {
@@ -864,6 +905,8 @@ impl Whisper {
         let w = self.window(encoded)?;
         let budget = max_tokens.min(cfg.text_ctx - plen);
         let tokens: Vec<u32> = prompts.iter().flatten().copied().collect();
+        // Timestamps unless the prompt asks for none.
+        let timestamps = !prompts[0].contains(&cfg.no_timestamps);
         let mut logits = self.step(&tokens, plen, 0, &w, &w.table, false)?;
         let mut out = vec![(Vec::new(), Vec::new()); b];
         // The windows still decoding, in the order of the rows of `logits`.
@@ -872,7 +915,7 @@ impl Whisper {
             let mut next = Vec::with_capacity(active.len());
             let mut still = Vec::with_capacity(active.len());
             for (&s, row) in active.iter().zip(logits.chunks_exact(cfg.vocab)) {
-                let (tok, lp) = self.pick(row, step == 0);
+                let (tok, lp) = self.pick(row, &out[s].0, timestamps);
                 if tok != cfg.eot || !stop {
                     out[s].0.push(tok);
                     out[s].1.push(lp);
@@ -942,32 +985,73 @@ impl Whisper {
         Ok(Window { caches, cross, table: PageTable::contiguous(dev, b)? })
     }
 
-    /// The greedy choice over `logits` with Whisper's suppressions, and its log-probability
-    /// under the full softmax of the raw logits.
-    fn pick(&self, logits: &[f32], first: bool) -> (u32, f32) {
+    /// The greedy choice over `logits` after the tokens `generated` so far, with Whisper's
+    /// suppressions, and its log-probability under the full softmax of the raw logits.
+    /// Without timestamps, `<|notimestamps|>` and every timestamp after it are suppressed (as
+    /// transformers' WhisperNoTimeStampsLogitsProcessor does); with them, Whisper's timestamp
+    /// rules apply (transformers' WhisperTimeStampLogitsProcessor, OpenAI's ApplyTimestampRules):
+    /// timestamps come in pairs and never decrease, the first token is a timestamp of at most
+    /// 1 s, and a timestamp is taken whenever the timestamps together are likelier than the best
+    /// text token.
+    fn pick(&self, logits: &[f32], generated: &[u32], timestamps: bool) -> (u32, f32) {
         let cfg = &self.cfg;
-        let mut allowed = vec![true; logits.len()];
+        let neg = f32::NEG_INFINITY;
+        let mut x = logits.to_vec();
+        let first = generated.is_empty();
         for &t in cfg.suppress.iter().chain(if first { &cfg.suppress_begin[..] } else { &[] }) {
-            allowed[t as usize] = false;
+            x[t as usize] = neg;
         }
-        // Without timestamps: `<|notimestamps|>` and every timestamp after it (as transformers'
-        // WhisperNoTimeStampsLogitsProcessor does).
-        for a in allowed.iter_mut().skip(cfg.no_timestamps as usize) {
-            *a = false;
-        }
-        let mut best = (0usize, f32::NEG_INFINITY);
-        for (i, &x) in logits.iter().enumerate() {
-            if allowed[i] && x > best.1 {
-                best = (i, x);
+        let (nt, eot) = (cfg.no_timestamps as usize, cfg.eot as usize);
+        let ts = (nt + 1).min(x.len());
+        if !timestamps {
+            x[nt..].fill(neg);
+        } else {
+            x[nt] = neg;
+            let n = generated.len();
+            let is_ts = |t: u32| t as usize >= ts;
+            let last_ts = n >= 1 && is_ts(generated[n - 1]);
+            let penultimate_ts = n < 2 || is_ts(generated[n - 2]);
+            if last_ts {
+                if penultimate_ts {
+                    x[ts..].fill(neg);
+                } else {
+                    x[..eot].fill(neg);
+                }
+            }
+            if let Some(&last) = generated.iter().rev().find(|&&t| is_ts(t)) {
+                let bound = if last_ts && !penultimate_ts { last as usize } else { last as usize + 1 };
+                let end = bound.clamp(ts, x.len());
+                x[ts..end].fill(neg);
+            }
+            if first {
+                x[..ts].fill(neg);
+                let last_allowed = ts + MAX_INITIAL_TIMESTAMP;
+                if last_allowed + 1 < x.len() {
+                    x[last_allowed + 1..].fill(neg);
+                }
+            }
+            let lse = |v: &[f32]| {
+                let m = v.iter().copied().fold(neg, f32::max);
+                if m == neg { neg } else { m + v.iter().map(|&y| f64::from(y - m).exp()).sum::<f64>().ln() as f32 }
+            };
+            let max_text = x[..ts].iter().copied().fold(neg, f32::max);
+            if lse(&x[ts..]) > max_text {
+                x[..ts].fill(neg);
             }
         }
-        if best.1 == f32::NEG_INFINITY {
-            // Nothing allowed is finite (a broken model): end the window.
-            return (cfg.eot, f32::NEG_INFINITY);
+        let mut best = (0usize, neg);
+        for (i, &v) in x.iter().enumerate() {
+            if v > best.1 {
+                best = (i, v);
+            }
         }
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let lse = max + logits.iter().map(|&x| f64::from(x - max).exp()).sum::<f64>().ln() as f32;
-        (best.0 as u32, best.1 - lse)
+        if best.1 == neg {
+            // Nothing allowed is finite (a broken model): end the window.
+            return (cfg.eot, neg);
+        }
+        let max = logits.iter().copied().fold(neg, f32::max);
+        let lse = max + logits.iter().map(|&v| f64::from(v - max).exp()).sum::<f64>().ln() as f32;
+        (best.0 as u32, logits[best.0] - lse)
     }
 
     /// Run `per_seq` tokens of each window (`tokens` holds them window after window) at
@@ -1121,6 +1205,7 @@ impl Whisper {
                 ids: Vec::new(),
                 logprobs: Vec::new(),
                 text: String::new(),
+                segments: Vec::new(),
                 language: if multilingual { opts.language.clone() } else { None },
                 audio_seconds: audio.seconds(),
                 windows: at16k.samples.len().div_ceil(flint_ref::audio::WHISPER_SAMPLES).max(1),
@@ -1160,13 +1245,18 @@ impl Whisper {
             let t = Instant::now();
             let prompts = batch
                 .iter()
-                .map(|&(c, _)| self.prompt_for(out[c].language.as_deref(), opts.task))
+                .map(|&(c, _)| self.prompt_with(out[c].language.as_deref(), opts.task, opts.timestamps))
                 .collect::<Result<Vec<_>>>()?;
             let results = self.decode_prompted(&encoded, &prompts, opts.max_tokens)?;
             let decoder_s = t.elapsed().as_secs_f64();
             let mut seen = Vec::new();
-            for (&(c, _), (ids, logprobs)) in batch.iter().zip(results) {
+            for (&(c, w), (ids, logprobs)) in batch.iter().zip(results) {
                 texts[c].push(self.text(&ids)?.trim().to_string());
+                if opts.timestamps {
+                    let offset = (w * flint_ref::audio::WHISPER_SAMPLES) as f64 / flint_ref::audio::WHISPER_RATE as f64;
+                    let window_end = (out[c].audio_seconds - offset).clamp(0.0, 30.0);
+                    out[c].segments.extend(self.segments(&ids, offset, window_end)?);
+                }
                 out[c].ids.extend(ids);
                 out[c].logprobs.extend(logprobs);
                 if !seen.contains(&c) {
@@ -1184,8 +1274,43 @@ impl Whisper {
         Ok(out)
     }
 
-    /// The text of `ids` (special tokens skipped).
+    /// The text of `ids` (special tokens and timestamps skipped).
     pub fn text(&self, ids: &[u32]) -> Result<String> {
-        self.tokenizer.decode(ids, true).map_err(|e| RuntimeError::Tokenizer(e.to_string()))
+        let text: Vec<u32> = ids.iter().copied().filter(|&t| t < self.cfg.eot).collect();
+        self.tokenizer.decode(&text, true).map_err(|e| RuntimeError::Tokenizer(e.to_string()))
+    }
+
+    /// The segments of one window's ids decoded with timestamps: the text between a timestamp
+    /// and the next, at `offset` seconds into the clip; text after the last timestamp ends at
+    /// `window_end` (seconds into the window).
+    pub fn segments(&self, ids: &[u32], offset: f64, window_end: f64) -> Result<Vec<Segment>> {
+        let ts = self.cfg.no_timestamps + 1;
+        let (mut out, mut start, mut text) = (Vec::new(), None::<f64>, Vec::new());
+        let mut flush = |start: f64, end: f64, text: &mut Vec<u32>| -> Result<()> {
+            let t = self.text(text)?.trim().to_string();
+            if !t.is_empty() {
+                out.push(Segment { start: offset + start, end: offset + end.max(start), text: t });
+            }
+            text.clear();
+            Ok(())
+        };
+        for &id in ids {
+            if id >= ts {
+                let time = f64::from(id - ts) * TIMESTAMP_STEP;
+                match start {
+                    Some(s) if !text.is_empty() => {
+                        flush(s, time, &mut text)?;
+                        start = None;
+                    }
+                    _ => start = Some(time),
+                }
+            } else if id < self.cfg.eot {
+                text.push(id);
+            }
+        }
+        if !text.is_empty() {
+            flush(start.unwrap_or(0.0), window_end, &mut text)?;
+        }
+        Ok(out)
     }
 }
