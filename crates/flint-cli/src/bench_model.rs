@@ -62,8 +62,11 @@ fn is_whisper(path: &std::path::Path) -> bool {
     let dir =
         if path.is_dir() { path.to_path_buf() } else { path.parent().map(|p| p.to_path_buf()).unwrap_or_default() };
     let is_bin = path.file_name().is_some_and(|n| n == "model.bin") || dir.join("model.bin").is_file();
-    let hf = std::fs::read(dir.join("config.json"))
-        .ok()
+    let config = dir.join("config.json");
+    let small = std::fs::metadata(&config).is_ok_and(|m| m.is_file() && m.len() < 1 << 20);
+    let hf = small
+        .then(|| std::fs::read(&config).ok())
+        .flatten()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .is_some_and(|c| c["model_type"] == "whisper");
     (is_bin && path.extension().is_none_or(|e| e != "gguf")) || (path.is_dir() && hf)

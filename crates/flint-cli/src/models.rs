@@ -344,12 +344,17 @@ pub fn transcribe(adapter: &str, model: &str, files: &[PathBuf], args: &Transcri
                 "adapter": dev.caps().short_label(),
             });
             writeln!(stdout, "{v}")?;
-        } else if args.timestamps {
-            for g in &r.segments {
-                writeln!(stdout, "[{} --> {}] {}", clock(g.start), clock(g.end), g.text)?;
-            }
         } else {
-            writeln!(stdout, "{}", r.text)?;
+            if args.timestamps {
+                if files.len() > 1 {
+                    writeln!(stdout, "{}:", file.display())?;
+                }
+                for g in &r.segments {
+                    writeln!(stdout, "[{} --> {}] {}", clock(g.start), clock(g.end), g.text)?;
+                }
+            } else {
+                writeln!(stdout, "{}", r.text)?;
+            }
             eprintln!(
                 "[{}: {:.2} s of audio, {} window(s), {} tokens; features {:.0} ms, encoder {:.0} ms, decoder {:.0} ms ({:.1} tok/s); real-time factor {:.2} on {}]",
                 file.display(),

@@ -11,7 +11,8 @@
 //! the embedding matrix as the output head. Decoding is greedy from `<|startoftranscript|>`
 //! (plus language and task tokens for multilingual models) and `<|notimestamps|>`, with the
 //! suppressed tokens of the model's config (and its blank and end of text at the first step) and
-//! the timestamps suppressed, as CTranslate2's and transformers' greedy searches do. A
+//! the timestamps suppressed; or, with timestamps, from the same prompt without
+//! `<|notimestamps|>` under Whisper's timestamp rules, giving timed segments. A
 //! multilingual model takes a language (its tokens listed by `lang_ids` in a CTranslate2
 //! config.json, `lang_to_id` in a Hugging Face generation_config.json) or detects it from a
 //! clip's first window, and transcribes or translates into English. Each window is decoded from
@@ -227,7 +228,7 @@ pub struct Transcript {
     pub windows: usize,
     /// Seconds spent on the features (wall clock, with resampling, uploads and waits).
     pub features_s: f64,
-    /// Encoder seconds.
+    /// Encoder seconds (with the language detection of multilingual models).
     pub encoder_s: f64,
     /// Decoder seconds.
     pub decoder_s: f64,
@@ -775,9 +776,18 @@ impl Whisper {
     }
 
     /// The prompt of English transcription: `<|startoftranscript|>`, `<|en|><|transcribe|>` for
-    /// multilingual models, `<|notimestamps|>`.
+    /// multilingual models (or the model's first language, should it lack English),
+    /// `<|notimestamps|>`.
     pub fn prompt(&self) -> Vec<u32> {
-        self.prompt_for(Some("en"), Task::Transcribe).unwrap_or_else(|_| vec![self.cfg.sot, self.cfg.no_timestamps])
+        let first = self.cfg.languages.iter().find(|l| l.0 == "en").or(self.cfg.languages.first());
+        let code = first.map(|l| l.0.as_str());
+        self.prompt_for(code, Task::Transcribe).unwrap_or_else(|_| vec![self.cfg.sot, self.cfg.no_timestamps])
+    }
+
+    /// Whether the vocabulary holds Whisper's 1501 timestamps (0.00 to 30.00 s) after
+    /// `<|notimestamps|>`.
+    pub fn has_timestamps(&self) -> bool {
+        self.cfg.no_timestamps as usize + 1 + 1501 <= self.cfg.vocab
     }
 
     /// The prompt a window's decoding starts from: `<|startoftranscript|>`, then for
@@ -859,8 +869,8 @@ impl Whisper {
         self.decode_inner(encoded, &prompts, max_tokens, true)
     }
 
-    /// [`Whisper::decode_batch`] with a prompt per window ([`Whisper::prompt_for`]; all of one
-    /// length, as every prompt of one model is).
+    /// [`Whisper::decode_batch`] with a prompt per window ([`Whisper::prompt_with`]); the prompts
+    /// must share one length and one timestamp mode (all with `<|notimestamps|>` or none).
     pub fn decode_prompted(
         &self,
         encoded: &[Tensor],
@@ -905,8 +915,17 @@ impl Whisper {
         let w = self.window(encoded)?;
         let budget = max_tokens.min(cfg.text_ctx - plen);
         let tokens: Vec<u32> = prompts.iter().flatten().copied().collect();
-        // Timestamps unless the prompt asks for none.
+        // Timestamps unless the prompts ask for none; a batch is one or the other.
         let timestamps = !prompts[0].contains(&cfg.no_timestamps);
+        if prompts.iter().any(|p| p.contains(&cfg.no_timestamps) == timestamps) {
+            return Err(RuntimeError::Request("a batch mixes prompts with and without timestamps".into()));
+        }
+        if timestamps && !self.has_timestamps() {
+            return Err(RuntimeError::Request(format!(
+                "{} has no timestamp tokens after <|notimestamps|>",
+                self.path.display()
+            )));
+        }
         let mut logits = self.step(&tokens, plen, 0, &w, &w.table, false)?;
         let mut out = vec![(Vec::new(), Vec::new()); b];
         // The windows still decoding, in the order of the rows of `logits`.
@@ -987,71 +1006,14 @@ impl Whisper {
 
     /// The greedy choice over `logits` after the tokens `generated` so far, with Whisper's
     /// suppressions, and its log-probability under the full softmax of the raw logits.
-    /// Without timestamps, `<|notimestamps|>` and every timestamp after it are suppressed (as
-    /// transformers' WhisperNoTimeStampsLogitsProcessor does); with them, Whisper's timestamp
-    /// rules apply (transformers' WhisperTimeStampLogitsProcessor, OpenAI's ApplyTimestampRules):
+    /// Without timestamps, `<|notimestamps|>` and every timestamp after it are suppressed; with
+    /// them, Whisper's timestamp rules apply (transformers' WhisperTimeStampLogitsProcessor,
+    /// OpenAI's ApplyTimestampRules):
     /// timestamps come in pairs and never decrease, the first token is a timestamp of at most
     /// 1 s, and a timestamp is taken whenever the timestamps together are likelier than the best
     /// text token.
     fn pick(&self, logits: &[f32], generated: &[u32], timestamps: bool) -> (u32, f32) {
-        let cfg = &self.cfg;
-        let neg = f32::NEG_INFINITY;
-        let mut x = logits.to_vec();
-        let first = generated.is_empty();
-        for &t in cfg.suppress.iter().chain(if first { &cfg.suppress_begin[..] } else { &[] }) {
-            x[t as usize] = neg;
-        }
-        let (nt, eot) = (cfg.no_timestamps as usize, cfg.eot as usize);
-        let ts = (nt + 1).min(x.len());
-        if !timestamps {
-            x[nt..].fill(neg);
-        } else {
-            x[nt] = neg;
-            let n = generated.len();
-            let is_ts = |t: u32| t as usize >= ts;
-            let last_ts = n >= 1 && is_ts(generated[n - 1]);
-            let penultimate_ts = n < 2 || is_ts(generated[n - 2]);
-            if last_ts {
-                if penultimate_ts {
-                    x[ts..].fill(neg);
-                } else {
-                    x[..eot].fill(neg);
-                }
-            }
-            if let Some(&last) = generated.iter().rev().find(|&&t| is_ts(t)) {
-                let bound = if last_ts && !penultimate_ts { last as usize } else { last as usize + 1 };
-                let end = bound.clamp(ts, x.len());
-                x[ts..end].fill(neg);
-            }
-            if first {
-                x[..ts].fill(neg);
-                let last_allowed = ts + MAX_INITIAL_TIMESTAMP;
-                if last_allowed + 1 < x.len() {
-                    x[last_allowed + 1..].fill(neg);
-                }
-            }
-            let lse = |v: &[f32]| {
-                let m = v.iter().copied().fold(neg, f32::max);
-                if m == neg { neg } else { m + v.iter().map(|&y| f64::from(y - m).exp()).sum::<f64>().ln() as f32 }
-            };
-            let max_text = x[..ts].iter().copied().fold(neg, f32::max);
-            if lse(&x[ts..]) > max_text {
-                x[..ts].fill(neg);
-            }
-        }
-        let mut best = (0usize, neg);
-        for (i, &v) in x.iter().enumerate() {
-            if v > best.1 {
-                best = (i, v);
-            }
-        }
-        if best.1 == neg {
-            // Nothing allowed is finite (a broken model): end the window.
-            return (cfg.eot, neg);
-        }
-        let max = logits.iter().copied().fold(neg, f32::max);
-        let lse = max + logits.iter().map(|&v| f64::from(v - max).exp()).sum::<f64>().ln() as f32;
-        (best.0 as u32, logits[best.0] - lse)
+        pick(&self.cfg, logits, generated, timestamps)
     }
 
     /// Run `per_seq` tokens of each window (`tokens` holds them window after window) at
@@ -1186,8 +1148,14 @@ impl Whisper {
         if !(1..=MAX_BATCH).contains(&opts.batch) {
             return Err(RuntimeError::Request(format!("a batch of {} windows: 1 to {MAX_BATCH}", opts.batch)));
         }
-        // Refuse a language or task the model cannot take before any work.
+        // Refuse a language, task or timestamps the model cannot take before any work.
         let multilingual = !self.cfg.languages.is_empty();
+        if opts.timestamps && !self.has_timestamps() {
+            return Err(RuntimeError::Request(format!(
+                "{} has no timestamp tokens after <|notimestamps|>",
+                self.path.display()
+            )));
+        }
         if let Some(code) = &opts.language {
             self.prompt_for(Some(code), opts.task)?;
         } else if !multilingual {
@@ -1282,14 +1250,15 @@ impl Whisper {
 
     /// The segments of one window's ids decoded with timestamps: the text between a timestamp
     /// and the next, at `offset` seconds into the clip; text after the last timestamp ends at
-    /// `window_end` (seconds into the window).
+    /// `window_end` (seconds into the window, where the audio ends), and no segment ends later.
     pub fn segments(&self, ids: &[u32], offset: f64, window_end: f64) -> Result<Vec<Segment>> {
         let ts = self.cfg.no_timestamps + 1;
         let (mut out, mut start, mut text) = (Vec::new(), None::<f64>, Vec::new());
         let mut flush = |start: f64, end: f64, text: &mut Vec<u32>| -> Result<()> {
             let t = self.text(text)?.trim().to_string();
             if !t.is_empty() {
-                out.push(Segment { start: offset + start, end: offset + end.max(start), text: t });
+                let end = end.min(window_end).max(start);
+                out.push(Segment { start: offset + start, end: offset + end, text: t });
             }
             text.clear();
             Ok(())
@@ -1312,5 +1281,151 @@ impl Whisper {
             flush(start.unwrap_or(0.0), window_end, &mut text)?;
         }
         Ok(out)
+    }
+}
+
+/// [`Whisper::pick`]'s rule over `cfg`'s special tokens (a free function, so that it is tested
+/// without a model).
+fn pick(cfg: &WhisperConfig, logits: &[f32], generated: &[u32], timestamps: bool) -> (u32, f32) {
+    let neg = f32::NEG_INFINITY;
+    let mut x = logits.to_vec();
+    let first = generated.is_empty();
+    for &t in cfg.suppress.iter().chain(if first { &cfg.suppress_begin[..] } else { &[] }) {
+        x[t as usize] = neg;
+    }
+    let (nt, eot) = (cfg.no_timestamps as usize, cfg.eot as usize);
+    let ts = (nt + 1).min(x.len());
+    if !timestamps {
+        x[nt..].fill(neg);
+    } else {
+        x[nt] = neg;
+        let n = generated.len();
+        let is_ts = |t: u32| t as usize >= ts;
+        let last_ts = n >= 1 && is_ts(generated[n - 1]);
+        let penultimate_ts = n < 2 || is_ts(generated[n - 2]);
+        if last_ts {
+            if penultimate_ts {
+                x[ts..].fill(neg);
+            } else {
+                x[..eot].fill(neg);
+            }
+        }
+        if let Some(&last) = generated.iter().rev().find(|&&t| is_ts(t)) {
+            let bound = if last_ts && !penultimate_ts { last as usize } else { last as usize + 1 };
+            let end = bound.clamp(ts, x.len());
+            x[ts..end].fill(neg);
+        }
+        if first {
+            x[..ts].fill(neg);
+            let last_allowed = ts + MAX_INITIAL_TIMESTAMP;
+            if last_allowed + 1 < x.len() {
+                x[last_allowed + 1..].fill(neg);
+            }
+        }
+        let lse = |v: &[f32]| {
+            let m = v.iter().copied().fold(neg, f32::max);
+            if m == neg { neg } else { m + v.iter().map(|&y| f64::from(y - m).exp()).sum::<f64>().ln() as f32 }
+        };
+        let max_text = x[..ts].iter().copied().fold(neg, f32::max);
+        if lse(&x[ts..]) > max_text {
+            x[..ts].fill(neg);
+        }
+    }
+    let mut best = (0usize, neg);
+    for (i, &v) in x.iter().enumerate() {
+        if v > best.1 {
+            best = (i, v);
+        }
+    }
+    if best.1 == neg {
+        // Nothing allowed is finite (a broken model): end the window.
+        return (cfg.eot, neg);
+    }
+    let max = logits.iter().copied().fold(neg, f32::max);
+    let lse = max + logits.iter().map(|&v| f64::from(v - max).exp()).sum::<f64>().ln() as f32;
+    (best.0 as u32, logits[best.0] - lse)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Text 0..10, end of text 10, start 11, no-timestamps 12, timestamps 13..20; token 3 is
+    /// always suppressed, 4 at the first step.
+    fn cfg() -> WhisperConfig {
+        WhisperConfig {
+            mels: 80,
+            d_model: 64,
+            ffn: 64,
+            encoder_layers: 1,
+            decoder_layers: 1,
+            encoder_heads: 1,
+            decoder_heads: 1,
+            vocab: 20,
+            text_ctx: 16,
+            multilingual: false,
+            eot: 10,
+            sot: 11,
+            no_timestamps: 12,
+            languages: Vec::new(),
+            tasks: None,
+            suppress: vec![3],
+            suppress_begin: vec![4],
+        }
+    }
+
+    /// Logits that favour `best`, then `second`, everything else at 0.
+    fn logits(best: usize, second: usize) -> Vec<f32> {
+        let mut l = vec![0.0; 20];
+        l[best] = 9.0;
+        l[second] = 5.0;
+        l
+    }
+
+    #[test]
+    fn without_timestamps_the_lists_and_every_timestamp_are_suppressed() {
+        let c = cfg();
+        assert_eq!(pick(&c, &logits(15, 7), &[], false).0, 7, "a timestamp is never chosen");
+        assert_eq!(pick(&c, &logits(12, 7), &[], false).0, 7, "nor <|notimestamps|>");
+        assert_eq!(pick(&c, &logits(3, 7), &[1], false).0, 7, "suppress list");
+        assert_eq!(pick(&c, &logits(4, 7), &[], false).0, 7, "begin list at the first step");
+        assert_eq!(pick(&c, &logits(4, 7), &[1], false).0, 4, "but not later");
+        // The log-probability is under the raw logits: 7 has the second largest.
+        let (tok, lp) = pick(&c, &logits(15, 7), &[], false);
+        let l = logits(15, 7);
+        let lse = l.iter().map(|&x| f64::from(x).exp()).sum::<f64>().ln() as f32;
+        assert_eq!(tok, 7);
+        assert!((lp - (5.0 - lse)).abs() < 1e-5, "{lp}");
+    }
+
+    #[test]
+    fn timestamps_follow_whispers_rules() {
+        let c = cfg();
+        // First step: a timestamp, however likely the text.
+        assert_eq!(pick(&c, &logits(7, 14), &[], true).0, 14);
+        // After <|0.00|> and text: text or a timestamp, by the logits (the timestamps' mass,
+        // 7 of them at 0, is below the best text's 9 here).
+        assert_eq!(pick(&c, &logits(7, 15), &[13, 5], true).0, 7);
+        // ... but whenever the timestamps together outweigh the best text, a timestamp.
+        let mut l = vec![0.0; 20];
+        l[5] = 2.0;
+        l[13..20].fill(1.8);
+        assert!(pick(&c, &l, &[13, 5], true).0 >= 13);
+        // After text then a timestamp: a timestamp (not below the last) or end of text.
+        assert_eq!(pick(&c, &logits(7, 16), &[13, 5, 16], true).0, 16);
+        let mut l = logits(7, 14);
+        l[10] = 3.0;
+        assert_eq!(pick(&c, &l, &[13, 5, 16], true).0, 10, "14 < 16 is out; end of text outweighs 16..19");
+        // With end of text at 0, the four timestamps left together outweigh it: the first of them.
+        assert_eq!(pick(&c, &logits(7, 14), &[13, 5, 16], true).0, 16);
+        // After two timestamps: text.
+        assert_eq!(pick(&c, &logits(17, 7), &[13, 5, 16, 16], true).0, 7);
+        // Timestamps never go back: after <|0.06|> closed and text, 14 is out, 17 in.
+        let mut l = logits(14, 17);
+        l[..13].fill(-9.0);
+        assert_eq!(pick(&c, &l, &[13, 5, 16, 16, 6], true).0, 17);
+        // Nothing allowed: the window ends.
+        let (tok, lp) = pick(&c, &[f32::NEG_INFINITY; 20], &[], false);
+        assert_eq!((tok, lp), (10, f32::NEG_INFINITY));
     }
 }
