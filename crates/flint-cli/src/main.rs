@@ -185,6 +185,9 @@ enum Command {
         /// Decode timestamps and print timed segments ([start --> end] text).
         #[arg(long)]
         timestamps: bool,
+        /// Subtitles instead of text: srt or vtt (implies --timestamps).
+        #[arg(long)]
+        subtitles: Option<String>,
         /// Print one JSON object per file: ids, log-probs, text, timings, real-time factor.
         #[arg(long)]
         json: bool,
@@ -427,8 +430,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             models::logits(&adapter, Some(&model), &token_ids, pixel_values.as_deref(), &out)
                 .map(|()| ExitCode::SUCCESS)
         }
-        Command::Transcribe { audio, model, max_tokens, batch, language, task, timestamps, json, adapter } => {
-            let opts = models::TranscribeArgs { max_tokens, batch, language, task, timestamps, json };
+        Command::Transcribe {
+            audio,
+            model,
+            max_tokens,
+            batch,
+            language,
+            task,
+            timestamps,
+            subtitles,
+            json,
+            adapter,
+        } => {
+            let opts = models::TranscribeArgs { max_tokens, batch, language, task, timestamps, subtitles, json };
             models::transcribe(&adapter, &model, &audio, &opts).map(|()| ExitCode::SUCCESS)
         }
         Command::LogMel { audio, mels, out, adapter } => {

@@ -266,6 +266,8 @@ pub struct TranscribeArgs {
     pub task: String,
     /// Timed segments.
     pub timestamps: bool,
+    /// `srt` or `vtt` subtitles.
+    pub subtitles: Option<String>,
     /// One JSON object per file.
     pub json: bool,
 }
@@ -278,6 +280,14 @@ pub fn transcribe(adapter: &str, model: &str, files: &[PathBuf], args: &Transcri
     }
     if !(1..=flint_runtime::whisper::MAX_BATCH).contains(&batch) {
         bail!("--batch {batch}: 1 to {} windows", flint_runtime::whisper::MAX_BATCH);
+    }
+    let subtitles = match args.subtitles.as_deref() {
+        None => None,
+        Some(f @ ("srt" | "vtt")) => Some(f),
+        Some(f) => bail!("--subtitles {f:?}: srt or vtt"),
+    };
+    if subtitles.is_some() && json {
+        bail!("--subtitles and --json: choose one");
     }
     let task = match args.task.as_str() {
         "transcribe" => flint_runtime::whisper::Task::Transcribe,
@@ -298,7 +308,7 @@ pub fn transcribe(adapter: &str, model: &str, files: &[PathBuf], args: &Transcri
         batch,
         language: args.language.clone(),
         task,
-        timestamps: args.timestamps,
+        timestamps: args.timestamps || subtitles.is_some(),
     };
     // A bar on stderr when there is more than one window to wait for.
     let mut bar: Option<ProgressBar> = None;
@@ -345,7 +355,12 @@ pub fn transcribe(adapter: &str, model: &str, files: &[PathBuf], args: &Transcri
             });
             writeln!(stdout, "{v}")?;
         } else {
-            if args.timestamps {
+            if let Some(format) = subtitles {
+                if files.len() > 1 {
+                    writeln!(stdout, "{}:", file.display())?;
+                }
+                write!(stdout, "{}", subtitle_text(&r.segments, format))?;
+            } else if args.timestamps {
                 if files.len() > 1 {
                     writeln!(stdout, "{}:", file.display())?;
                 }
@@ -371,6 +386,24 @@ pub fn transcribe(adapter: &str, model: &str, files: &[PathBuf], args: &Transcri
         }
     }
     Ok(())
+}
+
+/// Segments as SRT (numbered cues, `00:00:01,230` times) or WebVTT (`WEBVTT` header,
+/// `00:00:01.230` times).
+fn subtitle_text(segments: &[flint_runtime::whisper::Segment], format: &str) -> String {
+    let stamp = |t: f64| {
+        let ms = (t.max(0.0) * 1000.0).round() as u64;
+        let sep = if format == "srt" { ',' } else { '.' };
+        format!("{:02}:{:02}:{:02}{sep}{:03}", ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000)
+    };
+    let mut out = if format == "vtt" { "WEBVTT\n\n".to_string() } else { String::new() };
+    for (i, g) in segments.iter().enumerate() {
+        if format == "srt" {
+            out.push_str(&format!("{}\n", i + 1));
+        }
+        out.push_str(&format!("{} --> {}\n{}\n\n", stamp(g.start), stamp(g.end), g.text));
+    }
+    out
 }
 
 /// `m:ss.cc` (or `h:mm:ss.cc`) for a time in seconds.
@@ -460,6 +493,25 @@ pub fn fetch_models(names: &[String]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subtitles_are_srt_and_webvtt() {
+        use flint_runtime::whisper::Segment;
+        let segs = [
+            Segment { start: 0.0, end: 1.234, text: "one".into() },
+            Segment { start: 61.5, end: 3725.0, text: "two".into() },
+        ];
+        assert_eq!(
+            subtitle_text(&segs, "srt"),
+            "1\n00:00:00,000 --> 00:00:01,234\none\n\n2\n00:01:01,500 --> 01:02:05,000\ntwo\n\n"
+        );
+        assert_eq!(
+            subtitle_text(&segs, "vtt"),
+            "WEBVTT\n\n00:00:00.000 --> 00:00:01.234\none\n\n00:01:01.500 --> 01:02:05.000\ntwo\n\n"
+        );
+        assert_eq!(clock(3725.0), "1:02:05.00");
+        assert_eq!(clock(61.5), "1:01.50");
+    }
 
     #[test]
     fn outputs_never_replace_special_files_or_inputs() {

@@ -356,6 +356,11 @@ fn bad_files_and_flags_are_refused_with_named_errors() {
             vec!["summarize".into()],
         ),
         (
+            "transcribe_subtitles_unknown",
+            ["transcribe", "--audio", &wav, "--subtitles", "ass"].map(String::from).to_vec(),
+            vec!["--subtitles".into(), "ass".into()],
+        ),
+        (
             "transcribe_max_tokens_0",
             ["transcribe", "--audio", &wav, "--max-tokens", "0"].map(String::from).to_vec(),
             vec!["max-tokens".into()],
