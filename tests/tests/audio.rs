@@ -301,7 +301,9 @@ fn whisper_configs_flint_cannot_run_are_refused_by_name() {
         std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
         dir
     };
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>, Option<&str>, &[&str])> = vec![
+    // (tag, the config edit, a file left out, what the error must say)
+    type Refusal<'a> = (&'a str, Box<dyn Fn(&mut serde_json::Value)>, Option<&'a str>, &'a [&'a str]);
+    let cases: Vec<Refusal> = vec![
         ("ffn", Box::new(|c| c["decoder_ffn_dim"] = 100.into()), None, &["config.json", "decoder_ffn_dim"]),
         ("scale", Box::new(|c| c["scale_embedding"] = true.into()), None, &["config.json", "scale_embedding"]),
         ("positions", Box::new(|c| c["max_source_positions"] = 1000.into()), None, &["max_source_positions", "1500"]),
