@@ -20,6 +20,23 @@
 //! })?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! Speech to text with Whisper (a CTranslate2 or Hugging Face directory):
+//!
+//! ```no_run
+//! use flint_runtime::{Device, TranscribeOptions, Whisper};
+//! let dev = Device::open("")?;
+//! let path = flint_runtime::fetch::resolve(Some("whisper-tiny.en"), &mut |_| {})?; // or a directory
+//! let whisper = Whisper::load(&dev, &path)?;
+//! let audio = flint_runtime::audio::read_wav("speech.wav".as_ref())?;
+//! let opts = TranscribeOptions { timestamps: true, ..Default::default() };
+//! for t in whisper.transcribe_with(&[audio], &opts)? {
+//!     for s in &t.segments {
+//!         println!("{:.2}-{:.2} {}", s.start, s.end, s.text);
+//!     }
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![warn(missing_docs)]
 
@@ -55,6 +72,7 @@ pub use generate::{SamplingOptions, Session, StopReason};
 pub use model::Model;
 pub use multimodal::Pixels;
 pub use reasoning::Mode;
+pub use whisper::{TranscribeOptions, Transcript, Whisper};
 
 // A host keeps models, engines and sessions in shared state and moves them between threads:
 // this fails to compile if one of them stops being `Send` (or a model `Sync`).
@@ -65,6 +83,7 @@ const _: () = {
     shared::<model::Model>();
     owned::<engine::Engine>();
     owned::<generate::Session>();
+    shared::<whisper::Whisper>();
 };
 
 /// Refuse anything but a regular file (symlinks followed) before it is opened: opening a FIFO
