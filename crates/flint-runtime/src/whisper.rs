@@ -35,8 +35,8 @@ use flint_ref::norm::{NormKind, NormParams};
 
 use crate::audio::{Audio, LogMel};
 use crate::ct2::Ct2File;
-use crate::hf::{Config, HfDir};
-use crate::model::vision::Affine as Linear;
+use crate::hf::{Config, HfDir, read_json};
+use crate::model::vision::{Affine as Linear, Block as EncoderBlock, EncoderShape, LayerNorm as Norm, encoder_blocks};
 use crate::{Result, RuntimeError};
 
 /// Frames of log-mel features per window.
@@ -87,22 +87,6 @@ pub struct WhisperConfig {
     pub suppress: Vec<u32>,
     /// Tokens not generated first (`suppress_ids_begin`).
     pub suppress_begin: Vec<u32>,
-}
-
-struct Norm {
-    gamma: Tensor,
-    beta: Tensor,
-}
-
-struct EncoderBlock {
-    ln1: Norm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    ln2: Norm,
-    fc1: Linear,
-    fc2: Linear,
 }
 
 struct DecoderBlock {
@@ -250,12 +234,6 @@ fn token_list(v: Option<&serde_json::Value>, vocab: usize, path: &Path, key: &st
                 .ok_or_else(|| file_err(path, format!("{key}: {x} is not a token id below {vocab}")))
         })
         .collect()
-}
-
-fn read_json(path: &Path) -> Result<serde_json::Value> {
-    crate::check_regular(path).map_err(|e| RuntimeError::io(path, e))?;
-    let bytes = std::fs::read(path).map_err(|e| RuntimeError::io(path, e))?;
-    serde_json::from_slice(&bytes).map_err(|e| file_err(path, e))
 }
 
 impl WhisperConfig {
@@ -612,7 +590,7 @@ impl Whisper {
             |name: &str, total: usize, rows: std::ops::Range<usize>, k: usize| part_as(name, total, rows, k, dec_dt);
         let dlinear = |name: &str, n: usize, k: usize| dpart(name, n, 0..n, k);
         let norm = |name: &str| -> Result<Norm> {
-            Ok(Norm { gamma: up(&format!("{name}/gamma"), &[d])?, beta: up(&format!("{name}/beta"), &[d])? })
+            Ok(Norm { w: up(&format!("{name}/gamma"), &[d])?, b: up(&format!("{name}/beta"), &[d])? })
         };
         let conv = |name: &str, cin: usize| -> Result<(Tensor, Tensor)> {
             let w = bin.f32s(&format!("{name}/weight"), &[d, cin, 3])?;
@@ -686,7 +664,7 @@ impl Whisper {
 
     fn norm(&self, rec: &mut Recorder, x: &Tensor, n: &Norm, rows: usize, out: &Tensor) -> Result<()> {
         let p = NormParams { kind: NormKind::Layer, rows, dim: self.cfg.d_model, eps: EPS };
-        Ok(flint_kernels::norm::norm(&self.dev, rec, &p, x, &n.gamma, Some(&n.beta), out)?)
+        Ok(flint_kernels::norm::norm(&self.dev, rec, &p, x, &n.w, Some(&n.b), out)?)
     }
 
     fn gelu(&self, rec: &mut Recorder, x: &Tensor, n: usize, out: &Tensor) -> Result<()> {
@@ -732,35 +710,8 @@ impl Whisper {
         self.residual(rec, &x, &self.enc_pos, AUDIO_CTX * d)?;
 
         let m = AUDIO_CTX;
-        let attn = self.attn(cfg.encoder_heads, m, Mask::None);
-        let specs = [SeqSpec { kv_len: m, q_pos0: 0 }];
-        let table = PageTable::contiguous(dev, 1)?;
-        let normed = dev.empty("whisper encoder normed", &[m, d], DType::F32)?;
-        for b in &self.enc {
-            self.norm(rec, &x, &b.ln1, m, &normed)?;
-            let (q, k, v) = (
-                dev.empty("whisper encoder q", &[m, d], DType::F32)?,
-                dev.empty("whisper encoder k", &[1, m, d], DType::F32)?,
-                dev.empty("whisper encoder v", &[1, m, d], DType::F32)?,
-            );
-            b.q.forward(dev, rec, &normed, m, &q)?;
-            b.k.forward(dev, rec, &normed, m, &k)?;
-            b.v.forward(dev, rec, &normed, m, &v)?;
-            let cache = KvCache { k, v, page_size: m, num_pages: 1 };
-            let o = dev.empty("whisper encoder attention", &[m, d], DType::F32)?;
-            attention::attention(dev, rec, &attn, &specs, &q, &cache, &table, None, &o)?;
-            let y = dev.empty("whisper encoder attention proj", &[m, d], DType::F32)?;
-            b.o.forward(dev, rec, &o, m, &y)?;
-            self.residual(rec, &x, &y, m * d)?;
-            self.norm(rec, &x, &b.ln2, m, &normed)?;
-            let h = dev.empty("whisper encoder mlp", &[m, cfg.ffn], DType::F32)?;
-            b.fc1.forward(dev, rec, &normed, m, &h)?;
-            let g = dev.empty("whisper encoder mlp act", &[m, cfg.ffn], DType::F32)?;
-            self.gelu(rec, &h, m * cfg.ffn, &g)?;
-            let y = dev.empty("whisper encoder mlp out", &[m, d], DType::F32)?;
-            b.fc2.forward(dev, rec, &g, m, &y)?;
-            self.residual(rec, &x, &y, m * d)?;
-        }
+        let shape = EncoderShape { dim: d, ffn: cfg.ffn, heads: cfg.encoder_heads, eps: EPS, gelu: EltOp::GeluErf };
+        encoder_blocks(dev, rec, &self.enc, &shape, &x, 1, m)?;
         let out = dev.empty("whisper encoder out", &[m, d], DType::F32)?;
         self.norm(rec, &x, &self.enc_ln, m, &out)?;
         Ok(out)

@@ -220,22 +220,96 @@ impl Affine {
     }
 }
 
+/// A LayerNorm's weight and bias.
 #[derive(Debug)]
-struct LayerNorm {
-    w: Tensor,
-    b: Tensor,
+pub(crate) struct LayerNorm {
+    pub(crate) w: Tensor,
+    pub(crate) b: Tensor,
 }
 
+/// A pre-LN encoder block with biased projections and a GELU MLP (SigLIP's and Whisper's).
 #[derive(Debug)]
-struct Block {
-    ln1: LayerNorm,
-    q: Affine,
-    k: Affine,
-    v: Affine,
-    o: Affine,
-    ln2: LayerNorm,
-    fc1: Affine,
-    fc2: Affine,
+pub(crate) struct Block {
+    pub(crate) ln1: LayerNorm,
+    pub(crate) q: Affine,
+    pub(crate) k: Affine,
+    pub(crate) v: Affine,
+    pub(crate) o: Affine,
+    pub(crate) ln2: LayerNorm,
+    pub(crate) fc1: Affine,
+    pub(crate) fc2: Affine,
+}
+
+/// What an encoder's blocks share: widths, heads, the norms' epsilon, the GELU form.
+pub(crate) struct EncoderShape {
+    pub(crate) dim: usize,
+    pub(crate) ffn: usize,
+    pub(crate) heads: usize,
+    pub(crate) eps: f32,
+    pub(crate) gelu: EltOp,
+}
+
+/// Record `blocks` over `x` `[seqs * len, dim]`, updated in place: `x += o(attn(ln1(x)))`, then
+/// `x += fc2(gelu(fc1(ln2(x))))`, each of the `seqs` sequences of `len` tokens attending to all
+/// of its own tokens.
+pub(crate) fn encoder_blocks(
+    dev: &Device,
+    rec: &mut Recorder,
+    blocks: &[Block],
+    s: &EncoderShape,
+    x: &Tensor,
+    seqs: usize,
+    len: usize,
+) -> Result<()> {
+    let (d, m) = (s.dim, seqs * len);
+    let hd = d / s.heads;
+    let attn = AttnParams {
+        seqs,
+        q_len: len,
+        n_heads: s.heads,
+        n_kv_heads: s.heads,
+        head_dim: hd,
+        scale: 1.0 / (hd as f32).sqrt(),
+        mask: Mask::None,
+        additive_mask: false,
+        mask_stride: 0,
+    };
+    let specs = vec![SeqSpec { kv_len: len, q_pos0: 0 }; seqs];
+    // Each sequence's keys are one page of its length.
+    let table = PageTable::contiguous(dev, seqs)?;
+    let norm = |rec: &mut Recorder, n: &LayerNorm, out: &Tensor| -> Result<()> {
+        let p = NormParams { kind: NormKind::Layer, rows: m, dim: d, eps: s.eps };
+        Ok(flint_kernels::norm::norm(dev, rec, &p, x, &n.w, Some(&n.b), out)?)
+    };
+    let normed = dev.empty("encoder normed", &[m, d], DType::F32)?;
+    let residual = EltParams { op: EltOp::ResidualAdd, n: m * d, b_len: m * d, scale: 1.0 };
+    for b in blocks {
+        norm(rec, &b.ln1, &normed)?;
+        let (q, k, v) = (
+            dev.empty("encoder q", &[m, d], DType::F32)?,
+            dev.empty("encoder k", &[seqs, len, d], DType::F32)?,
+            dev.empty("encoder v", &[seqs, len, d], DType::F32)?,
+        );
+        b.q.forward(dev, rec, &normed, m, &q)?;
+        b.k.forward(dev, rec, &normed, m, &k)?;
+        b.v.forward(dev, rec, &normed, m, &v)?;
+        let cache = KvCache { k, v, page_size: len, num_pages: seqs };
+        let o = dev.empty("encoder attention", &[m, d], DType::F32)?;
+        attention::attention(dev, rec, &attn, &specs, &q, &cache, &table, None, &o)?;
+        let y = dev.empty("encoder attention proj", &[m, d], DType::F32)?;
+        b.o.forward(dev, rec, &o, m, &y)?;
+        flint_kernels::elementwise::residual_add(dev, rec, &residual, x, &y)?;
+        norm(rec, &b.ln2, &normed)?;
+        let h = dev.empty("encoder mlp", &[m, s.ffn], DType::F32)?;
+        b.fc1.forward(dev, rec, &normed, m, &h)?;
+        let g = dev.empty("encoder mlp act", &[m, s.ffn], DType::F32)?;
+        let gelu = EltParams::unary(s.gelu, m * s.ffn);
+        flint_kernels::elementwise::elementwise(dev, rec, &gelu, &h, None, &g)?;
+        let y = dev.empty("encoder mlp out", &[m, d], DType::F32)?;
+        b.fc2.forward(dev, rec, &g, m, &y)?;
+        flint_kernels::elementwise::residual_add(dev, rec, &residual, x, &y)?;
+    }
+    Ok(())
 }
 
 /// Where the vision weights come from.
@@ -415,49 +489,9 @@ impl VisionTower {
         let add = EltParams::binary(EltOp::Add, m * d, np * d);
         flint_kernels::elementwise::elementwise(dev, rec, &add, &embeds, Some(&pos), &x)?;
 
-        let hd = cfg.head_dim();
-        let attn = AttnParams {
-            seqs: images,
-            q_len: np,
-            n_heads: cfg.heads,
-            n_kv_heads: cfg.heads,
-            head_dim: hd,
-            scale: 1.0 / (hd as f32).sqrt(),
-            mask: Mask::None,
-            additive_mask: false,
-            mask_stride: 0,
-        };
-        let specs = vec![SeqSpec { kv_len: np, q_pos0: 0 }; images];
-        // Each image's keys are one page of the length of the image.
-        let table = PageTable::contiguous(dev, images)?;
-        let normed = dev.empty("vision normed", &[m, d], DType::F32)?;
-        let residual = EltParams { op: EltOp::ResidualAdd, n: m * d, b_len: m * d, scale: 1.0 };
-        for b in &self.blocks {
-            self.layer_norm(rec, &x, &b.ln1, m, &normed)?;
-            let (q, k, v) = (
-                dev.empty("vision q", &[m, d], DType::F32)?,
-                dev.empty("vision k", &[images, np, d], DType::F32)?,
-                dev.empty("vision v", &[images, np, d], DType::F32)?,
-            );
-            b.q.forward(dev, rec, &normed, m, &q)?;
-            b.k.forward(dev, rec, &normed, m, &k)?;
-            b.v.forward(dev, rec, &normed, m, &v)?;
-            let cache = KvCache { k, v, page_size: np, num_pages: images };
-            let o = dev.empty("vision attention", &[m, d], DType::F32)?;
-            attention::attention(dev, rec, &attn, &specs, &q, &cache, &table, None, &o)?;
-            let y = dev.empty("vision attention proj", &[m, d], DType::F32)?;
-            b.o.forward(dev, rec, &o, m, &y)?;
-            flint_kernels::elementwise::residual_add(dev, rec, &residual, &x, &y)?;
-            self.layer_norm(rec, &x, &b.ln2, m, &normed)?;
-            let h = dev.empty("vision mlp", &[m, cfg.intermediate], DType::F32)?;
-            b.fc1.forward(dev, rec, &normed, m, &h)?;
-            let g = dev.empty("vision mlp act", &[m, cfg.intermediate], DType::F32)?;
-            let gelu = EltParams::unary(EltOp::GeluTanh, m * cfg.intermediate);
-            flint_kernels::elementwise::elementwise(dev, rec, &gelu, &h, None, &g)?;
-            let y = dev.empty("vision mlp out", &[m, d], DType::F32)?;
-            b.fc2.forward(dev, rec, &g, m, &y)?;
-            flint_kernels::elementwise::residual_add(dev, rec, &residual, &x, &y)?;
-        }
+        let shape =
+            EncoderShape { dim: d, ffn: cfg.intermediate, heads: cfg.heads, eps: cfg.eps, gelu: EltOp::GeluTanh };
+        encoder_blocks(dev, rec, &self.blocks, &shape, &x, images, np)?;
         let out = dev.empty("vision out", &[m, d], DType::F32)?;
         self.layer_norm(rec, &x, &self.post, m, &out)?;
         Ok(out)
