@@ -9,15 +9,11 @@ use std::path::{Path, PathBuf};
 
 use flint_runtime::audio::{LogMel, read_wav};
 
+mod support;
+use support::{devices, edited_copy, nmse};
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join("audio")
-}
-
-fn devices() -> Vec<flint_gpu::Device> {
-    let sel = std::env::var("FLINT_ADAPTER").unwrap_or_default();
-    let devs: Vec<_> = flint_gpu::Device::open_all(&sel).into_iter().filter_map(Result::ok).collect();
-    assert!(!devs.is_empty(), "no adapter matches {sel:?}");
-    devs
 }
 
 /// One fixture: its features `[mels, frames]` for the frames with sound, and the floor every
@@ -140,10 +136,8 @@ fn whisper_encoder_matches_ctranslate2() {
         let w = whisper(&dev);
         let (features, _) = w.log_mel().features(&dev, &audio).unwrap();
         let got = w.encode_host(&features).unwrap();
-        let got = &got[..rows * w.cfg.d_model];
-        let err: f64 = got.iter().zip(&want.data).map(|(g, w)| f64::from(g - w).powi(2)).sum();
-        let norm: f64 = want.data.iter().map(|w| f64::from(*w).powi(2)).sum();
-        assert!(err / norm < 1e-8, "[{}] encoder NMSE {:e}", dev.caps().short_label(), err / norm);
+        let e = nmse(&got[..rows * w.cfg.d_model], &want.data);
+        assert!(e < 1e-8, "[{}] encoder NMSE {e:e}", dev.caps().short_label());
     }
 }
 
@@ -226,13 +220,6 @@ fn expected_tensor(name: &str) -> (Vec<f32>, Vec<u32>) {
     }
 }
 
-fn nmse(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    assert!(got.iter().all(|v| v.is_finite()));
-    let e: f64 = got.iter().zip(want).map(|(a, b)| f64::from(a - b).powi(2)).sum();
-    e / want.iter().map(|b| f64::from(*b).powi(2)).sum::<f64>()
-}
-
 /// A random multilingual Whisper from a Hugging Face directory (f16 safetensors, a vocabulary
 /// whose special tokens follow the text tokens) against transformers stage by stage: the encoder
 /// output, the decoder's teacher-forced logits after the language and task tokens, and greedy
@@ -288,18 +275,11 @@ fn whisper_configs_flint_cannot_run_are_refused_by_name() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/whisper-random");
     let dev = &devices()[0];
     let edited = |tag: &str, edit: &dyn Fn(&mut serde_json::Value), drop_file: Option<&str>| -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("flint-whisper-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        for f in ["model.safetensors", "tokenizer.json", "generation_config.json"] {
-            if drop_file != Some(f) {
-                std::fs::copy(src.join(f), dir.join(f)).unwrap();
-            }
-        }
-        let mut cfg: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
-        edit(&mut cfg);
-        std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
-        dir
+        let files: Vec<&str> = ["model.safetensors", "tokenizer.json", "generation_config.json"]
+            .into_iter()
+            .filter(|f| drop_file != Some(*f))
+            .collect();
+        edited_copy(&src, &files, &format!("whisper-{tag}"), |c| edit(c))
     };
     // (tag, the config edit, a file left out, what the error must say)
     type Refusal<'a> = (&'a str, Box<dyn Fn(&mut serde_json::Value)>, Option<&'a str>, &'a [&'a str]);

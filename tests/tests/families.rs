@@ -7,6 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
+mod support;
+use support::{devices, edited_copy, nmse};
+
 use flint_runtime::generate::SamplingOptions;
 use flint_runtime::model::Model;
 
@@ -37,14 +40,6 @@ impl Expected {
     }
 }
 
-/// NMSE of `got` against `want`, failing on any non-finite value.
-fn nmse(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    assert!(got.iter().all(|v| v.is_finite()), "non-finite values");
-    let e: f64 = got.iter().zip(want).map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2)).sum();
-    e / want.iter().map(|b| f64::from(*b).powi(2)).sum::<f64>()
-}
-
 /// A text model against its fixture: the prompt's ids, the logits at every position (NMSE at
 /// most 1e-5) and the greedy tokens. Returns the ids and the NMSE.
 fn check_text(model: &Model, exp: &Expected, prompt: &str, what: &str) -> (Vec<u32>, f64) {
@@ -57,13 +52,6 @@ fn check_text(model: &Model, exp: &Expected, prompt: &str, what: &str) -> (Vec<u
     let opts = SamplingOptions { max_tokens: greedy.len(), ..Default::default() };
     assert_eq!(s.generate(&ids, &opts, |_| {}).unwrap().tokens, greedy, "[{what}] greedy tokens");
     (ids, e)
-}
-
-fn devices() -> Vec<flint_gpu::Device> {
-    let sel = std::env::var("FLINT_ADAPTER").unwrap_or_default();
-    let devs: Vec<_> = flint_gpu::Device::open_all(&sel).into_iter().filter_map(Result::ok).collect();
-    assert!(!devs.is_empty(), "no adapter matches {sel:?}");
-    devs
 }
 
 /// f32 weights, activations and KV cache: only summation order and the GPU's exp/tanh differ
@@ -86,17 +74,8 @@ fn tiny_gemma3_text_models_match_transformers() {
 
 /// A copy of tiny-a whose config.json has `edit` applied, under the system temp directory.
 fn edited(tag: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
-    let src = fixtures().join("tiny-a");
-    let dir = std::env::temp_dir().join(format!("flint-gemma3-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
-        std::fs::copy(src.join(f), dir.join(f)).unwrap();
-    }
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
-    edit(&mut cfg);
-    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
-    dir
+    let files = ["model.safetensors", "tokenizer.json", "tokenizer_config.json"];
+    edited_copy(&fixtures().join("tiny-a"), &files, &format!("gemma3-{tag}"), edit)
 }
 
 #[test]

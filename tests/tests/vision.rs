@@ -5,6 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
+mod support;
+use support::devices;
+
 use flint_runtime::image::{self, ImageProcessor};
 
 fn fixtures() -> PathBuf {
@@ -209,13 +212,6 @@ fn nmse(what: &str, got: &[f32], want: &[f32]) -> f64 {
     let err: f64 = got.iter().zip(want).map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2)).sum();
     let norm: f64 = want.iter().map(|b| f64::from(*b).powi(2)).sum();
     err / norm.max(1e-30)
-}
-
-fn devices() -> Vec<flint_gpu::Device> {
-    let sel = std::env::var("FLINT_ADAPTER").unwrap_or_default();
-    let devs: Vec<_> = flint_gpu::Device::open_all(&sel).into_iter().filter_map(Result::ok).collect();
-    assert!(!devs.is_empty(), "no adapter matches {sel:?}");
-    devs
 }
 
 /// Every stage of one fixture model on one adapter. f32 weights, activations and KV cache: the
