@@ -215,12 +215,12 @@ fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     let range = key_range(split, info.x, info.y, r0 / p.group, (min(r0 + RQ, rows) - 1u) / p.group);
 
     // Register arrays are only ever indexed by literals (#for).
-    var qv: array<array<vec4<f32>, DC>, RQ>;
-    var o: array<array<vec4<f32>, DC>, RQ>;
-    var m: array<f32, RQ>;
-    var l: array<f32, RQ>;
-    var qpos: array<u32, RQ>;
-    var qtok: array<u32, RQ>;
+    var qv = array<array<vec4<f32>, DC>, RQ>();
+    var o = array<array<vec4<f32>, DC>, RQ>();
+    var m = array<f32, RQ>();
+    var l = array<f32, RQ>();
+    var qpos = array<u32, RQ>();
+    var qtok = array<u32, RQ>();
 #for I in 0..RQ
     {
         let r = min(r0 + I, rows - 1u);
@@ -243,10 +243,10 @@ fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     var last = 0u;
     for (var kb = range.x; kb < range.y; kb += 4u) {
         let offs = tile_offsets(&cursor, kb, range.y, &last, kvh);
-        var k0: array<vec4<f32>, DC>;
-        var k1: array<vec4<f32>, DC>;
-        var k2: array<vec4<f32>, DC>;
-        var k3: array<vec4<f32>, DC>;
+        var k0 = array<vec4<f32>, DC>();
+        var k1 = array<vec4<f32>, DC>();
+        var k2 = array<vec4<f32>, DC>();
+        var k3 = array<vec4<f32>, DC>();
 #for J in 0..DC
         {
             let c = min(lane + SG * J, DV - 1u);
@@ -257,7 +257,7 @@ fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             k3[J] = select(vec4<f32>(0.0), vec4<f32>(k_pool[offs.w + c]), ok);
         }
 #endfor
-        var s: array<vec4<f32>, RQ>;
+        var s = array<vec4<f32>, RQ>();
 #for I in 0..RQ
 #for J in 0..DC
         s[I] += vec4<f32>(dot(qv[I][J], k0[J]), dot(qv[I][J], k1[J]), dot(qv[I][J], k2[J]), dot(qv[I][J], k3[J]));
@@ -323,12 +323,12 @@ fn attend_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     let r0 = unit * (SG * RL);
     let range = key_range(split, info.x, info.y, r0 / p.group, (min(r0 + SG * RL, rows) - 1u) / p.group);
 
-    var qv: array<array<vec4<f32>, DV>, RL>;
-    var o: array<array<vec4<f32>, DV>, RL>;
-    var m: array<f32, RL>;
-    var l: array<f32, RL>;
-    var qpos: array<u32, RL>;
-    var qtok: array<u32, RL>;
+    var qv = array<array<vec4<f32>, DV>, RL>();
+    var o = array<array<vec4<f32>, DV>, RL>();
+    var m = array<f32, RL>();
+    var l = array<f32, RL>();
+    var qpos = array<u32, RL>();
+    var qtok = array<u32, RL>();
 #for I in 0..RL
     {
         let r = min(r0 + lane + SG * I, rows - 1u);
@@ -348,10 +348,10 @@ fn attend_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     for (var kb = range.x; kb < range.y; kb += 4u) {
         let offs = tile_offsets(&cursor, kb, range.y, &last, kvh);
         // Each lane loads its chunks of the four keys; broadcasts give every lane the rest.
-        var k0: array<vec4<f32>, DC>;
-        var k1: array<vec4<f32>, DC>;
-        var k2: array<vec4<f32>, DC>;
-        var k3: array<vec4<f32>, DC>;
+        var k0 = array<vec4<f32>, DC>();
+        var k1 = array<vec4<f32>, DC>();
+        var k2 = array<vec4<f32>, DC>();
+        var k3 = array<vec4<f32>, DC>();
 #for J in 0..DC
         {
             let c = min(lane + SG * J, DV - 1u);
@@ -361,7 +361,7 @@ fn attend_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
             k3[J] = vec4<f32>(k_pool[offs.w + c]);
         }
 #endfor
-        var s: array<vec4<f32>, RL>;
+        var s = array<vec4<f32>, RL>();
 #for J in 0..DC
 #for S in 0..SG
 #if S + SG * J < DV

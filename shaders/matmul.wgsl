@@ -95,7 +95,7 @@ fn matmul_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     let n0 = wg.x * BN;
     let tid = lid.y * WGX + lid.x;
     let k4n = (p.k + 3u) / 4u;
-    var acc: array<array<f32, TN>, TM>;
+    var acc = array<array<f32, TN>, TM>();
     for (var i = 0u; i < TM; i++) {
         for (var j = 0u; j < TN; j++) {
             acc[i][j] = 0.0;
@@ -124,7 +124,7 @@ fn matmul_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK4; kk++) {
-            var bv: array<vec4<f32>, TN>;
+            var bv = array<vec4<f32>, TN>();
             for (var j = 0u; j < TN; j++) {
                 bv[j] = tile_b[kk * BN + lid.x + j * WGX];
             }
@@ -177,7 +177,7 @@ fn matmul_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
     let m0 = wg.y * (SG * RB);
     let n0 = (wg.x * WG + li) * 4u;
     let k4n = (p.k + 3u) / 4u;
-    var acc: array<vec4<f32>, SG * RB>;
+    var acc = array<vec4<f32>, SG * RB>();
     for (var i = 0u; i < SG * RB; i++) {
         acc[i] = vec4<f32>(0.0);
     }
@@ -185,7 +185,7 @@ fn matmul_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
     let c1 = min(n0 + 1u, p.n - 1u);
     let c2 = min(n0 + 2u, p.n - 1u);
     let c3 = min(n0 + 3u, p.n - 1u);
-    var rows: array<u32, RB>;
+    var rows = array<u32, RB>();
     for (var r = 0u; r < RB; r++) {
         rows[r] = min(m0 + r * SG + lane, p.m - 1u);
     }
@@ -233,14 +233,14 @@ fn matvec(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let bt = wg.z;
     let n0 = ((wg.x + wg.y * nwg.x) * nsg + sg) * NR;
     let k4n = (p.k + 3u) / 4u;
-    var acc: array<array<f32, NR>, MR>;
+    var acc = array<array<f32, NR>, MR>();
     for (var r = 0u; r < MR; r++) {
         for (var j = 0u; j < NR; j++) {
             acc[r][j] = 0.0;
         }
     }
     for (var k4 = lane; k4 < k4n; k4 += sgsize) {
-        var av: array<vec4<f32>, MR>;
+        var av = array<vec4<f32>, MR>();
         for (var r = 0u; r < MR; r++) {
             av[r] = load_a(bt, r, k4);
         }
@@ -270,14 +270,14 @@ fn matvec(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let bt = wg.z;
     let n0 = (wg.x + wg.y * nwg.x) * NR;
     let k4n = (p.k + 3u) / 4u;
-    var acc: array<array<f32, NR>, MR>;
+    var acc = array<array<f32, NR>, MR>();
     for (var r = 0u; r < MR; r++) {
         for (var j = 0u; j < NR; j++) {
             acc[r][j] = 0.0;
         }
     }
     for (var k4 = li; k4 < k4n; k4 += WG) {
-        var av: array<vec4<f32>, MR>;
+        var av = array<vec4<f32>, MR>();
         for (var r = 0u; r < MR; r++) {
             av[r] = load_a(bt, r, k4);
         }

@@ -188,8 +188,8 @@ fn byte16(v: vec4<u32>, i: u32) -> u32 {
 // The k-quants' 6-bit scale and min of sub-block j from the 12 scale bytes in m.yzw.
 fn scale_min_k4(m: vec4<u32>, j: u32) -> vec2<f32> {
     let sc = vec4<u32>(m.y, m.z, m.w, 0u);
-    var s: u32;
-    var mn: u32;
+    var s = u32();
+    var mn = u32();
     if (j < 4u) {
         s = byte16(sc, j) & 63u;
         mn = byte16(sc, j + 4u) & 63u;
@@ -204,7 +204,7 @@ fn scale_min_k4(m: vec4<u32>, j: u32) -> vec2<f32> {
 // Sub-block s of block b of weight row `row`, dequantized: values 32 s .. 32 s + 31 of the
 // block. mv and av are the meta and aux vec4s holding the block's (meta_vec, aux_vec).
 fn sub32(row: u32, b: u32, s: u32, mv: vec4<u32>, av: vec4<u32>) -> array<vec4<f32>, 8> {
-    var out: array<vec4<f32>, 8>;
+    var out = array<vec4<f32>, 8>();
     let qb = row * p.qstride + b * QV;
 #if FMT == 0
     let d = half_of(mv, b % 8u);
@@ -290,7 +290,7 @@ fn sub32_at(row: u32, b: u32, s: u32) -> array<vec4<f32>, 8> {
 #if MATVEC || MATVEC_ROWS
 // The 32 activations of row r of A from k position kk.
 fn act32(r: u32, kk: u32) -> array<vec4<f32>, 8> {
-    var x: array<vec4<f32>, 8>;
+    var x = array<vec4<f32>, 8>();
     let base = (r * p.k + kk) / 4u;
 #for I in 0..8
     x[I] = a[base + I];
@@ -410,7 +410,7 @@ fn matvec_q(
 #endif
     let nsub = p.k / 32u;
 #if NORM
-    var rstd: array<f32, MR>;
+    var rstd = array<f32, MR>();
 #for R in 0..MR
     {
 #if SUBGROUPS
@@ -430,15 +430,15 @@ fn matvec_q(
     }
 #endfor
 #endif
-    var acc: array<array<f32, NR>, MR>;
-    var rows: array<u32, NR>;
+    var acc = array<array<f32, NR>, MR>();
+    var rows = array<u32, NR>();
 #for J in 0..NR
     rows[J] = min(n0 + J, p.n - 1u);
 #endfor
     for (var i = first; i < nsub; i += stride) {
         let b = i / SUBS;
         let s = i % SUBS;
-        var x: array<array<vec4<f32>, 8>, MR>;
+        var x = array<array<vec4<f32>, 8>, MR>();
 #for R in 0..MR
         x[R] = act32(R, i * 32u);
 #if NORM
@@ -456,7 +456,7 @@ fn matvec_q(
         }
 #endfor
     }
-    var sums: array<array<f32, NR>, MR>;
+    var sums = array<array<f32, NR>, MR>();
 #if SUBGROUPS
 #for R in 0..MR
 #for J in 0..NR
@@ -520,7 +520,7 @@ fn rows_step(acc: ptr<function, array<array<f32, NR>, MR>>, rows: array<u32, NR>
              av: array<vec4<u32>, NR>, rstd: array<f32, MR>, b: u32, s: u32) {
     let xb = (b * BE + s * 32u) / 4u;
     // The sub-block's activations, loaded once for the NR weight rows.
-    var x: array<array<vec4<f32>, 8>, MR>;
+    var x = array<array<vec4<f32>, 8>, MR>();
 #for R in 0..MR
 #for I in 0..8
 #if NORM
@@ -532,7 +532,7 @@ fn rows_step(acc: ptr<function, array<array<f32, NR>, MR>>, rows: array<u32, NR>
 #endfor
 
     // Each row's sum of the sub-block's activations, per half.
-    var xsum: array<vec2<f32>, MR>;
+    var xsum = array<vec2<f32>, MR>();
 #for R in 0..MR
     {
         let lo = x[R][0] + x[R][1] + x[R][2] + x[R][3];
@@ -599,8 +599,8 @@ fn rows_step(acc: ptr<function, array<array<f32, NR>, MR>>, rows: array<u32, NR>
         // scale * (codes . x) + offset * sum(x): the codes meet the activations unscaled and the
         // scales come in once per half. The same operations for any number of rows of A, so that
         // a row's result does not depend on the rows decoded with it (batch-invariant steps).
-        var dl: array<f32, MR>;
-        var dh: array<f32, MR>;
+        var dl = array<f32, MR>();
+        var dh = array<f32, MR>();
 #for W in 0..4
         {
 #if FMT == 0
@@ -643,11 +643,11 @@ fn matvec_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     // On CPU adapters a uniform load at a constant address is a scalar load only outside any
     // control flow (lane 0 must be active); after a conditional return every later load of
     // the activations would be a per-lane gather.
-    var rows: array<u32, NR>;
+    var rows = array<u32, NR>();
 #for J in 0..NR
     rows[J] = min(n0 + J, p.n - 1u);
 #endfor
-    var rstd: array<f32, MR>;
+    var rstd = array<f32, MR>();
 #if NORM
     // Every lane needs all of each row's norm; with the row length compiled in, the loads are
     // constants (one load for all lanes).
@@ -667,14 +667,14 @@ fn matvec_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     }
 #endfor
 #endif
-    var acc: array<array<f32, NR>, MR>;
+    var acc = array<array<f32, NR>, MR>();
 #if KB
     // The row length is compiled in: every activation index is a constant, which CPU adapters
     // load once for all lanes (a loop counter in the index makes the load a per-lane gather).
 #for GI in 0..KB / G
     {
-        var mv: array<vec4<u32>, NR>;
-        var av: array<vec4<u32>, NR>;
+        var mv = array<vec4<u32>, NR>();
+        var av = array<vec4<u32>, NR>();
 #for J in 0..NR
         mv[J] = meta_vec(rows[J], GI * G);
         av[J] = aux_vec(rows[J], GI * G);
@@ -688,8 +688,8 @@ fn matvec_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 #endfor
 #for BT in KB / G * G..KB
     {
-        var mv: array<vec4<u32>, NR>;
-        var av: array<vec4<u32>, NR>;
+        var mv = array<vec4<u32>, NR>();
+        var av = array<vec4<u32>, NR>();
 #for J in 0..NR
         mv[J] = meta_vec(rows[J], BT);
         av[J] = aux_vec(rows[J], BT);
@@ -703,8 +703,8 @@ fn matvec_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     let nb = p.k / BE;
     let groups = nb / G;
     for (var g = 0u; g < groups; g++) {
-        var mv: array<vec4<u32>, NR>;
-        var av: array<vec4<u32>, NR>;
+        var mv = array<vec4<u32>, NR>();
+        var av = array<vec4<u32>, NR>();
 #for J in 0..NR
         mv[J] = meta_vec(rows[J], g * G);
         av[J] = aux_vec(rows[J], g * G);
@@ -716,8 +716,8 @@ fn matvec_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 #endfor
     }
     for (var b = groups * G; b < nb; b++) {
-        var mv: array<vec4<u32>, NR>;
-        var av: array<vec4<u32>, NR>;
+        var mv = array<vec4<u32>, NR>();
+        var av = array<vec4<u32>, NR>();
 #for J in 0..NR
         mv[J] = meta_vec(rows[J], b);
         av[J] = aux_vec(rows[J], b);
@@ -755,12 +755,12 @@ fn matmul_q(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
     let c1 = min(n0 + 1u, p.n - 1u);
     let c2 = min(n0 + 2u, p.n - 1u);
     let c3 = min(n0 + 3u, p.n - 1u);
-    var rows: array<u32, RB>;
+    var rows = array<u32, RB>();
 #for R in 0..RB
     rows[R] = min(m0 + R * SG + lane, p.m - 1u);
 #endfor
     // acc[row]: the four columns of one row of C.
-    var acc: array<vec4<f32>, SG * RB>;
+    var acc = array<vec4<f32>, SG * RB>();
     let nsub = p.k / 32u;
     for (var i = 0u; i < nsub; i++) {
         let b = i / SUBS;

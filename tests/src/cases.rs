@@ -796,6 +796,10 @@ impl RopeQkvCase {
     pub(crate) fn num_pages(&self) -> usize {
         self.pages().len() + 1
     }
+    /// Where K's norm weights start in the norms input: past Q's (head sizes up to 256), at a
+    /// 256-byte boundary, where WebGPU binds.
+    pub(crate) const K_NORM_AT: usize = 256;
+
     pub(crate) fn sections(&self) -> (usize, usize, usize) {
         let pad = |n: usize| n.div_ceil(64) * 64;
         let q = pad(self.p.tokens * self.p.heads * self.p.head_dim);
@@ -838,14 +842,19 @@ impl Case for RopeQkvCase {
         vec![
             Input::float("qkv", &[n], DType::F32, rng.vec(n, -2.0, 2.0)),
             Input::ints("positions", &[self.p.tokens], pos),
-            Input::float("norms", &[2 * d], DType::F32, rng.vec(2 * d, 0.5, 1.5)),
+            // Q's norm weights, then K's at the next 256-byte boundary (WebGPU binds there).
+            Input::float("norms", &[Self::K_NORM_AT + d], DType::F32, rng.vec(Self::K_NORM_AT + d, 0.5, 1.5)),
         ]
     }
     fn reference(&self, inputs: &[Input]) -> Result<Vec<f32>, ParamError> {
         let d = self.p.head_dim;
         let norms = inputs[2].f32s();
-        let (q, k, v) =
-            flint_ref::rope::rope_qkv(&self.p, inputs[0].f32s(), inputs[1].u32s(), Some((&norms[..d], &norms[d..])))?;
+        let (q, k, v) = flint_ref::rope::rope_qkv(
+            &self.p,
+            inputs[0].f32s(),
+            inputs[1].u32s(),
+            Some((&norms[..d], &norms[Self::K_NORM_AT..])),
+        )?;
         let (qs, pool, total) = self.sections();
         let mut out = vec![f32::NAN; total];
         out[..q.len()].copy_from_slice(&q);
@@ -874,7 +883,7 @@ impl Case for RopeQkvCase {
         let table = flint_kernels::attention::PageTable::new(dev, &[self.pages()], self.num_pages())?;
         let dest: Vec<(usize, usize)> = (0..self.p.tokens).map(|t| (0, self.pos0 + t)).collect();
         let qn = t[2].view(0, &[d], DType::F32)?;
-        let kn = t[2].view(4 * d as u64, &[d], DType::F32)?;
+        let kn = t[2].view(4 * Self::K_NORM_AT as u64, &[d], DType::F32)?;
         let norms = self.p.qk_norm_eps.map(|_| (&qn, &kn));
         flint_kernels::rope::rope_qkv(dev, rec, &self.p, &t[0], &t[1], &dest, &cache, &table, norms, &q_out)
     }

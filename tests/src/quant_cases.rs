@@ -265,7 +265,7 @@ impl Case for QkvRopeMatvecCase {
         self.rope.reference(&[
             Input::float("qkv", &[qkv.len()], DType::F32, qkv),
             inputs[3].clone(),
-            Input::float("norms", &[2 * d], DType::F32, vec![1.0; 2 * d]),
+            Input::float("norms", &[RopeQkvCase::K_NORM_AT + d], DType::F32, vec![1.0; RopeQkvCase::K_NORM_AT + d]),
         ])
     }
     fn output(&self) -> (Vec<usize>, DType) {

@@ -109,3 +109,29 @@ fn variant_names_are_unique() {
     names.dedup();
     assert_eq!(before, names.len(), "duplicate variant names");
 }
+
+/// Every function-scope `var` spells its initial value. WGSL zero-initialises a `var` declared
+/// without one each time the declaration runs, but Chromium's WebGPU on SwiftShader kept the
+/// value of the last loop iteration instead (found by the browser's conformance run: attention
+/// accumulated the previous tile's scores, NMSE 2.8 to 57), so flint never relies on it.
+#[test]
+fn function_variables_have_initializers() {
+    let registry = flint_kernels::registry();
+    let mut bare = Vec::new();
+    for name in registry.names() {
+        let src = registry.get(name).unwrap_or_default();
+        for (i, line) in src.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("").trim();
+            if let Some(rest) = code.strip_prefix("var ")
+                && !rest.contains('=')
+            {
+                bare.push(format!("{name}:{}: {code}", i + 1));
+            }
+        }
+    }
+    assert!(
+        bare.is_empty(),
+        "function variables without an initial value (write `var x = T();`):\n{}",
+        bare.join("\n")
+    );
+}

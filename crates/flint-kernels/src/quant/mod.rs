@@ -625,12 +625,27 @@ fn record_parts(
         // A few rows of A at a time, over views of A and C (matvec_rows with the row length
         // compiled in, see rows_chunk); a row's arithmetic is the same in any chunk, so results
         // stay batch-invariant.
+        let align = u64::from(caps.storage_offset_alignment.max(1));
         for r in (0..rows).step_by(chunk) {
             let n = chunk.min(rows - r);
             let av = a.view((r * p.mm.k * 4) as u64, &[n, p.mm.k], DType::F32)?;
             let cv = c.view((r * out.ldc * 4) as u64, &[n, out.ldc], DType::F32)?;
             let sub = Out { row0: out.row0 + r, ..out };
-            record_parts(dev, rec, p, &av, w, &cv, sub, r0 + r, n)?;
+            if av.offset().is_multiple_of(align) && cv.offset().is_multiple_of(align) {
+                record_parts(dev, rec, p, &av, w, &cv, sub, r0 + r, n)?;
+            } else {
+                // The adapter binds storage only at coarser offsets (256 bytes on WebGPU): the
+                // chunk's rows go through scratch tensors, C's too since the epilogue may add
+                // to it.
+                let (sa, sc) = (
+                    dev.empty("quant rows of A", &[n, p.mm.k], DType::F32)?,
+                    dev.empty("quant rows of C", &[n, out.ldc], DType::F32)?,
+                );
+                rec.copy(&av, &sa)?;
+                rec.copy(&cv, &sc)?;
+                record_parts(dev, rec, p, &sa, w, &sc, sub, r0 + r, n)?;
+                rec.copy(&sc, &cv)?;
+            }
         }
         return Ok(());
     }
