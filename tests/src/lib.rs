@@ -39,7 +39,7 @@ mod vision_cases;
 
 pub use compare::{Comparison, Tolerance, compare};
 pub use rng::Rng;
-pub use run::{BenchReport, CaseReport, Roofline, Status, bench_case, measure_roofline, run_case};
+pub use run::{BenchReport, CaseReport, Roofline, Status, bench_case, measure_roofline, run_case, run_case_async};
 
 use flint_gpu::{Caps, DType, Device, Recorder, Tensor};
 

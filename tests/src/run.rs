@@ -72,6 +72,34 @@ fn decode(bytes: &[u8], dtype: DType) -> Vec<f32> {
 
 /// Run `case` on `dev` and compare with the reference.
 pub fn run_case(dev: &Device, case: &dyn Case) -> CaseReport {
+    let (mut report, start) = begin(dev, case);
+    let Some(start) = start else { return report };
+    let outcome = Launched::new(dev, case).and_then(|l| {
+        let all = dev.read_bytes(&l.buf).map_err(|e| e.to_string())?;
+        l.compare(&all)
+    });
+    finish(&mut report, outcome, start);
+    report
+}
+
+/// [`run_case`] without blocking: the output is awaited, as the browser's WebGPU requires.
+pub async fn run_case_async(dev: &Device, case: &dyn Case) -> CaseReport {
+    let (mut report, start) = begin(dev, case);
+    let Some(start) = start else { return report };
+    let outcome = match Launched::new(dev, case) {
+        Ok(l) => match dev.read_bytes_async(&l.buf).await {
+            Ok(all) => l.compare(&all),
+            Err(e) => Err(e.to_string()),
+        },
+        Err(e) => Err(e),
+    };
+    finish(&mut report, outcome, start);
+    report
+}
+
+/// The report of a case not yet run and the time it started, or (without a time) the finished
+/// report of a case the adapter cannot run.
+fn begin(dev: &Device, case: &dyn Case) -> (CaseReport, Option<web_time::Instant>) {
     let mut report = CaseReport {
         case: case.name(),
         op: case.op().to_string(),
@@ -88,10 +116,14 @@ pub fn run_case(dev: &Device, case: &dyn Case) -> CaseReport {
     };
     if let Some(why) = case.unsupported(dev.caps()) {
         report.reason = Some(why);
-        return report;
+        return (report, None);
     }
-    let start = std::time::Instant::now();
-    match execute(dev, case) {
+    (report, Some(web_time::Instant::now()))
+}
+
+/// Fill in `report` from the comparison (or the error) of a case run.
+fn finish(report: &mut CaseReport, outcome: Result<Comparison, String>, start: web_time::Instant) {
+    match outcome {
         Ok(cmp) => {
             report.nmse = Some(cmp.nmse);
             report.max_abs = Some(cmp.max_abs);
@@ -117,40 +149,57 @@ pub fn run_case(dev: &Device, case: &dyn Case) -> CaseReport {
         }
     }
     report.seconds = start.elapsed().as_secs_f64();
-    report
 }
 
-fn execute(dev: &Device, case: &dyn Case) -> Result<Comparison, String> {
-    let inputs = case.inputs();
-    let want = case.reference(&inputs).map_err(|e| format!("reference: {e}"))?;
-    let tensors: Vec<Tensor> =
-        inputs.iter().map(|i| i.upload(dev)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
-    let (shape, dtype) = case.output();
-    let numel: usize = shape.iter().product();
-    let body = dtype.bytes(numel);
-    // Guard bands of NaN before and after the output, at a legal binding offset.
-    let guard = 256usize.max(dev.caps().storage_offset_alignment as usize);
-    let total = guard + body.div_ceil(4) * 4 + guard;
-    let pattern = nan_pattern(dtype);
-    let mut bytes: Vec<u8> = pattern.iter().copied().cycle().take(total).collect();
-    if let Some(i) = case.in_place() {
-        bytes[guard..guard + body].copy_from_slice(&encode(&inputs[i].data, dtype));
-    }
-    let buf = dev.empty("output with guards", &[total / dtype.size()], dtype).map_err(|e| e.to_string())?;
-    dev.write(&buf, &bytes).map_err(|e| e.to_string())?;
-    let out = buf.view(guard as u64, &shape, dtype).map_err(|e| e.to_string())?;
-    let mut rec = Recorder::new(dev);
-    case.launch(dev, &mut rec, &tensors, &out).map_err(|e| e.to_string())?;
-    rec.submit().and_then(|s| s.wait()).map_err(|e| e.to_string())?;
-    let all = dev.read_bytes(&buf).map_err(|e| e.to_string())?;
-    for (i, (&got, &want)) in all.iter().zip(&bytes).enumerate() {
-        if (i < guard || i >= guard + body) && got != want {
-            let side = if i < guard { "before" } else { "after" };
-            return Err(format!("wrote {side} its output (guard byte {} of the buffer changed)", i));
+/// A case submitted: its output buffer with NaN guard bands around the output, what the buffer
+/// held before, and the reference to compare with once the buffer is read back.
+struct Launched {
+    buf: Tensor,
+    before: Vec<u8>,
+    guard: usize,
+    body: usize,
+    dtype: DType,
+    want: Vec<f32>,
+}
+
+impl Launched {
+    fn new(dev: &Device, case: &dyn Case) -> Result<Launched, String> {
+        let inputs = case.inputs();
+        let want = case.reference(&inputs).map_err(|e| format!("reference: {e}"))?;
+        let tensors: Vec<Tensor> =
+            inputs.iter().map(|i| i.upload(dev)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+        let (shape, dtype) = case.output();
+        let numel: usize = shape.iter().product();
+        let body = dtype.bytes(numel);
+        // Guard bands of NaN before and after the output, at a legal binding offset.
+        let guard = 256usize.max(dev.caps().storage_offset_alignment as usize);
+        let total = guard + body.div_ceil(4) * 4 + guard;
+        let pattern = nan_pattern(dtype);
+        let mut before: Vec<u8> = pattern.iter().copied().cycle().take(total).collect();
+        if let Some(i) = case.in_place() {
+            before[guard..guard + body].copy_from_slice(&encode(&inputs[i].data, dtype));
         }
+        let buf = dev.empty("output with guards", &[total / dtype.size()], dtype).map_err(|e| e.to_string())?;
+        dev.write(&buf, &before).map_err(|e| e.to_string())?;
+        let out = buf.view(guard as u64, &shape, dtype).map_err(|e| e.to_string())?;
+        let mut rec = Recorder::new(dev);
+        case.launch(dev, &mut rec, &tensors, &out).map_err(|e| e.to_string())?;
+        rec.submit().and_then(|s| s.wait()).map_err(|e| e.to_string())?;
+        Ok(Launched { buf, before, guard, body, dtype, want })
     }
-    let got = decode(&all[guard..guard + body], dtype);
-    Ok(compare(&got, &want))
+
+    /// Check the guard bands of the buffer read back and compare its output with the reference.
+    fn compare(&self, all: &[u8]) -> Result<Comparison, String> {
+        let (guard, body) = (self.guard, self.body);
+        for (i, (&got, &want)) in all.iter().zip(&self.before).enumerate() {
+            if (i < guard || i >= guard + body) && got != want {
+                let side = if i < guard { "before" } else { "after" };
+                return Err(format!("wrote {side} its output (guard byte {} of the buffer changed)", i));
+            }
+        }
+        let got = decode(&all[guard..guard + body], self.dtype);
+        Ok(compare(&got, &self.want))
+    }
 }
 
 /// Peak rates to compare measurements with.
@@ -239,7 +288,7 @@ pub fn bench_case(dev: &Device, case: &dyn Case, iters: usize, roofline: &Roofli
     } else {
         timer = "wall";
         for _ in 0..iters {
-            let t0 = std::time::Instant::now();
+            let t0 = web_time::Instant::now();
             let mut rec = Recorder::new(dev);
             case.launch(dev, &mut rec, &tensors, &out).map_err(s)?;
             rec.submit().and_then(|x| x.wait()).map_err(s)?;
@@ -302,7 +351,7 @@ fn time_one(dev: &Device, record: &dyn Fn(&mut Recorder) -> Result<(), String>) 
     let mut rec = Recorder::new(dev).timed(true);
     record(&mut rec)?;
     let timed = rec.is_timed();
-    let t0 = std::time::Instant::now();
+    let t0 = web_time::Instant::now();
     let times = rec.submit().and_then(|x| x.wait()).map_err(|e| e.to_string())?;
     Ok(if timed { times.iter().map(|t| t.ns).sum() } else { t0.elapsed().as_secs_f64() * 1e9 })
 }

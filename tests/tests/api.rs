@@ -312,3 +312,70 @@ fn a_stack_of_dense_and_quantized_matrices_loads_and_multiplies() {
     }
     assert!(worst < 1e-4, "worst relative error {worst}");
 }
+
+/// The awaited readbacks (the browser's only kind) give the blocking ones' bytes, natively too.
+#[test]
+fn awaited_readbacks_equal_blocking_ones() {
+    let dev = first_device();
+    let f = dev.upload_f32("f", &[1.5, -2.0, 3.25], &[3], DType::F32).unwrap();
+    let h = dev.upload_f32("h", &[0.5, 7.0, -1.0], &[3], DType::F16).unwrap();
+    let u = dev.upload_u32("u", &[1, 2, 0xFFFF_FFFF], &[3]).unwrap();
+    assert_eq!(pollster::block_on(dev.read_f32_async(&f)).unwrap(), dev.read_f32(&f).unwrap());
+    assert_eq!(pollster::block_on(dev.read_f32_async(&h)).unwrap(), vec![0.5, 7.0, -1.0]);
+    assert_eq!(pollster::block_on(dev.read_u32_async(&u)).unwrap(), vec![1, 2, 0xFFFF_FFFF]);
+    assert_eq!(pollster::block_on(dev.read_bytes_async(&f)).unwrap(), dev.read_bytes(&f).unwrap());
+}
+
+/// The conformance table's awaited run (what the browser page runs) gives the blocking run's
+/// verdicts and errors, on attention over several key tiles and on a quant matmul.
+#[test]
+fn awaited_conformance_runs_match_blocking_ones() {
+    let dev = first_device();
+    let cases: Vec<_> = flint_conformance::cases::all_cases()
+        .into_iter()
+        .filter(|c| {
+            let n = c.name();
+            n == "attn_decode_causal_f32_q1_kv65_h9x3_d64" || n == "qmatmul_q4_1_33x70x288"
+        })
+        .collect();
+    assert_eq!(cases.len(), 2, "the cases this test runs were renamed");
+    for case in &cases {
+        let blocking = flint_conformance::run_case(&dev, case.as_ref());
+        let awaited = pollster::block_on(flint_conformance::run_case_async(&dev, case.as_ref()));
+        assert_eq!(awaited.status, flint_conformance::Status::Pass, "{}: {:?}", awaited.case, awaited.reason);
+        assert_eq!((awaited.status, awaited.nmse), (blocking.status, blocking.nmse), "{}", awaited.case);
+    }
+}
+
+/// WebGPU binds storage only at multiples of 256 bytes (Vulkan adapters often allow 16 or 4): on
+/// a device that asks for WebGPU's alignments and, like Chromium's, has no subgroups, the cases
+/// that bind row chunks and halves of a tensor still pass (the quant matmul's chunks of 8 rows
+/// then go through aligned scratch).
+#[test]
+fn kernels_run_with_webgpu_binding_alignment() {
+    let (adapter, _, _) = host::device();
+    let mut limits = flint_gpu::wanted_limits(&adapter);
+    limits.min_storage_buffer_offset_alignment = limits.min_storage_buffer_offset_alignment.max(256);
+    limits.min_uniform_buffer_offset_alignment = limits.min_uniform_buffer_offset_alignment.max(256);
+    let desc = flint_gpu::wgpu::DeviceDescriptor {
+        required_features: adapter.features() & (flint_gpu::wanted_features() - flint_gpu::wgpu::Features::SUBGROUP),
+        required_limits: limits,
+        ..Default::default()
+    };
+    let (device, queue) = pollster::block_on(adapter.request_device(&desc)).unwrap();
+    let dev = Device::from_wgpu(device, queue, &adapter.get_info());
+    assert_eq!(dev.caps().storage_offset_alignment, 256);
+    let cases: Vec<_> = flint_conformance::cases::all_cases()
+        .into_iter()
+        .filter(|c| c.tier() == flint_conformance::Tier::Test)
+        .filter(|c| c.name().starts_with("qmatmul_") || c.name().starts_with("rope_qkv"))
+        .collect();
+    assert!(cases.len() > 20, "{} cases", cases.len());
+    let failed: Vec<String> = cases
+        .iter()
+        .map(|c| flint_conformance::run_case(&dev, c.as_ref()))
+        .filter(|r| r.status == flint_conformance::Status::Fail)
+        .map(|r| format!("{}: {}", r.case, r.reason.unwrap_or_default()))
+        .collect();
+    assert!(failed.is_empty(), "{} failed:\n{}", failed.len(), failed.join("\n"));
+}

@@ -118,6 +118,7 @@ pub struct AdapterDesc {
     pub caps: Caps,
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn instance() -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     if std::env::var_os("WGPU_BACKEND").is_none() {
@@ -126,6 +127,7 @@ fn instance() -> wgpu::Instance {
     wgpu::Instance::new(desc)
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// Adapters in preference order: real GPUs before CPUs, native APIs before GL.
 fn sorted_adapters() -> Vec<wgpu::Adapter> {
     let mut adapters = pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()));
@@ -144,6 +146,7 @@ fn sorted_adapters() -> Vec<wgpu::Adapter> {
     adapters
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// Every adapter wgpu reaches, in flint's preference order.
 pub fn adapters() -> Vec<AdapterDesc> {
     sorted_adapters()
@@ -185,6 +188,10 @@ pub(crate) struct DeviceInner {
     /// than a few seconds for it, which a slow shader compile on another thread can cause; flint
     /// therefore runs its own GL calls one thread at a time. `None` on other backends.
     pub(crate) gl_serial: Option<parking_lot::ReentrantMutex<()>>,
+    /// The first error that reached flint after its call had returned (an uncaptured error on a
+    /// device flint opened, or, in the browser, an error scope whose promise settled later); the
+    /// next awaited readback returns it.
+    pub(crate) deferred: Arc<Mutex<Option<GpuError>>>,
 }
 
 /// A GPU device and queue with flint's caches. Cloning is cheap and shares everything.
@@ -200,6 +207,7 @@ impl std::fmt::Debug for Device {
 }
 
 impl Device {
+    #[cfg(not(target_arch = "wasm32"))]
     /// Open the first adapter matching `selector` (see [`Caps::matches`]; a number picks by
     /// index; an empty selector picks the preferred adapter).
     pub fn open(selector: &str) -> Result<Device> {
@@ -217,6 +225,7 @@ impl Device {
         }
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     /// Open every adapter matching `selector` (all of them for an empty selector), each as its
     /// own device. Adapters that fail to open are returned as errors in place.
     pub fn open_all(selector: &str) -> Vec<Result<Device>> {
@@ -229,7 +238,13 @@ impl Device {
 
     /// Open a device on a wgpu adapter, asking for the features flint uses where present and
     /// the adapter's own limits.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn from_adapter(adapter: &wgpu::Adapter) -> Result<Device> {
+        pollster::block_on(Self::from_adapter_async(adapter))
+    }
+
+    /// [`Device::from_adapter`] without blocking (the browser's device request is a promise).
+    pub async fn from_adapter_async(adapter: &wgpu::Adapter) -> Result<Device> {
         let info = adapter.get_info();
         let features = adapter.features() & wanted_features();
         let limits = wanted_limits(adapter);
@@ -241,17 +256,48 @@ impl Device {
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         };
-        let (device, queue) =
-            pollster::block_on(adapter.request_device(&desc)).map_err(|e| GpuError::RequestDevice {
-                adapter: format!("{} {}", info.backend.to_str(), info.name),
-                message: e.to_string(),
-            })?;
+        let (device, queue) = adapter.request_device(&desc).await.map_err(|e| GpuError::RequestDevice {
+            adapter: format!("{} {}", info.backend.to_str(), info.name),
+            message: e.to_string(),
+        })?;
+        let dev = Self::from_wgpu(device, queue, &info);
         // wgpu panics on errors nobody captures; flint captures its own with error scopes, and
-        // on a device it owns, anything else is logged rather than allowed to abort.
-        device.on_uncaptured_error(Arc::new(|e: wgpu::Error| {
+        // on a device it owns, anything else is logged rather than allowed to abort, and kept
+        // for the next awaited readback to return.
+        let deferred = dev.inner.deferred.clone();
+        dev.inner.device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             tracing::error!(target: "flint_gpu", "uncaptured wgpu error: {e}");
+            defer(
+                &deferred,
+                GpuError::Wgpu { during: "running flint's work".into(), message: describe_wgpu_error(&e) },
+            );
         }));
-        Ok(Self::from_wgpu(device, queue, &info))
+        Ok(dev)
+    }
+
+    /// Open the preferred adapter without blocking: the way in on the browser's WebGPU, where
+    /// adapters are requested, not listed, and every request is a promise. Natively this is
+    /// [`Device::open`] with an empty selector.
+    pub async fn request() -> Result<Device> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            Self::open("")
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+                backends: wgpu::Backends::BROWSER_WEBGPU,
+                ..wgpu::InstanceDescriptor::new_without_display_handle()
+            });
+            let adapter = instance
+                .request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::HighPerformance,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| GpuError::RequestDevice { adapter: "WebGPU".into(), message: e.to_string() })?;
+            Self::from_adapter_async(&adapter).await
+        }
     }
 
     /// Wrap a device and queue that the host program created, so flint can run inside an
@@ -273,6 +319,7 @@ impl Device {
                 kernels: Mutex::default(),
                 timestamp_period,
                 gl_serial,
+                deferred: Arc::default(),
             }),
         }
     }
@@ -372,11 +419,29 @@ impl Device {
         let oom = self.inner.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.inner.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let value = f();
-        let v = pollster::block_on(validation.pop());
-        let o = pollster::block_on(oom.pop());
-        match v.or(o) {
-            None => Ok(value),
-            Some(e) => Err(GpuError::Wgpu { during: during(), message: describe_wgpu_error(&e) }),
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let v = pollster::block_on(validation.pop());
+            let o = pollster::block_on(oom.pop());
+            match v.or(o) {
+                None => Ok(value),
+                Some(e) => Err(GpuError::Wgpu { during: during(), message: describe_wgpu_error(&e) }),
+            }
+        }
+        // The browser answers error scopes with promises, which settle only after control goes
+        // back to its event loop: what they catch is kept and returned by the next awaited
+        // readback ([`Device::read_bytes_async`]).
+        #[cfg(target_arch = "wasm32")]
+        {
+            let (v, o) = (validation.pop(), oom.pop());
+            let (during, deferred) = (during(), self.inner.deferred.clone());
+            wasm_bindgen_futures::spawn_local(async move {
+                let (v, o) = (v.await, o.await);
+                if let Some(e) = v.or(o) {
+                    defer(&deferred, GpuError::Wgpu { during, message: describe_wgpu_error(&e) });
+                }
+            });
+            Ok(value)
         }
     }
 
@@ -386,7 +451,7 @@ impl Device {
         if let Some(k) = self.inner.kernels.lock().ok().and_then(|m| m.get(key).cloned()) {
             return Ok(k);
         }
-        let started = std::time::Instant::now();
+        let started = web_time::Instant::now();
         let kernel = Arc::new(Kernel::compile(self, registry, key)?);
         tracing::debug!(kernel = %key.describe(), ms = started.elapsed().as_millis() as u64, "compiled");
         if let Ok(mut m) = self.inner.kernels.lock() {
@@ -401,6 +466,14 @@ impl Device {
     }
 }
 
+/// Keep `e` for the next awaited readback, unless an earlier error is already waiting (the
+/// first error explains the rest).
+fn defer(slot: &Mutex<Option<GpuError>>, e: GpuError) {
+    if let Ok(mut slot) = slot.lock() {
+        slot.get_or_insert(e);
+    }
+}
+
 /// wgpu's Display for errors leaves out the description; this keeps it.
 fn describe_wgpu_error(e: &wgpu::Error) -> String {
     match e {
@@ -410,6 +483,7 @@ fn describe_wgpu_error(e: &wgpu::Error) -> String {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn no_adapter(selector: &str, adapters: &[wgpu::Adapter]) -> GpuError {
     let available = adapters
         .iter()

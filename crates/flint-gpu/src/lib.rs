@@ -25,7 +25,9 @@ mod recorder;
 mod shader;
 mod tensor;
 
-pub use device::{AdapterDesc, Caps, Device, adapters, wanted_features, wanted_limits};
+#[cfg(not(target_arch = "wasm32"))]
+pub use device::adapters;
+pub use device::{AdapterDesc, Caps, Device, wanted_features, wanted_limits};
 pub use dtype::DType;
 pub use error::{GpuError, Result};
 pub use pipeline::{Kernel, PipelineKey};

@@ -250,12 +250,7 @@ impl Device {
 
     /// Read a tensor back as f32 values (f16 and u32 are converted).
     pub fn read_f32(&self, t: &Tensor) -> Result<Vec<f32>> {
-        let bytes = self.read_bytes(t)?;
-        Ok(match t.dtype() {
-            DType::F32 => bytemuck::pod_collect_to_vec(&bytes),
-            DType::F16 => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            DType::U32 => bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32).collect(),
-        })
+        Ok(to_f32(&self.read_bytes(t)?, t.dtype()))
     }
 
     /// Read a u32 tensor back.
@@ -263,8 +258,50 @@ impl Device {
         Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(t)?))
     }
 
+    /// Read a tensor's bytes back without blocking: the way to read on the browser's WebGPU,
+    /// where a blocking read is refused. It also returns an error that reached flint after its
+    /// call had returned (see [`Device::take_deferred_error`]).
+    pub async fn read_bytes_async(&self, t: &Tensor) -> Result<Vec<u8>> {
+        let (staging, index) = self.copy_for_readback(t.buffer(), t.offset(), t.binding_len(), "tensor")?;
+        let mut bytes = map_read_async(self, staging.buffer(), t.binding_len(), "tensor", index).await?;
+        if let Some(e) = self.take_deferred_error() {
+            return Err(e);
+        }
+        bytes.truncate(t.byte_len() as usize);
+        Ok(bytes)
+    }
+
+    /// [`Device::read_f32`] without blocking.
+    pub async fn read_f32_async(&self, t: &Tensor) -> Result<Vec<f32>> {
+        Ok(to_f32(&self.read_bytes_async(t).await?, t.dtype()))
+    }
+
+    /// [`Device::read_u32`] without blocking.
+    pub async fn read_u32_async(&self, t: &Tensor) -> Result<Vec<u32>> {
+        Ok(bytemuck::pod_collect_to_vec(&self.read_bytes_async(t).await?))
+    }
+
+    /// The first error that reached flint after the call that caused it had returned: an
+    /// uncaptured error on a device flint opened, or, in the browser, what an error scope caught
+    /// (its promise settles only after the call). Taking it clears it.
+    pub fn take_deferred_error(&self) -> Option<GpuError> {
+        self.inner.deferred.lock().ok().and_then(|mut e| e.take())
+    }
+
     /// Read `len` bytes of `buffer` from `offset` (both multiples of 4), blocking until done.
     pub fn read_range(&self, buffer: &wgpu::Buffer, offset: u64, len: u64, what: &str) -> Result<Vec<u8>> {
+        let (staging, index) = self.copy_for_readback(buffer, offset, len, what)?;
+        map_read(self, staging.buffer(), len, what, index)
+    }
+
+    /// Copy `len` bytes of `buffer` from `offset` into a pooled staging buffer and submit.
+    fn copy_for_readback(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        len: u64,
+        what: &str,
+    ) -> Result<(Arc<Allocation>, wgpu::SubmissionIndex)> {
         let _serial = self.serial();
         let staging = self.inner.pool.get(
             &self.inner.device,
@@ -282,7 +319,16 @@ impl Device {
                 self.queue().submit([enc.finish()])
             },
         )?;
-        map_read(self, staging.buffer(), len, what, index)
+        Ok((staging, index))
+    }
+}
+
+/// Bytes of `dtype` as f32 values (f16 and u32 converted).
+fn to_f32(bytes: &[u8], dtype: DType) -> Vec<f32> {
+    match dtype {
+        DType::F32 => bytemuck::pod_collect_to_vec(bytes),
+        DType::F16 => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        DType::U32 => bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32).collect(),
     }
 }
 
@@ -322,11 +368,135 @@ pub(crate) fn map_read(
     });
     dev.wait_for(index)?;
     let err = |message: String| GpuError::Readback { what: what.to_string(), message };
-    rx.recv().map_err(|e| err(e.to_string()))?.map_err(|e| err(e.to_string()))?;
+    // The browser maps buffers only from its event loop, which a blocking call never returns to.
+    #[cfg(target_arch = "wasm32")]
+    let mapped = rx.try_recv().map_err(|_| {
+        err("a blocking readback cannot finish in the browser (WebGPU maps buffers from the event loop); \
+             use the async readbacks such as Device::read_bytes_async"
+            .into())
+    })?;
+    #[cfg(not(target_arch = "wasm32"))]
+    let mapped = rx.recv().map_err(|e| err(e.to_string()))?;
+    mapped.map_err(|e| err(e.to_string()))?;
     let bytes = {
         let view = slice.get_mapped_range().map_err(|e| err(e.to_string()))?;
         view.to_vec()
     };
     buffer.unmap();
     Ok(bytes)
+}
+
+/// [`map_read`] without blocking: the map's callback wakes the awaiting task (natively the
+/// device is polled until `index` has run, which fires it).
+pub(crate) async fn map_read_async(
+    dev: &Device,
+    buffer: &wgpu::Buffer,
+    len: u64,
+    what: &str,
+    index: wgpu::SubmissionIndex,
+) -> Result<Vec<u8>> {
+    let slice = buffer.slice(..len);
+    let mapped = {
+        let _serial = dev.serial();
+        let (tx, rx) = oneshot::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| tx.send(r));
+        #[cfg(not(target_arch = "wasm32"))]
+        dev.wait_for(index)?;
+        #[cfg(target_arch = "wasm32")]
+        drop(index);
+        rx
+    }
+    .await;
+    let err = |message: String| GpuError::Readback { what: what.to_string(), message };
+    mapped.ok_or_else(|| err("the map request was dropped".into()))?.map_err(|e| err(e.to_string()))?;
+    let _serial = dev.serial();
+    let bytes = slice.get_mapped_range().map_err(|e| err(e.to_string()))?.to_vec();
+    buffer.unmap();
+    Ok(bytes)
+}
+
+/// A one-value channel whose receiver is a future: how a wgpu callback hands its result to an
+/// awaiting task without an executor of flint's own.
+pub(crate) mod oneshot {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll, Waker};
+
+    struct Shared<T> {
+        value: Option<T>,
+        waker: Option<Waker>,
+        sender_gone: bool,
+    }
+
+    /// The sending half: [`Sender::send`] once, or drop it to end the wait with `None`.
+    pub(crate) struct Sender<T>(Arc<Mutex<Shared<T>>>);
+    /// The receiving half: resolves to the value sent, or `None` if the sender was dropped.
+    pub(crate) struct Receiver<T>(Arc<Mutex<Shared<T>>>);
+
+    pub(crate) fn channel<T>() -> (Sender<T>, Receiver<T>) {
+        let shared = Arc::new(Mutex::new(Shared { value: None, waker: None, sender_gone: false }));
+        (Sender(shared.clone()), Receiver(shared))
+    }
+
+    impl<T> Sender<T> {
+        pub(crate) fn send(self, value: T) {
+            if let Ok(mut s) = self.0.lock() {
+                s.value = Some(value);
+            }
+        }
+    }
+
+    impl<T> Drop for Sender<T> {
+        fn drop(&mut self) {
+            let waker = self.0.lock().ok().and_then(|mut s| {
+                s.sender_gone = true;
+                s.waker.take()
+            });
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
+    }
+
+    impl<T> Future for Receiver<T> {
+        type Output = Option<T>;
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+            let Ok(mut s) = self.0.lock() else { return Poll::Ready(None) };
+            if let Some(v) = s.value.take() {
+                return Poll::Ready(Some(v));
+            }
+            if s.sender_gone {
+                return Poll::Ready(None);
+            }
+            s.waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn sent_value_arrives_and_a_dropped_sender_ends_the_wait() {
+            let (tx, rx) = channel();
+            tx.send(7u32);
+            assert_eq!(pollster::block_on(rx), Some(7));
+            let (tx, rx) = channel::<u32>();
+            drop(tx);
+            assert_eq!(pollster::block_on(rx), None);
+        }
+
+        #[test]
+        fn a_value_sent_from_another_thread_wakes_the_waiting_task() {
+            let (tx, rx) = channel();
+            let t = std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                tx.send("mapped");
+            });
+            assert_eq!(pollster::block_on(rx), Some("mapped"));
+            t.join().unwrap();
+        }
+    }
 }

@@ -1,0 +1,105 @@
+//! flint in the browser: the JavaScript API over wasm-bindgen. `cargo xtask web` builds this
+//! crate for wasm32, binds it with `wasm-bindgen --target web` and serves it with the pages in
+//! `web/`; `web/flint.js` wraps the bindings so that a Rust panic reaches JavaScript as an
+//! exception carrying the panic's message, not as a bare `unreachable` trap.
+//!
+//! What a page can do today:
+//! - [`Flint::open`]: request the browser's WebGPU adapter and a device with the features flint
+//!   uses where the adapter has them;
+//! - [`Flint::adapter`]: the adapter's name, backend and capabilities, as JSON;
+//! - [`Flint::cases`] and [`Flint::conformance`]: run the conformance table (every case the
+//!   adapter supports, the rest reported skipped with the reason) and get its rows in the form
+//!   of `flint conformance --json`, one callback per row as they finish.
+//!
+//! Every call that touches the GPU is asynchronous (a JavaScript `Promise`): the browser maps
+//! buffers and reports errors only from its event loop, so flint awaits its readbacks there
+//! instead of blocking.
+
+#![warn(missing_docs)]
+
+use flint_conformance::cases::all_cases;
+use flint_conformance::{Case, Tier, run_case_async};
+use flint_gpu::Device;
+use js_sys::{Function, Promise};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
+
+mod panic;
+
+pub use panic::{last_panic, on_panic};
+
+/// A WebGPU device opened for flint.
+#[wasm_bindgen]
+pub struct Flint {
+    dev: Device,
+}
+
+#[wasm_bindgen]
+impl Flint {
+    /// Request the browser's adapter and open a device on it (rejects with the reason when the
+    /// browser has no WebGPU or no adapter).
+    pub async fn open() -> Result<Flint, JsError> {
+        panic::install();
+        let dev = Device::request().await.map_err(|e| JsError::new(&e.to_string()))?;
+        Ok(Flint { dev })
+    }
+
+    /// The adapter and what it offers, as a JSON object: name, backend, driver, device type,
+    /// features (`f16`, `subgroups`, `timestamps`) and the limits flint plans around.
+    pub fn adapter(&self) -> String {
+        let c = self.dev.caps();
+        serde_json::json!({
+            "label": c.label(),
+            "name": c.name,
+            "backend": c.backend,
+            "driver": c.driver,
+            "device_type": c.device_type,
+            "f16": c.f16,
+            "subgroups": c.subgroups,
+            "subgroup_sizes": [c.subgroup_min_size, c.subgroup_max_size],
+            "timestamps": c.timestamps,
+            "max_storage_binding": c.max_storage_binding,
+            "max_buffer": c.max_buffer,
+            "max_storage_buffers": c.max_storage_buffers,
+            "max_workgroup_storage": c.max_workgroup_storage,
+            "max_invocations": c.max_invocations,
+        })
+        .to_string()
+    }
+
+    /// The names of the conformance cases whose op or name starts with `filter` (every case
+    /// for an empty filter), test tier only unless `bench` is set.
+    pub fn cases(&self, filter: &str, bench: bool) -> Vec<String> {
+        selected(filter, bench).iter().map(|c| c.name()).collect()
+    }
+
+    /// Run the conformance cases [`Flint::cases`] selects, one after another. Each finished
+    /// row (the JSON object `flint conformance --json` prints) is passed to `on_row` when
+    /// given; the promise resolves to the JSON array of every row. A case the adapter cannot
+    /// run is a row with status `skip` and its reason; a failing case is a row with status
+    /// `fail`, not a rejection.
+    pub fn conformance(&self, filter: String, bench: bool, on_row: Option<Function>) -> Promise {
+        let dev = self.dev.clone();
+        future_to_promise(async move {
+            let mut rows = Vec::new();
+            for case in selected(&filter, bench) {
+                let report = run_case_async(&dev, case.as_ref()).await;
+                let row = serde_json::to_string(&report).map_err(|e| JsError::new(&e.to_string()))?;
+                if let Some(f) = &on_row {
+                    f.call1(&JsValue::NULL, &JsValue::from_str(&row))?;
+                }
+                rows.push(row);
+            }
+            Ok(JsValue::from_str(&format!("[{}]", rows.join(","))))
+        })
+    }
+}
+
+/// The cases `flint conformance --op FILTER` runs (with `--bench-cases` when `bench`).
+fn selected(filter: &str, bench: bool) -> Vec<Box<dyn Case>> {
+    all_cases()
+        .into_iter()
+        .filter(|c| bench || c.tier() == Tier::Test)
+        .filter(|c| filter.is_empty() || c.op().starts_with(filter) || c.name().starts_with(filter))
+        .collect()
+}

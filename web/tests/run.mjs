@@ -1,0 +1,58 @@
+// flint's page tests in headless Chromium (run by `cargo xtask web-test`, which builds the site
+// and serves it): node web/tests/run.mjs http://127.0.0.1:PORT
+//
+// Chromium is Debian's (/usr/bin/chromium, or $CHROMIUM), started with WebGPU on and kept off
+// the network. Each test prints one line; the run fails if any test fails. Screenshots and the
+// conformance rows are written under target/web/results for a person to look at.
+import { chromium } from "playwright-core";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { conformance } from "./conformance.mjs";
+
+const url = process.argv[2];
+if (!url) {
+  console.error("usage: node web/tests/run.mjs http://127.0.0.1:PORT");
+  process.exit(2);
+}
+const results = "target/web/results";
+mkdirSync(results, { recursive: true });
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  args: [
+    "--no-sandbox",
+    "--enable-unsafe-webgpu",
+    "--enable-features=Vulkan",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+  ],
+});
+
+const tests = [["conformance table", conformance]];
+let failed = 0;
+try {
+  for (const [name, test] of tests) {
+    const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    const logs = [];
+    page.on("console", (m) => logs.push(`${m.type()}: ${m.text()}`));
+    page.on("pageerror", (e) => logs.push(`pageerror: ${e.message}`));
+    const started = Date.now();
+    try {
+      const note = await test(page, url, results);
+      console.log(`ok   ${name} (${((Date.now() - started) / 1000).toFixed(1)} s): ${note}`);
+    } catch (e) {
+      failed++;
+      console.log(`FAIL ${name} (${((Date.now() - started) / 1000).toFixed(1)} s): ${e.message}`);
+      for (const l of logs.slice(-20)) console.log(`     ${l}`);
+    } finally {
+      await page.close();
+    }
+  }
+} finally {
+  await browser.close();
+}
+writeFileSync(`${results}/summary.txt`, `${tests.length - failed} passed, ${failed} failed\n`);
+console.log(`${tests.length - failed} passed, ${failed} failed`);
+process.exit(failed ? 1 : 0);
