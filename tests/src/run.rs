@@ -62,14 +62,6 @@ fn encode(data: &HostData, dtype: DType) -> Vec<u8> {
     }
 }
 
-fn decode(bytes: &[u8], dtype: DType) -> Vec<f32> {
-    match dtype {
-        DType::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        DType::F32 => bytemuck::pod_collect_to_vec(bytes),
-        DType::U32 => bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32).collect(),
-    }
-}
-
 /// Run `case` on `dev` and compare with the reference.
 pub fn run_case(dev: &Device, case: &dyn Case) -> CaseReport {
     let (mut report, start) = begin(dev, case);
@@ -197,7 +189,7 @@ impl Launched {
                 return Err(format!("wrote {side} its output (guard byte {} of the buffer changed)", i));
             }
         }
-        let got = decode(&all[guard..guard + body], self.dtype);
+        let got = flint_gpu::to_f32(&all[guard..guard + body], self.dtype);
         Ok(compare(&got, &self.want))
     }
 }

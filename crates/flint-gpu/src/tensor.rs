@@ -323,8 +323,9 @@ impl Device {
     }
 }
 
-/// Bytes of `dtype` as f32 values (f16 and u32 converted).
-fn to_f32(bytes: &[u8], dtype: DType) -> Vec<f32> {
+/// Bytes of `dtype` as f32 values (f16 and u32 converted), as [`Device::read_f32`] returns
+/// them.
+pub fn to_f32(bytes: &[u8], dtype: DType) -> Vec<f32> {
     match dtype {
         DType::F32 => bytemuck::pod_collect_to_vec(bytes),
         DType::F16 => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
@@ -352,7 +353,7 @@ fn too_many(what: &str, shape: &[usize]) -> GpuError {
 }
 
 /// Map the first `len` bytes of a MAP_READ buffer, last written by submission `index` (only
-/// that is waited for), and copy them out.
+/// that is waited for), and copy them out: [`map_read_async`], driven to the end here.
 pub(crate) fn map_read(
     dev: &Device,
     buffer: &wgpu::Buffer,
@@ -360,30 +361,21 @@ pub(crate) fn map_read(
     what: &str,
     index: wgpu::SubmissionIndex,
 ) -> Result<Vec<u8>> {
-    let _serial = dev.serial();
-    let slice = buffer.slice(..len);
-    let (tx, rx) = std::sync::mpsc::channel();
-    slice.map_async(wgpu::MapMode::Read, move |r| {
-        let _ = tx.send(r);
-    });
-    dev.wait_for(index)?;
-    let err = |message: String| GpuError::Readback { what: what.to_string(), message };
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        pollster::block_on(map_read_async(dev, buffer, len, what, index))
+    }
     // The browser maps buffers only from its event loop, which a blocking call never returns to.
     #[cfg(target_arch = "wasm32")]
-    let mapped = rx.try_recv().map_err(|_| {
-        err("a blocking readback cannot finish in the browser (WebGPU maps buffers from the event loop); \
-             use the async readbacks such as Device::read_bytes_async"
-            .into())
-    })?;
-    #[cfg(not(target_arch = "wasm32"))]
-    let mapped = rx.recv().map_err(|e| err(e.to_string()))?;
-    mapped.map_err(|e| err(e.to_string()))?;
-    let bytes = {
-        let view = slice.get_mapped_range().map_err(|e| err(e.to_string()))?;
-        view.to_vec()
-    };
-    buffer.unmap();
-    Ok(bytes)
+    {
+        let _ = (dev, buffer, len, index);
+        Err(GpuError::Readback {
+            what: what.to_string(),
+            message: "a blocking readback cannot finish in the browser (WebGPU maps buffers from the event \
+                      loop); use the async readbacks such as Device::read_bytes_async"
+                .into(),
+        })
+    }
 }
 
 /// [`map_read`] without blocking: the map's callback wakes the awaiting task (natively the
