@@ -3,6 +3,10 @@
 // Error carrying the panic's message instead of a bare "unreachable" trap.
 import init, { Flint, lastPanic, onPanic } from "./pkg/flint_web.js";
 
+/** Largest model file the page loads: wasm32's memory holds at most 4 GiB, and the file's
+ * bytes and flint's copy of what it parses share it. */
+export const MAX_MODEL_BYTES = 2 ** 31;
+
 let ready = null;
 let dead = null;
 // Rejects when flint panics: a trap inside an awaited call would otherwise leave its promise
@@ -64,5 +68,82 @@ export async function open() {
         const rows = await flint.conformance(filter, bench, onRow ? (r) => onRow(JSON.parse(r)) : undefined);
         return JSON.parse(rows);
       }),
+    /**
+     * Fetch a GGUF model from `url` and load it onto the device. `onProgress({phase, done,
+     * total})` reports the download (`phase` "download", bytes) and then the upload ("load").
+     * Rejects with a message naming the URL on an HTTP error, a file that is not GGUF or one
+     * larger than the page can hold.
+     */
+    loadModel: (url, { onProgress } = {}) =>
+      guarded(async () => {
+        const name = decodeURIComponent(new URL(url, location.href).pathname.split("/").pop() || url);
+        const bytes = await fetchBytes(url, onProgress);
+        onProgress?.({ phase: "load", done: 0, total: bytes.length });
+        // Let the page paint the progress before the upload holds the thread.
+        await new Promise((r) => setTimeout(r, 0));
+        const model = await guarded(async () => flint.loadGguf(name, bytes));
+        onProgress?.({ phase: "load", done: bytes.length, total: bytes.length });
+        return wrapModel(model);
+      }),
+  };
+}
+
+/** Download `url` into one byte array, reporting progress. */
+async function fetchBytes(url, onProgress) {
+  let res;
+  try {
+    res = await fetch(url);
+  } catch (e) {
+    throw new Error(`fetching ${url}: ${e.message}`);
+  }
+  if (!res.ok) {
+    throw new Error(`fetching ${url}: HTTP ${res.status} ${res.statusText}`.trim());
+  }
+  const total = Number(res.headers.get("content-length")) || 0;
+  if (total > MAX_MODEL_BYTES) {
+    throw new Error(`${url} is ${total} bytes; the page holds models up to ${MAX_MODEL_BYTES} bytes (wasm32 memory)`);
+  }
+  const reader = res.body.getReader();
+  const chunks = [];
+  let done = 0;
+  for (;;) {
+    const { done: end, value } = await reader.read();
+    if (end) break;
+    chunks.push(value);
+    done += value.length;
+    if (done > MAX_MODEL_BYTES) {
+      await reader.cancel();
+      throw new Error(`${url} is over ${MAX_MODEL_BYTES} bytes; the page holds models up to that (wasm32 memory)`);
+    }
+    onProgress?.({ phase: "download", done, total });
+  }
+  const bytes = new Uint8Array(done);
+  let at = 0;
+  for (const c of chunks) {
+    bytes.set(c, at);
+    at += c.length;
+  }
+  return bytes;
+}
+
+/** The JavaScript face of a loaded model. */
+function wrapModel(model) {
+  return {
+    /** Family, sizes, chat template. */
+    info: () => JSON.parse(model.info()),
+    /** Token ids of `text`. */
+    encode: (text, special = true) => Array.from(model.encode(text, special)),
+    /**
+     * Generate a reply to `request` ({prompt | messages | ids, mode, max_tokens, temperature,
+     * top_k, top_p, seed, chat}); `onToken({id, text, reasoning, answer})` per new token may
+     * return false to stop. Resolves to the result (ids, text, stop, timings).
+     */
+    generate: (request, onToken) =>
+      guarded(async () => {
+        const cb = onToken ? (piece) => onToken(JSON.parse(piece)) : undefined;
+        return JSON.parse(await model.generate(JSON.stringify(request), cb));
+      }),
+    /** Stop the running generation after its current token. */
+    cancel: () => model.cancel(),
   };
 }

@@ -152,6 +152,7 @@ struct Launched {
     body: usize,
     dtype: DType,
     want: Vec<f32>,
+    _submission: flint_gpu::Submission,
 }
 
 impl Launched {
@@ -176,8 +177,10 @@ impl Launched {
         let out = buf.view(guard as u64, &shape, dtype).map_err(|e| e.to_string())?;
         let mut rec = Recorder::new(dev);
         case.launch(dev, &mut rec, &tensors, &out).map_err(|e| e.to_string())?;
-        rec.submit().and_then(|s| s.wait()).map_err(|e| e.to_string())?;
-        Ok(Launched { buf, before, guard, body, dtype, want })
+        // Not waited for here: the readback that follows is queued after it (and the browser
+        // cannot block); the submission is held until then.
+        let submission = rec.submit().map_err(|e| e.to_string())?;
+        Ok(Launched { buf, before, guard, body, dtype, want, _submission: submission })
     }
 
     /// Check the guard bands of the buffer read back and compare its output with the reference.

@@ -197,3 +197,25 @@ fn a_prompt_prefilled_in_chunks_continues_as_one_prefilled_whole() {
         assert!((a - b).abs() <= 1e-3, "log-probabilities {a} vs {b}");
     }
 }
+
+#[test]
+fn an_awaited_generation_cancelled_at_a_token_releases_the_steps_after_it() {
+    let prompt = ids("The capital of France is");
+    let opts = SamplingOptions { max_tokens: 12, ..Default::default() };
+    let whole = model().session(64).unwrap().generate(&prompt, &opts, |_| {}).unwrap();
+    assert_eq!(whole.tokens.len(), 12);
+    let mut s = model().session(64).unwrap();
+    let mut seen = 0;
+    let cut = pollster::block_on(s.generate_async(&prompt, None, &opts, |_| {
+        seen += 1;
+        if seen == 3 { std::ops::ControlFlow::Break(()) } else { std::ops::ControlFlow::Continue(()) }
+    }))
+    .unwrap();
+    assert_eq!(cut.stop, StopReason::Cancelled);
+    assert_eq!(cut.tokens, whole.tokens[..3], "the tokens up to the cancel");
+    // The steps submitted past the cancel were discarded: the cache holds the prompt and the
+    // tokens fed back (all but the last), and the session goes on from there.
+    assert_eq!(s.len(), prompt.len() + 2);
+    let rest = s.generate(&whole.tokens[2..3], &SamplingOptions { max_tokens: 9, ..Default::default() }, |_| {});
+    assert_eq!(rest.unwrap().tokens, whole.tokens[3..], "continuing after the cancel");
+}

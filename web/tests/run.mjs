@@ -6,6 +6,7 @@
 // conformance rows are written under target/web/results for a person to look at.
 import { chromium } from "playwright-core";
 import { mkdirSync, writeFileSync } from "node:fs";
+import { chat } from "./chat.mjs";
 import { conformance } from "./conformance.mjs";
 
 const url = process.argv[2];
@@ -30,10 +31,13 @@ const browser = await chromium.launch({
   ],
 });
 
-const tests = [["conformance table", conformance]];
+const tests = [["chat with the default model", chat], ["conformance table", conformance]];
+// FLINT_WEB_TEST=part runs only the tests whose name contains it.
+const only = process.env.FLINT_WEB_TEST;
+const selected = tests.filter(([name]) => !only || name.includes(only));
 let failed = 0;
 try {
-  for (const [name, test] of tests) {
+  for (const [name, test] of selected) {
     const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
     const logs = [];
     page.on("console", (m) => logs.push(`${m.type()}: ${m.text()}`));
@@ -53,6 +57,6 @@ try {
 } finally {
   await browser.close();
 }
-writeFileSync(`${results}/summary.txt`, `${tests.length - failed} passed, ${failed} failed\n`);
-console.log(`${tests.length - failed} passed, ${failed} failed`);
+writeFileSync(`${results}/summary.txt`, `${selected.length - failed} passed, ${failed} failed\n`);
+console.log(`${selected.length - failed} passed, ${failed} failed`);
 process.exit(failed ? 1 : 0);

@@ -1,4 +1,5 @@
-//! `cargo xtask web`: build flint for the browser and serve its pages; `cargo xtask web-test`:
+//! `cargo xtask web`: build flint for the browser and serve its pages (and the models in flint's
+//! cache, under `/models/`); `cargo xtask web-test`:
 //! the same build, served on a free port, with the page tests of `web/tests` run in headless
 //! Chromium.
 //!
@@ -75,7 +76,8 @@ pub fn serve_site(cargo: &str, args: &[String]) -> Result<()> {
     let site = build(cargo)?;
     let listener = TcpListener::bind(("127.0.0.1", port)).with_context(|| format!("binding 127.0.0.1:{port}"))?;
     eprintln!(
-        "serving {} at http://127.0.0.1:{port}/ (Chromium on Linux needs --enable-unsafe-webgpu)",
+        "serving {} at http://127.0.0.1:{port}/ (the chat; conformance.html runs the kernels), and the models \
+         `flint fetch` cached at /models/ (Chromium on Linux needs --enable-unsafe-webgpu)",
         site.display()
     );
     serve(listener, site);
@@ -84,6 +86,8 @@ pub fn serve_site(cargo: &str, args: &[String]) -> Result<()> {
 
 /// `cargo xtask web-test`: build, serve on a free port, run the browser tests against it.
 pub fn test(cargo: &str) -> Result<()> {
+    // The chat test loads the default model from flint's cache, as `flint fetch` leaves it.
+    flint_runtime::fetch::resolve(None, &mut |_| {}).context("fetching the default model for the chat test")?;
     let site = build(cargo)?;
     let listener = TcpListener::bind(("127.0.0.1", 0)).context("binding a free port")?;
     let url = format!("http://{}", listener.local_addr()?);
@@ -116,19 +120,21 @@ fn chromium() -> Option<PathBuf> {
         .filter(|p| p.exists())
 }
 
-/// Answer GET requests for files under `root`, one thread per connection.
+/// Answer GET requests for files under `root`, and for `models/NAME` with the models in
+/// flint's cache (`flint fetch` puts them there), one thread per connection.
 fn serve(listener: TcpListener, root: PathBuf) {
+    let models = flint_runtime::fetch::cache_dir().join("models");
     for stream in listener.incoming().flatten() {
-        let root = root.clone();
+        let (root, models) = (root.clone(), models.clone());
         std::thread::spawn(move || {
-            if let Err(e) = answer(stream, &root) {
+            if let Err(e) = answer(stream, &root, &models) {
                 eprintln!("web: {e:#}");
             }
         });
     }
 }
 
-fn answer(mut stream: TcpStream, root: &Path) -> Result<()> {
+fn answer(mut stream: TcpStream, root: &Path, models: &Path) -> Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request = String::new();
     reader.read_line(&mut request)?;
@@ -140,18 +146,35 @@ fn answer(mut stream: TcpStream, root: &Path) -> Result<()> {
     let mut parts = request.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
     let path = target.split(['?', '#']).next().unwrap_or("/");
-    let file = resolve(root, path);
-    let (status, kind, body) = match (method, file.and_then(|f| std::fs::read(&f).ok().map(|b| (f, b)))) {
-        ("GET", Some((f, body))) => ("200 OK", mime(&f), body),
-        ("GET", None) => ("404 Not Found", "text/plain", b"not found\n".to_vec()),
-        _ => ("405 Method Not Allowed", "text/plain", b"GET only\n".to_vec()),
+    let file = match path.strip_prefix("/models/") {
+        Some(name) => resolve(models, name).filter(|_| !name.is_empty()),
+        None => resolve(root, path),
     };
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-        body.len()
-    )?;
-    stream.write_all(&body)?;
+    let opened = file.and_then(|f| {
+        let file = std::fs::File::open(&f).ok()?;
+        let len = file.metadata().ok().filter(|m| m.is_file())?.len();
+        Some((f, file, len))
+    });
+    let head = |status: &str, kind: &str, len: u64| {
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
+        )
+    };
+    match (method, opened) {
+        ("GET", Some((f, mut file, len))) => {
+            stream.write_all(head("200 OK", mime(&f), len).as_bytes())?;
+            std::io::copy(&mut file, &mut stream)?;
+        }
+        (method, _) => {
+            let (status, body) = if method == "GET" {
+                ("404 Not Found", "not found\n")
+            } else {
+                ("405 Method Not Allowed", "GET only\n")
+            };
+            stream.write_all(head(status, "text/plain", body.len() as u64).as_bytes())?;
+            stream.write_all(body.as_bytes())?;
+        }
+    }
     Ok(())
 }
 

@@ -35,7 +35,7 @@ pub use pool::Allocation;
 pub use readback::ReadbackRing;
 pub use recorder::{DispatchTime, Plan, Recorder, Submission};
 pub use shader::ShaderRegistry;
-pub use tensor::{TENSOR_USAGE, Tensor, to_f32};
+pub use tensor::{TENSOR_USAGE, Tensor, block_on, to_f32};
 
 pub use bytemuck;
 pub use half;

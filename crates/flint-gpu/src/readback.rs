@@ -30,6 +30,10 @@ struct InFlight {
     len: u64,
     submission: wgpu::SubmissionIndex,
     tag: u64,
+    /// Resolves when the slot's map callback has run (how the browser, which cannot wait for
+    /// a submission, learns that the result is there).
+    #[cfg(target_arch = "wasm32")]
+    mapped: crate::tensor::oneshot::Receiver<()>,
 }
 
 /// A ring of `depth` MAP_READ buffers of `bytes` each. Results come back in submission order.
@@ -134,10 +138,21 @@ impl ReadbackRing {
         };
         let state = self.slots[slot].state.clone();
         state.store(PENDING, Ordering::Release);
+        #[cfg(target_arch = "wasm32")]
+        let (tx, mapped) = crate::tensor::oneshot::channel();
         buffer.slice(..len).map_async(wgpu::MapMode::Read, move |r| {
             state.store(if r.is_ok() { MAPPED } else { FAILED }, Ordering::Release);
+            #[cfg(target_arch = "wasm32")]
+            tx.send(());
         });
-        self.in_flight.push_back(InFlight { slot, len, submission, tag });
+        self.in_flight.push_back(InFlight {
+            slot,
+            len,
+            submission,
+            tag,
+            #[cfg(target_arch = "wasm32")]
+            mapped,
+        });
         Ok(())
     }
 
@@ -157,7 +172,12 @@ impl ReadbackRing {
     }
 
     /// The oldest result, waiting for the GPU to finish it (None when nothing is in flight).
+    /// Blocks the thread; in the browser it returns an error: use [`ReadbackRing::take_async`].
     pub fn take(&mut self) -> Result<Option<(u64, Vec<u8>)>> {
+        #[cfg(target_arch = "wasm32")]
+        if !self.in_flight.is_empty() {
+            return Err(crate::tensor::blocking_in_browser("readback ring"));
+        }
         let Some(front) = self.in_flight.front() else {
             return Ok(None);
         };
@@ -195,6 +215,34 @@ impl ReadbackRing {
         }
     }
 
+    /// [`ReadbackRing::take`] without blocking: in the browser the oldest slot's map callback
+    /// wakes the awaiting task (and an error caught since the submission is returned); natively
+    /// it is `take`, which polls the device.
+    pub async fn take_async(&mut self) -> Result<Option<(u64, Vec<u8>)>> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            self.take()
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let Some(front) = self.in_flight.front_mut() else {
+                return Ok(None);
+            };
+            (&mut front.mapped).await;
+            let got = self.take_if_mapped()?;
+            if let Some(e) = self.dev.take_deferred_error() {
+                return Err(e);
+            }
+            match got {
+                Some(r) => Ok(Some(r)),
+                None => Err(GpuError::Readback {
+                    what: "readback ring".into(),
+                    message: "the map request ended without mapping its buffer".into(),
+                }),
+            }
+        }
+    }
+
     fn take_if_mapped(&mut self) -> Result<Option<(u64, Vec<u8>)>> {
         let Some(front) = self.in_flight.front() else {
             return Ok(None);
@@ -228,6 +276,12 @@ impl ReadbackRing {
     /// Wait for and drop every result in flight (after an error, or to reuse the ring).
     pub fn drain(&mut self) -> Result<()> {
         while self.take()?.is_some() {}
+        Ok(())
+    }
+
+    /// [`ReadbackRing::drain`] without blocking.
+    pub async fn drain_async(&mut self) -> Result<()> {
+        while self.take_async().await?.is_some() {}
         Ok(())
     }
 }

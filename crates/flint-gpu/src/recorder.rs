@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::pipeline::Kernel;
 use crate::pool::Allocation;
-use crate::tensor::map_read;
+use crate::tensor::map_read_async;
 use crate::{Device, GpuError, Result, Tensor};
 
 /// wgpu's limit on queries per query set.
@@ -37,7 +37,8 @@ pub struct DispatchTime {
     pub ns: f64,
 }
 
-/// A submitted command buffer; [`Submission::wait`] blocks until it has run.
+/// A submitted command buffer; [`Submission::wait`] blocks until it has run, and
+/// [`Submission::finished`] awaits it.
 pub struct Submission {
     dev: Device,
     /// The queue's index of this submission (waited for, rather than the whole device).
@@ -49,16 +50,35 @@ pub struct Submission {
 
 impl Submission {
     /// Wait for the GPU to finish and return per-dispatch GPU times when the recording was
-    /// timed and the adapter has timestamps (otherwise an empty list).
+    /// timed and the adapter has timestamps (otherwise an empty list). Blocks the thread; in
+    /// the browser it returns an error: use [`Submission::finished`] there.
     pub fn wait(self) -> Result<Vec<DispatchTime>> {
+        crate::block_on("a submission", self.finished())
+    }
+
+    /// [`Submission::wait`] without blocking: natively the device is polled until the
+    /// submission has run; in the browser the queue's completion callback wakes the awaiting
+    /// task, and an error that an error scope caught after the recording returned is reported
+    /// here.
+    pub async fn finished(self) -> Result<Vec<DispatchTime>> {
+        #[cfg(not(target_arch = "wasm32"))]
         self.dev.wait_for(self.index.clone())?;
+        #[cfg(target_arch = "wasm32")]
+        {
+            let (tx, rx) = crate::tensor::oneshot::channel();
+            self.dev.queue().on_submitted_work_done(move || tx.send(()));
+            rx.await;
+            if let Some(e) = self.dev.take_deferred_error() {
+                return Err(e);
+            }
+        }
         let Some((buf, len, labels)) = self.timing else {
             return Ok(Vec::new());
         };
         if len == 0 {
             return Ok(Vec::new());
         }
-        let bytes = map_read(&self.dev, buf.buffer(), len, "timestamps", self.index)?;
+        let bytes = map_read_async(&self.dev, buf.buffer(), len, "timestamps", self.index).await?;
         let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
         let period = f64::from(self.dev.timestamp_period());
         Ok(labels

@@ -361,20 +361,35 @@ pub(crate) fn map_read(
     what: &str,
     index: wgpu::SubmissionIndex,
 ) -> Result<Vec<u8>> {
+    block_on(what, map_read_async(dev, buffer, len, what, index))
+}
+
+/// Run one of flint's awaitable calls to completion on this thread: natively the future is
+/// driven by `pollster` (flint's futures poll the device themselves, so nothing else has to).
+/// In the browser, where buffers map and queues report only from the page's event loop, which
+/// a blocking call never returns to, it returns an error naming `what` and the async call to
+/// use instead, without starting `f`.
+pub fn block_on<T, E: From<GpuError>>(what: &str, f: impl std::future::Future<Output = Result<T, E>>) -> Result<T, E> {
     #[cfg(not(target_arch = "wasm32"))]
     {
-        pollster::block_on(map_read_async(dev, buffer, len, what, index))
+        let _ = what;
+        pollster::block_on(f)
     }
-    // The browser maps buffers only from its event loop, which a blocking call never returns to.
     #[cfg(target_arch = "wasm32")]
     {
-        let _ = (dev, buffer, len, index);
-        Err(GpuError::Readback {
-            what: what.to_string(),
-            message: "a blocking readback cannot finish in the browser (WebGPU maps buffers from the event \
-                      loop); use the async readbacks such as Device::read_bytes_async"
-                .into(),
-        })
+        drop(f);
+        Err(blocking_in_browser(what).into())
+    }
+}
+
+/// The error of a blocking wait in the browser.
+#[cfg(target_arch = "wasm32")]
+pub(crate) fn blocking_in_browser(what: &str) -> GpuError {
+    GpuError::Readback {
+        what: what.to_string(),
+        message: "a blocking wait cannot finish in the browser (WebGPU reports from the event loop); use the \
+                  async call (such as Device::read_bytes_async or Session::generate_async)"
+            .into(),
     }
 }
 

@@ -17,7 +17,9 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use web_time::Instant;
 
 use crate::kvpool::{KvPool, SeqId};
 use flint_gpu::{DType, Recorder};
@@ -582,7 +584,10 @@ impl Engine {
                 if left > p.size {
                     // A middle chunk: into the cache, finished before the next is recorded.
                     let c = &p.w.req.prompt[p.done..p.done + p.size];
-                    if let Err(e) = crate::generate::prefill_into(&self.model, &mut self.pool, p.seq, c) {
+                    if let Err(e) = flint_gpu::block_on(
+                        "a prefill chunk",
+                        crate::generate::prefill_into(&self.model, &mut self.pool, p.seq, c),
+                    ) {
                         let id = p.w.id;
                         self.drop_prefill(p)?;
                         events.push(Event::Failed { request: id, error: e.to_string() });

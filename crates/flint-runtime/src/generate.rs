@@ -3,8 +3,11 @@
 //! ([`crate::stepper`]); only the chosen ids (and their log-probabilities) are read back, a step
 //! or two behind, and the steps run past a stop are discarded.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use web_time::Instant;
 
 use crate::kvpool::{KvPool, SeqId};
 use flint_gpu::{DType, Recorder, Tensor};
@@ -56,7 +59,7 @@ pub const PREFILL_CHUNK: usize = 512;
 /// at once are a chunk's; return the rest, which the caller runs with its logits. The chunks are
 /// of equal size, so none is a few rows that would take the matvec path. A `chunk` of at least
 /// `ids.len()` runs nothing here.
-pub(crate) fn prefill_head<'a>(
+pub(crate) async fn prefill_head<'a>(
     model: &Decoder,
     pool: &mut KvPool,
     seq: SeqId,
@@ -67,7 +70,7 @@ pub(crate) fn prefill_head<'a>(
     let (head, rest) = ids.split_at(size * (ids.len().div_ceil(size) - 1));
     for c in head.chunks(size) {
         check_ids(model, c)?;
-        prefill_into(model, pool, seq, c)?;
+        prefill_into(model, pool, seq, c).await?;
     }
     Ok(rest)
 }
@@ -81,10 +84,10 @@ pub(crate) fn chunk_size(len: usize, chunk: usize) -> usize {
 
 /// Run the text tokens `ids` through `model` into `seq`'s cache, submitted and finished before
 /// returning (no logits).
-pub(crate) fn prefill_into(model: &Decoder, pool: &mut KvPool, seq: SeqId, ids: &[u32]) -> Result<()> {
+pub(crate) async fn prefill_into(model: &Decoder, pool: &mut KvPool, seq: SeqId, ids: &[u32]) -> Result<()> {
     let mut rec = Recorder::new(model.device());
     crate::multimodal::forward_prompt(model, None, &mut rec, pool, seq, ids, None)?;
-    rec.submit()?.wait()?;
+    rec.submit()?.finished().await?;
     Ok(())
 }
 
@@ -106,6 +109,8 @@ pub enum StopReason {
     Length,
     /// The context is full.
     Context,
+    /// The caller's token callback asked to stop ([`Session::generate_async`]).
+    Cancelled,
 }
 
 /// What a generation produced and how long it took.
@@ -259,7 +264,7 @@ impl Session {
 
     /// Run `ids` and sample one token from the logits after the last of them, leaving it in
     /// the session's token slot too (where the first decode step reads it).
-    fn prefill(&mut self, ids: &[u32], pixels: Option<&Pixels>, opts: &SamplingOptions) -> Result<(u32, f32)> {
+    async fn prefill(&mut self, ids: &[u32], pixels: Option<&Pixels>, opts: &SamplingOptions) -> Result<(u32, f32)> {
         let dev = self.model.device().clone();
         let t0 = Instant::now();
         let row = self.row(opts, self.step);
@@ -267,7 +272,7 @@ impl Session {
         // recorded, so the activations held at once are a chunk's, not the prompt's: memory is
         // bounded by the weights, the KV cache and a constant. A prompt with images runs whole.
         let chunk = if pixels.is_none() { self.prefill_chunk } else { ids.len() };
-        let ids = prefill_head(&self.model, &mut self.pool, self.seq, ids, chunk)?;
+        let ids = prefill_head(&self.model, &mut self.pool, self.seq, ids, chunk).await?;
         let mut rec = Recorder::new(&dev);
         let h = self.forward_with(&mut rec, ids, pixels)?;
         let logits = self.model.logits(&mut rec, &h, ids.len() - 1..ids.len())?;
@@ -276,9 +281,9 @@ impl Session {
         let tokens = self.stepper()?.tokens().clone();
         flint_kernels::sample::sample_rows(&dev, &mut rec, 1, self.model.cfg.vocab, &logits, &row_opts, &out, &tokens)?;
         let recorded = t0.elapsed();
-        rec.submit()?.wait()?;
+        rec.submit()?.finished().await?;
         self.step += 1;
-        let r = dev.read_f32(&out)?;
+        let r = dev.read_f32_async(&out).await?;
         tracing::debug!(
             tokens = ids.len(),
             record_ms = recorded.as_secs_f64() * 1e3,
@@ -329,12 +334,30 @@ impl Session {
     }
 
     /// [`Session::generate`] after a prompt with images (`pixels` for its image tokens).
+    /// Blocks the thread; in the browser it returns an error: use [`Session::generate_async`].
     pub fn generate_with(
         &mut self,
         prompt: &[u32],
         pixels: Option<&Pixels>,
         opts: &SamplingOptions,
         mut on_token: impl FnMut(u32),
+    ) -> Result<Generation> {
+        let on_token = |t| {
+            on_token(t);
+            ControlFlow::Continue(())
+        };
+        flint_gpu::block_on("a generation", self.generate_async(prompt, pixels, opts, on_token))
+    }
+
+    /// [`Session::generate_with`] without blocking, for the browser (every wait for the GPU is
+    /// awaited, so the page's event loop runs between steps) and async hosts. `on_token` may
+    /// return [`ControlFlow::Break`] to stop after that token ([`StopReason::Cancelled`]).
+    pub async fn generate_async(
+        &mut self,
+        prompt: &[u32],
+        pixels: Option<&Pixels>,
+        opts: &SamplingOptions,
+        mut on_token: impl FnMut(u32) -> ControlFlow<()>,
     ) -> Result<Generation> {
         if prompt.is_empty() {
             return Err(RequestError::EmptyPrompt.into());
@@ -347,7 +370,7 @@ impl Session {
         let capacity = self.capacity;
         self.room_for(prompt.len())?;
         let t0 = Instant::now();
-        let (first, first_logprob) = self.prefill(prompt, pixels, opts)?;
+        let (first, first_logprob) = self.prefill(prompt, pixels, opts).await?;
         let prefill = t0.elapsed();
         let t1 = Instant::now();
         let mut out = Generation {
@@ -365,7 +388,7 @@ impl Session {
         let first_step = self.step;
         let mut done = accept(&mut out, first, first_logprob, opts, base, capacity, &mut on_token);
         let (mut submitted, mut used) = (0usize, 0usize);
-        let run = (|| -> Result<()> {
+        let run = async {
             loop {
                 while !done
                     && self.stepper()?.has_room()
@@ -379,13 +402,14 @@ impl Session {
                 }
                 let stepper = self.stepper.as_mut().expect("made above");
                 if done || stepper.in_flight() == 0 {
-                    return stepper.drain();
+                    return stepper.drain_async().await;
                 }
-                let (_, r) = stepper.take(true)?.expect("a step is in flight");
+                let (_, r) = stepper.take_async().await?.expect("a step is in flight");
                 used += 1;
                 done = accept(&mut out, r[0].0, r[0].1, opts, base, capacity, &mut on_token);
             }
-        })();
+        }
+        .await;
         let kept = self.pool.truncate(self.seq, base + used);
         self.step = first_step + used as u32;
         run?;
@@ -397,8 +421,8 @@ impl Session {
 
 /// Take a drawn token into `out` with the stopping rules of a generation: a stop token ends it
 /// unrecorded; otherwise the token is kept and reported, and the generation ends when the
-/// budget is spent or the cache (`base` positions before the first token, one more per token
-/// fed back) could not take the next. Returns whether it has ended.
+/// caller asks, when the budget is spent or when the cache (`base` positions before the first
+/// token, one more per token fed back) could not take the next. Returns whether it has ended.
 fn accept(
     out: &mut Generation,
     token: u32,
@@ -406,7 +430,7 @@ fn accept(
     opts: &SamplingOptions,
     base: usize,
     capacity: usize,
-    on_token: &mut impl FnMut(u32),
+    on_token: &mut impl FnMut(u32) -> ControlFlow<()>,
 ) -> bool {
     if opts.stop.contains(&token) {
         out.stop = StopReason::Stop;
@@ -414,7 +438,10 @@ fn accept(
     }
     out.tokens.push(token);
     out.logprobs.push(logprob);
-    on_token(token);
+    if on_token(token).is_break() {
+        out.stop = StopReason::Cancelled;
+        return true;
+    }
     if out.tokens.len() >= opts.max_tokens {
         out.stop = StopReason::Length;
         return true;

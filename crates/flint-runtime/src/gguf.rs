@@ -345,9 +345,10 @@ impl Gguf {
                 if d == 0 || d > 1 << 40 {
                     return Err(format!("tensor {name:?} has dimension {d}"));
                 }
-                dims.push(d as usize);
+                // On wasm32 a usize has 32 bits: a dimension past it is too large to hold.
+                dims.push(usize::try_from(d).map_err(|_| format!("tensor {name:?} has dimension {d}"))?);
             }
-            let numel = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|&n| n <= 1 << 40);
+            let numel = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|&n| n as u64 <= 1 << 40);
             let Some(numel) = numel else {
                 return Err(format!("tensor {name:?} shape {dims:?} is absurdly large"));
             };

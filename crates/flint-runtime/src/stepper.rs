@@ -12,7 +12,9 @@
 //! host that falls behind for a moment. A layout that a plan cannot hold (its block larger than
 //! a binding) runs from a fresh recording instead.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use web_time::Instant;
 
 use crate::kvpool::{KvPool, SeqId};
 use flint_gpu::{DType, Device, DispatchTime, Plan, ReadbackRing, Recorder, Tensor};
@@ -297,26 +299,40 @@ impl Stepper {
 
     /// The oldest step's results (`(token, log-probability)` per row) with its tag: waiting for
     /// the GPU when `wait`, else only if it is done. None when nothing is in flight (or, not
-    /// waiting, nothing is done).
+    /// waiting, nothing is done). Waiting blocks the thread (an error in the browser: use
+    /// [`Stepper::take_async`]).
     pub fn take(&mut self, wait: bool) -> Result<Option<StepResult>> {
+        if wait {
+            return flint_gpu::block_on("a decode step", self.take_async());
+        }
+        if let Some(r) = self.ready.pop_front() {
+            return Ok(Some(r));
+        }
+        Ok(self.ring.try_take()?.map(step_result))
+    }
+
+    /// The oldest step's results, awaiting the GPU (None when nothing is in flight).
+    pub async fn take_async(&mut self) -> Result<Option<StepResult>> {
         if let Some(r) = self.ready.pop_front() {
             return Ok(Some(r));
         }
         let t = Instant::now();
-        let got = if wait { self.ring.take()? } else { self.ring.try_take()? };
-        if wait {
-            self.stats.wait += t.elapsed();
-        }
-        Ok(got.map(|(tag, bytes)| {
-            let v: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
-            (tag, v.chunks_exact(2).map(|c| (c[0] as u32, c[1])).collect())
-        }))
+        let got = self.ring.take_async().await?;
+        self.stats.wait += t.elapsed();
+        Ok(got.map(step_result))
     }
 
     /// Wait for every step in flight and drop its results.
     pub fn drain(&mut self) -> Result<()> {
         self.ready.clear();
         self.ring.drain()?;
+        Ok(())
+    }
+
+    /// [`Stepper::drain`] without blocking.
+    pub async fn drain_async(&mut self) -> Result<()> {
+        self.ready.clear();
+        self.ring.drain_async().await?;
         Ok(())
     }
 
@@ -337,4 +353,10 @@ impl Stepper {
         self.dev.write(&plan.block, bytemuck::cast_slice(&self.words))?;
         Ok(plan.plan.run_timed()?)
     }
+}
+
+/// A step's tag and the `(token, log-probability)` of each row, from the bytes read back.
+fn step_result((tag, bytes): (u64, Vec<u8>)) -> StepResult {
+    let v: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+    (tag, v.chunks_exact(2).map(|c| (c[0] as u32, c[1])).collect())
 }

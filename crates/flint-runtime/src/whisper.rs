@@ -23,7 +23,7 @@
 //! window (`append_kv`).
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use web_time::Instant;
 
 use flint_gpu::{DType, Device, Recorder, Tensor};
 use flint_kernels::attention::{self, KvCache, PageTable};

@@ -766,7 +766,7 @@ impl Run {
             c.tokens.clone_from(&o.tokens);
             c.logprobs.clone_from(&o.logprobs);
             c.finish = Some(match (cut, o.stop) {
-                (Some(_), _) | (None, StopReason::Stop) => "stop",
+                (Some(_), _) | (None, StopReason::Stop | StopReason::Cancelled) => "stop",
                 (None, StopReason::Length | StopReason::Context) => "length",
             });
             c.text = match cut {

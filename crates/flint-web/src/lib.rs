@@ -7,6 +7,9 @@
 //! - [`Flint::open`]: request the browser's WebGPU adapter and a device with the features flint
 //!   uses where the adapter has them;
 //! - [`Flint::adapter`]: the adapter's name, backend and capabilities, as JSON;
+//! - [`Flint::load_gguf`]: load a GGUF model from the bytes the page fetched, then
+//!   [`WebModel::generate`] streams a reply (instant or think mode) token by token, and
+//!   [`WebModel::cancel`] stops it;
 //! - [`Flint::cases`] and [`Flint::conformance`]: run the conformance table (every case the
 //!   adapter supports, the rest reported skipped with the reason) and get its rows in the form
 //!   of `flint conformance --json`, one callback per row as they finish.
@@ -24,8 +27,10 @@ use js_sys::{Function, Promise};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
+mod model;
 mod panic;
 
+pub use model::WebModel;
 pub use panic::{last_panic, on_panic};
 
 /// A WebGPU device opened for flint.
@@ -92,6 +97,18 @@ impl Flint {
             }
             Ok(JsValue::from_str(&format!("[{}]", rows.join(","))))
         })
+    }
+}
+
+#[wasm_bindgen]
+impl Flint {
+    /// Load a GGUF model (llama or gemma3 family) from the bytes of its file; `name` names it
+    /// in errors. The weights are uploaded to the device; the bytes can be dropped after.
+    /// Throws, naming the file and what is wrong, on a file that is not GGUF, a family flint
+    /// does not read, or weights larger than the device's buffers.
+    #[wasm_bindgen(js_name = loadGguf)]
+    pub fn load_gguf(&self, name: &str, bytes: Vec<u8>) -> Result<WebModel, JsError> {
+        WebModel::load(&self.dev, name, bytes)
     }
 }
 

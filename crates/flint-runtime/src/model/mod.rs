@@ -70,15 +70,24 @@ impl Model {
         if path.is_dir() {
             return Model::load_hf(dev, path);
         }
-        let g = Gguf::open(path)?;
-        let tokenizer = Tokenizer::from_gguf(&g)?;
-        let decoder = Decoder::from_gguf(dev, &g)?;
+        Model::from_gguf(dev, &Gguf::open(path)?)
+    }
+
+    /// Load a GGUF model from its bytes (what the browser fetched, say); `name` names it in
+    /// errors and is its [`Model::path`].
+    pub fn from_gguf_bytes(dev: &Device, name: &str, bytes: Vec<u8>) -> Result<Model> {
+        Model::from_gguf(dev, &Gguf::from_bytes(name, bytes)?)
+    }
+
+    fn from_gguf(dev: &Device, g: &Gguf) -> Result<Model> {
+        let tokenizer = Tokenizer::from_gguf(g)?;
+        let decoder = Decoder::from_gguf(dev, g)?;
         if tokenizer.vocab_size() > decoder.cfg.vocab {
             return Err(g
                 .error(format!("{} tokens but an output head of {}", tokenizer.vocab_size(), decoder.cfg.vocab))
                 .into());
         }
-        Ok(Model::from_parts(decoder, tokenizer, path, None))
+        Ok(Model::from_parts(decoder, tokenizer, g.path(), None))
     }
 
     /// A model from its parts (a decoder built in memory, say, with a tokenizer).

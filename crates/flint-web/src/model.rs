@@ -1,0 +1,245 @@
+//! A model in the page: a GGUF file's bytes loaded onto the browser's device, and generation
+//! that streams each token to a JavaScript callback while the page's event loop keeps running
+//! (every wait for the GPU is awaited), with cancellation between tokens.
+
+use std::cell::Cell;
+use std::ops::ControlFlow;
+use std::rc::Rc;
+
+use flint_gpu::Device;
+use flint_runtime::generate::SamplingOptions;
+use flint_runtime::model::{ChatMessage, Model};
+use flint_runtime::reasoning::{self, Mode, ReplySplitter};
+use flint_runtime::tokenizer::StreamDecoder;
+use js_sys::{Function, Promise};
+use serde::Deserialize;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
+
+/// Most new tokens a request may ask for when it names no budget.
+const DEFAULT_MAX_TOKENS: usize = 256;
+
+/// A model loaded onto the page's device ([`crate::Flint::load_gguf`]).
+#[wasm_bindgen(js_name = Model)]
+pub struct WebModel {
+    model: Rc<Model>,
+    /// Set by [`WebModel::cancel`], read between tokens.
+    cancel: Rc<Cell<bool>>,
+    /// A generation is running (one at a time per model).
+    busy: Rc<Cell<bool>>,
+}
+
+/// One message of a conversation, as the page sends it.
+#[derive(Deserialize)]
+struct Message {
+    role: String,
+    content: String,
+}
+
+/// A generation request, as JSON (see [`WebModel::generate`]).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct GenerateRequest {
+    prompt: Option<String>,
+    messages: Option<Vec<Message>>,
+    ids: Option<Vec<u32>>,
+    chat: bool,
+    mode: Option<String>,
+    max_tokens: Option<usize>,
+    temperature: Option<f32>,
+    top_k: usize,
+    top_p: Option<f32>,
+    seed: u32,
+}
+
+fn js_err(e: impl std::fmt::Display) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+impl WebModel {
+    pub(crate) fn load(dev: &Device, name: &str, bytes: Vec<u8>) -> Result<WebModel, JsError> {
+        let model = Model::from_gguf_bytes(dev, name, bytes).map_err(js_err)?;
+        Ok(WebModel { model: Rc::new(model), cancel: Rc::new(Cell::new(false)), busy: Rc::new(Cell::new(false)) })
+    }
+}
+
+#[wasm_bindgen(js_class = Model)]
+impl WebModel {
+    /// What the model is, as JSON: its name, family, sizes, whether it has a chat template and
+    /// whether that template has a reasoning format of its own.
+    pub fn info(&self) -> String {
+        let d = self.model.decoder();
+        let c = &d.cfg;
+        let template = self.model.tokenizer().chat_template.as_deref();
+        serde_json::json!({
+            "name": self.model.path().display().to_string(),
+            "family": c.family,
+            "layers": c.layers,
+            "hidden": c.hidden,
+            "heads": c.heads,
+            "kv_heads": c.kv_heads,
+            "vocab": c.vocab,
+            "context": c.context,
+            "chat_template": template.is_some(),
+            "template_reasons": template.is_some_and(reasoning::template_reasons),
+            "vision": self.model.vision().is_some(),
+            "weight_bytes_per_token": d.weight_bytes_per_token(),
+        })
+        .to_string()
+    }
+
+    /// Token ids of `text` (with the tokenizer's special tokens when `special`).
+    pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>, JsError> {
+        self.model.tokenizer().encode(text, special).map_err(js_err)
+    }
+
+    /// Generate a reply. `request` is JSON with one of `prompt` (text; `chat` wraps it in the
+    /// chat template), `messages` (`[{role, content}]`, a conversation through the template)
+    /// or `ids` (prompt token ids as they are); `mode` (`instant` or `think`), `max_tokens`,
+    /// `temperature` (0, greedy, by default in instant mode), `top_k`, `top_p` and `seed`.
+    ///
+    /// `on_token` is called with a JSON object per new token: `id`, `text` (the token's text
+    /// once it is complete UTF-8), and in think mode `reasoning` and `answer` (what the text
+    /// adds to each part). It may return `false` to stop there, as [`WebModel::cancel`] does.
+    ///
+    /// Resolves to JSON: `prompt_ids`, `generated_ids`, `logprobs`, `text`, `reasoning` and
+    /// `answer` (think mode), `stop` (`stop`, `length`, `context` or `cancelled`) and
+    /// `timings` (prompt tokens, prefill and decode milliseconds and tokens per second).
+    /// Rejects on a bad request (naming the field and limit) or a GPU error.
+    pub fn generate(&self, request: &str, on_token: Option<Function>) -> Promise {
+        let (model, cancel, busy) = (self.model.clone(), self.cancel.clone(), self.busy.clone());
+        let request = request.to_string();
+        future_to_promise(async move {
+            if busy.replace(true) {
+                return Err(js_err("this model is already generating; wait for it or cancel it first").into());
+            }
+            cancel.set(false);
+            let r = generate(&model, &request, on_token.as_ref(), &cancel).await;
+            busy.set(false);
+            r.map(|v| JsValue::from_str(&v.to_string()))
+        })
+    }
+
+    /// Stop the running generation after its current token (its promise resolves with stop
+    /// `cancelled`).
+    pub fn cancel(&self) {
+        self.cancel.set(true);
+    }
+}
+
+/// The request's mode (instant unless named).
+fn mode(req: &GenerateRequest) -> Result<Mode, JsError> {
+    match req.mode.as_deref().unwrap_or("instant") {
+        "contemplate" => Err(js_err(
+            "contemplate runs N branches on the batched engine, which the browser build does not run yet; use \
+             instant or think",
+        )),
+        m => Mode::parse(m, 1).map_err(js_err),
+    }
+}
+
+/// The prompt's token ids.
+fn prompt_ids(model: &Model, req: &GenerateRequest, mode: Mode) -> Result<Vec<u32>, JsError> {
+    let given = [req.prompt.is_some(), req.messages.is_some(), req.ids.is_some()].iter().filter(|&&g| g).count();
+    if given != 1 {
+        return Err(js_err("a request needs exactly one of prompt, messages and ids"));
+    }
+    if let Some(ids) = &req.ids {
+        return Ok(ids.clone());
+    }
+    if let Some(prompt) = &req.prompt {
+        return reasoning::prompt_ids(model, mode, prompt, req.chat).map_err(js_err);
+    }
+    let template = model.tokenizer().chat_template.as_deref();
+    let Some(template) = template else {
+        return Err(js_err("messages need the model's chat template, and it has none (tokenizer.chat_template)"));
+    };
+    let mut messages: Vec<ChatMessage> = Vec::new();
+    let own_format = reasoning::template_reasons(template);
+    if mode.reasons() && !own_format {
+        messages.push(ChatMessage { role: "system".into(), text: reasoning::REASONING_SYSTEM.into(), images: 0 });
+    }
+    for m in req.messages.iter().flatten() {
+        messages.push(ChatMessage { role: m.role.clone(), text: m.content.clone(), images: 0 });
+    }
+    let thinking = (mode.reasons() && own_format).then_some(true);
+    Ok(model.chat_prompt(&messages, &[], thinking).map_err(js_err)?.0)
+}
+
+async fn generate(
+    model: &Model,
+    request: &str,
+    on_token: Option<&Function>,
+    cancel: &Cell<bool>,
+) -> Result<serde_json::Value, JsValue> {
+    let req: GenerateRequest =
+        serde_json::from_str(request).map_err(|e| js_err(format!("the generation request: {e}")))?;
+    let mode = mode(&req)?;
+    let prompt = prompt_ids(model, &req, mode)?;
+    let mut sampling: SamplingOptions = model.sampling(req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS));
+    sampling.temperature = req.temperature.unwrap_or(mode.default_temperature());
+    sampling.top_k = req.top_k;
+    sampling.top_p = req.top_p.unwrap_or(1.0);
+    sampling.seed = req.seed;
+    let capacity = prompt.len().saturating_add(sampling.max_tokens);
+    let mut session = model.session(capacity).map_err(js_err)?;
+    let tok = model.tokenizer();
+    let mut stream = StreamDecoder::default();
+    let mut split = mode.reasons().then(|| ReplySplitter::for_prompt(model, &prompt));
+    let mut failed: Option<JsValue> = None;
+    let out = session
+        .generate_async(&prompt, None, &sampling, |id| {
+            let text = match stream.push(tok, id) {
+                Ok(t) => t,
+                Err(e) => {
+                    failed = Some(js_err(e).into());
+                    return ControlFlow::Break(());
+                }
+            };
+            let mut piece = serde_json::json!({ "id": id, "text": text });
+            if let Some(s) = split.as_mut() {
+                let d = s.push(&text);
+                piece["reasoning"] = d.reasoning.into();
+                piece["answer"] = d.answer.into();
+            }
+            if let Some(f) = on_token {
+                match f.call1(&JsValue::NULL, &JsValue::from_str(&piece.to_string())) {
+                    Ok(v) if v == JsValue::FALSE => return ControlFlow::Break(()),
+                    Ok(_) => {}
+                    Err(e) => {
+                        failed = Some(e);
+                        return ControlFlow::Break(());
+                    }
+                }
+            }
+            if cancel.get() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        })
+        .await
+        .map_err(js_err)?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let text = tok.decode(&out.tokens, true).map_err(js_err)?;
+    let mut v = serde_json::json!({
+        "mode": mode.name(),
+        "prompt_ids": prompt,
+        "generated_ids": out.tokens,
+        "logprobs": out.logprobs,
+        "text": text,
+        "stop": out.stop,
+        "timings": {
+            "prompt_tokens": out.prompt_tokens,
+            "prefill_ms": out.prefill.as_secs_f64() * 1e3,
+            "prefill_tokens_per_s": out.prefill_tokens_per_s(),
+            "generated_tokens": out.tokens.len(),
+            "decode_ms": out.decode.as_secs_f64() * 1e3,
+            "decode_tokens_per_s": out.decode_tokens_per_s(),
+        },
+    });
+    if mode.reasons() {
+        let reply = ReplySplitter::for_prompt(model, &prompt).whole(&text);
+        v["reasoning"] = reply.reasoning.into();
+        v["answer"] = reply.answer.into();
+    }
+    Ok(v)
+}

@@ -1,0 +1,91 @@
+// The chat page with the default model (SmolLM2-135M-Instruct Q4_1, which `cargo xtask web`
+// serves from flint's cache): a reply streams into the page (screenshot under
+// target/web/results); greedy decoding of the held prompt gives the ids transformers gave,
+// which native flint's tests hold too (tests/fixtures/models/smollm2-135m.json); cancelling
+// stops after the token it was asked at; think mode splits its reply; and bad input (a URL
+// that 404s, a file that is not GGUF, a malformed request) is an error with a message.
+import { readFileSync, writeFileSync } from "node:fs";
+
+const MODEL = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+export async function chat(page, url, results) {
+  const fixture = JSON.parse(readFileSync("tests/fixtures/models/smollm2-135m.json", "utf8"));
+  const prompt = "What is 2 + 2?";
+  await page.goto(`${url}/index.html?auto=1&max=24&model=${encodeURIComponent(MODEL)}&prompt=${encodeURIComponent(prompt)}`);
+  await page.waitForFunction(() => ["done", "error"].includes(window.flintChat?.state), null, {
+    timeout: 10 * 60 * 1000,
+    polling: 500,
+  });
+  await page.screenshot({ path: `${results}/chat.png` });
+  const first = await page.evaluate(() => ({ state: window.flintChat.state, error: window.flintChat.error, last: window.flintChat.last }));
+  if (first.state !== "done") throw new Error(`the chat page reported: ${first.error}`);
+  const shown = await page.locator(".msg.assistant .text").last().textContent();
+  if (!first.last.text.trim() || shown.trim() !== first.last.text.trim()) {
+    throw new Error(`the page shows ${JSON.stringify(shown)} for the reply ${JSON.stringify(first.last.text)}`);
+  }
+
+  const checks = await page.evaluate(async (fx) => {
+    const model = window.flintChat.model;
+    const out = {};
+    // Greedy from the held prompt ids, as native flint's models test runs it.
+    const greedy = await model.generate({ ids: fx.logits.ids, max_tokens: fx.greedy.length, temperature: 0 });
+    out.greedy = greedy.generated_ids;
+    out.timings = greedy.timings;
+    // Asked to stop at the third token.
+    let seen = 0;
+    const cut = await model.generate({ ids: fx.logits.ids, max_tokens: 50, temperature: 0 }, () => ++seen < 3);
+    out.cancelled = { stop: cut.stop, ids: cut.generated_ids };
+    // Think mode: the reply is split into reasoning and answer.
+    const think = await model.generate({ prompt: "What is 3 + 5?", mode: "think", max_tokens: 12 });
+    out.think = { mode: think.mode, reasoning: typeof think.reasoning, answer: typeof think.answer, text: think.text };
+    // Bad input.
+    const error = async (f) => {
+      try {
+        await f();
+        return null;
+      } catch (e) {
+        return String(e.message ?? e);
+      }
+    };
+    const flint = window.flintChat.flint;
+    out.errors = {
+      missing: await error(() => flint.loadModel("models/no-such-model.gguf")),
+      notGguf: await error(() => flint.loadModel("index.html")),
+      neither: await error(() => model.generate({ max_tokens: 4 })),
+      unknownField: await error(() => model.generate({ prompt: "hi", max_token: 4 })),
+      contemplate: await error(() => model.generate({ prompt: "hi", mode: "contemplate" })),
+      outsideVocab: await error(() => model.generate({ ids: [1, 10_000_000], max_tokens: 2 })),
+      noBudget: await error(() => model.generate({ prompt: "hi", max_tokens: 0 })),
+    };
+    return out;
+  }, fixture);
+  writeFileSync(`${results}/chat.json`, JSON.stringify({ first: first.last, ...checks }, null, 1));
+
+  const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+  if (!same(checks.greedy, fixture.greedy)) {
+    throw new Error(`greedy ids ${JSON.stringify(checks.greedy)}, transformers and native flint give ${JSON.stringify(fixture.greedy)}`);
+  }
+  if (checks.cancelled.stop !== "cancelled" || !same(checks.cancelled.ids, fixture.greedy.slice(0, 3))) {
+    throw new Error(`cancelling at the third token gave ${JSON.stringify(checks.cancelled)}`);
+  }
+  if (checks.think.mode !== "think" || checks.think.reasoning !== "string" || checks.think.answer !== "string") {
+    throw new Error(`think mode gave ${JSON.stringify(checks.think)}`);
+  }
+  const want = {
+    missing: /HTTP 404/,
+    notGguf: /not a GGUF file/,
+    neither: /exactly one of prompt, messages and ids/,
+    unknownField: /unknown field `max_token`/,
+    contemplate: /contemplate/,
+    outsideVocab: /10000000.*vocabulary|vocabulary.*10000000/,
+    noBudget: /token/,
+  };
+  for (const [k, re] of Object.entries(want)) {
+    if (!checks.errors[k] || !re.test(checks.errors[k])) {
+      throw new Error(`bad input ${k}: expected an error matching ${re}, got ${JSON.stringify(checks.errors[k])}`);
+    }
+  }
+  const t = checks.timings;
+  return `greedy ids equal transformers'; reply "${first.last.text.trim().slice(0, 60)}"; ` +
+    `prefill ${t.prompt_tokens} tokens at ${t.prefill_tokens_per_s.toFixed(1)} tok/s, decode ${t.decode_tokens_per_s.toFixed(1)} tok/s`;
+}
