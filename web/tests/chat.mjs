@@ -1,8 +1,9 @@
 // The chat page with the default model (SmolLM2-135M-Instruct Q4_1, which `cargo xtask web`
 // serves from flint's cache): a reply streams into the page (screenshot under
 // target/web/results); greedy decoding of the held prompt gives the ids transformers gave,
-// which native flint's tests hold too (tests/fixtures/models/smollm2-135m.json); cancelling
-// stops after the token it was asked at; think mode splits its reply; and bad input (a URL
+// which native flint's tests hold too (tests/fixtures/models/smollm2-135m.json), and so do
+// four contemplate branches at temperature 0; cancelling stops after the token it was asked
+// at; think mode splits its reply; and bad input (a URL
 // that 404s, a file that is not GGUF, a malformed request) is an error with a message.
 import { readFileSync, writeFileSync } from "node:fs";
 
@@ -38,6 +39,14 @@ export async function chat(page, url, results) {
     // Think mode: the reply is split into reasoning and answer.
     const think = await model.generate({ prompt: "What is 3 + 5?", mode: "think", max_tokens: 12 });
     out.think = { mode: think.mode, reasoning: typeof think.reasoning, answer: typeof think.answer, text: think.text };
+    // Contemplate: four branches from one prefill (sharing its KV pages) at temperature 0 are
+    // the same, and the same as one greedy generation.
+    const streamed = [[], [], [], []];
+    const many = await model.generate(
+      { ids: fx.logits.ids, mode: "contemplate", branches: 4, temperature: 0, max_tokens: fx.greedy.length },
+      (piece) => { streamed[piece.branch].push(piece.id); },
+    );
+    out.contemplate = { branches: many.branches.map((b) => b.generated_ids), streamed, chosen: many.chosen, tally: many.tally };
     // Bad input.
     const error = async (f) => {
       try {
@@ -53,7 +62,7 @@ export async function chat(page, url, results) {
       notGguf: await error(() => flint.loadModel("index.html")),
       neither: await error(() => model.generate({ max_tokens: 4 })),
       unknownField: await error(() => model.generate({ prompt: "hi", max_token: 4 })),
-      contemplate: await error(() => model.generate({ prompt: "hi", mode: "contemplate" })),
+      branches: await error(() => model.generate({ prompt: "hi", mode: "contemplate", branches: 99 })),
       outsideVocab: await error(() => model.generate({ ids: [1, 10_000_000], max_tokens: 2 })),
       noBudget: await error(() => model.generate({ prompt: "hi", max_tokens: 0 })),
     };
@@ -68,6 +77,10 @@ export async function chat(page, url, results) {
   if (checks.cancelled.stop !== "cancelled" || !same(checks.cancelled.ids, fixture.greedy.slice(0, 3))) {
     throw new Error(`cancelling at the third token gave ${JSON.stringify(checks.cancelled)}`);
   }
+  const c = checks.contemplate;
+  if (c.branches.length !== 4 || !c.branches.every((b) => same(b, fixture.greedy)) || !same(c.streamed, c.branches)) {
+    throw new Error(`contemplate with 4 branches at temperature 0 gave ${JSON.stringify(c)}`);
+  }
   if (checks.think.mode !== "think" || checks.think.reasoning !== "string" || checks.think.answer !== "string") {
     throw new Error(`think mode gave ${JSON.stringify(checks.think)}`);
   }
@@ -76,7 +89,7 @@ export async function chat(page, url, results) {
     notGguf: /not a GGUF file/,
     neither: /exactly one of prompt, messages and ids/,
     unknownField: /unknown field `max_token`/,
-    contemplate: /contemplate/,
+    branches: /branches is 99; the page runs 1 to 16/,
     outsideVocab: /10000000.*vocabulary|vocabulary.*10000000/,
     noBudget: /token/,
   };

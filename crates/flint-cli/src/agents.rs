@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use flint_gpu::Device;
-use flint_runtime::engine::{EngineOptions, Event, Request, RequestId, RequestOutput};
+use flint_runtime::engine::{EngineOptions, Event, Request, RequestId};
 use flint_runtime::generate::SamplingOptions;
 use flint_runtime::model::Model;
 use flint_runtime::multimodal::Pixels;
@@ -34,58 +34,6 @@ fn progress(total: Option<u64>, what: &str) -> ProgressBar {
     bar.set_message(what.to_string());
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
     bar
-}
-
-/// A finished request as JSON: every branch with its text, answer and log-probability, the
-/// vote for contemplating mode, the reasoning split for thinking mode, and timings.
-fn describe(model: &Model, mode: Mode, out: &RequestOutput) -> Result<Value> {
-    let texts: Vec<String> =
-        out.branches.iter().map(|b| model.tokenizer().decode(&b.tokens, true)).collect::<Result<_, _>>()?;
-    let t = &out.timings;
-    let mut v = json!({
-        "mode": mode.name(),
-        "timings": {
-            "prompt_tokens": t.prompt_tokens,
-            "generated_tokens": t.generated_tokens,
-            "queued_ms": t.queued.as_secs_f64() * 1e3,
-            "prefill_ms": t.prefill.as_secs_f64() * 1e3,
-            "decode_ms": t.decode.as_secs_f64() * 1e3,
-            "decode_tokens_per_s": t.decode_tokens_per_s(out.branches.len()),
-        },
-    });
-    if let Mode::Contemplate { .. } = mode {
-        let Some(vote) = &out.vote else { anyhow::bail!("a contemplating request finished without its vote") };
-        v["answer"] = json!(vote.answer);
-        v["chosen"] = json!(vote.chosen);
-        v["text"] = json!(texts[vote.chosen]);
-        v["tally"] = serde_json::to_value(&vote.tally)?;
-        v["branches"] = texts
-            .iter()
-            .zip(&out.branches)
-            .map(|(text, b)| {
-                json!({
-                    "text": text,
-                    "answer": reasoning::final_answer(text),
-                    "generated_ids": b.tokens,
-                    "mean_logprob": b.mean_logprob(),
-                    "logprob": b.logprobs.iter().sum::<f32>(),
-                    "stop": b.stop,
-                })
-            })
-            .collect();
-    } else {
-        let b = &out.branches[0];
-        v["text"] = json!(texts[0]);
-        v["generated_ids"] = json!(b.tokens);
-        v["mean_logprob"] = json!(b.mean_logprob());
-        v["stop"] = json!(b.stop);
-        if mode.reasons() {
-            let r = reasoning::split_reply(&texts[0]);
-            v["reasoning"] = json!(r.reasoning);
-            v["answer"] = json!(r.answer);
-        }
-    }
-    Ok(v)
 }
 
 /// `flint generate --mode contemplate`: prefill once, decode the branches together, vote.
@@ -122,7 +70,7 @@ pub fn contemplate(
         Some(Err(e)) => anyhow::bail!("{e}"),
         None => anyhow::bail!("the engine finished without the request"),
     };
-    let mut v = describe(model, opts.mode, &out)?;
+    let mut v = reasoning::describe(model, opts.mode, &out)?;
     let peak_kv = engine.peak_kv_bytes();
     let mut stdout = std::io::stdout().lock();
     if opts.json {
@@ -261,7 +209,7 @@ pub fn sub_agents(
                 Event::Token { .. } => {}
                 Event::Finished { request, output } => {
                     let (i, mode) = running[&request];
-                    let mut v = describe(model, mode, &output)?;
+                    let mut v = reasoning::describe(model, mode, &output)?;
                     v["index"] = json!(i);
                     v["line"] = json!(lines[i].0);
                     done.insert(i, v);

@@ -506,11 +506,20 @@ impl Engine {
     /// A failure of the GPU (a submit refused, a device lost) fails every running request with
     /// [`Event::Failed`] and frees its pages; the engine stays usable for new requests if the
     /// device does.
+    ///
+    /// Blocks the thread; in the browser it returns an error: use [`Engine::step_async`].
     pub fn step(&mut self) -> Result<Vec<Event>> {
+        flint_gpu::block_on("an engine step", self.step_async())
+    }
+
+    /// [`Engine::step`] without blocking: every wait for the GPU (a prefill chunk, the first
+    /// tokens' readback, a step's results) is awaited, so a browser page's event loop runs
+    /// while the GPU works.
+    pub async fn step_async(&mut self) -> Result<Vec<Event>> {
         let mut events = Vec::new();
-        self.admit(&mut events)?;
-        if let Err(e) = self.advance(&mut events) {
-            self.fail_all(&e, &mut events)?;
+        self.admit(&mut events).await?;
+        if let Err(e) = self.advance(&mut events).await {
+            self.fail_all(&e, &mut events).await?;
         }
         self.peak_pages = self.peak_pages.max(self.pool.used_pages());
         self.retire(&mut events)?;
@@ -519,7 +528,7 @@ impl Engine {
 
     /// Submit this step if none is in flight, then the next ahead of its results, and take
     /// the oldest step's results (see [`Engine::step`]).
-    fn advance(&mut self, events: &mut Vec<Event>) -> Result<()> {
+    async fn advance(&mut self, events: &mut Vec<Event>) -> Result<()> {
         if self.in_flight.is_empty() {
             self.submit_step()?;
         }
@@ -527,7 +536,7 @@ impl Engine {
             self.submit_step()?;
         }
         if !self.in_flight.is_empty()
-            && let Some((tag, results)) = self.stepper.take(true)?
+            && let Some((tag, results)) = self.stepper.take_async().await?
         {
             self.take_results(tag, &results, events)?;
         }
@@ -536,10 +545,10 @@ impl Engine {
 
     /// Fail every running request with `error`, freeing its pages and slots, and forget the
     /// steps in flight.
-    fn fail_all(&mut self, error: &RuntimeError, events: &mut Vec<Event>) -> Result<()> {
+    async fn fail_all(&mut self, error: &RuntimeError, events: &mut Vec<Event>) -> Result<()> {
         tracing::error!(%error, requests = self.active.len(), "decode step failed; failing the running requests");
         self.in_flight.clear();
-        if let Err(e) = self.stepper.drain() {
+        if let Err(e) = self.stepper.drain_async().await {
             tracing::debug!(error = %e, "while draining the steps in flight");
         }
         for a in std::mem::take(&mut self.active) {
@@ -570,7 +579,7 @@ impl Engine {
     /// through, then requests from the queue that fit (KV pages and batch room), in order; when
     /// the head does not fit, a request behind it that does may go first, but only
     /// `max_batch` times before the queue waits for the head, so it is never starved.
-    fn admit(&mut self, events: &mut Vec<Event>) -> Result<()> {
+    async fn admit(&mut self, events: &mut Vec<Event>) -> Result<()> {
         let mut budget = self.prefill_chunk;
         loop {
             if let Some(mut p) = self.prefilling.take() {
@@ -584,10 +593,7 @@ impl Engine {
                 if left > p.size {
                     // A middle chunk: into the cache, finished before the next is recorded.
                     let c = &p.w.req.prompt[p.done..p.done + p.size];
-                    if let Err(e) = flint_gpu::block_on(
-                        "a prefill chunk",
-                        crate::generate::prefill_into(&self.model, &mut self.pool, p.seq, c),
-                    ) {
+                    if let Err(e) = crate::generate::prefill_into(&self.model, &mut self.pool, p.seq, c).await {
                         let id = p.w.id;
                         self.drop_prefill(p)?;
                         events.push(Event::Failed { request: id, error: e.to_string() });
@@ -599,7 +605,7 @@ impl Engine {
                     continue;
                 }
                 budget = budget.saturating_sub(left);
-                self.finish_prefill(p, events)?;
+                self.finish_prefill(p, events).await?;
                 continue;
             }
             if budget == 0 {
@@ -649,9 +655,9 @@ impl Engine {
 
     /// Run a prompt's last chunk with its logits, draw each branch's first token, and make
     /// the request active (or fail it alone).
-    fn finish_prefill(&mut self, p: Prefilling, events: &mut Vec<Event>) -> Result<()> {
+    async fn finish_prefill(&mut self, p: Prefilling, events: &mut Vec<Event>) -> Result<()> {
         let Prefilling { w, seq, slots, done, started, .. } = p;
-        match self.prefill(&w.req, seq, done, &slots) {
+        match self.prefill(&w.req, seq, done, &slots).await {
             Ok(branches) => {
                 let prefill = started.elapsed();
                 let mut a = Active {
@@ -712,45 +718,14 @@ impl Engine {
     /// already) and draw each branch's first token from its last logits. Returns the
     /// branches' sequences (the first is the prompt's own; the others are forks sharing its
     /// pages) with their first token and its log-probability.
-    fn prefill(&mut self, req: &Request, seq: SeqId, done: usize, slots: &[u32]) -> Result<Vec<(SeqId, u32, f32)>> {
-        let dev = self.model.device().clone();
-        let (n, vocab) = (req.branches, self.model.cfg.vocab);
-        let run = |pool: &mut KvPool| -> Result<Vec<(u32, f32)>> {
-            // The earlier chunks are in the cache already (see `admit`).
-            let prompt = &req.prompt[done..];
-            let p = prompt.len();
-            let mut rec = Recorder::new(&dev);
-            let (vision, pixels) = (self.vision.as_deref(), req.pixels.as_deref());
-            let h = crate::multimodal::forward_prompt(&self.model, vision, &mut rec, pool, seq, prompt, pixels)?;
-            let last = self.model.logits(&mut rec, &h, p - 1..p)?;
-            let logits = if n == 1 {
-                last
-            } else {
-                let rows = dev.empty("branch logits", &[n, vocab], DType::F32)?;
-                for b in 0..n {
-                    rec.copy(&last, &rows.view((b * vocab * 4) as u64, &[1, vocab], DType::F32)?)?;
-                }
-                rows
-            };
-            if slots.len() != n {
-                return Err(RuntimeError::Request(format!("{n} branches but {} free token slots", slots.len())));
-            }
-            let opts: Vec<u32> = (0..n)
-                .flat_map(|b| {
-                    let seed = req.sampling.seed.wrapping_add(b as u32);
-                    let params = req.sampling.params(1, vocab);
-                    RowOptions { params, seed, step: 0, slot: slots[b] }.words()
-                })
-                .collect();
-            let opts = dev.upload_u32("sample options", &opts, &[n, RowOptions::WORDS])?;
-            let out = dev.empty("sample out", &[n, 2], DType::F32)?;
-            let tokens = self.stepper.tokens();
-            flint_kernels::sample::sample_rows(&dev, &mut rec, n, vocab, &logits, &opts, &out, tokens)?;
-            rec.submit()?.wait()?;
-            let r = dev.read_f32(&out)?;
-            Ok(r.chunks_exact(2).map(|c| (c[0] as u32, c[1])).collect())
-        };
-        let drawn = match run(&mut self.pool) {
+    async fn prefill(
+        &mut self,
+        req: &Request,
+        seq: SeqId,
+        done: usize,
+        slots: &[u32],
+    ) -> Result<Vec<(SeqId, u32, f32)>> {
+        let drawn = match self.draw_first(req, seq, done, slots).await {
             Ok(d) => d,
             Err(e) => {
                 self.pool.free(seq)?;
@@ -770,6 +745,46 @@ impl Engine {
             }
         }
         Ok(out)
+    }
+
+    /// Run the rest of a prompt (from `done`) and draw each branch's first token from its last
+    /// logits, into the branches' token slots too.
+    async fn draw_first(&mut self, req: &Request, seq: SeqId, done: usize, slots: &[u32]) -> Result<Vec<(u32, f32)>> {
+        let dev = self.model.device().clone();
+        let (n, vocab) = (req.branches, self.model.cfg.vocab);
+        // The earlier chunks are in the cache already (see `admit`).
+        let prompt = &req.prompt[done..];
+        let p = prompt.len();
+        let mut rec = Recorder::new(&dev);
+        let (vision, pixels) = (self.vision.as_deref(), req.pixels.as_deref());
+        let h = crate::multimodal::forward_prompt(&self.model, vision, &mut rec, &mut self.pool, seq, prompt, pixels)?;
+        let last = self.model.logits(&mut rec, &h, p - 1..p)?;
+        let logits = if n == 1 {
+            last
+        } else {
+            let rows = dev.empty("branch logits", &[n, vocab], DType::F32)?;
+            for b in 0..n {
+                rec.copy(&last, &rows.view((b * vocab * 4) as u64, &[1, vocab], DType::F32)?)?;
+            }
+            rows
+        };
+        if slots.len() != n {
+            return Err(RuntimeError::Request(format!("{n} branches but {} free token slots", slots.len())));
+        }
+        let opts: Vec<u32> = (0..n)
+            .flat_map(|b| {
+                let seed = req.sampling.seed.wrapping_add(b as u32);
+                let params = req.sampling.params(1, vocab);
+                RowOptions { params, seed, step: 0, slot: slots[b] }.words()
+            })
+            .collect();
+        let opts = dev.upload_u32("sample options", &opts, &[n, RowOptions::WORDS])?;
+        let out = dev.empty("sample out", &[n, 2], DType::F32)?;
+        let tokens = self.stepper.tokens();
+        flint_kernels::sample::sample_rows(&dev, &mut rec, n, vocab, &logits, &opts, &out, tokens)?;
+        rec.submit()?.finished().await?;
+        let r = dev.read_f32_async(&out).await?;
+        Ok(r.chunks_exact(2).map(|c| (c[0] as u32, c[1])).collect())
     }
 
     /// Submit one batched decode step over every branch that can still grow (rows in request

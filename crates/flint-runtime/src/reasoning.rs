@@ -527,6 +527,60 @@ pub fn vote(branches: &[(String, f32)]) -> Vote {
     }
 }
 
+/// A finished request as JSON: every branch with its text, answer and log-probability, the
+/// vote for contemplating mode, the reasoning split for thinking mode, and timings.
+pub fn describe(model: &Model, mode: Mode, out: &crate::engine::RequestOutput) -> Result<serde_json::Value> {
+    let texts: Vec<String> =
+        out.branches.iter().map(|b| model.tokenizer().decode(&b.tokens, true)).collect::<Result<_, _>>()?;
+    let t = &out.timings;
+    let mut v = serde_json::json!({
+        "mode": mode.name(),
+        "timings": {
+            "prompt_tokens": t.prompt_tokens,
+            "generated_tokens": t.generated_tokens,
+            "queued_ms": t.queued.as_secs_f64() * 1e3,
+            "prefill_ms": t.prefill.as_secs_f64() * 1e3,
+            "decode_ms": t.decode.as_secs_f64() * 1e3,
+            "decode_tokens_per_s": t.decode_tokens_per_s(out.branches.len()),
+        },
+    });
+    if let Mode::Contemplate { .. } = mode {
+        let Some(vote) = &out.vote else {
+            return Err(RuntimeError::Request("a contemplating request finished without its vote".into()));
+        };
+        v["answer"] = serde_json::json!(vote.answer);
+        v["chosen"] = serde_json::json!(vote.chosen);
+        v["text"] = serde_json::json!(texts[vote.chosen]);
+        v["tally"] = serde_json::json!(vote.tally);
+        v["branches"] = texts
+            .iter()
+            .zip(&out.branches)
+            .map(|(text, b)| {
+                serde_json::json!({
+                    "text": text,
+                    "answer": final_answer(text),
+                    "generated_ids": b.tokens,
+                    "mean_logprob": b.mean_logprob(),
+                    "logprob": b.logprobs.iter().sum::<f32>(),
+                    "stop": b.stop,
+                })
+            })
+            .collect();
+    } else {
+        let b = &out.branches[0];
+        v["text"] = serde_json::json!(texts[0]);
+        v["generated_ids"] = serde_json::json!(b.tokens);
+        v["mean_logprob"] = serde_json::json!(b.mean_logprob());
+        v["stop"] = serde_json::json!(b.stop);
+        if mode.reasons() {
+            let r = split_reply(&texts[0]);
+            v["reasoning"] = serde_json::json!(r.reasoning);
+            v["answer"] = serde_json::json!(r.answer);
+        }
+    }
+    Ok(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

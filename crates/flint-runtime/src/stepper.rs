@@ -297,21 +297,8 @@ impl Stepper {
         Ok(())
     }
 
-    /// The oldest step's results (`(token, log-probability)` per row) with its tag: waiting for
-    /// the GPU when `wait`, else only if it is done. None when nothing is in flight (or, not
-    /// waiting, nothing is done). Waiting blocks the thread (an error in the browser: use
-    /// [`Stepper::take_async`]).
-    pub fn take(&mut self, wait: bool) -> Result<Option<StepResult>> {
-        if wait {
-            return flint_gpu::block_on("a decode step", self.take_async());
-        }
-        if let Some(r) = self.ready.pop_front() {
-            return Ok(Some(r));
-        }
-        Ok(self.ring.try_take()?.map(step_result))
-    }
-
-    /// The oldest step's results, awaiting the GPU (None when nothing is in flight).
+    /// The oldest step's results (`(token, log-probability)` per row) with its tag, awaiting
+    /// the GPU (None when nothing is in flight).
     pub async fn take_async(&mut self) -> Result<Option<StepResult>> {
         if let Some(r) = self.ready.pop_front() {
             return Ok(Some(r));

@@ -54,7 +54,12 @@ impl Flint {
     pub fn adapter(&self) -> String {
         let c = self.dev.caps();
         serde_json::json!({
-            "label": c.label(),
+            // Browsers may hide the adapter's name (WebGPU's adapter info is opt-in).
+            "label": if c.name.is_empty() {
+                format!("{} (a {} adapter the browser does not name)", c.backend, c.device_type)
+            } else {
+                c.label()
+            },
             "name": c.name,
             "backend": c.backend,
             "driver": c.driver,

@@ -7,17 +7,22 @@ use std::ops::ControlFlow;
 use std::rc::Rc;
 
 use flint_gpu::Device;
+use flint_runtime::engine::{EngineOptions, Event};
 use flint_runtime::generate::SamplingOptions;
 use flint_runtime::model::{ChatMessage, Model};
 use flint_runtime::reasoning::{self, Mode, ReplySplitter};
 use flint_runtime::tokenizer::StreamDecoder;
 use js_sys::{Function, Promise};
 use serde::Deserialize;
+use serde_json::json;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
 /// Most new tokens a request may ask for when it names no budget.
 const DEFAULT_MAX_TOKENS: usize = 256;
+/// Branches of a contemplate request that names none, and the most it may ask for.
+const DEFAULT_BRANCHES: usize = 4;
+const MAX_BRANCHES: usize = 16;
 
 /// A model loaded onto the page's device ([`crate::Flint::load_gguf`]).
 #[wasm_bindgen(js_name = Model)]
@@ -45,6 +50,7 @@ struct GenerateRequest {
     ids: Option<Vec<u32>>,
     chat: bool,
     mode: Option<String>,
+    branches: Option<usize>,
     max_tokens: Option<usize>,
     temperature: Option<f32>,
     top_k: usize,
@@ -95,16 +101,20 @@ impl WebModel {
 
     /// Generate a reply. `request` is JSON with one of `prompt` (text; `chat` wraps it in the
     /// chat template), `messages` (`[{role, content}]`, a conversation through the template)
-    /// or `ids` (prompt token ids as they are); `mode` (`instant` or `think`), `max_tokens`,
-    /// `temperature` (0, greedy, by default in instant mode), `top_k`, `top_p` and `seed`.
+    /// or `ids` (prompt token ids as they are); `mode` (`instant`, `think` or `contemplate`
+    /// with `branches`, 4 by default), `max_tokens` (256 by default), `temperature` (the
+    /// mode's: greedy for instant and think), `top_k`, `top_p` and `seed`.
     ///
     /// `on_token` is called with a JSON object per new token: `id`, `text` (the token's text
-    /// once it is complete UTF-8), and in think mode `reasoning` and `answer` (what the text
-    /// adds to each part). It may return `false` to stop there, as [`WebModel::cancel`] does.
+    /// once it is complete UTF-8), in think mode `reasoning` and `answer` (what the text adds
+    /// to each part), in contemplate mode its `branch`. It may return `false` to stop there, as
+    /// [`WebModel::cancel`] does.
     ///
     /// Resolves to JSON: `prompt_ids`, `generated_ids`, `logprobs`, `text`, `reasoning` and
     /// `answer` (think mode), `stop` (`stop`, `length`, `context` or `cancelled`) and
-    /// `timings` (prompt tokens, prefill and decode milliseconds and tokens per second).
+    /// `timings` (prompt tokens, prefill and decode milliseconds and tokens per second); in
+    /// contemplate mode `branches` (each one's text, answer, ids, log-probability, stop), the
+    /// vote's `tally`, `answer` and `chosen` branch, whose text is `text`.
     /// Rejects on a bad request (naming the field and limit) or a GPU error.
     pub fn generate(&self, request: &str, on_token: Option<Function>) -> Promise {
         let (model, cancel, busy) = (self.model.clone(), self.cancel.clone(), self.busy.clone());
@@ -127,15 +137,13 @@ impl WebModel {
     }
 }
 
-/// The request's mode (instant unless named).
+/// The request's mode (instant unless named; contemplate with `branches`, 4 by default).
 fn mode(req: &GenerateRequest) -> Result<Mode, JsError> {
-    match req.mode.as_deref().unwrap_or("instant") {
-        "contemplate" => Err(js_err(
-            "contemplate runs N branches on the batched engine, which the browser build does not run yet; use \
-             instant or think",
-        )),
-        m => Mode::parse(m, 1).map_err(js_err),
+    let branches = req.branches.unwrap_or(DEFAULT_BRANCHES);
+    if !(1..=MAX_BRANCHES).contains(&branches) {
+        return Err(js_err(format!("branches is {branches}; the page runs 1 to {MAX_BRANCHES}")));
     }
+    Mode::parse(req.mode.as_deref().unwrap_or("instant"), branches).map_err(js_err)
 }
 
 /// The prompt's token ids.
@@ -181,6 +189,9 @@ async fn generate(
     sampling.top_k = req.top_k;
     sampling.top_p = req.top_p.unwrap_or(1.0);
     sampling.seed = req.seed;
+    if let Mode::Contemplate { branches } = mode {
+        return contemplate(model, mode, branches, prompt, sampling, on_token, cancel).await;
+    }
     let capacity = prompt.len().saturating_add(sampling.max_tokens);
     let mut session = model.session(capacity).map_err(js_err)?;
     let tok = model.tokenizer();
@@ -242,4 +253,67 @@ async fn generate(
         v["answer"] = reply.answer.into();
     }
     Ok(v)
+}
+
+/// Contemplate: `branches` branches decoded together on the batched engine from one prefill
+/// (sharing its KV pages through cascade attention), then a vote over their final answers.
+/// Each token reaches `on_token` with its `branch`; the result is the engine's, as `flint
+/// generate --mode contemplate --json` prints it (branches, tally, chosen, its text).
+async fn contemplate(
+    model: &Model,
+    mode: Mode,
+    branches: usize,
+    prompt: Vec<u32>,
+    sampling: SamplingOptions,
+    on_token: Option<&Function>,
+    cancel: &Cell<bool>,
+) -> Result<serde_json::Value, JsValue> {
+    // A KV cache for this request alone: the prompt once, each branch's own tokens, a page of
+    // slack each (the browser's memory is the page's, not the machine's).
+    let page = 64;
+    let kv_tokens = prompt.len() + branches * (sampling.max_tokens + page) + page;
+    let mut engine = model.engine(EngineOptions { kv_tokens, page_size: page, max_batch: branches }).map_err(js_err)?;
+    let id = engine.submit(mode.request(prompt.clone(), sampling)).map_err(js_err)?;
+    let tok = model.tokenizer();
+    let mut streams: Vec<StreamDecoder> = (0..branches).map(|_| StreamDecoder::default()).collect();
+    let mut seen: Vec<Vec<u32>> = vec![Vec::new(); branches];
+    while !engine.is_idle() {
+        for event in engine.step_async().await.map_err(js_err)? {
+            match event {
+                Event::Token { request, branch, token, .. } if request == id => {
+                    seen[branch].push(token);
+                    let text = streams[branch].push(tok, token).map_err(js_err)?;
+                    if let Some(f) = on_token {
+                        let piece = json!({ "branch": branch, "id": token, "text": text });
+                        if f.call1(&JsValue::NULL, &JsValue::from_str(&piece.to_string()))? == JsValue::FALSE {
+                            cancel.set(true);
+                        }
+                    }
+                }
+                Event::Finished { request, output } if request == id => {
+                    let mut v = reasoning::describe(model, mode, &output).map_err(js_err)?;
+                    v["prompt_ids"] = json!(prompt);
+                    v["stop"] = json!(output.chosen().map(|b| b.stop));
+                    return Ok(v);
+                }
+                Event::Failed { request, error } if request == id => return Err(js_err(error).into()),
+                _ => {}
+            }
+        }
+        if cancel.get() {
+            engine.cancel(id).map_err(js_err)?;
+            let texts: Vec<String> =
+                seen.iter().map(|t| tok.decode(t, true)).collect::<Result<_, _>>().map_err(js_err)?;
+            let branches: Vec<serde_json::Value> =
+                texts.iter().zip(&seen).map(|(text, ids)| json!({ "text": text, "generated_ids": ids })).collect();
+            return Ok(json!({
+                "mode": mode.name(),
+                "prompt_ids": prompt,
+                "stop": "cancelled",
+                "text": texts[0],
+                "branches": branches,
+            }));
+        }
+    }
+    Err(js_err("the engine went idle without finishing the request").into())
 }
