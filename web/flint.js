@@ -85,8 +85,52 @@ export async function open() {
         onProgress?.({ phase: "load", done: bytes.length, total: bytes.length });
         return wrapModel(model);
       }),
+    /**
+     * Load a Hugging Face model directory from its files: `files` maps each file name
+     * (config.json, model.safetensors, tokenizer.json, ...) to its bytes (Uint8Array); `name`
+     * stands for the directory in errors.
+     */
+    loadHfFiles: (name, files) => guarded(async () => wrapModel(flint.loadHf(name, files))),
+    /**
+     * Fetch a Hugging Face model directory served under `baseUrl` and load it: config.json,
+     * tokenizer.json and the weights (model.safetensors, or the shards its index lists), with
+     * the tokenizer, chat template and processor configs where the directory has them.
+     * Progress as for loadModel, with the `file` being fetched.
+     */
+    loadHf: (baseUrl, { onProgress } = {}) =>
+      guarded(async () => {
+        const base = baseUrl.replace(/\/+$/, "");
+        const files = {};
+        const get = async (n, optional) => {
+          try {
+            files[n] = await fetchBytes(`${base}/${n}`, onProgress && ((p) => onProgress({ ...p, file: n })));
+          } catch (e) {
+            if (!optional || !/HTTP 404/.test(e.message)) throw e;
+          }
+        };
+        for (const n of ["config.json", "tokenizer.json"]) await get(n, false);
+        for (const n of HF_OPTIONAL) await get(n, true);
+        let shards = ["model.safetensors"];
+        if (files["model.safetensors.index.json"]) {
+          const index = JSON.parse(new TextDecoder().decode(files["model.safetensors.index.json"]));
+          shards = [...new Set(Object.values(index.weight_map ?? {}))];
+        }
+        for (const n of shards) await get(n, false);
+        const name = decodeURIComponent(base.split("/").pop() || base);
+        return wrapModel(flint.loadHf(name, files));
+      }),
   };
 }
+
+/** The files of a Hugging Face model directory that flint reads when they are there. */
+const HF_OPTIONAL = [
+  "model.safetensors.index.json",
+  "tokenizer_config.json",
+  "chat_template.jinja",
+  "chat_template.json",
+  "processor_config.json",
+  "preprocessor_config.json",
+];
 
 /** Download `url` into one byte array, reporting progress. */
 async function fetchBytes(url, onProgress) {
@@ -134,14 +178,16 @@ function wrapModel(model) {
     /** Token ids of `text`. */
     encode: (text, special = true) => Array.from(model.encode(text, special)),
     /**
-     * Generate a reply to `request` ({prompt | messages | ids, mode, max_tokens, temperature,
-     * top_k, top_p, seed, chat}); `onToken({id, text, reasoning, answer})` per new token may
-     * return false to stop. Resolves to the result (ids, text, stop, timings).
+     * Generate a reply to `request` ({prompt | messages | ids, mode, branches, max_tokens,
+     * temperature, top_k, top_p, seed, stop, chat}); `onToken({id, text, reasoning, answer,
+     * branch})` per new token may return false to stop; `images` (image files' bytes as
+     * Uint8Array, or ImageData) for the prompt's image placeholders, in order. Resolves to the
+     * result (ids, text, stop, timings; branches and the vote when contemplating).
      */
-    generate: (request, onToken) =>
+    generate: (request, onToken, images) =>
       guarded(async () => {
         const cb = onToken ? (piece) => onToken(JSON.parse(piece)) : undefined;
-        return JSON.parse(await model.generate(JSON.stringify(request), cb));
+        return JSON.parse(await model.generate(JSON.stringify(request), cb, images));
       }),
     /** Stop the running generation after its current token. */
     cancel: () => model.cancel(),

@@ -476,3 +476,29 @@ fn prompts_and_pixels_that_disagree_are_refused() {
     let e = model.logits_with(&ids, Some(&big)).unwrap_err().to_string();
     assert!(e.contains("image tokens"), "{e}");
 }
+
+/// A model directory's files given as bytes (what a browser page fetched) load as the
+/// directory does: same prompt ids and logits; a missing file is named in the error.
+#[test]
+fn a_model_directory_loads_from_its_files_in_memory() {
+    use flint_runtime::model::Model;
+    let dev = &devices()[0];
+    let dir = fixtures().join("idefics3").join("tiny-a");
+    let mut files = std::collections::HashMap::new();
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        files.insert(p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap());
+    }
+    let from_disk = Model::load(dev, &dir).unwrap();
+    let in_memory = Model::from_hf_files(dev, "tiny-a", files.clone()).unwrap();
+    assert_eq!(in_memory.path(), Path::new("tiny-a"));
+    let img = image::load(&fixtures().join("idefics3").join("tiny-a.image0.png")).unwrap();
+    let (a, pa) = from_disk.multimodal_prompt("<image>What is it?", std::slice::from_ref(&img), true).unwrap();
+    let (b, pb) = in_memory.multimodal_prompt("<image>What is it?", &[img], true).unwrap();
+    assert_eq!(a, b, "prompt ids");
+    assert_eq!(pa.as_ref().map(|p| &p.data), pb.as_ref().map(|p| &p.data), "pixels");
+    assert_eq!(from_disk.logits_with(&a, pa.as_ref()).unwrap(), in_memory.logits_with(&b, pb.as_ref()).unwrap());
+    files.remove("tokenizer.json");
+    let e = Model::from_hf_files(dev, "tiny-a", files).unwrap_err().to_string();
+    assert!(e.contains("tiny-a/tokenizer.json") && e.contains("missing"), "{e}");
+}

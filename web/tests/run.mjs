@@ -8,6 +8,7 @@ import { chromium } from "playwright-core";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { chat } from "./chat.mjs";
 import { conformance } from "./conformance.mjs";
+import { vision } from "./vision.mjs";
 
 const url = process.argv[2];
 if (!url) {
@@ -31,7 +32,11 @@ const browser = await chromium.launch({
   ],
 });
 
-const tests = [["chat with the default model", chat], ["conformance table", conformance]];
+const tests = [
+  ["chat with the default model", chat],
+  ["a multimodal model from its files", vision],
+  ["conformance table", conformance],
+];
 // FLINT_WEB_TEST=part runs only the tests whose name contains it.
 const only = process.env.FLINT_WEB_TEST;
 const selected = tests.filter(([name]) => !only || name.includes(only));

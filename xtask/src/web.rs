@@ -120,8 +120,9 @@ fn chromium() -> Option<PathBuf> {
         .filter(|p| p.exists())
 }
 
-/// Answer GET requests for files under `root`, and for `models/NAME` with the models in
-/// flint's cache (`flint fetch` puts them there), one thread per connection.
+/// Answer GET requests for files under `root`, for `models/NAME` with the models in flint's
+/// cache (`flint fetch` puts them there) and for `fixtures/PATH` with the test fixtures, one
+/// thread per connection.
 fn serve(listener: TcpListener, root: PathBuf) {
     let models = flint_runtime::fetch::cache_dir().join("models");
     for stream in listener.incoming().flatten() {
@@ -146,9 +147,13 @@ fn answer(mut stream: TcpStream, root: &Path, models: &Path) -> Result<()> {
     let mut parts = request.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
     let path = target.split(['?', '#']).next().unwrap_or("/");
-    let file = match path.strip_prefix("/models/") {
-        Some(name) => resolve(models, name).filter(|_| !name.is_empty()),
-        None => resolve(root, path),
+    let file = if let Some(name) = path.strip_prefix("/models/") {
+        resolve(models, name).filter(|_| !name.is_empty())
+    } else if let Some(name) = path.strip_prefix("/fixtures/") {
+        // The test fixtures (the tiny Idefics3 models and their images) for the page tests.
+        resolve(Path::new("tests/fixtures"), name).filter(|_| !name.is_empty())
+    } else {
+        resolve(root, path)
     };
     let opened = file.and_then(|f| {
         let file = std::fs::File::open(&f).ok()?;

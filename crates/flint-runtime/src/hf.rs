@@ -30,7 +30,10 @@ pub struct HfDir {
     pub dir: PathBuf,
     /// config.json.
     pub config: Value,
-    files: Vec<(PathBuf, Vec<u8>)>,
+    /// The directory's other files (tokenizer, processor configs).
+    pub files: Files,
+    /// Each safetensors file's path and bytes.
+    weights: Vec<(PathBuf, Vec<u8>)>,
     tensors: HashMap<String, Entry>,
 }
 
@@ -48,25 +51,111 @@ fn model_err(path: &Path, message: impl std::fmt::Display) -> RuntimeError {
 pub fn read_json(path: &Path) -> Result<Value> {
     crate::check_regular(path).map_err(|e| RuntimeError::io(path, e))?;
     let text = std::fs::read_to_string(path).map_err(|e| RuntimeError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| model_err(path, format!("not valid JSON: {e}")))
+    parse_json(path, &text)
+}
+
+fn parse_json(path: &Path, text: &str) -> Result<Value> {
+    serde_json::from_str(text).map_err(|e| model_err(path, format!("not valid JSON: {e}")))
+}
+
+/// Where a model directory's files come from: a directory on disk, or files held in memory
+/// under their names (what a browser page fetched), with a name standing for the directory in
+/// errors.
+#[derive(Debug)]
+pub enum Files {
+    /// A directory.
+    Dir(PathBuf),
+    /// Files by name (no directories), and the name of the whole.
+    Memory {
+        /// Stands for the directory in errors and [`crate::model::Model::path`].
+        name: PathBuf,
+        /// Each file's bytes by its name.
+        files: HashMap<String, Vec<u8>>,
+    },
+}
+
+impl Files {
+    /// The files of directory `dir`.
+    pub fn dir(dir: &Path) -> Files {
+        Files::Dir(dir.to_path_buf())
+    }
+
+    /// What stands for the directory.
+    pub fn root(&self) -> &Path {
+        match self {
+            Files::Dir(d) => d,
+            Files::Memory { name, .. } => name,
+        }
+    }
+
+    /// The path of file `name`, for errors.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root().join(name)
+    }
+
+    /// Whether file `name` is there.
+    pub fn has(&self, name: &str) -> bool {
+        match self {
+            Files::Dir(d) => d.join(name).is_file(),
+            Files::Memory { files, .. } => files.contains_key(name),
+        }
+    }
+
+    /// File `name`'s bytes (taken out of memory: each file is read once).
+    fn take(&mut self, name: &str) -> Result<Vec<u8>> {
+        let path = self.path(name);
+        match self {
+            Files::Dir(_) => {
+                crate::check_regular(&path).map_err(|e| RuntimeError::io(&path, e))?;
+                std::fs::read(&path).map_err(|e| RuntimeError::io(&path, e))
+            }
+            Files::Memory { files, .. } => files.remove(name).ok_or_else(|| model_err(&path, "is missing")),
+        }
+    }
+
+    /// File `name` as text.
+    pub fn read_string(&self, name: &str) -> Result<String> {
+        let path = self.path(name);
+        match self {
+            Files::Dir(_) => {
+                crate::check_regular(&path).map_err(|e| RuntimeError::io(&path, e))?;
+                std::fs::read_to_string(&path).map_err(|e| RuntimeError::io(&path, e))
+            }
+            Files::Memory { files, .. } => {
+                let bytes = files.get(name).ok_or_else(|| model_err(&path, "is missing"))?;
+                String::from_utf8(bytes.clone()).map_err(|_| model_err(&path, "is not UTF-8 text"))
+            }
+        }
+    }
+
+    /// File `name` parsed as JSON.
+    pub fn read_json(&self, name: &str) -> Result<Value> {
+        parse_json(&self.path(name), &self.read_string(name)?)
+    }
 }
 
 impl HfDir {
     /// Open `dir`: parse config.json and map the weights, checking each file's header.
     pub fn open(dir: &Path) -> Result<HfDir> {
-        let config_path = dir.join("config.json");
-        if !config_path.is_file() {
-            return Err(model_err(dir, "no config.json: not a Hugging Face model directory"));
+        HfDir::load(Files::dir(dir))
+    }
+
+    /// [`HfDir::open`] on files from anywhere (the safetensors are taken out of `files`; the
+    /// rest stay there, in [`HfDir::files`], for the tokenizer and processor to read).
+    pub fn load(mut files: Files) -> Result<HfDir> {
+        let dir = files.root().to_path_buf();
+        if !files.has("config.json") {
+            return Err(model_err(&dir, "no config.json: not a Hugging Face model directory"));
         }
-        let config = read_json(&config_path)?;
-        let index = dir.join("model.safetensors.index.json");
-        let names: Vec<PathBuf> = if index.is_file() {
-            let v = read_json(&index)?;
+        let config = files.read_json("config.json")?;
+        let index = files.path("model.safetensors.index.json");
+        let names: Vec<String> = if files.has("model.safetensors.index.json") {
+            let v = files.read_json("model.safetensors.index.json")?;
             let map = v
                 .get("weight_map")
                 .and_then(Value::as_object)
                 .ok_or_else(|| model_err(&index, "no \"weight_map\" object"))?;
-            let mut files: Vec<String> = Vec::new();
+            let mut names: Vec<String> = Vec::new();
             for (tensor, f) in map {
                 let f = f
                     .as_str()
@@ -74,24 +163,25 @@ impl HfDir {
                 if f.contains('/') || f.contains('\\') || f.starts_with('.') {
                     return Err(model_err(&index, format!("weight_map[{tensor:?}] = {f:?} leaves the directory")));
                 }
-                if !files.iter().any(|x| x == f) {
-                    files.push(f.to_string());
+                if !names.iter().any(|x| x == f) {
+                    names.push(f.to_string());
                 }
             }
-            files.sort();
-            files.into_iter().map(|f| dir.join(f)).collect()
-        } else if dir.join("model.safetensors").is_file() {
-            vec![dir.join("model.safetensors")]
+            names.sort();
+            names
+        } else if files.has("model.safetensors") {
+            vec!["model.safetensors".to_string()]
         } else {
-            return Err(model_err(dir, "neither model.safetensors nor model.safetensors.index.json"));
+            return Err(model_err(&dir, "neither model.safetensors nor model.safetensors.index.json"));
         };
-        let mut files = Vec::new();
-        for path in names {
-            crate::check_regular(&path).map_err(|e| RuntimeError::io(&path, e))?;
-            let bytes = std::fs::read(&path).map_err(|e| RuntimeError::io(&path, e))?;
-            files.push((path, bytes));
+        let mut weights = Vec::new();
+        for name in names {
+            let bytes = files.take(&name)?;
+            weights.push((files.path(&name), bytes));
         }
-        HfDir::from_parts(dir, config, files)
+        let mut hf = HfDir::from_parts(&dir, config, weights)?;
+        hf.files = files;
+        Ok(hf)
     }
 
     /// A directory from what [`HfDir::open`] reads: the parsed config and each safetensors
@@ -110,7 +200,7 @@ impl HfDir {
                 }
             }
         }
-        Ok(HfDir { dir: dir.to_path_buf(), config, files, tensors })
+        Ok(HfDir { dir: dir.to_path_buf(), config, weights: files, tensors, files: Files::dir(dir) })
     }
 
     /// The names of the tensors the weights hold, in no particular order.
@@ -137,7 +227,7 @@ impl HfDir {
     /// Tensor `name` as f32, which must have `shape`.
     pub fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let e = self.entry(name)?;
-        let (path, map) = &self.files[e.file];
+        let (path, map) = &self.weights[e.file];
         if e.shape != shape {
             return Err(model_err(path, format!("tensor {name:?} has shape {:?}, expected {shape:?}", e.shape)));
         }

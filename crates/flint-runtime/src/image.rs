@@ -304,10 +304,10 @@ fn triple(c: &Config<'_>, key: &str, default: [f64; 3]) -> Result<[f64; 3]> {
     }
 }
 
-/// The first of `files` in `dir` that exists, read: its path and JSON.
-fn processor_config(dir: &Path, files: &[&str]) -> Result<Option<(std::path::PathBuf, Value)>> {
-    match files.iter().map(|f| dir.join(f)).find(|p| p.is_file()) {
-        Some(path) => Ok(Some((path.clone(), crate::hf::read_json(&path)?))),
+/// The first of `names` among `files` that exists, read: its path and JSON.
+fn processor_config(files: &crate::Files, names: &[&str]) -> Result<Option<(std::path::PathBuf, Value)>> {
+    match names.iter().find(|n| files.has(n)) {
+        Some(name) => Ok(Some((files.path(name), files.read_json(name)?))),
         None => Ok(None),
     }
 }
@@ -372,7 +372,13 @@ impl ImageProcessor {
     /// Read the processor settings of a model directory; `tokens_per_tile` is what the model's
     /// config implies, checked against the processor's `image_seq_len` when it has one.
     pub fn from_dir(dir: &Path, tile: usize, tokens_per_tile: usize) -> Result<ImageProcessor> {
-        let Some((path, whole)) = processor_config(dir, &["processor_config.json", "preprocessor_config.json"])? else {
+        ImageProcessor::from_files(&crate::Files::dir(dir), tile, tokens_per_tile)
+    }
+
+    /// [`ImageProcessor::from_dir`] on a model directory's files from anywhere.
+    pub fn from_files(files: &crate::Files, tile: usize, tokens_per_tile: usize) -> Result<ImageProcessor> {
+        let Some((path, whole)) = processor_config(files, &["processor_config.json", "preprocessor_config.json"])?
+        else {
             // No processor files: the SmolVLM defaults for the encoder's tile.
             return Ok(ImageProcessor::smolvlm(tile, tokens_per_tile));
         };
@@ -548,6 +554,11 @@ impl FixedSizeProcessor {
     /// `resample`, `image_mean`, `image_std`, `rescale_factor` and the `do_*` switches, with
     /// Gemma 3's defaults (bilinear, mean and std 0.5). Pan & Scan is refused when asked for.
     pub fn from_dir(dir: &Path, default_side: usize) -> Result<FixedSizeProcessor> {
+        FixedSizeProcessor::from_files(&crate::Files::dir(dir), default_side)
+    }
+
+    /// [`FixedSizeProcessor::from_dir`] on a model directory's files from anywhere.
+    pub fn from_files(files: &crate::Files, default_side: usize) -> Result<FixedSizeProcessor> {
         let mut p = FixedSizeProcessor {
             width: default_side,
             height: default_side,
@@ -556,7 +567,8 @@ impl FixedSizeProcessor {
             std: [0.5; 3],
             rescale: 1.0 / 255.0,
         };
-        let Some((path, whole)) = processor_config(dir, &["preprocessor_config.json", "processor_config.json"])? else {
+        let Some((path, whole)) = processor_config(files, &["preprocessor_config.json", "processor_config.json"])?
+        else {
             return Ok(p);
         };
         let c = image_processor(Config::new(path, &whole))?;
@@ -659,7 +671,9 @@ impl PatchProcessor {
     /// defaults.
     pub fn from_dir(dir: &Path) -> Result<PatchProcessor> {
         let mut p = PatchProcessor::qwen2_vl();
-        let Some((path, whole)) = processor_config(dir, &["preprocessor_config.json"])? else { return Ok(p) };
+        let Some((path, whole)) = processor_config(&crate::Files::dir(dir), &["preprocessor_config.json"])? else {
+            return Ok(p);
+        };
         let c = Config::new(path, &whole);
         let size = c.value.get("size").filter(|v| v.is_object()).map(|_| c.object("size")).transpose()?;
         let pick = |key: &str, size_key: &str, default: usize| -> Result<usize> {

@@ -50,6 +50,8 @@ pub mod fuzz;
 pub mod generate;
 pub mod gguf;
 pub(crate) mod hf;
+
+pub use hf::Files;
 pub mod image;
 pub mod kvpool;
 pub mod model;

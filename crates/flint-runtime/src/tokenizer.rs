@@ -177,9 +177,14 @@ impl Tokenizer {
     /// Load `tokenizer.json` of a Hugging Face directory, with the special tokens and chat
     /// template of `tokenizer_config.json` (or `chat_template.jinja` / `chat_template.json`).
     pub fn from_hf_dir(dir: &std::path::Path) -> Result<Tokenizer> {
-        let path = dir.join("tokenizer.json");
-        crate::check_regular(&path).map_err(|e| RuntimeError::io(&path, e))?;
-        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| tok_err(format!("{}: {e}", path.display())))?;
+        Tokenizer::from_hf_files(&crate::Files::dir(dir))
+    }
+
+    /// [`Tokenizer::from_hf_dir`] on a model directory's files from anywhere.
+    pub fn from_hf_files(files: &crate::Files) -> Result<Tokenizer> {
+        let path = files.path("tokenizer.json");
+        let json = files.read_string("tokenizer.json")?;
+        let inner = json.parse::<tokenizers::Tokenizer>().map_err(|e| tok_err(format!("{}: {e}", path.display())))?;
         let vocab = inner.get_vocab_size(true);
         let mut tokens = vec![String::new(); vocab];
         for (t, id) in inner.get_vocab(true) {
@@ -187,8 +192,8 @@ impl Tokenizer {
                 *slot = t;
             }
         }
-        let cfg_path = dir.join("tokenizer_config.json");
-        let cfg = if cfg_path.is_file() { crate::hf::read_json(&cfg_path)? } else { json!({}) };
+        let cfg =
+            if files.has("tokenizer_config.json") { files.read_json("tokenizer_config.json")? } else { json!({}) };
         // A special token is written as a string or as {"content": ...}.
         let token_of = |key: &str| -> Option<u32> {
             let v = cfg.get(key)?;
@@ -197,13 +202,11 @@ impl Tokenizer {
         };
         let (bos, eos) = (token_of("bos_token"), token_of("eos_token"));
         let mut chat_template = cfg.get("chat_template").and_then(Json::as_str).map(str::to_string);
-        if chat_template.is_none() && dir.join("chat_template.jinja").is_file() {
-            let p = dir.join("chat_template.jinja");
-            crate::check_regular(&p).map_err(|e| RuntimeError::io(&p, e))?;
-            chat_template = Some(std::fs::read_to_string(&p).map_err(|e| RuntimeError::io(&p, e))?);
+        if chat_template.is_none() && files.has("chat_template.jinja") {
+            chat_template = Some(files.read_string("chat_template.jinja")?);
         }
-        if chat_template.is_none() && dir.join("chat_template.json").is_file() {
-            let v = crate::hf::read_json(&dir.join("chat_template.json"))?;
+        if chat_template.is_none() && files.has("chat_template.json") {
+            let v = files.read_json("chat_template.json")?;
             chat_template = v.get("chat_template").and_then(Json::as_str).map(str::to_string);
         }
         let mut stop_tokens: Vec<u32> = eos.into_iter().collect();

@@ -115,6 +115,16 @@ impl Flint {
     pub fn load_gguf(&self, name: &str, bytes: Vec<u8>) -> Result<WebModel, JsError> {
         WebModel::load(&self.dev, name, bytes)
     }
+
+    /// Load a Hugging Face model directory (Idefics3/SmolVLM, Llama, Gemma 3, Qwen2) from its
+    /// files: an object mapping each file name (`config.json`, `model.safetensors`,
+    /// `tokenizer.json`, ...) to its bytes as a `Uint8Array`; `name` stands for the directory
+    /// in errors. Throws, naming the file and field or tensor, on what the native loader
+    /// refuses.
+    #[wasm_bindgen(js_name = loadHf)]
+    pub fn load_hf(&self, name: &str, files: &js_sys::Object) -> Result<WebModel, JsError> {
+        WebModel::load_hf(&self.dev, name, files)
+    }
 }
 
 /// The cases `flint conformance --op FILTER` runs (with `--bench-cases` when `bench`).

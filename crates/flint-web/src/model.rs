@@ -3,13 +3,18 @@
 //! (every wait for the GPU is awaited), with cancellation between tokens.
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::ops::ControlFlow;
+use std::path::Path;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use flint_gpu::Device;
 use flint_runtime::engine::{EngineOptions, Event};
 use flint_runtime::generate::SamplingOptions;
+use flint_runtime::image::{self, Rgb};
 use flint_runtime::model::{ChatMessage, Model};
+use flint_runtime::multimodal::Pixels;
 use flint_runtime::reasoning::{self, Mode, ReplySplitter};
 use flint_runtime::tokenizer::StreamDecoder;
 use js_sys::{Function, Promise};
@@ -36,9 +41,13 @@ pub struct WebModel {
 
 /// One message of a conversation, as the page sends it.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Message {
     role: String,
     content: String,
+    /// Images of the request's `images` (in order) that go before this message's text.
+    #[serde(default)]
+    images: usize,
 }
 
 /// A generation request, as JSON (see [`WebModel::generate`]).
@@ -56,6 +65,7 @@ struct GenerateRequest {
     top_k: usize,
     top_p: Option<f32>,
     seed: u32,
+    stop: Option<Vec<u32>>,
 }
 
 fn js_err(e: impl std::fmt::Display) -> JsError {
@@ -64,7 +74,24 @@ fn js_err(e: impl std::fmt::Display) -> JsError {
 
 impl WebModel {
     pub(crate) fn load(dev: &Device, name: &str, bytes: Vec<u8>) -> Result<WebModel, JsError> {
-        let model = Model::from_gguf_bytes(dev, name, bytes).map_err(js_err)?;
+        WebModel::new(Model::from_gguf_bytes(dev, name, bytes).map_err(js_err)?)
+    }
+
+    pub(crate) fn load_hf(dev: &Device, name: &str, files: &js_sys::Object) -> Result<WebModel, JsError> {
+        let mut bytes = HashMap::new();
+        for entry in js_sys::Object::entries(files).iter() {
+            let pair = js_sys::Array::from(&entry);
+            let file = pair.get(0).as_string().ok_or_else(|| js_err("a file name is not a string"))?;
+            let data = pair.get(1);
+            if !data.is_instance_of::<js_sys::Uint8Array>() {
+                return Err(js_err(format!("{name}/{file}: expected its bytes as a Uint8Array")));
+            }
+            bytes.insert(file, js_sys::Uint8Array::from(data).to_vec());
+        }
+        WebModel::new(Model::from_hf_files(dev, name, bytes).map_err(js_err)?)
+    }
+
+    fn new(model: Model) -> Result<WebModel, JsError> {
         Ok(WebModel { model: Rc::new(model), cancel: Rc::new(Cell::new(false)), busy: Rc::new(Cell::new(false)) })
     }
 }
@@ -100,8 +127,11 @@ impl WebModel {
     }
 
     /// Generate a reply. `request` is JSON with one of `prompt` (text; `chat` wraps it in the
-    /// chat template), `messages` (`[{role, content}]`, a conversation through the template)
-    /// or `ids` (prompt token ids as they are); `mode` (`instant`, `think` or `contemplate`
+    /// chat template), `messages` (`[{role, content, images}]`, a conversation through the
+    /// template, `images` counting the message's images) or `ids` (prompt token ids as they
+    /// are); `images` are the prompt's images in order (image files' bytes as `Uint8Array`, or
+    /// `ImageData`), which a text prompt places with the model's image placeholder
+    /// (`<image>`); `stop` (token ids) replaces the model's stop tokens; `mode` (`instant`, `think` or `contemplate`
     /// with `branches`, 4 by default), `max_tokens` (256 by default), `temperature` (the
     /// mode's: greedy for instant and think), `top_k`, `top_p` and `seed`.
     ///
@@ -116,7 +146,7 @@ impl WebModel {
     /// contemplate mode `branches` (each one's text, answer, ids, log-probability, stop), the
     /// vote's `tally`, `answer` and `chosen` branch, whose text is `text`.
     /// Rejects on a bad request (naming the field and limit) or a GPU error.
-    pub fn generate(&self, request: &str, on_token: Option<Function>) -> Promise {
+    pub fn generate(&self, request: &str, on_token: Option<Function>, images: Option<js_sys::Array>) -> Promise {
         let (model, cancel, busy) = (self.model.clone(), self.cancel.clone(), self.busy.clone());
         let request = request.to_string();
         future_to_promise(async move {
@@ -124,7 +154,8 @@ impl WebModel {
                 return Err(js_err("this model is already generating; wait for it or cancel it first").into());
             }
             cancel.set(false);
-            let r = generate(&model, &request, on_token.as_ref(), &cancel).await;
+            let images = images.map(|a| a.iter().collect::<Vec<_>>()).unwrap_or_default();
+            let r = generate(&model, &request, on_token.as_ref(), &images, &cancel).await;
             busy.set(false);
             r.map(|v| JsValue::from_str(&v.to_string()))
         })
@@ -146,17 +177,55 @@ fn mode(req: &GenerateRequest) -> Result<Mode, JsError> {
     Mode::parse(req.mode.as_deref().unwrap_or("instant"), branches).map_err(js_err)
 }
 
-/// The prompt's token ids.
-fn prompt_ids(model: &Model, req: &GenerateRequest, mode: Mode) -> Result<Vec<u32>, JsError> {
+/// An image as the page gives it: an image file's bytes (`Uint8Array`: PNG, JPEG, GIF, WebP,
+/// BMP) or decoded pixels (`ImageData`, or any `{width, height, data}` of RGBA bytes).
+fn image(i: usize, v: &JsValue) -> Result<Rgb, JsError> {
+    let name = format!("image {i}");
+    if v.is_instance_of::<js_sys::Uint8Array>() {
+        return image::decode(Path::new(&name), &js_sys::Uint8Array::from(v.clone()).to_vec()).map_err(js_err);
+    }
+    let get = |k: &str| js_sys::Reflect::get(v, &JsValue::from_str(k)).ok().filter(|x| !x.is_undefined());
+    let side = |k: &str| get(k).and_then(|x| x.as_f64()).filter(|x| x.fract() == 0.0 && *x >= 1.0);
+    let (Some(w), Some(h), Some(data)) = (side("width"), side("height"), get("data")) else {
+        return Err(js_err(format!(
+            "{name}: expected a Uint8Array of an image file or ImageData ({{width, height, data}})"
+        )));
+    };
+    if w.max(h) > f64::from(image::MAX_SIDE) || w * h > image::MAX_PIXELS as f64 {
+        return Err(js_err(format!(
+            "{name}: {w}x{h} is over flint's limits ({} pixels, sides up to {})",
+            image::MAX_PIXELS,
+            image::MAX_SIDE
+        )));
+    }
+    let rgba = js_sys::Uint8Array::new(&data).to_vec();
+    let (w, h) = (w as usize, h as usize);
+    if rgba.len() != w * h * 4 {
+        return Err(js_err(format!("{name}: {w}x{h} RGBA needs {} bytes, data has {}", w * h * 4, rgba.len())));
+    }
+    let rgb = rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+    Rgb::new(w, h, rgb).map_err(js_err)
+}
+
+/// The prompt's token ids, and the pixels of its images.
+fn prompt_ids(
+    model: &Model,
+    req: &GenerateRequest,
+    mode: Mode,
+    images: &[Rgb],
+) -> Result<(Vec<u32>, Option<Pixels>), JsError> {
     let given = [req.prompt.is_some(), req.messages.is_some(), req.ids.is_some()].iter().filter(|&&g| g).count();
     if given != 1 {
         return Err(js_err("a request needs exactly one of prompt, messages and ids"));
     }
     if let Some(ids) = &req.ids {
-        return Ok(ids.clone());
+        if !images.is_empty() {
+            return Err(js_err("images go with a prompt or messages, whose text places them; not with ids"));
+        }
+        return Ok((ids.clone(), None));
     }
     if let Some(prompt) = &req.prompt {
-        return reasoning::prompt_ids(model, mode, prompt, req.chat).map_err(js_err);
+        return reasoning::prompt(model, mode, prompt, images, req.chat).map_err(js_err);
     }
     let template = model.tokenizer().chat_template.as_deref();
     let Some(template) = template else {
@@ -168,29 +237,34 @@ fn prompt_ids(model: &Model, req: &GenerateRequest, mode: Mode) -> Result<Vec<u3
         messages.push(ChatMessage { role: "system".into(), text: reasoning::REASONING_SYSTEM.into(), images: 0 });
     }
     for m in req.messages.iter().flatten() {
-        messages.push(ChatMessage { role: m.role.clone(), text: m.content.clone(), images: 0 });
+        messages.push(ChatMessage { role: m.role.clone(), text: m.content.clone(), images: m.images });
     }
     let thinking = (mode.reasons() && own_format).then_some(true);
-    Ok(model.chat_prompt(&messages, &[], thinking).map_err(js_err)?.0)
+    model.chat_prompt(&messages, images, thinking).map_err(js_err)
 }
 
 async fn generate(
     model: &Model,
     request: &str,
     on_token: Option<&Function>,
+    images: &[JsValue],
     cancel: &Cell<bool>,
 ) -> Result<serde_json::Value, JsValue> {
     let req: GenerateRequest =
         serde_json::from_str(request).map_err(|e| js_err(format!("the generation request: {e}")))?;
     let mode = mode(&req)?;
-    let prompt = prompt_ids(model, &req, mode)?;
+    let images: Vec<Rgb> = images.iter().enumerate().map(|(i, v)| image(i, v)).collect::<Result<_, _>>()?;
+    let (prompt, pixels) = prompt_ids(model, &req, mode, &images)?;
     let mut sampling: SamplingOptions = model.sampling(req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS));
     sampling.temperature = req.temperature.unwrap_or(mode.default_temperature());
     sampling.top_k = req.top_k;
     sampling.top_p = req.top_p.unwrap_or(1.0);
     sampling.seed = req.seed;
+    if let Some(stop) = &req.stop {
+        sampling.stop = stop.clone();
+    }
     if let Mode::Contemplate { branches } = mode {
-        return contemplate(model, mode, branches, prompt, sampling, on_token, cancel).await;
+        return contemplate(model, mode, branches, prompt, pixels, sampling, on_token, cancel).await;
     }
     let capacity = prompt.len().saturating_add(sampling.max_tokens);
     let mut session = model.session(capacity).map_err(js_err)?;
@@ -199,7 +273,7 @@ async fn generate(
     let mut split = mode.reasons().then(|| ReplySplitter::for_prompt(model, &prompt));
     let mut failed: Option<JsValue> = None;
     let out = session
-        .generate_async(&prompt, None, &sampling, |id| {
+        .generate_async(&prompt, pixels.as_ref(), &sampling, |id| {
             let text = match stream.push(tok, id) {
                 Ok(t) => t,
                 Err(e) => {
@@ -259,11 +333,13 @@ async fn generate(
 /// (sharing its KV pages through cascade attention), then a vote over their final answers.
 /// Each token reaches `on_token` with its `branch`; the result is the engine's, as `flint
 /// generate --mode contemplate --json` prints it (branches, tally, chosen, its text).
+#[allow(clippy::too_many_arguments)]
 async fn contemplate(
     model: &Model,
     mode: Mode,
     branches: usize,
     prompt: Vec<u32>,
+    pixels: Option<Pixels>,
     sampling: SamplingOptions,
     on_token: Option<&Function>,
     cancel: &Cell<bool>,
@@ -273,7 +349,7 @@ async fn contemplate(
     let page = 64;
     let kv_tokens = prompt.len() + branches * (sampling.max_tokens + page) + page;
     let mut engine = model.engine(EngineOptions { kv_tokens, page_size: page, max_batch: branches }).map_err(js_err)?;
-    let id = engine.submit(mode.request(prompt.clone(), sampling)).map_err(js_err)?;
+    let id = engine.submit(mode.request(prompt.clone(), sampling).with_pixels(pixels.map(Arc::new))).map_err(js_err)?;
     let tok = model.tokenizer();
     let mut streams: Vec<StreamDecoder> = (0..branches).map(|_| StreamDecoder::default()).collect();
     let mut seen: Vec<Vec<u32>> = vec![Vec::new(); branches];

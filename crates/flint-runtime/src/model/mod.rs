@@ -121,8 +121,21 @@ impl Model {
         &self.path
     }
 
+    /// Load a Hugging Face model directory from its files' bytes by name (`config.json`,
+    /// `model.safetensors` or its shards with their index, `tokenizer.json`, the tokenizer and
+    /// processor configs): what the browser fetched, say. `name` stands for the directory in
+    /// errors and is its [`Model::path`].
+    pub fn from_hf_files(dev: &Device, name: &str, files: std::collections::HashMap<String, Vec<u8>>) -> Result<Model> {
+        Model::load_hf_files(dev, crate::Files::Memory { name: name.into(), files })
+    }
+
     fn load_hf(dev: &Device, path: &Path) -> Result<Model> {
-        let dir = HfDir::open(path)?;
+        Model::load_hf_files(dev, crate::Files::dir(path))
+    }
+
+    fn load_hf_files(dev: &Device, files: crate::Files) -> Result<Model> {
+        let dir = HfDir::load(files)?;
+        let path = &dir.dir.clone();
         let top = Config::new(path.join("config.json"), &dir.config);
         // f32 checkpoints keep an f32 cache so that they match transformers closely.
         let kv_dtype =
@@ -135,7 +148,7 @@ impl Model {
             ));
         };
         let (decoder, vision) = (family.load)(dev, &dir, &top, kv_dtype)?;
-        let tokenizer = Tokenizer::from_hf_dir(path)?;
+        let tokenizer = Tokenizer::from_hf_files(&dir.files)?;
         if let Some(Vision {
             processor: crate::multimodal::Processor::Gemma3 { boi, image_token, eoi, .. },
             image_token_id,

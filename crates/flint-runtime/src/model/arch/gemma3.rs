@@ -67,7 +67,7 @@ fn load_vision(dev: &Device, dir: &HfDir, top: &Config<'_>, kv_dtype: DType) -> 
     let connector =
         prefix_of(dir, &["model.multi_modal_projector", "multi_modal_projector"], ".mm_input_projection_weight")
             .ok_or_else(|| missing("projector", "multi_modal_projector.*"))?;
-    let image = crate::image::FixedSizeProcessor::from_dir(&dir.dir, vcfg.image_size)?;
+    let image = crate::image::FixedSizeProcessor::from_files(&dir.files, vcfg.image_size)?;
     if (image.width, image.height) != (vcfg.image_size, vcfg.image_size) {
         return Err(crate::RuntimeError::Model(format!(
             "{}: the processor resizes to {}x{} but the vision tower takes {}x{} images",

@@ -24,7 +24,7 @@ fn load(dev: &Device, dir: &HfDir, top: &Config<'_>, kv_dtype: DType) -> Result<
     let weights = HfWeights { dir, prefix: "model.text_model.", names: hf_name, norm_shift: 0.0 };
     let decoder = Decoder::load(dev, text, &weights, kv_dtype)?;
     let vcfg = VisionConfig::from_hf(top, hidden)?;
-    let processor = ImageProcessor::from_dir(&dir.dir, vcfg.image_size, vcfg.tokens_per_tile())?;
+    let processor = ImageProcessor::from_files(&dir.files, vcfg.image_size, vcfg.tokens_per_tile())?;
     let image_token_id = top.usize("image_token_id")?;
     if image_token_id >= decoder.cfg.vocab {
         return Err(top.error(
