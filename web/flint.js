@@ -68,6 +68,19 @@ export async function open() {
         const rows = await flint.conformance(filter, bench, onRow ? (r) => onRow(JSON.parse(r)) : undefined);
         return JSON.parse(rows);
       }),
+    /** The adapter's measured peaks: {gflops, gbs, source} (as `flint bench` measures them). */
+    roofline: () => guarded(async () => JSON.parse(await flint.roofline())),
+    /**
+     * Time the bench-tier kernel cases whose op or name starts with `filter` (`all` adds the
+     * test tier), `iters` launches each, against `roofline` (measured when not given); rows as
+     * `flint bench --json` prints them, each passed to `onRow` as it finishes.
+     */
+    bench: (filter = "", { all = false, iters = 20, roofline, onRow } = {}) =>
+      guarded(async () => {
+        const peaks = roofline ?? JSON.parse(await flint.roofline());
+        const cb = onRow ? (r) => onRow(JSON.parse(r)) : undefined;
+        return JSON.parse(await flint.bench(filter, all, iters, JSON.stringify(peaks), cb));
+      }),
     /**
      * Fetch a GGUF model from `url` and load it onto the device. `onProgress({phase, done,
      * total})` reports the download (`phase` "download", bytes) and then the upload ("load").
@@ -189,6 +202,11 @@ function wrapModel(model) {
         const cb = onToken ? (piece) => onToken(JSON.parse(piece)) : undefined;
         return JSON.parse(await model.generate(JSON.stringify(request), cb, images));
       }),
+    /**
+     * Time the prefill of the prompt `ids` and one decode step after it, per dispatch (GPU
+     * timestamps): {timestamps, prefill: [[label, us]], step: [[label, us]]}.
+     */
+    profile: (ids) => guarded(async () => JSON.parse(await model.profile(Uint32Array.from(ids)))),
     /** Stop the running generation after its current token. */
     cancel: () => model.cancel(),
   };

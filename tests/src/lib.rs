@@ -39,7 +39,10 @@ mod vision_cases;
 
 pub use compare::{Comparison, Tolerance, compare};
 pub use rng::Rng;
-pub use run::{BenchReport, CaseReport, Roofline, Status, bench_case, measure_roofline, run_case, run_case_async};
+pub use run::{
+    BenchReport, CaseReport, Roofline, Status, bench_case, bench_case_async, measure_roofline, measure_roofline_async,
+    run_case, run_case_async,
+};
 
 use flint_gpu::{Caps, DType, Device, Recorder, Tensor};
 

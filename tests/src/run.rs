@@ -246,6 +246,16 @@ pub struct BenchReport {
 
 /// Time `case` on `dev` over `iters` launches (after two warm-up launches).
 pub fn bench_case(dev: &Device, case: &dyn Case, iters: usize, roofline: &Roofline) -> Result<BenchReport, String> {
+    block_on(bench_case_async(dev, case, iters, roofline))
+}
+
+/// [`bench_case`] without blocking (the browser's bench page).
+pub async fn bench_case_async(
+    dev: &Device,
+    case: &dyn Case,
+    iters: usize,
+    roofline: &Roofline,
+) -> Result<BenchReport, String> {
     if let Some(why) = case.unsupported(dev.caps()) {
         return Err(format!("skipped: {why}"));
     }
@@ -260,7 +270,7 @@ pub fn bench_case(dev: &Device, case: &dyn Case, iters: usize, roofline: &Roofli
     for _ in 0..2 {
         let mut rec = Recorder::new(dev);
         case.launch(dev, &mut rec, &tensors, &out).map_err(s)?;
-        rec.submit().and_then(|x| x.wait()).map_err(s)?;
+        rec.submit().map_err(s)?.finished().await.map_err(s)?;
     }
     let iters = iters.max(1);
     let mut times_ns: Vec<f64> = Vec::with_capacity(iters);
@@ -273,7 +283,7 @@ pub fn bench_case(dev: &Device, case: &dyn Case, iters: usize, roofline: &Roofli
             case.launch(dev, &mut rec, &tensors, &out).map_err(s)?;
         }
         let per = (rec.dispatches() / iters).max(1);
-        let times = rec.submit().and_then(|x| x.wait()).map_err(s)?;
+        let times = rec.submit().map_err(s)?.finished().await.map_err(s)?;
         times_ns.extend(times.chunks(per).map(|c| c.iter().map(|t| t.ns).sum::<f64>()));
         for d in 0..per {
             let mut each: Vec<f64> = times.iter().skip(d).step_by(per).map(|t| t.ns).collect();
@@ -286,7 +296,7 @@ pub fn bench_case(dev: &Device, case: &dyn Case, iters: usize, roofline: &Roofli
             let t0 = web_time::Instant::now();
             let mut rec = Recorder::new(dev);
             case.launch(dev, &mut rec, &tensors, &out).map_err(s)?;
-            rec.submit().and_then(|x| x.wait()).map_err(s)?;
+            rec.submit().map_err(s)?.finished().await.map_err(s)?;
             times_ns.push(t0.elapsed().as_secs_f64() * 1e9);
         }
     }
@@ -312,25 +322,23 @@ pub fn bench_case(dev: &Device, case: &dyn Case, iters: usize, roofline: &Roofli
 /// Measure the adapter's attainable peaks with flint's roofline kernels: an FMA-bound kernel
 /// and a vec4 copy of 64 MiB. Each is the best of several runs.
 pub fn measure_roofline(dev: &Device) -> Result<Roofline, String> {
+    block_on(measure_roofline_async(dev))
+}
+
+/// [`measure_roofline`] without blocking.
+pub async fn measure_roofline_async(dev: &Device) -> Result<Roofline, String> {
     let s = |e: flint_gpu::GpuError| e.to_string();
-    let best = |f: &dyn Fn() -> Result<f64, String>| -> Result<f64, String> {
-        let mut b = f64::MAX;
-        for _ in 0..3 {
-            b = b.min(f()?);
-        }
-        Ok(b)
-    };
     let flops_per_run = flint_kernels::roofline::fma_flops(dev);
-    let fma_ns = best(&|| time_one(dev, &|rec| flint_kernels::roofline::fma_peak(dev, rec).map_err(s)))?;
+    let fma_ns = best(dev, &|rec| flint_kernels::roofline::fma_peak(dev, rec).map_err(s)).await?;
     let words = 16 << 20; // 64 MiB of f32
     let src = dev.empty("roofline src", &[words], DType::F32).map_err(s)?;
     let dst = dev.empty("roofline dst", &[words], DType::F32).map_err(s)?;
-    let copy_ns = best(&|| time_one(dev, &|rec| flint_kernels::roofline::copy(dev, rec, &src, &dst).map_err(s)))?;
+    let copy_ns = best(dev, &|rec| flint_kernels::roofline::copy(dev, rec, &src, &dst).map_err(s)).await?;
     let (src, dst) = (
         src.view(0, &[words], DType::U32).map_err(s)?,
         dev.empty("roofline sums", &[4 * 16384], DType::U32).map_err(s)?,
     );
-    let read_ns = best(&|| time_one(dev, &|rec| flint_kernels::roofline::read(dev, rec, &src, &dst).map_err(s)))?;
+    let read_ns = best(dev, &|rec| flint_kernels::roofline::read(dev, rec, &src, &dst).map_err(s)).await?;
     let (copy_gbs, read_gbs) = ((2 * 4 * words) as f64 / copy_ns, (4 * words) as f64 / read_ns);
     Ok(Roofline {
         gflops: flops_per_run / fma_ns,
@@ -342,11 +350,32 @@ pub fn measure_roofline(dev: &Device) -> Result<Roofline, String> {
     })
 }
 
-fn time_one(dev: &Device, record: &dyn Fn(&mut Recorder) -> Result<(), String>) -> Result<f64, String> {
-    let mut rec = Recorder::new(dev).timed(true);
-    record(&mut rec)?;
-    let timed = rec.is_timed();
-    let t0 = web_time::Instant::now();
-    let times = rec.submit().and_then(|x| x.wait()).map_err(|e| e.to_string())?;
-    Ok(if timed { times.iter().map(|t| t.ns).sum() } else { t0.elapsed().as_secs_f64() * 1e9 })
+/// The fastest of three runs of what `record` records, in nanoseconds (GPU time where the
+/// adapter has timestamps, else wall time from submit to completion).
+async fn best(dev: &Device, record: &dyn Fn(&mut Recorder) -> Result<(), String>) -> Result<f64, String> {
+    let mut b = f64::MAX;
+    for _ in 0..3 {
+        let mut rec = Recorder::new(dev).timed(true);
+        record(&mut rec)?;
+        let timed = rec.is_timed();
+        let t0 = web_time::Instant::now();
+        let times = rec.submit().map_err(|e| e.to_string())?.finished().await.map_err(|e| e.to_string())?;
+        b = b.min(if timed { times.iter().map(|t| t.ns).sum() } else { t0.elapsed().as_secs_f64() * 1e9 });
+    }
+    Ok(b)
+}
+
+/// A GPU error carried through [`flint_gpu::block_on`] as the harness's string errors.
+struct Failed(String);
+
+impl From<flint_gpu::GpuError> for Failed {
+    fn from(e: flint_gpu::GpuError) -> Failed {
+        Failed(e.to_string())
+    }
+}
+
+/// Drive one of the harness's awaitable calls to completion (natively; in the browser it
+/// refuses, saying to await the call instead).
+fn block_on<T>(f: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
+    flint_gpu::block_on("a conformance run", async { f.await.map_err(Failed) }).map_err(|Failed(s)| s)
 }

@@ -6,6 +6,7 @@
 // conformance rows are written under target/web/results for a person to look at.
 import { chromium } from "playwright-core";
 import { mkdirSync, writeFileSync } from "node:fs";
+import { bench } from "./bench.mjs";
 import { chat } from "./chat.mjs";
 import { conformance } from "./conformance.mjs";
 import { vision } from "./vision.mjs";
@@ -35,6 +36,7 @@ const browser = await chromium.launch({
 const tests = [
   ["chat with the default model", chat],
   ["a multimodal model from its files", vision],
+  ["benches", bench],
   ["conformance table", conformance],
 ];
 // FLINT_WEB_TEST=part runs only the tests whose name contains it.

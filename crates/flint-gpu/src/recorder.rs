@@ -429,11 +429,15 @@ impl Plan {
     /// Replay the plan with a GPU timestamp around every dispatch and wait for the times (an
     /// empty list on adapters without timestamps).
     pub fn run_timed(&self) -> Result<Vec<DispatchTime>> {
+        crate::block_on("a timed plan", self.run_timed_async())
+    }
+
+    /// [`Plan::run_timed`] without blocking.
+    pub async fn run_timed_async(&self) -> Result<Vec<DispatchTime>> {
         let dev = self.dev.clone();
         if !dev.caps().timestamps {
             let index = self.submit_with(|_| {})?;
-            dev.wait_for(index)?;
-            return Ok(Vec::new());
+            return Submission { dev, index, timing: None, _plan: None }.finished().await;
         }
         let timing = {
             let _serial = dev.serial();
@@ -450,6 +454,6 @@ impl Plan {
             )?
         };
         let (timing, index) = timing;
-        Submission { dev, index, timing: Some(timing), _plan: None }.wait()
+        Submission { dev, index, timing: Some(timing), _plan: None }.finished().await
     }
 }

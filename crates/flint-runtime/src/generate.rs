@@ -298,6 +298,11 @@ impl Session {
     /// join the cache; no token is sampled. (A prefill runs at most
     /// [`PREFILL_CHUNK`] tokens in one recording; pass that many to time one chunk.)
     pub fn profile_prefill(&mut self, ids: &[u32]) -> Result<Vec<flint_gpu::DispatchTime>> {
+        flint_gpu::block_on("a timed prefill", self.profile_prefill_async(ids))
+    }
+
+    /// [`Session::profile_prefill`] without blocking.
+    pub async fn profile_prefill_async(&mut self, ids: &[u32]) -> Result<Vec<flint_gpu::DispatchTime>> {
         if ids.is_empty() {
             return Err(RequestError::EmptyPrompt.into());
         }
@@ -305,19 +310,28 @@ impl Session {
         let dev = self.model.device().clone();
         let mut rec = Recorder::new(&dev).timed(true);
         self.forward(&mut rec, ids)?;
-        Ok(rec.submit()?.wait()?)
+        Ok(rec.submit()?.finished().await?)
     }
 
     /// Run one more token through the model from the decode plan with a GPU timestamp around
     /// every dispatch and return the dispatches with their times (the token joins the cache, as
     /// in a decode step).
     pub fn profile_step(&mut self, token: u32, opts: &SamplingOptions) -> Result<Vec<flint_gpu::DispatchTime>> {
+        flint_gpu::block_on("a timed decode step", self.profile_step_async(token, opts))
+    }
+
+    /// [`Session::profile_step`] without blocking.
+    pub async fn profile_step_async(
+        &mut self,
+        token: u32,
+        opts: &SamplingOptions,
+    ) -> Result<Vec<flint_gpu::DispatchTime>> {
         let dev = self.model.device().clone();
         let row = self.row(opts, self.step);
         let tokens = self.stepper()?.tokens().clone();
         dev.write(&tokens, &token.to_le_bytes())?;
         let (model, pool) = (&*self.model, &mut self.pool);
-        let times = self.stepper.as_mut().expect("made above").profile(model, pool, &[row])?;
+        let times = self.stepper.as_mut().expect("made above").profile(model, pool, &[row]).await?;
         self.step += 1;
         Ok(times)
     }

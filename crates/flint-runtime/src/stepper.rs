@@ -310,13 +310,6 @@ impl Stepper {
     }
 
     /// Wait for every step in flight and drop its results.
-    pub fn drain(&mut self) -> Result<()> {
-        self.ready.clear();
-        self.ring.drain()?;
-        Ok(())
-    }
-
-    /// [`Stepper::drain`] without blocking.
     pub async fn drain_async(&mut self) -> Result<()> {
         self.ready.clear();
         self.ring.drain_async().await?;
@@ -325,8 +318,13 @@ impl Stepper {
 
     /// Run one step over `rows` from its plan with a GPU timestamp around every dispatch and
     /// return the dispatches' times (the sequences grow by one position, as in a step).
-    pub fn profile(&mut self, decoder: &Decoder, pool: &mut KvPool, rows: &[StepRow]) -> Result<Vec<DispatchTime>> {
-        self.drain()?;
+    pub async fn profile(
+        &mut self,
+        decoder: &Decoder,
+        pool: &mut KvPool,
+        rows: &[StepRow],
+    ) -> Result<Vec<DispatchTime>> {
+        self.drain_async().await?;
         let seqs: Vec<SeqId> = rows.iter().map(|r| r.seq).collect();
         let mut copies = Recorder::new(&self.dev);
         let mut step = decoder.prepare_decode(&mut copies, pool, &seqs, Some(self.width))?;
@@ -338,7 +336,7 @@ impl Stepper {
         let plan = self.make_plan(decoder, pool, &step)?;
         step.write_block(&self.dev, &mut self.words);
         self.dev.write(&plan.block, bytemuck::cast_slice(&self.words))?;
-        Ok(plan.plan.run_timed()?)
+        Ok(plan.plan.run_timed_async().await?)
     }
 }
 

@@ -10,6 +10,8 @@
 //! - [`Flint::load_gguf`]: load a GGUF model from the bytes the page fetched, then
 //!   [`WebModel::generate`] streams a reply (instant or think mode) token by token, and
 //!   [`WebModel::cancel`] stops it;
+//! - [`Flint::roofline`] and [`Flint::bench`]: the adapter's measured peaks and the kernel
+//!   benches, rows as `flint bench --json` prints them;
 //! - [`Flint::cases`] and [`Flint::conformance`]: run the conformance table (every case the
 //!   adapter supports, the rest reported skipped with the reason) and get its rows in the form
 //!   of `flint conformance --json`, one callback per row as they finish.
@@ -21,7 +23,7 @@
 #![warn(missing_docs)]
 
 use flint_conformance::cases::all_cases;
-use flint_conformance::{Case, Tier, run_case_async};
+use flint_conformance::{Case, Roofline, Tier, bench_case_async, measure_roofline_async, run_case_async};
 use flint_gpu::Device;
 use js_sys::{Function, Promise};
 use wasm_bindgen::prelude::*;
@@ -124,6 +126,58 @@ impl Flint {
     #[wasm_bindgen(js_name = loadHf)]
     pub fn load_hf(&self, name: &str, files: &js_sys::Object) -> Result<WebModel, JsError> {
         WebModel::load_hf(&self.dev, name, files)
+    }
+}
+
+#[wasm_bindgen]
+impl Flint {
+    /// Measure the adapter's peaks with flint's roofline kernels (FMA chains; the better of a
+    /// 64 MiB vec4 copy and a load-only reduction), as `flint bench` does first. Resolves to
+    /// JSON: `gflops`, `gbs`, `source`.
+    pub fn roofline(&self) -> Promise {
+        let dev = self.dev.clone();
+        future_to_promise(async move {
+            let r = measure_roofline_async(&dev).await.map_err(|e| JsError::new(&e))?;
+            Ok(JsValue::from_str(&serde_json::to_string(&r).map_err(|e| JsError::new(&e.to_string()))?))
+        })
+    }
+
+    /// Time the bench-tier kernel cases whose op or name starts with `filter` (`all` adds the
+    /// test tier), `iters` launches each, against `roofline` (the JSON [`Flint::roofline`]
+    /// gave). Each finished row (as `flint bench --json` prints it: median and min
+    /// microseconds, GFLOP/s, GB/s, the roofline fraction, per-dispatch times; or `skipped`
+    /// with the reason) goes to `on_row`; resolves to the JSON array of rows.
+    pub fn bench(&self, filter: String, all: bool, iters: usize, roofline: &str, on_row: Option<Function>) -> Promise {
+        let dev = self.dev.clone();
+        let roofline = serde_json::from_str::<serde_json::Value>(roofline);
+        future_to_promise(async move {
+            let r = roofline.map_err(|e| JsError::new(&format!("the roofline: {e}")))?;
+            let num = |k: &str| r.get(k).and_then(serde_json::Value::as_f64).filter(|v| *v > 0.0);
+            let (Some(gflops), Some(gbs)) = (num("gflops"), num("gbs")) else {
+                return Err(JsError::new("the roofline needs positive gflops and gbs").into());
+            };
+            let source = r.get("source").and_then(serde_json::Value::as_str).unwrap_or("given").to_string();
+            let roofline = Roofline { gflops, gbs, source };
+            let adapter = dev.caps().short_label();
+            let mut rows = Vec::new();
+            for case in all_cases().into_iter().filter(|c| {
+                (all || c.tier() == Tier::Bench)
+                    && (filter.is_empty() || c.op().starts_with(&filter) || c.name().starts_with(&filter))
+            }) {
+                let row = match bench_case_async(&dev, case.as_ref(), iters.max(1), &roofline).await {
+                    Ok(r) => serde_json::to_value(&r).map_err(|e| JsError::new(&e.to_string()))?,
+                    Err(e) if e.starts_with("skipped") => {
+                        serde_json::json!({ "case": case.name(), "adapter": adapter, "skipped": e })
+                    }
+                    Err(e) => serde_json::json!({ "case": case.name(), "adapter": adapter, "error": e }),
+                };
+                if let Some(f) = &on_row {
+                    f.call1(&JsValue::NULL, &JsValue::from_str(&row.to_string()))?;
+                }
+                rows.push(row);
+            }
+            Ok(JsValue::from_str(&serde_json::Value::Array(rows).to_string()))
+        })
     }
 }
 

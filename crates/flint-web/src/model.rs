@@ -161,6 +161,22 @@ impl WebModel {
         })
     }
 
+    /// Time the prefill of the prompt `ids` and one decode step after it, per dispatch, with
+    /// the adapter's GPU timestamps. Resolves to JSON: `timestamps` (false where the adapter
+    /// has none: the lists are then empty), `prefill` and `step`, each a list of `[label,
+    /// microseconds]` in dispatch order.
+    pub fn profile(&self, ids: Vec<u32>) -> Promise {
+        let (model, busy) = (self.model.clone(), self.busy.clone());
+        future_to_promise(async move {
+            if busy.replace(true) {
+                return Err(js_err("this model is already generating; wait for it or cancel it first").into());
+            }
+            let r = profile(&model, &ids).await;
+            busy.set(false);
+            r.map(|v| JsValue::from_str(&v.to_string())).map_err(Into::into)
+        })
+    }
+
     /// Stop the running generation after its current token (its promise resolves with stop
     /// `cancelled`).
     pub fn cancel(&self) {
@@ -392,4 +408,16 @@ async fn contemplate(
         }
     }
     Err(js_err("the engine went idle without finishing the request").into())
+}
+
+async fn profile(model: &Model, ids: &[u32]) -> Result<serde_json::Value, JsError> {
+    let Some(&last) = ids.last() else { return Err(js_err("profile needs at least one prompt id")) };
+    let mut session = model.session(ids.len() + 1).map_err(js_err)?;
+    let us = |times: Vec<flint_gpu::DispatchTime>| -> Vec<(String, f64)> {
+        times.into_iter().map(|t| (t.label, t.ns / 1e3)).collect()
+    };
+    let prefill = us(session.profile_prefill_async(ids).await.map_err(js_err)?);
+    let step = us(session.profile_step_async(last, &model.sampling(1)).await.map_err(js_err)?);
+    let timestamps = model.decoder().device().caps().timestamps;
+    Ok(json!({ "timestamps": timestamps, "prefill": prefill, "step": step }))
 }
