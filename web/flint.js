@@ -183,6 +183,25 @@ async function fetchBytes(url, onProgress) {
   return bytes;
 }
 
+/**
+ * An image as flint takes it: an image file's bytes (Uint8Array, ArrayBuffer, or a File or
+ * Blob, read here) or decoded pixels (ImageData; an ImageBitmap or canvas is drawn into one).
+ */
+async function imageInput(image) {
+  if (image instanceof Uint8Array || image instanceof ImageData) return image;
+  if (image instanceof ArrayBuffer) return new Uint8Array(image);
+  if (typeof Blob !== "undefined" && image instanceof Blob) return new Uint8Array(await image.arrayBuffer());
+  if ((typeof ImageBitmap !== "undefined" && image instanceof ImageBitmap) ||
+      (typeof OffscreenCanvas !== "undefined" && image instanceof OffscreenCanvas) ||
+      (typeof HTMLCanvasElement !== "undefined" && image instanceof HTMLCanvasElement)) {
+    const canvas = new OffscreenCanvas(image.width, image.height);
+    const ctx = canvas.getContext("2d");
+    ctx.drawImage(image, 0, 0);
+    return ctx.getImageData(0, 0, image.width, image.height);
+  }
+  return image; // flint says what it expected
+}
+
 /** The JavaScript face of a loaded model. */
 function wrapModel(model) {
   return {
@@ -193,14 +212,16 @@ function wrapModel(model) {
     /**
      * Generate a reply to `request` ({prompt | messages | ids, mode, branches, max_tokens,
      * temperature, top_k, top_p, seed, stop, chat}); `onToken({id, text, reasoning, answer,
-     * branch})` per new token may return false to stop; `images` (image files' bytes as
-     * Uint8Array, or ImageData) for the prompt's image placeholders, in order. Resolves to the
+     * branch})` per new token may return false to stop; `images` (image files as Uint8Array,
+     * ArrayBuffer, File or Blob; pixels as ImageData, ImageBitmap or a canvas) for the prompt's
+     * image placeholders, in order. Resolves to the
      * result (ids, text, stop, timings; branches and the vote when contemplating).
      */
     generate: (request, onToken, images) =>
       guarded(async () => {
         const cb = onToken ? (piece) => onToken(JSON.parse(piece)) : undefined;
-        return JSON.parse(await model.generate(JSON.stringify(request), cb, images));
+        const given = images ? await Promise.all(Array.from(images, imageInput)) : undefined;
+        return JSON.parse(await model.generate(JSON.stringify(request), cb, given));
       }),
     /**
      * Time the prefill of the prompt `ids` and one decode step after it, per dispatch (GPU

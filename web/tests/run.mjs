@@ -9,6 +9,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { bench } from "./bench.mjs";
 import { chat } from "./chat.mjs";
 import { conformance } from "./conformance.mjs";
+import { gemma } from "./gemma.mjs";
 import { vision } from "./vision.mjs";
 
 const url = process.argv[2];
@@ -36,6 +37,7 @@ const browser = await chromium.launch({
 const tests = [
   ["chat with the default model", chat],
   ["a multimodal model from its files", vision],
+  ["Gemma 3 from GGUF", gemma],
   ["benches", bench],
   ["conformance table", conformance],
 ];

@@ -50,6 +50,9 @@ export async function vision(page, url, results) {
     ctx.drawImage(bitmap, 0, 0);
     const data = ctx.getImageData(0, 0, bitmap.width, bitmap.height);
     const r2 = await model.generate({ prompt, max_tokens: n, temperature: 0, stop: [] }, null, [data, images[1]]);
+    // And as an ImageBitmap and a File.
+    const file = new File([images[1]], "image1.png", { type: "image/png" });
+    const r3 = await model.generate({ prompt, max_tokens: n, temperature: 0, stop: [] }, null, [bitmap, file]);
     let missing = null;
     try {
       await model.generate({ prompt, max_tokens: 2 }, null, [images[0]]);
@@ -62,7 +65,14 @@ export async function vision(page, url, results) {
     } catch (e) {
       broken = String(e.message ?? e);
     }
-    return { prompt_ids: r.prompt_ids, greedy: r.generated_ids, fromImageData: r2.generated_ids, missing, broken };
+    return {
+      prompt_ids: r.prompt_ids,
+      greedy: r.generated_ids,
+      fromImageData: r2.generated_ids,
+      fromBitmapAndFile: r3.generated_ids,
+      missing,
+      broken,
+    };
   }, { prompt, n: expected.greedy.length });
   writeFileSync(`${results}/vision.json`, JSON.stringify(got, null, 1));
   const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
@@ -71,6 +81,9 @@ export async function vision(page, url, results) {
     throw new Error(`greedy ids ${JSON.stringify(got.greedy)}, transformers and native flint give ${JSON.stringify(expected.greedy)}`);
   }
   if (!same(got.fromImageData, expected.greedy)) throw new Error(`from ImageData: ${JSON.stringify(got.fromImageData)}`);
+  if (!same(got.fromBitmapAndFile, expected.greedy)) {
+    throw new Error(`from an ImageBitmap and a File: ${JSON.stringify(got.fromBitmapAndFile)}`);
+  }
   if (!/image/i.test(got.missing ?? "")) throw new Error(`two placeholders and one image: ${got.missing}`);
   if (!/image 1.*(not a readable image|does not decode)/.test(got.broken ?? "")) {
     throw new Error(`a broken image file: ${got.broken}`);
@@ -85,6 +98,6 @@ export async function vision(page, url, results) {
   await page.screenshot({ path: `${results}/vision.png` });
   const turn = await page.evaluate(() => ({ state: window.flintChat.state, error: window.flintChat.error, last: window.flintChat.last }));
   if (turn.state !== "done") throw new Error(`a chat turn with an image: ${turn.error}`);
-  return `${expected.input_ids.length} prompt ids and ${expected.greedy.length} greedy ids equal transformers' (image files and ImageData); ` +
+  return `${expected.input_ids.length} prompt ids and ${expected.greedy.length} greedy ids equal transformers' (image files, File, ImageData, ImageBitmap); ` +
     `a chat turn with an attached image ran (${turn.last.prompt_ids.length} prompt tokens)`;
 }

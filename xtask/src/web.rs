@@ -86,8 +86,12 @@ pub fn serve_site(cargo: &str, args: &[String]) -> Result<()> {
 
 /// `cargo xtask web-test`: build, serve on a free port, run the browser tests against it.
 pub fn test(cargo: &str) -> Result<()> {
-    // The chat test loads the default model from flint's cache, as `flint fetch` leaves it.
-    flint_runtime::fetch::resolve(None, &mut |_| {}).context("fetching the default model for the chat test")?;
+    // The page tests load the default model and Gemma 3 from flint's cache, as `flint fetch`
+    // leaves them.
+    for model in [flint_runtime::fetch::DEFAULT_MODEL, "gemma3-270m"] {
+        flint_runtime::fetch::resolve(Some(model), &mut |_| {})
+            .with_context(|| format!("fetching {model} for the page tests"))?;
+    }
     let site = build(cargo)?;
     let listener = TcpListener::bind(("127.0.0.1", 0)).context("binding a free port")?;
     let url = format!("http://{}", listener.local_addr()?);
