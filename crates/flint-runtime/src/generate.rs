@@ -140,6 +140,19 @@ impl Generation {
     pub fn decode_tokens_per_s(&self) -> f64 {
         self.tokens.len().saturating_sub(1) as f64 / self.decode.as_secs_f64().max(1e-9)
     }
+
+    /// The timings as `flint generate --json` reports them (and the browser's API): prompt
+    /// tokens, prefill and decode milliseconds and tokens per second, tokens generated.
+    pub fn timings_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "prompt_tokens": self.prompt_tokens,
+            "prefill_ms": self.prefill.as_secs_f64() * 1e3,
+            "prefill_tokens_per_s": self.prefill_tokens_per_s(),
+            "generated_tokens": self.tokens.len(),
+            "decode_ms": self.decode.as_secs_f64() * 1e3,
+            "decode_tokens_per_s": self.decode_tokens_per_s(),
+        })
+    }
 }
 
 /// One sequence of a decoder with its KV cache. It holds its decoder (and vision tower) by

@@ -328,14 +328,7 @@ async fn generate(
         "logprobs": out.logprobs,
         "text": text,
         "stop": out.stop,
-        "timings": {
-            "prompt_tokens": out.prompt_tokens,
-            "prefill_ms": out.prefill.as_secs_f64() * 1e3,
-            "prefill_tokens_per_s": out.prefill_tokens_per_s(),
-            "generated_tokens": out.tokens.len(),
-            "decode_ms": out.decode.as_secs_f64() * 1e3,
-            "decode_tokens_per_s": out.decode_tokens_per_s(),
-        },
+        "timings": out.timings_json(),
     });
     if mode.reasons() {
         let reply = ReplySplitter::for_prompt(model, &prompt).whole(&text);
