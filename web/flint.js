@@ -204,6 +204,9 @@ async function imageInput(image) {
 
 /** The JavaScript face of a loaded model. */
 function wrapModel(model) {
+  // A cancel asked for while a generation's images are still being read reaches it once it
+  // has started (flint clears its flag when a generation starts).
+  let cancelAsked = false;
   return {
     /** Family, sizes, chat template. */
     info: () => JSON.parse(model.info()),
@@ -220,8 +223,11 @@ function wrapModel(model) {
     generate: (request, onToken, images) =>
       guarded(async () => {
         const cb = onToken ? (piece) => onToken(JSON.parse(piece)) : undefined;
+        cancelAsked = false;
         const given = images ? await Promise.all(Array.from(images, imageInput)) : undefined;
-        return JSON.parse(await model.generate(JSON.stringify(request), cb, given));
+        const running = model.generate(JSON.stringify(request), cb, given);
+        if (cancelAsked) model.cancel();
+        return JSON.parse(await running);
       }),
     /**
      * Time the prefill of the prompt `ids` and one decode step after it, per dispatch (GPU
@@ -229,6 +235,11 @@ function wrapModel(model) {
      */
     profile: (ids) => guarded(async () => JSON.parse(await model.profile(Uint32Array.from(ids)))),
     /** Stop the running generation after its current token. */
-    cancel: () => model.cancel(),
+    cancel: () => {
+      cancelAsked = true;
+      model.cancel();
+    },
+    /** Free the model's GPU memory now rather than when it is garbage collected. */
+    dispose: () => model.free(),
   };
 }

@@ -219,3 +219,18 @@ fn an_awaited_generation_cancelled_at_a_token_releases_the_steps_after_it() {
     let rest = s.generate(&whole.tokens[2..3], &SamplingOptions { max_tokens: 9, ..Default::default() }, |_| {});
     assert_eq!(rest.unwrap().tokens, whole.tokens[3..], "continuing after the cancel");
 }
+
+#[test]
+fn steps_of_a_layout_no_plan_holds_run_through_the_ring_in_order() {
+    let prompt = ids("The capital of France is");
+    let opts = SamplingOptions { max_tokens: 12, ..Default::default() };
+    let planned = model().session(64).unwrap().generate(&prompt, &opts, |_| {}).unwrap();
+    let mut s = model().session(64).unwrap().without_plans().unwrap();
+    let recorded = s.generate(&prompt, &opts, |_| {}).unwrap();
+    assert_eq!(recorded.tokens, planned.tokens);
+    let bits = |g: &Generation| g.logprobs.iter().map(|l| l.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&recorded), bits(&planned), "log-probabilities");
+    let stats = s.step_stats();
+    assert_eq!(stats.plans_made, 0);
+    assert_eq!(stats.steps, 11, "every step after the first token");
+}

@@ -38,7 +38,7 @@ export async function chat(page, url, results) {
     out.cancelled = { stop: cut.stop, ids: cut.generated_ids };
     // Think mode: the reply is split into reasoning and answer.
     const think = await model.generate({ prompt: "What is 3 + 5?", mode: "think", max_tokens: 12 });
-    out.think = { mode: think.mode, reasoning: typeof think.reasoning, answer: typeof think.answer, text: think.text };
+    out.think = { mode: think.mode, reasoning: think.reasoning, answer: think.answer, text: think.text };
     // Contemplate: four branches from one prefill (sharing its KV pages) at temperature 0 are
     // the same, and the same as one greedy generation.
     const streamed = [[], [], [], []];
@@ -47,6 +47,13 @@ export async function chat(page, url, results) {
       (piece) => { streamed[piece.branch].push(piece.id); },
     );
     out.contemplate = { branches: many.branches.map((b) => b.generated_ids), streamed, chosen: many.chosen, tally: many.tally };
+    // model.cancel() from outside the callback, during a contemplate run.
+    let pieces = 0;
+    const stopped = await model.generate(
+      { ids: fx.logits.ids, mode: "contemplate", branches: 2, temperature: 0, max_tokens: 40 },
+      () => { if (++pieces === 4) setTimeout(() => model.cancel(), 0); },
+    );
+    out.stopped = { stop: stopped.stop, lengths: stopped.branches.map((b) => b.generated_ids.length), chosen: stopped.chosen, timings: stopped.timings };
     // Bad input.
     const error = async (f) => {
       try {
@@ -81,8 +88,15 @@ export async function chat(page, url, results) {
   if (c.branches.length !== 4 || !c.branches.every((b) => same(b, fixture.greedy)) || !same(c.streamed, c.branches)) {
     throw new Error(`contemplate with 4 branches at temperature 0 gave ${JSON.stringify(c)}`);
   }
-  if (checks.think.mode !== "think" || checks.think.reasoning !== "string" || checks.think.answer !== "string") {
-    throw new Error(`think mode gave ${JSON.stringify(checks.think)}`);
+  const th = checks.think;
+  const parts = `${th.reasoning ?? ""}${th.answer ?? ""}`.replace(/\s+/g, "");
+  if (th.mode !== "think" || typeof th.reasoning !== "string" || typeof th.answer !== "string" || !parts ||
+      !th.text.replace(/\s+/g, "").includes((th.reasoning ?? "").replace(/\s+/g, ""))) {
+    throw new Error(`think mode gave ${JSON.stringify(th)}: its reasoning and answer are not the reply split`);
+  }
+  const st = checks.stopped;
+  if (st.stop !== "cancelled" || st.chosen !== null || st.lengths.some((n) => n >= 40) || !(st.timings.generated_tokens > 0)) {
+    throw new Error(`model.cancel() during contemplate gave ${JSON.stringify(st)}`);
   }
   const want = {
     missing: /HTTP 404/,
@@ -91,7 +105,7 @@ export async function chat(page, url, results) {
     unknownField: /unknown field `max_token`/,
     branches: /branches is 99; the page runs 1 to 16/,
     outsideVocab: /10000000.*vocabulary|vocabulary.*10000000/,
-    noBudget: /token/,
+    noBudget: /max_tokens is 0/,
   };
   for (const [k, re] of Object.entries(want)) {
     if (!checks.errors[k] || !re.test(checks.errors[k])) {

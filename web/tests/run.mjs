@@ -12,6 +12,8 @@ import { conformance } from "./conformance.mjs";
 import { gemma } from "./gemma.mjs";
 import { vision } from "./vision.mjs";
 
+// Paths (fixtures, results) are the repository's: run from wherever.
+process.chdir(new URL("../..", import.meta.url).pathname);
 const url = process.argv[2];
 if (!url) {
   console.error("usage: node web/tests/run.mjs http://127.0.0.1:PORT");
@@ -44,6 +46,10 @@ const tests = [
 // FLINT_WEB_TEST=part runs only the tests whose name contains it.
 const only = process.env.FLINT_WEB_TEST;
 const selected = tests.filter(([name]) => !only || name.includes(only));
+if (selected.length === 0) {
+  console.error(`FLINT_WEB_TEST=${only} matches none of: ${tests.map(([n]) => n).join(", ")}`);
+  process.exit(2);
+}
 let failed = 0;
 try {
   for (const [name, test] of selected) {

@@ -1,5 +1,5 @@
 //! `cargo xtask web`: build flint for the browser and serve its pages (and the models in flint's
-//! cache, under `/models/`); `cargo xtask web-test`:
+//! cache under `/models/`, the test fixtures under `/fixtures/`); `cargo xtask web-test`:
 //! the same build, served on a free port, with the page tests of `web/tests` run in headless
 //! Chromium.
 //!

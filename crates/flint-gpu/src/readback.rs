@@ -235,10 +235,17 @@ impl ReadbackRing {
             }
             match got {
                 Some(r) => Ok(Some(r)),
-                None => Err(GpuError::Readback {
-                    what: "readback ring".into(),
-                    message: "the map request ended without mapping its buffer".into(),
-                }),
+                None => {
+                    // The callback was dropped unrun (the device is gone): give the slot up so
+                    // that the next call does not wait on it again.
+                    if let Some(f) = self.in_flight.pop_front() {
+                        self.free.push(f.slot);
+                    }
+                    Err(GpuError::Readback {
+                        what: "readback ring".into(),
+                        message: "the map request ended without mapping its buffer".into(),
+                    })
+                }
             }
         }
     }

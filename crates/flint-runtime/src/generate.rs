@@ -205,6 +205,15 @@ impl Session {
         self
     }
 
+    /// The same session running every decode step from a recording of its own, as a layout no
+    /// plan can hold runs (tests of that path).
+    #[doc(hidden)]
+    pub fn without_plans(mut self) -> Result<Self> {
+        self.stepper = None;
+        self.stepper()?.no_plans = true;
+        Ok(self)
+    }
+
     /// The same session prefilling text prompts in chunks of at most `tokens` (at least 1;
     /// [`PREFILL_CHUNK`] by default): smaller chunks hold fewer activations at once.
     pub fn with_prefill_chunk(mut self, tokens: usize) -> Self {
@@ -344,7 +353,7 @@ impl Session {
         let tokens = self.stepper()?.tokens().clone();
         dev.write(&tokens, &token.to_le_bytes())?;
         let (model, pool) = (&*self.model, &mut self.pool);
-        let times = self.stepper.as_mut().expect("made above").profile(model, pool, &[row]).await?;
+        let times = self.stepper.as_mut().expect("made above").profile_async(model, pool, &[row]).await?;
         self.step += 1;
         Ok(times)
     }
@@ -376,9 +385,10 @@ impl Session {
         flint_gpu::block_on("a generation", self.generate_async(prompt, pixels, opts, on_token))
     }
 
-    /// [`Session::generate_with`] without blocking, for the browser (every wait for the GPU is
-    /// awaited, so the page's event loop runs between steps) and async hosts. `on_token` may
-    /// return [`ControlFlow::Break`] to stop after that token ([`StopReason::Cancelled`]).
+    /// [`Session::generate_with`] without blocking, for the browser: every wait for the GPU is
+    /// awaited, so the page's event loop runs between steps. (Natively the waits poll the
+    /// device and block, as [`Session::generate_with`] does.) `on_token` may return
+    /// [`ControlFlow::Break`] to stop after that token ([`StopReason::Cancelled`]).
     pub async fn generate_async(
         &mut self,
         prompt: &[u32],
@@ -439,6 +449,11 @@ impl Session {
         .await;
         let kept = self.pool.truncate(self.seq, base + used);
         self.step = first_step + used as u32;
+        if run.is_err() {
+            // Steps may still be in flight; a fresh stepper (its plans made again) starts the
+            // next generation clean rather than taking their results as its own.
+            self.stepper = None;
+        }
         run?;
         kept?;
         out.decode = t1.elapsed();

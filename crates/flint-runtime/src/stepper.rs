@@ -103,6 +103,8 @@ pub(crate) struct Stepper {
     pub stats: StepStats,
     /// Fail the next submit after growing the sequences (tests of the failure path).
     pub fail_next_submit: bool,
+    /// Make no plans: every step takes the path of a layout no plan can hold (tests of it).
+    pub no_plans: bool,
 }
 
 impl Stepper {
@@ -121,6 +123,7 @@ impl Stepper {
             ready: std::collections::VecDeque::new(),
             stats: StepStats::default(),
             fail_next_submit: false,
+            no_plans: false,
         })
     }
 
@@ -190,7 +193,7 @@ impl Stepper {
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, layout = ?step.layout, "no plan for this layout; recording the step");
-                    return self.immediate(decoder, pool, &step, tag, t1);
+                    return self.one_off(decoder, pool, &step, tag, t1);
                 }
             },
         };
@@ -269,6 +272,9 @@ impl Stepper {
     }
 
     fn make_plan(&self, decoder: &Decoder, pool: &KvPool, step: &DecodeStep) -> Result<StepPlan> {
+        if self.no_plans {
+            return Err(RuntimeError::Request("plans are off for this stepper".into()));
+        }
         let words = step.block_words(&self.dev);
         let block = self.dev.empty("decode step block", &[words], DType::U32)?;
         let mut rec = Recorder::new(&self.dev);
@@ -276,8 +282,25 @@ impl Stepper {
         Ok(StepPlan { layout: step.layout.clone(), plan: rec.into_plan()?, block, out, used: 0 })
     }
 
-    /// Run `step` from a fresh recording and wait for it (the reference path, and the fallback
-    /// for layouts a plan cannot hold).
+    /// Run `step` of a layout no cached plan can hold from a recording of its own, through the
+    /// readback ring as a planned step goes (not waited for, results in submission order).
+    fn one_off(&mut self, decoder: &Decoder, pool: &KvPool, step: &DecodeStep, tag: u64, t1: Instant) -> Result<()> {
+        step.write_block(&self.dev, &mut self.words);
+        let block = self.dev.upload_u32("decode step block", &self.words, &[self.words.len()])?;
+        let mut rec = Recorder::new(&self.dev);
+        let out = self.record(decoder, pool, step, &block, &mut rec)?;
+        self.stats.dispatches = rec.dispatches();
+        let plan = rec.into_plan()?;
+        let t2 = Instant::now();
+        self.stats.write += t2 - t1;
+        self.ring.submit(&out, tag, |enc| plan.encode(enc))?;
+        self.stats.submit += t2.elapsed();
+        self.stats.steps += 1;
+        Ok(())
+    }
+
+    /// Run `step` from a fresh recording and wait for it (the reference path the planned one is
+    /// tested against; it blocks, so the browser runs planned steps only).
     fn immediate(&mut self, decoder: &Decoder, pool: &KvPool, step: &DecodeStep, tag: u64, t1: Instant) -> Result<()> {
         step.write_block(&self.dev, &mut self.words);
         let block = self.dev.upload_u32("decode step block", &self.words, &[self.words.len()])?;
@@ -318,7 +341,7 @@ impl Stepper {
 
     /// Run one step over `rows` from its plan with a GPU timestamp around every dispatch and
     /// return the dispatches' times (the sequences grow by one position, as in a step).
-    pub async fn profile(
+    pub async fn profile_async(
         &mut self,
         decoder: &Decoder,
         pool: &mut KvPool,

@@ -7,9 +7,11 @@
 //! - [`Flint::open`]: request the browser's WebGPU adapter and a device with the features flint
 //!   uses where the adapter has them;
 //! - [`Flint::adapter`]: the adapter's name, backend and capabilities, as JSON;
-//! - [`Flint::load_gguf`]: load a GGUF model from the bytes the page fetched, then
-//!   [`WebModel::generate`] streams a reply (instant or think mode) token by token, and
-//!   [`WebModel::cancel`] stops it;
+//! - [`Flint::load_gguf`] and [`Flint::load_hf`]: load a GGUF model, or a Hugging Face
+//!   directory (Idefics3/SmolVLM with images), from the bytes the page fetched; then
+//!   [`WebModel::generate`] streams a reply token by token in any reasoning mode (instant,
+//!   think, contemplate with N branches and a vote), with images, [`WebModel::cancel`] stops it
+//!   and [`WebModel::profile`] times a prefill and a decode step per dispatch;
 //! - [`Flint::roofline`] and [`Flint::bench`]: the adapter's measured peaks and the kernel
 //!   benches, rows as `flint bench --json` prints them;
 //! - [`Flint::cases`] and [`Flint::conformance`]: run the conformance table (every case the

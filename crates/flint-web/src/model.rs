@@ -1,4 +1,5 @@
-//! A model in the page: a GGUF file's bytes loaded onto the browser's device, and generation
+//! A model in the page: a GGUF file's or a Hugging Face directory's bytes loaded onto the
+//! browser's device, and generation
 //! that streams each token to a JavaScript callback while the page's event loop keeps running
 //! (every wait for the GPU is awaited), with cancellation between tokens.
 
@@ -29,7 +30,7 @@ const DEFAULT_MAX_TOKENS: usize = 256;
 const DEFAULT_BRANCHES: usize = 4;
 const MAX_BRANCHES: usize = 16;
 
-/// A model loaded onto the page's device ([`crate::Flint::load_gguf`]).
+/// A model loaded onto the page's device ([`crate::Flint::load_gguf`], [`crate::Flint::load_hf`]).
 #[wasm_bindgen(js_name = Model)]
 pub struct WebModel {
     model: Rc<Model>,
@@ -96,6 +97,19 @@ impl WebModel {
     }
 }
 
+impl WebModel {
+    /// Mark the model busy and clear any earlier cancel, before the call returns its promise;
+    /// a rejected promise when it is busy already.
+    fn start(&self) -> Option<Promise> {
+        if self.busy.replace(true) {
+            let e = js_err("this model is already generating; wait for it or cancel it first");
+            return Some(Promise::reject(&e.into()));
+        }
+        self.cancel.set(false);
+        None
+    }
+}
+
 #[wasm_bindgen(js_class = Model)]
 impl WebModel {
     /// What the model is, as JSON: its name, family, sizes, whether it has a chat template and
@@ -144,16 +158,17 @@ impl WebModel {
     /// `answer` (think mode), `stop` (`stop`, `length`, `context` or `cancelled`) and
     /// `timings` (prompt tokens, prefill and decode milliseconds and tokens per second); in
     /// contemplate mode `branches` (each one's text, answer, ids, log-probability, stop), the
-    /// vote's `tally`, `answer` and `chosen` branch, whose text is `text`.
+    /// vote's `tally`, `answer` and `chosen` branch, whose text is `text`. A cancelled
+    /// contemplate resolves with each branch's text and ids so far, an empty tally, no chosen
+    /// branch and `timings` of prompt tokens, tokens generated and elapsed milliseconds.
     /// Rejects on a bad request (naming the field and limit) or a GPU error.
     pub fn generate(&self, request: &str, on_token: Option<Function>, images: Option<js_sys::Array>) -> Promise {
+        if let Some(refused) = self.start() {
+            return refused;
+        }
         let (model, cancel, busy) = (self.model.clone(), self.cancel.clone(), self.busy.clone());
         let request = request.to_string();
         future_to_promise(async move {
-            if busy.replace(true) {
-                return Err(js_err("this model is already generating; wait for it or cancel it first").into());
-            }
-            cancel.set(false);
             let images = images.map(|a| a.iter().collect::<Vec<_>>()).unwrap_or_default();
             let r = generate(&model, &request, on_token.as_ref(), &images, &cancel).await;
             busy.set(false);
@@ -166,11 +181,11 @@ impl WebModel {
     /// has none: the lists are then empty), `prefill` and `step`, each a list of `[label,
     /// microseconds]` in dispatch order.
     pub fn profile(&self, ids: Vec<u32>) -> Promise {
+        if let Some(refused) = self.start() {
+            return refused;
+        }
         let (model, busy) = (self.model.clone(), self.busy.clone());
         future_to_promise(async move {
-            if busy.replace(true) {
-                return Err(js_err("this model is already generating; wait for it or cancel it first").into());
-            }
             let r = profile(&model, &ids).await;
             busy.set(false);
             r.map(|v| JsValue::from_str(&v.to_string())).map_err(Into::into)
@@ -356,10 +371,20 @@ async fn contemplate(
     // A KV cache for this request alone: the prompt once, each branch's own tokens, a page of
     // slack each (the browser's memory is the page's, not the machine's).
     let page = 64;
+    let context = model.decoder().cfg.context;
+    if prompt.len().saturating_add(sampling.max_tokens) > context {
+        return Err(js_err(format!(
+            "{} prompt tokens and max_tokens {} are over the model's context of {context}",
+            prompt.len(),
+            sampling.max_tokens
+        ))
+        .into());
+    }
     let kv_tokens = prompt.len() + branches * (sampling.max_tokens + page) + page;
     let mut engine = model.engine(EngineOptions { kv_tokens, page_size: page, max_batch: branches }).map_err(js_err)?;
     let id = engine.submit(mode.request(prompt.clone(), sampling).with_pixels(pixels.map(Arc::new))).map_err(js_err)?;
     let tok = model.tokenizer();
+    let started = web_time::Instant::now();
     let mut streams: Vec<StreamDecoder> = (0..branches).map(|_| StreamDecoder::default()).collect();
     let mut seen: Vec<Vec<u32>> = vec![Vec::new(); branches];
     while !engine.is_idle() {
@@ -389,14 +414,28 @@ async fn contemplate(
             engine.cancel(id).map_err(js_err)?;
             let texts: Vec<String> =
                 seen.iter().map(|t| tok.decode(t, true)).collect::<Result<_, _>>().map_err(js_err)?;
-            let branches: Vec<serde_json::Value> =
-                texts.iter().zip(&seen).map(|(text, ids)| json!({ "text": text, "generated_ids": ids })).collect();
+            let branches: Vec<serde_json::Value> = texts
+                .iter()
+                .zip(&seen)
+                .map(|(text, ids)| json!({ "text": text, "generated_ids": ids, "stop": "cancelled" }))
+                .collect();
+            let elapsed = started.elapsed().as_secs_f64();
+            let generated: usize = seen.iter().map(Vec::len).sum();
             return Ok(json!({
                 "mode": mode.name(),
                 "prompt_ids": prompt,
                 "stop": "cancelled",
                 "text": texts[0],
                 "branches": branches,
+                "tally": [],
+                "chosen": null,
+                "answer": null,
+                "timings": {
+                    "prompt_tokens": prompt.len(),
+                    "generated_tokens": generated,
+                    "elapsed_ms": elapsed * 1e3,
+                    "tokens_per_s": generated as f64 / elapsed.max(1e-9),
+                },
             }));
         }
     }
