@@ -9,6 +9,8 @@ import { readFileSync, writeFileSync } from "node:fs";
 
 const MODEL = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
+const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+
 export async function chat(page, url, results) {
   const fixture = JSON.parse(readFileSync("tests/fixtures/models/smollm2-135m.json", "utf8"));
   const prompt = "What is 2 + 2?";
@@ -77,7 +79,6 @@ export async function chat(page, url, results) {
   }, fixture);
   writeFileSync(`${results}/chat.json`, JSON.stringify({ first: first.last, ...checks }, null, 1));
 
-  const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
   if (!same(checks.greedy, fixture.greedy)) {
     throw new Error(`greedy ids ${JSON.stringify(checks.greedy)}, transformers and native flint give ${JSON.stringify(fixture.greedy)}`);
   }
@@ -112,6 +113,33 @@ export async function chat(page, url, results) {
       throw new Error(`bad input ${k}: expected an error matching ${re}, got ${JSON.stringify(checks.errors[k])}`);
     }
   }
+  // A second turn through the page carries the conversation; a third is stopped with the stop
+  // button once tokens have streamed, and the page takes a turn after it.
+  const turn = async (text, max, stopAfter) => {
+    await page.fill("#max", String(max));
+    await page.fill("#prompt", text);
+    await page.click("#send");
+    if (stopAfter) {
+      await page.waitForFunction((n) => /^(\d+) tokens/.test(document.getElementById("stats").textContent) &&
+        Number(document.getElementById("stats").textContent.split(" ")[0]) >= n, stopAfter, { timeout: 5 * 60 * 1000 });
+      await page.click("#stop");
+    }
+    await page.waitForFunction(() => ["done", "error"].includes(window.flintChat.state), null, { timeout: 5 * 60 * 1000 });
+    const r = await page.evaluate(() => ({ state: window.flintChat.state, error: window.flintChat.error, last: window.flintChat.last }));
+    if (r.state !== "done") throw new Error(`the turn "${text}": ${r.error}`);
+    return r.last;
+  };
+  const second = await turn("And 3 + 3?", 12);
+  const carried = first.last.prompt_ids.length + first.last.generated_ids.length;
+  if (second.prompt_ids.length <= carried || !same(second.prompt_ids.slice(0, first.last.prompt_ids.length), first.last.prompt_ids)) {
+    throw new Error(`the second turn's prompt (${second.prompt_ids.length} ids) does not carry the first turn (${carried})`);
+  }
+  const third = await turn("Count from one to forty.", 60, 3);
+  if (third.stop !== "cancelled" || third.generated_ids.length >= 60) {
+    throw new Error(`the stop button: ${JSON.stringify({ stop: third.stop, n: third.generated_ids.length })}`);
+  }
+  await turn("Thanks.", 4);
+  await page.screenshot({ path: `${results}/chat-turns.png`, fullPage: true });
   const t = checks.timings;
   return `greedy ids equal transformers'; reply "${first.last.text.trim().slice(0, 60)}"; ` +
     `prefill ${t.prompt_tokens} tokens at ${t.prefill_tokens_per_s.toFixed(1)} tok/s, decode ${t.decode_tokens_per_s.toFixed(1)} tok/s`;

@@ -150,7 +150,8 @@ fn answer(mut stream: TcpStream, root: &Path, models: &Path) -> Result<()> {
     }
     let mut parts = request.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
-    let path = target.split(['?', '#']).next().unwrap_or("/");
+    let path = percent_decoded(target.split(['?', '#']).next().unwrap_or("/"));
+    let path = path.as_str();
     let file = if let Some(name) = path.strip_prefix("/models/") {
         resolve(models, name).filter(|_| !name.is_empty())
     } else if let Some(name) = path.strip_prefix("/fixtures/") {
@@ -187,6 +188,28 @@ fn answer(mut stream: TcpStream, root: &Path, models: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A URL path with its `%XX` escapes decoded (before [`resolve`] checks its components, so an
+/// escaped `..` is refused like a plain one); malformed escapes stay as they are.
+fn percent_decoded(path: &str) -> String {
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The file a URL path names under `root` (`/` is `index.html`); `None` for paths that climb
 /// out of it.
 fn resolve(root: &Path, path: &str) -> Option<PathBuf> {
@@ -221,6 +244,15 @@ mod tests {
         assert_eq!(resolve(root, "/../etc/passwd"), None);
         assert_eq!(resolve(root, "/pkg/../../x"), None);
         assert_eq!(resolve(root, "//etc/passwd"), Some(PathBuf::from("/site/etc/passwd")));
+    }
+
+    #[test]
+    fn escaped_paths_are_decoded_then_confined() {
+        let root = Path::new("/site");
+        assert_eq!(percent_decoded("/a%20b.gguf"), "/a b.gguf");
+        assert_eq!(percent_decoded("/x%zz%4"), "/x%zz%4");
+        assert_eq!(resolve(root, &percent_decoded("/%2e%2e/etc/passwd")), None);
+        assert_eq!(resolve(root, &percent_decoded("/pkg%2f..%2f..%2fx")), None);
     }
 
     #[test]
