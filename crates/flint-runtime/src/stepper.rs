@@ -282,14 +282,21 @@ impl Stepper {
         Ok(StepPlan { layout: step.layout.clone(), plan: rec.into_plan()?, block, out, used: 0 })
     }
 
-    /// Run `step` of a layout no cached plan can hold from a recording of its own, through the
-    /// readback ring as a planned step goes (not waited for, results in submission order).
-    fn one_off(&mut self, decoder: &Decoder, pool: &KvPool, step: &DecodeStep, tag: u64, t1: Instant) -> Result<()> {
+    /// Record `step` afresh over a block of its own words (not a plan's): the recording and the
+    /// sampler's output.
+    fn record_fresh(&mut self, decoder: &Decoder, pool: &KvPool, step: &DecodeStep) -> Result<(Recorder, Tensor)> {
         step.write_block(&self.dev, &mut self.words);
         let block = self.dev.upload_u32("decode step block", &self.words, &[self.words.len()])?;
         let mut rec = Recorder::new(&self.dev);
         let out = self.record(decoder, pool, step, &block, &mut rec)?;
         self.stats.dispatches = rec.dispatches();
+        Ok((rec, out))
+    }
+
+    /// Run `step` of a layout no cached plan can hold from a recording of its own, through the
+    /// readback ring as a planned step goes (not waited for, results in submission order).
+    fn one_off(&mut self, decoder: &Decoder, pool: &KvPool, step: &DecodeStep, tag: u64, t1: Instant) -> Result<()> {
+        let (rec, out) = self.record_fresh(decoder, pool, step)?;
         let plan = rec.into_plan()?;
         let t2 = Instant::now();
         self.stats.write += t2 - t1;
@@ -302,11 +309,7 @@ impl Stepper {
     /// Run `step` from a fresh recording and wait for it (the reference path the planned one is
     /// tested against; it blocks, so the browser runs planned steps only).
     fn immediate(&mut self, decoder: &Decoder, pool: &KvPool, step: &DecodeStep, tag: u64, t1: Instant) -> Result<()> {
-        step.write_block(&self.dev, &mut self.words);
-        let block = self.dev.upload_u32("decode step block", &self.words, &[self.words.len()])?;
-        let mut rec = Recorder::new(&self.dev);
-        let out = self.record(decoder, pool, step, &block, &mut rec)?;
-        self.stats.dispatches = rec.dispatches();
+        let (rec, out) = self.record_fresh(decoder, pool, step)?;
         let t2 = Instant::now();
         self.stats.write += t2 - t1;
         let submission = rec.submit()?;
