@@ -782,8 +782,10 @@ impl Engine {
         let out = dev.empty("sample out", &[n, 2], DType::F32)?;
         let tokens = self.stepper.tokens();
         flint_kernels::sample::sample_rows(&dev, &mut rec, n, vocab, &logits, &opts, &out, tokens)?;
-        rec.submit()?.finished().await?;
+        // The readback waits for the work queued before it; the submission is held until then.
+        let submitted = rec.submit()?;
         let r = dev.read_f32_async(&out).await?;
+        drop(submitted);
         Ok(r.chunks_exact(2).map(|c| (c[0] as u32, c[1])).collect())
     }
 

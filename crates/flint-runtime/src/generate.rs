@@ -303,9 +303,12 @@ impl Session {
         let tokens = self.stepper()?.tokens().clone();
         flint_kernels::sample::sample_rows(&dev, &mut rec, 1, self.model.cfg.vocab, &logits, &row_opts, &out, &tokens)?;
         let recorded = t0.elapsed();
-        rec.submit()?.finished().await?;
+        // The readback is queued after the work and waits for it; the submission (and what it
+        // holds) is kept until then.
+        let submitted = rec.submit()?;
         self.step += 1;
         let r = dev.read_f32_async(&out).await?;
+        drop(submitted);
         tracing::debug!(
             tokens = ids.len(),
             record_ms = recorded.as_secs_f64() * 1e3,

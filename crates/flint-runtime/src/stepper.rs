@@ -316,10 +316,10 @@ impl Stepper {
         let t3 = Instant::now();
         self.stats.submit += t3 - t2;
         submission.wait()?;
-        let r = self.dev.read_f32(&out)?;
+        let bytes = self.dev.read_bytes(&out)?;
         self.stats.wait += t3.elapsed();
         self.stats.steps += 1;
-        self.ready.push_back((tag, r.chunks_exact(2).map(|c| (c[0] as u32, c[1])).collect()));
+        self.ready.push_back(step_result((tag, bytes)));
         Ok(())
     }
 

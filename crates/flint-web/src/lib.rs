@@ -162,10 +162,7 @@ impl Flint {
             let roofline = Roofline { gflops, gbs, source };
             let adapter = dev.caps().short_label();
             let mut rows = Vec::new();
-            for case in all_cases().into_iter().filter(|c| {
-                (all || c.tier() == Tier::Bench)
-                    && (filter.is_empty() || c.op().starts_with(&filter) || c.name().starts_with(&filter))
-            }) {
+            for case in cases_where(&filter, |t| all || t == Tier::Bench) {
                 let row = match bench_case_async(&dev, case.as_ref(), iters.max(1), &roofline).await {
                     Ok(r) => serde_json::to_value(&r).map_err(|e| JsError::new(&e.to_string()))?,
                     Err(e) if e.starts_with("skipped") => {
@@ -185,9 +182,15 @@ impl Flint {
 
 /// The cases `flint conformance --op FILTER` runs (with `--bench-cases` when `bench`).
 fn selected(filter: &str, bench: bool) -> Vec<Box<dyn Case>> {
+    cases_where(filter, |t| bench || t == Tier::Test)
+}
+
+/// The cases of a tier `tier` accepts whose op or name starts with `filter` (every op for an
+/// empty filter).
+fn cases_where(filter: &str, tier: impl Fn(Tier) -> bool) -> Vec<Box<dyn Case>> {
     all_cases()
         .into_iter()
-        .filter(|c| bench || c.tier() == Tier::Test)
+        .filter(|c| tier(c.tier()))
         .filter(|c| filter.is_empty() || c.op().starts_with(filter) || c.name().starts_with(filter))
         .collect()
 }

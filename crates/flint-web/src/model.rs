@@ -1,7 +1,7 @@
 //! A model in the page: a GGUF file's or a Hugging Face directory's bytes loaded onto the
-//! browser's device, and generation
-//! that streams each token to a JavaScript callback while the page's event loop keeps running
-//! (every wait for the GPU is awaited), with cancellation between tokens.
+//! browser's device, and generation that streams each token to a JavaScript callback while the
+//! page's event loop keeps running (every wait for the GPU is awaited), with cancellation
+//! between tokens.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -75,7 +75,7 @@ fn js_err(e: impl std::fmt::Display) -> JsError {
 
 impl WebModel {
     pub(crate) fn load(dev: &Device, name: &str, bytes: Vec<u8>) -> Result<WebModel, JsError> {
-        WebModel::new(Model::from_gguf_bytes(dev, name, bytes).map_err(js_err)?)
+        Ok(WebModel::new(Model::from_gguf_bytes(dev, name, bytes).map_err(js_err)?))
     }
 
     pub(crate) fn load_hf(dev: &Device, name: &str, files: &js_sys::Object) -> Result<WebModel, JsError> {
@@ -89,15 +89,13 @@ impl WebModel {
             }
             bytes.insert(file, js_sys::Uint8Array::from(data).to_vec());
         }
-        WebModel::new(Model::from_hf_files(dev, name, bytes).map_err(js_err)?)
+        Ok(WebModel::new(Model::from_hf_files(dev, name, bytes).map_err(js_err)?))
     }
 
-    fn new(model: Model) -> Result<WebModel, JsError> {
-        Ok(WebModel { model: Rc::new(model), cancel: Rc::new(Cell::new(false)), busy: Rc::new(Cell::new(false)) })
+    fn new(model: Model) -> WebModel {
+        WebModel { model: Rc::new(model), cancel: Rc::new(Cell::new(false)), busy: Rc::new(Cell::new(false)) }
     }
-}
 
-impl WebModel {
     /// Mark the model busy and clear any earlier cancel, before the call returns its promise;
     /// a rejected promise when it is busy already.
     fn start(&self) -> Option<Promise> {
@@ -196,6 +194,15 @@ impl WebModel {
     /// `cancelled`).
     pub fn cancel(&self) {
         self.cancel.set(true);
+    }
+}
+
+/// Pass a new token's `piece` to the page's callback, if it gave one; whether to go on (the
+/// callback returns `false` to stop).
+fn emit(on_token: Option<&Function>, piece: &serde_json::Value) -> Result<bool, JsValue> {
+    match on_token {
+        Some(f) => Ok(f.call1(&JsValue::NULL, &JsValue::from_str(&piece.to_string()))? != JsValue::FALSE),
+        None => Ok(true),
     }
 }
 
@@ -318,17 +325,14 @@ async fn generate(
                 piece["reasoning"] = d.reasoning.into();
                 piece["answer"] = d.answer.into();
             }
-            if let Some(f) = on_token {
-                match f.call1(&JsValue::NULL, &JsValue::from_str(&piece.to_string())) {
-                    Ok(v) if v == JsValue::FALSE => return ControlFlow::Break(()),
-                    Ok(_) => {}
-                    Err(e) => {
-                        failed = Some(e);
-                        return ControlFlow::Break(());
-                    }
+            match emit(on_token, &piece) {
+                Ok(true) if !cancel.get() => ControlFlow::Continue(()),
+                Ok(_) => ControlFlow::Break(()),
+                Err(e) => {
+                    failed = Some(e);
+                    ControlFlow::Break(())
                 }
             }
-            if cancel.get() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
         })
         .await
         .map_err(js_err)?;
@@ -393,11 +397,8 @@ async fn contemplate(
                 Event::Token { request, branch, token, .. } if request == id => {
                     seen[branch].push(token);
                     let text = streams[branch].push(tok, token).map_err(js_err)?;
-                    if let Some(f) = on_token {
-                        let piece = json!({ "branch": branch, "id": token, "text": text });
-                        if f.call1(&JsValue::NULL, &JsValue::from_str(&piece.to_string()))? == JsValue::FALSE {
-                            cancel.set(true);
-                        }
+                    if !emit(on_token, &json!({ "branch": branch, "id": token, "text": text }))? {
+                        cancel.set(true);
                     }
                 }
                 Event::Finished { request, output } if request == id => {
