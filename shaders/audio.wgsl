@@ -8,7 +8,9 @@
 // CONV_COLS: the columns of a 1D convolution over time (Whisper's stem), so that the conv is one
 // matmul with its weight [out, channels, kernel] flattened: x [len, channels] (a row per time
 // step) -> cols [out_len, channels * kernel], column c * kernel + j holding
-// x[t * stride + j - pad, c], zero outside the input. All f32.
+// x[t * stride + j - pad, c], zero outside the input.
+// POOL1D: the average of each group of `kernel` rows of x [seqs, len, dim] (stride `kernel`, a
+// last partial group dropped) -> [seqs, len / kernel, dim] (Qwen2-Audio's encoder pool). All f32.
 #include "common.wgsl"
 #include "reduce.wgsl"
 
@@ -44,6 +46,39 @@ fn conv_cols(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     let inside = at >= 0 && at < i32(cp.len);
     let src = u32(clamp(at, 0, i32(cp.len) - 1));
     cols[i] = select(0.0, x[src * cp.channels + c], inside);
+}
+#elif POOL1D
+struct PoolParams {
+    seqs: u32,
+    len: u32,
+    dim: u32,
+    kernel: u32,
+    out_len: u32,
+    _a: u32,
+    _b: u32,
+    total: u32,
+}
+
+@group(0) @binding(0) var<uniform> pp: PoolParams;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> pooled: array<f32>;
+
+@compute @workgroup_size(WG)
+fn pool1d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let i = linear_group(wg, nwg) * WG + lid;
+    if (i >= pp.total) {
+        return;
+    }
+    let c = i % pp.dim;
+    let row = i / pp.dim;
+    let s = row / pp.out_len;
+    let first = s * pp.len + (row % pp.out_len) * pp.kernel;
+    var sum = 0.0;
+    for (var j = 0u; j < pp.kernel; j++) {
+        sum += x[(first + j) * pp.dim + c];
+    }
+    pooled[i] = sum / f32(pp.kernel);
 }
 #else
 

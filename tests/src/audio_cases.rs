@@ -1,5 +1,6 @@
 //! Audio: Whisper's stem convolution (kernel 3, strides 1 and 2, odd lengths, one step of
-//! input), and Whisper's log-mel spectrogram (frames, the DFT as a matmul, the mel
+//! input), the average pool over time (Qwen2-Audio; odd lengths, several sequences), and
+//! Whisper's log-mel spectrogram (frames, the DFT as a matmul, the mel
 //! projection over each filter's bins, each clip's maximum, the log and scale) against the f64
 //! reference with a direct DFT. Clips mix tones, noise and a stretch of exact silence (whose mel power is zero, so it
 //! lands on the clip's floor), at different loudness per clip so that a maximum taken over the
@@ -10,7 +11,7 @@
 use flint_gpu::{DType, Device, Recorder, Tensor};
 use flint_kernels::audio::MelTables;
 use flint_ref::ParamError;
-use flint_ref::audio::{Conv1dParams, MelParams};
+use flint_ref::audio::{Conv1dParams, MelParams, Pool1dParams};
 
 use crate::{Case, Input, Rng, Tier, Tolerance};
 
@@ -142,7 +143,53 @@ impl Case for Conv1dCase {
     }
 }
 
-/// Log-mel and stem convolution cases.
+/// The average pool over time (Qwen2-Audio's encoder): sums of `kernel` f32 values, so within
+/// the f32 tolerance; odd lengths check that a last partial group is dropped, several
+/// sequences that each pools its own rows.
+struct Pool1dCase {
+    p: Pool1dParams,
+    tier: Tier,
+}
+
+impl Case for Pool1dCase {
+    fn name(&self) -> String {
+        let p = &self.p;
+        format!("avg_pool1d_f32_{}x{}x{}_k{}", p.seqs, p.len, p.dim, p.kernel)
+    }
+    fn op(&self) -> &'static str {
+        "audio"
+    }
+    fn tier(&self) -> Tier {
+        self.tier
+    }
+    fn tolerance(&self) -> Tolerance {
+        crate::cases::F32_TOL
+    }
+    fn flops(&self) -> f64 {
+        (self.p.seqs * self.p.len * self.p.dim) as f64
+    }
+    fn bytes(&self) -> f64 {
+        let p = &self.p;
+        4.0 * (p.seqs * (p.len + p.out_len()) * p.dim) as f64
+    }
+    fn inputs(&self) -> Vec<Input> {
+        let p = &self.p;
+        let mut rng = Rng::from_name(&self.name());
+        let n = p.seqs * p.len * p.dim;
+        vec![Input::float("x", &[p.seqs, p.len, p.dim], DType::F32, rng.vec(n, -2.0, 2.0))]
+    }
+    fn reference(&self, inputs: &[Input]) -> Result<Vec<f32>, ParamError> {
+        flint_ref::audio::avg_pool1d(&self.p, inputs[0].f32s())
+    }
+    fn output(&self) -> (Vec<usize>, DType) {
+        (vec![self.p.seqs, self.p.out_len(), self.p.dim], DType::F32)
+    }
+    fn launch(&self, dev: &Device, rec: &mut Recorder, t: &[Tensor], out: &Tensor) -> flint_gpu::Result<()> {
+        flint_kernels::audio::avg_pool1d(dev, rec, &self.p, &t[0], out)
+    }
+}
+
+/// Log-mel, stem convolution and pooling cases.
 pub fn cases(out: &mut Vec<Box<dyn Case>>) {
     let cp = |len, channels, out_channels, kernel, stride, pad| Conv1dParams {
         len,
@@ -161,6 +208,12 @@ pub fn cases(out: &mut Vec<Box<dyn Case>>) {
     ] {
         out.push(Box::new(Conv1dCase { p, tier: Tier::Test }));
     }
+    let pp = |seqs, len, dim, kernel| Pool1dParams { seqs, len, dim, kernel };
+    for p in [pp(1, 2, 1, 2), pp(3, 7, 5, 2), pp(2, 1500, 64, 2), pp(1, 10, 33, 3)] {
+        out.push(Box::new(Pool1dCase { p, tier: Tier::Test }));
+    }
+    // Qwen2-Audio's pool over one window of a 1280-wide encoder.
+    out.push(Box::new(Pool1dCase { p: pp(1, 1500, 1280, 2), tier: Tier::Bench }));
     // Whisper tiny's stem over one 30 s window.
     out.push(Box::new(Conv1dCase { p: cp(3000, 80, 384, 3, 1, 1), tier: Tier::Bench }));
     out.push(Box::new(Conv1dCase { p: cp(3000, 384, 384, 3, 2, 1), tier: Tier::Bench }));

@@ -8,10 +8,11 @@
 //! The mel projection is not a matmul: a Slaney filter spans a few bins, so each output sums
 //! the power of its own run of bins (about 2 x 201 terms per frame for all 80 filters, against
 //! 80 x 402 for the dense product, which took 14 ms of a 30 s window's 50 ms on lavapipe).
-//! Five dispatches: frames, DFT, mel projection, per-clip maximum, log and scale.
+//! Five dispatches: frames, DFT, mel projection, per-clip maximum, log and scale. Also the
+//! encoders' stem convolution ([`conv1d`]) and the average pool over time ([`avg_pool1d`]).
 
 use flint_gpu::{DType, Device, Recorder, Result, Tensor};
-use flint_ref::audio::{Conv1dParams, MelParams};
+use flint_ref::audio::{Conv1dParams, MelParams, Pool1dParams};
 use flint_ref::matmul::MatmulParams;
 
 use crate::{Variant, check_tensor, needs_for, param_err, registry, typed_key, u32_of};
@@ -34,12 +35,13 @@ struct Uniform {
     pad: [u32; 2],
 }
 
-const ENTRIES: [(&str, &str); 5] = [
+const ENTRIES: [(&str, &str); 6] = [
     ("frames", "FRAMES"),
     ("mel_project", "MEL"),
     ("mel_max", "MEL_MAX"),
     ("mel_log", "MEL_LOG"),
     ("conv_cols", "CONV_COLS"),
+    ("pool1d", "POOL1D"),
 ];
 
 #[repr(C)]
@@ -52,6 +54,18 @@ struct ConvUniform {
     pad: u32,
     out_len: u32,
     unused: u32,
+    total: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct PoolUniform {
+    seqs: u32,
+    len: u32,
+    dim: u32,
+    kernel: u32,
+    out_len: u32,
+    unused: [u32; 2],
     total: u32,
 }
 
@@ -218,4 +232,25 @@ pub fn conv1d(
     rec.dispatch(&label, &kernel, &u, &[x, &cols], dev.grid(u32_of(total).div_ceil(WG)))?;
     let mp = MatmulParams { bias: true, ..MatmulParams::new(p.out_len(), p.out_channels, p.row()) };
     crate::matmul::matmul(dev, rec, &mp, &cols, weight, Some(bias), out)
+}
+
+/// Record the average pool over time ([`flint_ref::audio::avg_pool1d`]): `x` f32
+/// `[seqs, len, dim]` into `out` f32 `[seqs, len / kernel, dim]`.
+pub fn avg_pool1d(dev: &Device, rec: &mut Recorder, p: &Pool1dParams, x: &Tensor, out: &Tensor) -> Result<()> {
+    p.validate().map_err(param_err)?;
+    check_tensor("avg_pool1d", "x", x, p.seqs * p.len * p.dim, &[DType::F32])?;
+    let total = p.seqs * p.out_len() * p.dim;
+    check_tensor("avg_pool1d", "out", out, total, &[DType::F32])?;
+    let u = PoolUniform {
+        seqs: u32_of(p.seqs),
+        len: u32_of(p.len),
+        dim: u32_of(p.dim),
+        kernel: u32_of(p.kernel),
+        out_len: u32_of(p.out_len()),
+        unused: [0; 2],
+        total: u32_of(total),
+    };
+    let kernel = dev.kernel(registry(), &key("pool1d"))?;
+    let label = format!("audio pool1d {}x{}x{} k{}", p.seqs, p.len, p.dim, p.kernel);
+    rec.dispatch(&label, &kernel, &u, &[x, out], dev.grid(u32_of(total).div_ceil(WG)))
 }

@@ -277,8 +277,68 @@ pub fn conv1d(p: &Conv1dParams, x: &[f32], w: &[f32], bias: &[f32]) -> Result<Ve
     Ok(out)
 }
 
+/// Shape of an average pool over time: `[seqs, len, dim]` rows averaged `kernel` at a time with
+/// stride `kernel` into `[seqs, len / kernel, dim]` (torch's `AvgPool1d(k, stride=k)`: a last
+/// partial group is dropped). Qwen2-Audio pools its encoder output with `kernel` 2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pool1dParams {
+    /// Independent sequences.
+    pub seqs: usize,
+    /// Rows per sequence.
+    pub len: usize,
+    /// Values per row.
+    pub dim: usize,
+    /// Rows per average (and the step between them).
+    pub kernel: usize,
+}
+
+impl Pool1dParams {
+    /// Output rows per sequence.
+    pub fn out_len(&self) -> usize {
+        self.len / self.kernel.max(1)
+    }
+
+    /// Check the shape.
+    pub fn validate(&self) -> Result<(), ParamError> {
+        if self.seqs == 0 || self.dim == 0 || self.kernel == 0 || self.len < self.kernel {
+            return Err(ParamError::new(
+                "avg_pool1d",
+                format!("{self:?}: every sequence needs at least one full group of `kernel` rows"),
+            ));
+        }
+        if self.seqs.checked_mul(self.len).and_then(|n| n.checked_mul(self.dim)).is_none_or(|n| n > u32::MAX as usize) {
+            return Err(ParamError::new("avg_pool1d", format!("{self:?} has more than u32::MAX elements")));
+        }
+        Ok(())
+    }
+}
+
+/// Reference average pool over time ([`Pool1dParams`]), summed in f64.
+pub fn avg_pool1d(p: &Pool1dParams, x: &[f32]) -> Result<Vec<f32>, ParamError> {
+    p.validate()?;
+    check_len("avg_pool1d", "x", x, p.seqs * p.len * p.dim)?;
+    let mut out = Vec::with_capacity(p.seqs * p.out_len() * p.dim);
+    for s in 0..p.seqs {
+        for t in 0..p.out_len() {
+            for c in 0..p.dim {
+                let sum: f64 = (0..p.kernel).map(|j| f64::from(x[(s * p.len + t * p.kernel + j) * p.dim + c])).sum();
+                out.push((sum / p.kernel as f64) as f32);
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn pool1d_averages_pairs_and_drops_a_partial_group() {
+        let p = Pool1dParams { seqs: 2, len: 3, dim: 2, kernel: 2 };
+        let x = [1.0, 2.0, 3.0, 4.0, 100.0, 100.0, -1.0, 0.0, 1.0, 2.0, 9.0, 9.0];
+        assert_eq!(avg_pool1d(&p, &x).unwrap(), vec![2.0, 3.0, 0.0, 1.0]);
+        assert!(avg_pool1d(&Pool1dParams { len: 1, ..p }, &x[..4]).is_err());
+    }
     use super::*;
 
     #[test]
