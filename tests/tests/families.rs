@@ -133,7 +133,7 @@ fn a_tiny_gemma3_vision_model_matches_transformers() {
         let model = Model::load(&dev, dir.join("tiny")).unwrap();
         let (got_ids, pixels) = model.multimodal_prompt(&prompt, &images, false).unwrap();
         assert_eq!(got_ids, ids("input_ids"), "[{label}] prompt ids");
-        let pixels = pixels.unwrap();
+        let pixels = pixels.unwrap().pixels.unwrap();
         let want_px = f32s("pixel_values");
         let worst = pixels.data.iter().zip(&want_px).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(worst <= 1e-6 && pixels.data.len() == want_px.len(), "[{label}] pixels differ by {worst}");
@@ -143,13 +143,13 @@ fn a_tiny_gemma3_vision_model_matches_transformers() {
         rec.submit().unwrap().wait().unwrap();
         let ef = nmse(&dev.read_f32(&feats).unwrap(), &f32s("image_features"));
         assert!(ef <= 1e-5, "[{label}] projector output NMSE {ef:e}");
-        let logits = model.logits_with(&got_ids, Some(&pixels)).unwrap();
+        let logits = model.logits_with(&got_ids, Some(&pixels.clone().into())).unwrap();
         let el = nmse(&logits, &f32s("logits"));
         assert!(el <= 1e-5, "[{label}] logits NMSE {el:e}");
         let want = ids("greedy");
         let mut s = model.session(got_ids.len() + want.len()).unwrap();
         let opts = SamplingOptions { max_tokens: want.len(), ..Default::default() };
-        let out = s.generate_with(&got_ids, Some(&pixels), &opts, |_| {}).unwrap();
+        let out = s.generate_with(&got_ids, Some(&pixels.clone().into()), &opts, |_| {}).unwrap();
         assert_eq!(out.tokens, want, "[{label}] greedy tokens");
         // The images in a later turn: a session that already holds the first tokens prefills
         // the rest (both images) after them, its image masks offset by the cached positions.
@@ -159,7 +159,7 @@ fn a_tiny_gemma3_vision_model_matches_transformers() {
         s.forward(&mut rec, head).unwrap();
         rec.submit().unwrap().wait().unwrap();
         let mut rec = Recorder::new(&dev);
-        let h = s.forward_with(&mut rec, tail, Some(&pixels)).unwrap();
+        let h = s.forward_with(&mut rec, tail, Some(&pixels.clone().into())).unwrap();
         let later = model.decoder().logits(&mut rec, &h, 0..tail.len()).unwrap();
         rec.submit().unwrap().wait().unwrap();
         let vocab = model.decoder().cfg.vocab;
@@ -172,9 +172,8 @@ fn a_tiny_gemma3_vision_model_matches_transformers() {
         // prefilled with the same block mask) next to a text request.
         let mut engine =
             model.engine(flint_runtime::EngineOptions { kv_tokens: 512, page_size: 16, max_batch: 4 }).unwrap();
-        let req = flint_runtime::Request::new(got_ids.clone(), opts.clone())
-            .branches(2)
-            .with_pixels(Some(std::sync::Arc::new(pixels.clone())));
+        let req =
+            flint_runtime::Request::new(got_ids.clone(), opts.clone()).branches(2).with_pixels(Some(pixels.clone()));
         let id = engine.submit(req).unwrap();
         let mut outputs = std::collections::HashMap::new();
         engine

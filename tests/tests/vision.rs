@@ -239,7 +239,7 @@ fn check_model(dev: &flint_gpu::Device, name: &str) {
         (0..2).map(|i| flint_runtime::image::load(&dir.join(format!("{name}.image{i}.png"))).unwrap()).collect();
     let (ids, ours) = model.multimodal_prompt(&text, &imgs, false).unwrap();
     assert_eq!(ids, exp.ids("input_ids"), "[{label}] {name}: prompt ids");
-    let ours = ours.unwrap();
+    let ours = ours.unwrap().pixels.unwrap();
     assert_eq!((ours.images, ours.side), (images, side));
     let worst = ours.data.iter().zip(&npy.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(worst <= 1e-6, "[{label}] {name}: preprocessed pixels differ by {worst}");
@@ -257,7 +257,7 @@ fn check_model(dev: &flint_gpu::Device, name: &str) {
     assert!(ec <= 1e-5, "[{label}] {name}: connector NMSE {ec:e}");
 
     // The whole prefill.
-    let logits = model.logits_with(&ids, Some(&pixels)).unwrap();
+    let logits = model.logits_with(&ids, Some(&pixels.clone().into())).unwrap();
     let e = nmse("logits", &logits, exp.f32("logits"));
     assert!(e <= 1e-5, "[{label}] {name}: logits NMSE {e:e}");
 
@@ -265,7 +265,7 @@ fn check_model(dev: &flint_gpu::Device, name: &str) {
     let want = exp.ids("greedy");
     let mut s = model.session(ids.len() + want.len()).unwrap();
     let opts = SamplingOptions { max_tokens: want.len(), ..Default::default() };
-    let out = s.generate_with(&ids, Some(&pixels), &opts, |_| {}).unwrap();
+    let out = s.generate_with(&ids, Some(&pixels.clone().into()), &opts, |_| {}).unwrap();
     assert_eq!(out.tokens, want, "[{label}] {name}: greedy tokens");
 
     // Through the batched engine: three branches of the image prompt at temperature 0 (sharing
@@ -273,8 +273,7 @@ fn check_model(dev: &flint_gpu::Device, name: &str) {
     let mut engine =
         model.engine(flint_runtime::engine::EngineOptions { kv_tokens: 1024, page_size: 16, max_batch: 8 }).unwrap();
     let req = flint_runtime::engine::Request::new(ids.clone(), opts.clone());
-    let image_req =
-        engine.submit(req.clone().branches(3).with_pixels(Some(std::sync::Arc::new(pixels.clone())))).unwrap();
+    let image_req = engine.submit(req.clone().branches(3).with_pixels(Some(pixels.clone()))).unwrap();
     let text_ids: Vec<u32> = ids.iter().copied().filter(|&t| t != vision.image_token_id).take(20).collect();
     let text_alone = {
         let mut s = model.session(text_ids.len() + 8).unwrap();
@@ -458,22 +457,22 @@ fn prompts_and_pixels_that_disagree_are_refused() {
     let e = model.multimodal_prompt("<image> and <image>", std::slice::from_ref(&img), false).unwrap_err().to_string();
     assert!(e.contains("2 <image> placeholders for 1 images"), "{e}");
     let (ids, pixels) = model.multimodal_prompt("Look:", &[img], false).unwrap();
-    let pixels = pixels.unwrap();
+    let pixels = pixels.unwrap().pixels.unwrap();
     let fewer = Pixels {
         images: pixels.images - 1,
         data: pixels.data[..(pixels.images - 1) * 3 * 32 * 32].to_vec(),
         ..pixels.clone()
     };
-    let e = model.logits_with(&ids, Some(&fewer)).unwrap_err().to_string();
+    let e = model.logits_with(&ids, Some(&fewer.into())).unwrap_err().to_string();
     assert!(e.contains("image tokens") && e.contains("make 16"), "{e}");
     let e = model.logits_with(&ids, None).unwrap_err().to_string();
     assert!(e.contains("no images were given"), "{e}");
     let mut nan = pixels.clone();
     nan.data[3 * 32 * 32 + 5] = f32::NAN;
-    let e = model.logits_with(&ids, Some(&nan)).unwrap_err().to_string();
+    let e = model.logits_with(&ids, Some(&nan.into())).unwrap_err().to_string();
     assert!(e.contains("pixel value 3077 (image 1) is NaN: pixel values must be finite"), "{e}");
     let big = Pixels { side: 64, data: vec![0.0; pixels.images * 3 * 64 * 64], ..pixels };
-    let e = model.logits_with(&ids, Some(&big)).unwrap_err().to_string();
+    let e = model.logits_with(&ids, Some(&big.into())).unwrap_err().to_string();
     assert!(e.contains("image tokens"), "{e}");
 }
 
@@ -496,7 +495,7 @@ fn a_model_directory_loads_from_its_files_in_memory() {
     let (a, pa) = from_disk.multimodal_prompt("<image>What is it?", std::slice::from_ref(&img), true).unwrap();
     let (b, pb) = in_memory.multimodal_prompt("<image>What is it?", &[img], true).unwrap();
     assert_eq!(a, b, "prompt ids");
-    assert_eq!(pa.as_ref().map(|p| &p.data), pb.as_ref().map(|p| &p.data), "pixels");
+    assert_eq!(pa, pb, "pixels");
     assert_eq!(from_disk.logits_with(&a, pa.as_ref()).unwrap(), in_memory.logits_with(&b, pb.as_ref()).unwrap());
     files.remove("tokenizer.json");
     let e = Model::from_hf_files(dev, "tiny-a", files).unwrap_err().to_string();

@@ -12,7 +12,7 @@ use flint_gpu::Device;
 use flint_runtime::engine::{EngineOptions, Event, Request, RequestId};
 use flint_runtime::generate::SamplingOptions;
 use flint_runtime::model::Model;
-use flint_runtime::multimodal::Pixels;
+use flint_runtime::multimodal::Media;
 use flint_runtime::reasoning::{self, Mode};
 use flint_runtime::request::RequestLine;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -42,13 +42,13 @@ pub fn contemplate(
     model: &Model,
     opts: &GenerateOpts,
     prompt: &[u32],
-    pixels: Option<Pixels>,
+    media: Option<Media>,
     sampling: &SamplingOptions,
 ) -> Result<()> {
     let branches = opts.mode.branches();
     let eopts = EngineOptions { max_batch: opts.engine.max_batch.max(branches), ..opts.engine.clone() };
     let mut engine = model.engine(eopts)?;
-    let req = opts.mode.request(prompt.to_vec(), sampling.clone()).with_pixels(pixels.map(Arc::new));
+    let req = opts.mode.request(prompt.to_vec(), sampling.clone()).with_media(media.map(Arc::new));
     let id = engine.submit(req)?;
     let bar = (!opts.json).then(|| progress(None, &format!("contemplating with {branches} branches")));
     let mut result = None;
@@ -136,6 +136,19 @@ fn request_of(model: &Model, line: &str, d: &AgentDefaults) -> Result<(Mode, Req
     if !l.images.is_empty() && model.vision().is_none() {
         return Err(format!("{} image(s) given, but {} is a text-only model", l.images.len(), model.path().display()));
     }
+    if !l.audio.is_empty() && model.audio().is_none() {
+        return Err(format!(
+            "{} audio clip(s) given, but {} has no audio tower",
+            l.audio.len(),
+            model.path().display()
+        ));
+    }
+    let audio = l
+        .audio
+        .iter()
+        .map(|p| flint_runtime::audio::read_wav(Path::new(p)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
     let images = l
         .images
         .iter()
@@ -152,9 +165,11 @@ fn request_of(model: &Model, line: &str, d: &AgentDefaults) -> Result<(Mode, Req
         stop: Vec::new(),
     };
     sampling.stop.extend(&model.tokenizer().stop_tokens);
-    let chat = l.chat.unwrap_or(d.chat) || (!images.is_empty() && model.tokenizer().chat_template.is_some());
-    let (prompt, pixels) = reasoning::prompt(model, mode, &l.prompt, &images, chat).map_err(|e| e.to_string())?;
-    Ok((mode, mode.request(prompt, sampling).with_pixels(pixels.map(Arc::new))))
+    let media = !images.is_empty() || !audio.is_empty();
+    let chat = l.chat.unwrap_or(d.chat) || (media && model.tokenizer().chat_template.is_some());
+    let (prompt, media) =
+        reasoning::prompt(model, mode, &l.prompt, &images, &audio, chat).map_err(|e| e.to_string())?;
+    Ok((mode, mode.request(prompt, sampling).with_media(media.map(Arc::new))))
 }
 
 /// `flint generate --prompts FILE.jsonl`: every line a request; all run through one engine;

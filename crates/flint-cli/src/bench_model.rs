@@ -187,7 +187,8 @@ fn prefill_once(model: &Model, ids: &[u32], vision: Option<(&Arc<Vision>, &Pixel
     let t = Instant::now();
     if vision.is_some() {
         let mut rec = Recorder::new(&dev);
-        let h = session.forward_with(&mut rec, ids, vision.map(|(_, p)| p))?;
+        let media = vision.map(|(_, p)| flint_runtime::Media::from(p.clone()));
+        let h = session.forward_with(&mut rec, ids, media.as_ref())?;
         let _ = model.decoder().logits(&mut rec, &h, ids.len() - 1..ids.len())?;
         rec.submit()?.wait()?;
     } else {

@@ -75,7 +75,8 @@ enum Command {
         #[arg(long, required_unless_present = "prompts", conflicts_with = "prompts")]
         prompt: Option<String>,
         /// Many independent requests, one JSON object per line: {"prompt": "...", and optionally
-        /// "mode", "branches", "max_tokens", "temperature", "top_k", "top_p", "seed", "chat"};
+        /// "mode", "branches", "max_tokens", "temperature", "top_k", "top_p", "seed", "chat",
+        /// "images", "audio"};
         /// results are written as JSON lines in input order.
         #[arg(long)]
         prompts: Option<PathBuf>,
@@ -83,6 +84,10 @@ enum Command {
         /// or at its `<image>` placeholders.
         #[arg(long = "image")]
         images: Vec<PathBuf>,
+        /// A WAV file for an audio-language model (repeat for several clips, each at most 30 s);
+        /// they go before the prompt text, or at its `<|AUDIO|>` placeholders.
+        #[arg(long = "audio")]
+        audio: Vec<PathBuf>,
         /// Wrap the prompt in the model's chat template as a user message (implied by think and
         /// contemplate).
         #[arg(long)]
@@ -345,6 +350,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             prompt,
             prompts,
             images,
+            audio,
             chat,
             mode,
             branches,
@@ -381,6 +387,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 model: Some(model),
                 prompt: prompt.unwrap_or_default(),
                 images,
+                audio,
                 chat,
                 mode,
                 sampling,

@@ -63,6 +63,8 @@ pub struct GenerateOpts {
     pub prompt: String,
     /// Image files.
     pub images: Vec<PathBuf>,
+    /// WAV files (audio-language models).
+    pub audio: Vec<PathBuf>,
     /// Use the chat template.
     pub chat: bool,
     /// Reasoning mode.
@@ -82,25 +84,26 @@ pub struct GenerateOpts {
 pub fn generate(opts: GenerateOpts) -> Result<()> {
     let (dev, model) = load(&opts.adapter, opts.model.as_deref())?;
     let images = opts.images.iter().map(|p| flint_runtime::image::load(p)).collect::<Result<Vec<_>, _>>()?;
-    // Images go through the chat template when the model has one.
-    let chat = opts.chat || (!images.is_empty() && model.tokenizer().chat_template.is_some());
-    let (prompt, pixels) = reasoning::prompt(&model, opts.mode, &opts.prompt, &images, chat)?;
+    let audio = opts.audio.iter().map(|p| flint_runtime::audio::read_wav(p)).collect::<Result<Vec<_>, _>>()?;
+    // Images and audio go through the chat template when the model has one.
+    let chat = opts.chat || ((!images.is_empty() || !audio.is_empty()) && model.tokenizer().chat_template.is_some());
+    let (prompt, media) = reasoning::prompt(&model, opts.mode, &opts.prompt, &images, &audio, chat)?;
     let mut sampling = opts.sampling.clone();
     sampling.stop.extend(&model.tokenizer().stop_tokens);
     if let Mode::Contemplate { .. } = opts.mode {
-        return crate::agents::contemplate(&dev, &model, &opts, &prompt, pixels, &sampling);
+        return crate::agents::contemplate(&dev, &model, &opts, &prompt, media, &sampling);
     }
     let mut session = model.session(prompt.len().saturating_add(sampling.max_tokens))?;
     let mut stream = StreamDecoder::default();
     let mut stdout = std::io::stdout().lock();
     // A plain prompt is echoed so the continuation reads on; a chat reply stands alone.
-    let plain = !opts.chat && !opts.mode.reasons() && pixels.is_none();
+    let plain = !opts.chat && !opts.mode.reasons() && media.is_none();
     if !opts.json && plain {
         write!(stdout, "{}", opts.prompt)?;
         stdout.flush()?;
     }
     let mut stream_err = None;
-    let out = session.generate_with(&prompt, pixels.as_ref(), &sampling, |id| {
+    let out = session.generate_with(&prompt, media.as_ref(), &sampling, |id| {
         if opts.json {
             return;
         }
@@ -133,7 +136,9 @@ pub fn generate(opts: GenerateOpts) -> Result<()> {
             "prompt": opts.prompt,
             "prompt_ids": prompt,
             "images": opts.images.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-            "image_tiles": pixels.as_ref().map_or(0, |p| p.images),
+            "image_tiles": media.as_ref().and_then(|m| m.pixels.as_ref()).map_or(0, |p| p.images),
+            "audio": opts.audio.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "audio_tokens": media.as_ref().and_then(|m| m.audio.as_ref()).map_or(0, |a| a.tokens().iter().sum()),
             "generated_ids": out.tokens,
             "logprobs": out.logprobs,
             "text": text,
@@ -236,7 +241,8 @@ pub fn logits(adapter: &str, model: Option<&str>, ids: &str, pixel_values: Optio
             }
         }
     };
-    let logits = model.logits_with(&ids, pixels.as_ref())?;
+    let media = pixels.map(flint_runtime::Media::from);
+    let logits = model.logits_with(&ids, media.as_ref())?;
     let vocab = model.decoder().cfg.vocab;
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
     let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![ids.len(), vocab], &bytes)?;

@@ -27,7 +27,7 @@ use flint_kernels::sample::RowOptions;
 
 use crate::generate::{SamplingOptions, StopReason};
 use crate::model::decoder::Decoder;
-use crate::multimodal::{Pixels, Vision};
+use crate::multimodal::{AudioTower, Encoders, Media, Pixels, Vision};
 use crate::reasoning::Vote;
 use crate::stepper::{StepMode, StepRow, StepStats, Stepper};
 use crate::tokenizer::Tokenizer;
@@ -59,8 +59,8 @@ pub struct Request {
     pub sampling: SamplingOptions,
     /// Branches decoded from the one prefilled prompt (1 for a plain request).
     pub branches: usize,
-    /// Pixels for the prompt's image tokens (multimodal models).
-    pub pixels: Option<Arc<Pixels>>,
+    /// Pixels and audio features for the prompt's image and audio tokens (multimodal models).
+    pub media: Option<Arc<Media>>,
     /// Vote over the branches' final answers when they finish (contemplating mode): the
     /// output's [`RequestOutput::vote`] says which branch won. Needs an engine that has the
     /// model's tokenizer ([`Model::engine`](crate::model::Model::engine) gives it one).
@@ -70,7 +70,7 @@ pub struct Request {
 impl Request {
     /// A single-branch text request.
     pub fn new(prompt: Vec<u32>, sampling: SamplingOptions) -> Request {
-        Request { prompt, sampling, branches: 1, pixels: None, vote: false }
+        Request { prompt, sampling, branches: 1, media: None, vote: false }
     }
 
     /// The same request contemplated: decoded as `branches` branches from its one prefill, and
@@ -88,8 +88,13 @@ impl Request {
     }
 
     /// The same request with pixels for its image tokens.
-    pub fn with_pixels(self, pixels: Option<Arc<Pixels>>) -> Request {
-        Request { pixels, ..self }
+    pub fn with_pixels(self, pixels: Option<Pixels>) -> Request {
+        self.with_media(pixels.map(Media::from).map(Arc::new))
+    }
+
+    /// The same request with media (pixels, audio features) for its image and audio tokens.
+    pub fn with_media(self, media: Option<Arc<Media>>) -> Request {
+        Request { media, ..self }
     }
 }
 
@@ -222,7 +227,7 @@ struct Active {
 /// `Send`, so a server can move it to a worker thread or keep it behind a mutex.
 pub struct Engine {
     model: Arc<Decoder>,
-    vision: Option<Arc<Vision>>,
+    encoders: Encoders,
     /// Decodes the branches of voting requests.
     tokenizer: Option<Arc<Tokenizer>>,
     opts: EngineOptions,
@@ -285,7 +290,7 @@ impl Engine {
         let stepper = Stepper::new(model.device(), opts.max_batch, opts.max_batch, width, StepMode::Planned)?;
         Ok(Engine {
             model,
-            vision: None,
+            encoders: Encoders::default(),
             tokenizer: None,
             free_slots: (0..opts.max_batch as u32).rev().collect(),
             opts,
@@ -329,7 +334,13 @@ impl Engine {
 
     /// The same engine taking images through `vision` (a multimodal model's tower).
     pub fn with_vision(mut self, vision: Option<Arc<Vision>>) -> Self {
-        self.vision = vision;
+        self.encoders.vision = vision;
+        self
+    }
+
+    /// The same engine taking audio through `audio` (an audio-language model's tower).
+    pub fn with_audio(mut self, audio: Option<Arc<AudioTower>>) -> Self {
+        self.encoders.audio = audio;
         self
     }
 
@@ -377,24 +388,8 @@ impl Engine {
         if req.vote && self.tokenizer.is_none() {
             return refuse(RequestError::NoTokenizer);
         }
-        match (&req.pixels, self.vision.as_deref()) {
-            (Some(_), None) => {
-                return refuse(RequestError::Images("images given to a model without a vision tower".into()));
-            }
-            (Some(px), Some(v)) => {
-                let slots = req.prompt.iter().filter(|&&t| t == v.image_token_id).count();
-                if slots != v.tokens_for(px) {
-                    return refuse(RequestError::Images(format!(
-                        "the prompt has {slots} image tokens but its {} image tiles make {}",
-                        px.images,
-                        v.tokens_for(px)
-                    )));
-                }
-            }
-            (None, Some(v)) if req.prompt.contains(&v.image_token_id) => {
-                return refuse(RequestError::Images("the prompt has image tokens but no images".into()));
-            }
-            _ => {}
+        if let Err(e) = crate::multimodal::check_media(&self.encoders, &req.prompt, req.media.as_deref()) {
+            return refuse(e);
         }
         if req.sampling.max_tokens == 0 {
             return refuse(RequestError::NoTokens);
@@ -621,7 +616,7 @@ impl Engine {
             self.reserved_pages += w.pages;
             let slots: Vec<u32> = (0..w.req.branches).filter_map(|_| self.free_slots.pop()).collect();
             let p = w.req.prompt.len();
-            let chunk = if w.req.pixels.is_none() { self.prefill_chunk } else { p };
+            let chunk = if w.req.media.is_none() { self.prefill_chunk } else { p };
             let size = crate::generate::chunk_size(p, chunk);
             let seq = self.pool.create();
             self.prefilling = Some(Prefilling { w, seq, slots, done: 0, size, started: Instant::now() });
@@ -756,8 +751,16 @@ impl Engine {
         let prompt = &req.prompt[done..];
         let p = prompt.len();
         let mut rec = Recorder::new(&dev);
-        let (vision, pixels) = (self.vision.as_deref(), req.pixels.as_deref());
-        let h = crate::multimodal::forward_prompt(&self.model, vision, &mut rec, &mut self.pool, seq, prompt, pixels)?;
+        let media = req.media.as_deref();
+        let h = crate::multimodal::forward_prompt(
+            &self.model,
+            &self.encoders,
+            &mut rec,
+            &mut self.pool,
+            seq,
+            prompt,
+            media,
+        )?;
         let last = self.model.logits(&mut rec, &h, p - 1..p)?;
         let logits = if n == 1 {
             last

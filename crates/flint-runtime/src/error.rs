@@ -107,6 +107,10 @@ pub enum RequestError {
     /// Images the model cannot take, or that do not match the prompt's image tokens.
     #[error("{0}")]
     Images(String),
+    /// Audio the model cannot take (too long, too short), or that does not match the prompt's
+    /// audio tokens.
+    #[error("{0}")]
+    Audio(String),
     /// A voting request to an engine that has no tokenizer to read the branches' answers with.
     #[error("a voting (contemplate) request needs an engine with the model's tokenizer (Model::engine makes one)")]
     NoTokenizer,

@@ -17,7 +17,7 @@ use flint_ref::sample::SampleParams;
 use crate::stepper::{StepMode, StepRow, StepStats, Stepper};
 
 use crate::model::decoder::Decoder;
-use crate::multimodal::{Pixels, Vision};
+use crate::multimodal::{AudioTower, Encoders, Media, Vision};
 use crate::{RequestError, Result};
 
 /// How to choose tokens and when to stop.
@@ -86,7 +86,7 @@ pub(crate) fn chunk_size(len: usize, chunk: usize) -> usize {
 /// returning (no logits).
 pub(crate) async fn prefill_into(model: &Decoder, pool: &mut KvPool, seq: SeqId, ids: &[u32]) -> Result<()> {
     let mut rec = Recorder::new(model.device());
-    crate::multimodal::forward_prompt(model, None, &mut rec, pool, seq, ids, None)?;
+    crate::multimodal::forward_prompt(model, &Encoders::default(), &mut rec, pool, seq, ids, None)?;
     rec.submit()?.finished().await?;
     Ok(())
 }
@@ -155,11 +155,11 @@ impl Generation {
     }
 }
 
-/// One sequence of a decoder with its KV cache. It holds its decoder (and vision tower) by
+/// One sequence of a decoder with its KV cache. It holds its decoder (and media encoders) by
 /// `Arc`, so it is `'static` and `Send`: it can move to another thread or live in shared state.
 pub struct Session {
     model: Arc<Decoder>,
-    vision: Option<Arc<Vision>>,
+    encoders: Encoders,
     pool: KvPool,
     seq: SeqId,
     step: u32,
@@ -184,7 +184,7 @@ impl Session {
         let stepper = Some(stepper);
         Ok(Session {
             model,
-            vision: None,
+            encoders: Encoders::default(),
             pool,
             seq,
             step: 0,
@@ -267,7 +267,13 @@ impl Session {
 
     /// The same session able to take images (through `vision`).
     pub fn with_vision(mut self, vision: Option<Arc<Vision>>) -> Self {
-        self.vision = vision;
+        self.encoders.vision = vision;
+        self
+    }
+
+    /// The same session able to take audio (through `audio`).
+    pub fn with_audio(mut self, audio: Option<Arc<AudioTower>>) -> Self {
+        self.encoders.audio = audio;
         self
     }
 
@@ -276,27 +282,26 @@ impl Session {
         self.forward_with(rec, ids, None)
     }
 
-    /// [`Session::forward`] with images: the image tokens of `ids` take the embeddings the
-    /// vision tower makes of `pixels`.
-    pub fn forward_with(&mut self, rec: &mut Recorder, ids: &[u32], pixels: Option<&Pixels>) -> Result<Tensor> {
+    /// [`Session::forward`] with media: the image and audio tokens of `ids` take the
+    /// embeddings the vision and audio towers make of `media`.
+    pub fn forward_with(&mut self, rec: &mut Recorder, ids: &[u32], media: Option<&Media>) -> Result<Tensor> {
         check_ids(&self.model, ids)?;
-        let vision = self.vision.as_deref();
-        crate::multimodal::forward_prompt(&self.model, vision, rec, &mut self.pool, self.seq, ids, pixels)
+        crate::multimodal::forward_prompt(&self.model, &self.encoders, rec, &mut self.pool, self.seq, ids, media)
     }
 
     /// Run `ids` and sample one token from the logits after the last of them, leaving it in
     /// the session's token slot too (where the first decode step reads it).
-    async fn prefill(&mut self, ids: &[u32], pixels: Option<&Pixels>, opts: &SamplingOptions) -> Result<(u32, f32)> {
+    async fn prefill(&mut self, ids: &[u32], media: Option<&Media>, opts: &SamplingOptions) -> Result<(u32, f32)> {
         let dev = self.model.device().clone();
         let t0 = Instant::now();
         let row = self.row(opts, self.step);
         // A long text prompt runs in chunks, each submitted and finished before the next is
         // recorded, so the activations held at once are a chunk's, not the prompt's: memory is
-        // bounded by the weights, the KV cache and a constant. A prompt with images runs whole.
-        let chunk = if pixels.is_none() { self.prefill_chunk } else { ids.len() };
+        // bounded by the weights, the KV cache and a constant. A prompt with media runs whole.
+        let chunk = if media.is_none() { self.prefill_chunk } else { ids.len() };
         let ids = prefill_head(&self.model, &mut self.pool, self.seq, ids, chunk).await?;
         let mut rec = Recorder::new(&dev);
-        let h = self.forward_with(&mut rec, ids, pixels)?;
+        let h = self.forward_with(&mut rec, ids, media)?;
         let logits = self.model.logits(&mut rec, &h, ids.len() - 1..ids.len())?;
         let row_opts = dev.upload_u32("sample options", &row.opts.words(), &[1, RowOptions::WORDS])?;
         let out = dev.empty("sample out", &[1, 2], DType::F32)?;
@@ -372,12 +377,12 @@ impl Session {
         self.generate_with(prompt, None, opts, on_token)
     }
 
-    /// [`Session::generate`] after a prompt with images (`pixels` for its image tokens).
+    /// [`Session::generate`] after a prompt with media (`media` for its image and audio tokens).
     /// Blocks the thread; in the browser it returns an error: use [`Session::generate_async`].
     pub fn generate_with(
         &mut self,
         prompt: &[u32],
-        pixels: Option<&Pixels>,
+        media: Option<&Media>,
         opts: &SamplingOptions,
         mut on_token: impl FnMut(u32),
     ) -> Result<Generation> {
@@ -385,7 +390,7 @@ impl Session {
             on_token(t);
             ControlFlow::Continue(())
         };
-        flint_gpu::block_on("a generation", self.generate_async(prompt, pixels, opts, on_token))
+        flint_gpu::block_on("a generation", self.generate_async(prompt, media, opts, on_token))
     }
 
     /// [`Session::generate_with`] without blocking, for the browser: every wait for the GPU is
@@ -395,7 +400,7 @@ impl Session {
     pub async fn generate_async(
         &mut self,
         prompt: &[u32],
-        pixels: Option<&Pixels>,
+        media: Option<&Media>,
         opts: &SamplingOptions,
         mut on_token: impl FnMut(u32) -> ControlFlow<()>,
     ) -> Result<Generation> {
@@ -410,7 +415,7 @@ impl Session {
         let capacity = self.capacity;
         self.room_for(prompt.len())?;
         let t0 = Instant::now();
-        let (first, first_logprob) = self.prefill(prompt, pixels, opts).await?;
+        let (first, first_logprob) = self.prefill(prompt, media, opts).await?;
         let prefill = t0.elapsed();
         let t1 = Instant::now();
         let mut out = Generation {

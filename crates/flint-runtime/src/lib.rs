@@ -72,7 +72,7 @@ pub use engine::{Engine, EngineOptions, Event, Request, RequestId, RequestOutput
 pub use flint_gpu::Device;
 pub use generate::{SamplingOptions, Session, StopReason};
 pub use model::Model;
-pub use multimodal::Pixels;
+pub use multimodal::{AudioFeatures, Media, Pixels};
 pub use reasoning::Mode;
 pub use whisper::{TranscribeOptions, Transcript, Whisper};
 

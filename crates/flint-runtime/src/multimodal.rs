@@ -1,12 +1,17 @@
 //! The multimodal side of a model: the vision tower with its processor settings ([`Vision`]),
-//! images ready for it ([`Pixels`]), and the embedding of a prompt whose image tokens take the
-//! tower's output ([`embed_prompt`]). Generation ([`crate::generate`]) and the engine
-//! ([`crate::engine`]) use these without depending on [`crate::model::Model`].
+//! images ready for it ([`Pixels`]), the audio tower ([`AudioTower`]) and clips ready for it
+//! ([`AudioFeatures`]), both held as a prompt's [`Media`] and a model's [`Encoders`], and the
+//! embedding of a prompt whose image and audio tokens take the towers' output
+//! ([`embed_prompt`]). Generation ([`crate::generate`]) and the engine ([`crate::engine`]) use
+//! these without depending on [`crate::model::Model`].
+
+use std::sync::Arc;
 
 use flint_gpu::{DType, Recorder, Tensor};
 
 use crate::image::{FixedSizeProcessor, ImageProcessor, Rgb};
 use crate::kvpool::{KvPool, SeqId};
+pub use crate::model::audio::{AudioFeatures, AudioTower};
 use crate::model::decoder::Decoder;
 use crate::model::vision::VisionTower;
 use crate::{RequestError, Result, RuntimeError};
@@ -104,6 +109,43 @@ impl Processor {
     }
 }
 
+/// What a prompt's media tokens take: its images' pixels and its audio clips' features.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Media {
+    /// The images, for the image tokens.
+    pub pixels: Option<Pixels>,
+    /// The audio clips, for the audio tokens.
+    pub audio: Option<AudioFeatures>,
+}
+
+impl From<Pixels> for Media {
+    fn from(pixels: Pixels) -> Media {
+        Media { pixels: Some(pixels), audio: None }
+    }
+}
+
+impl From<AudioFeatures> for Media {
+    fn from(audio: AudioFeatures) -> Media {
+        Media { pixels: None, audio: Some(audio) }
+    }
+}
+
+impl Media {
+    /// Media from optional images and clips: `None` when there are neither.
+    pub fn of(pixels: Option<Pixels>, audio: Option<AudioFeatures>) -> Option<Media> {
+        if pixels.is_none() && audio.is_none() { None } else { Some(Media { pixels, audio }) }
+    }
+}
+
+/// A model's encoders of media: its vision side and its audio tower, each shared.
+#[derive(Clone, Debug, Default)]
+pub struct Encoders {
+    /// The vision side, for images.
+    pub vision: Option<Arc<Vision>>,
+    /// The audio tower, for audio clips.
+    pub audio: Option<Arc<AudioTower>>,
+}
+
 /// Images ready for the encoder: `[images, channels, height, width]` f32, normalised, all of
 /// one square size whose side is a multiple of the patch (the processor's tiles).
 #[derive(Clone, Debug, PartialEq)]
@@ -162,20 +204,22 @@ impl Vision {
     }
 }
 
-/// Record `ids` (their image tokens taking `pixels`) through `decoder` into `seq`'s cache:
-/// the prompt's embeddings ([`embed_prompt`]), then every layer, each image's tokens attending
-/// to their whole image where the vision side is [bidirectional](Vision::bidirectional).
+/// Record `ids` (their image and audio tokens taking `media`) through `decoder` into `seq`'s
+/// cache: the prompt's embeddings ([`embed_prompt`]), then every layer, each image's tokens
+/// attending to their whole image where the vision side is [bidirectional](Vision::bidirectional).
 /// Returns the final-normed hidden states `[ids.len(), hidden]`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn forward_prompt(
     decoder: &Decoder,
-    vision: Option<&Vision>,
+    encoders: &Encoders,
     rec: &mut Recorder,
     pool: &mut KvPool,
     seq: SeqId,
     ids: &[u32],
-    pixels: Option<&Pixels>,
+    media: Option<&Media>,
 ) -> Result<Tensor> {
-    let x = embed_prompt(decoder, vision, rec, ids, pixels)?;
+    let x = embed_prompt(decoder, encoders, rec, ids, media)?;
+    let vision = encoders.vision.as_deref();
     decoder.forward_blocks(rec, pool, seq, &x, ids.len(), &image_blocks(vision, ids))
 }
 
@@ -185,13 +229,13 @@ pub(crate) fn forward_prompt(
 /// end tokens between two images.
 fn image_blocks(vision: Option<&Vision>, ids: &[u32]) -> Vec<std::ops::Range<usize>> {
     match vision.filter(|v| v.bidirectional) {
-        Some(v) => image_runs(ids, v.image_token_id),
+        Some(v) => token_runs(ids, v.image_token_id),
         None => Vec::new(),
     }
 }
 
-/// The runs of consecutive `token`s in `ids`.
-fn image_runs(ids: &[u32], token: u32) -> Vec<std::ops::Range<usize>> {
+/// The runs of consecutive `token`s in `ids` (image or audio tokens).
+fn token_runs(ids: &[u32], token: u32) -> Vec<std::ops::Range<usize>> {
     let mut runs = Vec::new();
     let mut i = 0;
     while i < ids.len() {
@@ -209,49 +253,132 @@ fn image_runs(ids: &[u32], token: u32) -> Vec<std::ops::Range<usize>> {
 }
 
 /// Record the embeddings of a prompt: token embeddings, with the rows of image tokens replaced,
-/// in order, by what the vision tower makes of `pixels`. Returns `[ids.len(), hidden]`.
+/// in order, by what the vision tower makes of the media's pixels, and those of audio tokens by
+/// what the audio tower makes of its clips. Returns `[ids.len(), hidden]`.
 pub fn embed_prompt(
     decoder: &Decoder,
-    vision: Option<&Vision>,
+    encoders: &Encoders,
     rec: &mut Recorder,
     ids: &[u32],
-    pixels: Option<&Pixels>,
+    media: Option<&Media>,
 ) -> Result<Tensor> {
     let dev = decoder.device();
     let ids_t = dev.upload_u32("token ids", ids, &[ids.len()])?;
     let x = decoder.embed(rec, &ids_t, ids.len())?;
-    let image_token = vision.map(|v| v.image_token_id);
-    let slots = image_token.map_or(0, |t| ids.iter().filter(|&&i| i == t).count());
-    let (vision, pixels) = match (vision, pixels) {
-        (_, None) if slots == 0 => return Ok(x),
-        (None, Some(_)) => {
-            return Err(RequestError::Images("images given to a model without a vision tower".into()).into());
-        }
-        (Some(_), None) => {
-            return Err(
-                RequestError::Images(format!("the prompt has {slots} image tokens but no images were given")).into()
-            );
-        }
-        (Some(v), Some(p)) => (v, p),
-        (None, None) => return Ok(x),
-    };
-    let want = vision.tokens_for(pixels);
-    if want != slots {
-        return Err(RequestError::Images(format!(
-            "the prompt has {slots} image tokens but the {} image tiles make {want}",
-            pixels.images
-        ))
-        .into());
-    }
-    let embeds = vision.embed(rec, pixels)?;
     let row = decoder.cfg.hidden;
-    let mut used = 0;
-    for run in image_runs(ids, vision.image_token_id) {
-        let (start, n) = (run.start, run.len());
-        let src = embeds.view((used * row * 4) as u64, &[n, row], DType::F32)?;
-        let dst = x.view((start * row * 4) as u64, &[n, row], DType::F32)?;
-        rec.copy(&src, &dst)?;
-        used += n;
+    let pixels = media.and_then(|m| m.pixels.as_ref());
+    if let Some((vision, pixels)) = image_inputs(encoders.vision.as_deref(), ids, pixels)? {
+        let embeds = vision.embed(rec, pixels)?;
+        // The tiles' tokens are packed in order.
+        let sources = [(0, vision.tokens_for(pixels))];
+        splice(rec, &x, row, ids, vision.image_token_id, &embeds, &sources)?;
+    }
+    let clips = media.and_then(|m| m.audio.as_ref());
+    if let Some((audio, clips)) = audio_inputs(encoders.audio.as_deref(), ids, clips)? {
+        let embeds = audio.embed(rec, clips)?;
+        let per = audio.rows_per_clip();
+        let sources: Vec<(usize, usize)> = clips.tokens().iter().enumerate().map(|(c, &n)| (c * per, n)).collect();
+        splice(rec, &x, row, ids, audio.audio_token_id, &embeds, &sources)?;
     }
     Ok(x)
+}
+
+/// Whether `media` fits `ids`' image and audio tokens on a model with `encoders`: the refusal
+/// [`embed_prompt`] would give, for a host to answer before any work.
+pub(crate) fn check_media(
+    encoders: &Encoders,
+    ids: &[u32],
+    media: Option<&Media>,
+) -> std::result::Result<(), RequestError> {
+    image_inputs(encoders.vision.as_deref(), ids, media.and_then(|m| m.pixels.as_ref()))?;
+    audio_inputs(encoders.audio.as_deref(), ids, media.and_then(|m| m.audio.as_ref()))?;
+    Ok(())
+}
+
+/// The vision side and the pixels for `ids`' image tokens, when it has any; refusals when
+/// images and image tokens do not match.
+fn image_inputs<'a>(
+    vision: Option<&'a Vision>,
+    ids: &[u32],
+    pixels: Option<&'a Pixels>,
+) -> std::result::Result<Option<(&'a Vision, &'a Pixels)>, RequestError> {
+    let slots = vision.map_or(0, |v| ids.iter().filter(|&&i| i == v.image_token_id).count());
+    match (vision, pixels) {
+        (_, None) if slots == 0 => Ok(None),
+        (None, Some(_)) => Err(RequestError::Images("images given to a model without a vision tower".into())),
+        (Some(_), None) => {
+            Err(RequestError::Images(format!("the prompt has {slots} image tokens but no images were given")))
+        }
+        (Some(v), Some(p)) => {
+            let want = v.tokens_for(p);
+            if want != slots {
+                return Err(RequestError::Images(format!(
+                    "the prompt has {slots} image tokens but the {} image tiles make {want}",
+                    p.images
+                )));
+            }
+            Ok(Some((v, p)))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// The audio tower and the clips for `ids`' audio tokens, when it has any; refusals when clips
+/// and audio tokens do not match.
+fn audio_inputs<'a>(
+    audio: Option<&'a AudioTower>,
+    ids: &[u32],
+    clips: Option<&'a AudioFeatures>,
+) -> std::result::Result<Option<(&'a AudioTower, &'a AudioFeatures)>, RequestError> {
+    let slots = audio.map_or(0, |a| ids.iter().filter(|&&i| i == a.audio_token_id).count());
+    match (audio, clips) {
+        (_, None) if slots == 0 => Ok(None),
+        (None, Some(_)) => Err(RequestError::Audio("audio given to a model without an audio tower".into())),
+        (Some(_), None) => {
+            Err(RequestError::Audio(format!("the prompt has {slots} audio tokens but no audio was given")))
+        }
+        (Some(a), Some(c)) => {
+            let want: usize = c.tokens().iter().sum();
+            if want != slots {
+                return Err(RequestError::Audio(format!(
+                    "the prompt has {slots} audio tokens but the {} clips make {want}",
+                    c.clips()
+                )));
+            }
+            Ok(Some((a, c)))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// Copy rows of `embeds` into the rows of `x` whose token is `token`, in order: the sources are
+/// `(first row, rows)` runs of `embeds`, taken one after another (their total is the number of
+/// such tokens, checked by the caller). Each copy is a maximal run that is contiguous on both
+/// sides.
+fn splice(
+    rec: &mut Recorder,
+    x: &Tensor,
+    row: usize,
+    ids: &[u32],
+    token: u32,
+    embeds: &Tensor,
+    sources: &[(usize, usize)],
+) -> Result<()> {
+    let mut src = sources.iter().copied().filter(|s| s.1 > 0);
+    let mut cur = src.next();
+    for run in token_runs(ids, token) {
+        let (mut at, mut left) = (run.start, run.len());
+        while left > 0 {
+            let Some((first, avail)) = cur else {
+                return Err(RuntimeError::Request(format!("more {token} tokens than embeddings")));
+            };
+            let n = left.min(avail);
+            let s = embeds.view((first * row * 4) as u64, &[n, row], DType::F32)?;
+            let d = x.view((at * row * 4) as u64, &[n, row], DType::F32)?;
+            rec.copy(&s, &d)?;
+            (at, left) = (at + n, left - n);
+            cur = if n == avail { src.next() } else { Some((first + n, avail - n)) };
+        }
+    }
+    Ok(())
 }

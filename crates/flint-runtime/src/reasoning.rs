@@ -12,9 +12,10 @@
 
 use std::collections::HashMap;
 
+use crate::audio::Audio;
 use crate::image::Rgb;
 use crate::model::{Model, PromptSpec};
-use crate::multimodal::Pixels;
+use crate::multimodal::Media;
 use crate::{Result, RuntimeError};
 
 /// The system message that asks a model without a reasoning format for reasoning, then an answer.
@@ -107,19 +108,20 @@ pub fn template_reasons(template: &str) -> bool {
 /// Token ids of `question` asked in `mode`. With `chat` (implied by the reasoning modes when
 /// the model has a chat template) the question is a user message in the model's template.
 pub fn prompt_ids(model: &Model, mode: Mode, question: &str, chat: bool) -> Result<Vec<u32>> {
-    Ok(prompt(model, mode, question, &[], chat)?.0)
+    Ok(prompt(model, mode, question, &[], &[], chat)?.0)
 }
 
-/// Token ids and pixels of `question` about `images` asked in `mode`. A tokenizer or chat
-/// template error names the model file it comes from.
+/// Token ids and media of `question` about `images` and audio clips `audio` asked in `mode`.
+/// A tokenizer or chat template error names the model file it comes from.
 pub fn prompt(
     model: &Model,
     mode: Mode,
     question: &str,
     images: &[Rgb],
+    audio: &[Audio],
     chat: bool,
-) -> Result<(Vec<u32>, Option<Pixels>)> {
-    prompt_unnamed(model, mode, question, images, chat).map_err(|e| match e {
+) -> Result<(Vec<u32>, Option<Media>)> {
+    prompt_unnamed(model, mode, question, images, audio, chat).map_err(|e| match e {
         RuntimeError::Tokenizer(m) => RuntimeError::Tokenizer(format!("{}: {m}", model.path().display())),
         e => e,
     })
@@ -130,9 +132,10 @@ fn prompt_unnamed(
     mode: Mode,
     question: &str,
     images: &[Rgb],
+    audio: &[Audio],
     chat: bool,
-) -> Result<(Vec<u32>, Option<Pixels>)> {
-    let mut spec = PromptSpec { text: question, images, chat, ..Default::default() };
+) -> Result<(Vec<u32>, Option<Media>)> {
+    let mut spec = PromptSpec { text: question, images, audio, chat, ..Default::default() };
     let Some(template) = model.tokenizer().chat_template.as_deref() else {
         if chat || mode.reasons() {
             // A reasoning mode without a template would silently become a plain continuation.

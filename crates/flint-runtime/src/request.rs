@@ -10,6 +10,8 @@ use crate::{Result, RuntimeError};
 
 /// The most images one request may name.
 pub const MAX_IMAGES: usize = 64;
+/// The most audio clips one request may name.
+pub const MAX_AUDIO: usize = 16;
 /// The most branches one contemplating request may ask for.
 pub const MAX_BRANCHES: usize = 1024;
 
@@ -47,6 +49,9 @@ pub struct RequestLine {
     /// Image files, one `<image>` each.
     #[serde(default)]
     pub images: Vec<String>,
+    /// WAV files, one `<|AUDIO|>` each (audio-language models).
+    #[serde(default)]
+    pub audio: Vec<String>,
 }
 
 fn bad(message: String) -> RuntimeError {
@@ -80,6 +85,9 @@ impl RequestLine {
         }
         if l.images.len() > MAX_IMAGES {
             return Err(bad(format!("{} images is over the limit of {MAX_IMAGES} per request", l.images.len())));
+        }
+        if l.audio.len() > MAX_AUDIO {
+            return Err(bad(format!("{} audio clips is over the limit of {MAX_AUDIO} per request", l.audio.len())));
         }
         if let Some(m) = &l.mode {
             Mode::parse(m, l.branches.unwrap_or(1))?;

@@ -28,7 +28,6 @@ use web_time::Instant;
 use flint_gpu::{DType, Device, Recorder, Tensor};
 use flint_kernels::attention::{self, KvCache, PageTable};
 use flint_ref::attention::{AttnParams, Mask, SeqSpec};
-use flint_ref::audio::Conv1dParams;
 use flint_ref::elementwise::{EltOp, EltParams};
 use flint_ref::matmul::MatmulParams;
 use flint_ref::norm::{NormKind, NormParams};
@@ -36,13 +35,11 @@ use flint_ref::norm::{NormKind, NormParams};
 use crate::audio::{Audio, LogMel};
 use crate::ct2::Ct2File;
 use crate::hf::{Config, HfDir, read_json};
-use crate::model::vision::{Affine as Linear, Block as EncoderBlock, EncoderShape, LayerNorm as Norm, encoder_blocks};
+use crate::model::audio::{AudioEncoder, EncoderDims, HfSource, Source, fused_rows, layer_norm};
+use crate::model::vision::{Affine as Linear, LayerNorm as Norm};
 use crate::{Result, RuntimeError};
 
-/// Frames of log-mel features per window.
-pub const WINDOW_FRAMES: usize = 3000;
-/// Encoder positions per window (after the stride-2 convolution).
-pub const AUDIO_CTX: usize = 1500;
+pub use crate::model::audio::{AUDIO_CTX, WINDOW_FRAMES};
 /// Most decoder positions (Whisper's text context).
 pub const MAX_TEXT_CTX: usize = 448;
 /// Largest width flint accepts from a Whisper file (large-v3 is 1280).
@@ -113,11 +110,7 @@ pub struct Whisper {
     path: PathBuf,
     tokenizer: tokenizers::Tokenizer,
     mel: LogMel,
-    conv1: (Tensor, Tensor),
-    conv2: (Tensor, Tensor),
-    enc_pos: Tensor,
-    enc: Vec<EncoderBlock>,
-    enc_ln: Norm,
+    encoder: AudioEncoder,
     /// The output head (the token embeddings), f16 where the adapter has it.
     embed: Tensor,
     /// The token embeddings on the host and the learned positions: a step's input rows are
@@ -218,7 +211,7 @@ pub struct Transcript {
     pub decoder_s: f64,
 }
 
-fn file_err(path: &Path, m: impl std::fmt::Display) -> RuntimeError {
+pub(crate) fn file_err(path: &Path, m: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::Model(format!("{}: {m}", path.display()))
 }
 
@@ -446,87 +439,6 @@ struct Shapes {
     text_ctx: usize,
 }
 
-/// Where a model's tensors come from, asked for by CTranslate2's names.
-trait Source {
-    fn f32s(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
-}
-
-impl Source for Ct2File {
-    fn f32s(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        Ct2File::f32s(self, name, shape)
-    }
-}
-
-/// A Hugging Face checkpoint (`WhisperForConditionalGeneration`) seen through CTranslate2's
-/// names: its separate Q/K/V (and cross-attention K/V) projections concatenated as CTranslate2
-/// fuses them, with the key projection's missing bias as zeros.
-struct HfSource<'a> {
-    dir: &'a HfDir,
-    d: usize,
-}
-
-impl HfSource<'_> {
-    fn missing(&self, name: &str) -> RuntimeError {
-        file_err(&self.dir.dir, format!("no Hugging Face tensor for CTranslate2's {name}"))
-    }
-}
-
-impl Source for HfSource<'_> {
-    fn f32s(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let parts: Vec<&str> = name.split('/').collect();
-        let (side, rest) = match parts.as_slice() {
-            [side, rest @ ..] => (*side, rest),
-            _ => return Err(self.missing(name)),
-        };
-        let get = |n: &str, shape: &[usize]| self.dir.f32(n, shape);
-        let d = self.d;
-        let param = |leaf: &str| match leaf {
-            "gamma" | "weight" => "weight",
-            _ => "bias",
-        };
-        match rest {
-            ["conv1" | "conv2", leaf] => get(&format!("model.{side}.{}.{leaf}", rest[0]), shape),
-            ["position_encodings", "encodings"] => get(&format!("model.{side}.embed_positions.weight"), shape),
-            ["embeddings", "weight"] => get("model.decoder.embed_tokens.weight", shape),
-            ["layer_norm", leaf] => get(&format!("model.{side}.layer_norm.{}", param(leaf)), shape),
-            [layer, block, module, leaf] => {
-                let l = layer.strip_prefix("layer_").ok_or_else(|| self.missing(name))?;
-                let p = format!("model.{side}.layers.{l}");
-                let leaf_name = param(leaf);
-                let fused = |projs: &[&str]| -> Result<Vec<f32>> {
-                    let attn = if *block == "attention" { "encoder_attn" } else { "self_attn" };
-                    let mut out = Vec::with_capacity(shape.iter().product());
-                    for proj in projs {
-                        let n = format!("{p}.{attn}.{proj}_proj.{leaf_name}");
-                        if leaf_name == "bias" && *proj == "k" && !self.dir.has(&n) {
-                            out.extend(std::iter::repeat_n(0.0, d));
-                        } else if leaf_name == "bias" {
-                            out.extend(get(&n, &[d])?);
-                        } else {
-                            out.extend(get(&n, &[d, d])?);
-                        }
-                    }
-                    Ok(out)
-                };
-                match (*block, *module) {
-                    ("self_attention", "layer_norm") => get(&format!("{p}.self_attn_layer_norm.{leaf_name}"), shape),
-                    ("self_attention", "linear_0") => fused(&["q", "k", "v"]),
-                    ("self_attention", "linear_1") => get(&format!("{p}.self_attn.out_proj.{leaf_name}"), shape),
-                    ("attention", "layer_norm") => get(&format!("{p}.encoder_attn_layer_norm.{leaf_name}"), shape),
-                    ("attention", "linear_0") => fused(&["q"]),
-                    ("attention", "linear_1") => fused(&["k", "v"]),
-                    ("attention", "linear_2") => get(&format!("{p}.encoder_attn.out_proj.{leaf_name}"), shape),
-                    ("ffn", "layer_norm") => get(&format!("{p}.final_layer_norm.{leaf_name}"), shape),
-                    ("ffn", "linear_0") => get(&format!("{p}.fc1.{leaf_name}"), shape),
-                    ("ffn", "linear_1") => get(&format!("{p}.fc2.{leaf_name}"), shape),
-                    _ => Err(self.missing(name)),
-                }
-            }
-            _ => Err(self.missing(name)),
-        }
-    }
-}
-
 impl Whisper {
     /// Load a Whisper model: a CTranslate2 directory (or its `model.bin`, with `config.json`
     /// and `tokenizer.json` beside it), or a Hugging Face directory of
@@ -545,7 +457,7 @@ impl Whisper {
         if path.is_dir() && !bin_path.exists() {
             let hf = HfDir::open(&dir)?;
             let cfg = WhisperConfig::from_hf(&hf, &tokenizer)?;
-            let src = HfSource { dir: &hf, d: cfg.d_model };
+            let src = HfSource { dir: &hf, d: cfg.d_model, encoder: "model.encoder" };
             let f16 = hf.main_dtype() == safetensors::Dtype::F16;
             return Whisper::build(dev, &src, f16, cfg, dir.join("config.json"), tokenizer);
         }
@@ -564,53 +476,19 @@ impl Whisper {
         tokenizer: tokenizers::Tokenizer,
     ) -> Result<Whisper> {
         let (d, f) = (cfg.d_model, cfg.ffn);
-        let up = |name: &str, shape: &[usize]| -> Result<Tensor> {
-            Ok(dev.upload_f32(name, &bin.f32s(name, shape)?, shape, DType::F32)?)
+        // The encoder's products are matmuls of 1500 rows, fastest from f32 weights (see
+        // AudioEncoder); the decoder's are matrix-vector products bound by the bytes of their
+        // weights, read as f16 when the checkpoint stores f16 (so nothing is rounded) and the
+        // adapter has it.
+        let dec_dt = if dev.caps().f16 && f16_source { DType::F16 } else { DType::F32 };
+        let dpart = |name: &str, total: usize, rows: std::ops::Range<usize>, k: usize| {
+            fused_rows(dev, bin, name, total, rows, k, dec_dt)
         };
-        // Rows `rows` of a fused projection `name` ([total, k]) and of its bias, stored as `dt`.
-        let part_as = |name: &str, total: usize, rows: std::ops::Range<usize>, k: usize, dt: DType| -> Result<Linear> {
-            let w = bin.f32s(&format!("{name}/weight"), &[total, k])?;
-            let b = bin.f32s(&format!("{name}/bias"), &[total])?;
-            let n = rows.len();
-            Ok(Linear {
-                w: dev.upload_f32(name, &w[rows.start * k..rows.end * k], &[n, k], dt)?,
-                b: Some(dev.upload_f32(name, &b[rows], &[n], dt)?),
-                n,
-                k,
-            })
-        };
-        // The encoder's products are matmuls of 1500 rows, fastest from f32 weights; the
-        // decoder's are matrix-vector products bound by the bytes of their weights, read as f16
-        // when the checkpoint stores f16 (so nothing is rounded) and the adapter has it.
-        let (enc_dt, dec_dt) = (DType::F32, if dev.caps().f16 && f16_source { DType::F16 } else { DType::F32 });
-        let part =
-            |name: &str, total: usize, rows: std::ops::Range<usize>, k: usize| part_as(name, total, rows, k, enc_dt);
-        let linear = |name: &str, n: usize, k: usize| part(name, n, 0..n, k);
-        let dpart =
-            |name: &str, total: usize, rows: std::ops::Range<usize>, k: usize| part_as(name, total, rows, k, dec_dt);
         let dlinear = |name: &str, n: usize, k: usize| dpart(name, n, 0..n, k);
-        let norm = |name: &str| -> Result<Norm> {
-            Ok(Norm { w: up(&format!("{name}/gamma"), &[d])?, b: up(&format!("{name}/beta"), &[d])? })
-        };
-        let conv = |name: &str, cin: usize| -> Result<(Tensor, Tensor)> {
-            let w = bin.f32s(&format!("{name}/weight"), &[d, cin, 3])?;
-            Ok((dev.upload_f32(name, &w, &[d, cin * 3], DType::F32)?, up(&format!("{name}/bias"), &[d])?))
-        };
-        let mut enc = Vec::with_capacity(cfg.encoder_layers);
-        for l in 0..cfg.encoder_layers {
-            let p = format!("encoder/layer_{l}");
-            let qkv = format!("{p}/self_attention/linear_0");
-            enc.push(EncoderBlock {
-                ln1: norm(&format!("{p}/self_attention/layer_norm"))?,
-                q: part(&qkv, 3 * d, 0..d, d)?,
-                k: part(&qkv, 3 * d, d..2 * d, d)?,
-                v: part(&qkv, 3 * d, 2 * d..3 * d, d)?,
-                o: linear(&format!("{p}/self_attention/linear_1"), d, d)?,
-                ln2: norm(&format!("{p}/ffn/layer_norm"))?,
-                fc1: linear(&format!("{p}/ffn/linear_0"), f, d)?,
-                fc2: linear(&format!("{p}/ffn/linear_1"), d, f)?,
-            });
-        }
+        let norm = |name: &str| layer_norm(dev, bin, name, d);
+        let dims =
+            EncoderDims { mels: cfg.mels, d, ffn: f, heads: cfg.encoder_heads, layers: cfg.encoder_layers, eps: EPS };
+        let encoder = AudioEncoder::load(dev, bin, dims)?;
         let embed = bin.f32s("decoder/embeddings/weight", &[cfg.vocab, d])?;
         let mut dec = Vec::with_capacity(cfg.decoder_layers);
         for l in 0..cfg.decoder_layers {
@@ -635,11 +513,7 @@ impl Whisper {
         }
         Ok(Whisper {
             mel: LogMel::new(dev, cfg.mels)?,
-            conv1: conv("encoder/conv1", cfg.mels)?,
-            conv2: conv("encoder/conv2", d)?,
-            enc_pos: up("encoder/position_encodings/encodings", &[AUDIO_CTX, d])?,
-            enc,
-            enc_ln: norm("encoder/layer_norm")?,
+            encoder,
             embed: dev.upload_f32("decoder/embeddings/weight", &embed, &[cfg.vocab, d], dec_dt)?,
             embed_host: embed.clone(),
             pos_host: bin.f32s("decoder/position_encodings/encodings", &[cfg.text_ctx, d])?,
@@ -694,26 +568,12 @@ impl Whisper {
 
     /// Record the encoder over one window's features `[3000, mels]`: `[1500, d]`.
     pub fn encode(&self, rec: &mut Recorder, features: &Tensor) -> Result<Tensor> {
-        let (dev, cfg) = (&self.dev, &self.cfg);
-        let d = cfg.d_model;
-        features.expect("whisper features", &[WINDOW_FRAMES, cfg.mels], DType::F32).map_err(RuntimeError::Gpu)?;
-        let c1 = Conv1dParams { len: WINDOW_FRAMES, channels: cfg.mels, out_channels: d, kernel: 3, stride: 1, pad: 1 };
-        let h = dev.empty("whisper conv1", &[WINDOW_FRAMES, d], DType::F32)?;
-        flint_kernels::audio::conv1d(dev, rec, &c1, features, &self.conv1.0, &self.conv1.1, &h)?;
-        let g = dev.empty("whisper conv1 gelu", &[WINDOW_FRAMES, d], DType::F32)?;
-        self.gelu(rec, &h, WINDOW_FRAMES * d, &g)?;
-        let c2 = Conv1dParams { len: WINDOW_FRAMES, channels: d, out_channels: d, kernel: 3, stride: 2, pad: 1 };
-        let h = dev.empty("whisper conv2", &[AUDIO_CTX, d], DType::F32)?;
-        flint_kernels::audio::conv1d(dev, rec, &c2, &g, &self.conv2.0, &self.conv2.1, &h)?;
-        let x = dev.empty("whisper encoder hidden", &[AUDIO_CTX, d], DType::F32)?;
-        self.gelu(rec, &h, AUDIO_CTX * d, &x)?;
-        self.residual(rec, &x, &self.enc_pos, AUDIO_CTX * d)?;
-
-        let m = AUDIO_CTX;
-        let shape = EncoderShape { dim: d, ffn: cfg.ffn, heads: cfg.encoder_heads, eps: EPS, gelu: EltOp::GeluErf };
-        encoder_blocks(dev, rec, &self.enc, &shape, &x, 1, m)?;
-        let out = dev.empty("whisper encoder out", &[m, d], DType::F32)?;
-        self.norm(rec, &x, &self.enc_ln, m, &out)?;
+        let d = self.cfg.d_model;
+        features.expect("whisper features", &[WINDOW_FRAMES, self.cfg.mels], DType::F32).map_err(RuntimeError::Gpu)?;
+        let window = features.view(0, &[1, WINDOW_FRAMES, self.cfg.mels], DType::F32)?;
+        let x = self.encoder.hidden(&self.dev, rec, &window, &[AUDIO_CTX])?;
+        let out = self.dev.empty("whisper encoder out", &[AUDIO_CTX, d], DType::F32)?;
+        self.encoder.norm(&self.dev, rec, &x, AUDIO_CTX, &out)?;
         Ok(out)
     }
 

@@ -39,7 +39,7 @@ use flint_runtime::engine::{EngineOptions, Request, RequestOutput};
 use flint_runtime::generate::{SamplingOptions, StopReason};
 use flint_runtime::image::Rgb;
 use flint_runtime::model::{ChatMessage, Model};
-use flint_runtime::multimodal::Pixels;
+use flint_runtime::multimodal::Media;
 use flint_runtime::reasoning::{self, Mode};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -327,7 +327,7 @@ enum Kind {
 struct Job {
     kind: Kind,
     prompt: Vec<u32>,
-    pixels: Option<Pixels>,
+    media: Option<Media>,
     mode: Mode,
     /// Branches decoded: contemplate's, or the choices asked for.
     branches: usize,
@@ -513,7 +513,7 @@ fn chat_job(s: &AppState, r: ChatRequest) -> Result<Job, ApiError> {
                 }
             }
         }
-        msgs.push(ChatMessage { role: role.into(), text, images: count });
+        msgs.push(ChatMessage { role: role.into(), text, images: count, audio: 0 });
     }
     let model = &s.model;
     let template = model.tokenizer().chat_template.as_deref().ok_or_else(|| {
@@ -526,14 +526,17 @@ fn chat_job(s: &AppState, r: ChatRequest) -> Result<Job, ApiError> {
         } else if msgs.first().is_some_and(|m| m.role == "system") {
             msgs[0].text = format!("{}\n\n{}", msgs[0].text, reasoning::REASONING_SYSTEM);
         } else {
-            msgs.insert(0, ChatMessage { role: "system".into(), text: reasoning::REASONING_SYSTEM.into(), images: 0 });
+            msgs.insert(
+                0,
+                ChatMessage { role: "system".into(), text: reasoning::REASONING_SYSTEM.into(), images: 0, audio: 0 },
+            );
         }
     }
-    let (prompt, pixels) =
-        model.chat_prompt(&msgs, &images, thinking).map_err(|e| ApiError::bad("messages", e.to_string()))?;
+    let (prompt, media) =
+        model.chat_prompt(&msgs, &images, &[], thinking).map_err(|e| ApiError::bad("messages", e.to_string()))?;
     let include_usage = include_usage(&r.common);
     let wants = Wants { logprobs: r.logprobs, stream: r.common.stream, include_usage };
-    finish_job(s, Kind::Chat, prompt, pixels, (mode, branches), sampling, stops, wants)
+    finish_job(s, Kind::Chat, prompt, media, (mode, branches), sampling, stops, wants)
 }
 
 fn include_usage(c: &Common) -> bool {
@@ -583,7 +586,7 @@ fn finish_job(
     s: &AppState,
     kind: Kind,
     prompt: Vec<u32>,
-    pixels: Option<Pixels>,
+    media: Option<Media>,
     (mode, branches): (Mode, usize),
     sampling: SamplingOptions,
     stops: Vec<String>,
@@ -607,7 +610,7 @@ fn finish_job(
     } else {
         reasoning::ReplySplitter::new()
     };
-    Ok(Job { kind, prompt, pixels, mode, branches, sampling, stops, logprobs, stream, include_usage, splitter })
+    Ok(Job { kind, prompt, media, mode, branches, sampling, stops, logprobs, stream, include_usage, splitter })
 }
 
 async fn chat(State(s): Shared, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
@@ -656,7 +659,7 @@ async fn respond(
     let (tx, mut rx) = mpsc::unbounded_channel();
     let request = Request::new(job.prompt.clone(), job.sampling.clone())
         .branches(job.branches)
-        .with_pixels(job.pixels.clone().map(Arc::new));
+        .with_media(job.media.clone().map(Arc::new));
     s.send(Command::Submit { key: ticket.key, request, out: tx })?;
     ticket.live = true;
     // The engine's verdict first, so that a refused request gets its status, streamed or not.

@@ -15,7 +15,7 @@ use flint_runtime::engine::{EngineOptions, Event};
 use flint_runtime::generate::SamplingOptions;
 use flint_runtime::image::{self, Rgb};
 use flint_runtime::model::{ChatMessage, Model};
-use flint_runtime::multimodal::Pixels;
+use flint_runtime::multimodal::Media;
 use flint_runtime::reasoning::{self, Mode, ReplySplitter};
 use flint_runtime::tokenizer::StreamDecoder;
 use js_sys::{Function, Promise};
@@ -251,7 +251,7 @@ fn prompt_ids(
     req: &GenerateRequest,
     mode: Mode,
     images: &[Rgb],
-) -> Result<(Vec<u32>, Option<Pixels>), JsError> {
+) -> Result<(Vec<u32>, Option<Media>), JsError> {
     let given = [req.prompt.is_some(), req.messages.is_some(), req.ids.is_some()].iter().filter(|&&g| g).count();
     if given != 1 {
         return Err(js_err("a request needs exactly one of prompt, messages and ids"));
@@ -263,7 +263,7 @@ fn prompt_ids(
         return Ok((ids.clone(), None));
     }
     if let Some(prompt) = &req.prompt {
-        return reasoning::prompt(model, mode, prompt, images, req.chat).map_err(js_err);
+        return reasoning::prompt(model, mode, prompt, images, &[], req.chat).map_err(js_err);
     }
     let template = model.tokenizer().chat_template.as_deref();
     let Some(template) = template else {
@@ -272,13 +272,18 @@ fn prompt_ids(
     let mut messages: Vec<ChatMessage> = Vec::new();
     let own_format = reasoning::template_reasons(template);
     if mode.reasons() && !own_format {
-        messages.push(ChatMessage { role: "system".into(), text: reasoning::REASONING_SYSTEM.into(), images: 0 });
+        messages.push(ChatMessage {
+            role: "system".into(),
+            text: reasoning::REASONING_SYSTEM.into(),
+            images: 0,
+            audio: 0,
+        });
     }
     for m in req.messages.iter().flatten() {
-        messages.push(ChatMessage { role: m.role.clone(), text: m.content.clone(), images: m.images });
+        messages.push(ChatMessage { role: m.role.clone(), text: m.content.clone(), images: m.images, audio: 0 });
     }
     let thinking = (mode.reasons() && own_format).then_some(true);
-    model.chat_prompt(&messages, images, thinking).map_err(js_err)
+    model.chat_prompt(&messages, images, &[], thinking).map_err(js_err)
 }
 
 async fn generate(
@@ -292,7 +297,7 @@ async fn generate(
         serde_json::from_str(request).map_err(|e| js_err(format!("the generation request: {e}")))?;
     let mode = mode(&req)?;
     let images: Vec<Rgb> = images.iter().enumerate().map(|(i, v)| image(i, v)).collect::<Result<_, _>>()?;
-    let (prompt, pixels) = prompt_ids(model, &req, mode, &images)?;
+    let (prompt, media) = prompt_ids(model, &req, mode, &images)?;
     let mut sampling: SamplingOptions = model.sampling(req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS));
     sampling.temperature = req.temperature.unwrap_or(mode.default_temperature());
     sampling.top_k = req.top_k;
@@ -302,7 +307,7 @@ async fn generate(
         sampling.stop = stop.clone();
     }
     if let Mode::Contemplate { branches } = mode {
-        return contemplate(model, mode, branches, prompt, pixels, sampling, on_token, cancel).await;
+        return contemplate(model, mode, branches, prompt, media, sampling, on_token, cancel).await;
     }
     let capacity = prompt.len().saturating_add(sampling.max_tokens);
     let mut session = model.session(capacity).map_err(js_err)?;
@@ -311,7 +316,7 @@ async fn generate(
     let mut split = mode.reasons().then(|| ReplySplitter::for_prompt(model, &prompt));
     let mut failed: Option<JsValue> = None;
     let out = session
-        .generate_async(&prompt, pixels.as_ref(), &sampling, |id| {
+        .generate_async(&prompt, media.as_ref(), &sampling, |id| {
             let text = match stream.push(tok, id) {
                 Ok(t) => t,
                 Err(e) => {
@@ -367,7 +372,7 @@ async fn contemplate(
     mode: Mode,
     branches: usize,
     prompt: Vec<u32>,
-    pixels: Option<Pixels>,
+    media: Option<Media>,
     sampling: SamplingOptions,
     on_token: Option<&Function>,
     cancel: &Cell<bool>,
@@ -386,7 +391,7 @@ async fn contemplate(
     }
     let kv_tokens = prompt.len() + branches * (sampling.max_tokens + page) + page;
     let mut engine = model.engine(EngineOptions { kv_tokens, page_size: page, max_batch: branches }).map_err(js_err)?;
-    let id = engine.submit(mode.request(prompt.clone(), sampling).with_pixels(pixels.map(Arc::new))).map_err(js_err)?;
+    let id = engine.submit(mode.request(prompt.clone(), sampling).with_media(media.map(Arc::new))).map_err(js_err)?;
     let tok = model.tokenizer();
     let started = web_time::Instant::now();
     let mut streams: Vec<StreamDecoder> = (0..branches).map(|_| StreamDecoder::default()).collect();

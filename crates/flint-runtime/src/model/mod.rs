@@ -2,6 +2,7 @@
 //! file, ready to tokenize, run and generate.
 
 pub mod arch;
+pub mod audio;
 pub mod config;
 pub mod decoder;
 pub mod vision;
@@ -12,11 +13,12 @@ use std::sync::Arc;
 
 use flint_gpu::{DType, Device, Recorder};
 
+use crate::audio::Audio;
 use crate::generate::Session;
 use crate::gguf::Gguf;
 use crate::hf::{Config, HfDir};
 use crate::image::Rgb;
-use crate::multimodal::{Pixels, Vision};
+use crate::multimodal::{AudioTower, Media, Vision};
 use crate::tokenizer::Tokenizer;
 use crate::{Result, RuntimeError};
 use decoder::Decoder;
@@ -28,6 +30,8 @@ pub struct PromptSpec<'a> {
     pub text: &'a str,
     /// Images.
     pub images: &'a [Rgb],
+    /// Audio clips (for audio-language models; the text may hold one `<|AUDIO|>` per clip).
+    pub audio: &'a [Audio],
     /// Through the chat template, as one user message opening the assistant's turn.
     pub chat: bool,
     /// A system message before it (with `chat`).
@@ -45,9 +49,12 @@ pub struct ChatMessage {
     pub text: String,
     /// Images before the text.
     pub images: usize,
+    /// Audio clips before the text (after the images).
+    pub audio: usize,
 }
 
-/// A loaded model: weights on the GPU, the tokenizer, and for multimodal models the vision side.
+/// A loaded model: weights on the GPU, the tokenizer, and for multimodal models the vision side
+/// or the audio tower.
 ///
 /// The GPU parts are shared, not borrowed: [`Model::engine`] and [`Model::session`] return
 /// owned values (`Send`, `'static`) holding `Arc`s of the decoder and vision tower, so a host can
@@ -58,6 +65,7 @@ pub struct Model {
     tokenizer: Arc<Tokenizer>,
     path: PathBuf,
     vision: Option<Arc<Vision>>,
+    audio: Option<Arc<AudioTower>>,
 }
 
 impl Model {
@@ -97,7 +105,14 @@ impl Model {
             tokenizer: Arc::new(tokenizer),
             path: path.as_ref().to_path_buf(),
             vision: vision.map(Arc::new),
+            audio: None,
         }
+    }
+
+    /// The same model with an audio tower.
+    pub fn with_audio(mut self, audio: Option<AudioTower>) -> Model {
+        self.audio = audio.map(Arc::new);
+        self
     }
 
     /// The decoder (clone the `Arc` to build an [`Engine`](crate::engine::Engine) or
@@ -114,6 +129,11 @@ impl Model {
     /// The vision side of a multimodal model.
     pub fn vision(&self) -> Option<&Arc<Vision>> {
         self.vision.as_ref()
+    }
+
+    /// The audio tower of an audio-language model.
+    pub fn audio(&self) -> Option<&Arc<AudioTower>> {
+        self.audio.as_ref()
     }
 
     /// Where the model was loaded from.
@@ -147,7 +167,7 @@ impl Model {
                 &format!("is {model_type:?}; flint loads these Hugging Face model types: {}", arch::known(true)),
             ));
         };
-        let (decoder, vision) = (family.load)(dev, &dir, &top, kv_dtype)?;
+        let arch::Loaded { decoder, vision, audio } = (family.load)(dev, &dir, &top, kv_dtype)?;
         let tokenizer = Tokenizer::from_hf_files(&dir.files)?;
         if let Some(Vision {
             processor: crate::multimodal::Processor::Gemma3 { boi, image_token, eoi, .. },
@@ -174,7 +194,18 @@ impl Model {
                 decoder.cfg.vocab
             )));
         }
-        Ok(Model::from_parts(decoder, tokenizer, path, vision))
+        if let Some(a) = &audio {
+            let id = tokenizer.token_id(&a.processor.audio_token);
+            if id != Some(a.audio_token_id) {
+                return Err(RuntimeError::Model(format!(
+                    "{}: the tokenizer's {} is {id:?}, but the model needs it to be token {} (audio_token_index)",
+                    path.display(),
+                    a.processor.audio_token,
+                    a.audio_token_id
+                )));
+            }
+        }
+        Ok(Model::from_parts(decoder, tokenizer, path, vision).with_audio(audio))
     }
 
     /// Token ids of a prompt; `chat` wraps it as one user message in the model's chat template
@@ -188,15 +219,20 @@ impl Model {
     fn chat_text(&self, p: &PromptSpec<'_>) -> Result<String> {
         let mut messages = Vec::new();
         if let Some(system) = p.system {
-            messages.push(ChatMessage { role: "system".into(), text: system.into(), images: 0 });
+            messages.push(ChatMessage { role: "system".into(), text: system.into(), images: 0, audio: 0 });
         }
-        messages.push(ChatMessage { role: "user".into(), text: p.text.into(), images: p.images.len() });
+        messages.push(ChatMessage {
+            role: "user".into(),
+            text: p.text.into(),
+            images: p.images.len(),
+            audio: p.audio.len(),
+        });
         self.render_chat(&messages, p.thinking)
     }
 
     /// The chat template over `messages`, the assistant's turn opened. Multimodal templates
-    /// iterate over typed content parts (each message's images, then its text); text templates
-    /// take strings.
+    /// iterate over typed content parts (each message's images, its audio clips, then its text);
+    /// text templates take strings.
     fn render_chat(&self, messages: &[ChatMessage], thinking: Option<bool>) -> Result<String> {
         use serde_json::json;
         let Some(template) = self.tokenizer.chat_template.as_deref() else {
@@ -205,12 +241,21 @@ impl Model {
                 self.path.display()
             )));
         };
-        let parts = self.vision.is_some() || template.contains("['type']") || template.contains(".type");
+        let parts = self.vision.is_some()
+            || self.audio.is_some()
+            || template.contains("['type']")
+            || template.contains(".type");
+        let mut clips = 0;
         let msgs: Vec<serde_json::Value> = messages
             .iter()
             .map(|m| {
                 let content = if parts {
                     let mut c: Vec<serde_json::Value> = (0..m.images).map(|_| json!({"type": "image"})).collect();
+                    // Qwen2-Audio's template asks for an `audio` (or `audio_url`) key.
+                    for _ in 0..m.audio {
+                        clips += 1;
+                        c.push(json!({"type": "audio", "audio": format!("clip {clips}")}));
+                    }
                     c.push(json!({"type": "text", "text": m.text}));
                     json!(c)
                 } else {
@@ -222,14 +267,18 @@ impl Model {
         self.tokenizer.apply_chat_template_json(json!(msgs), true, thinking)
     }
 
-    /// Token ids and pixels of a prompt: each image is preprocessed as the model's processor
-    /// does; a text that already holds one `<image>` placeholder per image is used as written
-    /// (no template), otherwise the images go before the text (in the chat template with
-    /// `chat`); each placeholder is then expanded into its tiles' tokens.
-    pub fn build_prompt(&self, p: &PromptSpec<'_>) -> Result<(Vec<u32>, Option<Pixels>)> {
-        let inline = !p.images.is_empty()
+    /// Token ids and media of a prompt: each image is preprocessed as the model's processor
+    /// does, each audio clip made into log-mel features; a text that already holds one
+    /// placeholder per image (`<image>`) or clip (`<|AUDIO|>`) is used as written (no
+    /// template), otherwise the images and clips go before the text (in the chat template with
+    /// `chat`); each placeholder is then expanded into its tiles' or clip's tokens.
+    pub fn build_prompt(&self, p: &PromptSpec<'_>) -> Result<(Vec<u32>, Option<Media>)> {
+        let image_inline = !p.images.is_empty()
             && (p.text.contains("<image>")
                 || self.vision.as_ref().is_some_and(|v| v.processor.has_placeholder(p.text)));
+        let audio_inline =
+            !p.audio.is_empty() && self.audio.as_ref().is_some_and(|a| a.processor.has_placeholder(p.text));
+        let inline = image_inline || audio_inline;
         let templated = p.chat && !inline;
         if templated && self.tokenizer.chat_template.is_none() {
             return Err(RuntimeError::Tokenizer(format!(
@@ -242,36 +291,60 @@ impl Model {
         } else if templated {
             self.chat_text(p)?
         } else {
-            format!("{}{}", "<image>".repeat(p.images.len()), p.text)
+            let clips: String = match &self.audio {
+                Some(a) => (1..=p.audio.len()).map(|n| a.processor.markup(n)).collect(),
+                None => String::new(),
+            };
+            format!("{}{clips}{}", "<image>".repeat(p.images.len()), p.text)
         };
-        self.encode_with_images(&text, p.images, !templated)
+        self.encode_with_media(&text, p.images, p.audio, !templated)
     }
 
-    /// Token ids (with BOS when `special`) and pixels of `text`, whose image placeholders
+    /// Token ids (with BOS when `special`) and media of `text`, whose image placeholders
     /// (`<image>`, or Gemma 3's `<start_of_image>`), one per image of `images`, are expanded
-    /// into the image tiles' tokens as the family's processor writes them.
-    fn encode_with_images(&self, text: &str, images: &[Rgb], special: bool) -> Result<(Vec<u32>, Option<Pixels>)> {
-        if images.is_empty() {
-            // A templated text has its special tokens written by the template.
-            return Ok((self.tokenizer.encode(text, special)?, None));
-        }
-        let vision = self.vision.as_ref().ok_or_else(|| {
-            RuntimeError::Request(format!("{} is a text-only model; it cannot take images", self.path.display()))
-        })?;
-        let (text, pixels) = vision.processor.prompt(text, images)?;
+    /// into the image tiles' tokens as the family's processor writes them, and whose audio
+    /// placeholders (`<|AUDIO|>`), one per clip of `audio`, into the clips' tokens.
+    fn encode_with_media(
+        &self,
+        text: &str,
+        images: &[Rgb],
+        audio: &[Audio],
+        special: bool,
+    ) -> Result<(Vec<u32>, Option<Media>)> {
+        let (text, pixels) = if images.is_empty() {
+            (text.to_string(), None)
+        } else {
+            let vision = self.vision.as_ref().ok_or_else(|| {
+                RuntimeError::Request(format!("{} is a text-only model; it cannot take images", self.path.display()))
+            })?;
+            let (text, pixels) = vision.processor.prompt(text, images)?;
+            (text, Some(pixels))
+        };
+        let (text, features) = if audio.is_empty() {
+            (text, None)
+        } else {
+            let tower = self.audio.as_ref().ok_or_else(|| {
+                RuntimeError::Request(format!("{} has no audio tower; it cannot take audio", self.path.display()))
+            })?;
+            let features = tower.processor.features(self.decoder.device(), audio)?;
+            (tower.processor.expand(&text, &features.tokens())?, Some(features))
+        };
+        // A templated text has its special tokens written by the template.
         let ids = self.tokenizer.encode(&text, special)?;
-        Ok((ids, Some(pixels)))
+        Ok((ids, Media::of(pixels, features)))
     }
 
-    /// Token ids and pixels of a whole conversation through the chat template, the assistant's
-    /// turn opened: each message's images (taken from `images` in order) go before its text, as
-    /// the typed parts multimodal templates iterate over; `thinking` sets `enable_thinking`.
+    /// Token ids and media of a whole conversation through the chat template, the assistant's
+    /// turn opened: each message's images (taken from `images` in order) and clips (from
+    /// `audio`) go before its text, as the typed parts multimodal templates iterate over;
+    /// `thinking` sets `enable_thinking`.
     pub fn chat_prompt(
         &self,
         messages: &[ChatMessage],
         images: &[Rgb],
+        audio: &[Audio],
         thinking: Option<bool>,
-    ) -> Result<(Vec<u32>, Option<Pixels>)> {
+    ) -> Result<(Vec<u32>, Option<Media>)> {
         let wanted: usize = messages.iter().map(|m| m.images).sum();
         if wanted != images.len() {
             return Err(RuntimeError::Request(format!(
@@ -279,12 +352,19 @@ impl Model {
                 images.len()
             )));
         }
+        let clips: usize = messages.iter().map(|m| m.audio).sum();
+        if clips != audio.len() {
+            return Err(RuntimeError::Request(format!(
+                "the messages place {clips} audio clips but {} were given",
+                audio.len()
+            )));
+        }
         let text = self.render_chat(messages, thinking)?;
-        self.encode_with_images(&text, images, false)
+        self.encode_with_media(&text, images, audio, false)
     }
 
     /// [`Model::build_prompt`] for a user message about `images`.
-    pub fn multimodal_prompt(&self, prompt: &str, images: &[Rgb], chat: bool) -> Result<(Vec<u32>, Option<Pixels>)> {
+    pub fn multimodal_prompt(&self, prompt: &str, images: &[Rgb], chat: bool) -> Result<(Vec<u32>, Option<Media>)> {
         self.build_prompt(&PromptSpec { text: prompt, images, chat, ..Default::default() })
     }
 
@@ -295,19 +375,23 @@ impl Model {
         crate::generate::SamplingOptions { max_tokens, stop: self.tokenizer.stop_tokens.clone(), ..Default::default() }
     }
 
-    /// A batched engine over this model (taking images when it has a vision tower).
+    /// A batched engine over this model (taking images when it has a vision tower, audio when
+    /// it has an audio tower).
     /// It shares the model's decoder, vision tower and tokenizer (the tokenizer decodes the
     /// branches of [voting](crate::engine::Request::vote) requests).
     pub fn engine(&self, opts: crate::engine::EngineOptions) -> Result<crate::engine::Engine> {
         Ok(crate::engine::Engine::new(self.decoder.clone(), opts)?
             .with_vision(self.vision.clone())
+            .with_audio(self.audio.clone())
             .with_tokenizer(Some(self.tokenizer.clone())))
     }
 
     /// A generation session with room for `capacity` tokens, sharing the model's decoder and
-    /// vision tower.
+    /// media encoders.
     pub fn session(&self, capacity: usize) -> Result<Session> {
-        Ok(Session::new(self.decoder.clone(), capacity)?.with_vision(self.vision.clone()))
+        Ok(Session::new(self.decoder.clone(), capacity)?
+            .with_vision(self.vision.clone())
+            .with_audio(self.audio.clone()))
     }
 
     /// Logits at every position of `ids`, f32 `[ids.len(), vocab]` row-major.
@@ -315,12 +399,12 @@ impl Model {
         self.logits_with(ids, None)
     }
 
-    /// Logits at every position of `ids` whose image tokens take `pixels`.
-    pub fn logits_with(&self, ids: &[u32], pixels: Option<&Pixels>) -> Result<Vec<f32>> {
+    /// Logits at every position of `ids` whose image and audio tokens take `media`.
+    pub fn logits_with(&self, ids: &[u32], media: Option<&Media>) -> Result<Vec<f32>> {
         let dev = self.decoder.device().clone();
         let mut session = self.session(ids.len())?;
         let mut rec = Recorder::new(&dev);
-        let h = session.forward_with(&mut rec, ids, pixels)?;
+        let h = session.forward_with(&mut rec, ids, media)?;
         let logits = self.decoder.logits(&mut rec, &h, 0..ids.len())?;
         rec.submit()?.wait()?;
         Ok(dev.read_f32(&logits)?)

@@ -261,6 +261,21 @@ pub(crate) fn encoder_blocks(
     seqs: usize,
     len: usize,
 ) -> Result<()> {
+    encoder_blocks_masked(dev, rec, blocks, s, x, len, &vec![len; seqs])
+}
+
+/// [`encoder_blocks`] over `keys.len()` sequences of `len` tokens, each of whose tokens attend
+/// to the sequence's first `keys[i]` tokens only (the rest being padding).
+pub(crate) fn encoder_blocks_masked(
+    dev: &Device,
+    rec: &mut Recorder,
+    blocks: &[Block],
+    s: &EncoderShape,
+    x: &Tensor,
+    len: usize,
+    keys: &[usize],
+) -> Result<()> {
+    let seqs = keys.len();
     let (d, m) = (s.dim, seqs * len);
     let hd = d / s.heads;
     let attn = AttnParams {
@@ -274,7 +289,7 @@ pub(crate) fn encoder_blocks(
         additive_mask: false,
         mask_stride: 0,
     };
-    let specs = vec![SeqSpec { kv_len: len, q_pos0: 0 }; seqs];
+    let specs: Vec<SeqSpec> = keys.iter().map(|&k| SeqSpec { kv_len: k.clamp(1, len), q_pos0: 0 }).collect();
     // Each sequence's keys are one page of its length.
     let table = PageTable::contiguous(dev, seqs)?;
     let norm = |rec: &mut Recorder, n: &LayerNorm, out: &Tensor| -> Result<()> {

@@ -97,13 +97,13 @@ fn load_vision(dev: &Device, dir: &HfDir, top: &Config<'_>, kv_dtype: DType) -> 
         eoi: "<end_of_image>".into(),
         tokens,
     };
-    Ok((decoder, Some(Vision { tower, processor, image_token_id: image_token_id as u32, bidirectional: true })))
+    Ok(Loaded::vision(decoder, Vision { tower, processor, image_token_id: image_token_id as u32, bidirectional: true }))
 }
 
 fn load(dev: &Device, dir: &HfDir, top: &Config<'_>, kv_dtype: DType) -> Result<Loaded> {
     let cfg = hf_config(top, true)?;
     let weights = HfWeights { dir, prefix: "model.", names: hf_name, norm_shift: 1.0 };
-    Ok((Decoder::load(dev, cfg, &weights, kv_dtype)?, None))
+    Ok(Loaded::text(Decoder::load(dev, cfg, &weights, kv_dtype)?))
 }
 
 /// The transformers name of a Gemma 3 decoder tensor's GGUF name under `prefix`: Llama's

@@ -34,5 +34,8 @@ fn load(dev: &Device, dir: &HfDir, top: &Config<'_>, kv_dtype: DType) -> Result<
     }
     let tower = VisionTower::from_hf(dev, dir, vcfg, TowerNames::IDEFICS3)?;
     let processor = Processor::Idefics3(processor);
-    Ok((decoder, Some(Vision { tower, processor, image_token_id: image_token_id as u32, bidirectional: false })))
+    Ok(Loaded::vision(
+        decoder,
+        Vision { tower, processor, image_token_id: image_token_id as u32, bidirectional: false },
+    ))
 }

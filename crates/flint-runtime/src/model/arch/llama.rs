@@ -48,10 +48,8 @@ pub const LLAMA: DecoderConfig = DecoderConfig {
 
 fn load(dev: &Device, dir: &HfDir, top: &Config<'_>, kv_dtype: DType) -> Result<Loaded> {
     let cfg = hf_config(top, false)?;
-    Ok((
-        Decoder::load(dev, cfg, &HfWeights { dir, prefix: "model.", names: hf_name, norm_shift: 0.0 }, kv_dtype)?,
-        None,
-    ))
+    let weights = HfWeights { dir, prefix: "model.", names: hf_name, norm_shift: 0.0 };
+    Ok(Loaded::text(Decoder::load(dev, cfg, &weights, kv_dtype)?))
 }
 
 /// The transformers name of a decoder tensor's GGUF name (`blk.3.attn_q.weight`), its

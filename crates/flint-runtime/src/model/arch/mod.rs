@@ -9,9 +9,11 @@ pub mod gemma3;
 pub mod idefics3;
 pub mod llama;
 pub mod qwen2;
+pub mod qwen2_audio;
 
 use flint_gpu::{DType, Device};
 
+use super::audio::AudioTower;
 use super::config::DecoderConfig;
 use super::decoder::Decoder;
 use crate::Result;
@@ -34,22 +36,39 @@ pub struct GgufFamily {
 pub(crate) struct HfFamily {
     /// `model_type` values.
     pub(crate) model_types: &'static [&'static str],
-    /// Load the decoder (and the vision side of a multimodal family) from `dir`, whose
+    /// Load the decoder (and the vision or audio side of a multimodal family) from `dir`, whose
     /// config.json is `top`, with a KV cache of `kv_dtype`.
     pub(crate) load: HfLoader,
 }
 
-/// A Hugging Face family's loader: the decoder, and the vision side of a multimodal family.
+/// A Hugging Face family's loader: the decoder, and the vision or audio side of a multimodal family.
 pub(crate) type HfLoader = fn(dev: &Device, dir: &HfDir, top: &Config<'_>, kv_dtype: DType) -> Result<Loaded>;
 
-/// What a loader makes: the decoder, and the vision side of a multimodal family.
-pub(crate) type Loaded = (Decoder, Option<Vision>);
+/// What a loader makes: the decoder, and the vision or audio side of a multimodal family.
+pub(crate) struct Loaded {
+    pub(crate) decoder: Decoder,
+    pub(crate) vision: Option<Vision>,
+    pub(crate) audio: Option<AudioTower>,
+}
+
+impl Loaded {
+    /// A text-only model.
+    pub(crate) fn text(decoder: Decoder) -> Loaded {
+        Loaded { decoder, vision: None, audio: None }
+    }
+
+    /// A vision-language model.
+    pub(crate) fn vision(decoder: Decoder, vision: Vision) -> Loaded {
+        Loaded { decoder, vision: Some(vision), audio: None }
+    }
+}
 
 /// The families flint reads from GGUF.
 pub const GGUF_FAMILIES: &[GgufFamily] = &[llama::GGUF, gemma3::GGUF];
 
 /// The families flint reads from Hugging Face directories.
-pub(crate) const HF_FAMILIES: &[HfFamily] = &[llama::HF, idefics3::HF, gemma3::HF, gemma3::HF_VISION, qwen2::HF];
+pub(crate) const HF_FAMILIES: &[HfFamily] =
+    &[llama::HF, idefics3::HF, gemma3::HF, gemma3::HF_VISION, qwen2::HF, qwen2_audio::HF];
 
 /// The GGUF family whose `general.architecture` is `arch`.
 pub fn gguf_family(arch: &str) -> Option<&'static GgufFamily> {

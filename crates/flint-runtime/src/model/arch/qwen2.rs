@@ -19,7 +19,7 @@ pub(crate) const HF: HfFamily = HfFamily { model_types: &["qwen2"], load };
 fn load(dev: &Device, dir: &HfDir, top: &Config<'_>, kv_dtype: DType) -> Result<Loaded> {
     let cfg = hf_config(top, false)?;
     let weights = HfWeights { dir, prefix: "model.", names: hf_name, norm_shift: 0.0 };
-    Ok((Decoder::load(dev, cfg, &weights, kv_dtype)?, None))
+    Ok(Loaded::text(Decoder::load(dev, cfg, &weights, kv_dtype)?))
 }
 
 /// Read a Qwen2 text config (the top of a Qwen2ForCausalLM config.json, or Qwen2.5-VL's text

@@ -1,0 +1,97 @@
+//! Qwen2-Audio (Hugging Face directories, `model_type` qwen2_audio;
+//! Qwen2AudioForConditionalGeneration): a Whisper-style audio encoder whose padded keys are
+//! masked, a 2x average pool, a LayerNorm and a linear projector in front of a Qwen2 decoder
+//! (`text_config`); each clip's tokens replace the prompt's `<|AUDIO|>` tokens
+//! (`audio_token_index`), `<|AUDIO|>` placeholders expanded as Qwen2AudioProcessor does.
+//! Tensor names of the published checkpoints (`language_model.model.*`, `audio_tower.*`,
+//! `multi_modal_projector.*`) and of transformers 5.x in memory (`model.language_model.*`, ...).
+
+use flint_gpu::{DType, Device};
+
+use super::{HfFamily, Loaded};
+use crate::Result;
+use crate::hf::{Config, HfDir};
+use crate::model::audio::{AUDIO_CTX, AudioProcessor, AudioTower, EncoderDims};
+use crate::model::config::DecoderConfig;
+use crate::model::decoder::Decoder;
+use crate::model::weights::HfWeights;
+
+/// Qwen2-Audio directories (`model_type` qwen2_audio).
+pub(crate) const HF: HfFamily = HfFamily { model_types: &["qwen2_audio"], load };
+
+/// The first of `candidates` under which `dir` holds `tensor` (`{prefix}{tensor}`).
+fn prefix_of<'a>(dir: &HfDir, candidates: &[&'a str], tensor: &str) -> Option<&'a str> {
+    candidates.iter().copied().find(|p| dir.has(&format!("{p}{tensor}")))
+}
+
+/// The transformers name of a decoder tensor's GGUF name under `prefix`: Qwen2's (Llama's)
+/// names, the untied head beside the decoder (`language_model.lm_head` in the published
+/// checkpoints, `lm_head` in transformers 5.x).
+fn hf_name(prefix: &str, gguf: &str) -> String {
+    match (gguf, prefix) {
+        ("output.weight", "language_model.model.") => "language_model.lm_head.weight".into(),
+        _ => super::llama::hf_name(prefix, gguf),
+    }
+}
+
+fn load(dev: &Device, dir: &HfDir, top: &Config<'_>, kv_dtype: DType) -> Result<Loaded> {
+    let text = super::qwen2::hf_config(&top.object("text_config")?, top.bool_or("tie_word_embeddings", false)?)?;
+    let hidden = text.hidden;
+    let missing = |what: &str, names: &str| {
+        crate::RuntimeError::Model(format!("{}: no {what} tensors ({names})", dir.dir.display()))
+    };
+    let lm = prefix_of(dir, &["language_model.model.", "model.language_model."], "embed_tokens.weight")
+        .ok_or_else(|| missing("language model", "language_model.model.* or model.language_model.*"))?;
+    let weights = HfWeights { dir, prefix: lm, names: hf_name, norm_shift: 0.0 };
+    // transformers' Qwen2AudioForConditionalGeneration does not tie its head: a checkpoint's
+    // own head is used whatever `tie_word_embeddings` says, the embeddings only without one.
+    let text = DecoderConfig { tied_head: !dir.has(&weights.name("output.weight")), ..text };
+    let decoder = Decoder::load(dev, text, &weights, kv_dtype)?;
+    let encoder = prefix_of(dir, &["audio_tower", "model.audio_tower"], ".conv1.weight")
+        .ok_or_else(|| missing("audio tower", "audio_tower.* or model.audio_tower.*"))?;
+    let projector = prefix_of(dir, &["multi_modal_projector", "model.multi_modal_projector"], ".linear.weight")
+        .ok_or_else(|| missing("projector", "multi_modal_projector.linear.*"))?;
+
+    let a = top.object("audio_config")?;
+    let dims = EncoderDims {
+        mels: a.usize_or("num_mel_bins", 128)?,
+        d: a.usize_or("d_model", 1280)?,
+        ffn: a.usize_or("encoder_ffn_dim", 5120)?,
+        heads: a.usize_or("encoder_attention_heads", 20)?,
+        layers: a.usize_or("encoder_layers", 32)?,
+        eps: 1e-5,
+    };
+    let (d, heads) = (dims.d, dims.heads);
+    if d == 0 || heads == 0 || !d.is_multiple_of(heads) || d / heads > 256 || !(d / heads).is_multiple_of(4) {
+        return Err(a.error(
+            "encoder_attention_heads",
+            &format!("is {heads}; it must split d_model {d} into heads of at most 256 (a multiple of 4)"),
+        ));
+    }
+    if !(1..=512).contains(&dims.mels) || dims.ffn == 0 || !(1..=256).contains(&dims.layers) {
+        return Err(a.error(
+            "num_mel_bins",
+            &format!(
+                "{} mels, an MLP of {} and {} layers: flint takes 1 to 512 mels, 1 to 256 layers",
+                dims.mels, dims.ffn, dims.layers
+            ),
+        ));
+    }
+    if a.usize_or("max_source_positions", AUDIO_CTX)? != AUDIO_CTX {
+        return Err(a.error("max_source_positions", &format!("is not {AUDIO_CTX} (30-second windows)")));
+    }
+    if a.str_or("activation_function", "gelu")? != "gelu" {
+        return Err(a.error("activation_function", "is not gelu"));
+    }
+    if a.bool_or("scale_embedding", false)? {
+        return Err(a.error("scale_embedding", "is true, which flint does not support"));
+    }
+    let key = if top.value.get("audio_token_index").is_some() { "audio_token_index" } else { "audio_token_id" };
+    let audio_token = top.usize_or(key, 151646)?;
+    if audio_token >= decoder.cfg.vocab {
+        return Err(top.error(key, &format!("is {audio_token}, outside the vocabulary of {}", decoder.cfg.vocab)));
+    }
+    let processor = AudioProcessor::new(dev, dir, dims.mels)?;
+    let tower = AudioTower::load(dev, dir, (encoder, projector), dims, hidden, processor, audio_token as u32)?;
+    Ok(Loaded { decoder, vision: None, audio: Some(tower) })
+}
