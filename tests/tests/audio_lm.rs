@@ -180,3 +180,33 @@ fn qwen2_audio_refuses_what_it_cannot_take() {
     let e = text.build_prompt(&PromptSpec { text: "Hi", audio: &[tone(1.0)], ..Default::default() }).unwrap_err();
     assert!(e.to_string().contains("has no audio tower"), "{e}");
 }
+
+/// Audio configs flint cannot run, or that disagree with the weights, the processor or the
+/// tokenizer, are refused naming the file and the field.
+#[test]
+fn qwen2_audio_configs_flint_cannot_run_are_refused_by_name() {
+    let dev = &devices()[0];
+    let src = fixtures().join("qwen2-audio").join("a");
+    let files = [
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "processor_config.json",
+        "chat_template.jinja",
+    ];
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(&str, Edit, &str); 6] = [
+        ("heads", |c| c["audio_config"]["encoder_attention_heads"] = 3.into(), "encoder_attention_heads"),
+        ("ctx", |c| c["audio_config"]["max_source_positions"] = 750.into(), "max_source_positions"),
+        ("act", |c| c["audio_config"]["activation_function"] = "relu".into(), "activation_function"),
+        ("mels", |c| c["audio_config"]["num_mel_bins"] = 80.into(), "\"feature_size\" is 128"),
+        ("outside", |c| c["audio_token_index"] = 100_000.into(), "outside the vocabulary"),
+        ("token", |c| c["audio_token_index"] = 5.into(), "to be token 5 (audio_token_index)"),
+    ];
+    for (tag, edit, want) in cases {
+        let dir = support::edited_copy(&src, &files, &format!("qwen2-audio-{tag}"), edit);
+        let e = Model::load(dev, &dir).unwrap_err().to_string();
+        assert!(e.contains(&*dir.to_string_lossy()) && e.contains(want), "{tag}: {e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
