@@ -297,6 +297,9 @@ pub fn bench_model(opts: &BenchModelOpts) -> Result<()> {
     if opts.vision {
         vision_rows(&model, &emit)?;
     }
+    if let Some(tower) = model.audio() {
+        audio_rows(&dev, tower, &emit)?;
+    }
     for &p in &opts.prefill {
         let ids = filler(&model, p)?;
         model.decoder().device().trim_pool();
@@ -446,6 +449,43 @@ fn join_row(model: &Model, p: usize, emit: &dyn Fn(String, serde_json::Value, St
             seconds * 1e3,
             gap * 1e3
         ),
+    );
+    Ok(())
+}
+
+/// An audio-language model's tower over one clip of a whole window (30 s of a tone, so every
+/// key is attended): features, then encoder, pool, norm and projector, in ms per clip.
+fn audio_rows(
+    dev: &flint_gpu::Device,
+    tower: &flint_runtime::multimodal::AudioTower,
+    emit: &dyn Fn(String, serde_json::Value, String),
+) -> Result<()> {
+    let samples = (0..flint_runtime::model::audio::WINDOW_SAMPLES).map(|i| (i as f32 * 0.03).sin() * 0.2).collect();
+    let clip = flint_runtime::audio::Audio { samples, sample_rate: 16_000 };
+    let mut features = None;
+    let s = best_of_two(|| {
+        let t = Instant::now();
+        features = Some(tower.processor.features(dev, std::slice::from_ref(&clip))?);
+        Ok(t.elapsed().as_secs_f64())
+    })?;
+    emit(
+        "audio features 1 clip 30 s".into(),
+        json!({"ms": s * 1e3}),
+        format!("{:>9.1} ms (log-mel, read back)", s * 1e3),
+    );
+    let features = features.expect("timed above");
+    let flops = tower.flops_per_clip();
+    let s = best_of_two(|| {
+        let t = Instant::now();
+        let mut rec = Recorder::new(dev);
+        let _ = tower.embed(&mut rec, &features)?;
+        rec.submit()?.wait()?;
+        Ok(t.elapsed().as_secs_f64())
+    })?;
+    emit(
+        "audio tower 1 clip 30 s".into(),
+        json!({"ms": s * 1e3, "gflops": flops / s / 1e9, "flops": flops}),
+        format!("{:>9.1} ms {:>9.1} GFLOP/s (encoder, pool, norm, projector)", s * 1e3, flops / s / 1e9),
     );
     Ok(())
 }

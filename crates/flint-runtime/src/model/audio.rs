@@ -1,6 +1,6 @@
 //! Whisper-style audio encoders and the audio side of audio-language models.
 //!
-//! [`AudioEncoder`]: a 30-second window's log-mel features `[3000, mels]` through two
+//! The encoder (`AudioEncoder`): a 30-second window's log-mel features `[3000, mels]` through two
 //! convolutions over time (kernel 3, strides 1 and 2) with exact GELU, plus the positions
 //! table, then pre-LN blocks of biased bidirectional attention and a GELU MLP: `[1500, d]`,
 //! before the final LayerNorm. Whisper ([`crate::whisper`]) norms that; Qwen2-Audio's tower
@@ -8,8 +8,7 @@
 //! decoder's width. A clip shorter than its window masks the padded keys: each clip's queries
 //! attend to its first `(frames - 1) / 2 + 1` positions only, as transformers' Qwen2-Audio does.
 //!
-//! Weights are asked for by CTranslate2's names ([`Source`]); Hugging Face checkpoints are
-//! mapped onto them ([`HfSource`]).
+//! Weights are asked for by CTranslate2's names; Hugging Face checkpoints are mapped onto them.
 
 use flint_gpu::{DType, Device, Recorder, Tensor};
 use flint_ref::audio::{Conv1dParams, Pool1dParams};
@@ -444,6 +443,16 @@ impl AudioTower {
         let out = dev.empty("audio embeddings", &[rows, self.text_hidden], DType::F32)?;
         self.proj.forward(&dev, rec, &normed, rows, &out)?;
         Ok((normed, out))
+    }
+
+    /// FLOPs of one clip through the tower (convolutions, blocks over the whole window, the
+    /// projector), multiply-adds counting two.
+    pub fn flops_per_clip(&self) -> f64 {
+        let e = &self.encoder.dims;
+        let (t, d, f) = (AUDIO_CTX as f64, e.d as f64, e.ffn as f64);
+        let convs = 2.0 * WINDOW_FRAMES as f64 * d * (e.mels * 3) as f64 + 2.0 * t * d * d * 3.0;
+        let layer = 2.0 * t * d * d * 4.0 + 2.0 * t * d * f * 2.0 + 4.0 * t * t * d;
+        convs + e.layers as f64 * layer + 2.0 * (t / 2.0) * d * self.text_hidden as f64
     }
 
     /// Rows per clip in [`AudioTower::embed`]'s output.
