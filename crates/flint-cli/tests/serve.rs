@@ -348,6 +348,9 @@ fn bad_requests_get_the_right_status_and_an_error_object() {
         ("an image for a text model", json!({"messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}, {"type": "text", "text": "a"}]}]})
             .to_string(), 400, "text-only"),
+        ("audio for a model without an audio tower", json!({"messages": [{"role": "user", "content": [
+            {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}, {"type": "text", "text": "a"}]}]})
+            .to_string(), 400, "no audio tower"),
         ("a prompt over the context", chat(&"ab ".repeat(200), json!({})).to_string(), 400, "context_length_exceeded"),
         ("a body over the limit", chat(&"a".repeat(8000), json!({})).to_string(), 413, "over the limit"),
     ];
@@ -586,6 +589,38 @@ fn an_image_request_equals_flint_generate() {
     );
     assert_eq!(r.status, 400);
     assert!(r.body.contains("allow-local-files"), "{}", r.body);
+}
+
+/// A WAV clip as OpenAI's `input_audio` on the tiny Qwen2-Audio fixture gives the tokens
+/// transformers gives (and `flint generate --audio` gives) for the same clip and question; an
+/// mp3, bad base64 and a file that is not WAV are refused with a 400 naming the part.
+#[test]
+fn an_audio_request_equals_transformers() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    let model = dir.join("qwen2-audio/a").to_string_lossy().into_owned();
+    let wav = std::fs::read(dir.join("audio/fox.16k.wav")).unwrap();
+    let expected = std::fs::read(dir.join("qwen2-audio/a.expected.safetensors")).unwrap();
+    let greedy = safetensors::SafeTensors::deserialize(&expected).unwrap().tensor("greedy").unwrap().data().to_vec();
+    let greedy: Vec<u64> = greedy.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u64).collect();
+    let srv = Server::start(&model, &[]);
+    use base64::Engine as _;
+    let clip = |data: String, format: &str| {
+        json!({"max_tokens": 8, "messages": [{"role": "user", "content": [
+            {"type": "input_audio", "input_audio": {"data": data, "format": format}},
+            {"type": "text", "text": "What does the speaker say?"}]}]})
+    };
+    let r = srv.post("/v1/chat/completions", &clip(base64::engine::general_purpose::STANDARD.encode(&wav), "wav"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(ids(&r.json()["choices"][0]), greedy);
+    for (data, format, want) in [
+        ("AAAA".to_string(), "mp3", "flint reads wav"),
+        ("not base64!".to_string(), "wav", "not valid base64"),
+        (base64::engine::general_purpose::STANDARD.encode(b"RIFF....WAVEjunk"), "wav", "input_audio"),
+    ] {
+        let r = srv.post("/v1/chat/completions", &clip(data, format));
+        assert_eq!(r.status, 400, "{format}: {}", r.body);
+        assert!(r.body.contains(want), "{}", r.body);
+    }
 }
 
 /// The `openai` Python package against the server, when it is installed (`.ci/run` installs it).

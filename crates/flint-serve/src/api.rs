@@ -169,6 +169,20 @@ pub enum Part {
         /// Where the image is.
         image_url: ImageUrl,
     },
+    /// An audio clip, base64 in the request (OpenAI's `input_audio`), for audio-language models.
+    InputAudio {
+        /// The clip.
+        input_audio: InputAudio,
+    },
+}
+
+/// `input_audio` of a part.
+#[derive(Debug, Deserialize)]
+pub struct InputAudio {
+    /// The file's bytes, base64.
+    pub data: String,
+    /// Its format: `wav` (the one flint reads).
+    pub format: String,
 }
 
 /// `image_url` of a part.

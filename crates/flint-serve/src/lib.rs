@@ -473,6 +473,7 @@ fn chat_job(s: &AppState, r: ChatRequest) -> Result<Job, ApiError> {
     }
     let mut msgs = Vec::new();
     let mut images = Vec::new();
+    let mut clips = Vec::new();
     for m in &r.messages {
         let role = match m.role.as_str() {
             "developer" => "system",
@@ -485,7 +486,7 @@ fn chat_job(s: &AppState, r: ChatRequest) -> Result<Job, ApiError> {
             }
         };
         let mut text = String::new();
-        let mut count = 0;
+        let (mut count, mut heard) = (0, 0);
         match &m.content {
             None => {}
             Some(Content::Text(t)) => text.push_str(t),
@@ -509,11 +510,27 @@ fn chat_job(s: &AppState, r: ChatRequest) -> Result<Job, ApiError> {
                             images.push(image_of(s, &image_url.url)?);
                             count += 1;
                         }
+                        Part::InputAudio { input_audio } => {
+                            if s.model.audio().is_none() {
+                                return Err(ApiError::bad(
+                                    "messages",
+                                    format!("{} has no audio tower; it cannot take audio", s.opts.model_name),
+                                ));
+                            }
+                            if clips.len() >= flint_runtime::request::MAX_AUDIO {
+                                return Err(ApiError::bad(
+                                    "messages",
+                                    format!("more than {} audio clips", flint_runtime::request::MAX_AUDIO),
+                                ));
+                            }
+                            clips.push(audio_of(input_audio)?);
+                            heard += 1;
+                        }
                     }
                 }
             }
         }
-        msgs.push(ChatMessage { role: role.into(), text, images: count, audio: 0 });
+        msgs.push(ChatMessage { role: role.into(), text, images: count, audio: heard });
     }
     let model = &s.model;
     let template = model.tokenizer().chat_template.as_deref().ok_or_else(|| {
@@ -533,10 +550,22 @@ fn chat_job(s: &AppState, r: ChatRequest) -> Result<Job, ApiError> {
         }
     }
     let (prompt, media) =
-        model.chat_prompt(&msgs, &images, &[], thinking).map_err(|e| ApiError::bad("messages", e.to_string()))?;
+        model.chat_prompt(&msgs, &images, &clips, thinking).map_err(|e| ApiError::bad("messages", e.to_string()))?;
     let include_usage = include_usage(&r.common);
     let wants = Wants { logprobs: r.logprobs, stream: r.common.stream, include_usage };
     finish_job(s, Kind::Chat, prompt, media, (mode, branches), sampling, stops, wants)
+}
+
+/// The clip of an `input_audio` part: base64 WAV bytes.
+fn audio_of(a: &api::InputAudio) -> Result<flint_runtime::audio::Audio, ApiError> {
+    if a.format != "wav" {
+        return Err(ApiError::bad("messages", format!("input_audio format {:?}: flint reads wav", a.format)));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(a.data.trim())
+        .map_err(|e| ApiError::bad("messages", format!("input_audio data is not valid base64: {e}")))?;
+    flint_runtime::audio::decode_wav(std::path::Path::new("input_audio"), &bytes)
+        .map_err(|e| ApiError::bad("messages", e.to_string()))
 }
 
 fn include_usage(c: &Common) -> bool {
