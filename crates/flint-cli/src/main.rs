@@ -82,11 +82,11 @@ enum Command {
         prompts: Option<PathBuf>,
         /// An image for a multimodal model (repeat for several); they go before the prompt text,
         /// or at its `<image>` placeholders.
-        #[arg(long = "image")]
+        #[arg(long = "image", conflicts_with = "prompts")]
         images: Vec<PathBuf>,
         /// A WAV file for an audio-language model (repeat for several clips, each at most 30 s);
         /// they go before the prompt text, or at its `<|AUDIO|>` placeholders.
-        #[arg(long = "audio")]
+        #[arg(long = "audio", conflicts_with = "prompts")]
         audio: Vec<PathBuf>,
         /// Wrap the prompt in the model's chat template as a user message (implied by think and
         /// contemplate).

@@ -332,13 +332,6 @@ pub fn avg_pool1d(p: &Pool1dParams, x: &[f32]) -> Result<Vec<f32>, ParamError> {
 #[cfg(test)]
 mod tests {
 
-    #[test]
-    fn pool1d_averages_pairs_and_drops_a_partial_group() {
-        let p = Pool1dParams { seqs: 2, len: 3, dim: 2, kernel: 2 };
-        let x = [1.0, 2.0, 3.0, 4.0, 100.0, 100.0, -1.0, 0.0, 1.0, 2.0, 9.0, 9.0];
-        assert_eq!(avg_pool1d(&p, &x).unwrap(), vec![2.0, 3.0, 0.0, 1.0]);
-        assert!(avg_pool1d(&Pool1dParams { len: 1, ..p }, &x[..4]).is_err());
-    }
     use super::*;
 
     #[test]
@@ -402,5 +395,13 @@ mod tests {
         let p = MelParams { clips: 1, samples: 200, n_fft: 400, hop: 160, mels: 80, sample_rate: 16_000 };
         assert!(p.validate().unwrap_err().message.contains("reflect"));
         assert!(log_mel(&p, &[0.0; 200]).is_err());
+    }
+
+    #[test]
+    fn pool1d_averages_pairs_and_drops_a_partial_group() {
+        let p = Pool1dParams { seqs: 2, len: 3, dim: 2, kernel: 2 };
+        let x = [1.0, 2.0, 3.0, 4.0, 100.0, 100.0, -1.0, 0.0, 1.0, 2.0, 9.0, 9.0];
+        assert_eq!(avg_pool1d(&p, &x).unwrap(), vec![2.0, 3.0, 0.0, 1.0]);
+        assert!(avg_pool1d(&Pool1dParams { len: 1, ..p }, &x[..4]).is_err());
     }
 }

@@ -223,7 +223,7 @@ struct Active {
 
 /// The batched engine over one decoder. See the module docs.
 ///
-/// The engine holds its decoder, vision tower and tokenizer by `Arc`: it is `'static` and
+/// The engine holds its decoder, media encoders and tokenizer by `Arc`: it is `'static` and
 /// `Send`, so a server can move it to a worker thread or keep it behind a mutex.
 pub struct Engine {
     model: Arc<Decoder>,
@@ -276,7 +276,7 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     /// An engine over `model` with a KV pool of `opts.kv_tokens` tokens (text only, without a
-    /// tokenizer; [`Model::engine`](crate::model::Model::engine) adds the model's vision tower
+    /// tokenizer; [`Model::engine`](crate::model::Model::engine) adds the model's media encoders
     /// and tokenizer).
     pub fn new(model: Arc<Decoder>, opts: EngineOptions) -> Result<Engine> {
         if opts.page_size == 0 || opts.max_batch == 0 || opts.kv_tokens < opts.page_size {

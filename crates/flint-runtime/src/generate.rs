@@ -412,6 +412,9 @@ impl Session {
             return Err(RequestError::NoTokens.into());
         }
         opts.params(1, self.model.cfg.vocab).validate().map_err(|e| RequestError::Sampling(e.to_string()))?;
+        // Media that does not fit the prompt is refused before any of it runs (a long prompt's
+        // first chunks run without the media).
+        crate::multimodal::check_media(&self.encoders, prompt, media)?;
         let capacity = self.capacity;
         self.room_for(prompt.len())?;
         let t0 = Instant::now();

@@ -338,6 +338,7 @@ fn audio_inputs<'a>(
             Err(RequestError::Audio(format!("the prompt has {slots} audio tokens but no audio was given")))
         }
         (Some(a), Some(c)) => {
+            c.validate(a.mels())?;
             let want: usize = c.tokens().iter().sum();
             if want != slots {
                 return Err(RequestError::Audio(format!(

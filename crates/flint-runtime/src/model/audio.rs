@@ -27,9 +27,9 @@ pub const WINDOW_FRAMES: usize = 3000;
 /// Encoder positions per window (after the stride-2 convolution).
 pub const AUDIO_CTX: usize = 1500;
 /// Samples per 30-second window at 16 kHz.
-pub const WINDOW_SAMPLES: usize = 480_000;
+pub const WINDOW_SAMPLES: usize = flint_ref::audio::WHISPER_SAMPLES;
 /// The sample rate the features are made at.
-pub const SAMPLE_RATE: u32 = 16_000;
+pub const SAMPLE_RATE: u32 = flint_ref::audio::WHISPER_RATE as u32;
 /// Samples between feature frames.
 const HOP: usize = 160;
 
@@ -203,6 +203,30 @@ impl AudioFeatures {
     pub fn tokens(&self) -> Vec<usize> {
         self.frames.iter().map(|&f| tokens_for_frames(f)).collect()
     }
+
+    /// Check the features fit a tower of `mels` filters: the shape, 3 to 3000 frames of audio
+    /// per clip, finite values.
+    pub fn validate(&self, mels: usize) -> std::result::Result<(), RequestError> {
+        let clips = self.clips();
+        if self.mels != mels || clips == 0 || self.data.len() != clips * WINDOW_FRAMES * mels {
+            return Err(RequestError::Audio(format!(
+                "{} feature values of {} mels for {clips} clips; the tower takes [clips, {WINDOW_FRAMES}, {mels}]",
+                self.data.len(),
+                self.mels
+            )));
+        }
+        if let Some(c) = self.frames.iter().position(|&f| !(3..=WINDOW_FRAMES).contains(&f)) {
+            return Err(RequestError::Audio(format!(
+                "clip {} has {} frames of audio; 3 to {WINDOW_FRAMES} make tokens",
+                c + 1,
+                self.frames[c]
+            )));
+        }
+        if let Some(i) = self.data.iter().position(|v| !v.is_finite()) {
+            return Err(RequestError::Audio(format!("feature value {i} is {}: features must be finite", self.data[i])));
+        }
+        Ok(())
+    }
 }
 
 /// Encoder positions that `frames` frames of audio reach through the stride-2 convolution:
@@ -285,7 +309,9 @@ impl AudioProcessor {
     }
 
     /// The markup a clip takes when the prompt does not place it: `Audio n: <|audio_bos|>
-    /// <|AUDIO|><|audio_eos|>\n`, as the chat template of the published checkpoints writes it.
+    /// <|AUDIO|><|audio_eos|>\n`, as the Instruct checkpoint's chat template writes it (the
+    /// base model's prompts have no `Audio n:` prefix: write `<|AUDIO|>` in the text to place a
+    /// clip exactly).
     pub fn markup(&self, n: usize) -> String {
         format!("Audio {n}: {}{}{}\n", self.bos, self.audio_token, self.eos)
     }
@@ -297,15 +323,20 @@ impl AudioProcessor {
         let mut data = Vec::with_capacity(clips.len() * WINDOW_FRAMES * mels);
         let mut frames = Vec::with_capacity(clips.len());
         for (i, clip) in clips.iter().enumerate() {
-            let clip = clip.resampled(SAMPLE_RATE)?;
-            let n = clip.samples.len();
-            if n > WINDOW_SAMPLES {
+            let i = i + 1;
+            // Checked before resampling, so that a long clip costs nothing to refuse.
+            let seconds = clip.samples.len() as f64 / f64::from(clip.sample_rate.max(1));
+            if !crate::audio::RATES.contains(&clip.sample_rate) || seconds > 30.0 {
                 return Err(RequestError::Audio(format!(
-                    "clip {i} is {:.2} s long; this model takes clips of at most 30 s",
-                    n as f64 / f64::from(SAMPLE_RATE)
+                    "clip {i} is {seconds:.2} s long at {} Hz; this model takes clips of at most 30 s, at {} to {} Hz",
+                    clip.sample_rate,
+                    crate::audio::RATES.start(),
+                    crate::audio::RATES.end()
                 ))
                 .into());
             }
+            let clip = clip.resampled(SAMPLE_RATE)?;
+            let n = clip.samples.len().min(WINDOW_SAMPLES);
             let f = n.div_ceil(HOP);
             if tokens_for_frames(f) == 0 {
                 return Err(RequestError::Audio(format!(
@@ -409,28 +440,7 @@ impl AudioTower {
     fn record(&self, rec: &mut Recorder, features: &AudioFeatures) -> Result<(Tensor, Tensor)> {
         let dev = self.dev.clone();
         let (clips, mels, d) = (features.clips(), self.mels(), self.encoder.dims.d);
-        if features.mels != mels || clips == 0 || features.data.len() != clips * WINDOW_FRAMES * mels {
-            return Err(RequestError::Audio(format!(
-                "{} feature values of {} mels for {clips} clips; the tower takes [clips, {WINDOW_FRAMES}, {mels}]",
-                features.data.len(),
-                features.mels
-            ))
-            .into());
-        }
-        if let Some(c) = features.frames.iter().position(|&f| !(3..=WINDOW_FRAMES).contains(&f)) {
-            return Err(RequestError::Audio(format!(
-                "clip {c} has {} frames of audio; 3 to {WINDOW_FRAMES} make tokens",
-                features.frames[c]
-            ))
-            .into());
-        }
-        if let Some(i) = features.data.iter().position(|v| !v.is_finite()) {
-            return Err(RequestError::Audio(format!(
-                "feature value {i} is {}: features must be finite",
-                features.data[i]
-            ))
-            .into());
-        }
+        features.validate(mels)?;
         let t = dev.upload_f32("audio features", &features.data, &[clips, WINDOW_FRAMES, mels], DType::F32)?;
         let keys: Vec<usize> = features.frames.iter().map(|&f| positions_for_frames(f)).collect();
         let h = self.encoder.hidden(&dev, rec, &t, &keys)?;

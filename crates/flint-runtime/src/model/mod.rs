@@ -57,7 +57,7 @@ pub struct ChatMessage {
 /// or the audio tower.
 ///
 /// The GPU parts are shared, not borrowed: [`Model::engine`] and [`Model::session`] return
-/// owned values (`Send`, `'static`) holding `Arc`s of the decoder and vision tower, so a host can
+/// owned values (`Send`, `'static`) holding `Arc`s of the decoder and media encoders, so a host can
 /// keep them in shared state, move them to a worker thread, or drop the `Model` first.
 #[derive(Debug)]
 pub struct Model {
@@ -72,7 +72,7 @@ impl Model {
     /// Load a model onto `dev`: a `.gguf` file of a family in
     /// [`GGUF_FAMILIES`](arch::GGUF_FAMILIES) (llama, gemma3), or a Hugging Face directory
     /// (config.json + safetensors) of a family flint reads from them (Idefics3 / SmolVLM, Llama,
-    /// Gemma 3 with or without vision, Qwen2).
+    /// Gemma 3 with or without vision, Qwen2, Qwen2-Audio).
     pub fn load(dev: &Device, path: impl AsRef<Path>) -> Result<Model> {
         let path = path.as_ref();
         if path.is_dir() {
@@ -377,7 +377,7 @@ impl Model {
 
     /// A batched engine over this model (taking images when it has a vision tower, audio when
     /// it has an audio tower).
-    /// It shares the model's decoder, vision tower and tokenizer (the tokenizer decodes the
+    /// It shares the model's decoder, media encoders and tokenizer (the tokenizer decodes the
     /// branches of [voting](crate::engine::Request::vote) requests).
     pub fn engine(&self, opts: crate::engine::EngineOptions) -> Result<crate::engine::Engine> {
         Ok(crate::engine::Engine::new(self.decoder.clone(), opts)?

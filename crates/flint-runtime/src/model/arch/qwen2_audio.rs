@@ -34,8 +34,46 @@ fn hf_name(prefix: &str, gguf: &str) -> String {
     }
 }
 
+/// Qwen2Config's defaults, which the published checkpoints' sparse `text_config` leaves to
+/// transformers (Qwen2-Audio-7B's gives little more than `model_type` and a few sizes).
+const TEXT_DEFAULTS: [(&str, f64); 9] = [
+    ("hidden_size", 4096.0),
+    ("intermediate_size", 22016.0),
+    ("num_hidden_layers", 32.0),
+    ("num_attention_heads", 32.0),
+    ("vocab_size", 151936.0),
+    ("rms_norm_eps", 1e-6),
+    ("max_position_embeddings", 32768.0),
+    ("rope_theta", 10000.0),
+    ("hidden_act", f64::NAN),
+];
+
+/// `text_config` with Qwen2Config's defaults where it is silent (`num_key_value_heads`
+/// defaulting to the attention heads, as Qwen2Config does).
+fn text_config(top: &Config<'_>) -> Result<serde_json::Value> {
+    let mut v = top.object("text_config")?.value.clone();
+    let Some(o) = v.as_object_mut() else { return Ok(v) };
+    for (key, default) in TEXT_DEFAULTS {
+        if o.get(key).is_none_or(serde_json::Value::is_null) {
+            let value = match key {
+                "hidden_act" => "silu".into(),
+                "rms_norm_eps" | "rope_theta" => default.into(),
+                _ => (default as u64).into(),
+            };
+            o.insert(key.into(), value);
+        }
+    }
+    if o.get("num_key_value_heads").is_none_or(serde_json::Value::is_null) {
+        let heads = o["num_attention_heads"].clone();
+        o.insert("num_key_value_heads".into(), heads);
+    }
+    Ok(v)
+}
+
 fn load(dev: &Device, dir: &HfDir, top: &Config<'_>, kv_dtype: DType) -> Result<Loaded> {
-    let text = super::qwen2::hf_config(&top.object("text_config")?, top.bool_or("tie_word_embeddings", false)?)?;
+    let text_value = text_config(top)?;
+    let text_cfg = Config { path: top.path.clone(), value: &text_value, at: "text_config".into() };
+    let text = super::qwen2::hf_config(&text_cfg, top.bool_or("tie_word_embeddings", false)?)?;
     let hidden = text.hidden;
     let missing = |what: &str, names: &str| {
         crate::RuntimeError::Model(format!("{}: no {what} tensors ({names})", dir.dir.display()))
@@ -62,20 +100,26 @@ fn load(dev: &Device, dir: &HfDir, top: &Config<'_>, kv_dtype: DType) -> Result<
         eps: 1e-5,
     };
     let (d, heads) = (dims.d, dims.heads);
+    if !(1..=crate::whisper::MAX_WIDTH).contains(&d) {
+        return Err(a.error("d_model", &format!("is {d}; flint takes 1 to {}", crate::whisper::MAX_WIDTH)));
+    }
+    if !(1..=4 * crate::whisper::MAX_WIDTH).contains(&dims.ffn) {
+        return Err(a.error(
+            "encoder_ffn_dim",
+            &format!("is {}; flint takes 1 to {}", dims.ffn, 4 * crate::whisper::MAX_WIDTH),
+        ));
+    }
     if d == 0 || heads == 0 || !d.is_multiple_of(heads) || d / heads > 256 || !(d / heads).is_multiple_of(4) {
         return Err(a.error(
             "encoder_attention_heads",
             &format!("is {heads}; it must split d_model {d} into heads of at most 256 (a multiple of 4)"),
         ));
     }
-    if !(1..=512).contains(&dims.mels) || dims.ffn == 0 || !(1..=256).contains(&dims.layers) {
-        return Err(a.error(
-            "num_mel_bins",
-            &format!(
-                "{} mels, an MLP of {} and {} layers: flint takes 1 to 512 mels, 1 to 256 layers",
-                dims.mels, dims.ffn, dims.layers
-            ),
-        ));
+    if !(1..=512).contains(&dims.mels) {
+        return Err(a.error("num_mel_bins", &format!("is {}; flint takes 1 to 512", dims.mels)));
+    }
+    if !(1..=256).contains(&dims.layers) {
+        return Err(a.error("encoder_layers", &format!("is {}; flint takes 1 to 256", dims.layers)));
     }
     if a.usize_or("max_source_positions", AUDIO_CTX)? != AUDIO_CTX {
         return Err(a.error("max_source_positions", &format!("is not {AUDIO_CTX} (30-second windows)")));
@@ -94,4 +138,30 @@ fn load(dev: &Device, dir: &HfDir, top: &Config<'_>, kv_dtype: DType) -> Result<
     let processor = AudioProcessor::new(dev, dir, dims.mels)?;
     let tower = AudioTower::load(dev, dir, (encoder, projector), dims, hidden, processor, audio_token as u32)?;
     Ok(Loaded { decoder, vision: None, audio: Some(tower) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Qwen2-Audio-7B-Instruct's config.json leaves most of `text_config` to Qwen2Config's
+    /// defaults; they are filled in, and what it gives is kept.
+    #[test]
+    fn a_sparse_text_config_takes_qwen2_defaults() {
+        let top = serde_json::json!({
+            "model_type": "qwen2_audio",
+            "text_config": {"model_type": "qwen2", "intermediate_size": 11008, "rope_theta": 10000, "vocab_size": 156032,
+                            "torch_dtype": "bfloat16", "max_position_embeddings": 8192}
+        });
+        let c = Config::new("config.json".into(), &top);
+        let t = text_config(&c).unwrap();
+        assert_eq!(t["hidden_size"], 4096);
+        assert_eq!(t["num_key_value_heads"], 32);
+        assert_eq!(t["intermediate_size"], 11008);
+        assert_eq!(t["vocab_size"], 156032);
+        assert_eq!(t["max_position_embeddings"], 8192);
+        let cfg = super::super::qwen2::hf_config(&Config::new("config.json".into(), &t), false).unwrap();
+        assert_eq!((cfg.hidden, cfg.layers, cfg.ffn, cfg.vocab, cfg.context), (4096, 32, 11008, 156032, 8192));
+        assert!(cfg.qkv_bias && !cfg.tied_head);
+    }
 }
