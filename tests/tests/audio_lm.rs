@@ -105,9 +105,18 @@ fn check(name: &str, clip_names: &[&str], question: &str) {
         let out = s.generate_with(&ids, Some(&media), &opts, |_| {}).unwrap();
         assert_eq!(out.tokens, greedy, "[{label}] greedy tokens");
 
-        // Through the batched engine: two greedy branches of the audio prompt beside a text one.
-        let mut engine =
-            model.engine(flint_runtime::EngineOptions { kv_tokens: 1024, page_size: 16, max_batch: 4 }).unwrap();
+        // A prefill chunk shorter than the prompt: the text before the first audio token runs in
+        // chunks, the rest (the clips and after) whole, with the same tokens.
+        let mut s = model.session(ids.len() + greedy.len()).unwrap().with_prefill_chunk(8);
+        let out = s.generate_with(&ids, Some(&media), &opts, |_| {}).unwrap();
+        assert_eq!(out.tokens, greedy, "[{label}] greedy tokens after a chunked head");
+
+        // Through the batched engine (chunks of 8 here too): two greedy branches of the audio
+        // prompt beside a text one.
+        let mut engine = model
+            .engine(flint_runtime::EngineOptions { kv_tokens: 1024, page_size: 16, max_batch: 4 })
+            .unwrap()
+            .with_prefill_chunk(8);
         let req = flint_runtime::Request::new(ids.clone(), opts.clone())
             .branches(2)
             .with_media(Some(std::sync::Arc::new(media.clone())));

@@ -258,8 +258,11 @@ struct Prefilling {
     seq: SeqId,
     slots: Vec<u32>,
     done: usize,
-    /// Tokens per chunk (the prompt split into equal chunks).
+    /// Tokens per middle chunk.
     size: usize,
+    /// Tokens of the final piece, run with the logits and the media (see
+    /// [`crate::generate::prefill_split`]).
+    last: usize,
     started: Instant,
 }
 
@@ -579,23 +582,23 @@ impl Engine {
         loop {
             if let Some(mut p) = self.prefilling.take() {
                 let left = p.w.req.prompt.len() - p.done;
-                let next = left.min(p.size);
+                let next = if left > p.last { p.size.min(left - p.last) } else { left };
                 if next > budget && budget < self.prefill_chunk {
                     // Not this step's: the budget is spent (a step always runs one chunk).
                     self.prefilling = Some(p);
                     return Ok(());
                 }
-                if left > p.size {
+                if left > p.last {
                     // A middle chunk: into the cache, finished before the next is recorded.
-                    let c = &p.w.req.prompt[p.done..p.done + p.size];
+                    let c = &p.w.req.prompt[p.done..p.done + next];
                     if let Err(e) = crate::generate::prefill_into(&self.model, &mut self.pool, p.seq, c).await {
                         let id = p.w.id;
                         self.drop_prefill(p)?;
                         events.push(Event::Failed { request: id, error: e.to_string() });
                         continue;
                     }
-                    p.done += p.size;
-                    budget = budget.saturating_sub(p.size);
+                    p.done += next;
+                    budget = budget.saturating_sub(next);
                     self.prefilling = Some(p);
                     continue;
                 }
@@ -616,10 +619,10 @@ impl Engine {
             self.reserved_pages += w.pages;
             let slots: Vec<u32> = (0..w.req.branches).filter_map(|_| self.free_slots.pop()).collect();
             let p = w.req.prompt.len();
-            let chunk = if w.req.media.is_none() { self.prefill_chunk } else { p };
-            let size = crate::generate::chunk_size(p, chunk);
+            let first = w.req.media.as_ref().and_then(|_| self.encoders.first_media(&w.req.prompt));
+            let (size, last) = crate::generate::prefill_split(p, self.prefill_chunk, first);
             let seq = self.pool.create();
-            self.prefilling = Some(Prefilling { w, seq, slots, done: 0, size, started: Instant::now() });
+            self.prefilling = Some(Prefilling { w, seq, slots, done: 0, size, last, started: Instant::now() });
         }
     }
 

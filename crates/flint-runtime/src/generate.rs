@@ -54,25 +54,40 @@ impl SamplingOptions {
 /// many, of equal size (so no chunk is a few rows that would take the matvec path).
 pub const PREFILL_CHUNK: usize = 512;
 
-/// Run all of a text prompt but its last chunk (of at most `chunk` tokens) through `model` into
-/// `seq`, each chunk submitted and finished before the next is recorded, so the activations held
-/// at once are a chunk's; return the rest, which the caller runs with its logits. The chunks are
-/// of equal size, so none is a few rows that would take the matvec path. A `chunk` of at least
-/// `ids.len()` runs nothing here.
+/// Run all of a prompt but its last `last` tokens (see [`prefill_split`]) through `model` into
+/// `seq` in chunks of `size`, each submitted and finished before the next is recorded, so the
+/// activations held at once are a chunk's; return the rest, which the caller runs with its
+/// logits (and its media).
 pub(crate) async fn prefill_head<'a>(
     model: &Decoder,
     pool: &mut KvPool,
     seq: SeqId,
     ids: &'a [u32],
-    chunk: usize,
+    (size, last): (usize, usize),
 ) -> Result<&'a [u32]> {
-    let size = chunk_size(ids.len(), chunk);
-    let (head, rest) = ids.split_at(size * (ids.len().div_ceil(size) - 1));
-    for c in head.chunks(size) {
+    let (head, rest) = ids.split_at(ids.len() - last.min(ids.len()));
+    for c in head.chunks(size.max(1)) {
         check_ids(model, c)?;
         prefill_into(model, pool, seq, c).await?;
     }
     Ok(rest)
+}
+
+/// How a prompt of `len` tokens is prefilled with chunks of at most `chunk` tokens: `(size,
+/// last)`, chunks of `size` tokens, then the last `last` tokens with the logits. A text prompt
+/// is cut into equal chunks, so none is a few rows that would take the matvec path. A prompt
+/// with media (its first media token at `first_media`) that is longer than a chunk has its text
+/// before that token in chunks and the rest, media and all, in one piece; a shorter one runs
+/// whole.
+pub(crate) fn prefill_split(len: usize, chunk: usize, first_media: Option<usize>) -> (usize, usize) {
+    match first_media {
+        None => {
+            let size = chunk_size(len, chunk);
+            (size, len - size * (len.div_ceil(size) - 1))
+        }
+        Some(f) if len > chunk && f > 0 => (chunk_size(f, chunk), len - f),
+        Some(_) => (len.max(1), len),
+    }
 }
 
 /// Tokens per chunk when a prompt of `len` tokens is prefilled in chunks of at most `chunk`:
@@ -297,9 +312,11 @@ impl Session {
         let row = self.row(opts, self.step);
         // A long text prompt runs in chunks, each submitted and finished before the next is
         // recorded, so the activations held at once are a chunk's, not the prompt's: memory is
-        // bounded by the weights, the KV cache and a constant. A prompt with media runs whole.
-        let chunk = if media.is_none() { self.prefill_chunk } else { ids.len() };
-        let ids = prefill_head(&self.model, &mut self.pool, self.seq, ids, chunk).await?;
+        // bounded by the weights, the KV cache and a constant. A prompt with media runs its
+        // text before the first media token in chunks, the rest whole.
+        let first = media.and_then(|_| self.encoders.first_media(ids));
+        let split = prefill_split(ids.len(), self.prefill_chunk, first);
+        let ids = prefill_head(&self.model, &mut self.pool, self.seq, ids, split).await?;
         let mut rec = Recorder::new(&dev);
         let h = self.forward_with(&mut rec, ids, media)?;
         let logits = self.model.logits(&mut rec, &h, ids.len() - 1..ids.len())?;
@@ -504,4 +521,23 @@ fn accept(
         return true;
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefill_split;
+
+    /// Text: equal chunks, the last piece the remainder; media: the text before the first
+    /// media token in chunks, the rest whole, and a prompt within one chunk whole.
+    #[test]
+    fn prefill_split_chunks_text_and_the_text_before_media() {
+        assert_eq!(prefill_split(1000, 512, None), (500, 500));
+        assert_eq!(prefill_split(1001, 512, None), (501, 500));
+        assert_eq!(prefill_split(1100, 512, None), (367, 366));
+        assert_eq!(prefill_split(100, 512, None), (100, 100));
+        assert_eq!(prefill_split(1000, 512, Some(700)), (350, 300));
+        assert_eq!(prefill_split(1000, 512, Some(10)), (10, 990));
+        assert_eq!(prefill_split(1000, 512, Some(0)), (1000, 1000));
+        assert_eq!(prefill_split(300, 512, Some(200)), (300, 300));
+    }
 }

@@ -146,6 +146,15 @@ pub struct Encoders {
     pub audio: Option<Arc<AudioTower>>,
 }
 
+impl Encoders {
+    /// The position of the first image or audio token in `ids`.
+    pub fn first_media(&self, ids: &[u32]) -> Option<usize> {
+        let tokens: Vec<u32> =
+            self.vision.iter().map(|v| v.image_token_id).chain(self.audio.iter().map(|a| a.audio_token_id)).collect();
+        ids.iter().position(|t| tokens.contains(t))
+    }
+}
+
 /// Images ready for the encoder: `[images, channels, height, width]` f32, normalised, all of
 /// one square size whose side is a multiple of the patch (the processor's tiles).
 #[derive(Clone, Debug, PartialEq)]
@@ -270,15 +279,14 @@ pub fn embed_prompt(
     if let Some((vision, pixels)) = image_inputs(encoders.vision.as_deref(), ids, pixels)? {
         let embeds = vision.embed(rec, pixels)?;
         // The tiles' tokens are packed in order.
-        let sources = [(0, vision.tokens_for(pixels))];
-        splice(rec, &x, row, ids, vision.image_token_id, &embeds, &sources)?;
+        let sources = [(&embeds, vision.tokens_for(pixels))];
+        splice(rec, &x, row, ids, vision.image_token_id, &sources)?;
     }
     let clips = media.and_then(|m| m.audio.as_ref());
     if let Some((audio, clips)) = audio_inputs(encoders.audio.as_deref(), ids, clips)? {
         let embeds = audio.embed(rec, clips)?;
-        let per = audio.rows_per_clip();
-        let sources: Vec<(usize, usize)> = clips.tokens().iter().enumerate().map(|(c, &n)| (c * per, n)).collect();
-        splice(rec, &x, row, ids, audio.audio_token_id, &embeds, &sources)?;
+        let sources: Vec<(&Tensor, usize)> = embeds.iter().zip(clips.tokens()).collect();
+        splice(rec, &x, row, ids, audio.audio_token_id, &sources)?;
     }
     Ok(x)
 }
@@ -352,25 +360,24 @@ fn audio_inputs<'a>(
     }
 }
 
-/// Copy rows of `embeds` into the rows of `x` whose token is `token`, in order: the sources are
-/// `(first row, rows)` runs of `embeds`, taken one after another (their total is the number of
-/// such tokens, checked by the caller). Each copy is a maximal run that is contiguous on both
-/// sides.
+/// Copy embedding rows into the rows of `x` whose token is `token`, in order: the sources are
+/// `(tensor, rows)`, the first `rows` rows of each tensor taken one after another (their total
+/// is the number of such tokens, checked by the caller). Each copy is a maximal run that is
+/// contiguous on both sides.
 fn splice(
     rec: &mut Recorder,
     x: &Tensor,
     row: usize,
     ids: &[u32],
     token: u32,
-    embeds: &Tensor,
-    sources: &[(usize, usize)],
+    sources: &[(&Tensor, usize)],
 ) -> Result<()> {
-    let mut src = sources.iter().copied().filter(|s| s.1 > 0);
+    let mut src = sources.iter().map(|&(t, n)| (t, 0, n)).filter(|s| s.2 > 0);
     let mut cur = src.next();
     for run in token_runs(ids, token) {
         let (mut at, mut left) = (run.start, run.len());
         while left > 0 {
-            let Some((first, avail)) = cur else {
+            let Some((embeds, first, avail)) = cur else {
                 return Err(RuntimeError::Request(format!("more {token} tokens than embeddings")));
             };
             let n = left.min(avail);
@@ -378,7 +385,7 @@ fn splice(
             let d = x.view((at * row * 4) as u64, &[n, row], DType::F32)?;
             rec.copy(&s, &d)?;
             (at, left) = (at + n, left - n);
-            cur = if n == avail { src.next() } else { Some((first + n, avail - n)) };
+            cur = if n == avail { src.next() } else { Some((embeds, first + n, avail - n)) };
         }
     }
     Ok(())

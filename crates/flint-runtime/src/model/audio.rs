@@ -430,29 +430,35 @@ impl AudioTower {
         self.encoder.dims.mels
     }
 
-    /// Record the tower over `features`: `[clips * 750, text hidden]`, clip `c`'s rows starting
-    /// at `c * 750`, of which its first [`AudioFeatures::tokens`] hold its tokens.
-    pub fn embed(&self, rec: &mut Recorder, features: &AudioFeatures) -> Result<Tensor> {
-        Ok(self.record(rec, features)?.1)
+    /// Record the tower over `features`: one `[750, text hidden]` tensor per clip, of whose
+    /// rows the first [`AudioFeatures::tokens`] hold the clip's tokens. Each clip runs alone,
+    /// so that the largest buffer is one clip's (its MLP's `[1500, ffn]`), whatever the count.
+    pub fn embed(&self, rec: &mut Recorder, features: &AudioFeatures) -> Result<Vec<Tensor>> {
+        Ok(self.record(rec, features)?.into_iter().map(|(_, out)| out).collect())
     }
 
-    /// [`AudioTower::embed`], also returning the normed tower output `[clips * 750, d]`.
-    fn record(&self, rec: &mut Recorder, features: &AudioFeatures) -> Result<(Tensor, Tensor)> {
+    /// [`AudioTower::embed`], also returning each clip's normed tower output `[750, d]`.
+    fn record(&self, rec: &mut Recorder, features: &AudioFeatures) -> Result<Vec<(Tensor, Tensor)>> {
         let dev = self.dev.clone();
-        let (clips, mels, d) = (features.clips(), self.mels(), self.encoder.dims.d);
+        let (mels, d) = (self.mels(), self.encoder.dims.d);
         features.validate(mels)?;
-        let t = dev.upload_f32("audio features", &features.data, &[clips, WINDOW_FRAMES, mels], DType::F32)?;
-        let keys: Vec<usize> = features.frames.iter().map(|&f| positions_for_frames(f)).collect();
-        let h = self.encoder.hidden(&dev, rec, &t, &keys)?;
-        let pool = Pool1dParams { seqs: clips, len: AUDIO_CTX, dim: d, kernel: 2 };
-        let rows = clips * pool.out_len();
-        let pooled = dev.empty("audio pooled", &[rows, d], DType::F32)?;
-        flint_kernels::audio::avg_pool1d(&dev, rec, &pool, &h, &pooled)?;
-        let normed = dev.empty("audio normed", &[rows, d], DType::F32)?;
-        self.encoder.norm(&dev, rec, &pooled, rows, &normed)?;
-        let out = dev.empty("audio embeddings", &[rows, self.text_hidden], DType::F32)?;
-        self.proj.forward(&dev, rec, &normed, rows, &out)?;
-        Ok((normed, out))
+        let per = WINDOW_FRAMES * mels;
+        let rows = self.rows_per_clip();
+        let mut outs = Vec::with_capacity(features.clips());
+        for (c, &frames) in features.frames.iter().enumerate() {
+            let data = &features.data[c * per..(c + 1) * per];
+            let t = dev.upload_f32("audio features", data, &[1, WINDOW_FRAMES, mels], DType::F32)?;
+            let h = self.encoder.hidden(&dev, rec, &t, &[positions_for_frames(frames)])?;
+            let pool = Pool1dParams { seqs: 1, len: AUDIO_CTX, dim: d, kernel: 2 };
+            let pooled = dev.empty("audio pooled", &[rows, d], DType::F32)?;
+            flint_kernels::audio::avg_pool1d(&dev, rec, &pool, &h, &pooled)?;
+            let normed = dev.empty("audio normed", &[rows, d], DType::F32)?;
+            self.encoder.norm(&dev, rec, &pooled, rows, &normed)?;
+            let out = dev.empty("audio embeddings", &[rows, self.text_hidden], DType::F32)?;
+            self.proj.forward(&dev, rec, &normed, rows, &out)?;
+            outs.push((normed, out));
+        }
+        Ok(outs)
     }
 
     /// FLOPs of one clip through the tower (convolutions, blocks over the whole window, the
@@ -465,7 +471,7 @@ impl AudioTower {
         convs + e.layers as f64 * layer + 2.0 * (t / 2.0) * d * self.text_hidden as f64
     }
 
-    /// Rows per clip in [`AudioTower::embed`]'s output.
+    /// Rows of each clip's tensor in [`AudioTower::embed`]'s output.
     pub fn rows_per_clip(&self) -> usize {
         AUDIO_CTX / 2
     }
@@ -476,18 +482,14 @@ impl AudioTower {
     pub fn stages(&self, features: &AudioFeatures) -> Result<(Vec<f32>, Vec<f32>)> {
         let dev = self.dev.clone();
         let mut rec = Recorder::new(&dev);
-        let (normed, out) = self.record(&mut rec, features)?;
+        let outs = self.record(&mut rec, features)?;
         rec.submit()?.wait()?;
-        let keep = |all: Vec<f32>, width: usize| -> Vec<f32> {
-            let per = self.rows_per_clip() * width;
-            features
-                .tokens()
-                .iter()
-                .enumerate()
-                .flat_map(|(c, &n)| all[c * per..c * per + n * width].to_vec())
-                .collect()
-        };
-        Ok((keep(dev.read_f32(&normed)?, self.encoder.dims.d), keep(dev.read_f32(&out)?, self.text_hidden)))
+        let (mut enc, mut proj) = (Vec::new(), Vec::new());
+        for ((normed, out), n) in outs.iter().zip(features.tokens()) {
+            enc.extend_from_slice(&dev.read_f32(normed)?[..n * self.encoder.dims.d]);
+            proj.extend_from_slice(&dev.read_f32(out)?[..n * self.text_hidden]);
+        }
+        Ok((enc, proj))
     }
 }
 
