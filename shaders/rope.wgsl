@@ -1,6 +1,8 @@
 // Rotary position embedding over [tokens, heads, head_dim], out of place. One invocation per
 // (token, head, j) with j < head_dim - rot_dim/2: j < rot_dim/2 rotates pair j, larger j copies
 // one pass-through element. INTERLEAVED pairs (2i, 2i+1); otherwise (i, i + rot_dim/2).
+// ANGLES: pair j of token t rotates by angles[t * rot_dim/2 + j], a table the caller made (2D
+// rotary of vision towers, M-RoPE), instead of pos[t] * freq_scale * theta^(-2j / rot_dim).
 #include "common.wgsl"
 
 struct Params {
@@ -17,7 +19,11 @@ struct Params {
 #if !QKV
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<T>;
+#if ANGLES
+@group(0) @binding(2) var<storage, read> angles: array<f32>;
+#else
 @group(0) @binding(2) var<storage, read> pos: array<u32>;
+#endif
 @group(0) @binding(3) var<storage, read_write> out: array<T>;
 
 @compute @workgroup_size(WG)
@@ -45,8 +51,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let i0 = base + j;
     let i1 = i0 + half;
 #endif
+#if ANGLES
+    let angle = angles[token * half + j];
+#else
     let freq = exp2(-2.0 * f32(j) / f32(p.rot_dim) * p.log2_theta);
     let angle = f32(pos[token]) * p.freq_scale * freq;
+#endif
     let c = cos(angle);
     let s = sin(angle);
     let x0 = f32(x[i0]);

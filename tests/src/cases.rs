@@ -274,6 +274,10 @@ pub struct RopeCase {
     pub dt: DType,
     /// Positions are drawn below this.
     pub max_pos: u32,
+    /// Each token's angles given as a table (the 2D rotary of vision towers, M-RoPE: angles of
+    /// row and column positions at frequencies restarting per half, up to `max_pos` radians),
+    /// not computed from one position.
+    pub angles: bool,
     /// Tier.
     pub tier: Tier,
 }
@@ -282,8 +286,9 @@ impl Case for RopeCase {
     fn name(&self) -> String {
         let p = &self.p;
         let partial = if p.rot_dim != p.head_dim { format!("_rot{}", p.rot_dim) } else { String::new() };
+        let table = if self.angles { "_angles" } else { "" };
         format!(
-            "rope_{}_{}_{}x{}x{}{partial}_theta{}",
+            "rope{table}_{}_{}_{}x{}x{}{partial}_theta{}",
             p.layout.name(),
             self.dt,
             p.tokens,
@@ -321,15 +326,38 @@ impl Case for RopeCase {
         if let Some(last) = pos.last_mut().filter(|_| self.p.tokens > 1) {
             *last = self.max_pos - 1;
         }
-        vec![Input::float("x", &[n], self.dt, rng.vec(n, -1.0, 1.0)), Input::ints("positions", &[self.p.tokens], pos)]
+        let x = Input::float("x", &[n], self.dt, rng.vec(n, -1.0, 1.0));
+        if !self.angles {
+            return vec![x, Input::ints("positions", &[self.p.tokens], pos)];
+        }
+        // Two positions per token (a row and a column), each half of the pairs at frequencies
+        // theta^(-2j / (rot_dim / 2)), as Qwen2.5-VL's vision rotary makes them (in f32).
+        let half = self.p.rot_dim / 2;
+        let quarter = half.div_ceil(2);
+        let cols: Vec<u32> = (0..self.p.tokens).map(|_| rng.below(self.max_pos)).collect();
+        let mut table = Vec::with_capacity(self.p.tokens * half);
+        for t in 0..self.p.tokens {
+            for j in 0..half {
+                let (p, k) = if j < quarter { (pos[t], j) } else { (cols[t], j - quarter) };
+                let freq = (1.0 / f64::from(self.p.theta).powf(2.0 * k as f64 / half as f64)) as f32;
+                table.push(p as f32 * freq);
+            }
+        }
+        vec![x, Input::float("angles", &[self.p.tokens * half], DType::F32, table)]
     }
     fn reference(&self, inputs: &[Input]) -> Result<Vec<f32>, ParamError> {
+        if self.angles {
+            return flint_ref::rope::rope_angles(&self.p, inputs[0].f32s(), inputs[1].f32s());
+        }
         flint_ref::rope::rope(&self.p, inputs[0].f32s(), inputs[1].u32s())
     }
     fn output(&self) -> (Vec<usize>, DType) {
         (vec![self.p.tokens, self.p.heads, self.p.head_dim], self.dt)
     }
     fn launch(&self, dev: &Device, rec: &mut Recorder, t: &[Tensor], out: &Tensor) -> flint_gpu::Result<()> {
+        if self.angles {
+            return flint_kernels::rope::rope_angles(dev, rec, &self.p, &t[0], &t[1], out);
+        }
         flint_kernels::rope::rope(dev, rec, &self.p, &t[0], &t[1], out)
     }
 }
@@ -494,9 +522,20 @@ pub fn all_cases() -> Vec<Box<dyn Case>> {
                 (r(4, 2, 64, 32, 10000.0), 2048),
                 (r(17, 3, 128, 128, 500000.0), 4096),
             ] {
-                out.push(Box::new(RopeCase { p, dt, max_pos, tier: Tier::Test }));
+                out.push(Box::new(RopeCase { p, dt, max_pos, angles: false, tier: Tier::Test }));
             }
-            out.push(Box::new(RopeCase { p: r(512, 9, 64, 64, 100000.0), dt, max_pos: 4096, tier: Tier::Bench }));
+            let bench = r(512, 9, 64, 64, 100000.0);
+            out.push(Box::new(RopeCase { p: bench, dt, max_pos: 4096, angles: false, tier: Tier::Bench }));
+            // Angle tables: a vision tower's heads (16 and 80 wide, rows and columns up to 64
+            // and 4096), one token, odd token counts.
+            for (p, max_pos) in [
+                (r(1, 1, 4, 4, 10000.0), 8),
+                (r(37, 4, 16, 16, 10000.0), 64),
+                (r(19, 3, 80, 80, 10000.0), 4096),
+                (r(6, 2, 64, 48, 10000.0), 512),
+            ] {
+                out.push(Box::new(RopeCase { p, dt, max_pos, angles: true, tier: Tier::Test }));
+            }
         }
         for (tokens, vocab, dim, scale) in [(1, 1, 1, 1.0), (7, 1000, 576, 1.0), (17, 4099, 63, 24.0)] {
             out.push(Box::new(EmbedCase { p: EmbedParams { tokens, vocab, dim, scale }, dt, tier: Tier::Test }));

@@ -19,22 +19,28 @@ struct Uniform {
     pad: [u32; 2],
 }
 
-fn key(layout: RopeLayout, dtype: DType) -> flint_gpu::PipelineKey {
-    typed_key("rope.wgsl", "main", WG, &[("T", dtype)]).flag("INTERLEAVED", layout == RopeLayout::Interleaved)
+fn key(layout: RopeLayout, dtype: DType, angles: bool) -> flint_gpu::PipelineKey {
+    typed_key("rope.wgsl", "main", WG, &[("T", dtype)])
+        .flag("INTERLEAVED", layout == RopeLayout::Interleaved)
+        .flag("ANGLES", angles)
 }
 
 /// Every rope variant.
 pub fn variants() -> Vec<Variant> {
-    [RopeLayout::RotateHalf, RopeLayout::Interleaved]
-        .iter()
-        .flat_map(|&l| {
-            [DType::F32, DType::F16].map(|dt| Variant {
-                name: format!("rope/{} {dt}", l.name()),
-                key: key(l, dt),
-                needs: needs_for(&[dt], false),
-            })
-        })
-        .collect()
+    let mut v = Vec::new();
+    for angles in [false, true] {
+        for l in [RopeLayout::RotateHalf, RopeLayout::Interleaved] {
+            for dt in [DType::F32, DType::F16] {
+                let table = if angles { " angles" } else { "" };
+                v.push(Variant {
+                    name: format!("rope/{}{table} {dt}", l.name()),
+                    key: key(l, dt, angles),
+                    needs: needs_for(&[dt], false),
+                });
+            }
+        }
+    }
+    v
 }
 
 /// Record RoPE of `x` `[tokens, heads, head_dim]` at `positions` (u32 per token) into `out`.
@@ -48,11 +54,40 @@ pub fn rope(
 ) -> Result<()> {
     p.validate().map_err(param_err)?;
     check_tensor("rope", "x", x, p.numel(), FLOATS)?;
-    let dt = x.dtype();
     check_tensor("rope", "positions", positions, p.tokens, &[DType::U32])?;
+    record(dev, rec, p, x, positions, out, false)
+}
+
+/// Record RoPE of `x` `[tokens, heads, head_dim]` into `out` with each token's angles given:
+/// `angles` f32 `[tokens, rot_dim / 2]` ([`flint_ref::rope::rope_angles`]; `theta` and
+/// `freq_scale` are not used). The 2D rotary of vision towers and M-RoPE make such tables.
+pub fn rope_angles(
+    dev: &Device,
+    rec: &mut Recorder,
+    p: &RopeParams,
+    x: &Tensor,
+    angles: &Tensor,
+    out: &Tensor,
+) -> Result<()> {
+    p.validate().map_err(param_err)?;
+    check_tensor("rope", "x", x, p.numel(), FLOATS)?;
+    check_tensor("rope", "angles", angles, p.tokens * (p.rot_dim / 2), &[DType::F32])?;
+    record(dev, rec, p, x, angles, out, true)
+}
+
+fn record(
+    dev: &Device,
+    rec: &mut Recorder,
+    p: &RopeParams,
+    x: &Tensor,
+    table: &Tensor,
+    out: &Tensor,
+    angles: bool,
+) -> Result<()> {
+    let dt = x.dtype();
     check_tensor("rope", "out", out, p.numel(), &[dt])?;
     require(dev, needs_for(&[dt], false), "rope")?;
-    let kernel = dev.kernel(registry(), &key(p.layout, dt))?;
+    let kernel = dev.kernel(registry(), &key(p.layout, dt, angles))?;
     let uniform = Uniform {
         tokens: u32_of(p.tokens),
         heads: u32_of(p.heads),
@@ -67,7 +102,7 @@ pub fn rope(
         &format!("rope {}x{}x{}", p.tokens, p.heads, p.head_dim),
         &kernel,
         &uniform,
-        &[x, positions, out],
+        &[x, table, out],
         dev.grid(work.div_ceil(WG)),
     )
 }

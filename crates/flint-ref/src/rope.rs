@@ -108,6 +108,32 @@ pub fn rope(p: &RopeParams, x: &[f32], positions: &[u32]) -> Result<Vec<f32>, Pa
     Ok(out)
 }
 
+/// Reference RoPE with each token's angles given: pair `j` of token `t` rotates by
+/// `angles[t * rot_dim / 2 + j]` (`theta` and `freq_scale` are not used).
+pub fn rope_angles(p: &RopeParams, x: &[f32], angles: &[f32]) -> Result<Vec<f32>, ParamError> {
+    p.validate()?;
+    check_len("rope", "x", x, p.numel())?;
+    let half = p.rot_dim / 2;
+    check_len("rope", "angles", angles, p.tokens * half)?;
+    let mut out = x.to_vec();
+    for t in 0..p.tokens {
+        for h in 0..p.heads {
+            let base = (t * p.heads + h) * p.head_dim;
+            for i in 0..half {
+                let (sin, cos) = f64::from(angles[t * half + i]).sin_cos();
+                let (i0, i1) = match p.layout {
+                    RopeLayout::RotateHalf => (i, i + half),
+                    RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+                };
+                let (x0, x1) = (f64::from(x[base + i0]), f64::from(x[base + i1]));
+                out[base + i0] = (x0 * cos - x1 * sin) as f32;
+                out[base + i1] = (x1 * cos + x0 * sin) as f32;
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Shape of the step between the QKV projection and attention: rows of `tokens` are
 /// `[q heads | k heads | v heads]`, each `head_dim` wide; Q and K get an optional per-head RMSNorm
 /// (`qk_norm_eps`), then RoPE over the whole head.
