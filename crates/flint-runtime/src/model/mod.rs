@@ -5,6 +5,7 @@ pub mod arch;
 pub mod audio;
 pub mod config;
 pub mod decoder;
+pub mod qwen_vision;
 pub mod vision;
 pub mod weights;
 

@@ -1,0 +1,63 @@
+//! Qwen2.5-VL's vision tower and merger against transformers, on every adapter present: a tiny
+//! random model (xtask/scripts/qwen2_5_vl_fixtures.py) over two images of different aspect
+//! ratios in one pass (patch grids 12x18 and 2x64, both ending in partial windows), stage by
+//! stage: the processor's patch rows, the blocks' output in window order (2D rotary, window
+//! and whole-image attention) and the merged tokens in image order.
+
+use std::path::{Path, PathBuf};
+
+mod support;
+use support::{devices, nmse};
+
+use flint_runtime::image::PatchProcessor;
+use flint_runtime::model::qwen_vision::{PatchImages, QwenVisionTower};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+fn tensor(bytes: &[u8], k: &str) -> Vec<u8> {
+    safetensors::SafeTensors::deserialize(bytes).unwrap().tensor(k).unwrap().data().to_vec()
+}
+
+fn f32s(bytes: &[u8], k: &str) -> Vec<f32> {
+    tensor(bytes, k).chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+/// f32 weights and activations: only summation order and the GPU's exp/erf/cos differ from
+/// transformers, so NMSE stays far below the 1e-5 the other fixture models are held to.
+#[test]
+fn qwen2_5_vl_vision_tower_matches_transformers() {
+    let dir = fixtures().join("qwen2.5-vl").join("tiny");
+    let exp = std::fs::read(fixtures().join("qwen2.5-vl").join("tiny.expected.safetensors")).unwrap();
+    let proc = PatchProcessor::from_dir(&dir).unwrap();
+    let mut pixels = Vec::new();
+    let mut grids = Vec::new();
+    for name in ["photo", "wide"] {
+        let img = flint_runtime::image::load(&fixtures().join("images").join(format!("{name}.png"))).unwrap();
+        let p = proc.process(&img).unwrap();
+        pixels.extend(p.pixels);
+        grids.push(p.grid);
+    }
+    assert_eq!(grids, vec![(12, 18), (2, 64)], "patch grids");
+    let ep = nmse(&pixels, &f32s(&exp, "pixel_values"));
+    assert!(ep <= 1e-10, "patch rows NMSE {ep:e}");
+    let images = PatchImages { pixels, grids };
+    for dev in devices() {
+        let label = dev.caps().short_label();
+        let mut tower = QwenVisionTower::load(&dev, &dir).unwrap();
+        let cfg = tower.cfg.clone();
+        let (out, hidden) = tower.encode_host(&images).unwrap();
+        let eh = nmse(&hidden, &f32s(&exp, "vision_hidden"));
+        let eo = nmse(&out, &f32s(&exp, "vision_out"));
+        eprintln!("[{label}] NMSE blocks {eh:.1e} merger {eo:.1e}");
+        assert!(eh <= 1e-5, "[{label}] vision blocks NMSE {eh:e}");
+        assert!(eo <= 1e-5, "[{label}] merger NMSE {eo:e}");
+        assert_eq!(out.len(), (216 + 128) / 4 * cfg.out_hidden);
+        // The windows show: with every block attending across its image the output differs.
+        tower.cfg.full_attention = (0..cfg.depth).collect();
+        let (unwindowed, _) = tower.encode_host(&images).unwrap();
+        let eu = nmse(&unwindowed, &f32s(&exp, "vision_out"));
+        assert!(eu > 1e-3, "[{label}] without windows the merger output should differ, NMSE {eu:e}");
+    }
+}
