@@ -3,6 +3,8 @@
 // one pass-through element. INTERLEAVED pairs (2i, 2i+1); otherwise (i, i + rot_dim/2).
 // ANGLES: pair j of token t rotates by angles[t * rot_dim/2 + j], a table the caller made (2D
 // rotary of vision towers, M-RoPE), instead of pos[t] * freq_scale * theta^(-2j / rot_dim).
+// Token t's heads start at t * row (row >= heads * head_dim: the heads may be the first of a
+// wider row, as Q and K lead a fused QKV row); elements past them are not written.
 #include "common.wgsl"
 
 struct Params {
@@ -12,7 +14,7 @@ struct Params {
     rot_dim: u32,
     log2_theta: f32,
     freq_scale: f32,
-    _pad0: u32,
+    row: u32,
     _pad1: u32,
 }
 
@@ -38,7 +40,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let j = gid % per_head;
     let th = gid / per_head;
     let token = th / p.heads;
-    let base = th * p.head_dim;
+    let base = token * p.row + (th % p.heads) * p.head_dim;
     if (j >= half) {
         let e = base + p.rot_dim + (j - half);
         out[e] = x[e];

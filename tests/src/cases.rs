@@ -278,15 +278,28 @@ pub struct RopeCase {
     /// row and column positions at frequencies restarting per half, up to `max_pos` radians),
     /// not computed from one position.
     pub angles: bool,
+    /// Elements after the heads in each token's row (with `angles`: the heads lead wider rows,
+    /// as Q and K lead a fused QKV row; the rest passes through).
+    pub row_extra: usize,
     /// Tier.
     pub tier: Tier,
+}
+
+impl RopeCase {
+    fn row(&self) -> usize {
+        self.p.heads * self.p.head_dim + self.row_extra
+    }
 }
 
 impl Case for RopeCase {
     fn name(&self) -> String {
         let p = &self.p;
         let partial = if p.rot_dim != p.head_dim { format!("_rot{}", p.rot_dim) } else { String::new() };
-        let table = if self.angles { "_angles" } else { "" };
+        let table = match (self.angles, self.row_extra) {
+            (false, _) => String::new(),
+            (true, 0) => "_angles".into(),
+            (true, e) => format!("_angles_pad{e}"),
+        };
         format!(
             "rope{table}_{}_{}_{}x{}x{}{partial}_theta{}",
             p.layout.name(),
@@ -320,7 +333,7 @@ impl Case for RopeCase {
     }
     fn inputs(&self) -> Vec<Input> {
         let mut rng = Rng::from_name(&self.name());
-        let n = self.p.numel();
+        let n = self.p.tokens * self.row();
         let mut pos: Vec<u32> = (0..self.p.tokens).map(|_| rng.below(self.max_pos)).collect();
         pos[0] = 0;
         if let Some(last) = pos.last_mut().filter(|_| self.p.tokens > 1) {
@@ -347,14 +360,20 @@ impl Case for RopeCase {
     }
     fn reference(&self, inputs: &[Input]) -> Result<Vec<f32>, ParamError> {
         if self.angles {
-            return flint_ref::rope::rope_angles(&self.p, inputs[0].f32s(), inputs[1].f32s());
+            return flint_ref::rope::rope_angles_rows(&self.p, self.row(), inputs[0].f32s(), inputs[1].f32s());
         }
         flint_ref::rope::rope(&self.p, inputs[0].f32s(), inputs[1].u32s())
     }
     fn output(&self) -> (Vec<usize>, DType) {
-        (vec![self.p.tokens, self.p.heads, self.p.head_dim], self.dt)
+        (vec![self.p.tokens, self.row()], self.dt)
     }
     fn launch(&self, dev: &Device, rec: &mut Recorder, t: &[Tensor], out: &Tensor) -> flint_gpu::Result<()> {
+        if self.angles && self.row_extra > 0 {
+            // The elements past the heads are not written: they come from a copy, as the
+            // decoder makes one of its QKV rows.
+            rec.copy(&t[0], out)?;
+            return flint_kernels::rope::rope_angles_rows(dev, rec, &self.p, self.row(), &t[0], &t[1], out);
+        }
         if self.angles {
             return flint_kernels::rope::rope_angles(dev, rec, &self.p, &t[0], &t[1], out);
         }
@@ -522,10 +541,17 @@ pub fn all_cases() -> Vec<Box<dyn Case>> {
                 (r(4, 2, 64, 32, 10000.0), 2048),
                 (r(17, 3, 128, 128, 500000.0), 4096),
             ] {
-                out.push(Box::new(RopeCase { p, dt, max_pos, angles: false, tier: Tier::Test }));
+                out.push(Box::new(RopeCase { p, dt, max_pos, angles: false, row_extra: 0, tier: Tier::Test }));
             }
             let bench = r(512, 9, 64, 64, 100000.0);
-            out.push(Box::new(RopeCase { p: bench, dt, max_pos: 4096, angles: false, tier: Tier::Bench }));
+            out.push(Box::new(RopeCase {
+                p: bench,
+                dt,
+                max_pos: 4096,
+                angles: false,
+                row_extra: 0,
+                tier: Tier::Bench,
+            }));
             // Angle tables: a vision tower's heads (16 and 80 wide, rows and columns up to 64
             // and 4096), one token, odd token counts.
             for (p, max_pos) in [
@@ -534,8 +560,11 @@ pub fn all_cases() -> Vec<Box<dyn Case>> {
                 (r(19, 3, 80, 80, 10000.0), 4096),
                 (r(6, 2, 64, 48, 10000.0), 512),
             ] {
-                out.push(Box::new(RopeCase { p, dt, max_pos, angles: true, tier: Tier::Test }));
+                out.push(Box::new(RopeCase { p, dt, max_pos, angles: true, row_extra: 0, tier: Tier::Test }));
             }
+            // Q and K heads (3 + 1 of 32) leading a fused QKV row (one V head after them).
+            let qk = r(9, 4, 32, 32, 10000.0);
+            out.push(Box::new(RopeCase { p: qk, dt, max_pos: 300, angles: true, row_extra: 32, tier: Tier::Test }));
         }
         for (tokens, vocab, dim, scale) in [(1, 1, 1, 1.0), (7, 1000, 576, 1.0), (17, 4099, 63, 24.0)] {
             out.push(Box::new(EmbedCase { p: EmbedParams { tokens, vocab, dim, scale }, dt, tier: Tier::Test }));

@@ -9,8 +9,9 @@ patch grid, and wide.png, 2x64) in one prompt:
 - `vision_hidden`: the vision blocks' output `[patches, 64]`, in the tower's window order;
 - `vision_out`: the merger's output `[patches / 4, 96]`, in image order (what replaces the
   prompt's image tokens);
-- `input_ids`, `logits` at every prompt position and `greedy` (8 new tokens), for the whole
-  model with its M-RoPE positions.
+- `input_ids`, the M-RoPE `position_ids` `[3, tokens]` and `rope_delta` (transformers'
+  get_rope_index), `logits` at every prompt position and `greedy` (8 new tokens), for the
+  whole model.
 
 The vision tower: 3 blocks of width 64 (4 heads of 16: the 2D rotary takes 4 frequencies for
 rows and 4 for columns), SwiGLU MLP of 96 with biases, window_size 56 (windows of 2x2 merged
@@ -107,10 +108,14 @@ def main():
     for (t, h, w), rest in zip(thw.tolist(), parts[1:]):
         expanded += "<|image_pad|>" * (t * h * w // 4) + rest
     input_ids = torch.tensor([tok.encode(expanded).ids])
+    # The processor's token types (1 for image tokens), from which the model builds the
+    # M-RoPE positions.
+    types = (input_ids == ids["<|image_pad|>"]).to(torch.int32)
     inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "pixel_values": pv,
-              "image_grid_thw": thw}
+              "image_grid_thw": thw, "mm_token_type_ids": types}
     with torch.no_grad():
         vis = model.model.visual(pv, grid_thw=thw)
+        positions, deltas = model.model.get_rope_index(input_ids, mm_token_type_ids=types, image_grid_thw=thw)
         logits = model(**inputs).logits[0]
         greedy = model.generate(**inputs, max_new_tokens=8, do_sample=False, eos_token_id=None,
                                 pad_token_id=fast.pad_token_id)[0, inputs["input_ids"].shape[1]:]
@@ -120,6 +125,8 @@ def main():
         "vision_hidden": vis.last_hidden_state.float().contiguous(),
         "vision_out": vis.pooler_output.float().contiguous(),
         "input_ids": inputs["input_ids"][0].to(torch.int64).contiguous(),
+        "position_ids": positions[:, 0].to(torch.int64).contiguous(),
+        "rope_delta": deltas[0].to(torch.int64).contiguous(),
         "logits": logits.float().contiguous(),
         "greedy": greedy.to(torch.int64).contiguous(),
     }, str(OUT / "tiny.expected.safetensors"))

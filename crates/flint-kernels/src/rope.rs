@@ -16,7 +16,8 @@ struct Uniform {
     rot_dim: u32,
     log2_theta: f32,
     freq_scale: f32,
-    pad: [u32; 2],
+    row: u32,
+    pad: u32,
 }
 
 fn key(layout: RopeLayout, dtype: DType, angles: bool) -> flint_gpu::PipelineKey {
@@ -55,7 +56,7 @@ pub fn rope(
     p.validate().map_err(param_err)?;
     check_tensor("rope", "x", x, p.numel(), FLOATS)?;
     check_tensor("rope", "positions", positions, p.tokens, &[DType::U32])?;
-    record(dev, rec, p, x, positions, out, false)
+    record(dev, rec, p, p.heads * p.head_dim, x, positions, out, false)
 }
 
 /// Record RoPE of `x` `[tokens, heads, head_dim]` into `out` with each token's angles given:
@@ -69,23 +70,46 @@ pub fn rope_angles(
     angles: &Tensor,
     out: &Tensor,
 ) -> Result<()> {
-    p.validate().map_err(param_err)?;
-    check_tensor("rope", "x", x, p.numel(), FLOATS)?;
-    check_tensor("rope", "angles", angles, p.tokens * (p.rot_dim / 2), &[DType::F32])?;
-    record(dev, rec, p, x, angles, out, true)
+    rope_angles_rows(dev, rec, p, p.heads * p.head_dim, x, angles, out)
 }
 
+/// [`rope_angles`] over heads that lead rows of `row` elements (`x` and `out` `[tokens, row]`;
+/// [`flint_ref::rope::rope_angles_rows`]): Q and K in a fused QKV row. The elements of `out`
+/// past the heads are not written.
+pub fn rope_angles_rows(
+    dev: &Device,
+    rec: &mut Recorder,
+    p: &RopeParams,
+    row: usize,
+    x: &Tensor,
+    angles: &Tensor,
+    out: &Tensor,
+) -> Result<()> {
+    p.validate().map_err(param_err)?;
+    if row < p.heads * p.head_dim {
+        return Err(GpuError::Shape {
+            what: "rope".into(),
+            message: format!("rows of {row} cannot hold {} heads of {}", p.heads, p.head_dim),
+        });
+    }
+    check_tensor("rope", "angles", angles, p.tokens * (p.rot_dim / 2), &[DType::F32])?;
+    record(dev, rec, p, row, x, angles, out, true)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn record(
     dev: &Device,
     rec: &mut Recorder,
     p: &RopeParams,
+    row: usize,
     x: &Tensor,
     table: &Tensor,
     out: &Tensor,
     angles: bool,
 ) -> Result<()> {
+    check_tensor("rope", "x", x, p.tokens * row, FLOATS)?;
     let dt = x.dtype();
-    check_tensor("rope", "out", out, p.numel(), &[dt])?;
+    check_tensor("rope", "out", out, p.tokens * row, &[dt])?;
     require(dev, needs_for(&[dt], false), "rope")?;
     let kernel = dev.kernel(registry(), &key(p.layout, dt, angles))?;
     let uniform = Uniform {
@@ -95,7 +119,8 @@ fn record(
         rot_dim: u32_of(p.rot_dim),
         log2_theta: p.theta.log2(),
         freq_scale: p.freq_scale,
-        pad: [0; 2],
+        row: u32_of(row),
+        pad: 0,
     };
     let work = u32_of(p.tokens * p.heads * (p.head_dim - p.rot_dim / 2));
     rec.dispatch(

@@ -111,14 +111,23 @@ pub fn rope(p: &RopeParams, x: &[f32], positions: &[u32]) -> Result<Vec<f32>, Pa
 /// Reference RoPE with each token's angles given: pair `j` of token `t` rotates by
 /// `angles[t * rot_dim / 2 + j]` (`theta` and `freq_scale` are not used).
 pub fn rope_angles(p: &RopeParams, x: &[f32], angles: &[f32]) -> Result<Vec<f32>, ParamError> {
+    rope_angles_rows(p, p.heads * p.head_dim, x, angles)
+}
+
+/// [`rope_angles`] over heads that lead rows of `row` elements (`x` `[tokens, row]`); the
+/// elements past the heads pass through.
+pub fn rope_angles_rows(p: &RopeParams, row: usize, x: &[f32], angles: &[f32]) -> Result<Vec<f32>, ParamError> {
     p.validate()?;
-    check_len("rope", "x", x, p.numel())?;
+    if row < p.heads * p.head_dim {
+        return Err(ParamError::new("rope", format!("rows of {row} cannot hold {} heads of {}", p.heads, p.head_dim)));
+    }
+    check_len("rope", "x", x, p.tokens * row)?;
     let half = p.rot_dim / 2;
     check_len("rope", "angles", angles, p.tokens * half)?;
     let mut out = x.to_vec();
     for t in 0..p.tokens {
         for h in 0..p.heads {
-            let base = (t * p.heads + h) * p.head_dim;
+            let base = t * row + h * p.head_dim;
             for i in 0..half {
                 let (sin, cos) = f64::from(angles[t * half + i]).sin_cos();
                 let (i0, i1) = match p.layout {
