@@ -61,3 +61,66 @@ fn qwen2_5_vl_vision_tower_matches_transformers() {
         assert!(eu > 1e-3, "[{label}] without windows the merger output should differ, NMSE {eu:e}");
     }
 }
+
+fn ids(bytes: &[u8], k: &str) -> Vec<u32> {
+    tensor(bytes, k).chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect()
+}
+
+/// The whole model against transformers: the prompt ids (from the chat template and from the
+/// templated text), the M-RoPE position ids and delta, the prefill logits, and 8 greedy tokens
+/// through a session and through two engine branches (their decode steps take the rotary
+/// positions from the delta).
+#[test]
+fn qwen2_5_vl_matches_transformers() {
+    use flint_runtime::generate::SamplingOptions;
+    use flint_runtime::model::{Model, PromptSpec};
+    let root = fixtures().join("qwen2.5-vl");
+    let exp = std::fs::read(root.join("tiny.expected.safetensors")).unwrap();
+    let images: Vec<_> = ["photo", "wide"]
+        .iter()
+        .map(|n| flint_runtime::image::load(&fixtures().join("images").join(format!("{n}.png"))).unwrap())
+        .collect();
+    let text = std::fs::read_to_string(root.join("tiny.prompt.txt")).unwrap();
+    for dev in devices() {
+        let label = dev.caps().short_label();
+        let model = Model::load(&dev, root.join("tiny")).unwrap();
+        let (got, media) = model.multimodal_prompt(&text, &images, false).unwrap();
+        assert_eq!(got, ids(&exp, "input_ids"), "[{label}] prompt ids from the templated text");
+        let spec = PromptSpec { text: "What is in these pictures?", images: &images, chat: true, ..Default::default() };
+        assert_eq!(model.build_prompt(&spec).unwrap().0, got, "[{label}] prompt ids through the chat template");
+        let media = media.unwrap();
+        let grids = media.patches.as_ref().unwrap().grids.clone();
+        let q = model.qwen_vision().unwrap();
+        let (pos, next) = q.positions(&got, &grids, 0).unwrap();
+        let want = ids(&exp, "position_ids");
+        let n = got.len();
+        let flat: Vec<u32> = (0..3).flat_map(|a| pos.iter().map(move |p| p[a])).collect();
+        assert_eq!(flat, want, "[{label}] M-RoPE position ids");
+        assert_eq!(i64::from(next) - n as i64, ids(&exp, "rope_delta")[0] as i32 as i64, "[{label}] rope delta");
+        let logits = model.logits_with(&got, Some(&media)).unwrap();
+        let el = nmse(&logits, &f32s(&exp, "logits"));
+        eprintln!("[{label}] logits NMSE {el:.1e}");
+        assert!(el <= 1e-5, "[{label}] logits NMSE {el:e}");
+        let greedy = ids(&exp, "greedy");
+        let opts = SamplingOptions { max_tokens: greedy.len(), ..Default::default() };
+        let mut s = model.session(n + greedy.len()).unwrap();
+        assert_eq!(s.generate_with(&got, Some(&media), &opts, |_| {}).unwrap().tokens, greedy, "[{label}] greedy");
+        let mut engine =
+            model.engine(flint_runtime::EngineOptions { kv_tokens: 1024, page_size: 16, max_batch: 4 }).unwrap();
+        let req = flint_runtime::Request::new(got.clone(), opts.clone())
+            .branches(2)
+            .with_media(Some(std::sync::Arc::new(media.clone())));
+        let id = engine.submit(req).unwrap();
+        let mut branches = Vec::new();
+        engine
+            .run(|e| {
+                if let flint_runtime::engine::Event::Finished { request, output } = e
+                    && request == id
+                {
+                    branches = output.branches.iter().map(|b| b.tokens.clone()).collect();
+                }
+            })
+            .unwrap();
+        assert_eq!(branches, vec![greedy.clone(), greedy.clone()], "[{label}] engine branches");
+    }
+}

@@ -341,6 +341,12 @@ impl Engine {
         self
     }
 
+    /// The same engine taking every medium `encoders` reads.
+    pub fn with_encoders(mut self, encoders: Encoders) -> Self {
+        self.encoders = encoders;
+        self
+    }
+
     /// The same engine taking audio through `audio` (an audio-language model's tower).
     pub fn with_audio(mut self, audio: Option<Arc<AudioTower>>) -> Self {
         self.encoders.audio = audio;

@@ -286,6 +286,12 @@ impl Session {
         self
     }
 
+    /// The same session able to take every medium `encoders` reads.
+    pub fn with_encoders(mut self, encoders: Encoders) -> Self {
+        self.encoders = encoders;
+        self
+    }
+
     /// The same session able to take audio (through `audio`).
     pub fn with_audio(mut self, audio: Option<Arc<AudioTower>>) -> Self {
         self.encoders.audio = audio;

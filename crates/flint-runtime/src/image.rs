@@ -670,8 +670,13 @@ impl PatchProcessor {
     /// Read `preprocessor_config.json` of a model directory over [`PatchProcessor::qwen2_vl`]'s
     /// defaults.
     pub fn from_dir(dir: &Path) -> Result<PatchProcessor> {
+        PatchProcessor::from_files(&crate::Files::dir(dir))
+    }
+
+    /// [`PatchProcessor::from_dir`] over a model's files.
+    pub fn from_files(files: &crate::Files) -> Result<PatchProcessor> {
         let mut p = PatchProcessor::qwen2_vl();
-        let Some((path, whole)) = processor_config(&crate::Files::dir(dir), &["preprocessor_config.json"])? else {
+        let Some((path, whole)) = processor_config(files, &["preprocessor_config.json"])? else {
             return Ok(p);
         };
         let c = Config::new(path, &whole);

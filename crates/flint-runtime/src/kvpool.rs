@@ -17,6 +17,8 @@ pub struct SeqId(u32);
 struct Seq {
     pages: Vec<u32>,
     len: usize,
+    /// Added to a cache position to make the rotary position (M-RoPE's delta after images).
+    rope_offset: i64,
 }
 
 /// A copy of a [`KvPool`]'s bookkeeping (see [`KvPool::checkpoint`]).
@@ -172,6 +174,19 @@ impl KvPool {
     /// Tokens stored for `id`.
     pub fn len(&self, id: SeqId) -> Result<usize> {
         Ok(self.seq(id)?.len)
+    }
+
+    /// What is added to `id`'s cache positions to make their rotary positions (0 but after an
+    /// M-RoPE prompt with images, whose tokens take fewer positions than they fill; forks
+    /// keep it).
+    pub fn rope_offset(&self, id: SeqId) -> Result<i64> {
+        Ok(self.seq(id)?.rope_offset)
+    }
+
+    /// Set [`KvPool::rope_offset`] of `id`.
+    pub fn set_rope_offset(&mut self, id: SeqId, offset: i64) -> Result<()> {
+        self.seq_mut(id)?.rope_offset = offset;
+        Ok(())
     }
 
     /// The pages of `id`, in order.

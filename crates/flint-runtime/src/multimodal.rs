@@ -13,6 +13,7 @@ use crate::image::{FixedSizeProcessor, ImageProcessor, Rgb};
 use crate::kvpool::{KvPool, SeqId};
 pub use crate::model::audio::{AudioFeatures, AudioTower};
 use crate::model::decoder::Decoder;
+pub use crate::model::qwen_vision::{PatchImages, QwenVision};
 use crate::model::vision::VisionTower;
 use crate::{RequestError, Result, RuntimeError};
 
@@ -109,31 +110,40 @@ impl Processor {
     }
 }
 
-/// What a prompt's media tokens take: its images' pixels and its audio clips' features.
+/// What a prompt's media tokens take: its images' pixels (or patches) and its audio clips'
+/// features.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Media {
-    /// The images, for the image tokens.
+    /// The images, for the image tokens (square tiles: Idefics3, Gemma 3).
     pub pixels: Option<Pixels>,
     /// The audio clips, for the audio tokens.
     pub audio: Option<AudioFeatures>,
+    /// The images as patch grids, for the image tokens (Qwen2.5-VL).
+    pub patches: Option<PatchImages>,
 }
 
 impl From<Pixels> for Media {
     fn from(pixels: Pixels) -> Media {
-        Media { pixels: Some(pixels), audio: None }
+        Media { pixels: Some(pixels), ..Media::default() }
     }
 }
 
 impl From<AudioFeatures> for Media {
     fn from(audio: AudioFeatures) -> Media {
-        Media { pixels: None, audio: Some(audio) }
+        Media { audio: Some(audio), ..Media::default() }
+    }
+}
+
+impl From<PatchImages> for Media {
+    fn from(patches: PatchImages) -> Media {
+        Media { patches: Some(patches), ..Media::default() }
     }
 }
 
 impl Media {
-    /// Media from optional images and clips: `None` when there are neither.
-    pub fn of(pixels: Option<Pixels>, audio: Option<AudioFeatures>) -> Option<Media> {
-        if pixels.is_none() && audio.is_none() { None } else { Some(Media { pixels, audio }) }
+    /// `Some(self)`, or `None` when it holds nothing.
+    pub fn or_none(self) -> Option<Media> {
+        if self == Media::default() { None } else { Some(self) }
     }
 }
 
@@ -144,13 +154,20 @@ pub struct Encoders {
     pub vision: Option<Arc<Vision>>,
     /// The audio tower, for audio clips.
     pub audio: Option<Arc<AudioTower>>,
+    /// Qwen2.5-VL's vision side, for patch images.
+    pub qwen: Option<Arc<QwenVision>>,
 }
 
 impl Encoders {
     /// The position of the first image or audio token in `ids`.
     pub fn first_media(&self, ids: &[u32]) -> Option<usize> {
-        let tokens: Vec<u32> =
-            self.vision.iter().map(|v| v.image_token_id).chain(self.audio.iter().map(|a| a.audio_token_id)).collect();
+        let tokens: Vec<u32> = self
+            .vision
+            .iter()
+            .map(|v| v.image_token_id)
+            .chain(self.audio.iter().map(|a| a.audio_token_id))
+            .chain(self.qwen.iter().map(|q| q.image_token_id))
+            .collect();
         ids.iter().position(|t| tokens.contains(t))
     }
 }
@@ -229,7 +246,30 @@ pub(crate) fn forward_prompt(
 ) -> Result<Tensor> {
     let x = embed_prompt(decoder, encoders, rec, ids, media)?;
     let vision = encoders.vision.as_deref();
-    decoder.forward_blocks(rec, pool, seq, &x, ids.len(), &image_blocks(vision, ids))
+    // M-RoPE: a prompt with patch images takes 3D positions from the sequence's next rotary
+    // position; the text after it goes on from where its positions end.
+    let mrope = match (&encoders.qwen, media.and_then(|m| m.patches.as_ref())) {
+        (Some(q), Some(p)) if decoder.cfg.mrope.is_some() && ids.contains(&q.image_token_id) => {
+            let start = pool.len(seq)? as i64 + pool.rope_offset(seq)?;
+            let start = u32::try_from(start)
+                .map_err(|_| RuntimeError::Request(format!("rotary position {start} is outside u32")))?;
+            Some(q.positions(ids, &p.grids, start)?)
+        }
+        _ => None,
+    };
+    let h = decoder.forward_blocks(
+        rec,
+        pool,
+        seq,
+        &x,
+        ids.len(),
+        &image_blocks(vision, ids),
+        mrope.as_ref().map(|m| m.0.as_slice()),
+    )?;
+    if let Some((_, next)) = mrope {
+        pool.set_rope_offset(seq, i64::from(next) - pool.len(seq)? as i64)?;
+    }
+    Ok(h)
 }
 
 /// The runs of image tokens in `ids` that attend to themselves both ways (for a vision side
@@ -282,6 +322,12 @@ pub fn embed_prompt(
         let sources = [(&embeds, vision.tokens_for(pixels))];
         splice(rec, &x, row, ids, vision.image_token_id, &sources)?;
     }
+    let patches = media.and_then(|m| m.patches.as_ref());
+    if let Some((qwen, patches)) = patch_inputs(encoders.qwen.as_deref(), ids, patches)? {
+        let (embeds, _) = qwen.tower.encode(rec, patches)?;
+        let n = patches.grids.iter().map(|&g| qwen.tower.tokens_for(g)).sum();
+        splice(rec, &x, row, ids, qwen.image_token_id, &[(&embeds, n)])?;
+    }
     let clips = media.and_then(|m| m.audio.as_ref());
     if let Some((audio, clips)) = audio_inputs(encoders.audio.as_deref(), ids, clips)? {
         let embeds = audio.embed(rec, clips)?;
@@ -300,7 +346,36 @@ pub(crate) fn check_media(
 ) -> std::result::Result<(), RequestError> {
     image_inputs(encoders.vision.as_deref(), ids, media.and_then(|m| m.pixels.as_ref()))?;
     audio_inputs(encoders.audio.as_deref(), ids, media.and_then(|m| m.audio.as_ref()))?;
+    patch_inputs(encoders.qwen.as_deref(), ids, media.and_then(|m| m.patches.as_ref()))?;
     Ok(())
+}
+
+/// Qwen2.5-VL's vision side and the patch images for `ids`' image tokens, when it has any;
+/// refusals when images and image tokens do not match.
+fn patch_inputs<'a>(
+    qwen: Option<&'a QwenVision>,
+    ids: &[u32],
+    patches: Option<&'a PatchImages>,
+) -> std::result::Result<Option<(&'a QwenVision, &'a PatchImages)>, RequestError> {
+    let slots = qwen.map_or(0, |q| ids.iter().filter(|&&i| i == q.image_token_id).count());
+    match (qwen, patches) {
+        (_, None) if slots == 0 => Ok(None),
+        (None, Some(_)) => Err(RequestError::Images("patch images given to a model without their vision tower".into())),
+        (Some(_), None) => {
+            Err(RequestError::Images(format!("the prompt has {slots} image tokens but no images were given")))
+        }
+        (Some(q), Some(p)) => {
+            let want: usize = p.grids.iter().map(|&g| q.tower.tokens_for(g)).sum();
+            if want != slots {
+                return Err(RequestError::Images(format!(
+                    "the prompt has {slots} image tokens but the {} images make {want}",
+                    p.grids.len()
+                )));
+            }
+            Ok(Some((q, p)))
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 /// The vision side and the pixels for `ids`' image tokens, when it has any; refusals when

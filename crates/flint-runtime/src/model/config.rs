@@ -69,6 +69,10 @@ pub struct DecoderConfig {
     pub post_norms: bool,
     /// Biases on the Q, K and V projections (`attn_q.bias`, ...; Qwen2).
     pub qkv_bias: bool,
+    /// M-RoPE (Qwen2-VL, Qwen2.5-VL): the rotated pairs' frequencies in three sections that
+    /// take a token's temporal, row and column positions (`mrope_section`; they sum to
+    /// `head_dim / 2`). Text tokens have all three equal, which is plain RoPE.
+    pub mrope: Option<[usize; 3]>,
 }
 
 /// The most layers a decoder may have (the largest open models have about 130).

@@ -11,7 +11,7 @@ use flint_ref::attention::{AttnParams, Mask, SeqSpec};
 use flint_ref::elementwise::EltOp;
 use flint_ref::matmul::MatmulParams;
 use flint_ref::quant::{FusedQuantParams, QuantEpilogue, QuantMatmulParams};
-use flint_ref::rope::RopeQkvParams;
+use flint_ref::rope::{RopeParams, RopeQkvParams};
 
 use super::config::{DecoderConfig, Glu};
 use super::weights::{Embedding, Linear, Stacked, WeightSource};
@@ -86,6 +86,9 @@ struct Step {
     /// Additive masks of a prefill whose image tokens attend to their whole image (global
     /// layers, then local ones), with the sequence's spec; None for plain causal attention.
     masked: Option<(Vec<SeqSpec>, Tensor, Tensor)>,
+    /// M-RoPE angles `[t, head_dim / 2]` of a prefill with images: Q and K are rotated by them
+    /// (and `positions` are zeros, so the fused RoPE leaves them as they are).
+    angles: Option<Tensor>,
 }
 
 /// How the attention of a step runs.
@@ -356,13 +359,16 @@ impl Decoder {
     /// final-normed hidden states `[t, hidden]`.
     /// On error the pool is as it was (drop `rec`: it may hold page copies for nothing).
     pub fn forward(&self, rec: &mut Recorder, pool: &mut KvPool, seq: SeqId, x: &Tensor, t: usize) -> Result<Tensor> {
-        self.forward_blocks(rec, pool, seq, x, t, &[])
+        self.forward_blocks(rec, pool, seq, x, t, &[], None)
     }
 
     /// [`Decoder::forward`] where the tokens of each of `blocks` (ranges of this call's `t`
     /// tokens: one image's tokens each) attend to every token of their block, before or after
     /// them, as well as causally (Gemma 3's images; transformers' `token_type_ids`). Local
-    /// layers keep their window.
+    /// layers keep their window. With `mrope` (a model with M-RoPE), each token's temporal, row
+    /// and column positions; otherwise a token's rotary position is its cache position plus
+    /// the sequence's [`KvPool::rope_offset`].
+    #[allow(clippy::too_many_arguments)]
     pub fn forward_blocks(
         &self,
         rec: &mut Recorder,
@@ -371,10 +377,42 @@ impl Decoder {
         x: &Tensor,
         t: usize,
         blocks: &[std::ops::Range<usize>],
+        mrope: Option<&[[u32; 3]]>,
     ) -> Result<Tensor> {
-        pool.atomically(|pool| self.forward_inner(rec, pool, seq, x, t, blocks))
+        pool.atomically(|pool| self.forward_inner(rec, pool, seq, x, t, blocks, mrope))
     }
 
+    /// M-RoPE's angles of `positions` (temporal, row, column per token): pair `i` of a head
+    /// rotates by the position of its section times theta^(-2i / head_dim), computed in f32 as
+    /// transformers does.
+    fn mrope_angles(&self, positions: &[[u32; 3]]) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let Some(sections) = cfg.mrope else {
+            return Err(RuntimeError::Request(format!("{} has no M-RoPE to take 3D positions", cfg.family)));
+        };
+        let half = cfg.head_dim / 2;
+        let inv: Vec<f32> = (0..half)
+            .map(|i| (1.0 / f64::from(cfg.rope_theta).powf(2.0 * i as f64 / cfg.head_dim as f64)) as f32)
+            .collect();
+        let section: Vec<usize> = (0..half)
+            .map(|i| {
+                if i < sections[0] {
+                    0
+                } else if i < sections[0] + sections[1] {
+                    1
+                } else {
+                    2
+                }
+            })
+            .collect();
+        let mut angles = Vec::with_capacity(positions.len() * half);
+        for p in positions {
+            angles.extend((0..half).map(|i| p[section[i]] as f32 * cfg.rope_freq_scale * inv[i]));
+        }
+        Ok(self.dev.upload_f32("mrope angles", &angles, &[positions.len(), half], DType::F32)?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn forward_inner(
         &self,
         rec: &mut Recorder,
@@ -383,6 +421,7 @@ impl Decoder {
         x: &Tensor,
         t: usize,
         blocks: &[std::ops::Range<usize>],
+        mrope: Option<&[[u32; 3]]>,
     ) -> Result<Tensor> {
         let cfg = &self.cfg;
         if t == 0 {
@@ -396,8 +435,19 @@ impl Decoder {
                 cfg.context
             )));
         }
+        if mrope.is_some_and(|m| m.len() != t) {
+            return Err(RuntimeError::Request(format!(
+                "M-RoPE positions for {} of {t} tokens",
+                mrope.map_or(0, <[_]>::len)
+            )));
+        }
+        let angles = mrope.map(|m| self.mrope_angles(m)).transpose()?;
+        let offset = pool.rope_offset(seq)?;
         let positions = pool.append(rec, seq, t)?;
-        let pos: Vec<u32> = positions.clone().map(|p| p as u32).collect();
+        let pos: Vec<u32> = positions
+            .clone()
+            .map(|p| if angles.is_some() { 0 } else { (p as i64 + offset).clamp(0, u32::MAX as i64) as u32 })
+            .collect();
         let dest: Vec<u32> = positions.flat_map(|p| [0, p as u32]).collect();
         let seqs = [SeqSpec { kv_len: pos0 + t, q_pos0: pos0 }];
         let masked = if blocks.iter().any(|b| b.len() > 1) {
@@ -416,6 +466,7 @@ impl Decoder {
                 cfg: attention::plan(self.dev.caps(), &self.attn_params(1, t, Mask::Causal), &seqs, None),
             },
             masked,
+            angles,
         };
         self.layers_over(rec, pool, x, &step)
     }
@@ -512,6 +563,7 @@ impl Decoder {
             return Err(RuntimeError::Request("no sequences to decode".into()));
         }
         let mut lens = Vec::with_capacity(b);
+        let mut offsets = Vec::with_capacity(b);
         for (i, &s) in seqs.iter().enumerate() {
             if seqs[..i].contains(&s) {
                 return Err(RuntimeError::Request(format!("sequence {s:?} appears twice in one decode step")));
@@ -525,6 +577,7 @@ impl Decoder {
                 )));
             }
             lens.push(len);
+            offsets.push(pool.rope_offset(s)?);
         }
         for &s in seqs {
             pool.append(copies, s, 1)?;
@@ -544,7 +597,8 @@ impl Decoder {
         let info =
             |specs: &[SeqSpec]| -> Vec<u32> { specs.iter().flat_map(|s| [s.kv_len as u32, s.q_pos0 as u32]).collect() };
         let mut regions = vec![
-            lens.iter().map(|&p| p as u32).collect(),
+            // Rotary positions: the cache's, plus each sequence's offset (M-RoPE after images).
+            lens.iter().zip(&offsets).map(|(&p, &o)| (p as i64 + o).clamp(0, u32::MAX as i64) as u32).collect(),
             lens.iter().enumerate().flat_map(|(i, &p)| [i as u32, p as u32]).collect(),
             pages.iter().flat_map(|p| row(p)).collect(),
             info(&specs),
@@ -625,6 +679,7 @@ impl Decoder {
             table: table(2, b)?,
             plan: AttnPlan::Batch { info: view(3, &[b, 2])?, cfg: cfg_of(b, l.splits, Mask::Causal, false), runs },
             masked: None,
+            angles: None,
         })
     }
 
@@ -763,6 +818,28 @@ impl Decoder {
         let cache = pool.cache(l)?;
         let q = dev.empty("q", &[t, cfg.heads * cfg.head_dim], DType::F32)?;
         let norms = layer.qk_norm.as_ref().map(|(a, b)| (a, b));
+        let rotated;
+        let qkv = match &s.angles {
+            // M-RoPE: Q and K (the first heads of each row) rotated by the angle table into a
+            // copy of the rows; the fused kernel then rotates by position 0, which is nothing.
+            Some(angles) => {
+                let row = (cfg.heads + 2 * cfg.kv_heads) * cfg.head_dim;
+                rotated = dev.empty("qkv rotated", &[t, row], DType::F32)?;
+                rec.copy(qkv, &rotated)?;
+                let p = RopeParams {
+                    tokens: t,
+                    heads: cfg.heads + cfg.kv_heads,
+                    head_dim: cfg.head_dim,
+                    rot_dim: cfg.head_dim,
+                    theta: cfg.rope_theta,
+                    freq_scale: 1.0,
+                    layout: cfg.rope_layout,
+                };
+                flint_kernels::rope::rope_angles_rows(dev, rec, &p, row, qkv, angles, &rotated)?;
+                &rotated
+            }
+            None => qkv,
+        };
         flint_kernels::rope::rope_qkv_planned(dev, rec, &rp, qkv, &s.positions, &s.dest, &cache, &s.table, norms, &q)?;
         self.attend_rotated(rec, &cache, l, &q, s)
     }

@@ -19,7 +19,7 @@ use crate::generate::Session;
 use crate::gguf::Gguf;
 use crate::hf::{Config, HfDir};
 use crate::image::Rgb;
-use crate::multimodal::{AudioTower, Media, Vision};
+use crate::multimodal::{AudioTower, Media, QwenVision, Vision};
 use crate::tokenizer::Tokenizer;
 use crate::{Result, RuntimeError};
 use decoder::Decoder;
@@ -67,6 +67,7 @@ pub struct Model {
     path: PathBuf,
     vision: Option<Arc<Vision>>,
     audio: Option<Arc<AudioTower>>,
+    qwen_vision: Option<Arc<QwenVision>>,
 }
 
 impl Model {
@@ -107,6 +108,7 @@ impl Model {
             path: path.as_ref().to_path_buf(),
             vision: vision.map(Arc::new),
             audio: None,
+            qwen_vision: None,
         }
     }
 
@@ -135,6 +137,20 @@ impl Model {
     /// The audio tower of an audio-language model.
     pub fn audio(&self) -> Option<&Arc<AudioTower>> {
         self.audio.as_ref()
+    }
+
+    /// The vision side of a Qwen2.5-VL model.
+    pub fn qwen_vision(&self) -> Option<&Arc<QwenVision>> {
+        self.qwen_vision.as_ref()
+    }
+
+    /// The model's media encoders, shared.
+    pub fn encoders(&self) -> crate::multimodal::Encoders {
+        crate::multimodal::Encoders {
+            vision: self.vision.clone(),
+            audio: self.audio.clone(),
+            qwen: self.qwen_vision.clone(),
+        }
     }
 
     /// Where the model was loaded from.
@@ -168,7 +184,7 @@ impl Model {
                 &format!("is {model_type:?}; flint loads these Hugging Face model types: {}", arch::known(true)),
             ));
         };
-        let arch::Loaded { decoder, vision, audio } = (family.load)(dev, &dir, &top, kv_dtype)?;
+        let arch::Loaded { decoder, vision, audio, qwen_vision } = (family.load)(dev, &dir, &top, kv_dtype)?;
         let tokenizer = Tokenizer::from_hf_files(&dir.files)?;
         if let Some(Vision {
             processor: crate::multimodal::Processor::Gemma3 { boi, image_token, eoi, .. },
@@ -206,7 +222,20 @@ impl Model {
                 )));
             }
         }
-        Ok(Model::from_parts(decoder, tokenizer, path, vision).with_audio(audio))
+        if let Some(q) = &qwen_vision {
+            let id = tokenizer.token_id(&q.markup.1);
+            if id != Some(q.image_token_id) {
+                return Err(RuntimeError::Model(format!(
+                    "{}: the tokenizer's {} is {id:?}, but the model needs it to be token {} (image_token_id)",
+                    path.display(),
+                    q.markup.1,
+                    q.image_token_id
+                )));
+            }
+        }
+        let mut model = Model::from_parts(decoder, tokenizer, path, vision).with_audio(audio);
+        model.qwen_vision = qwen_vision.map(Arc::new);
+        Ok(model)
     }
 
     /// Token ids of a prompt; `chat` wraps it as one user message in the model's chat template
@@ -244,6 +273,7 @@ impl Model {
         };
         let parts = self.vision.is_some()
             || self.audio.is_some()
+            || self.qwen_vision.is_some()
             || template.contains("['type']")
             || template.contains(".type");
         let mut clips = 0;
@@ -276,7 +306,8 @@ impl Model {
     pub fn build_prompt(&self, p: &PromptSpec<'_>) -> Result<(Vec<u32>, Option<Media>)> {
         let image_inline = !p.images.is_empty()
             && (p.text.contains("<image>")
-                || self.vision.as_ref().is_some_and(|v| v.processor.has_placeholder(p.text)));
+                || self.vision.as_ref().is_some_and(|v| v.processor.has_placeholder(p.text))
+                || self.qwen_vision.as_ref().is_some_and(|q| q.has_placeholder(p.text)));
         let audio_inline =
             !p.audio.is_empty() && self.audio.as_ref().is_some_and(|a| a.processor.has_placeholder(p.text));
         let inline = image_inline || audio_inline;
@@ -312,27 +343,35 @@ impl Model {
         audio: &[Audio],
         special: bool,
     ) -> Result<(Vec<u32>, Option<Media>)> {
-        let (text, pixels) = if images.is_empty() {
-            (text.to_string(), None)
+        let mut media = Media::default();
+        let text = if images.is_empty() {
+            text.to_string()
+        } else if let Some(qwen) = &self.qwen_vision {
+            let (text, patches) = qwen.prompt(text, images)?;
+            media.patches = Some(patches);
+            text
         } else {
             let vision = self.vision.as_ref().ok_or_else(|| {
                 RuntimeError::Request(format!("{} is a text-only model; it cannot take images", self.path.display()))
             })?;
             let (text, pixels) = vision.processor.prompt(text, images)?;
-            (text, Some(pixels))
+            media.pixels = Some(pixels);
+            text
         };
-        let (text, features) = if audio.is_empty() {
-            (text, None)
+        let text = if audio.is_empty() {
+            text
         } else {
             let tower = self.audio.as_ref().ok_or_else(|| {
                 RuntimeError::Request(format!("{} has no audio tower; it cannot take audio", self.path.display()))
             })?;
             let features = tower.processor.features(self.decoder.device(), audio)?;
-            (tower.processor.expand(&text, &features.tokens())?, Some(features))
+            let text = tower.processor.expand(&text, &features.tokens())?;
+            media.audio = Some(features);
+            text
         };
         // A templated text has its special tokens written by the template.
         let ids = self.tokenizer.encode(&text, special)?;
-        Ok((ids, Media::of(pixels, features)))
+        Ok((ids, media.or_none()))
     }
 
     /// Token ids and media of a whole conversation through the chat template, the assistant's
@@ -382,17 +421,14 @@ impl Model {
     /// branches of [voting](crate::engine::Request::vote) requests).
     pub fn engine(&self, opts: crate::engine::EngineOptions) -> Result<crate::engine::Engine> {
         Ok(crate::engine::Engine::new(self.decoder.clone(), opts)?
-            .with_vision(self.vision.clone())
-            .with_audio(self.audio.clone())
+            .with_encoders(self.encoders())
             .with_tokenizer(Some(self.tokenizer.clone())))
     }
 
     /// A generation session with room for `capacity` tokens, sharing the model's decoder and
     /// media encoders.
     pub fn session(&self, capacity: usize) -> Result<Session> {
-        Ok(Session::new(self.decoder.clone(), capacity)?
-            .with_vision(self.vision.clone())
-            .with_audio(self.audio.clone()))
+        Ok(Session::new(self.decoder.clone(), capacity)?.with_encoders(self.encoders()))
     }
 
     /// Logits at every position of `ids`, f32 `[ids.len(), vocab]` row-major.

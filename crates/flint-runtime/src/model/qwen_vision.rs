@@ -477,3 +477,90 @@ impl QwenVisionTower {
         Ok((self.dev.read_f32(&out)?, self.dev.read_f32(&hidden)?))
     }
 }
+
+/// The image side of a Qwen2.5-VL model: the tower, the processor, and the tokens that mark
+/// images in a prompt.
+#[derive(Debug)]
+pub struct QwenVision {
+    /// Tower and merger.
+    pub tower: QwenVisionTower,
+    /// Smart resize and patch rows.
+    pub processor: crate::image::PatchProcessor,
+    /// `<|image_pad|>` (`image_token_id`), one per merged token.
+    pub image_token_id: u32,
+    /// `<|vision_start|>`, `<|image_pad|>` and `<|vision_end|>` as text.
+    pub markup: (String, String, String),
+}
+
+impl QwenVision {
+    /// Whether `text` places an image: `<image>`, or the template's `<|image_pad|>`.
+    pub fn has_placeholder(&self, text: &str) -> bool {
+        text.contains("<image>") || text.contains(self.markup.1.as_str())
+    }
+
+    /// `text` with each image's placeholder expanded into its merged tokens, and the images'
+    /// patches. `<image>` becomes `<|vision_start|><|image_pad|>...<|vision_end|>`; the
+    /// template's `<|image_pad|>` (between its start and end tokens) is repeated.
+    pub fn prompt(&self, text: &str, images: &[crate::image::Rgb]) -> Result<(String, PatchImages)> {
+        let (start, pad, end) = &self.markup;
+        let text = text.replace("<image>", &format!("{start}{pad}{end}"));
+        let found = text.matches(pad.as_str()).count();
+        if found != images.len() {
+            return Err(RuntimeError::Request(format!(
+                "the prompt has {found} image placeholders (<image> or {pad}) for {} images",
+                images.len()
+            )));
+        }
+        let mut patches = PatchImages { pixels: Vec::new(), grids: Vec::new() };
+        let mut out = String::with_capacity(text.len());
+        let mut pieces = text.split(pad.as_str());
+        out.push_str(pieces.next().unwrap_or_default());
+        for (piece, img) in pieces.zip(images) {
+            let p = self.processor.process(img)?;
+            out.push_str(&pad.repeat(self.tower.tokens_for(p.grid)));
+            out.push_str(piece);
+            patches.pixels.extend(p.pixels);
+            patches.grids.push(p.grid);
+        }
+        Ok((out, patches))
+    }
+
+    /// The M-RoPE positions (temporal, row, column) of `ids` from `start`, as transformers'
+    /// get_rope_index makes them: a text token takes the next position on all three axes; an
+    /// image's tokens (consecutive `image_token_id`s, the images' `grids` in order) take
+    /// `start + (0, row, column)` over its merged grid, and the text after it starts at
+    /// `start + max(rows, columns)`. Returns the positions and the next text position.
+    pub fn positions(&self, ids: &[u32], grids: &[(usize, usize)], start: u32) -> Result<(Vec<[u32; 3]>, u32)> {
+        let m = self.tower.cfg.merge;
+        let mut out = Vec::with_capacity(ids.len());
+        let (mut p, mut i, mut image) = (start, 0, 0);
+        while i < ids.len() {
+            if ids[i] != self.image_token_id {
+                out.push([p; 3]);
+                p += 1;
+                i += 1;
+                continue;
+            }
+            let Some(&(h, w)) = grids.get(image) else {
+                return Err(RuntimeError::Request(format!("image tokens past the {} images' grids", grids.len())));
+            };
+            let (rows, cols) = (h / m, w / m);
+            if i + rows * cols > ids.len() || ids[i..i + rows * cols].iter().any(|&t| t != self.image_token_id) {
+                return Err(RuntimeError::Request(format!(
+                    "image {} needs {} consecutive image tokens",
+                    image + 1,
+                    rows * cols
+                )));
+            }
+            for r in 0..rows {
+                for c in 0..cols {
+                    out.push([p, p + r as u32, p + c as u32]);
+                }
+            }
+            p += rows.max(cols) as u32;
+            i += rows * cols;
+            image += 1;
+        }
+        Ok((out, p))
+    }
+}

@@ -205,6 +205,7 @@ pub(crate) fn hf_config(c: &Config<'_>, tie_default: bool) -> Result<DecoderConf
         qk_norm: true,
         post_norms: true,
         qkv_bias: false,
+        mrope: None,
     };
     cfg.validate().map_err(|m| crate::RuntimeError::Model(format!("{}: {m}", c.path.display())))?;
     Ok(cfg)

@@ -44,6 +44,7 @@ pub const LLAMA: DecoderConfig = DecoderConfig {
     qk_norm: false,
     post_norms: false,
     qkv_bias: false,
+    mrope: None,
 };
 
 fn load(dev: &Device, dir: &HfDir, top: &Config<'_>, kv_dtype: DType) -> Result<Loaded> {

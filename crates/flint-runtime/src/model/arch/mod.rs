@@ -9,6 +9,7 @@ pub mod gemma3;
 pub mod idefics3;
 pub mod llama;
 pub mod qwen2;
+pub mod qwen2_5_vl;
 pub mod qwen2_audio;
 
 use flint_gpu::{DType, Device};
@@ -16,6 +17,7 @@ use flint_gpu::{DType, Device};
 use super::audio::AudioTower;
 use super::config::DecoderConfig;
 use super::decoder::Decoder;
+use super::qwen_vision::QwenVision;
 use crate::Result;
 use crate::gguf::{Gguf, GgufError};
 use crate::hf::{Config, HfDir};
@@ -49,17 +51,18 @@ pub(crate) struct Loaded {
     pub(crate) decoder: Decoder,
     pub(crate) vision: Option<Vision>,
     pub(crate) audio: Option<AudioTower>,
+    pub(crate) qwen_vision: Option<QwenVision>,
 }
 
 impl Loaded {
     /// A text-only model.
     pub(crate) fn text(decoder: Decoder) -> Loaded {
-        Loaded { decoder, vision: None, audio: None }
+        Loaded { decoder, vision: None, audio: None, qwen_vision: None }
     }
 
     /// A vision-language model.
     pub(crate) fn vision(decoder: Decoder, vision: Vision) -> Loaded {
-        Loaded { decoder, vision: Some(vision), audio: None }
+        Loaded { decoder, vision: Some(vision), audio: None, qwen_vision: None }
     }
 }
 
@@ -68,7 +71,7 @@ pub const GGUF_FAMILIES: &[GgufFamily] = &[llama::GGUF, gemma3::GGUF];
 
 /// The families flint reads from Hugging Face directories.
 pub(crate) const HF_FAMILIES: &[HfFamily] =
-    &[llama::HF, idefics3::HF, gemma3::HF, gemma3::HF_VISION, qwen2::HF, qwen2_audio::HF];
+    &[llama::HF, idefics3::HF, gemma3::HF, gemma3::HF_VISION, qwen2::HF, qwen2_audio::HF, qwen2_5_vl::HF];
 
 /// The GGUF family whose `general.architecture` is `arch`.
 pub fn gguf_family(arch: &str) -> Option<&'static GgufFamily> {

@@ -137,7 +137,7 @@ fn load(dev: &Device, dir: &HfDir, top: &Config<'_>, kv_dtype: DType) -> Result<
     }
     let processor = AudioProcessor::new(dev, dir, dims.mels)?;
     let tower = AudioTower::load(dev, dir, (encoder, projector), dims, hidden, processor, audio_token as u32)?;
-    Ok(Loaded { decoder, vision: None, audio: Some(tower) })
+    Ok(Loaded { decoder, vision: None, audio: Some(tower), qwen_vision: None })
 }
 
 #[cfg(test)]
