@@ -1,8 +1,9 @@
-//! Qwen2.5-VL's vision tower and merger against transformers, on every adapter present: a tiny
-//! random model (xtask/scripts/qwen2_5_vl_fixtures.py) over two images of different aspect
-//! ratios in one pass (patch grids 12x18 and 2x64, both ending in partial windows), stage by
-//! stage: the processor's patch rows, the blocks' output in window order (2D rotary, window
-//! and whole-image attention) and the merged tokens in image order.
+//! Qwen2.5-VL against transformers, on every adapter present: two tiny random models
+//! (xtask/scripts/qwen2_5_vl_fixtures.py), one over two images of different aspect ratios in
+//! one prompt (patch grids 12x18 and 2x64, both ending in partial windows), stage by stage: the
+//! processor's patch rows, the vision blocks' output in window order (2D rotary, window and
+//! whole-image attention), the merged tokens in image order, the prompt ids, the M-RoPE
+//! positions, the prefill logits and greedy tokens through sessions and the engine.
 
 use std::path::{Path, PathBuf};
 
@@ -71,26 +72,43 @@ fn ids(bytes: &[u8], k: &str) -> Vec<u32> {
 /// through a session and through two engine branches (their decode steps take the rotary
 /// positions from the delta).
 #[test]
-fn qwen2_5_vl_matches_transformers() {
+fn qwen2_5_vl_two_images_match_transformers() {
+    check_model("tiny", &["photo", "wide"]);
+}
+
+/// The second fixture: wider heads (64), windows of 4x4 merged tokens, the first block
+/// attending across the image, a decoder without GQA and other M-RoPE sections.
+#[test]
+fn qwen2_5_vl_second_model_matches_transformers() {
+    check_model("tiny-b", &["screenshot"]);
+}
+
+fn check_model(name: &str, pictures: &[&str]) {
     use flint_runtime::generate::SamplingOptions;
     use flint_runtime::model::{Model, PromptSpec};
     let root = fixtures().join("qwen2.5-vl");
-    let exp = std::fs::read(root.join("tiny.expected.safetensors")).unwrap();
-    let images: Vec<_> = ["photo", "wide"]
+    let exp = std::fs::read(root.join(format!("{name}.expected.safetensors"))).unwrap();
+    let images: Vec<_> = pictures
         .iter()
         .map(|n| flint_runtime::image::load(&fixtures().join("images").join(format!("{n}.png"))).unwrap())
         .collect();
-    let text = std::fs::read_to_string(root.join("tiny.prompt.txt")).unwrap();
+    let text = std::fs::read_to_string(root.join(format!("{name}.prompt.txt"))).unwrap();
     for dev in devices() {
-        let label = dev.caps().short_label();
-        let model = Model::load(&dev, root.join("tiny")).unwrap();
+        let label = format!("{} {name}", dev.caps().short_label());
+        let model = Model::load(&dev, root.join(name)).unwrap();
         let (got, media) = model.multimodal_prompt(&text, &images, false).unwrap();
         assert_eq!(got, ids(&exp, "input_ids"), "[{label}] prompt ids from the templated text");
         let spec = PromptSpec { text: "What is in these pictures?", images: &images, chat: true, ..Default::default() };
         assert_eq!(model.build_prompt(&spec).unwrap().0, got, "[{label}] prompt ids through the chat template");
         let media = media.unwrap();
-        let grids = media.patches.as_ref().unwrap().grids.clone();
+        let patches = media.patches.as_ref().unwrap();
+        let grids = patches.grids.clone();
         let q = model.qwen_vision().unwrap();
+        let ep = nmse(&patches.pixels, &f32s(&exp, "pixel_values"));
+        assert!(ep <= 1e-10, "[{label}] patch rows NMSE {ep:e}");
+        let (out, hidden) = q.tower.encode_host(patches).unwrap();
+        let (eh, eo) = (nmse(&hidden, &f32s(&exp, "vision_hidden")), nmse(&out, &f32s(&exp, "vision_out")));
+        assert!(eh <= 1e-5 && eo <= 1e-5, "[{label}] vision blocks NMSE {eh:e}, merger {eo:e}");
         let (pos, next) = q.positions(&got, &grids, 0).unwrap();
         let want = ids(&exp, "position_ids");
         let n = got.len();
@@ -99,7 +117,7 @@ fn qwen2_5_vl_matches_transformers() {
         assert_eq!(i64::from(next) - n as i64, ids(&exp, "rope_delta")[0] as i32 as i64, "[{label}] rope delta");
         let logits = model.logits_with(&got, Some(&media)).unwrap();
         let el = nmse(&logits, &f32s(&exp, "logits"));
-        eprintln!("[{label}] logits NMSE {el:.1e}");
+        eprintln!("[{label}] NMSE blocks {eh:.1e} merger {eo:.1e} logits {el:.1e}");
         assert!(el <= 1e-5, "[{label}] logits NMSE {el:e}");
         let greedy = ids(&exp, "greedy");
         let opts = SamplingOptions { max_tokens: greedy.len(), ..Default::default() };
@@ -122,5 +140,38 @@ fn qwen2_5_vl_matches_transformers() {
             })
             .unwrap();
         assert_eq!(branches, vec![greedy.clone(), greedy.clone()], "[{label}] engine branches");
+    }
+}
+
+/// Configs flint cannot run, or whose parts disagree, are refused naming the file and field.
+#[test]
+fn qwen2_5_vl_configs_that_disagree_are_refused_by_name() {
+    let dev = &devices()[0];
+    let src = fixtures().join("qwen2.5-vl").join("tiny");
+    let files = [
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "preprocessor_config.json",
+        "chat_template.jinja",
+    ];
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(&str, Edit, &str); 6] = [
+        (
+            "sections",
+            |c| c["text_config"]["rope_parameters"]["mrope_section"] = serde_json::json!([4, 6, 7]),
+            "mrope_section",
+        ),
+        ("out", |c| c["vision_config"]["out_hidden_size"] = 64.into(), "out_hidden_size 64"),
+        ("window", |c| c["vision_config"]["window_size"] = 50.into(), "window_size"),
+        ("full", |c| c["vision_config"]["fullatt_block_indexes"] = serde_json::json!([9]), "fullatt_block_indexes"),
+        ("heads", |c| c["vision_config"]["num_heads"] = 3.into(), "num_heads"),
+        ("token", |c| c["image_token_id"] = 6.into(), "image_token_id"),
+    ];
+    for (tag, edit, want) in cases {
+        let dir = support::edited_copy(&src, &files, &format!("qwen2.5-vl-{tag}"), edit);
+        let e = flint_runtime::model::Model::load(dev, &dir).unwrap_err().to_string();
+        assert!(e.contains(&*dir.to_string_lossy()) && e.contains(want), "{tag}: {e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

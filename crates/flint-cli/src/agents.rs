@@ -133,7 +133,7 @@ pub struct AgentDefaults {
 /// Turn one line into a request, or say why it cannot be one.
 fn request_of(model: &Model, line: &str, d: &AgentDefaults) -> Result<(Mode, Request), String> {
     let l = RequestLine::parse(line).map_err(|e| e.to_string())?;
-    if !l.images.is_empty() && model.vision().is_none() {
+    if !l.images.is_empty() && !model.takes_images() {
         return Err(format!("{} image(s) given, but {} is a text-only model", l.images.len(), model.path().display()));
     }
     if !l.audio.is_empty() && model.audio().is_none() {

@@ -136,7 +136,9 @@ pub fn generate(opts: GenerateOpts) -> Result<()> {
             "prompt": opts.prompt,
             "prompt_ids": prompt,
             "images": opts.images.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-            "image_tiles": media.as_ref().and_then(|m| m.pixels.as_ref()).map_or(0, |p| p.images),
+            "image_tiles": media.as_ref().map_or(0, |m| {
+                m.pixels.as_ref().map_or(0, |p| p.images) + m.patches.as_ref().map_or(0, |p| p.grids.len())
+            }),
             "audio": opts.audio.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
             "audio_tokens": media.as_ref().and_then(|m| m.audio.as_ref()).map_or(0, |a| a.tokens().iter().sum()),
             "generated_ids": out.tokens,

@@ -265,7 +265,7 @@ async fn models(State(s): Shared, headers: HeaderMap) -> Response {
             "created": unix_now(),
             "owned_by": "flint",
             "context_length": s.model.decoder().cfg.context,
-            "vision": s.model.vision().is_some(),
+            "vision": s.model.takes_images(),
         }],
     }))
     .into_response()
@@ -495,7 +495,7 @@ fn chat_job(s: &AppState, r: ChatRequest) -> Result<Job, ApiError> {
                     match p {
                         Part::Text { text: t } => text.push_str(t),
                         Part::ImageUrl { image_url } => {
-                            if s.model.vision().is_none() {
+                            if !s.model.takes_images() {
                                 return Err(ApiError::bad(
                                     "messages",
                                     format!("{} is a text-only model; it cannot take images", s.opts.model_name),

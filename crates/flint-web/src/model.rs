@@ -127,7 +127,7 @@ impl WebModel {
             "context": c.context,
             "chat_template": template.is_some(),
             "template_reasons": template.is_some_and(reasoning::template_reasons),
-            "vision": self.model.vision().is_some(),
+            "vision": self.model.takes_images(),
             "weight_bytes_per_token": d.weight_bytes_per_token(),
         })
         .to_string()

@@ -139,6 +139,11 @@ impl Model {
         self.audio.as_ref()
     }
 
+    /// Whether the model takes images (a vision side of either kind).
+    pub fn takes_images(&self) -> bool {
+        self.vision.is_some() || self.qwen_vision.is_some()
+    }
+
     /// The vision side of a Qwen2.5-VL model.
     pub fn qwen_vision(&self) -> Option<&Arc<QwenVision>> {
         self.qwen_vision.as_ref()

@@ -100,3 +100,29 @@ fn load(dev: &Device, dir: &HfDir, top: &Config<'_>, kv_dtype: DType) -> Result<
     let qwen = QwenVision { tower, processor, image_token_id: image_token as u32, markup };
     Ok(Loaded { decoder, vision: None, audio: None, qwen_vision: Some(qwen) })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The published Qwen2.5-VL-7B-Instruct config keeps its text keys at the top, with
+    /// `rope_scaling` `{"type": "mrope", "mrope_section": [16, 24, 24]}`.
+    #[test]
+    fn the_published_flat_config_reads() {
+        let top = serde_json::json!({
+            "model_type": "qwen2_5_vl", "hidden_size": 3584, "intermediate_size": 18944,
+            "num_attention_heads": 28, "num_hidden_layers": 28, "num_key_value_heads": 4,
+            "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "max_position_embeddings": 128000,
+            "vocab_size": 152064, "tie_word_embeddings": false,
+            "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+            "vision_config": {"hidden_size": 1280}
+        });
+        let c = Config::new("config.json".into(), &top);
+        let (text, sections) = text_config(&c).unwrap();
+        assert_eq!(sections, [16, 24, 24]);
+        let cfg = super::super::qwen2::hf_config(&Config::new("config.json".into(), &text), false).unwrap();
+        assert_eq!((cfg.hidden, cfg.head_dim, cfg.kv_heads, cfg.rope_theta), (3584, 128, 4, 1_000_000.0));
+        let bad = serde_json::json!({"rope_scaling": {"type": "mrope", "mrope_section": [16, 24]}});
+        assert!(text_config(&Config::new("config.json".into(), &bad)).unwrap_err().to_string().contains("three"));
+    }
+}
