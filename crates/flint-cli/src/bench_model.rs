@@ -490,6 +490,69 @@ fn audio_rows(
     Ok(())
 }
 
+/// Two larger vision towers with seeded random weights, one run each (minutes on a CPU
+/// adapter): Qwen2.5-VL-3B's over one 448x448 and one 896x896 image (its window layers run as
+/// masked attention over the whole image; GFLOP/s count the model's windowed FLOPs), and
+/// Gemma-3-4B's SigLIP (so400m/14) at its one size, 896x896, with the average-pool projector.
+fn big_tower_rows(dev: &flint_gpu::Device, emit: &dyn Fn(String, serde_json::Value, String)) -> Result<()> {
+    use flint_runtime::model::qwen_vision::{PatchImages, QwenVisionConfig, QwenVisionTower};
+    use flint_runtime::model::vision::{Connector, VisionConfig, VisionTower};
+
+    let qcfg = QwenVisionConfig::qwen2_5_vl_3b();
+    let qwen = QwenVisionTower::random(dev, qcfg.clone(), 11)?;
+    for side in [448, 896] {
+        let grid = (side / 14, side / 14);
+        let n = grid.0 * grid.1 * qcfg.patch_row();
+        let images = PatchImages { pixels: (0..n).map(|i| ((i * 7919) % 255) as f32 / 127.5 - 1.0).collect(), grids: vec![grid] };
+        let t = Instant::now();
+        let mut rec = Recorder::new(dev);
+        let _ = qwen.encode(&mut rec, &images)?;
+        rec.submit()?.wait()?;
+        let s = t.elapsed().as_secs_f64();
+        let flops = qcfg.flops(grid);
+        emit(
+            format!("vision encode Qwen2.5-VL-3B {side}x{side}"),
+            json!({"ms": s * 1e3, "gflops": flops / s / 1e9, "flops": flops, "patches": grid.0 * grid.1}),
+            format!(
+                "{:>9.1} ms {:>9.1} GFLOP/s ({} patches, 32 blocks of 1280, random weights)",
+                s * 1e3,
+                flops / s / 1e9,
+                grid.0 * grid.1
+            ),
+        );
+    }
+    drop(qwen);
+    let gcfg = VisionConfig {
+        hidden: 1152,
+        intermediate: 4304,
+        layers: 27,
+        heads: 16,
+        channels: 3,
+        image_size: 896,
+        patch: 14,
+        eps: 1e-6,
+        scale_factor: 4,
+        connector: Connector::AvgPool,
+        text_hidden: 2560,
+    };
+    let flops = gcfg.tile_flops();
+    let gemma = VisionTower::random(dev, gcfg, 13)?;
+    let px: Vec<f32> = (0..3 * 896 * 896).map(|i| ((i * 7919) % 255) as f32 / 127.5 - 1.0).collect();
+    let t = Instant::now();
+    let mut rec = Recorder::new(dev);
+    let x = dev.upload_f32("pixels", &px, &[1, 3, 896, 896], flint_gpu::DType::F32)?;
+    let h = gemma.encode(&mut rec, &x, 1, 896, 896)?;
+    let _ = gemma.connect(&mut rec, &h, 1, 64)?;
+    rec.submit()?.wait()?;
+    let s = t.elapsed().as_secs_f64();
+    emit(
+        "vision encode Gemma-3-4B 896x896".into(),
+        json!({"ms": s * 1e3, "gflops": flops / s / 1e9, "flops": flops, "patches": 4096}),
+        format!("{:>9.1} ms {:>9.1} GFLOP/s (SigLIP so400m/14, 4096 patches, random weights)", s * 1e3, flops / s / 1e9),
+    );
+    Ok(())
+}
+
 /// SmolVLM-256M's vision side (SigLIP base/16 at 512, scale 4) with seeded random weights in
 /// front of `model`'s decoder: the encode time of one 512x512 tile with its GFLOP/s, and the
 /// prefill of one image split into 2x2 tiles plus the global view (5 x 64 image tokens) with a
@@ -563,5 +626,5 @@ fn vision_rows(model: &Model, emit: &dyn Fn(String, serde_json::Value, String)) 
             5 * cfg.tokens_per_tile()
         ),
     );
-    Ok(())
+    big_tower_rows(&dev, emit)
 }

@@ -21,7 +21,7 @@ use flint_ref::norm::{NormKind, NormParams};
 use flint_ref::rope::{RopeLayout, RopeParams};
 
 use crate::hf::{Config, HfDir};
-use crate::model::vision::Affine;
+use crate::model::vision::{Affine, Random, Source};
 use crate::{Result, RuntimeError};
 
 /// The shapes of a Qwen2.5-VL vision tower (`vision_config`).
@@ -128,6 +128,40 @@ impl QwenVisionConfig {
     fn head_dim(&self) -> usize {
         self.hidden / self.heads
     }
+
+    /// Qwen2.5-VL-3B's tower (`out_hidden` 2048).
+    pub fn qwen2_5_vl_3b() -> QwenVisionConfig {
+        QwenVisionConfig {
+            depth: 32,
+            hidden: 1280,
+            heads: 16,
+            ffn: 3420,
+            patch: 14,
+            merge: 2,
+            temporal: 2,
+            window: 112,
+            out_hidden: 2048,
+            full_attention: vec![7, 15, 23, 31],
+            theta: 10000.0,
+        }
+    }
+
+    /// FLOPs the model needs for one image of `grid` patches (multiply-adds count two): the
+    /// patch matmul, the blocks (window layers attending within their windows) and the merger.
+    /// flint runs a window layer as masked attention over the whole image, so it does more.
+    pub fn flops(&self, grid: (usize, usize)) -> f64 {
+        let (n, d, f) = ((grid.0 * grid.1) as f64, self.hidden as f64, self.ffn as f64);
+        let window = ((self.window / self.patch).pow(2) as f64).min(n);
+        let dense = 2.0 * n * d * (4.0 * d + 3.0 * f);
+        let attn = |keys: f64| 4.0 * n * keys * d;
+        let full = self.full_attention.len() as f64;
+        let m = (self.merge * self.merge) as f64;
+        2.0 * n * d * self.patch_row() as f64
+            + self.depth as f64 * dense
+            + full * attn(n)
+            + (self.depth as f64 - full) * attn(window)
+            + 2.0 * (n / m) * (d * m) * (d * m + self.out_hidden as f64)
+    }
 }
 
 struct Block {
@@ -208,10 +242,19 @@ impl QwenVisionTower {
 
     /// Load the tower from `dir` under `prefix` (`visual`, or transformers 5.x's `model.visual`).
     pub(crate) fn from_hf(dev: &Device, dir: &HfDir, prefix: &str, cfg: QwenVisionConfig) -> Result<QwenVisionTower> {
+        QwenVisionTower::load_from(dev, dir, prefix, cfg)
+    }
+
+    /// Seeded random weights of `cfg`'s shapes (for benchmarks).
+    pub fn random(dev: &Device, cfg: QwenVisionConfig, seed: u64) -> Result<QwenVisionTower> {
+        QwenVisionTower::load_from(dev, &Random(std::cell::Cell::new(seed | 1)), "visual", cfg)
+    }
+
+    fn load_from(dev: &Device, dir: &dyn Source, prefix: &str, cfg: QwenVisionConfig) -> Result<QwenVisionTower> {
         let d = cfg.hidden;
         let get = |name: &str, shape: &[usize]| -> Result<Tensor> {
             let n = format!("{prefix}.{name}");
-            Ok(dev.upload_f32(&n, &dir.f32(&n, shape)?, shape, DType::F32)?)
+            Ok(dev.upload_f32(&n, &dir.get(&n, shape)?, shape, DType::F32)?)
         };
         let affine = |name: &str, n: usize, k: usize, bias: bool| -> Result<Affine> {
             Ok(Affine {
@@ -224,8 +267,8 @@ impl QwenVisionTower {
         // The fused QKV rows, split at load.
         let qkv = |l: usize, part: usize| -> Result<Affine> {
             let n = format!("{prefix}.blocks.{l}.attn.qkv");
-            let w = dir.f32(&format!("{n}.weight"), &[3 * d, d])?;
-            let b = dir.f32(&format!("{n}.bias"), &[3 * d])?;
+            let w = dir.get(&format!("{n}.weight"), &[3 * d, d])?;
+            let b = dir.get(&format!("{n}.bias"), &[3 * d])?;
             let rows = part * d..(part + 1) * d;
             Ok(Affine {
                 w: dev.upload_f32(&n, &w[rows.start * d..rows.end * d], &[d, d], DType::F32)?,
@@ -251,7 +294,7 @@ impl QwenVisionTower {
         }
         let row = cfg.patch_row();
         // Conv3d's weight [d, 3, temporal, patch, patch] is the matmul's [d, row].
-        let w = dir.f32(&format!("{prefix}.patch_embed.proj.weight"), &[d, 3, cfg.temporal, cfg.patch, cfg.patch])?;
+        let w = dir.get(&format!("{prefix}.patch_embed.proj.weight"), &[d, 3, cfg.temporal, cfg.patch, cfg.patch])?;
         let patch_embed =
             Affine { w: dev.upload_f32("patch_embed", &w, &[d, row], DType::F32)?, b: None, n: d, k: row };
         let m = d * cfg.merge * cfg.merge;

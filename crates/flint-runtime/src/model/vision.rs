@@ -328,7 +328,7 @@ pub(crate) fn encoder_blocks_masked(
 }
 
 /// Where the vision weights come from.
-trait Source {
+pub(crate) trait Source {
     fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
 }
 
@@ -339,7 +339,9 @@ impl Source for HfDir {
 }
 
 /// Seeded uniform weights (benchmarks at real shapes without a checkpoint); norms near 1.
-struct Random(std::cell::Cell<u64>);
+/// Seeded random weights (for benchmarks): norm weights near 1, the rest within
+/// `1 / sqrt(fan_in)`.
+pub(crate) struct Random(pub(crate) std::cell::Cell<u64>);
 
 impl Source for Random {
     fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
