@@ -503,7 +503,10 @@ fn big_tower_rows(dev: &flint_gpu::Device, emit: &dyn Fn(String, serde_json::Val
     for side in [448, 896] {
         let grid = (side / 14, side / 14);
         let n = grid.0 * grid.1 * qcfg.patch_row();
-        let images = PatchImages { pixels: (0..n).map(|i| ((i * 7919) % 255) as f32 / 127.5 - 1.0).collect(), grids: vec![grid] };
+        let images = PatchImages {
+            pixels: (0..n).map(|i| ((i * 7919) % 255) as f32 / 127.5 - 1.0).collect(),
+            grids: vec![grid],
+        };
         let t = Instant::now();
         let mut rec = Recorder::new(dev);
         let _ = qwen.encode(&mut rec, &images)?;
@@ -548,7 +551,11 @@ fn big_tower_rows(dev: &flint_gpu::Device, emit: &dyn Fn(String, serde_json::Val
     emit(
         "vision encode Gemma-3-4B 896x896".into(),
         json!({"ms": s * 1e3, "gflops": flops / s / 1e9, "flops": flops, "patches": 4096}),
-        format!("{:>9.1} ms {:>9.1} GFLOP/s (SigLIP so400m/14, 4096 patches, random weights)", s * 1e3, flops / s / 1e9),
+        format!(
+            "{:>9.1} ms {:>9.1} GFLOP/s (SigLIP so400m/14, 4096 patches, random weights)",
+            s * 1e3,
+            flops / s / 1e9
+        ),
     );
     Ok(())
 }

@@ -423,17 +423,22 @@ impl QwenVisionTower {
         };
         let residual = EltParams { op: EltOp::ResidualAdd, n: n * d, b_len: n * d, scale: 1.0 };
         let normed = dev.empty("qwen vision normed", &[n, d], DType::F32)?;
+        // Scratch made once and reused by every block: made per block, it would all stay
+        // alive until the recording is submitted (10 GB for a 3B tower over 896x896).
+        let [q, k, v, qr, kr, o, y] = ["q", "k", "v", "q rotated", "k rotated", "attention", "block out"]
+            .map(|name| dev.empty(&format!("qwen vision {name}"), &[n, d], DType::F32));
+        let (q, k, v, qr, kr, o, y) = (q?, k?, v?, qr?, kr?, o?, y?);
+        let [g, u, a] =
+            ["gate", "up", "act"].map(|name| dev.empty(&format!("qwen vision {name}"), &[n, cfg.ffn], DType::F32));
+        let (g, u, a) = (g?, u?, a?);
+        let table = PageTable::contiguous(dev, 1)?;
         for (b, block) in self.blocks.iter().enumerate() {
             rms(rec, &block.norm1, &normed)?;
-            let [q, k, v, qr, kr] = ["q", "k", "v", "q rotated", "k rotated"]
-                .map(|name| dev.empty(&format!("qwen vision {name}"), &[n, d], DType::F32));
-            let (q, k, v, qr, kr) = (q?, k?, v?, qr?, kr?);
             block.q.forward(dev, rec, &normed, n, &q)?;
             block.k.forward(dev, rec, &normed, n, &k)?;
             block.v.forward(dev, rec, &normed, n, &v)?;
             flint_kernels::rope::rope_angles(dev, rec, &rope, &q, &angles, &qr)?;
             flint_kernels::rope::rope_angles(dev, rec, &rope, &k, &angles, &kr)?;
-            let o = dev.empty("qwen vision attention", &[n, d], DType::F32)?;
             let windowed = !cfg.full_attention.contains(&b);
             for (i, &(first, rows)) in l.images.iter().enumerate() {
                 let at = (first * d * 4) as u64;
@@ -456,7 +461,6 @@ impl QwenVisionTower {
                     mask_stride: if windowed { rows } else { 0 },
                 };
                 let specs = [SeqSpec { kv_len: rows, q_pos0: 0 }];
-                let table = PageTable::contiguous(dev, 1)?;
                 let mask = windowed.then_some(&masks[i]);
                 attention::attention(
                     dev,
@@ -470,20 +474,13 @@ impl QwenVisionTower {
                     &view(&o, &[rows, d])?,
                 )?;
             }
-            let y = dev.empty("qwen vision attention proj", &[n, d], DType::F32)?;
             block.proj.forward(dev, rec, &o, n, &y)?;
             flint_kernels::elementwise::residual_add(dev, rec, &residual, &x, &y)?;
             rms(rec, &block.norm2, &normed)?;
-            let (g, u, a) = (
-                dev.empty("qwen vision gate", &[n, cfg.ffn], DType::F32)?,
-                dev.empty("qwen vision up", &[n, cfg.ffn], DType::F32)?,
-                dev.empty("qwen vision act", &[n, cfg.ffn], DType::F32)?,
-            );
             block.gate.forward(dev, rec, &normed, n, &g)?;
             block.up.forward(dev, rec, &normed, n, &u)?;
             let glu = EltParams { op: EltOp::SwiGlu, n: n * cfg.ffn, b_len: n * cfg.ffn, scale: 1.0 };
             flint_kernels::elementwise::elementwise(dev, rec, &glu, &g, Some(&u), &a)?;
-            let y = dev.empty("qwen vision mlp out", &[n, d], DType::F32)?;
             block.down.forward(dev, rec, &a, n, &y)?;
             flint_kernels::elementwise::residual_add(dev, rec, &residual, &x, &y)?;
         }

@@ -298,29 +298,32 @@ pub(crate) fn encoder_blocks_masked(
     };
     let normed = dev.empty("encoder normed", &[m, d], DType::F32)?;
     let residual = EltParams { op: EltOp::ResidualAdd, n: m * d, b_len: m * d, scale: 1.0 };
+    // The scratch is made once and reused by every block (the dispatches run in order): made
+    // per block, all of it would stay alive until the recording is submitted, depth times
+    // over (about 8 GB for Gemma 3's tower at 896x896).
+    let q = dev.empty("encoder q", &[m, d], DType::F32)?;
+    let cache = KvCache {
+        k: dev.empty("encoder k", &[seqs, len, d], DType::F32)?,
+        v: dev.empty("encoder v", &[seqs, len, d], DType::F32)?,
+        page_size: len,
+        num_pages: seqs,
+    };
+    let o = dev.empty("encoder attention", &[m, d], DType::F32)?;
+    let y = dev.empty("encoder block out", &[m, d], DType::F32)?;
+    let h = dev.empty("encoder mlp", &[m, s.ffn], DType::F32)?;
+    let g = dev.empty("encoder mlp act", &[m, s.ffn], DType::F32)?;
     for b in blocks {
         norm(rec, &b.ln1, &normed)?;
-        let (q, k, v) = (
-            dev.empty("encoder q", &[m, d], DType::F32)?,
-            dev.empty("encoder k", &[seqs, len, d], DType::F32)?,
-            dev.empty("encoder v", &[seqs, len, d], DType::F32)?,
-        );
         b.q.forward(dev, rec, &normed, m, &q)?;
-        b.k.forward(dev, rec, &normed, m, &k)?;
-        b.v.forward(dev, rec, &normed, m, &v)?;
-        let cache = KvCache { k, v, page_size: len, num_pages: seqs };
-        let o = dev.empty("encoder attention", &[m, d], DType::F32)?;
+        b.k.forward(dev, rec, &normed, m, &cache.k)?;
+        b.v.forward(dev, rec, &normed, m, &cache.v)?;
         attention::attention(dev, rec, &attn, &specs, &q, &cache, &table, None, &o)?;
-        let y = dev.empty("encoder attention proj", &[m, d], DType::F32)?;
         b.o.forward(dev, rec, &o, m, &y)?;
         flint_kernels::elementwise::residual_add(dev, rec, &residual, x, &y)?;
         norm(rec, &b.ln2, &normed)?;
-        let h = dev.empty("encoder mlp", &[m, s.ffn], DType::F32)?;
         b.fc1.forward(dev, rec, &normed, m, &h)?;
-        let g = dev.empty("encoder mlp act", &[m, s.ffn], DType::F32)?;
         let gelu = EltParams::unary(s.gelu, m * s.ffn);
         flint_kernels::elementwise::elementwise(dev, rec, &gelu, &h, None, &g)?;
-        let y = dev.empty("encoder mlp out", &[m, d], DType::F32)?;
         b.fc2.forward(dev, rec, &g, m, &y)?;
         flint_kernels::elementwise::residual_add(dev, rec, &residual, x, &y)?;
     }
