@@ -155,9 +155,15 @@ enum Command {
         /// Output file.
         #[arg(long)]
         out: PathBuf,
-        /// Normalised pixel values for the image tokens, f32 `[images, 3, H, W]` (.npy).
+        /// Normalised pixel values for the image tokens, f32 `[images, 3, H, W]` (.npy); for
+        /// Qwen2.5-VL the processor's patch rows `[patches, 3 * 2 * 14 * 14]`, with
+        /// `--image-grid-thw`.
         #[arg(long)]
         pixel_values: Option<PathBuf>,
+        /// Qwen2.5-VL: each image's patch grid as `t,h,w`, images separated by `;`
+        /// (transformers' `image_grid_thw`; t is 1 for images).
+        #[arg(long, requires = "pixel_values")]
+        image_grid_thw: Option<String>,
         /// GPU adapter.
         #[arg(long, default_value = "")]
         adapter: String,
@@ -433,9 +439,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Tokenize { model, text, json } => {
             models::tokenize(Some(&model), &text, json).map(|()| ExitCode::SUCCESS)
         }
-        Command::Logits { model, token_ids, out, pixel_values, adapter } => {
-            models::logits(&adapter, Some(&model), &token_ids, pixel_values.as_deref(), &out)
-                .map(|()| ExitCode::SUCCESS)
+        Command::Logits { model, token_ids, out, pixel_values, image_grid_thw, adapter } => {
+            let pixels = pixel_values.as_deref().map(|p| (p, image_grid_thw.as_deref()));
+            models::logits(&adapter, Some(&model), &token_ids, pixels, &out).map(|()| ExitCode::SUCCESS)
         }
         Command::Transcribe {
             audio,

@@ -217,8 +217,15 @@ pub fn tokenize(model: Option<&str>, text: &str, json: bool) -> Result<()> {
 }
 
 /// `flint logits`: write logits at every position of `ids` (whose image tokens take the pixel
-/// values of a .npy file) to a safetensors file.
-pub fn logits(adapter: &str, model: Option<&str>, ids: &str, pixel_values: Option<&Path>, out: &Path) -> Result<()> {
+/// values of a .npy file, with the images' patch grids for Qwen2.5-VL) to a safetensors file.
+pub fn logits(
+    adapter: &str,
+    model: Option<&str>,
+    ids: &str,
+    pixels: Option<(&Path, Option<&str>)>,
+    out: &Path,
+) -> Result<()> {
+    let pixel_values = pixels.map(|p| p.0);
     let ids: Vec<u32> = ids
         .split(',')
         .filter(|s| !s.trim().is_empty())
@@ -231,19 +238,43 @@ pub fn logits(adapter: &str, model: Option<&str>, ids: &str, pixel_values: Optio
     let inputs: Vec<&Path> = std::iter::once(model_path.as_path()).chain(pixel_values).collect();
     check_output(out, &inputs)?;
     let (_, model) = load(adapter, model)?;
-    let pixels = match pixel_values {
+    let media = match pixels {
         None => None,
-        Some(path) => {
+        Some((path, grids)) if model.qwen_vision().is_some() => {
+            let Some(grids) = grids else {
+                bail!("{} takes patch rows: give their grids with --image-grid-thw t,h,w;...", model.path().display());
+            };
+            let grids = parse_grids(grids)?;
+            let a = flint_runtime::npy::read(path)?;
+            let patches: usize = grids.iter().map(|(h, w)| h * w).sum();
+            match a.shape[..] {
+                [n, _] if n == patches => {
+                    Some(flint_runtime::Media::from(flint_runtime::multimodal::PatchImages { pixels: a.data, grids }))
+                }
+                _ => bail!(
+                    "{}: patch rows must be f32 [{patches}, row] for those grids, not {:?}",
+                    path.display(),
+                    a.shape
+                ),
+            }
+        }
+        Some((_, Some(_))) => {
+            bail!("--image-grid-thw is for Qwen2.5-VL models; {} takes square tiles", model.path().display())
+        }
+        Some((path, None)) => {
             let a = flint_runtime::npy::read(path)?;
             match a.shape[..] {
                 [images, 3, h, w] if h == w && images > 0 => {
-                    Some(flint_runtime::multimodal::Pixels { data: a.data, images, side: h })
+                    Some(flint_runtime::Media::from(flint_runtime::multimodal::Pixels {
+                        data: a.data,
+                        images,
+                        side: h,
+                    }))
                 }
                 _ => bail!("{}: pixel values must be f32 [images, 3, H, H], not {:?}", path.display(), a.shape),
             }
         }
     };
-    let media = pixels.map(flint_runtime::Media::from);
     let logits = model.logits_with(&ids, media.as_ref())?;
     let vocab = model.decoder().cfg.vocab;
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -537,4 +568,21 @@ mod tests {
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
+}
+
+/// `t,h,w;t,h,w` into patch grids (t must be 1: images, not video).
+fn parse_grids(text: &str) -> Result<Vec<(usize, usize)>> {
+    text.split(';')
+        .filter(|g| !g.trim().is_empty())
+        .map(|g| {
+            let v: Vec<usize> = g
+                .split(',')
+                .map(|x| x.trim().parse::<usize>().with_context(|| format!("--image-grid-thw: {x:?} is not a number")))
+                .collect::<Result<_>>()?;
+            match v[..] {
+                [1, h, w] if h > 0 && w > 0 => Ok((h, w)),
+                _ => bail!("--image-grid-thw: {g:?} is not 1,h,w (an image's one frame, rows and columns)"),
+            }
+        })
+        .collect()
 }
