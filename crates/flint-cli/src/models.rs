@@ -522,6 +522,23 @@ pub fn fetch_models(names: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// `t,h,w;t,h,w` into patch grids (t must be 1: images, not video).
+fn parse_grids(text: &str) -> Result<Vec<(usize, usize)>> {
+    text.split(';')
+        .filter(|g| !g.trim().is_empty())
+        .map(|g| {
+            let v: Vec<usize> = g
+                .split(',')
+                .map(|x| x.trim().parse::<usize>().with_context(|| format!("--image-grid-thw: {x:?} is not a number")))
+                .collect::<Result<_>>()?;
+            match v[..] {
+                [1, h, w] if h > 0 && w > 0 => Ok((h, w)),
+                _ => bail!("--image-grid-thw: {g:?} is not 1,h,w (an image's one frame, rows and columns)"),
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -568,21 +585,4 @@ mod tests {
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
-}
-
-/// `t,h,w;t,h,w` into patch grids (t must be 1: images, not video).
-fn parse_grids(text: &str) -> Result<Vec<(usize, usize)>> {
-    text.split(';')
-        .filter(|g| !g.trim().is_empty())
-        .map(|g| {
-            let v: Vec<usize> = g
-                .split(',')
-                .map(|x| x.trim().parse::<usize>().with_context(|| format!("--image-grid-thw: {x:?} is not a number")))
-                .collect::<Result<_>>()?;
-            match v[..] {
-                [1, h, w] if h > 0 && w > 0 => Ok((h, w)),
-                _ => bail!("--image-grid-thw: {g:?} is not 1,h,w (an image's one frame, rows and columns)"),
-            }
-        })
-        .collect()
 }
