@@ -113,24 +113,36 @@ fn gemma3_configs_flint_cannot_run_are_refused_by_name() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// A small random Gemma 3 vision-language model (xtask/scripts/gemma3_vision_fixtures.py)
-/// against transformers: the prompt's ids with two images expanded as Gemma3Processor expands
+/// Small random Gemma 3 vision-language models (xtask/scripts/gemma3_vision_fixtures.py)
+/// against transformers: the prompt's ids with its images expanded as Gemma3Processor expands
 /// them, the pixels of Gemma3ImageProcessorPil, the projector's output (SigLIP, the average
 /// pool, its RMSNorm and projection), the logits with each image's tokens attending to their
 /// whole image (which moves them by up to 2.75 against a causal mask) and greedy tokens; on
 /// every adapter present.
 #[test]
 fn a_tiny_gemma3_vision_model_matches_transformers() {
+    check_gemma3_vision("tiny", 2);
+}
+
+/// The second fixture: one wide image at 48x48 pooled to 9 tokens, a one-layer tower 48 wide,
+/// a text model with 3 query heads on 1 KV head and a window of 4.
+#[test]
+fn a_second_gemma3_vision_model_matches_transformers() {
+    check_gemma3_vision("tiny-b", 1);
+}
+
+fn check_gemma3_vision(name: &str, image_count: usize) {
     use flint_gpu::Recorder;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join("gemma3-vision");
-    let exp = Expected::open(dir.join("tiny.expected.safetensors"));
+    let exp = Expected::open(dir.join(format!("{name}.expected.safetensors")));
     let (f32s, ids) = (|k: &str| exp.f32s(k), |k: &str| exp.ids(k));
-    let prompt = std::fs::read_to_string(dir.join("tiny.prompt.txt")).unwrap();
-    let images: Vec<_> =
-        (0..2).map(|i| flint_runtime::image::load(&dir.join(format!("tiny.image{i}.png"))).unwrap()).collect();
+    let prompt = std::fs::read_to_string(dir.join(format!("{name}.prompt.txt"))).unwrap();
+    let images: Vec<_> = (0..image_count)
+        .map(|i| flint_runtime::image::load(&dir.join(format!("{name}.image{i}.png"))).unwrap())
+        .collect();
     for dev in devices() {
-        let label = dev.caps().short_label();
-        let model = Model::load(&dev, dir.join("tiny")).unwrap();
+        let label = format!("{} {name}", dev.caps().short_label());
+        let model = Model::load(&dev, dir.join(name)).unwrap();
         let (got_ids, pixels) = model.multimodal_prompt(&prompt, &images, false).unwrap();
         assert_eq!(got_ids, ids("input_ids"), "[{label}] prompt ids");
         let pixels = pixels.unwrap().pixels.unwrap();
