@@ -86,26 +86,10 @@ pub fn rope(p: &RopeParams, x: &[f32], positions: &[u32]) -> Result<Vec<f32>, Pa
     if positions.len() != p.tokens {
         return Err(ParamError::new("rope", format!("{} positions for {} tokens", positions.len(), p.tokens)));
     }
-    let mut out = x.to_vec();
-    let half = p.rot_dim / 2;
-    for (t, &pos) in positions.iter().enumerate() {
-        for h in 0..p.heads {
-            let base = (t * p.heads + h) * p.head_dim;
-            for i in 0..half {
-                let freq = f64::from(p.theta).powf(-2.0 * i as f64 / p.rot_dim as f64);
-                let angle = f64::from(pos) * f64::from(p.freq_scale) * freq;
-                let (sin, cos) = angle.sin_cos();
-                let (i0, i1) = match p.layout {
-                    RopeLayout::RotateHalf => (i, i + half),
-                    RopeLayout::Interleaved => (2 * i, 2 * i + 1),
-                };
-                let (x0, x1) = (f64::from(x[base + i0]), f64::from(x[base + i1]));
-                out[base + i0] = (x0 * cos - x1 * sin) as f32;
-                out[base + i1] = (x1 * cos + x0 * sin) as f32;
-            }
-        }
-    }
-    Ok(out)
+    Ok(rotate(p, p.heads * p.head_dim, x, |t, i| {
+        let freq = f64::from(p.theta).powf(-2.0 * i as f64 / p.rot_dim as f64);
+        f64::from(positions[t]) * f64::from(p.freq_scale) * freq
+    }))
 }
 
 /// Reference RoPE with each token's angles given: pair `j` of token `t` rotates by
@@ -124,12 +108,19 @@ pub fn rope_angles_rows(p: &RopeParams, row: usize, x: &[f32], angles: &[f32]) -
     check_len("rope", "x", x, p.tokens * row)?;
     let half = p.rot_dim / 2;
     check_len("rope", "angles", angles, p.tokens * half)?;
+    Ok(rotate(p, row, x, |t, i| f64::from(angles[t * half + i])))
+}
+
+/// Rotate pair `i` of every head of token `t` (heads leading rows of `row` elements) by
+/// `angle(t, i)`, in f64; the rest of `x` passes through.
+fn rotate(p: &RopeParams, row: usize, x: &[f32], angle: impl Fn(usize, usize) -> f64) -> Vec<f32> {
     let mut out = x.to_vec();
+    let half = p.rot_dim / 2;
     for t in 0..p.tokens {
         for h in 0..p.heads {
             let base = t * row + h * p.head_dim;
             for i in 0..half {
-                let (sin, cos) = f64::from(angles[t * half + i]).sin_cos();
+                let (sin, cos) = angle(t, i).sin_cos();
                 let (i0, i1) = match p.layout {
                     RopeLayout::RotateHalf => (i, i + half),
                     RopeLayout::Interleaved => (2 * i, 2 * i + 1),
@@ -140,7 +131,7 @@ pub fn rope_angles_rows(p: &RopeParams, row: usize, x: &[f32], angles: &[f32]) -
             }
         }
     }
-    Ok(out)
+    out
 }
 
 /// Shape of the step between the QKV projection and attention: rows of `tokens` are
