@@ -91,6 +91,15 @@ struct Step {
     angles: Option<Tensor>,
 }
 
+/// Scratch the layers of one recording share (see `layers_over`).
+struct Scratch {
+    qkv: Tensor,
+    biased: Tensor,
+    out: Tensor,
+    gate_up: Tensor,
+    act: Tensor,
+}
+
 /// How the attention of a step runs.
 enum AttnPlan {
     /// One sequence: `t` tokens from position `pos0` (a prefill).
@@ -747,9 +756,20 @@ impl Decoder {
         // `normed` always holds the input of the next block: rmsnorm(x) with that block's weight.
         let normed = self.dev.empty("normed", &[t, cfg.hidden], DType::F32)?;
         self.add_norm(rec, x, None, None, &self.layers[0].attn_norm, &normed, t)?;
+        // The layers' largest scratch is made once and reused by each (the dispatches run in
+        // order): made per layer, every layer's would stay alive until the recording is
+        // submitted, a prefill chunk's activations times the depth.
+        let qkv_n = self.layers.iter().map(|l| l.wqkv.n).max().unwrap_or(0);
+        let scratch = Scratch {
+            qkv: self.dev.empty("qkv", &[t, qkv_n], DType::F32)?,
+            biased: self.dev.empty("qkv biased", &[t, qkv_n], DType::F32)?,
+            out: self.dev.empty("layer out", &[t, cfg.hidden], DType::F32)?,
+            gate_up: self.dev.empty("gate|up", &[t, 2 * cfg.ffn], DType::F32)?,
+            act: self.dev.empty("mlp act", &[t, cfg.ffn], DType::F32)?,
+        };
         for (l, layer) in self.layers.iter().enumerate() {
             let next_norm = self.layers.get(l + 1).map_or(&self.out_norm, |n| &n.attn_norm);
-            self.layer(rec, pool, l, layer, x, &normed, next_norm, step)?;
+            self.layer(rec, pool, l, layer, x, &normed, next_norm, step, &scratch)?;
         }
         Ok(normed)
     }
@@ -999,41 +1019,41 @@ impl Decoder {
         normed: &Tensor,
         next_norm: &Tensor,
         s: &Step,
+        scratch: &Scratch,
     ) -> Result<()> {
         let (cfg, dev, t) = (&self.cfg, &self.dev, s.t);
-        let h = cfg.hidden;
-        let mut qkv = dev.empty("qkv", &[t, layer.wqkv.n], DType::F32)?;
+        let n = layer.wqkv.n;
+        let mut qkv = scratch.qkv.view(0, &[t, n], DType::F32)?;
         layer.wqkv.forward(dev, rec, normed, t, &qkv)?;
         if let Some(b) = &layer.qkv_bias {
-            let biased = dev.empty("qkv biased", &[t, layer.wqkv.n], DType::F32)?;
-            let add = flint_ref::elementwise::EltParams::binary(EltOp::Add, t * layer.wqkv.n, layer.wqkv.n);
+            let biased = scratch.biased.view(0, &[t, n], DType::F32)?;
+            let add = flint_ref::elementwise::EltParams::binary(EltOp::Add, t * n, n);
             flint_kernels::elementwise::elementwise(dev, rec, &add, &qkv, Some(b), &biased)?;
             qkv = biased;
         }
         let o = self.attend(rec, pool, l, layer, &qkv, s)?;
-        let y = dev.empty("attention proj", &[t, h], DType::F32)?;
-        layer.wo.forward(dev, rec, &o, t, &y)?;
+        let y = &scratch.out;
+        layer.wo.forward(dev, rec, &o, t, y)?;
         let (post_attn, post_ffn) = match &layer.post_norms {
             Some((a, b)) => (Some(a), Some(b)),
             None => (None, None),
         };
-        self.add_norm(rec, x, Some(&y), post_attn, &layer.ffn_norm, normed, t)?;
+        self.add_norm(rec, x, Some(y), post_attn, &layer.ffn_norm, normed, t)?;
 
-        let gate_up = dev.empty("gate|up", &[t, 2 * cfg.ffn], DType::F32)?;
-        let act = dev.empty("mlp act", &[t, cfg.ffn], DType::F32)?;
+        let (gate_up, act) = (&scratch.gate_up, &scratch.act);
         match &layer.w_gate_up {
             GateUp::Stacked(w) => {
-                w.forward(dev, rec, normed, t, &gate_up)?;
-                flint_kernels::elementwise::glu_pair(dev, rec, self.glu_op(), t, cfg.ffn, &gate_up, &act)?;
+                w.forward(dev, rec, normed, t, gate_up)?;
+                flint_kernels::elementwise::glu_pair(dev, rec, self.glu_op(), t, cfg.ffn, gate_up, act)?;
             }
             GateUp::Pairs(w) => {
                 let p = QuantMatmulParams { mm: MatmulParams::new(t, w.n, w.k), format: w.format };
-                flint_kernels::quant::quant_matmul(dev, rec, &p, normed, w, &gate_up)?;
-                flint_kernels::elementwise::glu_interleaved(dev, rec, self.glu_op(), t, cfg.ffn, &gate_up, &act)?;
+                flint_kernels::quant::quant_matmul(dev, rec, &p, normed, w, gate_up)?;
+                flint_kernels::elementwise::glu_interleaved(dev, rec, self.glu_op(), t, cfg.ffn, gate_up, act)?;
             }
         }
-        let down = dev.empty("mlp out", &[t, h], DType::F32)?;
-        layer.w_down.forward(dev, rec, &act, t, &down)?;
-        self.add_norm(rec, x, Some(&down), post_ffn, next_norm, normed, t)
+        // The attention projection's output has been added; its buffer takes the MLP's.
+        layer.w_down.forward(dev, rec, act, t, y)?;
+        self.add_norm(rec, x, Some(y), post_ffn, next_norm, normed, t)
     }
 }
