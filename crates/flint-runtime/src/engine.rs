@@ -27,7 +27,7 @@ use flint_kernels::sample::RowOptions;
 
 use crate::generate::{SamplingOptions, StopReason};
 use crate::model::decoder::Decoder;
-use crate::multimodal::{AudioTower, Encoders, Media, Pixels, Vision};
+use crate::multimodal::{Encoders, Media, Pixels, Vision};
 use crate::reasoning::Vote;
 use crate::stepper::{StepMode, StepRow, StepStats, Stepper};
 use crate::tokenizer::Tokenizer;
@@ -344,12 +344,6 @@ impl Engine {
     /// The same engine taking every medium `encoders` reads.
     pub fn with_encoders(mut self, encoders: Encoders) -> Self {
         self.encoders = encoders;
-        self
-    }
-
-    /// The same engine taking audio through `audio` (an audio-language model's tower).
-    pub fn with_audio(mut self, audio: Option<Arc<AudioTower>>) -> Self {
-        self.encoders.audio = audio;
         self
     }
 

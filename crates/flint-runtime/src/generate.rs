@@ -17,7 +17,7 @@ use flint_ref::sample::SampleParams;
 use crate::stepper::{StepMode, StepRow, StepStats, Stepper};
 
 use crate::model::decoder::Decoder;
-use crate::multimodal::{AudioTower, Encoders, Media, Vision};
+use crate::multimodal::{Encoders, Media, Vision};
 use crate::{RequestError, Result};
 
 /// How to choose tokens and when to stop.
@@ -289,12 +289,6 @@ impl Session {
     /// The same session able to take every medium `encoders` reads.
     pub fn with_encoders(mut self, encoders: Encoders) -> Self {
         self.encoders = encoders;
-        self
-    }
-
-    /// The same session able to take audio (through `audio`).
-    pub fn with_audio(mut self, audio: Option<Arc<AudioTower>>) -> Self {
-        self.encoders.audio = audio;
         self
     }
 

@@ -350,89 +350,124 @@ pub(crate) fn check_media(
     Ok(())
 }
 
-/// Qwen2.5-VL's vision side and the patch images for `ids`' image tokens, when it has any;
-/// refusals when images and image tokens do not match.
+/// How one kind of media is named in refusals.
+struct Kind {
+    /// Wraps a refusal's message.
+    refuse: fn(String) -> RequestError,
+    /// "images given to a model without a vision tower".
+    unexpected: &'static str,
+    /// "image" (of "image tokens").
+    token: &'static str,
+    /// "no images were given".
+    missing: &'static str,
+}
+
+/// The encoder and the media for `ids`' tokens of this kind (`token` of the encoder), when
+/// there are any; refusals when media and tokens do not match. `made` gives the tokens the
+/// media make and how to name the media ("the 2 image tiles"), or the media's own refusal.
+fn matched<'a, E, M>(
+    kind: &Kind,
+    encoder: Option<&'a E>,
+    token: impl Fn(&E) -> u32,
+    ids: &[u32],
+    media: Option<&'a M>,
+    made: impl Fn(&E, &M) -> std::result::Result<(usize, String), RequestError>,
+) -> std::result::Result<Option<(&'a E, &'a M)>, RequestError> {
+    let slots = encoder.map_or(0, |e| {
+        let t = token(e);
+        ids.iter().filter(|&&i| i == t).count()
+    });
+    match (encoder, media) {
+        (_, None) if slots == 0 => Ok(None),
+        (None, Some(_)) => Err((kind.refuse)(kind.unexpected.into())),
+        (Some(_), None) => {
+            Err((kind.refuse)(format!("the prompt has {slots} {} tokens but {}", kind.token, kind.missing)))
+        }
+        (Some(e), Some(m)) => {
+            let (want, what) = made(e, m)?;
+            if want != slots {
+                return Err((kind.refuse)(format!(
+                    "the prompt has {slots} {} tokens but {what} make {want}",
+                    kind.token
+                )));
+            }
+            Ok(Some((e, m)))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// Qwen2.5-VL's vision side and the patch images for `ids`' image tokens (see [`matched`]).
 fn patch_inputs<'a>(
     qwen: Option<&'a QwenVision>,
     ids: &[u32],
     patches: Option<&'a PatchImages>,
 ) -> std::result::Result<Option<(&'a QwenVision, &'a PatchImages)>, RequestError> {
-    let slots = qwen.map_or(0, |q| ids.iter().filter(|&&i| i == q.image_token_id).count());
-    match (qwen, patches) {
-        (_, None) if slots == 0 => Ok(None),
-        (None, Some(_)) => Err(RequestError::Images("patch images given to a model without their vision tower".into())),
-        (Some(_), None) => {
-            Err(RequestError::Images(format!("the prompt has {slots} image tokens but no images were given")))
-        }
-        (Some(q), Some(p)) => {
-            let want: usize = p.grids.iter().map(|&g| q.tower.tokens_for(g)).sum();
-            if want != slots {
-                return Err(RequestError::Images(format!(
-                    "the prompt has {slots} image tokens but the {} images make {want}",
-                    p.grids.len()
-                )));
-            }
-            Ok(Some((q, p)))
-        }
-        (None, None) => Ok(None),
-    }
+    let kind = Kind {
+        refuse: RequestError::Images,
+        unexpected: "patch images given to a model without their vision tower",
+        token: "image",
+        missing: "no images were given",
+    };
+    matched(
+        &kind,
+        qwen,
+        |q| q.image_token_id,
+        ids,
+        patches,
+        |q, p| {
+            let want = p.grids.iter().map(|&g| q.tower.tokens_for(g)).sum();
+            Ok((want, format!("the {} images", p.grids.len())))
+        },
+    )
 }
 
-/// The vision side and the pixels for `ids`' image tokens, when it has any; refusals when
-/// images and image tokens do not match.
+/// The vision side and the pixels for `ids`' image tokens (see [`matched`]).
 fn image_inputs<'a>(
     vision: Option<&'a Vision>,
     ids: &[u32],
     pixels: Option<&'a Pixels>,
 ) -> std::result::Result<Option<(&'a Vision, &'a Pixels)>, RequestError> {
-    let slots = vision.map_or(0, |v| ids.iter().filter(|&&i| i == v.image_token_id).count());
-    match (vision, pixels) {
-        (_, None) if slots == 0 => Ok(None),
-        (None, Some(_)) => Err(RequestError::Images("images given to a model without a vision tower".into())),
-        (Some(_), None) => {
-            Err(RequestError::Images(format!("the prompt has {slots} image tokens but no images were given")))
-        }
-        (Some(v), Some(p)) => {
-            let want = v.tokens_for(p);
-            if want != slots {
-                return Err(RequestError::Images(format!(
-                    "the prompt has {slots} image tokens but the {} image tiles make {want}",
-                    p.images
-                )));
-            }
-            Ok(Some((v, p)))
-        }
-        (None, None) => Ok(None),
-    }
+    let kind = Kind {
+        refuse: RequestError::Images,
+        unexpected: "images given to a model without a vision tower",
+        token: "image",
+        missing: "no images were given",
+    };
+    matched(
+        &kind,
+        vision,
+        |v| v.image_token_id,
+        ids,
+        pixels,
+        |v, p| Ok((v.tokens_for(p), format!("the {} image tiles", p.images))),
+    )
 }
 
-/// The audio tower and the clips for `ids`' audio tokens, when it has any; refusals when clips
-/// and audio tokens do not match.
+/// The audio tower and the clips for `ids`' audio tokens (see [`matched`]); the features are
+/// checked against the tower first.
 fn audio_inputs<'a>(
     audio: Option<&'a AudioTower>,
     ids: &[u32],
     clips: Option<&'a AudioFeatures>,
 ) -> std::result::Result<Option<(&'a AudioTower, &'a AudioFeatures)>, RequestError> {
-    let slots = audio.map_or(0, |a| ids.iter().filter(|&&i| i == a.audio_token_id).count());
-    match (audio, clips) {
-        (_, None) if slots == 0 => Ok(None),
-        (None, Some(_)) => Err(RequestError::Audio("audio given to a model without an audio tower".into())),
-        (Some(_), None) => {
-            Err(RequestError::Audio(format!("the prompt has {slots} audio tokens but no audio was given")))
-        }
-        (Some(a), Some(c)) => {
+    let kind = Kind {
+        refuse: RequestError::Audio,
+        unexpected: "audio given to a model without an audio tower",
+        token: "audio",
+        missing: "no audio was given",
+    };
+    matched(
+        &kind,
+        audio,
+        |a| a.audio_token_id,
+        ids,
+        clips,
+        |a, c| {
             c.validate(a.mels())?;
-            let want: usize = c.tokens().iter().sum();
-            if want != slots {
-                return Err(RequestError::Audio(format!(
-                    "the prompt has {slots} audio tokens but the {} clips make {want}",
-                    c.clips()
-                )));
-            }
-            Ok(Some((a, c)))
-        }
-        (None, None) => Ok(None),
-    }
+            Ok((c.tokens().iter().sum(), format!("the {} clips", c.clips())))
+        },
+    )
 }
 
 /// Copy embedding rows into the rows of `x` whose token is `token`, in order: the sources are

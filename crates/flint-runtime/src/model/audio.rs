@@ -319,8 +319,8 @@ impl AudioProcessor {
     /// The features of `clips` (any rate; resampled to 16 kHz first). A clip longer than one
     /// window (30 s), or too short to make a token (under 3 frames, 20 ms), is refused.
     pub fn features(&self, dev: &Device, clips: &[Audio]) -> Result<AudioFeatures> {
-        let mels = self.mel.mels();
-        let mut data = Vec::with_capacity(clips.len() * WINDOW_FRAMES * mels);
+        // Each clip padded to one window, one after another: LogMel's windows are the clips.
+        let mut windows = Vec::with_capacity(clips.len() * WINDOW_SAMPLES);
         let mut frames = Vec::with_capacity(clips.len());
         for (i, clip) in clips.iter().enumerate() {
             let i = i + 1;
@@ -335,8 +335,8 @@ impl AudioProcessor {
                 ))
                 .into());
             }
-            let clip = clip.resampled(SAMPLE_RATE)?;
-            let n = clip.samples.len().min(WINDOW_SAMPLES);
+            let mut samples = clip.resampled(SAMPLE_RATE)?.samples;
+            let n = samples.len().min(WINDOW_SAMPLES);
             let f = n.div_ceil(HOP);
             if tokens_for_frames(f) == 0 {
                 return Err(RequestError::Audio(format!(
@@ -345,13 +345,16 @@ impl AudioProcessor {
                 ))
                 .into());
             }
-            let mut rec = Recorder::new(dev);
-            let t = self.mel.record_windows(dev, &mut rec, &clip.samples, 0, 1)?;
-            rec.submit()?.wait()?;
-            data.extend(dev.read_f32(&t)?);
+            samples.resize(WINDOW_SAMPLES, 0.0);
+            windows.extend(samples);
             frames.push(f);
         }
-        Ok(AudioFeatures { data, mels, frames })
+        if windows.is_empty() {
+            return Ok(AudioFeatures { data: Vec::new(), mels: self.mel.mels(), frames });
+        }
+        let all = Audio { samples: windows, sample_rate: SAMPLE_RATE };
+        let (data, _) = self.mel.features(dev, &all)?;
+        Ok(AudioFeatures { data, mels: self.mel.mels(), frames })
     }
 
     /// `text` with each placeholder expanded into its clip's tokens (`counts`, in order).

@@ -19,7 +19,7 @@ use crate::generate::Session;
 use crate::gguf::Gguf;
 use crate::hf::{Config, HfDir};
 use crate::image::Rgb;
-use crate::multimodal::{AudioTower, Media, QwenVision, Vision};
+use crate::multimodal::{AudioTower, Encoders, Media, QwenVision, Vision};
 use crate::tokenizer::Tokenizer;
 use crate::{Result, RuntimeError};
 use decoder::Decoder;
@@ -65,9 +65,7 @@ pub struct Model {
     decoder: Arc<Decoder>,
     tokenizer: Arc<Tokenizer>,
     path: PathBuf,
-    vision: Option<Arc<Vision>>,
-    audio: Option<Arc<AudioTower>>,
-    qwen_vision: Option<Arc<QwenVision>>,
+    encoders: Encoders,
 }
 
 impl Model {
@@ -106,16 +104,8 @@ impl Model {
             decoder: Arc::new(decoder),
             tokenizer: Arc::new(tokenizer),
             path: path.as_ref().to_path_buf(),
-            vision: vision.map(Arc::new),
-            audio: None,
-            qwen_vision: None,
+            encoders: Encoders { vision: vision.map(Arc::new), ..Encoders::default() },
         }
-    }
-
-    /// The same model with an audio tower.
-    pub fn with_audio(mut self, audio: Option<AudioTower>) -> Model {
-        self.audio = audio.map(Arc::new);
-        self
     }
 
     /// The decoder (clone the `Arc` to build an [`Engine`](crate::engine::Engine) or
@@ -131,31 +121,27 @@ impl Model {
 
     /// The vision side of a multimodal model.
     pub fn vision(&self) -> Option<&Arc<Vision>> {
-        self.vision.as_ref()
+        self.encoders.vision.as_ref()
     }
 
     /// The audio tower of an audio-language model.
     pub fn audio(&self) -> Option<&Arc<AudioTower>> {
-        self.audio.as_ref()
+        self.encoders.audio.as_ref()
     }
 
     /// Whether the model takes images (a vision side of either kind).
     pub fn takes_images(&self) -> bool {
-        self.vision.is_some() || self.qwen_vision.is_some()
+        self.encoders.vision.is_some() || self.encoders.qwen.is_some()
     }
 
     /// The vision side of a Qwen2.5-VL model.
     pub fn qwen_vision(&self) -> Option<&Arc<QwenVision>> {
-        self.qwen_vision.as_ref()
+        self.encoders.qwen.as_ref()
     }
 
-    /// The model's media encoders, shared.
-    pub fn encoders(&self) -> crate::multimodal::Encoders {
-        crate::multimodal::Encoders {
-            vision: self.vision.clone(),
-            audio: self.audio.clone(),
-            qwen: self.qwen_vision.clone(),
-        }
+    /// The model's media encoders (clone it to share them).
+    pub fn encoders(&self) -> &Encoders {
+        &self.encoders
     }
 
     /// Where the model was loaded from.
@@ -191,22 +177,33 @@ impl Model {
         };
         let arch::Loaded { decoder, vision, audio, qwen_vision } = (family.load)(dev, &dir, &top, kv_dtype)?;
         let tokenizer = Tokenizer::from_hf_files(&dir.files)?;
+        // The tokens the processors write must be the tokenizer's, with the ids the config says.
+        let expect = |token: &str, want: Option<(u32, &str)>| -> Result<()> {
+            let id = tokenizer.token_id(token);
+            if id.is_none() || want.is_some_and(|(w, _)| id != Some(w)) {
+                return Err(RuntimeError::Model(format!(
+                    "{}: the tokenizer's {token} is {id:?}, but the model needs it{}",
+                    path.display(),
+                    want.map_or(String::new(), |(w, key)| format!(" to be token {w} ({key})"))
+                )));
+            }
+            Ok(())
+        };
         if let Some(Vision {
             processor: crate::multimodal::Processor::Gemma3 { boi, image_token, eoi, .. },
             image_token_id,
             ..
         }) = &vision
         {
-            for (token, want) in [(boi, None), (eoi, None), (image_token, Some(*image_token_id))] {
-                let id = tokenizer.token_id(token);
-                if id.is_none() || want.is_some_and(|w| id != Some(w)) {
-                    return Err(RuntimeError::Model(format!(
-                        "{}: the tokenizer's {token} is {id:?}, but the model needs it{}",
-                        path.display(),
-                        want.map_or(String::new(), |w| format!(" to be token {w} (image_token_index)"))
-                    )));
-                }
-            }
+            expect(boi, None)?;
+            expect(eoi, None)?;
+            expect(image_token, Some((*image_token_id, "image_token_index")))?;
+        }
+        if let Some(a) = &audio {
+            expect(&a.processor.audio_token, Some((a.audio_token_id, "audio_token_index")))?;
+        }
+        if let Some(q) = &qwen_vision {
+            expect(&q.markup.1, Some((q.image_token_id, "image_token_id")))?;
         }
         if tokenizer.vocab_size() > decoder.cfg.vocab {
             return Err(RuntimeError::Model(format!(
@@ -216,30 +213,9 @@ impl Model {
                 decoder.cfg.vocab
             )));
         }
-        if let Some(a) = &audio {
-            let id = tokenizer.token_id(&a.processor.audio_token);
-            if id != Some(a.audio_token_id) {
-                return Err(RuntimeError::Model(format!(
-                    "{}: the tokenizer's {} is {id:?}, but the model needs it to be token {} (audio_token_index)",
-                    path.display(),
-                    a.processor.audio_token,
-                    a.audio_token_id
-                )));
-            }
-        }
-        if let Some(q) = &qwen_vision {
-            let id = tokenizer.token_id(&q.markup.1);
-            if id != Some(q.image_token_id) {
-                return Err(RuntimeError::Model(format!(
-                    "{}: the tokenizer's {} is {id:?}, but the model needs it to be token {} (image_token_id)",
-                    path.display(),
-                    q.markup.1,
-                    q.image_token_id
-                )));
-            }
-        }
-        let mut model = Model::from_parts(decoder, tokenizer, path, vision).with_audio(audio);
-        model.qwen_vision = qwen_vision.map(Arc::new);
+        let mut model = Model::from_parts(decoder, tokenizer, path, vision);
+        model.encoders.audio = audio.map(Arc::new);
+        model.encoders.qwen = qwen_vision.map(Arc::new);
         Ok(model)
     }
 
@@ -276,9 +252,9 @@ impl Model {
                 self.path.display()
             )));
         };
-        let parts = self.vision.is_some()
-            || self.audio.is_some()
-            || self.qwen_vision.is_some()
+        let parts = self.encoders.vision.is_some()
+            || self.encoders.audio.is_some()
+            || self.encoders.qwen.is_some()
             || template.contains("['type']")
             || template.contains(".type");
         let mut clips = 0;
@@ -311,10 +287,10 @@ impl Model {
     pub fn build_prompt(&self, p: &PromptSpec<'_>) -> Result<(Vec<u32>, Option<Media>)> {
         let image_inline = !p.images.is_empty()
             && (p.text.contains("<image>")
-                || self.vision.as_ref().is_some_and(|v| v.processor.has_placeholder(p.text))
-                || self.qwen_vision.as_ref().is_some_and(|q| q.has_placeholder(p.text)));
+                || self.encoders.vision.as_ref().is_some_and(|v| v.processor.has_placeholder(p.text))
+                || self.encoders.qwen.as_ref().is_some_and(|q| q.has_placeholder(p.text)));
         let audio_inline =
-            !p.audio.is_empty() && self.audio.as_ref().is_some_and(|a| a.processor.has_placeholder(p.text));
+            !p.audio.is_empty() && self.encoders.audio.as_ref().is_some_and(|a| a.processor.has_placeholder(p.text));
         let inline = image_inline || audio_inline;
         let templated = p.chat && !inline;
         if templated && self.tokenizer.chat_template.is_none() {
@@ -328,7 +304,7 @@ impl Model {
         } else if templated {
             self.chat_text(p)?
         } else {
-            let clips: String = match &self.audio {
+            let clips: String = match &self.encoders.audio {
                 Some(a) => (1..=p.audio.len()).map(|n| a.processor.markup(n)).collect(),
                 None => String::new(),
             };
@@ -351,12 +327,12 @@ impl Model {
         let mut media = Media::default();
         let text = if images.is_empty() {
             text.to_string()
-        } else if let Some(qwen) = &self.qwen_vision {
+        } else if let Some(qwen) = &self.encoders.qwen {
             let (text, patches) = qwen.prompt(text, images)?;
             media.patches = Some(patches);
             text
         } else {
-            let vision = self.vision.as_ref().ok_or_else(|| {
+            let vision = self.encoders.vision.as_ref().ok_or_else(|| {
                 RuntimeError::Request(format!("{} is a text-only model; it cannot take images", self.path.display()))
             })?;
             let (text, pixels) = vision.processor.prompt(text, images)?;
@@ -366,7 +342,7 @@ impl Model {
         let text = if audio.is_empty() {
             text
         } else {
-            let tower = self.audio.as_ref().ok_or_else(|| {
+            let tower = self.encoders.audio.as_ref().ok_or_else(|| {
                 RuntimeError::Request(format!("{} has no audio tower; it cannot take audio", self.path.display()))
             })?;
             let features = tower.processor.features(self.decoder.device(), audio)?;
@@ -426,14 +402,14 @@ impl Model {
     /// branches of [voting](crate::engine::Request::vote) requests).
     pub fn engine(&self, opts: crate::engine::EngineOptions) -> Result<crate::engine::Engine> {
         Ok(crate::engine::Engine::new(self.decoder.clone(), opts)?
-            .with_encoders(self.encoders())
+            .with_encoders(self.encoders.clone())
             .with_tokenizer(Some(self.tokenizer.clone())))
     }
 
     /// A generation session with room for `capacity` tokens, sharing the model's decoder and
     /// media encoders.
     pub fn session(&self, capacity: usize) -> Result<Session> {
-        Ok(Session::new(self.decoder.clone(), capacity)?.with_encoders(self.encoders()))
+        Ok(Session::new(self.decoder.clone(), capacity)?.with_encoders(self.encoders.clone()))
     }
 
     /// Logits at every position of `ids`, f32 `[ids.len(), vocab]` row-major.
