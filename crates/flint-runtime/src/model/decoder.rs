@@ -86,15 +86,23 @@ struct Step {
     /// Additive masks of a prefill whose image tokens attend to their whole image (global
     /// layers, then local ones), with the sequence's spec; None for plain causal attention.
     masked: Option<(Vec<SeqSpec>, Tensor, Tensor)>,
-    /// M-RoPE angles `[t, head_dim / 2]` of a prefill with images: Q and K are rotated by them
-    /// (and `positions` are zeros, so the fused RoPE leaves them as they are).
-    angles: Option<Tensor>,
+    /// M-RoPE angles `[t, head_dim / 2]` of a prefill with images, and the scratch its layers
+    /// rotate Q and K into (a copy of the QKV rows); `positions` are then zeros, so the fused
+    /// RoPE leaves Q and K as they are.
+    angles: Option<(Tensor, Tensor)>,
+}
+
+/// A rotary position: the cache position `pos` plus the sequence's `offset` (M-RoPE after
+/// images), within u32.
+fn rope_position(pos: usize, offset: i64) -> u32 {
+    (pos as i64 + offset).clamp(0, u32::MAX as i64) as u32
 }
 
 /// Scratch the layers of one recording share (see `layers_over`).
 struct Scratch {
     qkv: Tensor,
-    biased: Tensor,
+    /// For models with Q/K/V biases.
+    biased: Option<Tensor>,
     out: Tensor,
     gate_up: Tensor,
     act: Tensor,
@@ -450,13 +458,17 @@ impl Decoder {
                 mrope.map_or(0, <[_]>::len)
             )));
         }
-        let angles = mrope.map(|m| self.mrope_angles(m)).transpose()?;
+        let angles = match mrope {
+            Some(m) => {
+                let row = (cfg.heads + 2 * cfg.kv_heads) * cfg.head_dim;
+                Some((self.mrope_angles(m)?, self.dev.empty("qkv rotated", &[t, row], DType::F32)?))
+            }
+            None => None,
+        };
         let offset = pool.rope_offset(seq)?;
         let positions = pool.append(rec, seq, t)?;
-        let pos: Vec<u32> = positions
-            .clone()
-            .map(|p| if angles.is_some() { 0 } else { (p as i64 + offset).clamp(0, u32::MAX as i64) as u32 })
-            .collect();
+        let pos: Vec<u32> =
+            positions.clone().map(|p| if angles.is_some() { 0 } else { rope_position(p, offset) }).collect();
         let dest: Vec<u32> = positions.flat_map(|p| [0, p as u32]).collect();
         let seqs = [SeqSpec { kv_len: pos0 + t, q_pos0: pos0 }];
         let masked = if blocks.iter().any(|b| b.len() > 1) {
@@ -607,7 +619,7 @@ impl Decoder {
             |specs: &[SeqSpec]| -> Vec<u32> { specs.iter().flat_map(|s| [s.kv_len as u32, s.q_pos0 as u32]).collect() };
         let mut regions = vec![
             // Rotary positions: the cache's, plus each sequence's offset (M-RoPE after images).
-            lens.iter().zip(&offsets).map(|(&p, &o)| (p as i64 + o).clamp(0, u32::MAX as i64) as u32).collect(),
+            lens.iter().zip(&offsets).map(|(&p, &o)| rope_position(p, o)).collect(),
             lens.iter().enumerate().flat_map(|(i, &p)| [i as u32, p as u32]).collect(),
             pages.iter().flat_map(|p| row(p)).collect(),
             info(&specs),
@@ -762,7 +774,7 @@ impl Decoder {
         let qkv_n = self.layers.iter().map(|l| l.wqkv.n).max().unwrap_or(0);
         let scratch = Scratch {
             qkv: self.dev.empty("qkv", &[t, qkv_n], DType::F32)?,
-            biased: self.dev.empty("qkv biased", &[t, qkv_n], DType::F32)?,
+            biased: if cfg.qkv_bias { Some(self.dev.empty("qkv biased", &[t, qkv_n], DType::F32)?) } else { None },
             out: self.dev.empty("layer out", &[t, cfg.hidden], DType::F32)?,
             gate_up: self.dev.empty("gate|up", &[t, 2 * cfg.ffn], DType::F32)?,
             act: self.dev.empty("mlp act", &[t, cfg.ffn], DType::F32)?,
@@ -838,14 +850,12 @@ impl Decoder {
         let cache = pool.cache(l)?;
         let q = dev.empty("q", &[t, cfg.heads * cfg.head_dim], DType::F32)?;
         let norms = layer.qk_norm.as_ref().map(|(a, b)| (a, b));
-        let rotated;
         let qkv = match &s.angles {
             // M-RoPE: Q and K (the first heads of each row) rotated by the angle table into a
             // copy of the rows; the fused kernel then rotates by position 0, which is nothing.
-            Some(angles) => {
+            Some((angles, rotated)) => {
                 let row = (cfg.heads + 2 * cfg.kv_heads) * cfg.head_dim;
-                rotated = dev.empty("qkv rotated", &[t, row], DType::F32)?;
-                rec.copy(qkv, &rotated)?;
+                rec.copy(qkv, rotated)?;
                 let p = RopeParams {
                     tokens: t,
                     heads: cfg.heads + cfg.kv_heads,
@@ -855,8 +865,8 @@ impl Decoder {
                     freq_scale: 1.0,
                     layout: cfg.rope_layout,
                 };
-                flint_kernels::rope::rope_angles_rows(dev, rec, &p, row, qkv, angles, &rotated)?;
-                &rotated
+                flint_kernels::rope::rope_angles_rows(dev, rec, &p, row, qkv, angles, rotated)?;
+                rotated
             }
             None => qkv,
         };
@@ -1025,8 +1035,8 @@ impl Decoder {
         let n = layer.wqkv.n;
         let mut qkv = scratch.qkv.view(0, &[t, n], DType::F32)?;
         layer.wqkv.forward(dev, rec, normed, t, &qkv)?;
-        if let Some(b) = &layer.qkv_bias {
-            let biased = scratch.biased.view(0, &[t, n], DType::F32)?;
+        if let (Some(b), Some(biased)) = (&layer.qkv_bias, &scratch.biased) {
+            let biased = biased.view(0, &[t, n], DType::F32)?;
             let add = flint_ref::elementwise::EltParams::binary(EltOp::Add, t * n, n);
             flint_kernels::elementwise::elementwise(dev, rec, &add, &qkv, Some(b), &biased)?;
             qkv = biased;

@@ -233,11 +233,7 @@ impl QwenVisionTower {
         let hf = HfDir::open(dir)?;
         let top = Config::new(dir.join("config.json"), &hf.config);
         let cfg = QwenVisionConfig::from_hf(&top.object("vision_config")?)?;
-        let prefix = ["visual", "model.visual"]
-            .into_iter()
-            .find(|p| hf.has(&format!("{p}.patch_embed.proj.weight")))
-            .ok_or_else(|| RuntimeError::Model(format!("{}: no visual.* tensors", dir.display())))?;
-        QwenVisionTower::from_hf(dev, &hf, prefix, cfg)
+        QwenVisionTower::from_hf(dev, &hf, visual_prefix(&hf)?, cfg)
     }
 
     /// Load the tower from `dir` under `prefix` (`visual`, or transformers 5.x's `model.visual`).
@@ -516,6 +512,13 @@ impl QwenVisionTower {
         rec.submit()?.wait()?;
         Ok((self.dev.read_f32(&out)?, self.dev.read_f32(&hidden)?))
     }
+}
+
+/// Where a Qwen2.5-VL checkpoint keeps its tower: `visual` (published) or `model.visual`
+/// (transformers 5.x).
+pub(crate) fn visual_prefix(dir: &HfDir) -> Result<&'static str> {
+    let names = "visual.* or model.visual.*";
+    crate::model::arch::prefix_of(dir, &["visual", "model.visual"], ".patch_embed.proj.weight", "vision tower", names)
 }
 
 /// The image side of a Qwen2.5-VL model: the tower, the processor, and the tokens that mark

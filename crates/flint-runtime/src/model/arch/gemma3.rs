@@ -41,32 +41,34 @@ pub(crate) const HF: HfFamily = HfFamily { model_types: &["gemma3_text"], load }
 /// markup, and each image's tokens attending to each other both ways.
 pub(crate) const HF_VISION: HfFamily = HfFamily { model_types: &["gemma3"], load: load_vision };
 
-/// The first of `candidates` under which `dir` holds `tensor` (`{prefix}{tensor}`).
-fn prefix_of<'a>(dir: &HfDir, candidates: &[&'a str], tensor: &str) -> Option<&'a str> {
-    candidates.iter().copied().find(|p| dir.has(&format!("{p}{tensor}")))
-}
-
 fn load_vision(dev: &Device, dir: &HfDir, top: &Config<'_>, kv_dtype: DType) -> Result<Loaded> {
     let text = hf_config(&top.object("text_config")?, top.bool_or("tie_word_embeddings", true)?)?;
     let hidden = text.hidden;
     // transformers 5.x in memory, and the published checkpoints' (and 5.x's saved) names.
-    let missing = |what: &str, names: &str| {
-        crate::RuntimeError::Model(format!("{}: no {what} tensors ({names})", dir.dir.display()))
-    };
-    let lm = prefix_of(dir, &["model.language_model.", "language_model.model."], "embed_tokens.weight")
-        .ok_or_else(|| missing("language model", "model.language_model.* or language_model.model.*"))?;
+    let lm = super::prefix_of(
+        dir,
+        &["model.language_model.", "language_model.model."],
+        "embed_tokens.weight",
+        "language model",
+        "model.language_model.* or language_model.model.*",
+    )?;
     let weights = HfWeights { dir, prefix: lm, names: hf_name, norm_shift: 1.0 };
     let decoder = Decoder::load(dev, text, &weights, kv_dtype)?;
     let vcfg = VisionConfig::from_gemma3(top, hidden)?;
-    let encoder = prefix_of(
+    let encoder = super::prefix_of(
         dir,
         &["model.vision_tower.vision_model", "vision_tower.vision_model", "model.vision_tower", "vision_tower"],
         ".embeddings.patch_embedding.weight",
-    )
-    .ok_or_else(|| missing("vision tower", "vision_tower.vision_model.* or vision_tower.*"))?;
-    let connector =
-        prefix_of(dir, &["model.multi_modal_projector", "multi_modal_projector"], ".mm_input_projection_weight")
-            .ok_or_else(|| missing("projector", "multi_modal_projector.*"))?;
+        "vision tower",
+        "vision_tower.vision_model.* or vision_tower.*",
+    )?;
+    let connector = super::prefix_of(
+        dir,
+        &["model.multi_modal_projector", "multi_modal_projector"],
+        ".mm_input_projection_weight",
+        "projector",
+        "multi_modal_projector.*",
+    )?;
     let image = crate::image::FixedSizeProcessor::from_files(&dir.files, vcfg.image_size)?;
     if (image.width, image.height) != (vcfg.image_size, vcfg.image_size) {
         return Err(crate::RuntimeError::Model(format!(

@@ -97,6 +97,23 @@ pub(crate) fn rope_set(r: &Config<'_>, base: f64) -> Result<(f32, f32)> {
     Ok((r.f64_or("rope_theta", base)? as f32, scale as f32))
 }
 
+/// The first of `candidates` under which `dir` holds `tensor` (`{prefix}{tensor}`): checkpoints
+/// name a part differently (transformers 5.x in memory, the published checkpoints). When none
+/// holds it, an error names the directory, the part (`what`) and the names looked for.
+pub(crate) fn prefix_of<'a>(
+    dir: &HfDir,
+    candidates: &[&'a str],
+    tensor: &str,
+    what: &str,
+    names: &str,
+) -> Result<&'a str> {
+    candidates
+        .iter()
+        .copied()
+        .find(|p| dir.has(&format!("{p}{tensor}")))
+        .ok_or_else(|| crate::RuntimeError::Model(format!("{}: no {what} tensors ({names})", dir.dir.display())))
+}
+
 /// The names a message lists: every `general.architecture`, or every `model_type`.
 pub fn known(hf: bool) -> String {
     let names: Vec<&str> = if hf {

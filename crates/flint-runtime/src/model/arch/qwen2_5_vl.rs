@@ -60,19 +60,12 @@ fn load(dev: &Device, dir: &HfDir, top: &Config<'_>, kv_dtype: DType) -> Result<
     }
     let text = DecoderConfig { family: "qwen2_5_vl", mrope: Some(sections), ..text };
     let hidden = text.hidden;
-    let missing = |what: &str, names: &str| {
-        crate::RuntimeError::Model(format!("{}: no {what} tensors ({names})", dir.dir.display()))
-    };
-    let lm = ["model.language_model.", "model."]
-        .into_iter()
-        .find(|p| dir.has(&format!("{p}embed_tokens.weight")))
-        .ok_or_else(|| missing("language model", "model.* or model.language_model.*"))?;
+    let names = "model.* or model.language_model.*";
+    let lm =
+        super::prefix_of(dir, &["model.language_model.", "model."], "embed_tokens.weight", "language model", names)?;
     let weights = HfWeights { dir, prefix: lm, names: super::llama::hf_name, norm_shift: 0.0 };
     let decoder = Decoder::load(dev, text, &weights, kv_dtype)?;
-    let visual = ["visual", "model.visual"]
-        .into_iter()
-        .find(|p| dir.has(&format!("{p}.patch_embed.proj.weight")))
-        .ok_or_else(|| missing("vision tower", "visual.* or model.visual.*"))?;
+    let visual = crate::model::qwen_vision::visual_prefix(dir)?;
     let vcfg = QwenVisionConfig::from_hf(&top.object("vision_config")?)?;
     if vcfg.out_hidden != hidden {
         return Err(top.error(

@@ -19,11 +19,6 @@ use crate::model::weights::HfWeights;
 /// Qwen2-Audio directories (`model_type` qwen2_audio).
 pub(crate) const HF: HfFamily = HfFamily { model_types: &["qwen2_audio"], load };
 
-/// The first of `candidates` under which `dir` holds `tensor` (`{prefix}{tensor}`).
-fn prefix_of<'a>(dir: &HfDir, candidates: &[&'a str], tensor: &str) -> Option<&'a str> {
-    candidates.iter().copied().find(|p| dir.has(&format!("{p}{tensor}")))
-}
-
 /// The transformers name of a decoder tensor's GGUF name under `prefix`: Qwen2's (Llama's)
 /// names, the untied head beside the decoder (`language_model.lm_head` in the published
 /// checkpoints, `lm_head` in transformers 5.x).
@@ -75,20 +70,32 @@ fn load(dev: &Device, dir: &HfDir, top: &Config<'_>, kv_dtype: DType) -> Result<
     let text_cfg = Config { path: top.path.clone(), value: &text_value, at: "text_config".into() };
     let text = super::qwen2::hf_config(&text_cfg, top.bool_or("tie_word_embeddings", false)?)?;
     let hidden = text.hidden;
-    let missing = |what: &str, names: &str| {
-        crate::RuntimeError::Model(format!("{}: no {what} tensors ({names})", dir.dir.display()))
-    };
-    let lm = prefix_of(dir, &["language_model.model.", "model.language_model."], "embed_tokens.weight")
-        .ok_or_else(|| missing("language model", "language_model.model.* or model.language_model.*"))?;
+    let lm = super::prefix_of(
+        dir,
+        &["language_model.model.", "model.language_model."],
+        "embed_tokens.weight",
+        "language model",
+        "language_model.model.* or model.language_model.*",
+    )?;
     let weights = HfWeights { dir, prefix: lm, names: hf_name, norm_shift: 0.0 };
     // transformers' Qwen2AudioForConditionalGeneration does not tie its head: a checkpoint's
     // own head is used whatever `tie_word_embeddings` says, the embeddings only without one.
     let text = DecoderConfig { tied_head: !dir.has(&weights.name("output.weight")), ..text };
     let decoder = Decoder::load(dev, text, &weights, kv_dtype)?;
-    let encoder = prefix_of(dir, &["audio_tower", "model.audio_tower"], ".conv1.weight")
-        .ok_or_else(|| missing("audio tower", "audio_tower.* or model.audio_tower.*"))?;
-    let projector = prefix_of(dir, &["multi_modal_projector", "model.multi_modal_projector"], ".linear.weight")
-        .ok_or_else(|| missing("projector", "multi_modal_projector.linear.*"))?;
+    let encoder = super::prefix_of(
+        dir,
+        &["audio_tower", "model.audio_tower"],
+        ".conv1.weight",
+        "audio tower",
+        "audio_tower.* or model.audio_tower.*",
+    )?;
+    let projector = super::prefix_of(
+        dir,
+        &["multi_modal_projector", "model.multi_modal_projector"],
+        ".linear.weight",
+        "projector",
+        "multi_modal_projector.linear.*",
+    )?;
 
     let a = top.object("audio_config")?;
     let dims = EncoderDims {
