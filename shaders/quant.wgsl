@@ -20,6 +20,10 @@
 // - matmul_q (SUBGROUPS): lane l of a subgroup loads row m0 + l of A; subgroupBroadcast hands
 //   each row to every lane, and each lane dequantizes four weight rows, so one weight load
 //   serves SG * RB rows of A. The prefill path.
+// - matmul_t (no subgroups): the workgroup stages TM rows of A in workgroup memory, ST sub-blocks
+//   at a time; each lane dequantizes four weight rows a sub-block at a time and multiplies them
+//   with every staged row, so one weight load serves TM rows of A, as in matmul_q. The prefill
+//   path where the adapter has no subgroups (WebGPU on SwiftShader, Firefox, Safari; GL).
 #include "common.wgsl"
 
 // A weight matrix larger than one binding comes in parts of whole rows: this dispatch sees rows
@@ -795,6 +799,73 @@ fn matmul_q(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
         let row = m0 + I;
         if (row < p.m) {
             let v = acc[I];
+            let base = row * p.ldc + p.n_off + n0;
+            if (n0 < p.n) { c[base] = v.x; }
+            if (n0 + 1u < p.n) { c[base + 1u] = v.y; }
+            if (n0 + 2u < p.n) { c[base + 2u] = v.z; }
+            if (n0 + 3u < p.n) { c[base + 3u] = v.w; }
+        }
+    }
+#endfor
+}
+#endif
+
+#if MATMUL_TILED
+// TM rows of A, ST sub-blocks (32 ST values) of each, staged in workgroup memory per trip.
+var<workgroup> tile: array<vec4<f32>, TM * ST * 8>;
+
+@compute @workgroup_size(WG)
+fn matmul_t(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let m0 = wg.y * TM;
+    let n0 = (wg.x * WG + li) * 4u;
+    let c0 = min(n0, p.n - 1u);
+    let c1 = min(n0 + 1u, p.n - 1u);
+    let c2 = min(n0 + 2u, p.n - 1u);
+    let c3 = min(n0 + 3u, p.n - 1u);
+    // acc[row]: the four columns of one row of C.
+    var acc = array<vec4<f32>, TM>();
+    let nsub = p.k / 32u;
+    let kv = p.k / 4u;
+    for (var i0 = 0u; i0 < nsub; i0 += ST) {
+        // Every lane is done with the last trip's tile before it is overwritten.
+        workgroupBarrier();
+        for (var j = li; j < TM * ST * 8u; j += WG) {
+            let row = min(m0 + j / (ST * 8u), p.m - 1u);
+            let col = i0 * 8u + j % (ST * 8u);
+            tile[j] = select(vec4<f32>(0.0), a[row * kv + min(col, kv - 1u)], col < kv);
+        }
+        workgroupBarrier();
+        let ns = min(ST, nsub - i0);
+        for (var s = 0u; s < ns; s++) {
+            let i = i0 + s;
+            let b = i / SUBS;
+            let ss = i % SUBS;
+            let w0 = sub32_at(c0, b, ss);
+            let w1 = sub32_at(c1, b, ss);
+            let w2 = sub32_at(c2, b, ss);
+            let w3 = sub32_at(c3, b, ss);
+#for I in 0..8
+            {
+                let tx = vec4<f32>(w0[I].x, w1[I].x, w2[I].x, w3[I].x);
+                let ty = vec4<f32>(w0[I].y, w1[I].y, w2[I].y, w3[I].y);
+                let tz = vec4<f32>(w0[I].z, w1[I].z, w2[I].z, w3[I].z);
+                let tw = vec4<f32>(w0[I].w, w1[I].w, w2[I].w, w3[I].w);
+#for R in 0..TM
+                {
+                    let av = tile[(R * ST + s) * 8u + I];
+                    acc[R] = fma(vec4<f32>(av.x), tx, fma(vec4<f32>(av.y), ty,
+                        fma(vec4<f32>(av.z), tz, fma(vec4<f32>(av.w), tw, acc[R]))));
+                }
+#endfor
+            }
+#endfor
+        }
+    }
+#for R in 0..TM
+    {
+        let row = m0 + R;
+        if (row < p.m) {
+            let v = acc[R];
             let base = row * p.ldc + p.n_off + n0;
             if (n0 < p.n) { c[base] = v.x; }
             if (n0 + 1u < p.n) { c[base + 1u] = v.y; }

@@ -57,6 +57,7 @@ impl Case for QuantMatmulCase {
             Matvec::Auto => "",
             Matvec::Rows => "_rows",
             Matvec::Split => "_split",
+            Matvec::Tiled => "_tiled",
         };
         format!("qmatmul_{}_{}x{}x{}{parts}{how}", self.p.format.name(), mm.m, mm.n, mm.k)
     }
@@ -372,8 +373,13 @@ pub fn cases(out: &mut Vec<Box<dyn Case>>) {
             (5, 9, ks[2]),
             (1, 65, ks[2]),
         ] {
-            let hows: &[Matvec] =
-                if m <= quant::MATVEC_MAX_ROWS { &[Matvec::Rows, Matvec::Split] } else { &[Matvec::Auto] };
+            // The tiled matmul (what runs past 8 rows without subgroups) at every row count:
+            // fewer rows than its tile, and a tile and a bit.
+            let hows: &[Matvec] = if m <= quant::MATVEC_MAX_ROWS {
+                &[Matvec::Rows, Matvec::Split, Matvec::Tiled]
+            } else {
+                &[Matvec::Auto, Matvec::Tiled]
+            };
             for &how in hows {
                 out.push(Box::new(QuantMatmulCase { p: q(f, m, n, k), part_rows: None, how, tier: Tier::Test }));
             }
@@ -444,6 +450,13 @@ pub fn cases(out: &mut Vec<Box<dyn Case>>) {
         for how in [Matvec::Rows, Matvec::Split] {
             if m <= quant::MATVEC_MAX_ROWS || how == Matvec::Rows {
                 let how = if m <= quant::MATVEC_MAX_ROWS { how } else { Matvec::Auto };
+                out.push(Box::new(QuantMatmulCase { p: q(f, m, n, k), part_rows: None, how, tier: b }));
+            }
+        }
+        // Prefill without subgroups: the tiled matmul, and the matvec over chunks of 8 rows it
+        // replaces there.
+        if m > quant::MATVEC_MAX_ROWS {
+            for how in [Matvec::Tiled, Matvec::Rows] {
                 out.push(Box::new(QuantMatmulCase { p: q(f, m, n, k), part_rows: None, how, tier: b }));
             }
         }

@@ -165,6 +165,42 @@ pub fn wanted_features() -> wgpu::Features {
     wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY
 }
 
+/// Environment variable naming features flint does not ask for even where the adapter has them
+/// (comma-separated: `subgroups`, `f16`, `timestamps`), so that one machine can run the kernels
+/// an adapter without them gets (the browser's SwiftShader has no subgroups and no f16).
+pub const FEATURES_OFF_VAR: &str = "FLINT_FEATURES_OFF";
+
+/// The features [`FEATURES_OFF_VAR`] turns off (none in the browser, which has no environment).
+fn features_off() -> Result<wgpu::Features> {
+    #[cfg(target_arch = "wasm32")]
+    return Ok(wgpu::Features::empty());
+    #[cfg(not(target_arch = "wasm32"))]
+    match std::env::var(FEATURES_OFF_VAR) {
+        Ok(list) => parse_features_off(&list),
+        Err(_) => Ok(wgpu::Features::empty()),
+    }
+}
+
+/// The features a [`FEATURES_OFF_VAR`] value names.
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+fn parse_features_off(list: &str) -> Result<wgpu::Features> {
+    let mut off = wgpu::Features::empty();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        off |= match name.to_ascii_lowercase().as_str() {
+            "subgroups" | "subgroup" => wgpu::Features::SUBGROUP,
+            "f16" | "shader_f16" => wgpu::Features::SHADER_F16,
+            "timestamps" | "timestamp" => wgpu::Features::TIMESTAMP_QUERY,
+            _ => {
+                return Err(GpuError::RequestDevice {
+                    adapter: "any".into(),
+                    message: format!("{FEATURES_OFF_VAR}: unknown feature {name:?} (subgroups, f16, timestamps)"),
+                });
+            }
+        };
+    }
+    Ok(off)
+}
+
 /// The limits flint would like for a device on `adapter`: the adapter's own (largest bindings
 /// and buffers, most storage bindings per stage). Kernels that need more than a device has are
 /// refused or split with an error naming the limit, so the defaults also work, with smaller
@@ -246,7 +282,7 @@ impl Device {
     /// [`Device::from_adapter`] without blocking (the browser's device request is a promise).
     pub async fn from_adapter_async(adapter: &wgpu::Adapter) -> Result<Device> {
         let info = adapter.get_info();
-        let features = adapter.features() & wanted_features();
+        let features = adapter.features() & wanted_features() & !features_off()?;
         let limits = wanted_limits(adapter);
         let desc = wgpu::DeviceDescriptor {
             label: Some("flint"),
@@ -496,5 +532,22 @@ fn no_adapter(selector: &str, adapters: &[wgpu::Adapter]) -> GpuError {
     GpuError::NoAdapter {
         selector: selector.to_string(),
         available: if available.is_empty() { "none".into() } else { available.join(", ") },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn features_off_names() {
+        assert_eq!(parse_features_off("").unwrap(), wgpu::Features::empty());
+        assert_eq!(
+            parse_features_off(" subgroups, F16 ,").unwrap(),
+            wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16
+        );
+        assert_eq!(parse_features_off("timestamps").unwrap(), wgpu::Features::TIMESTAMP_QUERY);
+        let err = parse_features_off("subgroups,warp").unwrap_err().to_string();
+        assert!(err.contains("FLINT_FEATURES_OFF") && err.contains("\"warp\""), "{err}");
     }
 }

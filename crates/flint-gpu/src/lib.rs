@@ -27,7 +27,7 @@ mod tensor;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use device::adapters;
-pub use device::{AdapterDesc, Caps, Device, wanted_features, wanted_limits};
+pub use device::{AdapterDesc, Caps, Device, FEATURES_OFF_VAR, wanted_features, wanted_limits};
 pub use dtype::DType;
 pub use error::{GpuError, Result};
 pub use pipeline::{Kernel, PipelineKey};

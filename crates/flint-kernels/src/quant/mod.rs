@@ -26,6 +26,9 @@ const MATVEC_WG: u32 = 64;
 const MATVEC_NR: u32 = 4;
 const MATMUL_WG: u32 = 64;
 const MATMUL_RB: u32 = 2;
+/// Rows of A per workgroup of matmul_t, and the 32-value sub-blocks of them staged per trip.
+const TILED_TM: u32 = 16;
+const TILED_ST: u32 = 4;
 const EMBED_WG: u32 = 64;
 
 /// One buffer of a [`QuantWeight`]: rows `row0 .. row0 + rows` in the GPU layout.
@@ -371,6 +374,14 @@ fn matmul_key(f: BlockFormat, sg: u32) -> PipelineKey {
         .flag("MATMUL", true)
 }
 
+fn tiled_key(f: BlockFormat) -> PipelineKey {
+    typed_key("quant.wgsl", "matmul_t", MATMUL_WG, &[])
+        .define("FMT", fmt_code(f))
+        .define("TM", TILED_TM)
+        .define("ST", TILED_ST)
+        .flag("MATMUL_TILED", true)
+}
+
 fn embed_key(f: BlockFormat, slots: bool) -> PipelineKey {
     typed_key("quant.wgsl", "embed_q", EMBED_WG, &[])
         .define("FMT", fmt_code(f))
@@ -455,6 +466,11 @@ pub fn variants() -> Vec<Variant> {
                 needs: needs_for(&[], true),
             });
         }
+        out.push(Variant {
+            name: format!("quant/matmul {} tiled", f.name()),
+            key: tiled_key(f),
+            needs: needs_for(&[], false),
+        });
         for slots in [false, true] {
             out.push(Variant {
                 name: format!("quant/embed {}{}", f.name(), if slots { " slots" } else { "" }),
@@ -466,16 +482,23 @@ pub fn variants() -> Vec<Variant> {
     out
 }
 
-/// Which matvec kernel runs for 1 to [`MATVEC_MAX_ROWS`] rows of A.
+/// Which kernel runs a quantized product. Up to [`MATVEC_MAX_ROWS`] rows of A, a matvec: the
+/// adapter's choice is [`Matvec::Rows`] on CPU adapters and [`Matvec::Split`] elsewhere. More
+/// rows: the adapter's choice is `matmul_q` where it has subgroups and [`Matvec::Tiled`] where
+/// not; [`Matvec::Rows`] and [`Matvec::Split`] run that matvec over chunks of
+/// [`MATVEC_MAX_ROWS`] rows instead.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Matvec {
-    /// The adapter's choice: [`Matvec::Rows`] on CPU adapters, [`Matvec::Split`] elsewhere.
+    /// The adapter's choice.
     #[default]
     Auto,
     /// `matvec_rows`: lanes own whole weight rows.
     Rows,
     /// `matvec_q`: lanes of a subgroup (or workgroup) split each row.
     Split,
+    /// `matmul_t`, at any row count: rows of A staged in workgroup memory, no subgroups needed
+    /// (no fused norm or epilogue).
+    Tiled,
 }
 
 impl Matvec {
@@ -484,7 +507,7 @@ impl Matvec {
         match self {
             Matvec::Auto => caps.device_type == "cpu",
             Matvec::Rows => true,
-            Matvec::Split => false,
+            Matvec::Split | Matvec::Tiled => false,
         }
     }
 }
@@ -614,10 +637,16 @@ fn record_parts(
 ) -> Result<()> {
     let caps = dev.caps();
     let sg = fixed_subgroup(caps);
-    let chunk = if rows > MATVEC_MAX_ROWS {
-        // matmul_q where the adapter has it (and the caller left the choice), else the matvec
-        // over up to MATVEC_MAX_ROWS rows at a time.
-        (sg.is_none() || out.how != Matvec::Auto).then_some(MATVEC_MAX_ROWS)
+    // Past MATVEC_MAX_ROWS rows the adapter's choice is matmul_q, or matmul_t without subgroups:
+    // on Chromium's SwiftShader matmul_t took 76 ms for 64x1536x576 Q4_1 against 134 ms for the
+    // matvec over chunks of 8 rows, and on lavapipe and GL without subgroups it was as fast or
+    // faster (BENCHMARKS.md); on a GPU it reads the weights once per 16 rows of A, not per 8.
+    let tiled = out.how == Matvec::Tiled || (rows > MATVEC_MAX_ROWS && out.how == Matvec::Auto && sg.is_none());
+    let chunk = if tiled {
+        None
+    } else if rows > MATVEC_MAX_ROWS {
+        // The matvec over up to MATVEC_MAX_ROWS rows at a time, where the caller chose it.
+        (out.how != Matvec::Auto).then_some(MATVEC_MAX_ROWS)
     } else {
         rows_chunk(dev, p, a, c, out, rows)
     };
@@ -649,7 +678,13 @@ fn record_parts(
         }
         return Ok(());
     }
-    let matvec = rows <= MATVEC_MAX_ROWS;
+    if tiled && out.fusion != PLAIN {
+        return Err(GpuError::Shape {
+            what: "quant matmul".into(),
+            message: format!("the tiled matmul folds nothing in, asked for{}", out.fusion.name()),
+        });
+    }
+    let matvec = rows <= MATVEC_MAX_ROWS && !tiled;
     // On CPU adapters lanes own whole weight rows (see matvec_rows); GPUs split k across lanes.
     let by_rows = matvec && out.how.by_rows(caps);
     let nr = ROWS_NR
@@ -665,11 +700,14 @@ fn record_parts(
         matvec_rows_key(p.format, u32_of(rows), nr, xn, kb, out.fusion)
     } else if matvec {
         matvec_key(p.format, u32_of(rows), caps.subgroups, out.fusion)
+    } else if tiled {
+        tiled_key(p.format)
     } else {
         matmul_key(p.format, sg.unwrap_or(8))
     };
-    // matvec_rows needs nothing; matvec_q uses subgroups where they exist; matmul_q needs them.
-    let uses_subgroups = !by_rows && (caps.subgroups || !matvec);
+    // matvec_rows and matmul_t need nothing; matvec_q uses subgroups where they exist; matmul_q
+    // needs them.
+    let uses_subgroups = !by_rows && !tiled && (caps.subgroups || !matvec);
     require(dev, out.fusion.needs(uses_subgroups), "quant matmul")?;
     let kernel = dev.kernel(registry(), &key)?;
     for part in &w.parts {
@@ -681,6 +719,8 @@ fn record_parts(
             let per_group =
                 if caps.subgroups { MATVEC_NR * (MATVEC_WG / caps.subgroup_max_size.max(1)).max(1) } else { MATVEC_NR };
             dev.grid(u32_of(n).div_ceil(per_group))
+        } else if tiled {
+            [u32_of(n).div_ceil(MATMUL_WG * 4), u32_of(rows).div_ceil(TILED_TM), 1]
         } else {
             let sg = sg.unwrap_or(8);
             [u32_of(n).div_ceil(MATMUL_WG.max(sg) * 4), u32_of(rows).div_ceil(sg * MATMUL_RB), 1]
