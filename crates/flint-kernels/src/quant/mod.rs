@@ -638,9 +638,10 @@ fn record_parts(
     let caps = dev.caps();
     let sg = fixed_subgroup(caps);
     // Past MATVEC_MAX_ROWS rows the adapter's choice is matmul_q, or matmul_t without subgroups:
-    // on Chromium's SwiftShader matmul_t took 76 ms for 64x1536x576 Q4_1 against 134 ms for the
-    // matvec over chunks of 8 rows, and on lavapipe and GL without subgroups it was as fast or
-    // faster (BENCHMARKS.md); on a GPU it reads the weights once per 16 rows of A, not per 8.
+    // on Chromium's SwiftShader matmul_t took 65-83 ms for 64x1536x576 Q4_1 against 91-131 ms
+    // for the split matvec over chunks of 8 rows that ran before (a 64-token prefill 1.9-2.9x
+    // faster), and on lavapipe and GL without subgroups it was about as fast as the matvec_rows
+    // chunks (BENCHMARKS.md); on a GPU it reads the weights once per 16 rows of A, not per 8.
     let tiled = out.how == Matvec::Tiled || (rows > MATVEC_MAX_ROWS && out.how == Matvec::Auto && sg.is_none());
     let chunk = if tiled {
         None
