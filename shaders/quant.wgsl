@@ -749,16 +749,48 @@ fn matvec_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 }
 #endif
 
+#if MATMUL || MATMUL_TILED
+// Sub-block i (values 32 i .. 32 i + 31) of weight rows cols.x .. cols.w, dequantized as 8
+// matrices: column j of matrix I holds value 4 I + j of the four rows.
+fn cols4(cols: vec4<u32>, i: u32) -> array<mat4x4<f32>, 8> {
+    let b = i / SUBS;
+    let s = i % SUBS;
+    let w0 = sub32_at(cols.x, b, s);
+    let w1 = sub32_at(cols.y, b, s);
+    let w2 = sub32_at(cols.z, b, s);
+    let w3 = sub32_at(cols.w, b, s);
+    var t = array<mat4x4<f32>, 8>();
+#for I in 0..8
+    t[I] = mat4x4<f32>(vec4<f32>(w0[I].x, w1[I].x, w2[I].x, w3[I].x), vec4<f32>(w0[I].y, w1[I].y, w2[I].y, w3[I].y),
+                       vec4<f32>(w0[I].z, w1[I].z, w2[I].z, w3[I].z), vec4<f32>(w0[I].w, w1[I].w, w2[I].w, w3[I].w));
+#endfor
+    return t;
+}
+
+// acc plus four values of a row of A (av) times the four weight rows' values in t (cols4).
+fn mac4(acc: vec4<f32>, av: vec4<f32>, t: mat4x4<f32>) -> vec4<f32> {
+    return fma(vec4<f32>(av.x), t[0], fma(vec4<f32>(av.y), t[1], fma(vec4<f32>(av.z), t[2], fma(vec4<f32>(av.w), t[3], acc))));
+}
+
+// Columns n0 .. n0 + 3 of row `row` of C, those inside C.
+fn store4(row: u32, n0: u32, v: vec4<f32>) {
+    if (row < p.m) {
+        let base = row * p.ldc + p.n_off + n0;
+        if (n0 < p.n) { c[base] = v.x; }
+        if (n0 + 1u < p.n) { c[base + 1u] = v.y; }
+        if (n0 + 2u < p.n) { c[base + 2u] = v.z; }
+        if (n0 + 3u < p.n) { c[base + 3u] = v.w; }
+    }
+}
+#endif
+
 #if MATMUL
 @compute @workgroup_size(WG)
 fn matmul_q(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32,
             @builtin(subgroup_invocation_id) lane: u32) {
     let m0 = wg.y * (SG * RB);
     let n0 = (wg.x * WG + li) * 4u;
-    let c0 = min(n0, p.n - 1u);
-    let c1 = min(n0 + 1u, p.n - 1u);
-    let c2 = min(n0 + 2u, p.n - 1u);
-    let c3 = min(n0 + 3u, p.n - 1u);
+    let cols = min(vec4<u32>(n0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.n - 1u));
     var rows = array<u32, RB>();
 #for R in 0..RB
     rows[R] = min(m0 + R * SG + lane, p.m - 1u);
@@ -767,26 +799,16 @@ fn matmul_q(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
     var acc = array<vec4<f32>, SG * RB>();
     let nsub = p.k / 32u;
     for (var i = 0u; i < nsub; i++) {
-        let b = i / SUBS;
-        let s = i % SUBS;
-        let w0 = sub32_at(c0, b, s);
-        let w1 = sub32_at(c1, b, s);
-        let w2 = sub32_at(c2, b, s);
-        let w3 = sub32_at(c3, b, s);
+        let t = cols4(cols, i);
 #for I in 0..8
         {
-            let tx = vec4<f32>(w0[I].x, w1[I].x, w2[I].x, w3[I].x);
-            let ty = vec4<f32>(w0[I].y, w1[I].y, w2[I].y, w3[I].y);
-            let tz = vec4<f32>(w0[I].z, w1[I].z, w2[I].z, w3[I].z);
-            let tw = vec4<f32>(w0[I].w, w1[I].w, w2[I].w, w3[I].w);
 #for R in 0..RB
             {
                 let mine = a[(rows[R] * p.k + i * 32u) / 4u + I];
 #for S in 0..SG
                 {
                     let av = subgroupBroadcast(mine, u32(S));
-                    acc[R * SG + S] = fma(vec4<f32>(av.x), tx, fma(vec4<f32>(av.y), ty,
-                        fma(vec4<f32>(av.z), tz, fma(vec4<f32>(av.w), tw, acc[R * SG + S]))));
+                    acc[R * SG + S] = mac4(acc[R * SG + S], av, t[I]);
                 }
 #endfor
             }
@@ -795,17 +817,7 @@ fn matmul_q(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
 #endfor
     }
 #for I in 0..SG * RB
-    {
-        let row = m0 + I;
-        if (row < p.m) {
-            let v = acc[I];
-            let base = row * p.ldc + p.n_off + n0;
-            if (n0 < p.n) { c[base] = v.x; }
-            if (n0 + 1u < p.n) { c[base + 1u] = v.y; }
-            if (n0 + 2u < p.n) { c[base + 2u] = v.z; }
-            if (n0 + 3u < p.n) { c[base + 3u] = v.w; }
-        }
-    }
+    store4(m0 + I, n0, acc[I]);
 #endfor
 }
 #endif
@@ -818,10 +830,7 @@ var<workgroup> tile: array<vec4<f32>, TM * ST * 8>;
 fn matmul_t(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let m0 = wg.y * TM;
     let n0 = (wg.x * WG + li) * 4u;
-    let c0 = min(n0, p.n - 1u);
-    let c1 = min(n0 + 1u, p.n - 1u);
-    let c2 = min(n0 + 2u, p.n - 1u);
-    let c3 = min(n0 + 3u, p.n - 1u);
+    let cols = min(vec4<u32>(n0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.n - 1u));
     // acc[row]: the four columns of one row of C.
     var acc = array<vec4<f32>, TM>();
     let nsub = p.k / 32u;
@@ -837,24 +846,13 @@ fn matmul_t(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
         workgroupBarrier();
         let ns = min(ST, nsub - i0);
         for (var s = 0u; s < ns; s++) {
-            let i = i0 + s;
-            let b = i / SUBS;
-            let ss = i % SUBS;
-            let w0 = sub32_at(c0, b, ss);
-            let w1 = sub32_at(c1, b, ss);
-            let w2 = sub32_at(c2, b, ss);
-            let w3 = sub32_at(c3, b, ss);
+            let t = cols4(cols, i0 + s);
 #for I in 0..8
             {
-                let tx = vec4<f32>(w0[I].x, w1[I].x, w2[I].x, w3[I].x);
-                let ty = vec4<f32>(w0[I].y, w1[I].y, w2[I].y, w3[I].y);
-                let tz = vec4<f32>(w0[I].z, w1[I].z, w2[I].z, w3[I].z);
-                let tw = vec4<f32>(w0[I].w, w1[I].w, w2[I].w, w3[I].w);
 #for R in 0..TM
                 {
                     let av = tile[(R * ST + s) * 8u + I];
-                    acc[R] = fma(vec4<f32>(av.x), tx, fma(vec4<f32>(av.y), ty,
-                        fma(vec4<f32>(av.z), tz, fma(vec4<f32>(av.w), tw, acc[R]))));
+                    acc[R] = mac4(acc[R], av, t[I]);
                 }
 #endfor
             }
@@ -862,17 +860,7 @@ fn matmul_t(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
         }
     }
 #for R in 0..TM
-    {
-        let row = m0 + R;
-        if (row < p.m) {
-            let v = acc[R];
-            let base = row * p.ldc + p.n_off + n0;
-            if (n0 < p.n) { c[base] = v.x; }
-            if (n0 + 1u < p.n) { c[base + 1u] = v.y; }
-            if (n0 + 2u < p.n) { c[base + 2u] = v.z; }
-            if (n0 + 3u < p.n) { c[base + 3u] = v.w; }
-        }
-    }
+    store4(m0 + R, n0, acc[R]);
 #endfor
 }
 #endif
