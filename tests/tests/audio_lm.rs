@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 mod support;
-use support::{devices, nmse};
+use support::{ConfigEdit, Expected, devices, nmse};
 
 use flint_runtime::audio::{Audio, read_wav};
 use flint_runtime::generate::SamplingOptions;
@@ -17,27 +17,6 @@ use flint_runtime::reasoning::{self, Mode};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
-}
-
-/// A fixture's `<name>.expected.safetensors`: f32 tensors, and ids stored as i64.
-struct Expected(Vec<u8>);
-
-impl Expected {
-    fn open(name: &str) -> Expected {
-        Expected(std::fs::read(fixtures().join("qwen2-audio").join(format!("{name}.expected.safetensors"))).unwrap())
-    }
-
-    fn bytes(&self, k: &str) -> Vec<u8> {
-        safetensors::SafeTensors::deserialize(&self.0).unwrap().tensor(k).unwrap().data().to_vec()
-    }
-
-    fn f32s(&self, k: &str) -> Vec<f32> {
-        self.bytes(k).chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
-    }
-
-    fn ids(&self, k: &str) -> Vec<u32> {
-        self.bytes(k).chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect()
-    }
 }
 
 fn clips(names: &[&str]) -> Vec<Audio> {
@@ -62,7 +41,7 @@ fn transposed(f: &[f32], mels: usize) -> Vec<f32> {
 /// (f32 weights and cache: only summation order and the GPU's exp/erf differ), the features
 /// at most 1e-8 (the log-mel kernels' own cases measure 4e-15 to 1.5e-12), greedy tokens equal.
 fn check(name: &str, clip_names: &[&str], question: &str) {
-    let exp = Expected::open(name);
+    let exp = Expected::open(fixtures().join("qwen2-audio").join(format!("{name}.expected.safetensors")));
     let audio = clips(clip_names);
     for dev in devices() {
         let label = format!("{} {name}", dev.caps().short_label());
@@ -123,16 +102,7 @@ fn check(name: &str, clip_names: &[&str], question: &str) {
         let id = engine.submit(req).unwrap();
         let text = model.prompt_ids("The quick brown fox", false).unwrap();
         engine.submit(flint_runtime::Request::new(text, opts.clone())).unwrap();
-        let mut branches = Vec::new();
-        engine
-            .run(|e| {
-                if let flint_runtime::engine::Event::Finished { request, output } = e
-                    && request == id
-                {
-                    branches = output.branches.iter().map(|b| b.tokens.clone()).collect();
-                }
-            })
-            .unwrap();
+        let branches = support::run_branches(&mut engine, id);
         assert_eq!(branches, vec![greedy.clone(), greedy.clone()], "[{label}] engine branches");
 
         // The reasoning modes build their prompts around the clips too: think's system message
@@ -194,7 +164,6 @@ fn qwen2_audio_refuses_what_it_cannot_take() {
 /// tokenizer, are refused naming the file and the field.
 #[test]
 fn qwen2_audio_configs_flint_cannot_run_are_refused_by_name() {
-    let dev = &devices()[0];
     let src = fixtures().join("qwen2-audio").join("a");
     let files = [
         "model.safetensors",
@@ -203,8 +172,7 @@ fn qwen2_audio_configs_flint_cannot_run_are_refused_by_name() {
         "processor_config.json",
         "chat_template.jinja",
     ];
-    type Edit = fn(&mut serde_json::Value);
-    let cases: [(&str, Edit, &str); 6] = [
+    let cases: [ConfigEdit; 6] = [
         ("heads", |c| c["audio_config"]["encoder_attention_heads"] = 3.into(), "encoder_attention_heads"),
         ("ctx", |c| c["audio_config"]["max_source_positions"] = 750.into(), "max_source_positions"),
         ("act", |c| c["audio_config"]["activation_function"] = "relu".into(), "activation_function"),
@@ -212,10 +180,5 @@ fn qwen2_audio_configs_flint_cannot_run_are_refused_by_name() {
         ("outside", |c| c["audio_token_index"] = 100_000.into(), "outside the vocabulary"),
         ("token", |c| c["audio_token_index"] = 5.into(), "to be token 5 (audio_token_index)"),
     ];
-    for (tag, edit, want) in cases {
-        let dir = support::edited_copy(&src, &files, &format!("qwen2-audio-{tag}"), edit);
-        let e = Model::load(dev, &dir).unwrap_err().to_string();
-        assert!(e.contains(&*dir.to_string_lossy()) && e.contains(want), "{tag}: {e}");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
+    support::refused_by_name(&src, &files, "qwen2-audio", &cases);
 }

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 mod support;
-use support::{devices, edited_copy, nmse};
+use support::{Expected, devices, edited_copy, nmse};
 
 use flint_runtime::generate::SamplingOptions;
 use flint_runtime::model::Model;
@@ -18,27 +18,6 @@ fn fixtures() -> PathBuf {
 }
 
 const PROMPT: &str = "A long sentence that goes on and on, so that a window of a few tokens is shorter than it. The";
-
-/// A fixture's `<name>.expected.safetensors`: f32 tensors, and ids stored as i64.
-struct Expected(Vec<u8>);
-
-impl Expected {
-    fn open(path: PathBuf) -> Expected {
-        Expected(std::fs::read(path).unwrap())
-    }
-
-    fn bytes(&self, k: &str) -> Vec<u8> {
-        safetensors::SafeTensors::deserialize(&self.0).unwrap().tensor(k).unwrap().data().to_vec()
-    }
-
-    fn f32s(&self, k: &str) -> Vec<f32> {
-        self.bytes(k).chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
-    }
-
-    fn ids(&self, k: &str) -> Vec<u32> {
-        self.bytes(k).chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect()
-    }
-}
 
 /// A text model against its fixture: the prompt's ids, the logits at every position (NMSE at
 /// most 1e-5) and the greedy tokens. Returns the ids and the NMSE.

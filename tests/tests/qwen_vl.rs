@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 mod support;
-use support::{devices, nmse};
+use support::{ConfigEdit, devices, nmse};
 
 use flint_runtime::image::PatchProcessor;
 use flint_runtime::model::qwen_vision::{PatchImages, QwenVisionTower};
@@ -129,16 +129,7 @@ fn check_model(name: &str, pictures: &[&str]) {
             .branches(2)
             .with_media(Some(std::sync::Arc::new(media.clone())));
         let id = engine.submit(req).unwrap();
-        let mut branches = Vec::new();
-        engine
-            .run(|e| {
-                if let flint_runtime::engine::Event::Finished { request, output } = e
-                    && request == id
-                {
-                    branches = output.branches.iter().map(|b| b.tokens.clone()).collect();
-                }
-            })
-            .unwrap();
+        let branches = support::run_branches(&mut engine, id);
         assert_eq!(branches, vec![greedy.clone(), greedy.clone()], "[{label}] engine branches");
     }
 }
@@ -146,7 +137,6 @@ fn check_model(name: &str, pictures: &[&str]) {
 /// Configs flint cannot run, or whose parts disagree, are refused naming the file and field.
 #[test]
 fn qwen2_5_vl_configs_that_disagree_are_refused_by_name() {
-    let dev = &devices()[0];
     let src = fixtures().join("qwen2.5-vl").join("tiny");
     let files = [
         "model.safetensors",
@@ -155,8 +145,7 @@ fn qwen2_5_vl_configs_that_disagree_are_refused_by_name() {
         "preprocessor_config.json",
         "chat_template.jinja",
     ];
-    type Edit = fn(&mut serde_json::Value);
-    let cases: [(&str, Edit, &str); 6] = [
+    let cases: [ConfigEdit; 6] = [
         (
             "sections",
             |c| c["text_config"]["rope_parameters"]["mrope_section"] = serde_json::json!([4, 6, 7]),
@@ -168,10 +157,5 @@ fn qwen2_5_vl_configs_that_disagree_are_refused_by_name() {
         ("heads", |c| c["vision_config"]["num_heads"] = 3.into(), "num_heads"),
         ("token", |c| c["image_token_id"] = 6.into(), "image_token_id"),
     ];
-    for (tag, edit, want) in cases {
-        let dir = support::edited_copy(&src, &files, &format!("qwen2.5-vl-{tag}"), edit);
-        let e = flint_runtime::model::Model::load(dev, &dir).unwrap_err().to_string();
-        assert!(e.contains(&*dir.to_string_lossy()) && e.contains(want), "{tag}: {e}");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
+    support::refused_by_name(&src, &files, "qwen2.5-vl", &cases);
 }

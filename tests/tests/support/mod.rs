@@ -1,5 +1,5 @@
-//! What the fixture test files share: every adapter present, NMSE, and a fixture directory
-//! copied with its config edited. Each test binary uses a part of it.
+//! What the fixture test files share: every adapter present, NMSE, a fixture's expected
+//! tensors, and a fixture directory copied with its config edited. Each test binary uses a part of it.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -33,4 +33,60 @@ pub fn edited_copy(src: &Path, files: &[&str], tag: &str, edit: impl FnOnce(&mut
     edit(&mut cfg);
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
     dir
+}
+
+/// A fixture's `<name>.expected.safetensors`: f32 tensors, and ids stored as i64.
+pub struct Expected(Vec<u8>);
+
+impl Expected {
+    /// Read the file at `path`.
+    pub fn open(path: PathBuf) -> Expected {
+        Expected(std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+    }
+
+    /// Tensor `k`'s bytes.
+    pub fn bytes(&self, k: &str) -> Vec<u8> {
+        safetensors::SafeTensors::deserialize(&self.0).unwrap().tensor(k).unwrap().data().to_vec()
+    }
+
+    /// Tensor `k` as f32s.
+    pub fn f32s(&self, k: &str) -> Vec<f32> {
+        self.bytes(k).chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    }
+
+    /// Tensor `k` (i64) as token ids.
+    pub fn ids(&self, k: &str) -> Vec<u32> {
+        self.bytes(k).chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect()
+    }
+}
+
+/// A config edit for [`refused_by_name`]: a tag, the edit, and words the error must contain.
+pub type ConfigEdit = (&'static str, fn(&mut serde_json::Value), &'static str);
+
+/// Each edit of the fixture `src`'s config (over a copy of its `files`) makes
+/// `Model::load` fail with an error that names the copy's directory and contains the edit's
+/// words.
+pub fn refused_by_name(src: &Path, files: &[&str], family: &str, cases: &[ConfigEdit]) {
+    let dev = &devices()[0];
+    for &(tag, edit, want) in cases {
+        let dir = edited_copy(src, files, &format!("{family}-{tag}"), edit);
+        let e = flint_runtime::model::Model::load(dev, &dir).unwrap_err().to_string();
+        assert!(e.contains(&*dir.to_string_lossy()) && e.contains(want), "{tag}: {e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// Run `engine` until it is idle and return request `id`'s branches' tokens.
+pub fn run_branches(engine: &mut flint_runtime::Engine, id: flint_runtime::RequestId) -> Vec<Vec<u32>> {
+    let mut branches = Vec::new();
+    engine
+        .run(|e| {
+            if let flint_runtime::Event::Finished { request, output } = e
+                && request == id
+            {
+                branches = output.branches.iter().map(|b| b.tokens.clone()).collect();
+            }
+        })
+        .unwrap();
+    branches
 }
