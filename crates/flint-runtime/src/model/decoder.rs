@@ -101,7 +101,7 @@ fn rope_position(pos: usize, offset: i64) -> u32 {
 /// Scratch the layers of one recording share (see `layers_over`).
 struct Scratch {
     qkv: Tensor,
-    /// For models with Q/K/V biases.
+    /// Where a layer with Q/K/V biases adds them (made when any layer has them).
     biased: Option<Tensor>,
     out: Tensor,
     gate_up: Tensor,
@@ -774,7 +774,11 @@ impl Decoder {
         let qkv_n = self.layers.iter().map(|l| l.wqkv.n).max().unwrap_or(0);
         let scratch = Scratch {
             qkv: self.dev.empty("qkv", &[t, qkv_n], DType::F32)?,
-            biased: if cfg.qkv_bias { Some(self.dev.empty("qkv biased", &[t, qkv_n], DType::F32)?) } else { None },
+            biased: if self.layers.iter().any(|l| l.qkv_bias.is_some()) {
+                Some(self.dev.empty("qkv biased", &[t, qkv_n], DType::F32)?)
+            } else {
+                None
+            },
             out: self.dev.empty("layer out", &[t, cfg.hidden], DType::F32)?,
             gate_up: self.dev.empty("gate|up", &[t, 2 * cfg.ffn], DType::F32)?,
             act: self.dev.empty("mlp act", &[t, cfg.ffn], DType::F32)?,
