@@ -24,6 +24,11 @@
 //   at a time; each lane dequantizes four weight rows a sub-block at a time and multiplies them
 //   with every staged row, so one weight load serves TM rows of A, as in matmul_q. The prefill
 //   path where the adapter has no subgroups (WebGPU on SwiftShader, Firefox, Safari; GL).
+//
+// TOP (both matvecs): the output head of a greedy decode step. Each workgroup writes, per row of
+// A, not its logits but one entry for its tile of weight rows: the tile's largest logit, the
+// lowest row holding it and the sum of exp(logit - largest) (sample.wgsl's sample_tiles merges
+// the tiles into the pick and its log-probability).
 #include "common.wgsl"
 
 // A weight matrix larger than one binding comes in parts of whole rows: this dispatch sees rows
@@ -52,6 +57,10 @@ struct Params {
     freq_scale: f32,
     // Row of the step that row 0 of A is (its RoPE position and destination).
     row0: u32,
+#endif
+#if TOP
+    // Tile of the whole weight that this part's first workgroup writes.
+    tile0: u32,
 #endif
 }
 
@@ -370,6 +379,70 @@ fn rotate(r: u32, i0: u32, x0: f32, x1: f32) -> vec2<f32> {
 }
 #endif
 
+#if TOP
+// Per lane and row of A: the largest logit of the lane's rows, its row, and the sum of
+// exp(logit - largest); reduced over the workgroup into the tile's entry.
+var<workgroup> top_m: array<f32, MR * WG>;
+var<workgroup> top_i: array<u32, MR * WG>;
+var<workgroup> top_s: array<f32, MR * WG>;
+const TOP_LOW: f32 = -3.4e38;
+
+// Fold entry (m2, i2, s2) into slot j: the larger maximum (on a tie the lower row, as the
+// sampler's argmax), both sums rescaled to it.
+fn top_merge(j: u32, m2: f32, i2: u32, s2: f32) {
+    let m1 = top_m[j];
+    let i1 = top_i[j];
+    let m = max(m1, m2);
+    top_s[j] = top_s[j] * exp(m1 - m) + s2 * exp(m2 - m);
+    top_i[j] = select(i1, i2, m2 > m1 || (m2 == m1 && i2 < i1));
+    top_m[j] = m;
+}
+
+// Slot r * WG + li of lane li for row r of A, from the lane's `NR` results `v` (valid while the
+// row is below p.n; rows from n0).
+fn top_lane(r: u32, li: u32, n0: u32, v: array<f32, NR>) {
+    var m = TOP_LOW;
+    var mi = 0xffffffffu;
+#for J in 0..NR
+    if (n0 + J < p.n && v[J] > m) {
+        m = v[J];
+        mi = p.n_off + n0 + J;
+    }
+#endfor
+    var s = 0.0;
+#for J in 0..NR
+    if (n0 + J < p.n) {
+        s += exp(v[J] - m);
+    }
+#endfor
+    top_m[r * WG + li] = m;
+    top_i[r * WG + li] = mi;
+    top_s[r * WG + li] = s;
+}
+
+// Reduce the lanes' slots and write tile `tile` (whose first weight row is `first`) of every
+// row of A: (max, f32(row), sum, 0) at c[r * p.ldc + 4 * (p.tile0 + tile)]. Called by every lane.
+fn top_write(li: u32, tile: u32, first: u32) {
+    workgroupBarrier();
+    for (var h = WG / 2u; h > 0u; h = h / 2u) {
+        if (li < h) {
+            for (var r = 0u; r < MR; r++) {
+                let j = r * WG + li;
+                top_merge(j, top_m[j + h], top_i[j + h], top_s[j + h]);
+            }
+        }
+        workgroupBarrier();
+    }
+    if (li < MR && first < p.n) {
+        let e = li * p.ldc + 4u * (p.tile0 + tile);
+        c[e] = top_m[li * WG];
+        c[e + 1u] = f32(top_i[li * WG]);
+        c[e + 2u] = top_s[li * WG];
+        c[e + 3u] = 0.0;
+    }
+}
+#endif
+
 #if NORM
 // Sum of squares of row r of A over the lanes' share of it (from `first`, every `stride` vec4s).
 fn sumsq(r: u32, first: u32, stride: u32) -> f32 {
@@ -490,6 +563,25 @@ fn matvec_q(
 #endfor
     let leader = li == 0u;
 #endif
+#if TOP
+    // The tile is the workgroup's rows; lanes other than the leaders add nothing.
+    let tile = wg.x + wg.y * nwg.x;
+#if SUBGROUPS
+    let first_row = tile * nsg * NR;
+#else
+    let first_row = n0;
+#endif
+#for R in 0..MR
+    {
+        var v = array<f32, NR>();
+#for J in 0..NR
+        v[J] = sums[R][J];
+#endfor
+        top_lane(R, li, select(p.n, n0, leader), v);
+    }
+#endfor
+    top_write(li, tile, first_row);
+#else
     if (leader) {
 #for R in 0..MR
 #if GLU || ROPE_KV
@@ -507,6 +599,7 @@ fn matvec_q(
 #endif
 #endfor
     }
+#endif
 }
 #endif
 
@@ -731,6 +824,13 @@ fn matvec_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
         }
     }
 #endif
+#if TOP
+    // The tile is the workgroup's WG * NR rows.
+#for R in 0..MR
+    top_lane(R, li, n0, acc[R]);
+#endfor
+    top_write(li, wg.x + wg.y * nwg.x, (wg.x + wg.y * nwg.x) * WG * NR);
+#else
 #for R in 0..MR
 #if GLU || ROPE_KV
 #for P in 0..NR / 2
@@ -746,6 +846,7 @@ fn matvec_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 #endfor
 #endif
 #endfor
+#endif
 }
 #endif
 

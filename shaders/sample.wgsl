@@ -4,6 +4,11 @@
 // (at most MAXC), sorted by a bitonic sort, cut to k and to top-p, and one is drawn with a
 // uniform number hashed from (seed, step). Writes the token id and its log-probability under the
 // full softmax of the raw logits, as two f32 per row.
+//
+// TILES (sample_tiles): a greedy pick from the output head's argmax tiles (quant.wgsl's TOP
+// epilogue) instead of the logits: each tile gives its largest logit, the row holding it and
+// its sum of exp(logit - largest); the tiles' maximum (lowest row on a tie) is the argmax of
+// the whole row and log_z = max + log(sum of the rescaled sums).
 #include "common.wgsl"
 #include "reduce.wgsl"
 
@@ -32,7 +37,12 @@ struct RowOpts {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
+#if TILES
+// [rows, p.vocab tiles]: (max, f32(row of max), sum of exp(x - max), 0).
+@group(0) @binding(1) var<storage, read> tiles: array<vec4<f32>>;
+#else
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
+#endif
 #if ROWS
 @group(0) @binding(2) var<storage, read> row_opts: array<RowOpts>;
 @group(0) @binding(4) var<storage, read_write> tokens: array<u32>;
@@ -74,6 +84,49 @@ fn before(va: f32, ia: u32, vb: f32, ib: u32) -> bool {
     return va > vb || (va == vb && ia < ib);
 }
 
+#if TILES
+var<workgroup> best_s: array<f32, WG>;
+
+// Fold (m2, i2, s2) into lane j's entry.
+fn merge_tile(j: u32, m2: f32, i2: u32, s2: f32) {
+    let m1 = best_v[j];
+    let i1 = best_i[j];
+    let m = max(m1, m2);
+    best_s[j] = best_s[j] * exp(m1 - m) + s2 * exp(m2 - m);
+    best_i[j] = select(i1, i2, before(m2, i2, m1, i1));
+    best_v[j] = m;
+}
+
+@compute @workgroup_size(WG)
+fn sample_tiles(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let row = linear_group(wg, nwg);
+    if (row >= p.rows) {
+        return;
+    }
+    best_v[lid] = LOW;
+    best_i[lid] = 0xffffffffu;
+    best_s[lid] = 0.0;
+    for (var t = lid; t < p.vocab; t += WG) {
+        let e = tiles[row * p.vocab + t];
+        merge_tile(lid, e.x, u32(e.y), e.z);
+    }
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        if (lid < s) {
+            merge_tile(lid, best_v[lid + s], best_i[lid + s], best_s[lid + s]);
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        let arg = best_i[0];
+        // The pick's logit is the maximum, so its log-probability is -log(sum).
+        out[2u * row] = f32(arg);
+        out[2u * row + 1u] = -log(best_s[0]);
+        tokens[row_opts[row].slot] = arg;
+    }
+}
+#else
 @compute @workgroup_size(WG)
 fn sample(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
@@ -245,3 +298,4 @@ fn sample(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
 #endif
     }
 }
+#endif

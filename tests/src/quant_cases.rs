@@ -185,6 +185,167 @@ impl Case for FusedMatvecCase {
     }
 }
 
+/// The output head of a greedy decode step with the pick folded in: the matvec (RMSNorm of A on
+/// the way in, or not) writes each workgroup's argmax tile and `sample_tiles` merges them
+/// (`fused`), or the matvec writes the logits and the sampler reads them (what ran before; the
+/// benchmark's baseline); against the norm and matmul references and the greedy reference
+/// sampler: `[m, 2]` of (token id, log-probability). With `ties`, the row paired with the one
+/// that wins for row 0 of A (`win ^ 1`: the same lane or subgroup) and the last row are copies
+/// of it, so that the win is a three-way tie within a lane and across tiles, which the lowest
+/// row must take.
+pub struct HeadTilesCase {
+    /// Shape and format.
+    pub p: QuantMatmulParams,
+    /// RMSNorm of A's rows on the way in.
+    pub norm: bool,
+    /// The matvec kernel.
+    pub how: Matvec,
+    /// Weight rows per part (None: one part).
+    pub part_rows: Option<usize>,
+    /// Make a three-way tie for row 0 of A.
+    pub ties: bool,
+    /// Tiles and `sample_tiles`, or logits and `sample_rows`.
+    pub fused: bool,
+    /// Tier.
+    pub tier: Tier,
+}
+
+/// Ids exact, log-probabilities to f32 rounding. A wrong id is off by at least 1, against an
+/// allowance of 1e-5 of the largest |value| (at most 0.5 for a 49152-token vocabulary); a
+/// log-probability's error is the f32 rounding of a log-sum-exp over the row (about 1e-6
+/// absolute for these sizes), well inside 1e-5 of the largest value (>= the log-probability's
+/// own size) and inside an NMSE of 1e-9.
+const HEAD_TOL: Tolerance = Tolerance { nmse: 1e-9, max_abs_rel: 1e-5 };
+
+impl HeadTilesCase {
+    fn fused_params(&self) -> FusedQuantParams {
+        FusedQuantParams { q: self.p, norm_eps: self.norm.then_some(1e-5), epilogue: QuantEpilogue::Store }
+    }
+}
+
+impl Case for HeadTilesCase {
+    fn name(&self) -> String {
+        let mm = &self.p.mm;
+        let parts = self.part_rows.map(|r| format!("_parts{r}")).unwrap_or_default();
+        format!(
+            "qhead_{}_{}x{}x{}{}{parts}{}_{}{}",
+            self.p.format.name(),
+            mm.m,
+            mm.n,
+            mm.k,
+            if self.norm { "_norm" } else { "" },
+            if self.ties { "_ties" } else { "" },
+            if self.how == Matvec::Rows { "rows" } else { "split" },
+            if self.fused { "" } else { "_logits" },
+        )
+    }
+    fn op(&self) -> &'static str {
+        "quant"
+    }
+    fn dtype(&self) -> String {
+        format!("f32x{}", self.p.format.name())
+    }
+    fn tier(&self) -> Tier {
+        self.tier
+    }
+    fn tolerance(&self) -> Tolerance {
+        HEAD_TOL
+    }
+    fn flops(&self) -> f64 {
+        self.p.mm.flops()
+    }
+    fn bytes(&self) -> f64 {
+        self.p.bytes()
+    }
+    fn inputs(&self) -> Vec<Input> {
+        let mut rng = Rng::from_name(&self.name());
+        let mm = &self.p.mm;
+        let mut blocks = random_blocks(&mut rng, self.p.format, mm.n * mm.k);
+        let a = rng.vec(mm.a_len(), -2.0, 2.0);
+        let norm_w = rng.vec(mm.k, 0.5, 1.5);
+        if self.ties {
+            let fp = self.fused_params();
+            let logits = flint_ref::quant::fused_quant_matmul(
+                &fp,
+                &a,
+                &blocks,
+                self.norm.then_some(&norm_w),
+                &vec![0.0; mm.m * mm.n],
+            )
+            .expect("valid case");
+            let row0 = &logits[..mm.n];
+            let win = (0..mm.n).fold(0, |b, i| if row0[i] > row0[b] { i } else { b });
+            let rb = self.p.format.bytes_for(mm.k);
+            let src = blocks[win * rb..][..rb].to_vec();
+            for dst in [win ^ 1, mm.n - 1] {
+                blocks[dst * rb..][..rb].copy_from_slice(&src);
+            }
+        }
+        let words = bytes_as_words(&blocks);
+        vec![
+            Input::float("A", &[mm.m, mm.k], DType::F32, a),
+            Input::ints("W blocks", &[words.len()], words),
+            Input::float("norm weights", &[mm.k], DType::F32, norm_w),
+        ]
+    }
+    fn reference(&self, inputs: &[Input]) -> Result<Vec<f32>, ParamError> {
+        let mm = &self.p.mm;
+        let blocks = words_as_bytes(inputs[1].u32s(), self.p.b_bytes());
+        let norm = self.norm.then(|| inputs[2].f32s());
+        let zero = vec![0.0; mm.m * mm.n];
+        let logits =
+            flint_ref::quant::fused_quant_matmul(&self.fused_params(), inputs[0].f32s(), &blocks, norm, &zero)?;
+        let picks = flint_ref::sample::sample(
+            &flint_ref::sample::SampleParams::greedy(mm.m, mm.n),
+            &logits,
+            &vec![(0, 0); mm.m],
+        )?;
+        Ok(picks.iter().flat_map(|c| [c.token as f32, c.logprob]).collect())
+    }
+    fn output(&self) -> (Vec<usize>, DType) {
+        (vec![self.p.mm.m, 2], DType::F32)
+    }
+    fn launch(&self, dev: &Device, rec: &mut Recorder, t: &[Tensor], out: &Tensor) -> flint_gpu::Result<()> {
+        let (m, n, k, f) = (self.p.mm.m, self.p.mm.n, self.p.mm.k, self.p.format);
+        let words = self.inputs()[1].u32s().to_vec();
+        let bytes = words_as_bytes(&words, self.p.b_bytes());
+        let w = match self.part_rows {
+            Some(rows) => QuantWeight::upload_parts(dev, "W", &bytes, f, n, k, rows * QuantWeight::row_bytes(f, k))?,
+            None => QuantWeight::upload(dev, "W", &bytes, f, n, k)?,
+        };
+        let norm = self.norm.then_some(&t[2]);
+        // Greedy options, row r's id to token slot r.
+        let opts: Vec<u32> = (0..m)
+            .flat_map(|r| {
+                let params = flint_ref::sample::SampleParams::greedy(1, n);
+                flint_kernels::sample::RowOptions { params, seed: 0, step: 0, slot: r as u32 }.words()
+            })
+            .collect();
+        let opts = dev.upload_u32("row options", &opts, &[m, flint_kernels::sample::RowOptions::WORDS])?;
+        let tokens = dev.empty("tokens", &[m], DType::U32)?;
+        if self.fused {
+            let count = quant::head_tiles(dev, &w, self.how);
+            let tiles = dev.empty("tiles", &[m, count, 4], DType::F32)?;
+            quant::quant_head_tiles(
+                dev,
+                rec,
+                &self.p,
+                self.fused_params().norm_eps,
+                &t[0],
+                &w,
+                norm,
+                &tiles,
+                self.how,
+            )?;
+            flint_kernels::sample::sample_tiles(dev, rec, m, count, &tiles, &opts, out, &tokens)
+        } else {
+            let logits = dev.empty("logits", &[m, n], DType::F32)?;
+            quant::quant_matvec_fused(dev, rec, &self.fused_params(), &t[0], &w, norm, &logits, self.how)?;
+            flint_kernels::sample::sample_rows(dev, rec, m, n, &logits, &opts, out, &tokens)
+        }
+    }
+}
+
 /// A decode step's QKV projection with RoPE and the K/V append folded in (RMSNorm of A on the
 /// way in), against the fused-matvec reference then the rope_qkv reference; Q, the K pool and
 /// the V pool laid out as [`RopeQkvCase`]'s (slots no token writes stay NaN).
@@ -418,6 +579,27 @@ pub fn cases(out: &mut Vec<Box<dyn Case>>) {
                 }
             }
         }
+        // The greedy head, through both matvec kernels: several tiles and a partial last one in
+        // every format; for the formats heads come in (the epilogue is the same code after any
+        // format's products), fewer rows than a tile, parts of a size that is no multiple of a
+        // tile, and a tie across tiles.
+        let head_shapes: &[_] = if matches!(f, BlockFormat::Q8_0 | BlockFormat::Q6_K) {
+            &[
+                (3, 1100, ks[0], true, None, false),
+                (1, 17, ks[1], true, None, false),
+                (5, 700, ks[0], false, Some(300), false),
+                (1, 1100, ks[1], true, None, true),
+                (4, 700, ks[0], true, Some(250), true),
+            ]
+        } else {
+            &[(3, 1100, ks[0], true, None, false)]
+        };
+        for &(m, n, k, norm, part_rows, ties) in head_shapes {
+            for how in [Matvec::Rows, Matvec::Split] {
+                let p = q(f, m, n, k);
+                out.push(Box::new(HeadTilesCase { p, norm, how, part_rows, ties, fused: true, tier: Tier::Test }));
+            }
+        }
         out.push(Box::new(QuantEmbedCase {
             p: EmbedParams { tokens: 7, vocab: 100, dim: 256, scale: 1.0 },
             format: f,
@@ -431,6 +613,15 @@ pub fn cases(out: &mut Vec<Box<dyn Case>>) {
     }
     // SmolLM2-135M (Q4_1 layers, Q8_0 tied head) and gemma-3-270m (Q5_0/Q4_K/Q6_K) shapes.
     let b = Tier::Bench;
+    // The greedy head with its pick, tiles against logits and the sampler over them.
+    for m in [1, 4] {
+        for how in [Matvec::Rows, Matvec::Split] {
+            for fused in [true, false] {
+                let p = q(BlockFormat::Q8_0, m, 49152, 576);
+                out.push(Box::new(HeadTilesCase { p, norm: true, how, part_rows: None, ties: false, fused, tier: b }));
+            }
+        }
+    }
     for (f, m, n, k) in [
         (BlockFormat::Q4_1, 1, 1536, 576),
         (BlockFormat::Q4_1, 1, 576, 1536),

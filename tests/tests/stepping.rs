@@ -28,9 +28,11 @@ fn session_run(
     opts: &SamplingOptions,
 ) -> Vec<(Generation, usize)> {
     let mut s = model().session(capacity).unwrap().with_mode(mode);
-    // A planned session makes its batch-1 plan when it is created, and its steps (prompts and
-    // outputs under 256 tokens: one key split) all replay it.
+    // A planned session makes its batch-1 plan when it is created, and its greedy steps
+    // (prompts and outputs under 256 tokens: one key split) all replay it; sampled steps read
+    // the logits rather than the head's argmax tiles, a plan of their own.
     let plans = if mode == StepMode::Planned { 1 } else { 0 };
+    let plans_end = plans + u64::from(mode == StepMode::Planned && opts.temperature > 0.0);
     assert_eq!(s.step_stats().plans_made, plans, "plans made with the session");
     let mut out = Vec::new();
     for &p in prompts {
@@ -39,7 +41,7 @@ fn session_run(
         assert_eq!(streamed, g.tokens, "the callback saw the tokens in order");
         out.push((g, s.len()));
     }
-    assert_eq!(s.step_stats().plans_made, plans, "plans made by the end");
+    assert_eq!(s.step_stats().plans_made, plans_end, "plans made by the end");
     out
 }
 
@@ -233,4 +235,28 @@ fn steps_of_a_layout_no_plan_holds_run_through_the_ring_in_order() {
     let stats = s.step_stats();
     assert_eq!(stats.plans_made, 0);
     assert_eq!(stats.steps, 11, "every step after the first token");
+}
+
+#[test]
+fn greedy_steps_pick_from_the_heads_argmax_tiles_as_from_its_logits() {
+    let prompt = ids("The capital of France is");
+    let greedy = SamplingOptions { max_tokens: 16, ..Default::default() };
+    let mut tiled = model().session(64).unwrap();
+    let t = tiled.generate(&prompt, &greedy, |_| {}).unwrap();
+    let mut full = model().session(64).unwrap().with_full_logits().unwrap();
+    let f = full.generate(&prompt, &greedy, |_| {}).unwrap();
+    assert_eq!(t.tokens, f.tokens, "tokens");
+    assert_eq!(t.logprobs.len(), f.logprobs.len());
+    for (i, (a, b)) in t.logprobs.iter().zip(&f.logprobs).enumerate() {
+        // The same logits; only the order of the log-sum-exp's sums differs.
+        assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "token {i}: log-probability {a} against {b}");
+    }
+    // Every step after the prefill's token came from tiles, none in the full-logits session.
+    assert_eq!(tiled.step_stats().tiles_steps, 15);
+    assert_eq!(full.step_stats().tiles_steps, 0);
+    // Sampling at a temperature reads the logits.
+    let sampled = SamplingOptions { temperature: 0.8, top_k: 40, seed: 3, ..greedy };
+    let mut s = model().session(64).unwrap();
+    s.generate(&prompt, &sampled, |_| {}).unwrap();
+    assert_eq!(s.step_stats().tiles_steps, 0);
 }

@@ -219,6 +219,7 @@ fn stats_delta(a: &StepStats, b: &StepStats) -> StepStats {
     StepStats {
         steps: b.steps - a.steps,
         plans_made: b.plans_made - a.plans_made,
+        tiles_steps: b.tiles_steps - a.tiles_steps,
         dispatches: b.dispatches,
         prepare: b.prepare - a.prepare,
         write: b.write - a.write,
@@ -236,15 +237,17 @@ fn host_figures(r: &DecodeRun) -> (serde_json::Value, String) {
     (
         json!({"host_us_per_step": h.host_us_per_step(), "prepare_us": per(h.prepare), "write_us": per(h.write),
                "encode_us": per(h.encode), "submit_call_us": per(h.submit), "wait_us": per(h.wait),
-               "dispatches_per_step": h.dispatches, "wall_ms_per_step": wall_ms, "plans_made": h.plans_made}),
+               "dispatches_per_step": h.dispatches, "wall_ms_per_step": wall_ms, "plans_made": h.plans_made,
+               "head_tiles_steps": h.tiles_steps}),
         format!(
-            " | host {:.0} us/step (prepare {:.0}, write {:.0}, encode {:.0}; submit call {:.0}), {} dispatches, {:.1} ms/step",
+            " | host {:.0} us/step (prepare {:.0}, write {:.0}, encode {:.0}; submit call {:.0}), {} dispatches{}, {:.1} ms/step",
             h.host_us_per_step(),
             per(h.prepare),
             per(h.write),
             per(h.encode),
             per(h.submit),
             h.dispatches,
+            if h.tiles_steps == h.steps && h.steps > 0 { " (argmax tiles)" } else { "" },
             wall_ms
         ),
     )

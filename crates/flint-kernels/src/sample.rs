@@ -23,11 +23,17 @@ fn key(rows: bool) -> flint_gpu::PipelineKey {
     typed_key("sample.wgsl", "sample", WG, &[]).flag("ROWS", rows)
 }
 
-/// The sampler's variants: options for all rows, or per row with the ids kept on the GPU.
+fn tiles_key() -> flint_gpu::PipelineKey {
+    typed_key("sample.wgsl", "sample_tiles", WG, &[]).flag("ROWS", true).flag("TILES", true)
+}
+
+/// The sampler's variants: options for all rows, or per row with the ids kept on the GPU, and
+/// the greedy pick from the head's argmax tiles.
 pub fn variants() -> Vec<Variant> {
     vec![
         Variant { name: "sample".into(), key: key(false), needs: needs_for(&[], false) },
         Variant { name: "sample rows".into(), key: key(true), needs: needs_for(&[], false) },
+        Variant { name: "sample tiles".into(), key: tiles_key(), needs: needs_for(&[], false) },
     ]
 }
 
@@ -97,6 +103,46 @@ pub fn sample_rows(
         &kernel,
         &uniform,
         &[(1, logits), (2, row_opts), (3, out), (4, tokens)],
+        dev.grid(u32_of(rows)),
+    )
+}
+
+/// Record the greedy pick of each row from the output head's argmax tiles (`tiles` f32
+/// `[rows, count, 4]`, written by [`crate::quant::quant_head_tiles`]) into `out` (f32
+/// `[rows, 2]`: token id, log-probability under the full softmax), also writing each row's id
+/// to `tokens[slot]` of its options (`row_opts`, u32 `[rows, 8]` of [`RowOptions::words`], whose
+/// sampling values are not read: every row is greedy). The same ids as [`sample_rows`] at
+/// temperature 0 over the logits (the lower id on a tie); the log-probabilities' sums run in
+/// another order, so they agree to f32 rounding.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_tiles(
+    dev: &Device,
+    rec: &mut Recorder,
+    rows: usize,
+    count: usize,
+    tiles: &Tensor,
+    row_opts: &Tensor,
+    out: &Tensor,
+    tokens: &Tensor,
+) -> Result<()> {
+    SampleParams::greedy(rows, count).validate().map_err(param_err)?;
+    check_tensor("sample tiles", "tiles", tiles, rows * count * 4, &[DType::F32])?;
+    check_tensor("sample tiles", "row options", row_opts, rows * RowOptions::WORDS, &[DType::U32])?;
+    check_tensor("sample tiles", "out", out, rows * 2, &[DType::F32])?;
+    if tokens.dtype() != DType::U32 || tokens.numel() == 0 {
+        return Err(flint_gpu::GpuError::Shape {
+            what: "sample tokens".into(),
+            message: format!("{} {:?} is not a u32 vector", tokens.dtype(), tokens.shape()),
+        });
+    }
+    let kernel = dev.kernel(registry(), &tiles_key())?;
+    let uniform =
+        Uniform { rows: u32_of(rows), vocab: u32_of(count), temperature: 0.0, k_eff: 0, top_p: 1.0, pad: [0; 3] };
+    rec.dispatch_at(
+        &format!("sample tiles {rows}x{count}"),
+        &kernel,
+        &uniform,
+        &[(1, tiles), (2, row_opts), (3, out), (4, tokens)],
         dev.grid(u32_of(rows)),
     )
 }

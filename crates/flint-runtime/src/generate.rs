@@ -229,6 +229,16 @@ impl Session {
         Ok(self)
     }
 
+    /// The same session writing the logits of greedy decode steps and sampling from them, as
+    /// steps that sample at a temperature do, where the head would write argmax tiles (tests
+    /// of the tiles).
+    #[doc(hidden)]
+    pub fn with_full_logits(mut self) -> Result<Self> {
+        self.stepper = None;
+        self.stepper()?.full_logits = true;
+        Ok(self)
+    }
+
     /// The same session prefilling text prompts in chunks of at most `tokens` (at least 1;
     /// [`PREFILL_CHUNK`] by default): smaller chunks hold fewer activations at once.
     pub fn with_prefill_chunk(mut self, tokens: usize) -> Self {

@@ -20,7 +20,7 @@ use crate::kvpool::{KvPool, SeqId};
 use flint_gpu::{DType, Device, DispatchTime, Plan, ReadbackRing, Recorder, Tensor};
 use flint_kernels::sample::RowOptions;
 
-use crate::model::decoder::{DecodeLayout, DecodeStep, Decoder};
+use crate::model::decoder::{DecodeLayout, DecodeStep, Decoder, HeadOut};
 use crate::{Result, RuntimeError};
 
 /// Steps in flight at most (staging buffers in the ring).
@@ -53,6 +53,8 @@ pub struct StepStats {
     pub steps: u64,
     /// Plans made (the first step of each layout).
     pub plans_made: u64,
+    /// Steps whose head wrote argmax tiles instead of the logits (every row greedy).
+    pub tiles_steps: u64,
     /// Dispatches of the last step.
     pub dispatches: usize,
     /// Checking the rows, growing the sequences and computing the per-step values.
@@ -105,6 +107,8 @@ pub(crate) struct Stepper {
     pub fail_next_submit: bool,
     /// Make no plans: every step takes the path of a layout no plan can hold (tests of it).
     pub no_plans: bool,
+    /// Greedy steps write the logits and sample from them too (tests of the argmax tiles).
+    pub full_logits: bool,
 }
 
 impl Stepper {
@@ -124,6 +128,7 @@ impl Stepper {
             stats: StepStats::default(),
             fail_next_submit: false,
             no_plans: false,
+            full_logits: false,
         })
     }
 
@@ -163,8 +168,7 @@ impl Stepper {
         let mut copies = Recorder::new(&self.dev);
         let width = (self.mode == StepMode::Planned).then_some(self.width);
         let mut step = decoder.prepare_decode(&mut copies, pool, &seqs, width)?;
-        step.regions.push(rows.iter().map(|r| r.opts.slot).collect());
-        step.regions.push(rows.iter().flat_map(|r| r.opts.words()).collect());
+        self.add_rows(decoder, &mut step, rows);
         let t1 = Instant::now();
         self.stats.prepare += t1 - t0;
         if std::mem::take(&mut self.fail_next_submit) {
@@ -214,8 +218,20 @@ impl Stepper {
         self.stats.encode += encode;
         self.stats.submit += t2.elapsed() - encode;
         self.stats.steps += 1;
+        self.stats.tiles_steps += u64::from(step.layout.tiles);
         self.stats.dispatches = p.dispatches();
         Ok(())
+    }
+
+    /// The rows' token slots and sampler options as the step's last two regions, and whether
+    /// the head writes argmax tiles (every row greedy, at temperature 0, and a head that can;
+    /// not with `full_logits`).
+    fn add_rows(&self, decoder: &Decoder, step: &mut DecodeStep, rows: &[StepRow]) {
+        step.regions.push(rows.iter().map(|r| r.opts.slot).collect());
+        step.regions.push(rows.iter().flat_map(|r| r.opts.words()).collect());
+        step.layout.tiles = !self.full_logits
+            && decoder.can_tile_head(rows.len())
+            && rows.iter().all(|r| r.opts.params.temperature == 0.0);
     }
 
     /// Make the plan of a step over `rows` fresh sequences now (at load), so that the first
@@ -235,6 +251,8 @@ impl Stepper {
             let mut step = decoder.prepare_decode(&mut copies, pool, &seqs, Some(self.width))?;
             step.regions.push(vec![0; rows]);
             step.regions.push(vec![0; rows * RowOptions::WORDS]);
+            // Zero options: greedy rows, the default.
+            step.layout.tiles = !self.full_logits && decoder.can_tile_head(rows);
             if self.plans.iter().any(|p| p.layout == step.layout) {
                 return Ok(None);
             }
@@ -265,9 +283,22 @@ impl Stepper {
         let slots = block.view(offsets[n - 2] as u64 * 4, &[b], DType::U32)?;
         let opts = block.view(offsets[n - 1] as u64 * 4, &[b, RowOptions::WORDS], DType::U32)?;
         let x = decoder.embed_slots(rec, &self.tokens, &slots, b)?;
-        let logits = decoder.record_decode(rec, pool, step, block, &x)?;
         let out = self.dev.empty("sample out", &[b, 2], DType::F32)?;
-        flint_kernels::sample::sample_rows(&self.dev, rec, b, decoder.cfg.vocab, &logits, &opts, &out, &self.tokens)?;
+        match decoder.record_decode(rec, pool, step, block, &x)? {
+            HeadOut::Logits(logits) => flint_kernels::sample::sample_rows(
+                &self.dev,
+                rec,
+                b,
+                decoder.cfg.vocab,
+                &logits,
+                &opts,
+                &out,
+                &self.tokens,
+            )?,
+            HeadOut::Tiles { tiles, count } => {
+                flint_kernels::sample::sample_tiles(&self.dev, rec, b, count, &tiles, &opts, &out, &self.tokens)?
+            }
+        }
         Ok(out)
     }
 
@@ -303,6 +334,7 @@ impl Stepper {
         self.ring.submit(&out, tag, |enc| plan.encode(enc))?;
         self.stats.submit += t2.elapsed();
         self.stats.steps += 1;
+        self.stats.tiles_steps += u64::from(step.layout.tiles);
         Ok(())
     }
 
@@ -319,6 +351,7 @@ impl Stepper {
         let bytes = self.dev.read_bytes(&out)?;
         self.stats.wait += t3.elapsed();
         self.stats.steps += 1;
+        self.stats.tiles_steps += u64::from(step.layout.tiles);
         self.ready.push_back(step_result((tag, bytes)));
         Ok(())
     }
@@ -354,8 +387,7 @@ impl Stepper {
         let seqs: Vec<SeqId> = rows.iter().map(|r| r.seq).collect();
         let mut copies = Recorder::new(&self.dev);
         let mut step = decoder.prepare_decode(&mut copies, pool, &seqs, Some(self.width))?;
-        step.regions.push(rows.iter().map(|r| r.opts.slot).collect());
-        step.regions.push(rows.iter().flat_map(|r| r.opts.words()).collect());
+        self.add_rows(decoder, &mut step, rows);
         if !copies.is_empty() {
             copies.submit()?;
         }

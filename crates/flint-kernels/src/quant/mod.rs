@@ -204,6 +204,15 @@ struct RopeUniform {
     row0: u32,
 }
 
+/// [`Uniform`] with the first tile of a part's argmax-tile epilogue (TOP).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct TopUniform {
+    base: Uniform,
+    tile0: u32,
+    pad: [u32; 3],
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Uniform {
@@ -234,15 +243,17 @@ fn fmt_code(f: BlockFormat) -> u32 {
 }
 
 /// What a matvec folds in: RMSNorm of its input, and its epilogue (with `rope_kv`, the K/V
-/// cache's dtype: RoPE and the K/V append of a QKV projection instead of the store).
+/// cache's dtype: RoPE and the K/V append of a QKV projection instead of the store; with
+/// `top`, each workgroup's argmax tile instead of the products, see [`quant_head_tiles`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Fusion {
     norm: bool,
     epilogue: QuantEpilogue,
     rope_kv: Option<DType>,
+    top: bool,
 }
 
-const PLAIN: Fusion = Fusion { norm: false, epilogue: QuantEpilogue::Store, rope_kv: None };
+const PLAIN: Fusion = Fusion { norm: false, epilogue: QuantEpilogue::Store, rope_kv: None, top: false };
 
 impl Fusion {
     fn apply(self, key: PipelineKey) -> PipelineKey {
@@ -254,7 +265,8 @@ impl Fusion {
             .flag("NORM", self.norm)
             .flag("RESIDUAL", self.epilogue == QuantEpilogue::Residual)
             .flag("GLU", glu)
-            .flag("GELU", gelu);
+            .flag("GELU", gelu)
+            .flag("TOP", self.top);
         match self.rope_kv {
             Some(kv) => key.flag("ROPE_KV", true).define("TKV", wgsl_type(kv)).flag("ENABLE_F16", kv == DType::F16),
             None => key,
@@ -272,17 +284,20 @@ impl Fusion {
             Some(kv) => format!(" +rope/kv {kv}"),
             None => String::new(),
         };
-        format!("{}{epi}{rope}", if self.norm { " norm+" } else { "" })
+        let top = if self.top { " +argmax tiles" } else { "" };
+        format!("{}{epi}{rope}{top}", if self.norm { " norm+" } else { "" })
     }
 
     /// Every fusion a decode step uses.
-    const DECODE: [Fusion; 6] = [
-        Fusion { norm: true, epilogue: QuantEpilogue::Store, rope_kv: None },
-        Fusion { norm: true, epilogue: QuantEpilogue::Store, rope_kv: Some(DType::F32) },
-        Fusion { norm: true, epilogue: QuantEpilogue::Store, rope_kv: Some(DType::F16) },
-        Fusion { norm: false, epilogue: QuantEpilogue::Residual, rope_kv: None },
-        Fusion { norm: true, epilogue: QuantEpilogue::Glu(EltOp::SwiGlu), rope_kv: None },
-        Fusion { norm: true, epilogue: QuantEpilogue::Glu(EltOp::GeGlu), rope_kv: None },
+    const DECODE: [Fusion; 8] = [
+        Fusion { norm: true, epilogue: QuantEpilogue::Store, rope_kv: None, top: false },
+        Fusion { norm: true, epilogue: QuantEpilogue::Store, rope_kv: Some(DType::F32), top: false },
+        Fusion { norm: true, epilogue: QuantEpilogue::Store, rope_kv: Some(DType::F16), top: false },
+        Fusion { norm: false, epilogue: QuantEpilogue::Residual, rope_kv: None, top: false },
+        Fusion { norm: true, epilogue: QuantEpilogue::Glu(EltOp::SwiGlu), rope_kv: None, top: false },
+        Fusion { norm: true, epilogue: QuantEpilogue::Glu(EltOp::GeGlu), rope_kv: None, top: false },
+        Fusion { norm: true, epilogue: QuantEpilogue::Store, rope_kv: None, top: true },
+        Fusion { norm: false, epilogue: QuantEpilogue::Store, rope_kv: None, top: true },
     ];
 
     fn needs(self, subgroups: bool) -> crate::Needs {
@@ -339,6 +354,26 @@ fn rows_chunk(dev: &Device, p: &QuantMatmulParams, a: &Tensor, c: &Tensor, out: 
         ao.is_multiple_of(ua) && ao.is_multiple_of(sa) && co.is_multiple_of(sa)
     });
     aligned.then_some(chunk)
+}
+
+/// Weight rows per invocation of matvec_rows over a weight of `n` rows.
+fn rows_nr(n: usize) -> u32 {
+    ROWS_NR
+        .into_iter()
+        .find(|&nr| u32_of(n).div_ceil(ROWS_WG * nr) >= ROWS_MIN_GROUPS)
+        .unwrap_or(ROWS_NR[ROWS_NR.len() - 1])
+}
+
+/// Weight rows per workgroup of the matvec `how` picks on an adapter with `caps`, over a weight
+/// of `n` rows: what one workgroup writes, and one argmax tile.
+fn matvec_tile(caps: &flint_gpu::Caps, n: usize, how: Matvec) -> u32 {
+    if how.by_rows(caps) {
+        ROWS_WG * rows_nr(n)
+    } else if caps.subgroups {
+        MATVEC_NR * (MATVEC_WG / caps.subgroup_max_size.max(1)).max(1)
+    } else {
+        MATVEC_NR
+    }
 }
 
 /// The activations of matvec_rows go through a uniform binding of `xn` vec4s, when one fits.
@@ -688,10 +723,15 @@ fn record_parts(
     let matvec = rows <= MATVEC_MAX_ROWS && !tiled;
     // On CPU adapters lanes own whole weight rows (see matvec_rows); GPUs split k across lanes.
     let by_rows = matvec && out.how.by_rows(caps);
-    let nr = ROWS_NR
-        .into_iter()
-        .find(|&nr| u32_of(w.n).div_ceil(ROWS_WG * nr) >= ROWS_MIN_GROUPS)
-        .unwrap_or(ROWS_NR[ROWS_NR.len() - 1]);
+    let nr = rows_nr(w.n);
+    if out.fusion.top && !matvec {
+        return Err(GpuError::Shape {
+            what: "quant head tiles".into(),
+            message: format!("{rows} rows of A through the {:?} kernel: argmax tiles come from a matvec", out.how),
+        });
+    }
+    let tile = matvec_tile(caps, w.n, out.how);
+    let mut tile0 = 0;
     let x_bytes = (rows * p.mm.k * 4) as u64;
     let xn = (x_bytes <= caps.max_uniform_binding
         && a.offset().is_multiple_of(u64::from(caps.uniform_offset_alignment.max(1))))
@@ -714,12 +754,9 @@ fn record_parts(
     for part in &w.parts {
         let n = part.rows;
         let base = w.uniform_eps(part, rows, out.ldc, out.col, 1.0, out.norm.map_or(0.0, |(_, e)| e));
-        let groups = if by_rows {
-            dev.grid(u32_of(n).div_ceil(ROWS_WG * nr))
-        } else if matvec {
-            let per_group =
-                if caps.subgroups { MATVEC_NR * (MATVEC_WG / caps.subgroup_max_size.max(1)).max(1) } else { MATVEC_NR };
-            dev.grid(u32_of(n).div_ceil(per_group))
+        let groups = if matvec {
+            // One workgroup per tile of weight rows.
+            dev.grid(u32_of(n).div_ceil(tile))
         } else if tiled {
             [u32_of(n).div_ceil(MATMUL_WG * 4), u32_of(rows).div_ceil(TILED_TM), 1]
         } else {
@@ -739,6 +776,11 @@ fn record_parts(
             tensors.push((4, nw));
         }
         match out.rope {
+            None if out.fusion.top => {
+                let uniform = TopUniform { base, tile0: u32_of(tile0), pad: [0; 3] };
+                tile0 += n.div_ceil(tile as usize);
+                rec.dispatch_at(&label, &kernel, &uniform, &tensors, groups)?
+            }
             None => rec.dispatch_at(&label, &kernel, &base, &tensors, groups)?,
             Some((rp, kv)) => {
                 let uniform = RopeUniform {
@@ -805,10 +847,60 @@ pub fn quant_matvec_fused(
     check_tensor("fused quant matvec", "A", a, q.mm.a_len(), &[DType::F32])?;
     check_tensor("fused quant matvec", "C", c, q.mm.m * p.out_cols(), &[DType::F32])?;
     let norm = norm_in("fused quant matvec", p.norm_eps, norm_w, q.mm.k)?;
-    let fusion = Fusion { norm: norm.is_some(), epilogue: p.epilogue, rope_kv: None };
+    let fusion = Fusion { norm: norm.is_some(), epilogue: p.epilogue, rope_kv: None, top: false };
     // C's rows are p.out_cols() wide; a GLU writes pair j of weight rows to column j.
     let out = Out { ldc: p.out_cols(), col: 0, how, fusion, norm, rope: None, row0: 0 };
     record_parts(dev, rec, q, a, w, c, out, 0, q.mm.m)
+}
+
+/// Entries per row of A that [`quant_head_tiles`] writes for `w` with the matvec `how`: one per
+/// workgroup of weight rows, summed over the weight's parts.
+pub fn head_tiles(dev: &Device, w: &QuantWeight, how: Matvec) -> usize {
+    let tile = matvec_tile(dev.caps(), w.n, how) as usize;
+    w.parts.iter().map(|p| p.rows.div_ceil(tile)).sum()
+}
+
+/// Record the output head of a greedy decode step, 1 to [`MATVEC_MAX_ROWS`] rows of A (with
+/// RMSNorm on the way in when `norm_w` is given, eps `norm_eps`), writing not the logits but
+/// one entry per workgroup's tile of weight rows: `tiles` f32 `[m, head_tiles(..), 4]` takes
+/// (largest logit, its row as f32 (the lowest on a tie), sum of exp(logit - largest), 0), which
+/// [`crate::sample::sample_tiles`] merges into the greedy pick and its log-probability. The
+/// vocabulary's logits are never written.
+#[allow(clippy::too_many_arguments)]
+pub fn quant_head_tiles(
+    dev: &Device,
+    rec: &mut Recorder,
+    p: &QuantMatmulParams,
+    norm_eps: Option<f32>,
+    a: &Tensor,
+    w: &QuantWeight,
+    norm_w: Option<&Tensor>,
+    tiles: &Tensor,
+    how: Matvec,
+) -> Result<()> {
+    p.validate().map_err(param_err)?;
+    let err = |message: String| GpuError::Shape { what: "quant head tiles".into(), message };
+    if p.mm.m > MATVEC_MAX_ROWS || p.mm.batch != 1 || p.mm.bias || how == Matvec::Tiled {
+        return Err(err(format!("{} rows (at most {MATVEC_MAX_ROWS}) through a matvec, one batch, no bias", p.mm.m)));
+    }
+    if (w.format, w.n, w.k, w.glu_pairs) != (p.format, p.mm.n, p.mm.k, false) {
+        return Err(err(format!(
+            "weight is {} {}x{}, params say {} {}x{}",
+            w.format.name(),
+            w.n,
+            w.k,
+            p.format.name(),
+            p.mm.n,
+            p.mm.k
+        )));
+    }
+    check_tensor("quant head tiles", "A", a, p.mm.a_len(), &[DType::F32])?;
+    let count = head_tiles(dev, w, how);
+    check_tensor("quant head tiles", "tiles", tiles, p.mm.m * count * 4, &[DType::F32])?;
+    let norm = norm_in("quant head tiles", norm_eps, norm_w, p.mm.k)?;
+    let fusion = Fusion { norm: norm.is_some(), epilogue: QuantEpilogue::Store, rope_kv: None, top: true };
+    let out = Out { ldc: count * 4, col: 0, how, fusion, norm, rope: None, row0: 0 };
+    record_parts(dev, rec, p, a, w, tiles, out, 0, p.mm.m)
 }
 
 /// The RMSNorm a matvec `op` folds in, checked: its eps and weights (`k` f32) go together.
@@ -893,7 +985,7 @@ pub fn quant_matvec_qkv_rope(
     check_tensor("quant matvec qkv rope", "k pool", &kv.cache.k, pool, FLOATS)?;
     check_tensor("quant matvec qkv rope", "v pool", &kv.cache.v, pool, &[kv_dtype])?;
     let norm = norm_in("quant matvec qkv rope", norm_eps, norm_w, q.mm.k)?;
-    let fusion = Fusion { norm: norm.is_some(), epilogue: QuantEpilogue::Store, rope_kv: Some(kv_dtype) };
+    let fusion = Fusion { norm: norm.is_some(), epilogue: QuantEpilogue::Store, rope_kv: Some(kv_dtype), top: false };
     let out = Out { ldc: rope.heads * d, col: 0, how, fusion, norm, rope: Some((rope, kv)), row0: 0 };
     record_parts(dev, rec, &q, a, w, q_out, out, 0, m)
 }

@@ -140,7 +140,8 @@ enum RunKind {
 }
 
 /// What the dispatches of a decode step depend on beyond the weights: the batch, the page-table
-/// width and how attention is split. Steps with equal layouts replay one plan.
+/// width, how attention is split and whether every row picks greedily. Steps with equal layouts
+/// replay one plan.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct DecodeLayout {
     /// Rows (sequences) in the step.
@@ -151,6 +152,25 @@ pub struct DecodeLayout {
     pub splits: u32,
     /// Runs of rows for cascade attention (empty: one batched call).
     pub runs: Vec<RunLayout>,
+    /// The head writes argmax tiles instead of the logits ([`HeadOut::Tiles`]): false from
+    /// [`Decoder::prepare_decode`], set by the caller that knows the rows pick greedily, where
+    /// [`Decoder::can_tile_head`] allows.
+    pub tiles: bool,
+}
+
+/// What the output head of a decode step leaves for the sampler.
+#[derive(Clone, Debug)]
+pub enum HeadOut {
+    /// The logits, f32 `[rows, vocab]`.
+    Logits(Tensor),
+    /// Argmax tiles, f32 `[rows, count, 4]` (see `flint_kernels::quant::quant_head_tiles`): the
+    /// greedy pick and its log-probability without the logits.
+    Tiles {
+        /// The tiles.
+        tiles: Tensor,
+        /// Tiles per row.
+        count: usize,
+    },
 }
 
 /// One run of rows in a [`DecodeLayout`].
@@ -343,9 +363,11 @@ impl Decoder {
     /// Record a prepared decode step ([`Decoder::prepare_decode`]) over the embeddings `x`
     /// `[rows, hidden]` through every layer and the output head, reading the step's per-step
     /// values from `block` (u32; see [`DecodeStep::write_block`]), written before each replay
-    /// when the recording is a plan. Returns the logits `[rows, vocab]`. Where the model allows
-    /// and the rows fit one matvec (at most [`MATVEC_MAX_ROWS`]), the norms, residual adds and
-    /// gated unit are folded into the matvecs; more rows go through the quantized matmul.
+    /// when the recording is a plan. Returns the logits `[rows, vocab]`, or with
+    /// `step.layout.tiles` the head's argmax tiles (the vocabulary's logits are never written;
+    /// only for a greedy step). Where the model allows
+    /// and the rows fit one matvec, the norms, residual adds and gated unit are folded into the
+    /// matvecs; more rows go through the quantized matmul.
     pub fn record_decode(
         &self,
         rec: &mut Recorder,
@@ -353,12 +375,24 @@ impl Decoder {
         step: &DecodeStep,
         block: &Tensor,
         x: &Tensor,
-    ) -> Result<Tensor> {
+    ) -> Result<HeadOut> {
         let tensors = self.step_tensors(step, block, pool)?;
         let t = tensors.t;
+        let tiles_head = match &self.head {
+            Linear::Quant(w) if step.layout.tiles && self.can_tile_head(t) => Some(w),
+            _ if step.layout.tiles => {
+                return Err(RuntimeError::Model(format!(
+                    "argmax tiles asked of a head that cannot write them over {t} rows"
+                )));
+            }
+            _ => None,
+        };
         if !self.fused || t > MATVEC_MAX_ROWS {
             let h = self.layers_over(rec, pool, x, &tensors)?;
-            return self.logits(rec, &h, 0..t);
+            return match tiles_head {
+                Some(w) => self.head_tiles(rec, w, &h, t, None),
+                None => self.logits(rec, &h, 0..t).map(HeadOut::Logits),
+            };
         }
         for (l, layer) in self.layers.iter().enumerate() {
             self.layer_fused(rec, pool, l, layer, x, &tensors)?;
@@ -366,9 +400,37 @@ impl Decoder {
         let Linear::Quant(head) = &self.head else {
             return Err(RuntimeError::Model("a fused decode step over a dense head".into()));
         };
+        if tiles_head.is_some() {
+            return self.head_tiles(rec, head, x, t, Some(&self.out_norm));
+        }
         let logits = self.dev.empty("logits", &[t, self.cfg.vocab], DType::F32)?;
         self.fused(rec, head, x, t, Some(&self.out_norm), QuantEpilogue::Store, &logits)?;
-        Ok(logits)
+        Ok(HeadOut::Logits(logits))
+    }
+
+    /// Whether the head can write argmax tiles for a greedy step of `rows` rows: a quantized
+    /// head, through a matvec.
+    pub fn can_tile_head(&self, rows: usize) -> bool {
+        matches!(self.head, Linear::Quant(_)) && (1..=MATVEC_MAX_ROWS).contains(&rows)
+    }
+
+    /// The quantized head `w` over `t` rows of `x` (RMSNorm with `norm` on the way in, when
+    /// given) as argmax tiles.
+    fn head_tiles(
+        &self,
+        rec: &mut Recorder,
+        w: &QuantWeight,
+        x: &Tensor,
+        t: usize,
+        norm: Option<&Tensor>,
+    ) -> Result<HeadOut> {
+        let count = flint_kernels::quant::head_tiles(&self.dev, w, Matvec::Auto);
+        let tiles = self.dev.empty("head tiles", &[t, count, 4], DType::F32)?;
+        let p = QuantMatmulParams { mm: MatmulParams::new(t, w.n, w.k), format: w.format };
+        let eps = norm.map(|_| self.cfg.eps);
+        let x = x.view(0, &[t, w.k], DType::F32)?;
+        flint_kernels::quant::quant_head_tiles(&self.dev, rec, &p, eps, &x, w, norm, &tiles, Matvec::Auto)?;
+        Ok(HeadOut::Tiles { tiles, count })
     }
 
     /// Record the layers over `t` new tokens of `seq` whose inputs are `x` `[t, hidden]` (updated
@@ -646,7 +708,7 @@ impl Decoder {
                 runs.push(RunLayout { rows, splits: (splits_for(longest), 0), cascade: false });
             }
         }
-        Ok(DecodeStep { layout: DecodeLayout { rows: b, width, splits, runs }, regions })
+        Ok(DecodeStep { layout: DecodeLayout { rows: b, width, splits, runs, tiles: false }, regions })
     }
 
     /// The tensors a step's dispatches read: views of `block`, which holds (or will hold, for a
