@@ -398,9 +398,9 @@ fn top_merge(j: u32, m2: f32, i2: u32, s2: f32) {
     top_m[j] = m;
 }
 
-// Slot r * WG + li of lane li for row r of A, from the lane's `NR` results `v` (valid while the
-// row is below p.n; rows from n0).
-fn top_lane(r: u32, li: u32, n0: u32, v: array<f32, NR>) {
+// Slot `slot` of row r of A (index r * WG + slot) from a lane's `NR` results `v` (weight rows
+// n0.., valid while below p.n).
+fn top_lane(r: u32, slot: u32, n0: u32, v: array<f32, NR>) {
     var m = TOP_LOW;
     var mi = 0xffffffffu;
 #for J in 0..NR
@@ -415,16 +415,17 @@ fn top_lane(r: u32, li: u32, n0: u32, v: array<f32, NR>) {
         s += exp(v[J] - m);
     }
 #endfor
-    top_m[r * WG + li] = m;
-    top_i[r * WG + li] = mi;
-    top_s[r * WG + li] = s;
+    top_m[r * WG + slot] = m;
+    top_i[r * WG + slot] = mi;
+    top_s[r * WG + slot] = s;
 }
 
-// Reduce the lanes' slots and write tile `tile` (whose first weight row is `first`) of every
-// row of A: (max, f32(row), sum, 0) at c[r * p.ldc + 4 * (p.tile0 + tile)]. Called by every lane.
-fn top_write(li: u32, tile: u32, first: u32) {
+// Reduce the first `slots` (a power of two) slots of each row and write tile `tile` (whose first
+// weight row is `first`) of every row of A: (max, f32(row), sum, 0) at
+// c[r * p.ldc + 4 * (p.tile0 + tile)]. Called by every lane.
+fn top_write(li: u32, tile: u32, first: u32, slots: u32) {
     workgroupBarrier();
-    for (var h = WG / 2u; h > 0u; h = h / 2u) {
+    for (var h = slots / 2u; h > 0u; h = h / 2u) {
         if (li < h) {
             for (var r = 0u; r < MR; r++) {
                 let j = r * WG + li;
@@ -564,23 +565,29 @@ fn matvec_q(
     let leader = li == 0u;
 #endif
 #if TOP
-    // The tile is the workgroup's rows; lanes other than the leaders add nothing.
+    // The tile is the workgroup's rows: each leader fills the slot of its subgroup.
     let tile = wg.x + wg.y * nwg.x;
 #if SUBGROUPS
     let first_row = tile * nsg * NR;
+    let slot = sg;
+    let slots = nsg;
 #else
     let first_row = n0;
+    let slot = 0u;
+    let slots = 1u;
 #endif
+    if (leader) {
 #for R in 0..MR
-    {
-        var v = array<f32, NR>();
+        {
+            var v = array<f32, NR>();
 #for J in 0..NR
-        v[J] = sums[R][J];
+            v[J] = sums[R][J];
 #endfor
-        top_lane(R, li, select(p.n, n0, leader), v);
+            top_lane(R, slot, n0, v);
+        }
+#endfor
     }
-#endfor
-    top_write(li, tile, first_row);
+    top_write(li, tile, first_row, slots);
 #else
     if (leader) {
 #for R in 0..MR
@@ -829,7 +836,7 @@ fn matvec_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 #for R in 0..MR
     top_lane(R, li, n0, acc[R]);
 #endfor
-    top_write(li, wg.x + wg.y * nwg.x, (wg.x + wg.y * nwg.x) * WG * NR);
+    top_write(li, wg.x + wg.y * nwg.x, (wg.x + wg.y * nwg.x) * WG * NR, WG);
 #else
 #for R in 0..MR
 #if GLU || ROPE_KV
