@@ -89,12 +89,7 @@ pub fn sample_rows(
     check_tensor("sample", "logits", logits, rows * vocab, &[DType::F32])?;
     check_tensor("sample", "row options", row_opts, rows * RowOptions::WORDS, &[DType::U32])?;
     check_tensor("sample", "out", out, rows * 2, &[DType::F32])?;
-    if tokens.dtype() != DType::U32 || tokens.numel() == 0 {
-        return Err(flint_gpu::GpuError::Shape {
-            what: "sample tokens".into(),
-            message: format!("{} {:?} is not a u32 vector", tokens.dtype(), tokens.shape()),
-        });
-    }
+    check_tokens(tokens)?;
     let kernel = dev.kernel(registry(), &key(true))?;
     let uniform =
         Uniform { rows: u32_of(rows), vocab: u32_of(vocab), temperature: 0.0, k_eff: 0, top_p: 1.0, pad: [0; 3] };
@@ -129,12 +124,7 @@ pub fn sample_tiles(
     check_tensor("sample tiles", "tiles", tiles, rows * count * 4, &[DType::F32])?;
     check_tensor("sample tiles", "row options", row_opts, rows * RowOptions::WORDS, &[DType::U32])?;
     check_tensor("sample tiles", "out", out, rows * 2, &[DType::F32])?;
-    if tokens.dtype() != DType::U32 || tokens.numel() == 0 {
-        return Err(flint_gpu::GpuError::Shape {
-            what: "sample tokens".into(),
-            message: format!("{} {:?} is not a u32 vector", tokens.dtype(), tokens.shape()),
-        });
-    }
+    check_tokens(tokens)?;
     let kernel = dev.kernel(registry(), &tiles_key())?;
     let uniform =
         Uniform { rows: u32_of(rows), vocab: u32_of(count), temperature: 0.0, k_eff: 0, top_p: 1.0, pad: [0; 3] };
@@ -145,6 +135,17 @@ pub fn sample_tiles(
         &[(1, tiles), (2, row_opts), (3, out), (4, tokens)],
         dev.grid(u32_of(rows)),
     )
+}
+
+/// The token slots the sampler writes: a non-empty u32 vector.
+fn check_tokens(tokens: &Tensor) -> Result<()> {
+    if tokens.dtype() != DType::U32 || tokens.numel() == 0 {
+        return Err(flint_gpu::GpuError::Shape {
+            what: "sample tokens".into(),
+            message: format!("{} {:?} is not a u32 vector", tokens.dtype(), tokens.shape()),
+        });
+    }
+    Ok(())
 }
 
 /// Record sampling of `logits` (f32 `[rows, vocab]`) with per-row `(seed, step)` in `rng` (u32

@@ -165,6 +165,25 @@ impl QuantWeight {
         self.format.bytes_for(self.n * self.k)
     }
 
+    /// An error naming `what` unless this weight is the `[n, k]` matrix of format `p` says.
+    fn check_matches(&self, what: &str, p: &QuantMatmulParams) -> Result<()> {
+        if (self.format, self.n, self.k) == (p.format, p.mm.n, p.mm.k) {
+            return Ok(());
+        }
+        Err(GpuError::Shape {
+            what: what.into(),
+            message: format!(
+                "weight is {} {}x{}, params say {} {}x{}",
+                self.format.name(),
+                self.n,
+                self.k,
+                p.format.name(),
+                p.mm.n,
+                p.mm.k
+            ),
+        })
+    }
+
     /// The uniform of a dispatch over part `part`.
     fn uniform(&self, part: &Part, m: usize, ldc: usize, col: usize, scale: f32) -> Uniform {
         self.uniform_eps(part, m, ldc, col, scale, 0.0)
@@ -618,20 +637,7 @@ fn record_matmul(
     if p.mm.batch != 1 || p.mm.bias {
         return Err(GpuError::Shape { what: "quant matmul".into(), message: "one batch and no bias".into() });
     }
-    if (w.format, w.n, w.k) != (p.format, p.mm.n, p.mm.k) {
-        return Err(GpuError::Shape {
-            what: "quant matmul".into(),
-            message: format!(
-                "weight is {} {}x{}, params say {} {}x{}",
-                w.format.name(),
-                w.n,
-                w.k,
-                p.format.name(),
-                p.mm.n,
-                p.mm.k
-            ),
-        });
-    }
+    w.check_matches("quant matmul", p)?;
     check_tensor("quant matmul", "A", a, p.mm.a_len(), &[DType::F32])?;
     if col + p.mm.n > ldc {
         return Err(GpuError::Shape {
@@ -829,17 +835,7 @@ pub fn quant_matvec_fused(
     if q.mm.m > MATVEC_MAX_ROWS || q.mm.batch != 1 || q.mm.bias {
         return Err(err(format!("{} rows (at most {MATVEC_MAX_ROWS}), one batch, no bias", q.mm.m)));
     }
-    if (w.format, w.n, w.k) != (q.format, q.mm.n, q.mm.k) {
-        return Err(err(format!(
-            "weight is {} {}x{}, params say {} {}x{}",
-            w.format.name(),
-            w.n,
-            w.k,
-            q.format.name(),
-            q.mm.n,
-            q.mm.k
-        )));
-    }
+    w.check_matches("fused quant matvec", q)?;
     let glu = matches!(p.epilogue, QuantEpilogue::Glu(_));
     if glu != w.glu_pairs {
         return Err(err("a GLU epilogue goes with a weight uploaded as gate/up pairs, and only with it".into()));
@@ -883,16 +879,9 @@ pub fn quant_head_tiles(
     if p.mm.m > MATVEC_MAX_ROWS || p.mm.batch != 1 || p.mm.bias || how == Matvec::Tiled {
         return Err(err(format!("{} rows (at most {MATVEC_MAX_ROWS}) through a matvec, one batch, no bias", p.mm.m)));
     }
-    if (w.format, w.n, w.k, w.glu_pairs) != (p.format, p.mm.n, p.mm.k, false) {
-        return Err(err(format!(
-            "weight is {} {}x{}, params say {} {}x{}",
-            w.format.name(),
-            w.n,
-            w.k,
-            p.format.name(),
-            p.mm.n,
-            p.mm.k
-        )));
+    w.check_matches("quant head tiles", p)?;
+    if w.glu_pairs {
+        return Err(err("a head over a weight uploaded as gate/up pairs".into()));
     }
     check_tensor("quant head tiles", "A", a, p.mm.a_len(), &[DType::F32])?;
     let count = head_tiles(dev, w, how);
