@@ -59,8 +59,9 @@ struct Params {
     row0: u32,
 #endif
 #if TOP
-    // Tile of the whole weight that this part's first workgroup writes.
+    // Tile of the whole weight that this part's first workgroup writes, and the part's tiles.
     tile0: u32,
+    tiles: u32,
 #endif
 }
 
@@ -401,8 +402,10 @@ fn top_merge(j: u32, m2: f32, i2: u32, s2: f32) {
 // Slot `slot` of row r of A (index r * WG + slot) from a lane's `NR` results `v` (weight rows
 // n0.., valid while below p.n).
 fn top_lane(r: u32, slot: u32, n0: u32, v: array<f32, NR>) {
+    // No valid row: an entry every real one beats (row 0, as the sampler's argmax of a row
+    // with no finite logit).
     var m = TOP_LOW;
-    var mi = 0xffffffffu;
+    var mi = 0u;
 #for J in 0..NR
     if (n0 + J < p.n && v[J] > m) {
         m = v[J];
@@ -420,10 +423,12 @@ fn top_lane(r: u32, slot: u32, n0: u32, v: array<f32, NR>) {
     top_s[r * WG + slot] = s;
 }
 
-// Reduce the first `slots` (a power of two) slots of each row and write tile `tile` (whose first
-// weight row is `first`) of every row of A: (max, f32(row), sum, 0) at
-// c[r * p.ldc + 4 * (p.tile0 + tile)]. Called by every lane.
-fn top_write(li: u32, tile: u32, first: u32, slots: u32) {
+// Reduce the first `slots` (a power of two) slots of each row and write tile `tile` of every row
+// of A: (max, f32(row), sum, 0) at c[r * p.ldc + 4 * (p.tile0 + tile)]. Called by every lane.
+// Every tile of the part is written, by the workgroup of its index: where the adapter's subgroups
+// are narrower than the widest it reports, matvec_q's workgroups cover more rows than the host
+// counted, and the workgroups past the rows write entries that add nothing.
+fn top_write(li: u32, tile: u32, slots: u32) {
     workgroupBarrier();
     for (var h = slots / 2u; h > 0u; h = h / 2u) {
         if (li < h) {
@@ -434,7 +439,7 @@ fn top_write(li: u32, tile: u32, first: u32, slots: u32) {
         }
         workgroupBarrier();
     }
-    if (li < MR && first < p.n) {
+    if (li < MR && tile < p.tiles) {
         let e = li * p.ldc + 4u * (p.tile0 + tile);
         c[e] = top_m[li * WG];
         c[e + 1u] = f32(top_i[li * WG]);
@@ -568,11 +573,9 @@ fn matvec_q(
     // The tile is the workgroup's rows: each leader fills the slot of its subgroup.
     let tile = wg.x + wg.y * nwg.x;
 #if SUBGROUPS
-    let first_row = tile * nsg * NR;
     let slot = sg;
     let slots = nsg;
 #else
-    let first_row = n0;
     let slot = 0u;
     let slots = 1u;
 #endif
@@ -587,7 +590,7 @@ fn matvec_q(
         }
 #endfor
     }
-    top_write(li, tile, first_row, slots);
+    top_write(li, tile, slots);
 #else
     if (leader) {
 #for R in 0..MR
@@ -836,7 +839,7 @@ fn matvec_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 #for R in 0..MR
     top_lane(R, li, n0, acc[R]);
 #endfor
-    top_write(li, wg.x + wg.y * nwg.x, (wg.x + wg.y * nwg.x) * WG * NR, WG);
+    top_write(li, wg.x + wg.y * nwg.x, WG);
 #else
 #for R in 0..MR
 #if GLU || ROPE_KV

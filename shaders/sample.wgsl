@@ -105,7 +105,7 @@ fn sample_tiles(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
         return;
     }
     best_v[lid] = LOW;
-    best_i[lid] = 0xffffffffu;
+    best_i[lid] = 0u;
     best_s[lid] = 0.0;
     for (var t = lid; t < p.vocab; t += WG) {
         let e = tiles[row * p.vocab + t];

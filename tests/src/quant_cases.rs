@@ -190,9 +190,9 @@ impl Case for FusedMatvecCase {
 /// (`fused`), or the matvec writes the logits and the sampler reads them (what ran before; the
 /// benchmark's baseline); against the norm and matmul references and the greedy reference
 /// sampler: `[m, 2]` of (token id, log-probability). With `ties`, the row paired with the one
-/// that wins for row 0 of A (`win ^ 1`: the same lane or subgroup) and the last row are copies
-/// of it, so that the win is a three-way tie within a lane and across tiles, which the lowest
-/// row must take.
+/// that wins for row 0 of A (`win ^ 1`: the same lane or subgroup) and the row half the matrix
+/// away are copies of it, so that the win is a three-way tie within a lane and across tiles,
+/// which the lowest row must take.
 pub struct HeadTilesCase {
     /// Shape and format.
     pub p: QuantMatmulParams,
@@ -277,7 +277,10 @@ impl Case for HeadTilesCase {
             let win = (0..mm.n).fold(0, |b, i| if row0[i] > row0[b] { i } else { b });
             let rb = self.p.format.bytes_for(mm.k);
             let src = blocks[win * rb..][..rb].to_vec();
-            for dst in [win ^ 1, mm.n - 1] {
+            // Its pair (the same lane or subgroup) and a row half the matrix away (another tile).
+            assert!(mm.n >= 4, "a tie needs rows in two tiles");
+            let pair = if win ^ 1 < mm.n { win ^ 1 } else { win - 1 };
+            for dst in [pair, (win + mm.n / 2) % mm.n] {
                 blocks[dst * rb..][..rb].copy_from_slice(&src);
             }
         }

@@ -229,7 +229,8 @@ struct RopeUniform {
 struct TopUniform {
     base: Uniform,
     tile0: u32,
-    pad: [u32; 3],
+    tiles: u32,
+    pad: [u32; 2],
 }
 
 #[repr(C)]
@@ -783,8 +784,9 @@ fn record_parts(
         }
         match out.rope {
             None if out.fusion.top => {
-                let uniform = TopUniform { base, tile0: u32_of(tile0), pad: [0; 3] };
-                tile0 += n.div_ceil(tile as usize);
+                let tiles = n.div_ceil(tile as usize);
+                let uniform = TopUniform { base, tile0: u32_of(tile0), tiles: u32_of(tiles), pad: [0; 2] };
+                tile0 += tiles;
                 rec.dispatch_at(&label, &kernel, &uniform, &tensors, groups)?
             }
             None => rec.dispatch_at(&label, &kernel, &base, &tensors, groups)?,
