@@ -381,23 +381,10 @@ fn rotate(r: u32, i0: u32, x0: f32, x1: f32) -> vec2<f32> {
 #endif
 
 #if TOP
-// Per lane and row of A: the largest logit of the lane's rows, its row, and the sum of
-// exp(logit - largest); reduced over the workgroup into the tile's entry.
-var<workgroup> top_m: array<f32, MR * WG>;
-var<workgroup> top_i: array<u32, MR * WG>;
-var<workgroup> top_s: array<f32, MR * WG>;
+// Per lane (or subgroup) and row of A: the largest logit of its rows, its row, and the sum of
+// exp(logit - largest); folded over the workgroup into the tile's entry.
+var<workgroup> top: array<ArgmaxSum, MR * WG>;
 const TOP_LOW: f32 = -3.4e38;
-
-// Fold entry (m2, i2, s2) into slot j: the larger maximum (on a tie the lower row, as the
-// sampler's argmax), both sums rescaled to it.
-fn top_merge(j: u32, m2: f32, i2: u32, s2: f32) {
-    let m1 = top_m[j];
-    let i1 = top_i[j];
-    let m = max(m1, m2);
-    top_s[j] = top_s[j] * exp(m1 - m) + s2 * exp(m2 - m);
-    top_i[j] = select(i1, i2, m2 > m1 || (m2 == m1 && i2 < i1));
-    top_m[j] = m;
-}
 
 // Slot `slot` of row r of A (index r * WG + slot) from a lane's `NR` results `v` (weight rows
 // n0.., valid while below p.n).
@@ -418,9 +405,7 @@ fn top_lane(r: u32, slot: u32, n0: u32, v: array<f32, NR>) {
         s += exp(v[J] - m);
     }
 #endfor
-    top_m[r * WG + slot] = m;
-    top_i[r * WG + slot] = mi;
-    top_s[r * WG + slot] = s;
+    top[r * WG + slot] = ArgmaxSum(m, mi, s);
 }
 
 // Reduce the first `slots` (a power of two) slots of each row and write tile `tile` of every row
@@ -434,16 +419,17 @@ fn top_write(li: u32, tile: u32, slots: u32) {
         if (li < h) {
             for (var r = 0u; r < MR; r++) {
                 let j = r * WG + li;
-                top_merge(j, top_m[j + h], top_i[j + h], top_s[j + h]);
+                top[j] = argmax_sum_fold(top[j], top[j + h]);
             }
         }
         workgroupBarrier();
     }
     if (li < MR && tile < p.tiles) {
         let e = li * p.ldc + 4u * (p.tile0 + tile);
-        c[e] = top_m[li * WG];
-        c[e + 1u] = f32(top_i[li * WG]);
-        c[e + 2u] = top_s[li * WG];
+        let t = top[li * WG];
+        c[e] = t.m;
+        c[e + 1u] = f32(t.i);
+        c[e + 2u] = t.s;
         c[e + 3u] = 0.0;
     }
 }

@@ -85,17 +85,7 @@ fn before(va: f32, ia: u32, vb: f32, ib: u32) -> bool {
 }
 
 #if TILES
-var<workgroup> best_s: array<f32, WG>;
-
-// Fold (m2, i2, s2) into lane j's entry.
-fn merge_tile(j: u32, m2: f32, i2: u32, s2: f32) {
-    let m1 = best_v[j];
-    let i1 = best_i[j];
-    let m = max(m1, m2);
-    best_s[j] = best_s[j] * exp(m1 - m) + s2 * exp(m2 - m);
-    best_i[j] = select(i1, i2, before(m2, i2, m1, i1));
-    best_v[j] = m;
-}
+var<workgroup> best_t: array<ArgmaxSum, WG>;
 
 @compute @workgroup_size(WG)
 fn sample_tiles(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -104,25 +94,24 @@ fn sample_tiles(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     if (row >= p.rows) {
         return;
     }
-    best_v[lid] = LOW;
-    best_i[lid] = 0u;
-    best_s[lid] = 0.0;
+    var b = ArgmaxSum(LOW, 0u, 0.0);
     for (var t = lid; t < p.vocab; t += WG) {
         let e = tiles[row * p.vocab + t];
-        merge_tile(lid, e.x, u32(e.y), e.z);
+        b = argmax_sum_fold(b, ArgmaxSum(e.x, u32(e.y), e.z));
     }
+    best_t[lid] = b;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s = s / 2u) {
         if (lid < s) {
-            merge_tile(lid, best_v[lid + s], best_i[lid + s], best_s[lid + s]);
+            best_t[lid] = argmax_sum_fold(best_t[lid], best_t[lid + s]);
         }
         workgroupBarrier();
     }
     if (lid == 0u) {
-        let arg = best_i[0];
+        let arg = best_t[0].i;
         // The pick's logit is the maximum, so its log-probability is -log(sum).
         out[2u * row] = f32(arg);
-        out[2u * row + 1u] = -log(best_s[0]);
+        out[2u * row + 1u] = -log(best_t[0].s);
         tokens[row_opts[row].slot] = arg;
     }
 }

@@ -217,9 +217,8 @@ impl Stepper {
         })?;
         self.stats.encode += encode;
         self.stats.submit += t2.elapsed() - encode;
-        self.stats.steps += 1;
-        self.stats.tiles_steps += u64::from(step.layout.tiles);
         self.stats.dispatches = p.dispatches();
+        self.count_step(&step);
         Ok(())
     }
 
@@ -229,9 +228,18 @@ impl Stepper {
     fn add_rows(&self, decoder: &Decoder, step: &mut DecodeStep, rows: &[StepRow]) {
         step.regions.push(rows.iter().map(|r| r.opts.slot).collect());
         step.regions.push(rows.iter().flat_map(|r| r.opts.words()).collect());
-        step.layout.tiles = !self.full_logits
-            && decoder.can_tile_head(rows.len())
-            && rows.iter().all(|r| r.opts.params.temperature == 0.0);
+        step.layout.tiles = self.tiles_for(decoder, rows.len(), rows.iter().all(|r| r.opts.params.temperature == 0.0));
+    }
+
+    /// Whether a step of `rows` rows, all greedy or not, has the head write argmax tiles.
+    fn tiles_for(&self, decoder: &Decoder, rows: usize, greedy: bool) -> bool {
+        greedy && !self.full_logits && decoder.can_tile_head(rows)
+    }
+
+    /// Count a step submitted.
+    fn count_step(&mut self, step: &DecodeStep) {
+        self.stats.steps += 1;
+        self.stats.tiles_steps += u64::from(step.layout.tiles);
     }
 
     /// Make the plan of a step over `rows` fresh sequences now (at load), so that the first
@@ -252,7 +260,7 @@ impl Stepper {
             step.regions.push(vec![0; rows]);
             step.regions.push(vec![0; rows * RowOptions::WORDS]);
             // Zero options: greedy rows, the default.
-            step.layout.tiles = !self.full_logits && decoder.can_tile_head(rows);
+            step.layout.tiles = self.tiles_for(decoder, rows, true);
             if self.plans.iter().any(|p| p.layout == step.layout) {
                 return Ok(None);
             }
@@ -333,8 +341,7 @@ impl Stepper {
         self.stats.write += t2 - t1;
         self.ring.submit(&out, tag, |enc| plan.encode(enc))?;
         self.stats.submit += t2.elapsed();
-        self.stats.steps += 1;
-        self.stats.tiles_steps += u64::from(step.layout.tiles);
+        self.count_step(step);
         Ok(())
     }
 
@@ -350,8 +357,7 @@ impl Stepper {
         submission.wait()?;
         let bytes = self.dev.read_bytes(&out)?;
         self.stats.wait += t3.elapsed();
-        self.stats.steps += 1;
-        self.stats.tiles_steps += u64::from(step.layout.tiles);
+        self.count_step(step);
         self.ready.push_back(step_result((tag, bytes)));
         Ok(())
     }

@@ -731,12 +731,6 @@ fn record_parts(
     // On CPU adapters lanes own whole weight rows (see matvec_rows); GPUs split k across lanes.
     let by_rows = matvec && out.how.by_rows(caps);
     let nr = rows_nr(w.n);
-    if out.fusion.top && !matvec {
-        return Err(GpuError::Shape {
-            what: "quant head tiles".into(),
-            message: format!("{rows} rows of A through the {:?} kernel: argmax tiles come from a matvec", out.how),
-        });
-    }
     let tile = matvec_tile(caps, w.n, out.how);
     let mut tile0 = 0;
     let x_bytes = (rows * p.mm.k * 4) as u64;

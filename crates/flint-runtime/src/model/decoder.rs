@@ -397,12 +397,12 @@ impl Decoder {
         for (l, layer) in self.layers.iter().enumerate() {
             self.layer_fused(rec, pool, l, layer, x, &tensors)?;
         }
+        if let Some(w) = tiles_head {
+            return self.head_tiles(rec, w, x, t, Some(&self.out_norm));
+        }
         let Linear::Quant(head) = &self.head else {
             return Err(RuntimeError::Model("a fused decode step over a dense head".into()));
         };
-        if tiles_head.is_some() {
-            return self.head_tiles(rec, head, x, t, Some(&self.out_norm));
-        }
         let logits = self.dev.empty("logits", &[t, self.cfg.vocab], DType::F32)?;
         self.fused(rec, head, x, t, Some(&self.out_norm), QuantEpilogue::Store, &logits)?;
         Ok(HeadOut::Logits(logits))
